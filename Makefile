@@ -1,0 +1,52 @@
+# invmesh: `make run` starts the whole system, `make test` runs the suite.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DELETE_ON_ERROR:
+MAKEFLAGS += --warn-undefined-variables --no-builtin-rules
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PROTOS := $(shell find protos -name '*.proto')
+PYTEST_ARGS ?=
+
+.PHONY: run test protos protos-check lint bench clean
+
+## run: install, generate code if the protos changed, start every service (Ctrl-C stops them)
+run: $(VENV)/.installed invmesh/.generated
+	$(BIN)/invmesh up
+
+## test: install what the tests need, then run them
+test: $(VENV)/.installed invmesh/.generated
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+## protos: regenerate the invmesh.*.v1 package from protos/
+protos: $(VENV)/.installed
+	$(BIN)/python -m mesh.codegen
+	@touch invmesh/.generated
+
+## protos-check: fail if the generated code has drifted from protos/
+protos-check: $(VENV)/.installed
+	$(BIN)/python -m mesh.codegen --check
+
+## lint: ruff and buf lint
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/python -m mesh.codegen --lint
+
+## bench: logins per second at the configured bcrypt cost (see bench/README.md)
+bench: $(VENV)/.installed invmesh/.generated
+	$(BIN)/python -m bench.login
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --config-settings editable_mode=compat -e '.[dev]'
+	@touch $@
+
+invmesh/.generated: $(PROTOS) | $(VENV)/.installed
+	$(BIN)/python -m mesh.codegen
+	@touch $@

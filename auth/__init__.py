@@ -1,0 +1,1 @@
+"""The auth service: accounts, email verification, and the tokens every service trusts."""

@@ -1,0 +1,213 @@
+"""The rules of accounts: registration, login, email verification and token refresh.
+
+Servicers call these with plain values; each operation runs in one transaction.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+
+from email_validator import EmailNotValidError, validate_email
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from auth.keys import KeyStore
+from auth.mail import MailRelay, verification_mail
+from auth.models import OutgoingMail, RefreshToken, User, VerificationToken
+from auth.passwords import PasswordHasher, check_new_password
+from mesh.config import Settings
+from mesh.db import Database, utcnow
+from mesh.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated
+
+MAX_NAME_CHARS = 200
+MAX_EMAIL_CHARS = 320
+_INVALID_CREDENTIALS = "the email or password is incorrect"
+
+
+@dataclass(frozen=True, slots=True)
+class Tokens:
+    access_token: str
+    expires_in: int
+    refresh_token: str
+
+
+def normalize_email(address: str) -> str:
+    """The address in the form stored and compared; INVALID_ARGUMENT if it is not one."""
+    if len(address) > MAX_EMAIL_CHARS:
+        raise InvalidArgument(f"email must be at most {MAX_EMAIL_CHARS} characters", field="email",
+                              reason="INVALID_EMAIL")
+    try:
+        return validate_email(address.strip(), check_deliverability=False).normalized.lower()
+    except EmailNotValidError as exc:
+        raise InvalidArgument(f"email is not a valid address: {exc}", field="email",
+                              reason="INVALID_EMAIL") from None
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _new_secret() -> str:
+    return secrets.token_urlsafe(32)  # 256 random bits
+
+
+class Accounts:
+    def __init__(
+        self, *, db: Database, hasher: PasswordHasher, keys: KeyStore, mail: MailRelay, settings: Settings
+    ) -> None:
+        self._db = db
+        self._hasher = hasher
+        self._keys = keys
+        self._mail = mail
+        self._settings = settings
+        self._access_ttl = dt.timedelta(seconds=settings.access_token_ttl_seconds)
+        self._refresh_ttl = dt.timedelta(seconds=settings.refresh_token_ttl_seconds)
+        self._verification_ttl = dt.timedelta(seconds=settings.verification_token_ttl_seconds)
+
+    async def register(self, *, email: str, password: str, name: str) -> User:
+        address = normalize_email(email)
+        name = name.strip()
+        if len(name) > MAX_NAME_CHARS:
+            raise InvalidArgument(f"name must be at most {MAX_NAME_CHARS} characters", field="name",
+                                  reason="INVALID_NAME")
+        password_hash = await self._hasher.hash(check_new_password(password))
+        user = User(id=str(uuid.uuid4()), email=address, name=name, password_hash=password_hash,
+                    email_verified=False, roles=["viewer"], created_at=utcnow())
+        try:
+            async with self._db.transaction() as session:
+                session.add(user)
+                await session.flush()  # the unique email index answers here
+                self._add_verification(session, user)
+        except IntegrityError:
+            raise AlreadyExists("an account with this email already exists", field="email",
+                                reason="EMAIL_TAKEN") from None
+        self._mail.wake()
+        return user
+
+    async def login(self, *, email: str, password: str) -> Tokens:
+        user = None
+        try:
+            address = normalize_email(email)
+        except InvalidArgument:
+            address = None
+        if address is not None:
+            async with self._db.session() as session:
+                user = await session.scalar(select(User).where(User.email == address))
+        # Unknown emails run a bcrypt check too, so the answer's timing tells nothing.
+        if not await self._hasher.verify(password, user.password_hash if user else None) or user is None:
+            raise Unauthenticated(_INVALID_CREDENTIALS, reason="INVALID_CREDENTIALS")
+        async with self._db.transaction() as session:
+            return self._issue(session, user, family_id=str(uuid.uuid4()))
+
+    async def refresh(self, refresh_token: str) -> Tokens:
+        now = utcnow()
+        reused_family = None
+        async with self._db.transaction() as session:
+            row = await session.get(RefreshToken, _digest(refresh_token))
+            if row is None or row.revoked_at is not None or row.expires_at <= now:
+                raise Unauthenticated("the refresh token is unknown, expired or revoked",
+                                      reason="INVALID_REFRESH_TOKEN")
+            spent = await session.execute(
+                update(RefreshToken)
+                .where(RefreshToken.token_hash == row.token_hash, RefreshToken.used_at.is_(None))
+                .values(used_at=now)
+            )
+            if spent.rowcount == 1:
+                user = await session.get(User, row.user_id)
+                if user is None:
+                    raise Unauthenticated("the account no longer exists", reason="INVALID_REFRESH_TOKEN")
+                return self._issue(session, user, family_id=row.family_id)
+            # A spent token came back: it leaked, or a client raced itself. Revoke the family.
+            await session.execute(
+                update(RefreshToken)
+                .where(RefreshToken.family_id == row.family_id, RefreshToken.revoked_at.is_(None))
+                .values(revoked_at=now)
+            )
+            reused_family = row.family_id
+        raise Unauthenticated(
+            "the refresh token was already used; every token of this sign-in is now revoked",
+            reason="REFRESH_TOKEN_REUSED",
+            metadata={"family": reused_family},
+        )
+
+    async def resend_verification(self, email: str) -> None:
+        """Mails a fresh link if the address has an unverified account; silent otherwise."""
+        try:
+            address = normalize_email(email)
+        except InvalidArgument:
+            return
+        async with self._db.transaction() as session:
+            user = await session.scalar(select(User).where(User.email == address))
+            if user is None or user.email_verified:
+                return
+            await session.execute(
+                delete(VerificationToken).where(
+                    VerificationToken.user_id == user.id, VerificationToken.used_at.is_(None)
+                )
+            )
+            self._add_verification(session, user)
+        self._mail.wake()
+
+    async def confirm_email(self, token: str) -> User:
+        now = utcnow()
+        invalid = InvalidArgument("the verification token is unknown, expired or already used",
+                                  field="token", reason="INVALID_VERIFICATION_TOKEN")
+        async with self._db.transaction() as session:
+            row = await session.get(VerificationToken, _digest(token))
+            if row is None or row.used_at is not None or row.expires_at <= now:
+                raise invalid
+            used = await session.execute(
+                update(VerificationToken)
+                .where(VerificationToken.token_hash == row.token_hash, VerificationToken.used_at.is_(None))
+                .values(used_at=now)
+            )
+            user = await session.get(User, row.user_id)
+            if used.rowcount != 1 or user is None or user.email != row.email:
+                raise invalid
+            user.email_verified = True
+        return user
+
+    async def get(self, user_id: str) -> User:
+        async with self._db.session() as session:
+            user = await session.get(User, user_id)
+        if user is None:
+            raise NotFound("the account no longer exists", reason="USER_NOT_FOUND")
+        return user
+
+    def _add_verification(self, session: AsyncSession, user: User) -> None:
+        token = _new_secret()
+        link = f"{self._settings.public_url}/users/verify?token={token}"
+        session.add_all([
+            VerificationToken(token_hash=_digest(token), user_id=user.id, email=user.email,
+                              expires_at=utcnow() + self._verification_ttl, used_at=None),
+            OutgoingMail(
+                recipient=user.email,
+                message=verification_mail(
+                    sender=self._settings.mail_from, recipient=user.email, name=user.name, link=link,
+                    valid_hours=max(1, round(self._verification_ttl.total_seconds() / 3600)),
+                ),
+            ),
+        ])
+
+    def _issue(self, session: AsyncSession, user: User, *, family_id: str) -> Tokens:
+        now = utcnow()
+        refresh = _new_secret()
+        session.add(RefreshToken(
+            token_hash=_digest(refresh), user_id=user.id, family_id=family_id,
+            expires_at=now + self._refresh_ttl, used_at=None, revoked_at=None,
+        ))
+        claims = {
+            "iss": self._settings.jwt_issuer,
+            "aud": self._settings.jwt_audience,
+            "sub": user.id,
+            "email": user.email,
+            "email_verified": user.email_verified,
+            "roles": list(user.roles),
+        }
+        access = self._keys.sign_access_token(claims, ttl=self._access_ttl, now=now)
+        return Tokens(access_token=access, expires_in=int(self._access_ttl.total_seconds()), refresh_token=refresh)

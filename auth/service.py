@@ -1,0 +1,64 @@
+"""Assembles the auth service: database, signing keys, mail relay, servicer and server."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from auth.accounts import Accounts
+from auth.keys import KeyStore
+from auth.mail import FolderTransport, MailRelay, SmtpTransport, Transport
+from auth.models import Base
+from auth.passwords import PasswordHasher
+from auth.servicer import AuthServicer
+from invmesh.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
+from mesh.config import Settings
+from mesh.db import Database
+from mesh.interceptors import AuthInterceptor, RequestInterceptor
+from mesh.server import MeshServer, Servicer
+from mesh.tokens import TokenVerifier
+
+SERVICE_NAME = auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
+PUBLIC_METHODS = frozenset(
+    f"/{SERVICE_NAME}/{method}" for method in ("Register", "Login", "VerifyEmail", "RefreshToken", "GetJwks")
+)
+
+
+def mail_transport(settings: Settings) -> Transport:
+    if settings.smtp_server is None:
+        return FolderTransport(settings.outbox_dir)
+    return SmtpTransport(settings.smtp_server, sender=settings.mail_from, timeout=settings.smtp_timeout_seconds)
+
+
+@asynccontextmanager
+async def running(settings: Settings, *, address: str | None = None) -> AsyncIterator[MeshServer]:
+    """The auth service, serving on `address` (default AUTH_ADDR) until the block exits."""
+    async with AsyncExitStack() as stack:
+        db = Database(settings.database_url("auth"))
+        stack.push_async_callback(db.dispose)
+        await db.create_all(Base.metadata)
+        private_key = settings.jwt_private_key.get_secret_value() if settings.jwt_private_key else None
+        keys = await KeyStore.load(db, private_key)
+        relay = MailRelay(
+            db,
+            mail_transport(settings),
+            retry_initial=settings.mail_retry_initial_seconds,
+            retry_max=settings.mail_retry_max_seconds,
+            lease=2 * settings.smtp_timeout_seconds,
+        )
+        accounts = Accounts(
+            db=db, hasher=PasswordHasher(settings.bcrypt_rounds), keys=keys, mail=relay, settings=settings
+        )
+        verifier = TokenVerifier(keys, issuer=settings.jwt_issuer, audience=settings.jwt_audience)
+        server = MeshServer(
+            [Servicer(SERVICE_NAME, auth_service_pb2_grpc.add_AuthServiceServicer_to_server,
+                      AuthServicer(accounts, keys))],
+            address=address or settings.auth_addr,
+            interceptors=[RequestInterceptor(), AuthInterceptor(verifier, PUBLIC_METHODS)],
+            grace_seconds=settings.shutdown_grace_seconds,
+        )
+        relay.start()
+        stack.push_async_callback(relay.stop)
+        await server.start()
+        stack.push_async_callback(server.stop)
+        yield server

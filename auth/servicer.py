@@ -1,0 +1,66 @@
+"""AuthService over gRPC: translates protos to `Accounts` calls and back, nothing more."""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from auth.accounts import Accounts, Tokens
+from auth.keys import KeyStore
+from auth.models import User
+from invmesh.auth.v1 import auth_service_pb2 as pb
+from invmesh.auth.v1 import auth_service_pb2_grpc
+from mesh.context import current_identity
+from mesh.errors import InvalidArgument
+
+
+def user_message(user: User) -> pb.User:
+    created_at = Timestamp()
+    created_at.FromDatetime(user.created_at)
+    return pb.User(id=user.id, email=user.email, name=user.name, email_verified=user.email_verified,
+                   roles=user.roles, created_at=created_at)
+
+
+class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
+    def __init__(self, accounts: Accounts, keys: KeyStore) -> None:
+        self._accounts = accounts
+        self._jwks = pb.GetJwksResponse(keys=[pb.Jwk(**jwk) for jwk in keys.jwks])
+
+    async def Register(self, request: pb.RegisterRequest, context: grpc.aio.ServicerContext) -> pb.RegisterResponse:
+        user = await self._accounts.register(email=request.email, password=request.password, name=request.name)
+        return pb.RegisterResponse(user=user_message(user))
+
+    async def Login(self, request: pb.LoginRequest, context: grpc.aio.ServicerContext) -> pb.LoginResponse:
+        tokens = await self._accounts.login(email=request.email, password=request.password)
+        return pb.LoginResponse(**_token_fields(tokens))
+
+    async def VerifyEmail(
+        self, request: pb.VerifyEmailRequest, context: grpc.aio.ServicerContext
+    ) -> pb.VerifyEmailResponse:
+        match request.WhichOneof("action"):
+            case "email":
+                await self._accounts.resend_verification(request.email)
+                return pb.VerifyEmailResponse()
+            case "token":
+                return pb.VerifyEmailResponse(user=user_message(await self._accounts.confirm_email(request.token)))
+            case _:
+                raise InvalidArgument("send `email` to re-send the verification mail or `token` to confirm it",
+                                      reason="MISSING_ACTION")
+
+    async def RefreshToken(
+        self, request: pb.RefreshTokenRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RefreshTokenResponse:
+        tokens = await self._accounts.refresh(request.refresh_token)
+        return pb.RefreshTokenResponse(**_token_fields(tokens))
+
+    async def GetMe(self, request: pb.GetMeRequest, context: grpc.aio.ServicerContext) -> pb.GetMeResponse:
+        user = await self._accounts.get(current_identity().subject)
+        return pb.GetMeResponse(user=user_message(user))
+
+    async def GetJwks(self, request: pb.GetJwksRequest, context: grpc.aio.ServicerContext) -> pb.GetJwksResponse:
+        return self._jwks
+
+
+def _token_fields(tokens: Tokens) -> dict[str, object]:
+    return {"access_token": tokens.access_token, "token_type": "Bearer", "expires_in": tokens.expires_in,
+            "refresh_token": tokens.refresh_token}

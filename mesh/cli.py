@@ -1,0 +1,116 @@
+"""`invmesh`: run the services.
+
+    invmesh up             every service, each in its own process, until Ctrl-C or SIGTERM
+    invmesh serve NAME     one service in this process
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import signal
+import sys
+import time
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from mesh.config import ConfigError, Settings, load_settings
+from mesh.logs import configure_logging
+from mesh.server import serve_until_signalled
+
+# name -> (module with `running(settings)`, the setting holding its address)
+SERVICES: dict[str, tuple[str, str]] = {
+    "auth": ("auth.service", "auth_addr"),
+}
+
+
+def _settings_or_exit() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        sys.exit(f"invmesh: {exc}")
+
+
+def serve(name: str) -> None:
+    settings = _settings_or_exit()
+    configure_logging(name, settings.log_level, settings.log_format)
+    module, _ = SERVICES[name]
+    running: Callable[[Settings], AbstractAsyncContextManager[Any]] = importlib.import_module(module).running
+    asyncio.run(serve_until_signalled(running(settings)))
+
+
+async def _wait_healthy(address: str, deadline: float) -> bool:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1, wait_for_ready=True)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return True
+            await asyncio.sleep(0.1)
+    return False
+
+
+async def up(names: list[str]) -> int:
+    settings = _settings_or_exit()
+    started = time.monotonic()
+    children = {
+        name: await asyncio.create_subprocess_exec(sys.executable, "-m", "mesh", "serve", name) for name in names
+    }
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+    async def announce() -> None:
+        addresses = {name: getattr(settings, SERVICES[name][1]) for name in names}
+        healthy = await asyncio.gather(*(_wait_healthy(a, started + 60) for a in addresses.values()))
+        for (name, address), ok in zip(addresses.items(), healthy, strict=True):
+            print(f"invmesh: {name} {'is serving on' if ok else 'did not become healthy on'} {address}",
+                  file=sys.stderr)
+        if all(healthy):
+            print(f"invmesh: all healthy in {time.monotonic() - started:.2f}s; Ctrl-C stops", file=sys.stderr)
+
+    announcer = asyncio.create_task(announce())
+    exits = {asyncio.create_task(child.wait()): name for name, child in children.items()}
+    stopper = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([stopper, *exits], return_when=asyncio.FIRST_COMPLETED)
+    announcer.cancel()
+    status = 0
+    if stopper not in done:
+        status = 1
+        for task in done:
+            print(f"invmesh: {exits[task]} exited with status {task.result()}; stopping the rest", file=sys.stderr)
+    for child in children.values():
+        if child.returncode is None:
+            child.send_signal(signal.SIGTERM)
+    try:
+        async with asyncio.timeout(settings.shutdown_grace_seconds + 5):
+            await asyncio.gather(*(c.wait() for c in children.values()))
+    except TimeoutError:
+        for child in children.values():
+            if child.returncode is None:
+                child.kill()
+        status = 1
+    return status
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="invmesh", description="Run the invmesh services.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    up_parser = commands.add_parser("up", help="start every service and supervise them")
+    up_parser.add_argument("services", nargs="*", choices=[[], *SERVICES], metavar="SERVICE",
+                           help=f"a subset of: {', '.join(SERVICES)}")
+    serve_parser = commands.add_parser("serve", help="run one service in this process")
+    serve_parser.add_argument("service", choices=list(SERVICES))
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        serve(args.service)
+    else:
+        sys.exit(asyncio.run(up(args.services or list(SERVICES))))

@@ -1,0 +1,123 @@
+"""Typed settings from the environment, validated once at startup.
+
+Every service reads the same `Settings`; each uses the part it needs. Secrets are
+`SecretStr`, so neither `repr()` nor a validation error ever shows them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ConfigError(Exception):
+    """The environment does not describe a valid configuration; the message says what to fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpServer:
+    hostname: str
+    port: int
+    implicit_tls: bool
+    starttls: bool
+    username: str | None
+    password: str | None
+
+
+def parse_smtp_url(url: str) -> SmtpServer:
+    """`smtp://[user:pass@]host:port[?starttls=1]` or `smtps://…` (implicit TLS)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("smtp", "smtps"):
+        raise ValueError("must start with smtp:// or smtps://")
+    if not parts.hostname:
+        raise ValueError("must name a host, as in smtp://mail.example.com:587")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError("has an invalid port") from None
+    starttls = parse_qs(parts.query).get("starttls", ["0"])[-1].lower() in ("1", "true", "yes")
+    return SmtpServer(
+        hostname=parts.hostname,
+        port=port or (465 if parts.scheme == "smtps" else 25),
+        implicit_tls=parts.scheme == "smtps",
+        starttls=starttls,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+    )
+
+
+class Settings(BaseSettings):
+    """Every setting, by its environment variable (see the table in README.md)."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", case_sensitive=False, validate_by_name=True)
+
+    data_dir: Path = Field(Path(".invmesh"), validation_alias="INVMESH_DATA_DIR")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    shutdown_grace_seconds: float = Field(10.0, ge=0)
+
+    auth_addr: str = "127.0.0.1:50051"
+    auth_database_url: SecretStr | None = None
+
+    jwt_issuer: str = Field("invmesh-auth", min_length=1)
+    jwt_audience: str = Field("invmesh", min_length=1)
+    jwt_private_key: SecretStr | None = None
+    access_token_ttl_seconds: int = Field(900, ge=30, le=86_400)
+    refresh_token_ttl_seconds: int = Field(30 * 86_400, ge=60)
+    jwks_refetch_interval_seconds: float = Field(30.0, ge=0)
+
+    bcrypt_rounds: int = Field(12, ge=4, le=31)
+    verification_token_ttl_seconds: int = Field(86_400, ge=60)
+
+    public_url: str = "http://localhost:8000"
+    smtp_url: SecretStr | None = None
+    mail_from: str = "invmesh <no-reply@localhost>"
+    smtp_timeout_seconds: float = Field(15.0, gt=0)
+    mail_retry_initial_seconds: float = Field(5.0, gt=0)
+    mail_retry_max_seconds: float = Field(600.0, gt=0)
+
+    @field_validator("smtp_url")
+    @classmethod
+    def _smtp_url_parses(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value():
+            parse_smtp_url(value.get_secret_value())
+            return value
+        return None
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url_is_http(cls, value: str) -> str:
+        if urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    def database_url(self, service: str) -> str:
+        """`<SERVICE>_DATABASE_URL`, or an SQLite file in the data directory."""
+        configured: SecretStr | None = getattr(self, f"{service}_database_url")
+        if configured is not None and configured.get_secret_value():
+            return configured.get_secret_value()
+        return f"sqlite+aiosqlite:///{(self.data_dir / f'{service}.db').resolve()}"
+
+    @property
+    def smtp_server(self) -> SmtpServer | None:
+        return parse_smtp_url(self.smtp_url.get_secret_value()) if self.smtp_url else None
+
+    @property
+    def outbox_dir(self) -> Path:
+        return self.data_dir / "outbox"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Reads the environment (overrides win); raises ConfigError naming each bad variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors(include_input=False, include_url=False):
+            problems.append(f"  {str(error['loc'][0]).upper()}: {error['msg']}")
+        raise ConfigError("invalid configuration:\n" + "\n".join(problems)) from None

@@ -1,0 +1,23 @@
+"""Per-call context, carried by contextvars from the server interceptors to handlers,
+log lines and outgoing calls."""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mesh.tokens import Identity
+
+request_id: ContextVar[str] = ContextVar("request_id", default="-")
+# The verified caller, and the raw token that proved it (forwarded on outgoing calls).
+identity: ContextVar[Identity | None] = ContextVar("identity", default=None)
+access_token: ContextVar[str | None] = ContextVar("access_token", default=None)
+
+
+def current_identity() -> Identity:
+    """The verified caller of an authenticated RPC."""
+    caller = identity.get()
+    if caller is None:
+        raise LookupError("no verified caller: this RPC is not behind the token check")
+    return caller

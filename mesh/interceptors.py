@@ -1,0 +1,157 @@
+"""Server interceptors: the cross-cutting work every RPC gets, written once.
+
+`RequestInterceptor` (outermost) binds the request id, logs one line per call and turns
+domain errors into statuses; `AuthInterceptor` verifies the bearer token of every method
+that is not public. Both wrap the unary-unary handlers once per method and cache them,
+so a call pays only for the wrapper itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Collection
+from typing import Any
+
+import grpc
+from sqlalchemy.exc import DBAPIError
+
+from mesh import context
+from mesh.errors import DomainError, Unauthenticated, Unavailable, internal_status
+from mesh.tokens import TokenVerifier
+
+log = logging.getLogger("mesh.rpc")
+
+Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# Health and reflection answer anyone: load balancers and grpcurl carry no token.
+ALWAYS_PUBLIC_PREFIXES = (
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+    "/grpc.reflection.v1.ServerReflection/",
+)
+
+
+def metadata_value(ctx: grpc.aio.ServicerContext, key: str) -> str | None:
+    for name, value in ctx.invocation_metadata() or ():
+        if name == key:
+            return value if isinstance(value, str) else None
+    return None
+
+
+class _UnaryWrapper(grpc.aio.ServerInterceptor):
+    """Wraps each unary-unary handler once; streaming handlers pass through `_other`."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, grpc.RpcMethodHandler | None] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method = details.method
+        if method not in self._cache:
+            handler = await continuation(details)
+            if handler is not None and handler.unary_unary is not None:
+                handler = grpc.unary_unary_rpc_method_handler(
+                    self._wrap(method, handler.unary_unary),
+                    request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer,
+                )
+            else:
+                handler = self._other(method, handler)
+            self._cache[method] = handler
+        return self._cache[method]  # type: ignore[return-value]
+
+    def _wrap(self, method: str, behavior: Behavior) -> Behavior:
+        raise NotImplementedError
+
+    def _other(self, method: str, handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler | None:
+        return handler
+
+
+class RequestInterceptor(_UnaryWrapper):
+    """Binds the request id (taken from `x-request-id` or made), logs the call, maps errors."""
+
+    def _wrap(self, method: str, behavior: Behavior) -> Behavior:
+        async def call(request: Any, ctx: grpc.aio.ServicerContext) -> Any:
+            incoming = metadata_value(ctx, "x-request-id")
+            rid = incoming if incoming and _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+            context.request_id.set(rid)
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                return await behavior(request, ctx)
+            except DomainError as error:
+                code = error.code
+                status = error.to_status()
+                await ctx.abort(status.code, status.details, status.trailing_metadata)
+            except (grpc.aio.AbortError, grpc.aio.UsageError):  # from ctx.abort() in a handler
+                code = ctx.code() or grpc.StatusCode.UNKNOWN  # type: ignore[assignment]
+                raise
+            except Exception as error:
+                if isinstance(error, DBAPIError) and error.connection_invalidated:
+                    code = grpc.StatusCode.UNAVAILABLE
+                    status = Unavailable("the database is unavailable; retry later").to_status()
+                else:
+                    code = grpc.StatusCode.INTERNAL
+                    log.exception("unhandled error in %s", method)
+                    status = internal_status()
+                await ctx.abort(status.code, status.details, status.trailing_metadata)
+            finally:
+                log.info(
+                    "rpc %s %s",
+                    method,
+                    code.name,
+                    extra={"ms": round((time.perf_counter() - started) * 1000, 2)},
+                )
+
+        return call
+
+
+class AuthInterceptor(_UnaryWrapper):
+    """Every method not listed as public needs `authorization: Bearer <access token>`.
+
+    The verified identity and the raw token go into contextvars, for the handler and for
+    the calls it makes to other services.
+    """
+
+    def __init__(self, verifier: TokenVerifier, public_methods: Collection[str]) -> None:
+        super().__init__()
+        self._verifier = verifier
+        self._public = frozenset(public_methods)
+
+    def _is_public(self, method: str) -> bool:
+        return method in self._public or method.startswith(ALWAYS_PUBLIC_PREFIXES)
+
+    def _wrap(self, method: str, behavior: Behavior) -> Behavior:
+        if self._is_public(method):
+            return behavior
+
+        async def call(request: Any, ctx: grpc.aio.ServicerContext) -> Any:
+            header = metadata_value(ctx, "authorization") or ""
+            scheme, _, token = header.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise Unauthenticated(
+                    "this call needs an access token: send `authorization: Bearer <token>` metadata",
+                    reason="MISSING_TOKEN",
+                )
+            token = token.strip()
+            context.identity.set(await self._verifier.verify(token))
+            context.access_token.set(token)
+            return await behavior(request, ctx)
+
+        return call
+
+    def _other(self, method: str, handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler | None:
+        if handler is None or self._is_public(method):
+            return handler
+        # No streaming RPC of ours is authenticated yet: refuse rather than let one through unchecked.
+        return grpc.unary_unary_rpc_method_handler(_refuse_streaming)
+
+
+async def _refuse_streaming(request: Any, ctx: grpc.aio.ServicerContext) -> None:
+    await ctx.abort(grpc.StatusCode.UNIMPLEMENTED, "streaming calls are not authenticated here")

@@ -1,0 +1,89 @@
+"""The one gRPC server bootstrap every service uses (grpc.aio).
+
+A `MeshServer` serves a service's servicers with the standard interceptors, the
+`grpc.health.v1` health service and server reflection. `stop()` is the graceful path:
+health goes NOT_SERVING first, then in-flight calls get the grace period to finish.
+`serve_until_signalled` runs a service until SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Servicer:
+    """A servicer and how to add it: `(name, add_XServicer_to_server, instance)`."""
+
+    name: str  # the full service name, e.g. "invmesh.auth.v1.AuthService"
+    add_to_server: Callable[[object, grpc.aio.Server], None]
+    instance: object
+
+
+class MeshServer:
+    def __init__(
+        self,
+        servicers: Sequence[Servicer],
+        *,
+        address: str,
+        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        grace_seconds: float = 10.0,
+    ) -> None:
+        self._servicers = servicers
+        self._address = address
+        self._grace = grace_seconds
+        self._health = health.aio.HealthServicer()
+        self._server = grpc.aio.server(
+            interceptors=list(interceptors),
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),  # a second server on a taken port must fail, not share it
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ],
+        )
+        self.port = 0
+
+    async def start(self) -> None:
+        for servicer in self._servicers:
+            servicer.add_to_server(servicer.instance, self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        names = [s.name for s in self._servicers]
+        reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server)
+        self.port = self._server.add_insecure_port(self._address)
+        if not self.port:
+            raise OSError(f"cannot listen on {self._address}")
+        await self._server.start()
+        for name in ["", *names]:  # "" is the server as a whole
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving %s on %s", ", ".join(names), self._address.rsplit(":", 1)[0] + f":{self.port}")
+
+    async def stop(self) -> None:
+        await self._health.enter_graceful_shutdown()
+        await self._server.stop(self._grace)
+        log.info("stopped")
+
+
+async def serve_until_signalled(service: AbstractAsyncContextManager[object]) -> None:
+    """Enters the service (which starts its server) and leaves it on SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    async with service:
+        await stop.wait()
+        log.info("shutting down")

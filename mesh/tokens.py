@@ -1,0 +1,150 @@
+"""Access-token verification, the same in every service.
+
+The algorithm is pinned (ES256), `typ` must be `at+jwt`, `iss`/`aud`/`exp`/`sub`/`jti` are
+required, and `kid` is resolved only against keys published by the auth service: never
+against anything the token itself carries (RFC 8725).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
+
+from mesh.errors import Unauthenticated
+
+ALGORITHM = "ES256"
+TOKEN_TYPE = "at+jwt"
+REQUIRED_CLAIMS = ("iss", "aud", "sub", "exp", "iat", "jti")
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """A verified caller, from the claims of its access token."""
+
+    subject: str
+    email: str
+    email_verified: bool
+    roles: tuple[str, ...]
+    token_id: str
+    expires_at: int
+
+
+class KeySource(Protocol):
+    async def public_key(self, kid: str) -> EllipticCurvePublicKey | None:
+        """The key that `kid` names, or None if the auth service does not publish it."""
+
+
+class TokenVerifier:
+    def __init__(self, keys: KeySource, *, issuer: str, audience: str) -> None:
+        self._keys = keys
+        self._issuer = issuer
+        self._audience = audience
+
+    async def verify(self, token: str) -> Identity:
+        """Returns the token's identity; raises Unauthenticated saying what is wrong."""
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.InvalidTokenError:
+            raise _invalid("the access token is not a well-formed JWT") from None
+        if header.get("alg") != ALGORITHM or header.get("typ") != TOKEN_TYPE:
+            raise _invalid(f"the access token must be a {TOKEN_TYPE} JWT signed with {ALGORITHM}")
+        kid = header.get("kid")
+        key = await self._keys.public_key(kid) if isinstance(kid, str) and kid else None
+        if key is None:
+            raise _invalid("the access token was not signed by a key the auth service publishes")
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[ALGORITHM],
+                audience=self._audience,
+                issuer=self._issuer,
+                options={"require": list(REQUIRED_CLAIMS)},
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthenticated("the access token has expired", reason="TOKEN_EXPIRED") from None
+        except jwt.InvalidTokenError as exc:
+            raise _invalid(f"the access token is invalid: {exc}") from None
+        return _identity(claims)
+
+
+def _identity(claims: Mapping[str, Any]) -> Identity:
+    roles = claims.get("roles", [])
+    if not (
+        isinstance(claims["sub"], str)
+        and isinstance(claims["jti"], str)
+        and isinstance(claims.get("email", ""), str)
+        and isinstance(roles, list)
+        and all(isinstance(role, str) for role in roles)
+    ):
+        raise _invalid("the access token has malformed claims")
+    return Identity(
+        subject=claims["sub"],
+        email=claims.get("email", ""),
+        email_verified=claims.get("email_verified") is True,
+        roles=tuple(roles),
+        token_id=claims["jti"],
+        expires_at=int(claims["exp"]),
+    )
+
+
+def _invalid(message: str) -> Unauthenticated:
+    return Unauthenticated(message, reason="INVALID_TOKEN")
+
+
+def public_jwk(key: EllipticCurvePublicKey, kid: str) -> dict[str, str]:
+    """The public JWK of a signing key, as GetJwks publishes it."""
+    jwk = jwt.algorithms.ECAlgorithm.to_jwk(key, as_dict=True)
+    return {**jwk, "kid": kid, "alg": ALGORITHM, "use": "sig"}
+
+
+class JwksCache:
+    """Public keys fetched from the auth service's GetJwks, refetched on an unknown `kid`.
+
+    Refetches are rate-limited, so a flood of tokens with made-up `kid`s costs the auth
+    service at most one call per interval; concurrent misses share one fetch.
+    """
+
+    def __init__(
+        self, fetch: Callable[[], Awaitable[list[Mapping[str, str]]]], *, min_refetch_interval: float
+    ) -> None:
+        self._fetch = fetch
+        self._interval = min_refetch_interval
+        self._keys: dict[str, EllipticCurvePublicKey] = {}
+        self._fetched_at = float("-inf")
+        self._lock = asyncio.Lock()
+
+    async def public_key(self, kid: str) -> EllipticCurvePublicKey | None:
+        key = self._keys.get(kid)
+        if key is None and time.monotonic() - self._fetched_at >= self._interval:
+            async with self._lock:
+                if kid not in self._keys and time.monotonic() - self._fetched_at >= self._interval:
+                    await self.refresh()
+            key = self._keys.get(kid)
+        return key
+
+    async def refresh(self) -> None:
+        try:
+            jwks = await self._fetch()
+        except Exception:
+            log.warning("could not fetch the auth service's signing keys", exc_info=True)
+            # Try again soon: the auth service may just be starting.
+            self._fetched_at = time.monotonic() - self._interval + min(self._interval, 1.0)
+            return
+        self._fetched_at = time.monotonic()
+        keys = {}
+        for jwk in jwks:
+            if jwk.get("alg") == ALGORITHM and jwk.get("kty") == "EC" and jwk.get("kid"):
+                key = jwt.PyJWK(dict(jwk), algorithm=ALGORITHM).key
+                if isinstance(key, EllipticCurvePublicKey):
+                    keys[jwk["kid"]] = key
+        self._keys = keys

@@ -1,0 +1,247 @@
+"""Register → mail over SMTP → confirm → login → tokens that verify against GetJwks."""
+
+from __future__ import annotations
+
+import re
+from email.message import EmailMessage
+from urllib.parse import parse_qs, urlsplit
+
+import grpc
+import jwt
+import pytest
+from google.protobuf import json_format
+from sqlalchemy import func, select
+
+from auth.models import OutgoingMail, RefreshToken, User, VerificationToken
+from invmesh.auth.v1 import auth_service_pb2 as pb
+from mesh.db import Database
+from mesh.tokens import JwksCache, TokenVerifier
+from tests.conftest import AuthEndpoint, SmtpServer
+from tests.rpc import error_reason, expect_error
+
+PASSWORD = "correct horse battery"
+
+
+def link_token(message: EmailMessage, public_url: str) -> str:
+    text = message.get_body(("plain",))
+    html = message.get_body(("html",))
+    assert text is not None and html is not None, "the mail has a text and an HTML part"
+    link = re.search(r"https?://\S+", text.get_content())
+    assert link is not None
+    assert link.group(0).startswith(f"{public_url}/users/verify?token=")
+    assert link.group(0) in html.get_content()
+    (token,) = parse_qs(urlsplit(link.group(0)).query)["token"]
+    return token
+
+
+async def register(auth: AuthEndpoint, email: str = "Ann@Example.com", name: str = "Ann") -> pb.User:
+    reply = await auth.stub.Register(pb.RegisterRequest(email=email, password=PASSWORD, name=name))
+    return reply.user
+
+
+async def count(db: Database, model: type) -> int:
+    async with db.session() as session:
+        return await session.scalar(select(func.count()).select_from(model)) or 0
+
+
+def bearer(token: str) -> tuple[tuple[str, str]]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+async def test_register_confirm_login_and_verify_the_token(auth: AuthEndpoint, smtp: SmtpServer) -> None:
+    user = await register(auth)
+    assert user.email == "ann@example.com" and user.name == "Ann"
+    assert not user.email_verified and list(user.roles) == ["viewer"]
+    assert "password" not in json_format.MessageToJson(user).lower()
+
+    (mail,) = await smtp.inbox.wait_for(1)
+    assert mail["To"] == "ann@example.com"
+    token = link_token(mail, auth.settings.public_url)
+    assert len(token) >= 43  # 256 random bits, base64url
+
+    confirmed = await auth.stub.VerifyEmail(pb.VerifyEmailRequest(token=token))
+    assert confirmed.user.id == user.id and confirmed.user.email_verified
+
+    login = await auth.stub.Login(pb.LoginRequest(email="ANN@example.com", password=PASSWORD))
+    assert login.token_type == "Bearer" and login.expires_in == 900 and login.refresh_token
+
+    # Verify the way any other service does: keys fetched from GetJwks, nothing else.
+    async def fetch() -> list[dict[str, str]]:
+        reply = await auth.stub.GetJwks(pb.GetJwksRequest())
+        return [json_format.MessageToDict(key, preserving_proto_field_name=True) for key in reply.keys]
+
+    verifier = TokenVerifier(
+        JwksCache(fetch, min_refetch_interval=30), issuer="invmesh-auth", audience="invmesh"
+    )
+    identity = await verifier.verify(login.access_token)
+    assert identity.subject == user.id and identity.email == "ann@example.com"
+    assert identity.email_verified and identity.roles == ("viewer",)
+
+    header = jwt.get_unverified_header(login.access_token)
+    claims = jwt.decode(login.access_token, options={"verify_signature": False})
+    assert header["alg"] == "ES256" and header["typ"] == "at+jwt" and header["kid"]
+    assert set(claims) == {"iss", "aud", "sub", "email", "email_verified", "roles", "iat", "exp", "jti"}
+    assert claims["exp"] - claims["iat"] == 900
+
+    me = await auth.stub.GetMe(pb.GetMeRequest(), metadata=bearer(login.access_token))
+    assert me.user.id == user.id and me.user.email_verified
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "field", "reason"),
+    [
+        ({"email": "not-an-email"}, "email", "INVALID_EMAIL"),
+        ({"email": "a@b"}, "email", "INVALID_EMAIL"),
+        ({"email": ""}, "email", "INVALID_EMAIL"),
+        ({"password": "short"}, "password", "PASSWORD_TOO_SHORT"),
+        ({"password": "é" * 37}, "password", "PASSWORD_TOO_LONG"),  # 37 characters, 74 bytes
+        ({"password": "a" * 73}, "password", "PASSWORD_TOO_LONG"),
+        ({"name": "n" * 201}, "name", "INVALID_NAME"),
+    ],
+)
+async def test_register_rejects_bad_input_and_writes_nothing(
+    auth: AuthEndpoint, auth_db: Database, smtp: SmtpServer, request_fields: dict[str, str], field: str,
+    reason: str,
+) -> None:
+    fields = {"email": "bob@example.com", "password": PASSWORD, "name": "Bob"} | request_fields
+    error = await expect_error(auth.stub.Register(pb.RegisterRequest(**fields)), grpc.StatusCode.INVALID_ARGUMENT)
+    assert field in error.details()
+    assert error_reason(error) == reason
+    assert await count(auth_db, User) == 0
+    assert await count(auth_db, OutgoingMail) == 0
+    assert smtp.inbox.messages == []
+
+
+async def test_password_limit_counts_bytes_not_characters(auth: AuthEndpoint) -> None:
+    user = await auth.stub.Register(pb.RegisterRequest(email="c@example.com", password="é" * 36, name=""))
+    assert user.user.email == "c@example.com"  # 72 bytes is the limit, and allowed
+
+
+async def test_duplicate_email_is_refused_case_insensitively(
+    auth: AuthEndpoint, auth_db: Database, smtp: SmtpServer
+) -> None:
+    await register(auth, "dup@example.com")
+    await smtp.inbox.wait_for(1)
+    error = await expect_error(register(auth, "DUP@Example.COM"), grpc.StatusCode.ALREADY_EXISTS)
+    assert error_reason(error) == "EMAIL_TAKEN"
+    assert await count(auth_db, User) == 1
+    assert await count(auth_db, VerificationToken) == 1
+    assert await count(auth_db, OutgoingMail) == 0  # the first mail was delivered, no second one queued
+
+
+async def test_login_answers_alike_for_unknown_email_and_wrong_password(auth: AuthEndpoint) -> None:
+    await register(auth, "eve@example.com")
+    answers = []
+    for email, password in [
+        ("eve@example.com", "wrong password"),
+        ("nobody@example.com", PASSWORD),
+        ("not an email", PASSWORD),
+        ("eve@example.com", "x" * 100),  # past bcrypt's 72 bytes: still a plain refusal, not an error
+    ]:
+        error = await expect_error(
+            auth.stub.Login(pb.LoginRequest(email=email, password=password)), grpc.StatusCode.UNAUTHENTICATED
+        )
+        answers.append((error.details(), error_reason(error)))
+    assert len(set(answers)) == 1
+    assert answers[0][1] == "INVALID_CREDENTIALS"
+
+
+async def test_a_long_password_is_not_truncated(auth: AuthEndpoint) -> None:
+    await auth.stub.Register(pb.RegisterRequest(email="f@example.com", password="a" * 72))
+    await auth.stub.Login(pb.LoginRequest(email="f@example.com", password="a" * 72))
+    await expect_error(
+        auth.stub.Login(pb.LoginRequest(email="f@example.com", password="a" * 72 + "X")),
+        grpc.StatusCode.UNAUTHENTICATED,
+    )
+
+
+async def test_verification_tokens_are_single_use(auth: AuthEndpoint, smtp: SmtpServer) -> None:
+    await register(auth, "g@example.com")
+    (mail,) = await smtp.inbox.wait_for(1)
+    token = link_token(mail, auth.settings.public_url)
+    await auth.stub.VerifyEmail(pb.VerifyEmailRequest(token=token))
+    for bad in (token, "unknown-token", ""):
+        error = await expect_error(
+            auth.stub.VerifyEmail(pb.VerifyEmailRequest(token=bad)), grpc.StatusCode.INVALID_ARGUMENT
+        )
+        assert error_reason(error) == "INVALID_VERIFICATION_TOKEN"
+
+
+async def test_resend_invalidates_older_tokens(auth: AuthEndpoint, auth_db: Database, smtp: SmtpServer) -> None:
+    await register(auth, "h@example.com")
+    (first,) = await smtp.inbox.wait_for(1)
+    await auth.stub.VerifyEmail(pb.VerifyEmailRequest(email="H@example.com"))
+    second = (await smtp.inbox.wait_for(2))[1]
+    old, new = (link_token(m, auth.settings.public_url) for m in (first, second))
+    await expect_error(auth.stub.VerifyEmail(pb.VerifyEmailRequest(token=old)), grpc.StatusCode.INVALID_ARGUMENT)
+    reply = await auth.stub.VerifyEmail(pb.VerifyEmailRequest(token=new))
+    assert reply.user.email_verified
+    # Verified: a re-send now mails nothing, and says so no differently.
+    assert await auth.stub.VerifyEmail(pb.VerifyEmailRequest(email="h@example.com")) == pb.VerifyEmailResponse()
+    assert await count(auth_db, OutgoingMail) == 0
+    assert len(smtp.inbox.messages) == 2
+
+
+async def test_expired_verification_token_is_refused(
+    auth: AuthEndpoint, auth_db: Database, smtp: SmtpServer
+) -> None:
+    await register(auth, "i@example.com")
+    (mail,) = await smtp.inbox.wait_for(1)
+    async with auth_db.transaction() as session:
+        row = await session.scalar(select(VerificationToken))
+        assert row is not None
+        row.expires_at = row.expires_at.replace(year=2000)
+    await expect_error(
+        auth.stub.VerifyEmail(pb.VerifyEmailRequest(token=link_token(mail, auth.settings.public_url))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+
+
+async def test_resend_answers_the_same_for_unknown_addresses(auth: AuthEndpoint, smtp: SmtpServer) -> None:
+    await register(auth, "j@example.com")
+    await smtp.inbox.wait_for(1)
+    known = await auth.stub.VerifyEmail(pb.VerifyEmailRequest(email="j@example.com"))
+    unknown = await auth.stub.VerifyEmail(pb.VerifyEmailRequest(email="nobody@example.com"))
+    malformed = await auth.stub.VerifyEmail(pb.VerifyEmailRequest(email="nonsense"))
+    assert known == unknown == malformed == pb.VerifyEmailResponse()
+    await smtp.inbox.wait_for(2)
+    assert [m["To"] for m in smtp.inbox.messages] == ["j@example.com", "j@example.com"]
+
+
+async def test_verify_needs_an_email_or_a_token(auth: AuthEndpoint) -> None:
+    error = await expect_error(auth.stub.VerifyEmail(pb.VerifyEmailRequest()), grpc.StatusCode.INVALID_ARGUMENT)
+    assert "email" in error.details() and "token" in error.details()
+
+
+async def test_refresh_rotates_and_reuse_revokes_the_family(auth: AuthEndpoint, auth_db: Database) -> None:
+    await register(auth, "k@example.com")
+    login = await auth.stub.Login(pb.LoginRequest(email="k@example.com", password=PASSWORD))
+    rotated = await auth.stub.RefreshToken(pb.RefreshTokenRequest(refresh_token=login.refresh_token))
+    assert rotated.refresh_token != login.refresh_token
+    await auth.stub.GetMe(pb.GetMeRequest(), metadata=bearer(rotated.access_token))
+
+    error = await expect_error(
+        auth.stub.RefreshToken(pb.RefreshTokenRequest(refresh_token=login.refresh_token)),
+        grpc.StatusCode.UNAUTHENTICATED,
+    )
+    assert error_reason(error) == "REFRESH_TOKEN_REUSED"
+    # The reuse revoked the token rotated from it as well.
+    error = await expect_error(
+        auth.stub.RefreshToken(pb.RefreshTokenRequest(refresh_token=rotated.refresh_token)),
+        grpc.StatusCode.UNAUTHENTICATED,
+    )
+    assert error_reason(error) == "INVALID_REFRESH_TOKEN"
+    async with auth_db.session() as session:
+        stored = (await session.scalars(select(RefreshToken.token_hash))).all()
+    assert login.refresh_token not in stored and rotated.refresh_token not in stored  # hashes only
+
+    await expect_error(
+        auth.stub.RefreshToken(pb.RefreshTokenRequest(refresh_token="made-up")), grpc.StatusCode.UNAUTHENTICATED
+    )
+
+
+async def test_passwords_are_stored_as_bcrypt_hashes(auth: AuthEndpoint, auth_db: Database) -> None:
+    await register(auth, "l@example.com")
+    async with auth_db.session() as session:
+        stored = await session.scalar(select(User.password_hash))
+    assert stored is not None and stored.startswith("$2b$04$") and PASSWORD not in stored

@@ -1,0 +1,152 @@
+"""Every service rejects a bad access token with UNAUTHENTICATED (RFC 8725 checks)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Callable
+
+import grpc
+import jwt
+import pytest
+from google.protobuf import json_format
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from auth.keys import thumbprint
+from auth.service import running
+from invmesh.auth.v1 import auth_service_pb2 as pb
+from invmesh.auth.v1 import auth_service_pb2_grpc
+from mesh.config import Settings
+from mesh.tokens import JwksCache
+from tests.conftest import AuthEndpoint
+from tests.rpc import error_reason, expect_error
+
+Key = ec.EllipticCurvePrivateKey
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def claims(user_id: str, **changes: object) -> dict[str, object]:
+    now = int(time.time())
+    base: dict[str, object] = {
+        "iss": "invmesh-auth", "aud": "invmesh", "sub": user_id, "email": "ann@example.com",
+        "email_verified": True, "roles": ["viewer"], "iat": now, "exp": now + 600, "jti": "t1",
+    }
+    return {k: v for k, v in (base | changes).items() if v is not None}
+
+
+def sign(key: Key, payload: dict[str, object], **header: object) -> str:
+    headers = {"kid": thumbprint(key.public_key()), "typ": "at+jwt"} | header
+    return jwt.encode(payload, key, algorithm="ES256", headers=headers)
+
+
+def unsigned(key: Key, payload: dict[str, object]) -> str:
+    header = {"alg": "none", "typ": "at+jwt", "kid": thumbprint(key.public_key())}
+    return f"{b64(json.dumps(header).encode())}.{b64(json.dumps(payload).encode())}."
+
+
+def hs256_with_public_key(key: Key, payload: dict[str, object]) -> str:
+    # The classic confusion attack: HMAC keyed with the (public) verification key.
+    public_pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    header = {"alg": "HS256", "typ": "at+jwt", "kid": thumbprint(key.public_key())}
+    signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(payload).encode())}"
+    return f"{signing_input}.{b64(hmac.new(public_pem, signing_input.encode(), hashlib.sha256).digest())}"
+
+
+def tampered(key: Key, payload: dict[str, object]) -> str:
+    header, _, signature = sign(key, payload).split(".")
+    forged = b64(json.dumps(payload | {"roles": ["admin"]}).encode())
+    return f"{header}.{forged}.{signature}"
+
+
+def foreign_key_same_kid(key: Key, payload: dict[str, object]) -> str:
+    return sign(ec.generate_private_key(ec.SECP256R1()), payload, kid=thumbprint(key.public_key()))
+
+
+BAD_TOKENS: dict[str, Callable[[Key, str], str]] = {
+    "expired": lambda k, sub: sign(k, claims(sub, iat=int(time.time()) - 1000, exp=int(time.time()) - 10)),
+    "not yet valid": lambda k, sub: sign(k, claims(sub, nbf=int(time.time()) + 600)),
+    "tampered claims": lambda k, sub: tampered(k, claims(sub)),
+    "foreign key with a copied kid": lambda k, sub: foreign_key_same_kid(k, claims(sub)),
+    "unknown kid": lambda k, sub: sign(k, claims(sub), kid="no-such-key"),
+    "alg none": lambda k, sub: unsigned(k, claims(sub)),
+    "HS256 keyed with the public key": lambda k, sub: hs256_with_public_key(k, claims(sub)),
+    "wrong issuer": lambda k, sub: sign(k, claims(sub, iss="someone-else")),
+    "wrong audience": lambda k, sub: sign(k, claims(sub, aud="another-api")),
+    "no exp": lambda k, sub: sign(k, claims(sub, exp=None)),
+    "no typ": lambda k, sub: sign(k, claims(sub), typ="JWT"),
+    "roles not a list": lambda k, sub: sign(k, claims(sub, roles="admin")),
+    "not a JWT": lambda k, sub: "garbage",
+}
+
+
+@pytest.mark.parametrize("kind", BAD_TOKENS)
+async def test_get_me_rejects_a_bad_token(auth: AuthEndpoint, signing_key: Key, kind: str) -> None:
+    user = (await auth.stub.Register(pb.RegisterRequest(email="ann@example.com", password="password1"))).user
+    good = sign(signing_key, claims(user.id))
+    assert (await auth.stub.GetMe(pb.GetMeRequest(), metadata=(("authorization", f"Bearer {good}"),))).user.id
+
+    token = BAD_TOKENS[kind](signing_key, user.id)
+    error = await expect_error(
+        auth.stub.GetMe(pb.GetMeRequest(), metadata=(("authorization", f"Bearer {token}"),)),
+        grpc.StatusCode.UNAUTHENTICATED,
+    )
+    assert error_reason(error) in {"INVALID_TOKEN", "TOKEN_EXPIRED"}
+
+
+@pytest.mark.parametrize("header", [None, "", "Bearer", "Bearer ", "Basic dXNlcjpwYXNz", "token-without-scheme"])
+async def test_get_me_needs_a_bearer_token(auth: AuthEndpoint, header: str | None) -> None:
+    metadata = (("authorization", header),) if header is not None else ()
+    error = await expect_error(auth.stub.GetMe(pb.GetMeRequest(), metadata=metadata), grpc.StatusCode.UNAUTHENTICATED)
+    assert "Bearer" in error.details()
+
+
+async def test_signing_key_is_generated_once_and_persisted(settings: Settings) -> None:
+    generated = settings.model_copy(update={"jwt_private_key": None})
+    kids = []
+    for _ in range(2):
+        async with running(generated, address="127.0.0.1:0") as server:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+                reply = await auth_service_pb2_grpc.AuthServiceStub(channel).GetJwks(pb.GetJwksRequest())
+                kids.append([key.kid for key in reply.keys])
+    assert len(kids[0]) == 1 and kids[0] == kids[1]
+
+
+async def test_jwks_publishes_the_configured_key(auth: AuthEndpoint, signing_key: Key) -> None:
+    (jwk,) = (await auth.stub.GetJwks(pb.GetJwksRequest())).keys
+    assert (jwk.kty, jwk.crv, jwk.alg, jwk.use) == ("EC", "P-256", "ES256", "sig")
+    assert jwk.kid == thumbprint(signing_key.public_key())
+    assert "d" not in pb.Jwk.DESCRIPTOR.fields_by_name  # never a private member
+
+
+async def test_jwks_cache_refetches_an_unknown_kid_at_most_once_per_interval(
+    auth: AuthEndpoint, signing_key: Key
+) -> None:
+    fetches = 0
+
+    async def fetch() -> list[dict[str, str]]:
+        nonlocal fetches
+        fetches += 1
+        reply = await auth.stub.GetJwks(pb.GetJwksRequest())
+        return [json_format.MessageToDict(key, preserving_proto_field_name=True) for key in reply.keys]
+
+    cache = JwksCache(fetch, min_refetch_interval=30)
+    kid = thumbprint(signing_key.public_key())
+    assert await cache.public_key(kid) is not None
+    for _ in range(5):  # a flood of made-up kids costs the auth service nothing more
+        assert await cache.public_key("made-up") is None
+    assert await cache.public_key(kid) is not None
+    assert fetches == 1
+
+    eager = JwksCache(fetch, min_refetch_interval=0)
+    for _ in range(3):
+        await eager.public_key("made-up")
+    assert fetches == 4
