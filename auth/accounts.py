@@ -39,13 +39,15 @@ class Tokens:
 def normalize_email(address: str) -> str:
     """The address in the form stored and compared; INVALID_ARGUMENT if it is not one."""
     if len(address) > MAX_EMAIL_CHARS:
-        raise InvalidArgument(f"email must be at most {MAX_EMAIL_CHARS} characters", field="email",
-                              reason="INVALID_EMAIL")
+        raise InvalidArgument(
+            f"email must be at most {MAX_EMAIL_CHARS} characters", field="email", reason="INVALID_EMAIL"
+        )
     try:
         return validate_email(address.strip(), check_deliverability=False).normalized.lower()
     except EmailNotValidError as exc:
-        raise InvalidArgument(f"email is not a valid address: {exc}", field="email",
-                              reason="INVALID_EMAIL") from None
+        raise InvalidArgument(
+            f"email is not a valid address: {exc}", field="email", reason="INVALID_EMAIL"
+        ) from None
 
 
 def _digest(token: str) -> str:
@@ -73,19 +75,28 @@ class Accounts:
         address = normalize_email(email)
         name = name.strip()
         if len(name) > MAX_NAME_CHARS:
-            raise InvalidArgument(f"name must be at most {MAX_NAME_CHARS} characters", field="name",
-                                  reason="INVALID_NAME")
+            raise InvalidArgument(
+                f"name must be at most {MAX_NAME_CHARS} characters", field="name", reason="INVALID_NAME"
+            )
         password_hash = await self._hasher.hash(check_new_password(password))
-        user = User(id=str(uuid.uuid4()), email=address, name=name, password_hash=password_hash,
-                    email_verified=False, roles=["viewer"], created_at=utcnow())
+        user = User(
+            id=str(uuid.uuid4()),
+            email=address,
+            name=name,
+            password_hash=password_hash,
+            email_verified=False,
+            roles=["viewer"],
+            created_at=utcnow(),
+        )
         try:
             async with self._db.transaction() as session:
                 session.add(user)
                 await session.flush()  # the unique email index answers here
                 self._add_verification(session, user)
         except IntegrityError:
-            raise AlreadyExists("an account with this email already exists", field="email",
-                                reason="EMAIL_TAKEN") from None
+            raise AlreadyExists(
+                "an account with this email already exists", field="email", reason="EMAIL_TAKEN"
+            ) from None
         self._mail.wake()
         return user
 
@@ -110,8 +121,9 @@ class Accounts:
         async with self._db.transaction() as session:
             row = await session.get(RefreshToken, _digest(refresh_token))
             if row is None or row.revoked_at is not None or row.expires_at <= now:
-                raise Unauthenticated("the refresh token is unknown, expired or revoked",
-                                      reason="INVALID_REFRESH_TOKEN")
+                raise Unauthenticated(
+                    "the refresh token is unknown, expired or revoked", reason="INVALID_REFRESH_TOKEN"
+                )
             spent = await session.execute(
                 update(RefreshToken)
                 .where(RefreshToken.token_hash == row.token_hash, RefreshToken.used_at.is_(None))
@@ -155,8 +167,11 @@ class Accounts:
 
     async def confirm_email(self, token: str) -> User:
         now = utcnow()
-        invalid = InvalidArgument("the verification token is unknown, expired or already used",
-                                  field="token", reason="INVALID_VERIFICATION_TOKEN")
+        invalid = InvalidArgument(
+            "the verification token is unknown, expired or already used",
+            field="token",
+            reason="INVALID_VERIFICATION_TOKEN",
+        )
         async with self._db.transaction() as session:
             row = await session.get(VerificationToken, _digest(token))
             if row is None or row.used_at is not None or row.expires_at <= now:
@@ -182,25 +197,41 @@ class Accounts:
     def _add_verification(self, session: AsyncSession, user: User) -> None:
         token = _new_secret()
         link = f"{self._settings.public_url}/users/verify?token={token}"
-        session.add_all([
-            VerificationToken(token_hash=_digest(token), user_id=user.id, email=user.email,
-                              expires_at=utcnow() + self._verification_ttl, used_at=None),
-            OutgoingMail(
-                recipient=user.email,
-                message=verification_mail(
-                    sender=self._settings.mail_from, recipient=user.email, name=user.name, link=link,
-                    valid_hours=max(1, round(self._verification_ttl.total_seconds() / 3600)),
+        session.add_all(
+            [
+                VerificationToken(
+                    token_hash=_digest(token),
+                    user_id=user.id,
+                    email=user.email,
+                    expires_at=utcnow() + self._verification_ttl,
+                    used_at=None,
                 ),
-            ),
-        ])
+                OutgoingMail(
+                    recipient=user.email,
+                    message=verification_mail(
+                        sender=self._settings.mail_from,
+                        recipient=user.email,
+                        name=user.name,
+                        link=link,
+                        valid_hours=max(1, round(self._verification_ttl.total_seconds() / 3600)),
+                    ),
+                ),
+            ]
+        )
 
     def _issue(self, session: AsyncSession, user: User, *, family_id: str) -> Tokens:
         now = utcnow()
         refresh = _new_secret()
-        session.add(RefreshToken(
-            token_hash=_digest(refresh), user_id=user.id, family_id=family_id,
-            expires_at=now + self._refresh_ttl, used_at=None, revoked_at=None,
-        ))
+        session.add(
+            RefreshToken(
+                token_hash=_digest(refresh),
+                user_id=user.id,
+                family_id=family_id,
+                expires_at=now + self._refresh_ttl,
+                used_at=None,
+                revoked_at=None,
+            )
+        )
         claims = {
             "iss": self._settings.jwt_issuer,
             "aud": self._settings.jwt_audience,
@@ -210,4 +241,6 @@ class Accounts:
             "roles": list(user.roles),
         }
         access = self._keys.sign_access_token(claims, ttl=self._access_ttl, now=now)
-        return Tokens(access_token=access, expires_in=int(self._access_ttl.total_seconds()), refresh_token=refresh)
+        return Tokens(
+            access_token=access, expires_in=int(self._access_ttl.total_seconds()), refresh_token=refresh
+        )

@@ -31,7 +31,9 @@ log = logging.getLogger(__name__)
 def thumbprint(public_key: ec.EllipticCurvePublicKey) -> str:
     """RFC 7638: base64url(SHA-256) of the key's required JWK members, in canonical JSON."""
     jwk = jwt.algorithms.ECAlgorithm.to_jwk(public_key, as_dict=True)
-    canonical = json.dumps({k: jwk[k] for k in ("crv", "kty", "x", "y")}, separators=(",", ":"), sort_keys=True)
+    canonical = json.dumps(
+        {k: jwk[k] for k in ("crv", "kty", "x", "y")}, separators=(",", ":"), sort_keys=True
+    )
     return base64.urlsafe_b64encode(hashlib.sha256(canonical.encode()).digest()).rstrip(b"=").decode()
 
 
@@ -51,7 +53,9 @@ def _to_pem(key: ec.EllipticCurvePrivateKey) -> str:
 class KeyStore:
     """Signs access tokens with the active key; answers `kid` lookups for the verifier."""
 
-    def __init__(self, signing: ec.EllipticCurvePrivateKey, published: list[ec.EllipticCurvePublicKey]) -> None:
+    def __init__(
+        self, signing: ec.EllipticCurvePrivateKey, published: list[ec.EllipticCurvePublicKey]
+    ) -> None:
         self._signing = signing
         self.signing_kid = thumbprint(signing.public_key())
         self._public = {thumbprint(k): k for k in [signing.public_key(), *published]}

@@ -177,12 +177,16 @@ class MailRelay:
             await self._transport.deliver(mail.recipient, mail.message)
         except Exception as exc:
             backoff = min(self._retry_initial * 2**attempts, self._retry_max) * random.uniform(0.8, 1.2)
-            log.warning("mail delivery failed (attempt %d), retrying in %.1fs: %s", attempts + 1, backoff, exc)
+            log.warning(
+                "mail delivery failed (attempt %d), retrying in %.1fs: %s", attempts + 1, backoff, exc
+            )
             async with self._db.transaction() as session:
                 await session.execute(
                     update(OutgoingMail)
                     .where(OutgoingMail.id == mail_id)
-                    .values(next_attempt_at=utcnow() + dt.timedelta(seconds=backoff), last_error=str(exc)[:500])
+                    .values(
+                        next_attempt_at=utcnow() + dt.timedelta(seconds=backoff), last_error=str(exc)[:500]
+                    )
                 )
             return
         async with self._db.transaction() as session:

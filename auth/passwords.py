@@ -21,8 +21,9 @@ def check_new_password(password: str) -> bytes:
     """The password's UTF-8 bytes if it may be set; otherwise INVALID_ARGUMENT saying why."""
     encoded = password.encode()
     if len(password) < MIN_CHARS:
-        raise InvalidArgument(f"password must be at least {MIN_CHARS} characters", field="password",
-                              reason="PASSWORD_TOO_SHORT")
+        raise InvalidArgument(
+            f"password must be at least {MIN_CHARS} characters", field="password", reason="PASSWORD_TOO_SHORT"
+        )
     if len(encoded) > MAX_BYTES:
         raise InvalidArgument(
             f"password must be at most {MAX_BYTES} bytes in UTF-8 (it is {len(encoded)}); "

@@ -27,7 +27,9 @@ PUBLIC_METHODS = frozenset(
 def mail_transport(settings: Settings) -> Transport:
     if settings.smtp_server is None:
         return FolderTransport(settings.outbox_dir)
-    return SmtpTransport(settings.smtp_server, sender=settings.mail_from, timeout=settings.smtp_timeout_seconds)
+    return SmtpTransport(
+        settings.smtp_server, sender=settings.mail_from, timeout=settings.smtp_timeout_seconds
+    )
 
 
 @asynccontextmanager
@@ -51,8 +53,13 @@ async def running(settings: Settings, *, address: str | None = None) -> AsyncIte
         )
         verifier = TokenVerifier(keys, issuer=settings.jwt_issuer, audience=settings.jwt_audience)
         server = MeshServer(
-            [Servicer(SERVICE_NAME, auth_service_pb2_grpc.add_AuthServiceServicer_to_server,
-                      AuthServicer(accounts, keys))],
+            [
+                Servicer(
+                    SERVICE_NAME,
+                    auth_service_pb2_grpc.add_AuthServiceServicer_to_server,
+                    AuthServicer(accounts, keys),
+                )
+            ],
             address=address or settings.auth_addr,
             interceptors=[RequestInterceptor(), AuthInterceptor(verifier, PUBLIC_METHODS)],
             grace_seconds=settings.shutdown_grace_seconds,

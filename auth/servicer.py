@@ -17,8 +17,14 @@ from mesh.errors import InvalidArgument
 def user_message(user: User) -> pb.User:
     created_at = Timestamp()
     created_at.FromDatetime(user.created_at)
-    return pb.User(id=user.id, email=user.email, name=user.name, email_verified=user.email_verified,
-                   roles=user.roles, created_at=created_at)
+    return pb.User(
+        id=user.id,
+        email=user.email,
+        name=user.name,
+        email_verified=user.email_verified,
+        roles=user.roles,
+        created_at=created_at,
+    )
 
 
 class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
@@ -26,8 +32,12 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
         self._accounts = accounts
         self._jwks = pb.GetJwksResponse(keys=[pb.Jwk(**jwk) for jwk in keys.jwks])
 
-    async def Register(self, request: pb.RegisterRequest, context: grpc.aio.ServicerContext) -> pb.RegisterResponse:
-        user = await self._accounts.register(email=request.email, password=request.password, name=request.name)
+    async def Register(
+        self, request: pb.RegisterRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RegisterResponse:
+        user = await self._accounts.register(
+            email=request.email, password=request.password, name=request.name
+        )
         return pb.RegisterResponse(user=user_message(user))
 
     async def Login(self, request: pb.LoginRequest, context: grpc.aio.ServicerContext) -> pb.LoginResponse:
@@ -42,10 +52,14 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
                 await self._accounts.resend_verification(request.email)
                 return pb.VerifyEmailResponse()
             case "token":
-                return pb.VerifyEmailResponse(user=user_message(await self._accounts.confirm_email(request.token)))
+                return pb.VerifyEmailResponse(
+                    user=user_message(await self._accounts.confirm_email(request.token))
+                )
             case _:
-                raise InvalidArgument("send `email` to re-send the verification mail or `token` to confirm it",
-                                      reason="MISSING_ACTION")
+                raise InvalidArgument(
+                    "send `email` to re-send the verification mail or `token` to confirm it",
+                    reason="MISSING_ACTION",
+                )
 
     async def RefreshToken(
         self, request: pb.RefreshTokenRequest, context: grpc.aio.ServicerContext
@@ -57,10 +71,16 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
         user = await self._accounts.get(current_identity().subject)
         return pb.GetMeResponse(user=user_message(user))
 
-    async def GetJwks(self, request: pb.GetJwksRequest, context: grpc.aio.ServicerContext) -> pb.GetJwksResponse:
+    async def GetJwks(
+        self, request: pb.GetJwksRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetJwksResponse:
         return self._jwks
 
 
 def _token_fields(tokens: Tokens) -> dict[str, object]:
-    return {"access_token": tokens.access_token, "token_type": "Bearer", "expires_in": tokens.expires_in,
-            "refresh_token": tokens.refresh_token}
+    return {
+        "access_token": tokens.access_token,
+        "token_type": "Bearer",
+        "expires_in": tokens.expires_in,
+        "refresh_token": tokens.refresh_token,
+    }

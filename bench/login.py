@@ -114,8 +114,10 @@ def register_users(address: str) -> None:
     with grpc.insecure_channel(address) as channel:
         stub = pb_grpc.AuthServiceStub(channel)
         # Concurrently, so the server's bcrypt pool hashes them in parallel.
-        calls = [stub.Register.future(pb.RegisterRequest(email=email, password=password, name="bench"))
-                 for email, password in USERS]
+        calls = [
+            stub.Register.future(pb.RegisterRequest(email=email, password=password, name="bench"))
+            for email, password in USERS
+        ]
         for call in calls:
             call.result(timeout=STARTUP_SECONDS)
 
@@ -197,8 +199,10 @@ def main(argv: list[str] | None = None) -> None:
         p50, p99 = f"{cuts[49] * 1000:.0f}", f"{cuts[98] * 1000:.0f}"
     else:
         p50 = p99 = "n/a"
-    print(f"Login, bcrypt cost {rounds}, {cpus} CPUs, {args.processes} client processes x "
-          f"{args.concurrency} calls in flight, {duration:g} s\n")
+    print(
+        f"Login, bcrypt cost {rounds}, {cpus} CPUs, {args.processes} client processes x "
+        f"{args.concurrency} calls in flight, {duration:g} s\n"
+    )
     print("| logins/s | p50 ms | p99 ms | errors | bcrypt bound (checks/s) | % of bound |")
     print("|---:|---:|---:|---:|---:|---:|")
     print(f"| {rate:.2f} | {p50} | {p99} | {errors} | {bound:.2f} | {100 * rate / bound:.0f}% |")

@@ -1,7 +1,7 @@
 """`invmesh`: run the services.
 
-    invmesh up             every service, each in its own process, until Ctrl-C or SIGTERM
-    invmesh serve NAME     one service in this process
+invmesh up             every service, each in its own process, until Ctrl-C or SIGTERM
+invmesh serve NAME     one service in this process
 """
 
 from __future__ import annotations
@@ -61,7 +61,8 @@ async def up(names: list[str]) -> int:
     settings = _settings_or_exit()
     started = time.monotonic()
     children = {
-        name: await asyncio.create_subprocess_exec(sys.executable, "-m", "mesh", "serve", name) for name in names
+        name: await asyncio.create_subprocess_exec(sys.executable, "-m", "mesh", "serve", name)
+        for name in names
     }
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -72,8 +73,10 @@ async def up(names: list[str]) -> int:
         addresses = {name: getattr(settings, SERVICES[name][1]) for name in names}
         healthy = await asyncio.gather(*(_wait_healthy(a, started + 60) for a in addresses.values()))
         for (name, address), ok in zip(addresses.items(), healthy, strict=True):
-            print(f"invmesh: {name} {'is serving on' if ok else 'did not become healthy on'} {address}",
-                  file=sys.stderr)
+            print(
+                f"invmesh: {name} {'is serving on' if ok else 'did not become healthy on'} {address}",
+                file=sys.stderr,
+            )
         if all(healthy):
             print(f"invmesh: all healthy in {time.monotonic() - started:.2f}s; Ctrl-C stops", file=sys.stderr)
 
@@ -86,7 +89,10 @@ async def up(names: list[str]) -> int:
     if stopper not in done:
         status = 1
         for task in done:
-            print(f"invmesh: {exits[task]} exited with status {task.result()}; stopping the rest", file=sys.stderr)
+            print(
+                f"invmesh: {exits[task]} exited with status {task.result()}; stopping the rest",
+                file=sys.stderr,
+            )
     for child in children.values():
         if child.returncode is None:
             child.send_signal(signal.SIGTERM)
@@ -105,8 +111,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="invmesh", description="Run the invmesh services.")
     commands = parser.add_subparsers(dest="command", required=True)
     up_parser = commands.add_parser("up", help="start every service and supervise them")
-    up_parser.add_argument("services", nargs="*", choices=[[], *SERVICES], metavar="SERVICE",
-                           help=f"a subset of: {', '.join(SERVICES)}")
+    up_parser.add_argument(
+        "services",
+        nargs="*",
+        choices=[[], *SERVICES],
+        metavar="SERVICE",
+        help=f"a subset of: {', '.join(SERVICES)}",
+    )
     serve_parser = commands.add_parser("serve", help="run one service in this process")
     serve_parser.add_argument("service", choices=list(SERVICES))
     args = parser.parse_args(argv)

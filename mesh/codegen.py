@@ -57,7 +57,9 @@ def drift() -> list[str]:
             if p.is_file() and "__pycache__" not in p.parts
         }
         stale = expected ^ committed
-        stale |= {p for p in expected & committed if not filecmp.cmp(Path(scratch) / p, ROOT / p, shallow=False)}
+        stale |= {
+            p for p in expected & committed if not filecmp.cmp(Path(scratch) / p, ROOT / p, shallow=False)
+        }
         return sorted(map(str, stale))
 
 
@@ -72,7 +74,9 @@ def lint() -> subprocess.CompletedProcess[str]:
         buf = Path(sys.executable).with_name("buf")
         return subprocess.run(
             [str(buf), "lint", str(image), "--config", str(PROTOS / "buf.yaml"), "--path", PACKAGE],
-            capture_output=True, text=True, check=False,
+            capture_output=True,
+            text=True,
+            check=False,
         )
 
 

@@ -54,7 +54,9 @@ def parse_smtp_url(url: str) -> SmtpServer:
 class Settings(BaseSettings):
     """Every setting, by its environment variable (see the table in README.md)."""
 
-    model_config = SettingsConfigDict(frozen=True, extra="ignore", case_sensitive=False, validate_by_name=True)
+    model_config = SettingsConfigDict(
+        frozen=True, extra="ignore", case_sensitive=False, validate_by_name=True
+    )
 
     data_dir: Path = Field(Path(".invmesh"), validation_alias="INVMESH_DATA_DIR")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

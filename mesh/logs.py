@@ -18,14 +18,19 @@ _SECRETS = re.compile(
     r"|eyJ[\w-]+\.[\w-]+\.[\w-]*"
     r"|((?:token|password|refresh_token|access_token)[\"']?\s*[=:]\s*[\"']?)[^\s&\"',}]+"
 )
-_STANDARD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "request_id", "service"}
+_STANDARD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {
+    "message",
+    "asctime",
+    "request_id",
+    "service",
+}
 
 
 def redact(text: str) -> str:
     return _SECRETS.sub(lambda m: (m.group(1) or m.group(2) or "") + "[redacted]", text)
 
 
-class _Formatter(logging.Formatter):
+class LogFormatter(logging.Formatter):
     def __init__(self, service: str, style: Literal["text", "json"]) -> None:
         super().__init__()
         self._service = service
@@ -33,7 +38,8 @@ class _Formatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         fields: dict[str, object] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "service": self._service,
             "logger": record.name,
@@ -56,7 +62,7 @@ def _logfmt(value: object) -> str:
 def configure_logging(service: str, level: str = "INFO", style: Literal["text", "json"] = "text") -> None:
     """Sends every logger to stderr in one format. Called once, by the process entry point."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Formatter(service, style))
+    handler.setFormatter(LogFormatter(service, style))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

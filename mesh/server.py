@@ -63,7 +63,9 @@ class MeshServer:
             servicer.add_to_server(servicer.instance, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         names = [s.name for s in self._servicers]
-        reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server)
+        reflection.enable_server_reflection(
+            [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
+        )
         self.port = self._server.add_insecure_port(self._address)
         if not self.port:
             raise OSError(f"cannot listen on {self._address}")

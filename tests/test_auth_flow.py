@@ -100,11 +100,17 @@ async def test_register_confirm_login_and_verify_the_token(auth: AuthEndpoint, s
     ],
 )
 async def test_register_rejects_bad_input_and_writes_nothing(
-    auth: AuthEndpoint, auth_db: Database, smtp: SmtpServer, request_fields: dict[str, str], field: str,
+    auth: AuthEndpoint,
+    auth_db: Database,
+    smtp: SmtpServer,
+    request_fields: dict[str, str],
+    field: str,
     reason: str,
 ) -> None:
     fields = {"email": "bob@example.com", "password": PASSWORD, "name": "Bob"} | request_fields
-    error = await expect_error(auth.stub.Register(pb.RegisterRequest(**fields)), grpc.StatusCode.INVALID_ARGUMENT)
+    error = await expect_error(
+        auth.stub.Register(pb.RegisterRequest(**fields)), grpc.StatusCode.INVALID_ARGUMENT
+    )
     assert field in error.details()
     assert error_reason(error) == reason
     assert await count(auth_db, User) == 0
@@ -167,17 +173,23 @@ async def test_verification_tokens_are_single_use(auth: AuthEndpoint, smtp: Smtp
         assert error_reason(error) == "INVALID_VERIFICATION_TOKEN"
 
 
-async def test_resend_invalidates_older_tokens(auth: AuthEndpoint, auth_db: Database, smtp: SmtpServer) -> None:
+async def test_resend_invalidates_older_tokens(
+    auth: AuthEndpoint, auth_db: Database, smtp: SmtpServer
+) -> None:
     await register(auth, "h@example.com")
     (first,) = await smtp.inbox.wait_for(1)
     await auth.stub.VerifyEmail(pb.VerifyEmailRequest(email="H@example.com"))
     second = (await smtp.inbox.wait_for(2))[1]
     old, new = (link_token(m, auth.settings.public_url) for m in (first, second))
-    await expect_error(auth.stub.VerifyEmail(pb.VerifyEmailRequest(token=old)), grpc.StatusCode.INVALID_ARGUMENT)
+    await expect_error(
+        auth.stub.VerifyEmail(pb.VerifyEmailRequest(token=old)), grpc.StatusCode.INVALID_ARGUMENT
+    )
     reply = await auth.stub.VerifyEmail(pb.VerifyEmailRequest(token=new))
     assert reply.user.email_verified
     # Verified: a re-send now mails nothing, and says so no differently.
-    assert await auth.stub.VerifyEmail(pb.VerifyEmailRequest(email="h@example.com")) == pb.VerifyEmailResponse()
+    assert (
+        await auth.stub.VerifyEmail(pb.VerifyEmailRequest(email="h@example.com")) == pb.VerifyEmailResponse()
+    )
     assert await count(auth_db, OutgoingMail) == 0
     assert len(smtp.inbox.messages) == 2
 
@@ -209,7 +221,9 @@ async def test_resend_answers_the_same_for_unknown_addresses(auth: AuthEndpoint,
 
 
 async def test_verify_needs_an_email_or_a_token(auth: AuthEndpoint) -> None:
-    error = await expect_error(auth.stub.VerifyEmail(pb.VerifyEmailRequest()), grpc.StatusCode.INVALID_ARGUMENT)
+    error = await expect_error(
+        auth.stub.VerifyEmail(pb.VerifyEmailRequest()), grpc.StatusCode.INVALID_ARGUMENT
+    )
     assert "email" in error.details() and "token" in error.details()
 
 
@@ -236,7 +250,8 @@ async def test_refresh_rotates_and_reuse_revokes_the_family(auth: AuthEndpoint, 
     assert login.refresh_token not in stored and rotated.refresh_token not in stored  # hashes only
 
     await expect_error(
-        auth.stub.RefreshToken(pb.RefreshTokenRequest(refresh_token="made-up")), grpc.StatusCode.UNAUTHENTICATED
+        auth.stub.RefreshToken(pb.RefreshTokenRequest(refresh_token="made-up")),
+        grpc.StatusCode.UNAUTHENTICATED,
     )
 
 

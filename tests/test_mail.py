@@ -69,8 +69,12 @@ async def test_a_hanging_smtp_server_does_not_stall_registration(settings: Setti
             async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
                 stub = auth_service_pb2_grpc.AuthServiceStub(channel)
                 # Far below the SMTP timeout: registration does not wait for delivery.
-                await stub.Register(pb.RegisterRequest(email="slow@example.com", password=PASSWORD), timeout=10)
-                await stub.Register(pb.RegisterRequest(email="slow2@example.com", password=PASSWORD), timeout=10)
+                await stub.Register(
+                    pb.RegisterRequest(email="slow@example.com", password=PASSWORD), timeout=10
+                )
+                await stub.Register(
+                    pb.RegisterRequest(email="slow2@example.com", password=PASSWORD), timeout=10
+                )
     finally:
         hanging.close()
 

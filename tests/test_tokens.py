@@ -12,9 +12,9 @@ from collections.abc import Callable
 import grpc
 import jwt
 import pytest
-from google.protobuf import json_format
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from google.protobuf import json_format
 
 from auth.keys import thumbprint
 from auth.service import running
@@ -35,8 +35,15 @@ def b64(data: bytes) -> str:
 def claims(user_id: str, **changes: object) -> dict[str, object]:
     now = int(time.time())
     base: dict[str, object] = {
-        "iss": "invmesh-auth", "aud": "invmesh", "sub": user_id, "email": "ann@example.com",
-        "email_verified": True, "roles": ["viewer"], "iat": now, "exp": now + 600, "jti": "t1",
+        "iss": "invmesh-auth",
+        "aud": "invmesh",
+        "sub": user_id,
+        "email": "ann@example.com",
+        "email_verified": True,
+        "roles": ["viewer"],
+        "iat": now,
+        "exp": now + 600,
+        "jti": "t1",
     }
     return {k: v for k, v in (base | changes).items() if v is not None}
 
@@ -102,10 +109,14 @@ async def test_get_me_rejects_a_bad_token(auth: AuthEndpoint, signing_key: Key, 
     assert error_reason(error) in {"INVALID_TOKEN", "TOKEN_EXPIRED"}
 
 
-@pytest.mark.parametrize("header", [None, "", "Bearer", "Bearer ", "Basic dXNlcjpwYXNz", "token-without-scheme"])
+@pytest.mark.parametrize(
+    "header", [None, "", "Bearer", "Bearer ", "Basic dXNlcjpwYXNz", "token-without-scheme"]
+)
 async def test_get_me_needs_a_bearer_token(auth: AuthEndpoint, header: str | None) -> None:
     metadata = (("authorization", header),) if header is not None else ()
-    error = await expect_error(auth.stub.GetMe(pb.GetMeRequest(), metadata=metadata), grpc.StatusCode.UNAUTHENTICATED)
+    error = await expect_error(
+        auth.stub.GetMe(pb.GetMeRequest(), metadata=metadata), grpc.StatusCode.UNAUTHENTICATED
+    )
     assert "Bearer" in error.details()
 
 

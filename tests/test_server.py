@@ -1,0 +1,85 @@
+"""The server bootstrap: graceful drain on stop, and `invmesh up` as `make run` uses it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from auth.service import running
+from invmesh.auth.v1 import auth_service_pb2 as pb
+from invmesh.auth.v1 import auth_service_pb2_grpc
+from mesh.config import Settings
+from tests.conftest import free_port
+
+
+async def test_stop_lets_in_flight_calls_finish(settings: Settings) -> None:
+    slow = settings.model_copy(update={"bcrypt_rounds": 12, "shutdown_grace_seconds": 10})
+    async with running(slow, address="127.0.0.1:0") as server:
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+        stub = auth_service_pb2_grpc.AuthServiceStub(channel)
+        await stub.GetJwks(pb.GetJwksRequest())  # connected
+        in_flight = asyncio.ensure_future(
+            stub.Register(pb.RegisterRequest(email="d@example.com", password="password1"))
+        )
+        await asyncio.sleep(0.05)  # the call is hashing its password when the stop begins
+    reply = await in_flight
+    assert reply.user.email == "d@example.com"
+    await channel.close()
+
+
+def service_env(tmp_path: Path, port: int) -> dict[str, str]:
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("SMTP_URL", "AUTH_DATABASE_URL", "JWT_PRIVATE_KEY")
+    }
+    return env | {
+        "INVMESH_DATA_DIR": str(tmp_path),
+        "AUTH_ADDR": f"127.0.0.1:{port}",
+        "BCRYPT_ROUNDS": "4",
+        "LOG_LEVEL": "WARNING",
+    }
+
+
+async def test_invmesh_up_serves_until_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "mesh", "up", env=service_env(tmp_path, port), stderr=asyncio.subprocess.PIPE
+    )
+    assert process.stderr is not None
+    try:
+        async with asyncio.timeout(60):
+            while b"all healthy" not in (line := await process.stderr.readline()):
+                assert line, "invmesh up exited before its services were healthy"
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            health = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service="invmesh.auth.v1.AuthService")
+            )
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
+            stub = auth_service_pb2_grpc.AuthServiceStub(channel)
+            await stub.Register(pb.RegisterRequest(email="new@example.com", password="password1"))
+        async with asyncio.timeout(10):
+            while not list((tmp_path / "outbox").glob("*.eml")):
+                await asyncio.sleep(0.05)
+        assert (tmp_path / "auth.db").exists()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
+            await process.communicate()
+    assert process.returncode == 0
+
+
+async def test_a_bad_setting_stops_the_service_with_a_clear_message(tmp_path: Path) -> None:
+    env = service_env(tmp_path, free_port()) | {"BCRYPT_ROUNDS": "many", "SMTP_URL": "smtp://u:hunter2@"}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "mesh", "serve", "auth", env=env, stderr=asyncio.subprocess.PIPE
+    )
+    _, stderr = await process.communicate()
+    assert process.returncode == 1
+    message = stderr.decode()
+    assert "BCRYPT_ROUNDS" in message and "SMTP_URL" in message
+    assert "hunter2" not in message and "Traceback" not in message
