@@ -13,17 +13,17 @@ PYTEST_ARGS ?=
 .PHONY: run test protos protos-check lint bench clean
 
 ## run: install, generate code if the protos changed, start every service (Ctrl-C stops them)
-run: $(VENV)/.installed invmesh/.generated
+run: $(VENV)/.installed $(VENV)/.generated
 	$(BIN)/invmesh up
 
-## test: install what the tests need, then run them
-test: $(VENV)/.installed invmesh/.generated
+## test: install what the tests need, then run them (they fail if protos/ and invmesh/ disagree)
+test: $(VENV)/.installed
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 ## protos: regenerate the invmesh.*.v1 package from protos/
 protos: $(VENV)/.installed
 	$(BIN)/python -m mesh.codegen
-	@touch invmesh/.generated
+	@touch $(VENV)/.generated
 
 ## protos-check: fail if the generated code has drifted from protos/
 protos-check: $(VENV)/.installed
@@ -35,7 +35,7 @@ lint: $(VENV)/.installed
 	$(BIN)/python -m mesh.codegen --lint
 
 ## bench: logins per second at the configured bcrypt cost (see bench/README.md)
-bench: $(VENV)/.installed invmesh/.generated
+bench: $(VENV)/.installed $(VENV)/.generated
 	$(BIN)/python -m bench.login
 
 clean:
@@ -47,6 +47,6 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet --config-settings editable_mode=compat -e '.[dev]'
 	@touch $@
 
-invmesh/.generated: $(PROTOS) | $(VENV)/.installed
+$(VENV)/.generated: $(PROTOS) | $(VENV)/.installed
 	$(BIN)/python -m mesh.codegen
 	@touch $@
