@@ -112,16 +112,15 @@ def main(argv: list[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     up_parser = commands.add_parser("up", help="start every service and supervise them")
     up_parser.add_argument(
-        "services",
-        nargs="*",
-        choices=[[], *SERVICES],
-        metavar="SERVICE",
-        help=f"a subset of: {', '.join(SERVICES)}",
+        "services", nargs="*", metavar="SERVICE", help=f"a subset of: {', '.join(SERVICES)}"
     )
     serve_parser = commands.add_parser("serve", help="run one service in this process")
     serve_parser.add_argument("service", choices=list(SERVICES))
     args = parser.parse_args(argv)
     if args.command == "serve":
         serve(args.service)
-    else:
-        sys.exit(asyncio.run(up(args.services or list(SERVICES))))
+        return
+    unknown = set(args.services) - set(SERVICES)
+    if unknown:
+        parser.error(f"unknown service {', '.join(sorted(unknown))}; choose from {', '.join(SERVICES)}")
+    sys.exit(asyncio.run(up(args.services or list(SERVICES))))

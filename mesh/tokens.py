@@ -14,9 +14,12 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import grpc
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
+from google.protobuf import json_format
 
+from invmesh.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
 from mesh.errors import Unauthenticated
 
 ALGORITHM = "ES256"
@@ -122,6 +125,17 @@ class JwksCache:
         self._keys: dict[str, EllipticCurvePublicKey] = {}
         self._fetched_at = float("-inf")
         self._lock = asyncio.Lock()
+
+    @classmethod
+    def from_auth_service(cls, channel: grpc.aio.Channel, *, min_refetch_interval: float) -> JwksCache:
+        """Keys from AuthService.GetJwks over `channel`: how every service other than auth verifies."""
+        stub = auth_service_pb2_grpc.AuthServiceStub(channel)
+
+        async def fetch() -> list[Mapping[str, str]]:
+            reply = await stub.GetJwks(auth_service_pb2.GetJwksRequest(), timeout=5)
+            return [json_format.MessageToDict(key, preserving_proto_field_name=True) for key in reply.keys]
+
+        return cls(fetch, min_refetch_interval=min_refetch_interval)
 
     async def public_key(self, kid: str) -> EllipticCurvePublicKey | None:
         key = self._keys.get(kid)

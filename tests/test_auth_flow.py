@@ -66,14 +66,10 @@ async def test_register_confirm_login_and_verify_the_token(auth: AuthEndpoint, s
     assert login.token_type == "Bearer" and login.expires_in == 900 and login.refresh_token
 
     # Verify the way any other service does: keys fetched from GetJwks, nothing else.
-    async def fetch() -> list[dict[str, str]]:
-        reply = await auth.stub.GetJwks(pb.GetJwksRequest())
-        return [json_format.MessageToDict(key, preserving_proto_field_name=True) for key in reply.keys]
-
-    verifier = TokenVerifier(
-        JwksCache(fetch, min_refetch_interval=30), issuer="invmesh-auth", audience="invmesh"
-    )
-    identity = await verifier.verify(login.access_token)
+    async with grpc.aio.insecure_channel(auth.address) as channel:
+        keys = JwksCache.from_auth_service(channel, min_refetch_interval=30)
+        verifier = TokenVerifier(keys, issuer="invmesh-auth", audience="invmesh")
+        identity = await verifier.verify(login.access_token)
     assert identity.subject == user.id and identity.email == "ann@example.com"
     assert identity.email_verified and identity.roles == ("viewer",)
 
