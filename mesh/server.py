@@ -14,8 +14,11 @@ import signal
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
+from google.protobuf import descriptor_pool
+from google.protobuf.descriptor import FileDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -31,6 +34,34 @@ class Servicer:
     name: str  # the full service name, e.g. "invmesh.auth.v1.AuthService"
     add_to_server: Callable[[object, grpc.aio.Server], None]
     instance: object
+
+
+class _MethodAwarePool:
+    """The default descriptor pool, plus lookups of RPC methods by full name.
+
+    protobuf's pool cannot find the file of `pkg.Service.Method` (grpc/grpc#34743), so
+    `grpcurl describe pkg.Service.Method` fails against Python servers; this finds it
+    through the service.
+    """
+
+    def __init__(self) -> None:
+        self._pool = descriptor_pool.Default()
+
+    def FindFileContainingSymbol(self, symbol: str) -> FileDescriptor:
+        try:
+            return self._pool.FindFileContainingSymbol(symbol)
+        except KeyError:
+            service, _, method = symbol.rpartition(".")
+            try:
+                found = self._pool.FindServiceByName(service)
+            except KeyError:
+                found = None
+            if found is None or method not in found.methods_by_name:
+                raise
+            return found.file
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pool, name)
 
 
 class MeshServer:
@@ -64,7 +95,7 @@ class MeshServer:
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         names = [s.name for s in self._servicers]
         reflection.enable_server_reflection(
-            [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
+            [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server, pool=_MethodAwarePool()
         )
         self.port = self._server.add_insecure_port(self._address)
         if not self.port:

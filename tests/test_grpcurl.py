@@ -32,38 +32,22 @@ async def test_grpcurl_lists_describes_and_calls_through_reflection(auth: AuthEn
     described = await grpcurl("-plaintext", auth.address, "describe", "invmesh.auth.v1.AuthService")
     for rpc in ("Register", "Login", "VerifyEmail", "RefreshToken", "GetMe", "GetJwks"):
         assert f"rpc {rpc} (" in described
+    method = await grpcurl("-plaintext", auth.address, "describe", "invmesh.auth.v1.AuthService.GetMe")
+    assert "is a method" in method and 'get:"/users/me"' in method
     message = await grpcurl("-plaintext", auth.address, "describe", "invmesh.auth.v1.RegisterRequest")
     assert "string password = 2" in message
 
-    health = json.loads(await grpcurl("-plaintext", auth.address, "grpc.health.v1.Health/Check"))
-    assert health == {"status": "SERVING"}
+    async def call(method: str, body: dict[str, str] | None = None, *headers: str) -> dict[str, object]:
+        args = [arg for header in headers for arg in ("-H", header)]
+        if body is not None:
+            args += ["-d", json.dumps(body)]
+        return json.loads(await grpcurl("-plaintext", *args, auth.address, method))
 
-    registered = json.loads(
-        await grpcurl(
-            "-plaintext",
-            "-d",
-            json.dumps({"email": "ops@example.com", "password": "operator-pass"}),
-            auth.address,
-            "invmesh.auth.v1.AuthService/Register",
-        )
+    assert await call("grpc.health.v1.Health/Check") == {"status": "SERVING"}
+    credentials = {"email": "ops@example.com", "password": "operator-pass"}
+    registered = await call("invmesh.auth.v1.AuthService/Register", credentials)
+    login = await call("invmesh.auth.v1.AuthService/Login", credentials)
+    me = await call(
+        "invmesh.auth.v1.AuthService/GetMe", None, f"authorization: Bearer {login['access_token']}"
     )
-    assert registered["user"]["email"] == "ops@example.com"
-    login = json.loads(
-        await grpcurl(
-            "-plaintext",
-            "-d",
-            json.dumps({"email": "ops@example.com", "password": "operator-pass"}),
-            auth.address,
-            "invmesh.auth.v1.AuthService/Login",
-        )
-    )
-    me = json.loads(
-        await grpcurl(
-            "-plaintext",
-            "-H",
-            f"authorization: Bearer {login['access_token']}",
-            auth.address,
-            "invmesh.auth.v1.AuthService/GetMe",
-        )
-    )
-    assert me["user"]["id"] == registered["user"]["id"]
+    assert me["user"] == registered["user"]
