@@ -20,6 +20,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from auth.models import SigningKey
 from mesh.db import Database
@@ -35,6 +36,12 @@ def thumbprint(public_key: ec.EllipticCurvePublicKey) -> str:
         {k: jwk[k] for k in ("crv", "kty", "x", "y")}, separators=(",", ":"), sort_keys=True
     )
     return base64.urlsafe_b64encode(hashlib.sha256(canonical.encode()).digest()).rstrip(b"=").decode()
+
+
+async def _active_keys(db: Database) -> list[SigningKey]:
+    async with db.session() as session:
+        query = select(SigningKey).where(SigningKey.retired_at.is_(None)).order_by(SigningKey.generation)
+        return list((await session.scalars(query)).all())
 
 
 def _load_pem(pem: str) -> ec.EllipticCurvePrivateKey:
@@ -65,17 +72,20 @@ class KeyStore:
     async def load(cls, db: Database, configured_pem: str | None) -> KeyStore:
         if configured_pem:
             return cls(_load_pem(configured_pem), [])
-        async with db.transaction() as session:
-            rows = (
-                await session.scalars(
-                    select(SigningKey).where(SigningKey.retired_at.is_(None)).order_by(SigningKey.created_at)
-                )
-            ).all()
-            if not rows:
-                key = ec.generate_private_key(ec.SECP256R1())
-                session.add(SigningKey(kid=thumbprint(key.public_key()), private_key_pem=_to_pem(key)))
+        rows = await _active_keys(db)
+        if not rows:
+            key = ec.generate_private_key(ec.SECP256R1())
+            try:
+                async with db.transaction() as session:
+                    session.add(
+                        SigningKey(
+                            kid=thumbprint(key.public_key()), generation=1, private_key_pem=_to_pem(key)
+                        )
+                    )
                 log.info("generated a new token signing key")
-                return cls(key, [])
+            except IntegrityError:
+                pass  # another replica stored the first key at the same moment: everyone uses that one
+            rows = await _active_keys(db)
         keys = [_load_pem(row.private_key_pem) for row in rows]
         return cls(keys[-1], [k.public_key() for k in keys[:-1]])
 

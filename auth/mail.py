@@ -176,7 +176,7 @@ class MailRelay:
         try:
             await self._transport.deliver(mail.recipient, mail.message)
         except Exception as exc:
-            backoff = min(self._retry_initial * 2**attempts, self._retry_max) * random.uniform(0.8, 1.2)
+            backoff = min(self._retry_initial * 2**attempts * random.uniform(0.8, 1.2), self._retry_max)
             log.warning(
                 "mail delivery failed (attempt %d), retrying in %.1fs: %s", attempts + 1, backoff, exc
             )

@@ -62,6 +62,8 @@ class SigningKey(Base):
     __tablename__ = "signing_keys"
 
     kid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # 1 for the first key, +1 per rotation: unique, so replicas starting together agree on one key.
+    generation: Mapped[int] = mapped_column(Integer, unique=True)
     private_key_pem: Mapped[str] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     retired_at: Mapped[dt.datetime | None]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -17,6 +18,8 @@ from mesh.db import Database
 from mesh.interceptors import AuthInterceptor, RequestInterceptor
 from mesh.server import MeshServer, Servicer
 from mesh.tokens import TokenVerifier
+
+log = logging.getLogger(__name__)
 
 SERVICE_NAME = auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
 PUBLIC_METHODS = frozenset(
@@ -39,6 +42,7 @@ async def running(settings: Settings, *, address: str | None = None) -> AsyncIte
         db = Database(settings.database_url("auth"))
         stack.push_async_callback(db.dispose)
         await db.create_all(Base.metadata)
+        log.info("using database %s", db.describe())
         private_key = settings.jwt_private_key.get_secret_value() if settings.jwt_private_key else None
         keys = await KeyStore.load(db, private_key)
         relay = MailRelay(

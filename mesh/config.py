@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -54,11 +54,9 @@ def parse_smtp_url(url: str) -> SmtpServer:
 class Settings(BaseSettings):
     """Every setting, by its environment variable (see the table in README.md)."""
 
-    model_config = SettingsConfigDict(
-        frozen=True, extra="ignore", case_sensitive=False, validate_by_name=True
-    )
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", case_sensitive=False)
 
-    data_dir: Path = Field(Path(".invmesh"), validation_alias="INVMESH_DATA_DIR")
+    invmesh_data_dir: Path = Path(".invmesh")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
     shutdown_grace_seconds: float = Field(10.0, ge=0)
@@ -82,6 +80,21 @@ class Settings(BaseSettings):
     smtp_timeout_seconds: float = Field(15.0, gt=0)
     mail_retry_initial_seconds: float = Field(5.0, gt=0)
     mail_retry_max_seconds: float = Field(600.0, gt=0)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_in_any_case(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _retry_bounds_ordered(self) -> Settings:
+        if self.mail_retry_max_seconds < self.mail_retry_initial_seconds:
+            raise ValueError("MAIL_RETRY_MAX_SECONDS must be at least MAIL_RETRY_INITIAL_SECONDS")
+        return self
+
+    @property
+    def data_dir(self) -> Path:
+        return self.invmesh_data_dir
 
     @field_validator("smtp_url")
     @classmethod
@@ -121,5 +134,6 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         problems = []
         for error in exc.errors(include_input=False, include_url=False):
-            problems.append(f"  {str(error['loc'][0]).upper()}: {error['msg']}")
+            where = f"{str(error['loc'][0]).upper()}: " if error["loc"] else ""
+            problems.append(f"  {where}{error['msg']}")
         raise ConfigError("invalid configuration:\n" + "\n".join(problems)) from None

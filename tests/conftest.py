@@ -103,7 +103,7 @@ def settings(tmp_path: Path, smtp: SmtpServer, signing_key: ec.EllipticCurvePriv
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     ).decode()
     return load_settings(
-        data_dir=tmp_path,
+        invmesh_data_dir=tmp_path,
         bcrypt_rounds=4,
         smtp_url=smtp.url,
         jwt_private_key=pem,

@@ -10,7 +10,7 @@ from mesh.config import ConfigError, load_settings, parse_smtp_url
 
 
 def test_defaults_are_the_embedded_setup(tmp_path: Path) -> None:
-    settings = load_settings(data_dir=tmp_path)
+    settings = load_settings(invmesh_data_dir=tmp_path)
     assert settings.database_url("auth") == f"sqlite+aiosqlite:///{tmp_path.resolve()}/auth.db"
     assert settings.smtp_server is None and settings.outbox_dir == tmp_path / "outbox"
     assert settings.auth_addr == "127.0.0.1:50051" and settings.bcrypt_rounds == 12
@@ -48,3 +48,18 @@ def test_smtp_urls() -> None:
     )
     tls = parse_smtp_url("smtps://user%40x:p%3Ass@mail.example.com")
     assert (tls.port, tls.implicit_tls, tls.username, tls.password) == (465, True, "user@x", "p:ss")
+
+
+def test_only_the_prefixed_data_dir_variable_counts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("INVMESH_DATA_DIR", raising=False)
+    monkeypatch.setenv("DATA_DIR", "/somewhere/else")
+    assert load_settings().data_dir == Path(".invmesh")
+
+
+def test_log_level_in_any_case_and_ordered_retry_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOG_LEVEL", "debug")
+    assert load_settings().log_level == "DEBUG"
+    monkeypatch.setenv("MAIL_RETRY_INITIAL_SECONDS", "60")
+    monkeypatch.setenv("MAIL_RETRY_MAX_SECONDS", "10")
+    with pytest.raises(ConfigError, match="MAIL_RETRY_MAX_SECONDS must be at least"):
+        load_settings()

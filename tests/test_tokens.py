@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -16,11 +17,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from google.protobuf import json_format
 
-from auth.keys import thumbprint
+from auth.keys import KeyStore, thumbprint
+from auth.models import Base
 from auth.service import running
 from invmesh.auth.v1 import auth_service_pb2 as pb
 from invmesh.auth.v1 import auth_service_pb2_grpc
 from mesh.config import Settings
+from mesh.db import Database
 from mesh.tokens import JwksCache
 from tests.conftest import AuthEndpoint
 from tests.rpc import error_reason, expect_error
@@ -161,3 +164,17 @@ async def test_jwks_cache_refetches_an_unknown_kid_at_most_once_per_interval(
     for _ in range(3):
         await eager.public_key("made-up")
     assert fetches == 4
+
+
+async def test_replicas_starting_together_agree_on_one_signing_key(settings: Settings) -> None:
+    # Two processes' worth of connections to one empty database, loading at the same moment:
+    # both see no key, both generate one, the unique generation lets only one be stored.
+    databases = [Database(settings.database_url("auth")) for _ in range(2)]
+    try:
+        await databases[0].create_all(Base.metadata)
+        stores = await asyncio.gather(*(KeyStore.load(db, None) for db in databases))
+    finally:
+        for db in databases:
+            await db.dispose()
+    assert stores[0].signing_kid == stores[1].signing_kid
+    assert stores[0].jwks == stores[1].jwks and len(stores[0].jwks) == 1
