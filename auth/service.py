@@ -15,7 +15,6 @@ from auth.servicer import AuthServicer
 from invmesh.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
 from mesh.config import Settings
 from mesh.db import Database
-from mesh.interceptors import AuthInterceptor, RequestInterceptor
 from mesh.server import MeshServer, Servicer
 from mesh.tokens import TokenVerifier
 
@@ -65,7 +64,8 @@ async def running(settings: Settings, *, address: str | None = None) -> AsyncIte
                 )
             ],
             address=address or settings.auth_addr,
-            interceptors=[RequestInterceptor(), AuthInterceptor(verifier, PUBLIC_METHODS)],
+            verifier=verifier,
+            public_methods=PUBLIC_METHODS,
             grace_seconds=settings.shutdown_grace_seconds,
         )
         relay.start()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -18,7 +19,11 @@ CHANNEL_OPTIONS = [
 
 class ForwardCallerContext(grpc.aio.UnaryUnaryClientInterceptor):
     """Adds the current request id and the caller's access token to every outgoing call,
-    so the next service logs the same request id and verifies the same caller itself."""
+    so the next service logs the same request id and verifies the same caller itself, and
+    gives every call a deadline: the default, or less if the caller has less time left."""
+
+    def __init__(self, default_timeout: float) -> None:
+        self._default_timeout = default_timeout
 
     async def intercept_unary_unary(
         self,
@@ -31,12 +36,17 @@ class ForwardCallerContext(grpc.aio.UnaryUnaryClientInterceptor):
             metadata.add("x-request-id", rid)
         if "authorization" not in metadata and (token := context.access_token.get()):
             metadata.add("authorization", f"Bearer {token}")
+        timeout = details.timeout if details.timeout is not None else self._default_timeout
+        if (deadline := context.deadline.get()) is not None:
+            timeout = max(min(timeout, deadline - time.monotonic()), 0.0)
         details = grpc.aio.ClientCallDetails(
-            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+            details.method, timeout, metadata, details.credentials, details.wait_for_ready
         )
         return await continuation(details, request)
 
 
-def channel(target: str) -> grpc.aio.Channel:
+def channel(target: str, *, default_timeout: float = 3.0) -> grpc.aio.Channel:
     """A long-lived channel to `target` (`host:port`, or any gRPC target such as `dns:///…`)."""
-    return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS, interceptors=[ForwardCallerContext()])
+    return grpc.aio.insecure_channel(
+        target, options=CHANNEL_OPTIONS, interceptors=[ForwardCallerContext(default_timeout)]
+    )

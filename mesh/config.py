@@ -63,6 +63,15 @@ class Settings(BaseSettings):
 
     auth_addr: str = "127.0.0.1:50051"
     auth_database_url: SecretStr | None = None
+    products_addr: str = "127.0.0.1:50052"
+    products_database_url: SecretStr | None = None
+    inventory_addr: str = "127.0.0.1:50053"
+    inventory_database_url: SecretStr | None = None
+    # Deadline of a call to another service when the caller set none; a caller's own shorter
+    # remaining deadline always wins.
+    peer_timeout_seconds: float = Field(3.0, gt=0)
+    # Products waits this long for stock from inventory before answering without it.
+    stock_lookup_timeout_seconds: float = Field(0.5, gt=0)
 
     jwt_issuer: str = Field("invmesh-auth", min_length=1)
     jwt_audience: str = Field("invmesh", min_length=1)

@@ -6,6 +6,8 @@ from __future__ import annotations
 from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
+from mesh.errors import PermissionDenied
+
 if TYPE_CHECKING:
     from mesh.tokens import Identity
 
@@ -13,6 +15,18 @@ request_id: ContextVar[str] = ContextVar("request_id", default="-")
 # The verified caller, and the raw token that proved it (forwarded on outgoing calls).
 identity: ContextVar[Identity | None] = ContextVar("identity", default=None)
 access_token: ContextVar[str | None] = ContextVar("access_token", default=None)
+# When the current call's own deadline passes (time.monotonic()), if its caller set one.
+deadline: ContextVar[float | None] = ContextVar("deadline", default=None)
+
+
+def require_verified_email() -> Identity:
+    """The caller, if its email is verified: writes need that; PERMISSION_DENIED otherwise."""
+    caller = current_identity()
+    if not caller.email_verified:
+        raise PermissionDenied(
+            "confirm your email address first: changes need a verified account", reason="EMAIL_NOT_VERIFIED"
+        )
+    return caller
 
 
 def current_identity() -> Identity:

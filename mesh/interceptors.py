@@ -81,6 +81,8 @@ class RequestInterceptor(_UnaryWrapper):
             incoming = metadata_value(ctx, "x-request-id")
             rid = incoming if incoming and _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
             context.request_id.set(rid)
+            remaining = ctx.time_remaining()
+            context.deadline.set(time.monotonic() + remaining if remaining is not None else None)
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:

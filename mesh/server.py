@@ -1,6 +1,7 @@
 """The one gRPC server bootstrap every service uses (grpc.aio).
 
-A `MeshServer` serves a service's servicers with the standard interceptors, the
+A `MeshServer` serves a service's servicers behind the standard interceptors (request ids,
+logging, errors, and the token check for every method not listed as public), the
 `grpc.health.v1` health service and server reflection. `stop()` is the graceful path:
 health goes NOT_SERVING first, then in-flight calls get the grace period to finish.
 `serve_until_signalled` runs a service until SIGTERM or SIGINT.
@@ -11,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,9 @@ from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import FileDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
+from mesh.interceptors import AuthInterceptor, RequestInterceptor
+from mesh.tokens import TokenVerifier
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +74,8 @@ class MeshServer:
         servicers: Sequence[Servicer],
         *,
         address: str,
-        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        verifier: TokenVerifier,
+        public_methods: Collection[str] = (),
         grace_seconds: float = 10.0,
     ) -> None:
         self._servicers = servicers
@@ -78,7 +83,7 @@ class MeshServer:
         self._grace = grace_seconds
         self._health = health.aio.HealthServicer()
         self._server = grpc.aio.server(
-            interceptors=list(interceptors),
+            interceptors=[RequestInterceptor(), AuthInterceptor(verifier, public_methods)],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

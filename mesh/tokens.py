@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
 from google.protobuf import json_format
 
 from invmesh.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
+from mesh.config import Settings
 from mesh.errors import Unauthenticated
 
 ALGORITHM = "ES256"
@@ -162,3 +163,11 @@ class JwksCache:
                 if isinstance(key, EllipticCurvePublicKey):
                     keys[jwk["kid"]] = key
         self._keys = keys
+
+
+def verifier_via_auth(auth_channel: grpc.aio.Channel, settings: Settings) -> TokenVerifier:
+    """The verifier of every service but auth: keys from auth's GetJwks, cached."""
+    keys = JwksCache.from_auth_service(
+        auth_channel, min_refetch_interval=settings.jwks_refetch_interval_seconds
+    )
+    return TokenVerifier(keys, issuer=settings.jwt_issuer, audience=settings.jwt_audience)
