@@ -27,6 +27,8 @@ from mesh.server import serve_until_signalled
 # name -> (module with `running(settings)`, the setting holding its address)
 SERVICES: dict[str, tuple[str, str]] = {
     "auth": ("auth.service", "auth_addr"),
+    "products": ("products.service", "products_addr"),
+    "inventory": ("inventory.service", "inventory_addr"),
 }
 
 

@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import re
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import grpc
 import pytest
@@ -20,15 +22,32 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import SecretStr
 
 from auth.service import running
+from inventory.service import running as running_inventory
+from invmesh.auth.v1 import auth_service_pb2 as auth_pb
 from invmesh.auth.v1 import auth_service_pb2_grpc
+from invmesh.inventory.v1 import inventory_service_pb2_grpc
+from invmesh.products.v1 import products_service_pb2_grpc
 from mesh.config import Settings, load_settings
 from mesh.db import Database
+from products.service import running as running_products
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def link_token(message: EmailMessage, public_url: str) -> str:
+    text = message.get_body(("plain",))
+    html = message.get_body(("html",))
+    assert text is not None and html is not None, "the mail has a text and an HTML part"
+    link = re.search(r"https?://\S+", text.get_content())
+    assert link is not None
+    assert link.group(0).startswith(f"{public_url}/users/verify?token=")
+    assert link.group(0) in html.get_content()
+    (token,) = parse_qs(urlsplit(link.group(0)).query)["token"]
+    return token
 
 
 @dataclass
@@ -142,3 +161,60 @@ async def auth_db(settings: Settings) -> AsyncIterator[Database]:
 
 def with_smtp(settings: Settings, url: str) -> Settings:
     return settings.model_copy(update={"smtp_url": SecretStr(url)})
+
+
+@dataclass
+class Mesh:
+    """auth, products and inventory, running together, and tokens of two users."""
+
+    settings: Settings
+    auth: auth_service_pb2_grpc.AuthServiceStub
+    products: products_service_pb2_grpc.ProductsServiceStub
+    inventory: inventory_service_pb2_grpc.InventoryServiceStub
+    verified_token: str
+    unverified_token: str
+
+    def as_user(self, token: str | None = None) -> tuple[tuple[str, str], ...]:
+        """Call metadata for a user (the verified one by default)."""
+        return (("authorization", f"Bearer {token or self.verified_token}"),)
+
+
+def mesh_settings(settings: Settings) -> Settings:
+    """Settings with a free port for each service, known before any starts (they call each other)."""
+    return settings.model_copy(
+        update={f"{name}_addr": f"127.0.0.1:{free_port()}" for name in ("auth", "products", "inventory")}
+    )
+
+
+async def user_token(
+    stub: auth_service_pb2_grpc.AuthServiceStub, email: str, inbox: Inbox | None, public_url: str
+) -> str:
+    """Registers `email`, confirms it through the mail when an inbox is given, and logs in."""
+    await stub.Register(auth_pb.RegisterRequest(email=email, password="mesh-password"))
+    if inbox is not None:
+        messages = await inbox.wait_for(len(inbox.messages) + 1)
+        await stub.VerifyEmail(auth_pb.VerifyEmailRequest(token=link_token(messages[-1], public_url)))
+    reply = await stub.Login(auth_pb.LoginRequest(email=email, password="mesh-password"))
+    return reply.access_token
+
+
+@pytest.fixture
+async def mesh(settings: Settings, smtp: SmtpServer) -> AsyncIterator[Mesh]:
+    settings = mesh_settings(settings)
+    async with (
+        running(settings),
+        running_products(settings),
+        running_inventory(settings),
+        grpc.aio.insecure_channel(settings.auth_addr) as auth_channel,
+        grpc.aio.insecure_channel(settings.products_addr) as products_channel,
+        grpc.aio.insecure_channel(settings.inventory_addr) as inventory_channel,
+    ):
+        auth = auth_service_pb2_grpc.AuthServiceStub(auth_channel)
+        yield Mesh(
+            settings=settings,
+            auth=auth,
+            products=products_service_pb2_grpc.ProductsServiceStub(products_channel),
+            inventory=inventory_service_pb2_grpc.InventoryServiceStub(inventory_channel),
+            verified_token=await user_token(auth, "staff@example.com", smtp.inbox, settings.public_url),
+            unverified_token=await user_token(auth, "visitor@example.com", None, settings.public_url),
+        )

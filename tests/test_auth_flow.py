@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import re
-from email.message import EmailMessage
-from urllib.parse import parse_qs, urlsplit
-
 import grpc
 import jwt
 import pytest
@@ -16,22 +12,10 @@ from auth.models import OutgoingMail, RefreshToken, User, VerificationToken
 from invmesh.auth.v1 import auth_service_pb2 as pb
 from mesh.db import Database
 from mesh.tokens import JwksCache, TokenVerifier
-from tests.conftest import AuthEndpoint, SmtpServer
+from tests.conftest import AuthEndpoint, SmtpServer, link_token
 from tests.rpc import error_reason, expect_error
 
 PASSWORD = "correct horse battery"
-
-
-def link_token(message: EmailMessage, public_url: str) -> str:
-    text = message.get_body(("plain",))
-    html = message.get_body(("html",))
-    assert text is not None and html is not None, "the mail has a text and an HTML part"
-    link = re.search(r"https?://\S+", text.get_content())
-    assert link is not None
-    assert link.group(0).startswith(f"{public_url}/users/verify?token=")
-    assert link.group(0) in html.get_content()
-    (token,) = parse_qs(urlsplit(link.group(0)).query)["token"]
-    return token
 
 
 async def register(auth: AuthEndpoint, email: str = "Ann@Example.com", name: str = "Ann") -> pb.User:

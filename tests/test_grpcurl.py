@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from tests.conftest import AuthEndpoint
+from tests.conftest import AuthEndpoint, Mesh
 
 GRPCURL = Path(sys.executable).with_name("grpcurl")
 
@@ -51,3 +51,44 @@ async def test_grpcurl_lists_describes_and_calls_through_reflection(auth: AuthEn
         "invmesh.auth.v1.AuthService/GetMe", None, f"authorization: Bearer {login['access_token']}"
     )
     assert me["user"] == registered["user"]
+
+
+async def test_grpcurl_calls_every_products_and_inventory_rpc(mesh: Mesh) -> None:
+    bearer = f"authorization: Bearer {mesh.verified_token}"
+
+    async def call(address: str, method: str, body: dict[str, object]) -> dict[str, object]:
+        return json.loads(await grpcurl("-plaintext", "-H", bearer, "-d", json.dumps(body), address, method))
+
+    products, inventory = mesh.settings.products_addr, mesh.settings.inventory_addr
+    p, i = "invmesh.products.v1.ProductsService/", "invmesh.inventory.v1.InventoryService/"
+    created = await call(
+        products, p + "CreateProduct", {"product": {"sku": "G-1", "name": "Gear", "price": "2.50"}}
+    )
+    pid = created["product"]["id"]  # type: ignore[index]
+    calls: list[tuple[str, str, dict[str, object]]] = [
+        (products, p + "GetProduct", {"id": pid}),
+        (products, p + "ListProducts", {"page_size": 5, "q": "gear"}),
+        (products, p + "BatchGetProducts", {"ids": [pid]}),
+        (
+            products,
+            p + "UpdateProduct",
+            {"product": {"id": pid, "sku": "G-1", "name": "Gear 2", "price": "3.00"}},
+        ),
+        (
+            inventory,
+            i + "RecordMovement",
+            {"product_id": pid, "type": "IN", "quantity": 4, "request_id": "g-1"},
+        ),
+        (inventory, i + "SetStock", {"product_id": pid, "quantity": 3}),
+        (inventory, i + "GetInventoryItem", {"product_id": pid}),
+        (inventory, i + "BatchGetInventoryItems", {"product_ids": [pid]}),
+        (inventory, i + "ListInventoryItems", {"page_size": 10}),
+        (inventory, i + "ListMovements", {"product_id": pid}),
+        (products, p + "DeleteProduct", {"id": pid}),
+        (inventory, i + "DeleteInventoryItem", {"product_id": pid}),
+    ]
+    replies = {method.rsplit("/", 1)[1]: await call(address, method, body) for address, method, body in calls}
+    assert replies["GetInventoryItem"]["item"]["quantity"] == 3  # type: ignore[index]
+    assert [m["type"] for m in replies["ListMovements"]["movements"]] == ["ADJUSTMENT", "IN"]  # type: ignore[index]
+    described = await grpcurl("-plaintext", inventory, "describe", "invmesh.inventory.v1.InventoryService")
+    assert "rpc RecordMovement" in described

@@ -14,9 +14,8 @@ from invmesh.auth.v1 import auth_service_pb2 as pb
 from invmesh.auth.v1 import auth_service_pb2_grpc
 from mesh import clients, context
 from mesh.logs import LogFormatter, redact
-from tests.conftest import AuthEndpoint, SmtpServer
+from tests.conftest import AuthEndpoint, SmtpServer, link_token
 from tests.rpc import expect_error
-from tests.test_auth_flow import link_token
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ from auth.service import running
 from invmesh.auth.v1 import auth_service_pb2 as pb
 from invmesh.auth.v1 import auth_service_pb2_grpc
 from mesh.config import Settings
-from tests.conftest import SmtpServer, free_port, with_smtp
-from tests.test_auth_flow import PASSWORD, link_token
+from tests.conftest import SmtpServer, free_port, link_token, with_smtp
+from tests.test_auth_flow import PASSWORD
 
 
 async def register_once(settings: Settings, email_address: str) -> None:

@@ -35,11 +35,15 @@ async def test_stop_lets_in_flight_calls_finish(settings: Settings) -> None:
 
 def service_env(tmp_path: Path, port: int) -> dict[str, str]:
     env = {
-        k: v for k, v in os.environ.items() if k not in ("SMTP_URL", "AUTH_DATABASE_URL", "JWT_PRIVATE_KEY")
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("SMTP_URL", "JWT_PRIVATE_KEY") and not k.endswith("_DATABASE_URL")
     }
     return env | {
         "INVMESH_DATA_DIR": str(tmp_path),
         "AUTH_ADDR": f"127.0.0.1:{port}",
+        "PRODUCTS_ADDR": f"127.0.0.1:{free_port()}",
+        "INVENTORY_ADDR": f"127.0.0.1:{free_port()}",
         "BCRYPT_ROUNDS": "4",
         "LOG_LEVEL": "WARNING",
     }
@@ -65,7 +69,8 @@ async def test_invmesh_up_serves_until_sigterm(tmp_path: Path) -> None:
         async with asyncio.timeout(10):
             while not list((tmp_path / "outbox").glob("*.eml")):
                 await asyncio.sleep(0.05)
-        assert (tmp_path / "auth.db").exists()
+        for service in ("auth", "products", "inventory"):
+            assert (tmp_path / f"{service}.db").exists()
     finally:
         process.send_signal(signal.SIGTERM)
         async with asyncio.timeout(30):

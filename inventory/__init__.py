@@ -1,0 +1,1 @@
+"""The inventory service: one balance per product and the append-only ledger that explains it."""

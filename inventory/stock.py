@@ -1,0 +1,304 @@
+"""The rules of stock: movements, counts, the ledger, and retiring a deleted product.
+
+A change locks the product's balance row (SELECT … FOR UPDATE; on SQLite the write
+transaction is BEGIN IMMEDIATE), checks the rule, updates the balance and appends the
+movement in one transaction. The product's existence is confirmed with the products
+service before that transaction opens, so no lock is ever held across a remote call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import grpc
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from inventory.models import Item, Movement
+from invmesh.products.v1 import products_service_pb2, products_service_pb2_grpc
+from mesh import paging
+from mesh.context import require_verified_email
+from mesh.db import Database, utcnow
+from mesh.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unauthenticated,
+    Unavailable,
+)
+
+MAX_BATCH = 500
+MAX_QUANTITY = 2**31 - 1
+MAX_REASON_CHARS = 500
+MAX_REFERENCE_CHARS = 200
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+_ATTEMPTS = 3  # a concurrent first movement of the same product, or retry of the same request, races once
+
+
+@dataclass(frozen=True, slots=True)
+class Stock:
+    """A product's balance as a read or a change left it."""
+
+    product_id: str
+    quantity: int
+    updated_at: object | None  # datetime, or None if it never moved
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    movement: Movement
+    stock: Stock
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What a client asked to change, with what identifies a retry of it."""
+
+    product_id: str
+    kind: str  # IN, OUT or ADJUSTMENT
+    reason: str
+    reference: str
+    request_id: str | None
+    fingerprint: str
+
+
+def _change(product_id: str, kind: str, amount: int, reason: str, reference: str, request_id: str) -> Change:
+    if len(reason) > MAX_REASON_CHARS:
+        raise InvalidArgument(
+            f"reason must be at most {MAX_REASON_CHARS} characters", field="reason", reason="INVALID_REASON"
+        )
+    if len(reference) > MAX_REFERENCE_CHARS:
+        raise InvalidArgument(
+            f"reference must be at most {MAX_REFERENCE_CHARS} characters",
+            field="reference",
+            reason="INVALID_REFERENCE",
+        )
+    if request_id and not _REQUEST_ID.fullmatch(request_id):
+        raise InvalidArgument(
+            "request_id must be 1 to 64 letters, digits or . _ : -",
+            field="request_id",
+            reason="INVALID_REQUEST_ID",
+        )
+    body = json.dumps([product_id, kind, amount, reason, reference])
+    return Change(
+        product_id, kind, reason, reference, request_id or None, hashlib.sha256(body.encode()).hexdigest()
+    )
+
+
+def _require_product_id(product_id: str) -> None:
+    if not product_id:
+        raise InvalidArgument("product_id is required", field="product_id", reason="MISSING_PRODUCT_ID")
+
+
+class Inventory:
+    def __init__(self, *, db: Database, products: products_service_pb2_grpc.ProductsServiceStub) -> None:
+        self._db = db
+        self._products = products
+
+    async def record(
+        self, *, product_id: str, kind: str, quantity: int, reason: str, reference: str, request_id: str
+    ) -> Recorded:
+        """An entry (IN) or exit (OUT) of `quantity` units."""
+        _require_product_id(product_id)
+        if kind not in ("IN", "OUT"):
+            raise InvalidArgument(
+                "type must be IN or OUT (set a count with PUT /inventory/{product_id})",
+                field="type",
+                reason="INVALID_MOVEMENT_TYPE",
+            )
+        if not 1 <= quantity <= MAX_QUANTITY:
+            raise InvalidArgument("quantity must be at least 1", field="quantity", reason="INVALID_QUANTITY")
+        change = _change(product_id, kind, quantity, reason, reference, request_id)
+        delta = quantity if kind == "IN" else -quantity
+
+        def apply(current: int) -> int:
+            if current + delta < 0:
+                raise FailedPrecondition(
+                    f"cannot take out {quantity}: only {current} in stock",
+                    reason="INSUFFICIENT_STOCK",
+                    metadata={"available": str(current), "requested": str(quantity)},
+                )
+            if current + delta > MAX_QUANTITY:
+                raise InvalidArgument(
+                    "the stock would exceed its maximum", field="quantity", reason="INVALID_QUANTITY"
+                )
+            return delta
+
+        return await self._change(change, apply)
+
+    async def set_count(self, *, product_id: str, quantity: int, reason: str, request_id: str) -> Recorded:
+        """Sets the stock to a counted `quantity`, recording the difference as an ADJUSTMENT."""
+        _require_product_id(product_id)
+        if quantity < 0:
+            raise InvalidArgument("quantity must be 0 or more", field="quantity", reason="INVALID_QUANTITY")
+        change = _change(product_id, "ADJUSTMENT", quantity, reason, "", request_id)
+        return await self._change(change, lambda current: quantity - current)
+
+    async def get(self, product_id: str) -> Stock:
+        _require_product_id(product_id)
+        await self._confirm_product(product_id)
+        async with self._db.session() as session:
+            item = await session.get(Item, product_id)
+        if item is not None and item.retired_at is not None:
+            raise _not_found(product_id)
+        return _stock(item, product_id)
+
+    async def batch_get(self, product_ids: Sequence[str]) -> list[Stock]:
+        """Stock of each id, 0 when it never moved; for the products service, so no existence check."""
+        if len(product_ids) > MAX_BATCH:
+            raise InvalidArgument(
+                f"at most {MAX_BATCH} product_ids per call", field="product_ids", reason="TOO_MANY_IDS"
+            )
+        ids = list(dict.fromkeys(product_ids))
+        async with self._db.session() as session:
+            items = {
+                i.product_id: i for i in await session.scalars(select(Item).where(Item.product_id.in_(ids)))
+            }
+        return [_stock(items.get(pid), pid) for pid in ids]
+
+    async def list_items(self, *, page_size: int, page_token: str) -> tuple[list[Stock], str]:
+        size = paging.page_size(page_size)
+        after = paging.decode_token(page_token, query="items")
+        query = select(Item).where(Item.retired_at.is_(None)).order_by(Item.product_id).limit(size + 1)
+        if after is not None:
+            query = query.where(Item.product_id > str(after[0]))
+        async with self._db.session() as session:
+            items = list(await session.scalars(query))
+        token = paging.encode_token([items[size - 1].product_id], query="items") if len(items) > size else ""
+        return [_stock(item, item.product_id) for item in items[:size]], token
+
+    async def movements(
+        self, *, product_id: str, page_size: int, page_token: str
+    ) -> tuple[list[Movement], str]:
+        """The ledger of a product, newest first."""
+        _require_product_id(product_id)
+        size = paging.page_size(page_size)
+        after = paging.decode_token(page_token, query=product_id)
+        await self._confirm_product(product_id)
+        query = (
+            select(Movement)
+            .where(Movement.product_id == product_id)
+            .order_by(Movement.id.desc())
+            .limit(size + 1)
+        )
+        if after is not None:
+            if not isinstance(after[0], int):
+                raise InvalidArgument(
+                    "page_token is malformed", field="page_token", reason="INVALID_PAGE_TOKEN"
+                )
+            query = query.where(Movement.id < after[0])
+        async with self._db.session() as session:
+            rows = list(await session.scalars(query))
+        token = paging.encode_token([rows[size - 1].id], query=product_id) if len(rows) > size else ""
+        return rows[:size], token
+
+    async def retire(self, product_id: str) -> None:
+        """The product was deleted: take its item out of reads, refuse new movements, keep the ledger."""
+        _require_product_id(product_id)
+        require_verified_email()
+        for attempt in range(_ATTEMPTS):
+            try:
+                async with self._db.transaction() as session:
+                    item = await session.get(Item, product_id, with_for_update=True)
+                    if item is None:
+                        session.add(Item(product_id=product_id, quantity=0, retired_at=utcnow()))
+                    elif item.retired_at is None:
+                        item.retired_at = utcnow()
+                return
+            except IntegrityError:
+                if attempt == _ATTEMPTS - 1:
+                    raise
+
+    async def _change(self, change: Change, delta_for: Callable[[int], int]) -> Recorded:
+        actor = require_verified_email().subject
+        for attempt in range(_ATTEMPTS):
+            if change.request_id and (replay := await self._replay(actor, change)) is not None:
+                return replay
+            if attempt == 0:
+                await self._confirm_product(change.product_id)
+            try:
+                async with self._db.transaction() as session:
+                    return await self._apply(session, actor, change, delta_for)
+            except IntegrityError:
+                # Another transaction created this item, or stored this request_id, first: look again.
+                if attempt == _ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _apply(
+        self, session: AsyncSession, actor: str, change: Change, delta_for: Callable[[int], int]
+    ) -> Recorded:
+        item = await session.get(Item, change.product_id, with_for_update=True)
+        if item is None:
+            item = Item(product_id=change.product_id, quantity=0)
+            session.add(item)
+            await session.flush()
+        elif item.retired_at is not None:
+            raise _not_found(change.product_id)
+        delta = delta_for(item.quantity)
+        now = utcnow()
+        item.quantity += delta
+        item.updated_at = now
+        movement = Movement(
+            product_id=change.product_id,
+            type=change.kind,
+            quantity=delta,
+            balance_after=item.quantity,
+            reason=change.reason,
+            reference=change.reference,
+            actor=actor,
+            request_id=change.request_id,
+            request_fingerprint=change.fingerprint if change.request_id else None,
+            created_at=now,
+        )
+        session.add(movement)
+        await session.flush()
+        return Recorded(movement, Stock(item.product_id, item.quantity, now))
+
+    async def _replay(self, actor: str, change: Change) -> Recorded | None:
+        """The first result of a request_id already used by this actor, or None if it is new."""
+        async with self._db.session() as session:
+            first = await session.scalar(
+                select(Movement).where(Movement.actor == actor, Movement.request_id == change.request_id)
+            )
+        if first is None:
+            return None
+        if first.request_fingerprint != change.fingerprint:
+            raise AlreadyExists(
+                f"request_id {change.request_id} was already used for a different request",
+                field="request_id",
+                reason="REQUEST_ID_REUSED",
+            )
+        return Recorded(first, Stock(first.product_id, first.balance_after, first.created_at))
+
+    async def _confirm_product(self, product_id: str) -> None:
+        """NOT_FOUND unless the products service knows the product; UNAVAILABLE if it cannot say."""
+        try:
+            reply = await self._products.BatchGetProducts(
+                products_service_pb2.BatchGetProductsRequest(ids=[product_id])
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.UNAUTHENTICATED:  # the caller's own token: not an outage
+                raise Unauthenticated(error.details() or "the access token was refused") from None
+            raise Unavailable(
+                f"the products service could not confirm product {product_id}; retry later",
+                reason="PRODUCTS_UNAVAILABLE",
+            ) from None
+        if not any(product.id == product_id for product in reply.products):
+            raise _not_found(product_id)
+
+
+def _stock(item: Item | None, product_id: str) -> Stock:
+    if item is None:
+        return Stock(product_id, 0, None)
+    return Stock(item.product_id, item.quantity, item.updated_at)
+
+
+def _not_found(product_id: str) -> NotFound:
+    return NotFound(f"product {product_id} does not exist", reason="PRODUCT_NOT_FOUND")

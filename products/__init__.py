@@ -1,0 +1,1 @@
+"""The products service: the catalog, with each product's stock from the inventory service."""

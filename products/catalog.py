@@ -1,0 +1,223 @@
+"""The rules of the catalog: validation, SKU uniqueness, keyset pages, and deletes that
+retire the product's stock in the inventory service first."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+
+import grpc
+from iso4217 import Currency
+from sqlalchemy import delete, or_, select
+from sqlalchemy.exc import IntegrityError
+
+from invmesh.inventory.v1 import inventory_service_pb2, inventory_service_pb2_grpc
+from mesh import paging
+from mesh.context import require_verified_email
+from mesh.db import Database, utcnow
+from mesh.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
+from products.models import Product
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 500
+MAX_SKU_CHARS = 64
+MAX_NAME_CHARS = 200
+MAX_DESCRIPTION_CHARS = 5000
+MAX_PRICE = Decimal("1e14")  # what Numeric(18, 4) holds
+
+
+@dataclass(frozen=True, slots=True)
+class Fields:
+    """The editable fields of a product, validated."""
+
+    sku: str
+    name: str
+    description: str
+    price: Decimal
+    currency: str
+
+
+def minor_digits(currency: str) -> int:
+    try:
+        exponent = Currency(currency).exponent
+    except ValueError:
+        exponent = None
+    if exponent is None:
+        raise InvalidArgument(
+            f"currency must be an ISO-4217 code such as USD, not {currency!r}",
+            field="currency",
+            reason="INVALID_CURRENCY",
+        )
+    return exponent
+
+
+def format_price(price: Decimal, currency: str) -> str:
+    return str(price.quantize(Decimal(1).scaleb(-minor_digits(currency))))
+
+
+def validate(*, sku: str, name: str, description: str, price: str, currency: str) -> Fields:
+    sku, name, currency = sku.strip(), name.strip(), (currency.strip().upper() or "USD")
+    if not 1 <= len(sku) <= MAX_SKU_CHARS:
+        raise InvalidArgument(
+            f"sku is required, 1 to {MAX_SKU_CHARS} characters", field="sku", reason="INVALID_SKU"
+        )
+    if not 1 <= len(name) <= MAX_NAME_CHARS:
+        raise InvalidArgument(
+            f"name is required, 1 to {MAX_NAME_CHARS} characters", field="name", reason="INVALID_NAME"
+        )
+    if len(description) > MAX_DESCRIPTION_CHARS:
+        raise InvalidArgument(
+            f"description must be at most {MAX_DESCRIPTION_CHARS} characters",
+            field="description",
+            reason="INVALID_DESCRIPTION",
+        )
+    digits = minor_digits(currency)
+    bad_price = InvalidArgument(
+        f"price must be a non-negative decimal string with at most {digits} decimals for {currency}, "
+        'like "12.50"',
+        field="price",
+        reason="INVALID_PRICE",
+    )
+    # Plain digits and one point only: no exponent, sign, NaN or infinity.
+    if not price or not price.replace(".", "", 1).isdigit() or not price.isascii():
+        raise bad_price
+    try:
+        amount = Decimal(price)
+    except InvalidOperation:
+        raise bad_price from None
+    if amount >= MAX_PRICE or -amount.as_tuple().exponent > digits:  # type: ignore[operator]
+        raise bad_price
+    return Fields(sku, name, description, amount, currency)
+
+
+class Catalog:
+    def __init__(
+        self,
+        *,
+        db: Database,
+        inventory: inventory_service_pb2_grpc.InventoryServiceStub,
+        stock_timeout: float,
+    ) -> None:
+        self._db = db
+        self._inventory = inventory
+        self._stock_timeout = stock_timeout
+
+    async def create(self, fields: Fields) -> Product:
+        require_verified_email()
+        now = utcnow()
+        product = Product(
+            id=str(uuid.uuid4()),
+            sku=fields.sku,
+            name=fields.name,
+            description=fields.description,
+            price=fields.price,
+            currency=fields.currency,
+            created_at=now,
+            updated_at=now,
+        )
+        try:
+            async with self._db.transaction() as session:
+                session.add(product)
+        except IntegrityError:
+            raise _sku_taken(fields.sku) from None
+        return product
+
+    async def get(self, product_id: str) -> Product:
+        async with self._db.session() as session:
+            product = await session.get(Product, product_id)
+        if product is None:
+            raise _not_found(product_id)
+        return product
+
+    async def batch_get(self, ids: Sequence[str]) -> list[Product]:
+        if len(ids) > MAX_BATCH:
+            raise InvalidArgument(f"at most {MAX_BATCH} ids per call", field="ids", reason="TOO_MANY_IDS")
+        async with self._db.session() as session:
+            return list(await session.scalars(select(Product).where(Product.id.in_(set(ids)))))
+
+    async def list(self, *, page_size: int, page_token: str, q: str) -> tuple[list[Product], str]:
+        size = paging.page_size(page_size)
+        after = paging.decode_token(page_token, query=q)
+        query = select(Product).order_by(Product.created_at, Product.id).limit(size + 1)
+        if q:
+            pattern = "%" + q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            query = query.where(
+                or_(Product.name.ilike(pattern, escape="\\"), Product.sku.ilike(pattern, escape="\\"))
+            )
+        if after is not None:
+            try:
+                created_at, last_id = dt.datetime.fromisoformat(after[0]), str(after[1])
+            except (IndexError, TypeError, ValueError):
+                raise InvalidArgument(
+                    "page_token is malformed", field="page_token", reason="INVALID_PAGE_TOKEN"
+                ) from None
+            query = query.where(
+                or_(
+                    Product.created_at > created_at,
+                    (Product.created_at == created_at) & (Product.id > last_id),
+                )
+            )
+        async with self._db.session() as session:
+            rows = list(await session.scalars(query))
+        token = ""
+        if len(rows) > size:
+            last = rows[size - 1]
+            token = paging.encode_token([last.created_at.isoformat(), last.id], query=q)
+        return rows[:size], token
+
+    async def update(self, product_id: str, fields: Fields) -> Product:
+        require_verified_email()
+        try:
+            async with self._db.transaction() as session:
+                product = await session.get(Product, product_id, with_for_update=True)
+                if product is None:
+                    raise _not_found(product_id)
+                product.sku, product.name, product.description = fields.sku, fields.name, fields.description
+                product.price, product.currency, product.updated_at = fields.price, fields.currency, utcnow()
+        except IntegrityError:
+            raise _sku_taken(fields.sku) from None
+        return product
+
+    async def delete(self, product_id: str) -> None:
+        """Retires the product's stock in inventory, then removes it; nothing changes if inventory can't."""
+        require_verified_email()
+        await self.get(product_id)
+        try:
+            await self._inventory.DeleteInventoryItem(
+                inventory_service_pb2.DeleteInventoryItemRequest(product_id=product_id)
+            )
+        except grpc.aio.AioRpcError as error:
+            log.warning("inventory could not retire product %s: %s", product_id, error.code().name)
+            raise Unavailable(
+                "inventory could not retire the product's stock; nothing was deleted; retry later",
+                reason="INVENTORY_UNAVAILABLE",
+            ) from None
+        async with self._db.transaction() as session:
+            await session.execute(delete(Product).where(Product.id == product_id))
+
+    async def stock(self, product_ids: Sequence[str]) -> dict[str, int]:
+        """Stock by product id, in one call; empty when inventory does not answer in time."""
+        if not product_ids:
+            return {}
+        try:
+            reply = await self._inventory.BatchGetInventoryItems(
+                inventory_service_pb2.BatchGetInventoryItemsRequest(product_ids=list(product_ids)),
+                timeout=self._stock_timeout,
+            )
+        except grpc.aio.AioRpcError as error:
+            log.warning("answering without stock: inventory said %s", error.code().name)
+            return {}
+        return {item.product_id: item.quantity for item in reply.items}
+
+
+def _not_found(product_id: str) -> NotFound:
+    return NotFound(f"product {product_id} does not exist", reason="PRODUCT_NOT_FOUND")
+
+
+def _sku_taken(sku: str) -> AlreadyExists:
+    return AlreadyExists(f"a product with sku {sku} already exists", field="sku", reason="SKU_TAKEN")

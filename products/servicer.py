@@ -1,0 +1,86 @@
+"""ProductsService over gRPC: translates protos to `Catalog` calls and back, nothing more."""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from invmesh.products.v1 import products_service_pb2 as pb
+from invmesh.products.v1 import products_service_pb2_grpc
+from products.catalog import Catalog, Fields, format_price, validate
+from products.models import Product
+
+
+def product_message(product: Product, stock: int | None) -> pb.Product:
+    created_at, updated_at = Timestamp(), Timestamp()
+    created_at.FromDatetime(product.created_at)
+    updated_at.FromDatetime(product.updated_at)
+    return pb.Product(
+        id=product.id,
+        sku=product.sku,
+        name=product.name,
+        description=product.description,
+        price=format_price(product.price, product.currency),
+        currency=product.currency,
+        stock=stock,
+        created_at=created_at,
+        updated_at=updated_at,
+    )
+
+
+def _fields(product: pb.Product) -> Fields:
+    return validate(
+        sku=product.sku,
+        name=product.name,
+        description=product.description,
+        price=product.price,
+        currency=product.currency,
+    )
+
+
+class ProductsServicer(products_service_pb2_grpc.ProductsServiceServicer):
+    def __init__(self, catalog: Catalog) -> None:
+        self._catalog = catalog
+
+    async def ListProducts(
+        self, request: pb.ListProductsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListProductsResponse:
+        rows, token = await self._catalog.list(
+            page_size=request.page_size, page_token=request.page_token, q=request.q
+        )
+        stock = await self._catalog.stock([row.id for row in rows])
+        return pb.ListProductsResponse(
+            products=[product_message(r, stock.get(r.id)) for r in rows], next_page_token=token
+        )
+
+    async def GetProduct(
+        self, request: pb.GetProductRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetProductResponse:
+        return pb.GetProductResponse(product=await self._with_stock(await self._catalog.get(request.id)))
+
+    async def BatchGetProducts(
+        self, request: pb.BatchGetProductsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.BatchGetProductsResponse:
+        rows = await self._catalog.batch_get(request.ids)
+        return pb.BatchGetProductsResponse(products=[product_message(row, None) for row in rows])
+
+    async def CreateProduct(
+        self, request: pb.CreateProductRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateProductResponse:
+        product = await self._catalog.create(_fields(request.product))
+        return pb.CreateProductResponse(product=product_message(product, 0))  # a new product never moved
+
+    async def UpdateProduct(
+        self, request: pb.UpdateProductRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UpdateProductResponse:
+        product = await self._catalog.update(request.product.id, _fields(request.product))
+        return pb.UpdateProductResponse(product=await self._with_stock(product))
+
+    async def DeleteProduct(
+        self, request: pb.DeleteProductRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteProductResponse:
+        await self._catalog.delete(request.id)
+        return pb.DeleteProductResponse()
+
+    async def _with_stock(self, product: Product) -> pb.Product:
+        return product_message(product, (await self._catalog.stock([product.id])).get(product.id))

@@ -1,0 +1,340 @@
+"""Inventory over real gRPC, with auth and products running: movements, counts, the ledger,
+idempotency, retirement, and the invariants under concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import grpc
+import pytest
+from sqlalchemy import func, select
+
+from auth.service import running as running_auth
+from inventory.models import Item, Movement
+from inventory.service import running as running_inventory
+from invmesh.auth.v1 import auth_service_pb2 as auth_pb
+from invmesh.auth.v1 import auth_service_pb2_grpc
+from invmesh.inventory.v1 import inventory_service_pb2 as pb
+from invmesh.inventory.v1 import inventory_service_pb2_grpc
+from invmesh.products.v1 import products_service_pb2 as products_pb
+from mesh.config import Settings
+from mesh.db import Database
+from tests.conftest import Mesh, SmtpServer, mesh_settings, user_token
+from tests.rpc import error_reason, expect_error
+
+
+async def new_product(mesh: Mesh, sku: str = "SKU-1") -> str:
+    product = products_pb.Product(sku=sku, name=f"Product {sku}", price="9.99")
+    reply = await mesh.products.CreateProduct(
+        products_pb.CreateProductRequest(product=product), metadata=mesh.as_user()
+    )
+    return reply.product.id
+
+
+def move(product_id: str, kind: int, quantity: int, **fields: str) -> pb.RecordMovementRequest:
+    return pb.RecordMovementRequest(product_id=product_id, type=kind, quantity=quantity, **fields)  # type: ignore[arg-type]
+
+
+async def ledger(mesh: Mesh, product_id: str) -> list[pb.Movement]:
+    movements: list[pb.Movement] = []
+    token = ""
+    while True:
+        page = await mesh.inventory.ListMovements(
+            pb.ListMovementsRequest(product_id=product_id, page_size=7, page_token=token),
+            metadata=mesh.as_user(),
+        )
+        movements.extend(page.movements)
+        if not (token := page.next_page_token):
+            return movements
+
+
+@pytest.fixture
+async def inventory_db(mesh: Mesh) -> Database:
+    db = Database(mesh.settings.database_url("inventory"))
+    yield db  # type: ignore[misc]
+    await db.dispose()
+
+
+async def test_movements_move_the_balance_and_fill_the_ledger(mesh: Mesh) -> None:
+    pid = await new_product(mesh)
+    item = (
+        await mesh.inventory.GetInventoryItem(
+            pb.GetInventoryItemRequest(product_id=pid), metadata=mesh.as_user()
+        )
+    ).item
+    assert item.quantity == 0 and not item.HasField("updated_at")  # never moved
+
+    first = await mesh.inventory.RecordMovement(
+        move(pid, pb.IN, 10, reason="delivery", reference="PO-7", request_id="r-1"), metadata=mesh.as_user()
+    )
+    assert first.item.quantity == 10 and first.movement.balance_after == 10
+    out = await mesh.inventory.RecordMovement(move(pid, pb.OUT, 4), metadata=mesh.as_user())
+    assert out.movement.quantity == -4 and out.item.quantity == 6
+    counted = await mesh.inventory.SetStock(
+        pb.SetStockRequest(product_id=pid, quantity=2, reason="count"), metadata=mesh.as_user()
+    )
+    assert (
+        counted.movement.type == pb.ADJUSTMENT
+        and counted.movement.quantity == -4
+        and counted.item.quantity == 2
+    )
+
+    movements = await ledger(mesh, pid)
+    assert [m.type for m in movements] == [pb.ADJUSTMENT, pb.OUT, pb.IN]  # newest first
+    assert [m.balance_after for m in movements] == [2, 6, 10]
+    oldest = movements[-1]
+    me = await mesh.auth.GetMe(auth_pb.GetMeRequest(), metadata=mesh.as_user())
+    assert (oldest.reason, oldest.reference, oldest.request_id, oldest.actor) == (
+        "delivery",
+        "PO-7",
+        "r-1",
+        me.user.id,
+    )
+    assert oldest.created_at.seconds > 0
+
+    product = await mesh.products.GetProduct(products_pb.GetProductRequest(id=pid), metadata=mesh.as_user())
+    assert product.product.stock == 2  # products shows inventory's stock
+
+
+async def test_an_exit_beyond_the_stock_changes_nothing(mesh: Mesh, inventory_db: Database) -> None:
+    pid = await new_product(mesh)
+    await mesh.inventory.RecordMovement(move(pid, pb.IN, 3), metadata=mesh.as_user())
+    error = await expect_error(
+        mesh.inventory.RecordMovement(move(pid, pb.OUT, 4), metadata=mesh.as_user()),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
+    assert error_reason(error) == "INSUFFICIENT_STOCK" and "only 3 in stock" in error.details()
+    assert len(await ledger(mesh, pid)) == 1
+    async with inventory_db.session() as session:
+        assert (await session.get_one(Item, pid)).quantity == 3
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "field"),
+    [
+        ({"type": pb.MOVEMENT_TYPE_UNSPECIFIED}, "type"),
+        ({"type": pb.ADJUSTMENT}, "type"),
+        ({"quantity": 0}, "quantity"),
+        ({"quantity": -5}, "quantity"),
+        ({"reason": "r" * 501}, "reason"),
+        ({"reference": "x" * 201}, "reference"),
+        ({"request_id": "has spaces"}, "request_id"),
+        ({"request_id": "k" * 65}, "request_id"),
+        ({"product_id": ""}, "product_id"),
+    ],
+)
+async def test_bad_movements_are_refused_and_write_nothing(
+    mesh: Mesh, inventory_db: Database, request_fields: dict[str, object], field: str
+) -> None:
+    pid = await new_product(mesh)
+    fields: dict[str, object] = {"product_id": pid, "type": pb.IN, "quantity": 1} | request_fields
+    error = await expect_error(
+        mesh.inventory.RecordMovement(pb.RecordMovementRequest(**fields), metadata=mesh.as_user()),  # type: ignore[arg-type]
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert field in error.details()
+    async with inventory_db.session() as session:
+        assert await session.scalar(select(func.count()).select_from(Movement)) == 0
+
+
+async def test_unknown_products_and_negative_counts(mesh: Mesh) -> None:
+    for call in (
+        mesh.inventory.RecordMovement(move("no-such-product", pb.IN, 1), metadata=mesh.as_user()),
+        mesh.inventory.GetInventoryItem(
+            pb.GetInventoryItemRequest(product_id="no-such-product"), metadata=mesh.as_user()
+        ),
+        mesh.inventory.ListMovements(
+            pb.ListMovementsRequest(product_id="no-such-product"), metadata=mesh.as_user()
+        ),
+    ):
+        await expect_error(call, grpc.StatusCode.NOT_FOUND)
+    pid = await new_product(mesh)
+    error = await expect_error(
+        mesh.inventory.SetStock(pb.SetStockRequest(product_id=pid, quantity=-1), metadata=mesh.as_user()),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert "quantity" in error.details()
+
+
+async def test_a_retried_request_id_returns_the_first_result(mesh: Mesh) -> None:
+    pid = await new_product(mesh)
+    request = move(pid, pb.IN, 5, request_id="delivery-42")
+    first = await mesh.inventory.RecordMovement(request, metadata=mesh.as_user())
+    await mesh.inventory.RecordMovement(move(pid, pb.IN, 1), metadata=mesh.as_user())
+    again = await mesh.inventory.RecordMovement(request, metadata=mesh.as_user())
+    assert again == first  # the first result, balance as it was then
+    assert len(await ledger(mesh, pid)) == 2
+
+    error = await expect_error(
+        mesh.inventory.RecordMovement(move(pid, pb.IN, 6, request_id="delivery-42"), metadata=mesh.as_user()),
+        grpc.StatusCode.ALREADY_EXISTS,
+    )
+    assert error_reason(error) == "REQUEST_ID_REUSED"
+    count = pb.SetStockRequest(product_id=pid, quantity=9, request_id="count-1")
+    assert await mesh.inventory.SetStock(count, metadata=mesh.as_user()) == await mesh.inventory.SetStock(
+        count, metadata=mesh.as_user()
+    )
+    assert len(await ledger(mesh, pid)) == 3
+
+
+async def test_deleting_a_product_retires_its_item_and_keeps_the_ledger(
+    mesh: Mesh, inventory_db: Database
+) -> None:
+    pid = await new_product(mesh)
+    await mesh.inventory.RecordMovement(move(pid, pb.IN, 7), metadata=mesh.as_user())
+    await mesh.products.DeleteProduct(products_pb.DeleteProductRequest(id=pid), metadata=mesh.as_user())
+
+    await expect_error(
+        mesh.products.GetProduct(products_pb.GetProductRequest(id=pid), metadata=mesh.as_user()),
+        grpc.StatusCode.NOT_FOUND,
+    )
+    await expect_error(
+        mesh.inventory.GetInventoryItem(pb.GetInventoryItemRequest(product_id=pid), metadata=mesh.as_user()),
+        grpc.StatusCode.NOT_FOUND,
+    )
+    await expect_error(
+        mesh.inventory.RecordMovement(move(pid, pb.IN, 1), metadata=mesh.as_user()), grpc.StatusCode.NOT_FOUND
+    )
+    listed = await mesh.inventory.ListInventoryItems(pb.ListInventoryItemsRequest(), metadata=mesh.as_user())
+    assert pid not in [item.product_id for item in listed.items]
+    # Retiring again is harmless, and the ledger is still there for audit.
+    await mesh.inventory.DeleteInventoryItem(
+        pb.DeleteInventoryItemRequest(product_id=pid), metadata=mesh.as_user()
+    )
+    async with inventory_db.session() as session:
+        assert await session.scalar(select(func.count()).where(Movement.product_id == pid)) == 1
+
+
+async def test_tokens_and_verified_email(mesh: Mesh) -> None:
+    pid = await new_product(mesh)
+    await expect_error(
+        mesh.inventory.GetInventoryItem(pb.GetInventoryItemRequest(product_id=pid)),
+        grpc.StatusCode.UNAUTHENTICATED,
+    )
+    await expect_error(
+        mesh.inventory.ListInventoryItems(
+            pb.ListInventoryItemsRequest(), metadata=mesh.as_user("not-a-token")
+        ),
+        grpc.StatusCode.UNAUTHENTICATED,
+    )
+    visitor = mesh.as_user(mesh.unverified_token)
+    item = await mesh.inventory.GetInventoryItem(pb.GetInventoryItemRequest(product_id=pid), metadata=visitor)
+    assert item.item.quantity == 0  # reads are open to any valid token
+    for write in (
+        mesh.inventory.RecordMovement(move(pid, pb.IN, 1), metadata=visitor),
+        mesh.inventory.SetStock(pb.SetStockRequest(product_id=pid, quantity=1), metadata=visitor),
+        mesh.inventory.DeleteInventoryItem(pb.DeleteInventoryItemRequest(product_id=pid), metadata=visitor),
+    ):
+        error = await expect_error(write, grpc.StatusCode.PERMISSION_DENIED)
+        assert error_reason(error) == "EMAIL_NOT_VERIFIED"
+
+
+async def test_item_and_movement_pages_walk_everything_once(mesh: Mesh) -> None:
+    ids = [await new_product(mesh, f"P-{n}") for n in range(5)]
+    for n, pid in enumerate(ids):
+        await mesh.inventory.RecordMovement(move(pid, pb.IN, n + 1), metadata=mesh.as_user())
+    for _ in range(9):
+        await mesh.inventory.RecordMovement(move(ids[0], pb.IN, 1), metadata=mesh.as_user())
+    seen, token = [], ""
+    while True:
+        page = await mesh.inventory.ListInventoryItems(
+            pb.ListInventoryItemsRequest(page_size=2, page_token=token), metadata=mesh.as_user()
+        )
+        seen += [item.product_id for item in page.items]
+        if not (token := page.next_page_token):
+            break
+    assert sorted(seen) == sorted(ids)
+    movements = await ledger(mesh, ids[0])
+    assert len(movements) == 10 and len({m.id for m in movements}) == 10
+    assert [m.balance_after for m in movements] == list(range(10, 0, -1))
+    await expect_error(
+        mesh.inventory.ListMovements(
+            pb.ListMovementsRequest(product_id=ids[1], page_token="garbage"), metadata=mesh.as_user()
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+
+
+async def test_concurrent_exits_never_oversell(mesh: Mesh) -> None:
+    pid = await new_product(mesh)
+    await mesh.inventory.SetStock(pb.SetStockRequest(product_id=pid, quantity=30), metadata=mesh.as_user())
+    results = await asyncio.gather(
+        *(mesh.inventory.RecordMovement(move(pid, pb.OUT, 1), metadata=mesh.as_user()) for _ in range(100)),
+        return_exceptions=True,
+    )
+    succeeded = [r for r in results if isinstance(r, pb.RecordMovementResponse)]
+    refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+    assert len(succeeded) == 30 and len(refused) == 70
+    assert all(error_reason(r) == "INSUFFICIENT_STOCK" for r in refused)
+    movements = await ledger(mesh, pid)
+    assert len(movements) == 31 and sum(m.quantity for m in movements) == 0
+    item = await mesh.inventory.GetInventoryItem(
+        pb.GetInventoryItemRequest(product_id=pid), metadata=mesh.as_user()
+    )
+    assert item.item.quantity == 0
+
+
+async def test_a_random_workload_keeps_every_invariant(mesh: Mesh) -> None:
+    rng = random.Random(7)
+    ids = [await new_product(mesh, f"R-{n}") for n in range(3)]
+    requests: list[object] = []
+    for n in range(120):
+        pid = rng.choice(ids)
+        roll = rng.random()
+        if roll < 0.45:
+            requests.append(move(pid, pb.IN, rng.randint(1, 5), request_id=f"in-{n}"))
+        elif roll < 0.9:
+            requests.append(move(pid, pb.OUT, rng.randint(1, 5), request_id=f"out-{n}"))
+        else:
+            requests.append(
+                pb.SetStockRequest(product_id=pid, quantity=rng.randint(0, 10), request_id=f"set-{n}")
+            )
+    requests += rng.sample(requests, 30)  # client retries of the same requests
+    rng.shuffle(requests)
+
+    async def send(request: object) -> None:
+        call = (
+            mesh.inventory.SetStock
+            if isinstance(request, pb.SetStockRequest)
+            else mesh.inventory.RecordMovement
+        )
+        try:
+            await call(request, metadata=mesh.as_user())  # type: ignore[arg-type]
+        except grpc.aio.AioRpcError as error:
+            assert error_reason(error) == "INSUFFICIENT_STOCK", error.details()
+
+    for start in range(0, len(requests), 15):
+        await asyncio.gather(*(send(r) for r in requests[start : start + 15]))
+
+    for pid in ids:
+        movements = list(reversed(await ledger(mesh, pid)))  # oldest first
+        balance = 0
+        for movement in movements:
+            balance += movement.quantity
+            assert movement.balance_after == balance >= 0
+        assert len({m.request_id for m in movements}) == len(movements)  # each request applied once
+        item = await mesh.inventory.GetInventoryItem(
+            pb.GetInventoryItemRequest(product_id=pid), metadata=mesh.as_user()
+        )
+        assert item.item.quantity == balance
+
+
+async def test_with_products_down_movements_answer_unavailable(settings: Settings, smtp: SmtpServer) -> None:
+    settings = mesh_settings(settings)  # nothing listens on the products address
+    async with running_auth(settings), running_inventory(settings):
+        async with grpc.aio.insecure_channel(settings.auth_addr) as channel:
+            token = await user_token(
+                auth_service_pb2_grpc.AuthServiceStub(channel),
+                "ops@example.com",
+                smtp.inbox,
+                settings.public_url,
+            )
+        async with grpc.aio.insecure_channel(settings.inventory_addr) as channel:
+            stub = inventory_service_pb2_grpc.InventoryServiceStub(channel)
+            metadata = (("authorization", f"Bearer {token}"),)
+            error = await expect_error(
+                stub.RecordMovement(move("some-product", pb.IN, 1), metadata=metadata, timeout=10),
+                grpc.StatusCode.UNAVAILABLE,
+            )
+            assert error_reason(error) == "PRODUCTS_UNAVAILABLE"
