@@ -1,0 +1,243 @@
+"""Products over real gRPC, with auth and inventory running: CRUD, validation, pages."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from sqlalchemy import func, select
+
+from auth.service import running as running_auth
+from invmesh.auth.v1 import auth_service_pb2_grpc
+from invmesh.inventory.v1 import inventory_service_pb2 as inventory_pb
+from invmesh.products.v1 import products_service_pb2 as pb
+from invmesh.products.v1 import products_service_pb2_grpc
+from mesh.config import Settings
+from mesh.db import Database
+from products.models import Product
+from products.service import running as running_products
+from tests.conftest import Mesh, SmtpServer, mesh_settings, user_token
+from tests.rpc import error_reason, expect_error
+
+
+def product(**fields: str) -> pb.Product:
+    return pb.Product(**({"sku": "SKU-1", "name": "Widget", "price": "12.50"} | fields))
+
+
+async def create(mesh: Mesh, **fields: str) -> pb.Product:
+    reply = await mesh.products.CreateProduct(
+        pb.CreateProductRequest(product=product(**fields)), metadata=mesh.as_user()
+    )
+    return reply.product
+
+
+async def test_create_get_update_list_delete(mesh: Mesh) -> None:
+    created = await create(mesh, description="A fine widget", currency="eur")
+    assert created.id and created.price == "12.50" and created.currency == "EUR" and created.stock == 0
+    assert created.created_at == created.updated_at
+
+    got = (
+        await mesh.products.GetProduct(pb.GetProductRequest(id=created.id), metadata=mesh.as_user())
+    ).product
+    assert got == created
+
+    changed = product(id=created.id, sku="SKU-1B", name="Widget B", price="3", currency="JPY")
+    updated = (
+        await mesh.products.UpdateProduct(pb.UpdateProductRequest(product=changed), metadata=mesh.as_user())
+    ).product
+    assert (updated.sku, updated.name, updated.price, updated.currency) == ("SKU-1B", "Widget B", "3", "JPY")
+    assert updated.description == ""  # PUT replaces every editable field
+    assert (
+        updated.created_at == created.created_at
+        and updated.updated_at.ToDatetime() > created.updated_at.ToDatetime()
+    )
+
+    listed = await mesh.products.ListProducts(pb.ListProductsRequest(), metadata=mesh.as_user())
+    assert [p.id for p in listed.products] == [created.id] and listed.next_page_token == ""
+    assert listed.products[0].stock == 0
+
+    await mesh.products.DeleteProduct(pb.DeleteProductRequest(id=created.id), metadata=mesh.as_user())
+    for call in (
+        mesh.products.GetProduct(pb.GetProductRequest(id=created.id), metadata=mesh.as_user()),
+        mesh.products.DeleteProduct(pb.DeleteProductRequest(id=created.id), metadata=mesh.as_user()),
+        mesh.products.UpdateProduct(pb.UpdateProductRequest(product=changed), metadata=mesh.as_user()),
+    ):
+        await expect_error(call, grpc.StatusCode.NOT_FOUND)
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"sku": ""}, "sku"),
+        ({"sku": "   "}, "sku"),
+        ({"sku": "s" * 65}, "sku"),
+        ({"name": ""}, "name"),
+        ({"name": "n" * 201}, "name"),
+        ({"price": ""}, "price"),
+        ({"price": "-1.00"}, "price"),
+        ({"price": "abc"}, "price"),
+        ({"price": "1e3"}, "price"),
+        ({"price": "NaN"}, "price"),
+        ({"price": "Infinity"}, "price"),
+        ({"price": "12.345"}, "price"),
+        ({"price": "1.5", "currency": "JPY"}, "price"),
+        ({"price": "1,50"}, "price"),
+        ({"price": "١٢"}, "price"),  # Arabic-Indic digits are digits, but not a price
+        ({"currency": "XYZ"}, "currency"),
+        ({"currency": "XAU"}, "currency"),  # gold has no minor unit to price in
+        ({"description": "d" * 5001}, "description"),
+    ],
+)
+async def test_invalid_products_are_refused_and_write_nothing(
+    mesh: Mesh, fields: dict[str, str], field: str
+) -> None:
+    error = await expect_error(
+        mesh.products.CreateProduct(
+            pb.CreateProductRequest(product=product(**fields)), metadata=mesh.as_user()
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert field in error.details()
+    db = Database(mesh.settings.database_url("products"))
+    try:
+        async with db.session() as session:
+            assert await session.scalar(select(func.count()).select_from(Product)) == 0
+    finally:
+        await db.dispose()
+
+
+@pytest.mark.parametrize(
+    ("price", "currency", "shown"),
+    [("0", "USD", "0.00"), ("7", "JPY", "7"), ("1.234", "BHD", "1.234"), ("5.5", "", "5.50")],
+)
+async def test_prices_keep_the_currency_minor_digits(
+    mesh: Mesh, price: str, currency: str, shown: str
+) -> None:
+    created = await create(mesh, price=price, currency=currency)
+    assert created.price == shown
+
+
+async def test_skus_are_unique(mesh: Mesh) -> None:
+    first = await create(mesh, sku="A-1")
+    second = await create(mesh, sku="A-2")
+    error = await expect_error(create(mesh, sku="A-1"), grpc.StatusCode.ALREADY_EXISTS)
+    assert error_reason(error) == "SKU_TAKEN"
+    taken = product(id=second.id, sku="A-1")
+    await expect_error(
+        mesh.products.UpdateProduct(pb.UpdateProductRequest(product=taken), metadata=mesh.as_user()),
+        grpc.StatusCode.ALREADY_EXISTS,
+    )
+    assert (
+        await mesh.products.GetProduct(pb.GetProductRequest(id=first.id), metadata=mesh.as_user())
+    ).product.sku == "A-1"
+
+
+async def test_pages_walk_the_list_exactly_once_while_rows_are_inserted(mesh: Mesh) -> None:
+    originals = {(await create(mesh, sku=f"P-{n:03}", name=f"Part {n}")).id for n in range(60)}
+    seen: list[str] = []
+    token, inserted = "", 0
+    while True:
+        page = await mesh.products.ListProducts(
+            pb.ListProductsRequest(page_size=7, page_token=token), metadata=mesh.as_user()
+        )
+        seen += [p.id for p in page.products]
+        await create(mesh, sku=f"NEW-{inserted}")  # lands after every original: seen once, at the end
+        inserted += 1
+        if not (token := page.next_page_token):
+            break
+    assert len(seen) == len(set(seen)) and originals <= set(seen)
+
+
+async def test_search_and_page_parameters(mesh: Mesh) -> None:
+    await create(mesh, sku="BOLT-10", name="Hex bolt")
+    await create(mesh, sku="NUT-10", name="Hex nut")
+    await create(mesh, sku="WASH_1", name="100% washer")
+    found = await mesh.products.ListProducts(pb.ListProductsRequest(q="HEX"), metadata=mesh.as_user())
+    assert sorted(p.sku for p in found.products) == ["BOLT-10", "NUT-10"]
+    by_sku = await mesh.products.ListProducts(pb.ListProductsRequest(q="nut-1"), metadata=mesh.as_user())
+    assert [p.sku for p in by_sku.products] == ["NUT-10"]
+    literal = await mesh.products.ListProducts(pb.ListProductsRequest(q="_"), metadata=mesh.as_user())
+    assert [p.sku for p in literal.products] == ["WASH_1"]  # wildcards match themselves only
+    percent = await mesh.products.ListProducts(pb.ListProductsRequest(q="100%"), metadata=mesh.as_user())
+    assert [p.sku for p in percent.products] == ["WASH_1"]
+
+    page = await mesh.products.ListProducts(
+        pb.ListProductsRequest(q="hex", page_size=1), metadata=mesh.as_user()
+    )
+    assert page.next_page_token
+    for request in (
+        pb.ListProductsRequest(q="nut", page_token=page.next_page_token),  # a token of another query
+        pb.ListProductsRequest(page_token="not-a-token"),
+        pb.ListProductsRequest(page_size=-1),
+    ):
+        await expect_error(
+            mesh.products.ListProducts(request, metadata=mesh.as_user()), grpc.StatusCode.INVALID_ARGUMENT
+        )
+    capped = await mesh.products.ListProducts(
+        pb.ListProductsRequest(page_size=10_000), metadata=mesh.as_user()
+    )
+    assert len(capped.products) == 3
+
+
+async def test_batch_get(mesh: Mesh) -> None:
+    a = await create(mesh, sku="B-1")
+    reply = await mesh.products.BatchGetProducts(
+        pb.BatchGetProductsRequest(ids=[a.id, "missing"]), metadata=mesh.as_user()
+    )
+    assert [p.id for p in reply.products] == [a.id] and not reply.products[0].HasField("stock")
+    await expect_error(
+        mesh.products.BatchGetProducts(pb.BatchGetProductsRequest(ids=["x"] * 501), metadata=mesh.as_user()),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+
+
+async def test_reads_need_a_token_and_writes_a_verified_email(mesh: Mesh) -> None:
+    existing = await create(mesh)
+    await expect_error(mesh.products.ListProducts(pb.ListProductsRequest()), grpc.StatusCode.UNAUTHENTICATED)
+    visitor = mesh.as_user(mesh.unverified_token)
+    await mesh.products.GetProduct(pb.GetProductRequest(id=existing.id), metadata=visitor)
+    for write in (
+        mesh.products.CreateProduct(pb.CreateProductRequest(product=product(sku="V-1")), metadata=visitor),
+        mesh.products.UpdateProduct(
+            pb.UpdateProductRequest(product=product(id=existing.id)), metadata=visitor
+        ),
+        mesh.products.DeleteProduct(pb.DeleteProductRequest(id=existing.id), metadata=visitor),
+    ):
+        await expect_error(write, grpc.StatusCode.PERMISSION_DENIED)
+
+
+async def test_stock_follows_inventory(mesh: Mesh) -> None:
+    created = await create(mesh)
+    await mesh.inventory.RecordMovement(
+        inventory_pb.RecordMovementRequest(product_id=created.id, type=inventory_pb.IN, quantity=8),
+        metadata=mesh.as_user(),
+    )
+    listed = await mesh.products.ListProducts(pb.ListProductsRequest(), metadata=mesh.as_user())
+    assert listed.products[0].stock == 8
+
+
+async def test_with_inventory_down_reads_answer_without_stock_and_deletes_change_nothing(
+    settings: Settings, smtp: SmtpServer
+) -> None:
+    settings = mesh_settings(settings)  # nothing listens on the inventory address
+    async with running_auth(settings), running_products(settings):
+        async with grpc.aio.insecure_channel(settings.auth_addr) as channel:
+            auth = auth_service_pb2_grpc.AuthServiceStub(channel)
+            token = await user_token(auth, "ops@example.com", smtp.inbox, settings.public_url)
+        metadata = (("authorization", f"Bearer {token}"),)
+        async with grpc.aio.insecure_channel(settings.products_addr) as channel:
+            stub = products_service_pb2_grpc.ProductsServiceStub(channel)
+            created = (
+                await stub.CreateProduct(pb.CreateProductRequest(product=product()), metadata=metadata)
+            ).product
+            got = await stub.GetProduct(pb.GetProductRequest(id=created.id), metadata=metadata, timeout=5)
+            assert got.product.id == created.id and not got.product.HasField("stock")
+            listed = await stub.ListProducts(pb.ListProductsRequest(), metadata=metadata, timeout=5)
+            assert [p.id for p in listed.products] == [created.id] and not listed.products[0].HasField(
+                "stock"
+            )
+            error = await expect_error(
+                stub.DeleteProduct(pb.DeleteProductRequest(id=created.id), metadata=metadata),
+                grpc.StatusCode.UNAVAILABLE,
+            )
+            assert error_reason(error) == "INVENTORY_UNAVAILABLE"
+            await stub.GetProduct(pb.GetProductRequest(id=created.id), metadata=metadata)  # still there
