@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import time
 from collections.abc import Iterator
 
 import grpc
@@ -93,3 +94,14 @@ async def test_outgoing_calls_carry_the_request_id_and_the_callers_token(
     lines = [json.loads(line) for line in log_lines.getvalue().splitlines()]
     (served,) = [line for line in lines if line["msg"].startswith("rpc /invmesh.auth.v1.AuthService/GetMe")]
     assert served["request_id"] == "req-42" and served["msg"].endswith("OK")
+
+
+async def test_outgoing_calls_never_outlive_the_callers_deadline(auth: AuthEndpoint) -> None:
+    channel = clients.channel(auth.address, default_timeout=30)
+    stub = auth_service_pb2_grpc.AuthServiceStub(channel)
+    try:
+        await stub.GetJwks(pb.GetJwksRequest())  # no caller deadline: the default applies
+        context.deadline.set(time.monotonic() - 0.001)  # the caller's own time is up
+        await expect_error(stub.GetJwks(pb.GetJwksRequest()), grpc.StatusCode.DEADLINE_EXCEEDED)
+    finally:
+        await channel.close()
