@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -14,11 +13,9 @@ from auth.passwords import PasswordHasher
 from auth.servicer import AuthServicer
 from invmesh.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
 from mesh.config import Settings
-from mesh.db import Database
+from mesh.db import open_database
 from mesh.server import MeshServer, Servicer
 from mesh.tokens import TokenVerifier
-
-log = logging.getLogger(__name__)
 
 SERVICE_NAME = auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
 PUBLIC_METHODS = frozenset(
@@ -38,10 +35,7 @@ def mail_transport(settings: Settings) -> Transport:
 async def running(settings: Settings, *, address: str | None = None) -> AsyncIterator[MeshServer]:
     """The auth service, serving on `address` (default AUTH_ADDR) until the block exits."""
     async with AsyncExitStack() as stack:
-        db = Database(settings.database_url("auth"))
-        stack.push_async_callback(db.dispose)
-        await db.create_all(Base.metadata)
-        log.info("using database %s", db.describe())
+        db = await open_database(stack, settings.database_url("auth"), Base.metadata)
         private_key = settings.jwt_private_key.get_secret_value() if settings.jwt_private_key else None
         keys = await KeyStore.load(db, private_key)
         relay = MailRelay(
@@ -54,22 +48,17 @@ async def running(settings: Settings, *, address: str | None = None) -> AsyncIte
         accounts = Accounts(
             db=db, hasher=PasswordHasher(settings.bcrypt_rounds), keys=keys, mail=relay, settings=settings
         )
-        verifier = TokenVerifier(keys, issuer=settings.jwt_issuer, audience=settings.jwt_audience)
-        server = MeshServer(
-            [
-                Servicer(
-                    SERVICE_NAME,
-                    auth_service_pb2_grpc.add_AuthServiceServicer_to_server,
-                    AuthServicer(accounts, keys),
-                )
-            ],
-            address=address or settings.auth_addr,
-            verifier=verifier,
-            public_methods=PUBLIC_METHODS,
-            grace_seconds=settings.shutdown_grace_seconds,
-        )
         relay.start()
         stack.push_async_callback(relay.stop)
-        await server.start()
-        stack.push_async_callback(server.stop)
-        yield server
+        servicer = Servicer(
+            SERVICE_NAME,
+            auth_service_pb2_grpc.add_AuthServiceServicer_to_server,
+            AuthServicer(accounts, keys),
+        )
+        yield await MeshServer(
+            [servicer],
+            address=address or settings.auth_addr,
+            verifier=TokenVerifier(keys, issuer=settings.jwt_issuer, audience=settings.jwt_audience),
+            public_methods=PUBLIC_METHODS,
+            grace_seconds=settings.shutdown_grace_seconds,
+        ).start_in(stack)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from typing import Any
 
 import grpc
 
 from mesh import context
+from mesh.errors import DeadlineExceeded
 
 CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
@@ -38,7 +40,11 @@ class ForwardCallerContext(grpc.aio.UnaryUnaryClientInterceptor):
             metadata.add("authorization", f"Bearer {token}")
         timeout = details.timeout if details.timeout is not None else self._default_timeout
         if (deadline := context.deadline.get()) is not None:
-            timeout = max(min(timeout, deadline - time.monotonic()), 0.0)
+            timeout = min(timeout, deadline - time.monotonic())
+            if timeout <= 0:  # the caller has given up already: do not start work it will never see
+                raise DeadlineExceeded(
+                    "the deadline passed before the call to another service", reason="DEADLINE"
+                )
         details = grpc.aio.ClientCallDetails(
             details.method, timeout, metadata, details.credentials, details.wait_for_ready
         )
@@ -50,3 +56,10 @@ def channel(target: str, *, default_timeout: float = 3.0) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(
         target, options=CHANNEL_OPTIONS, interceptors=[ForwardCallerContext(default_timeout)]
     )
+
+
+def open_channel(stack: AsyncExitStack, target: str, *, default_timeout: float) -> grpc.aio.Channel:
+    """`channel(target)`, closed when `stack` closes."""
+    opened = channel(target, default_timeout=default_timeout)
+    stack.push_async_callback(opened.close)
+    return opened

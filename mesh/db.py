@@ -9,8 +9,9 @@ waiting); reads stay deferred and run beside writes under WAL.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ from sqlalchemy.engine import Connection, Dialect, make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.types import TypeEngine
+
+log = logging.getLogger(__name__)
 
 _WRITE = "invmesh_write"
 
@@ -88,6 +91,15 @@ class Database:
     def describe(self) -> str:
         """The URL with any password hidden, for logs."""
         return self.engine.url.render_as_string(hide_password=True)
+
+
+async def open_database(stack: AsyncExitStack, url: str, metadata: MetaData) -> Database:
+    """A database with its tables created, disposed when `stack` closes."""
+    db = Database(url)
+    stack.push_async_callback(db.dispose)
+    await db.create_all(metadata)
+    log.info("using database %s", db.describe())
+    return db
 
 
 def _sqlite_transactions(engine: Any) -> None:

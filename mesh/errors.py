@@ -85,6 +85,10 @@ class ResourceExhausted(DomainError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class DeadlineExceeded(DomainError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
 class Unavailable(DomainError):
     code = grpc.StatusCode.UNAVAILABLE
 

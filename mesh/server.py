@@ -13,7 +13,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import Callable, Collection, Sequence
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,6 +109,12 @@ class MeshServer:
         for name in ["", *names]:  # "" is the server as a whole
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving %s on %s", ", ".join(names), self._address.rsplit(":", 1)[0] + f":{self.port}")
+
+    async def start_in(self, stack: AsyncExitStack) -> MeshServer:
+        """Starts serving; `stack` stops the server when it closes."""
+        await self.start()
+        stack.push_async_callback(self.stop)
+        return self
 
     async def stop(self) -> None:
         await self._health.enter_graceful_shutdown()
