@@ -28,7 +28,18 @@ MAX_BATCH = 500
 MAX_SKU_CHARS = 64
 MAX_NAME_CHARS = 200
 MAX_DESCRIPTION_CHARS = 5000
-MAX_PRICE = Decimal("1e14")  # what Numeric(18, 4) holds
+MAX_PRICE = Decimal("1e14")  # so minor units (up to 4 digits) fit a signed 64-bit integer
+
+
+@dataclass(frozen=True, slots=True)
+class Draft:
+    """The editable fields of a product as the caller sent them."""
+
+    sku: str
+    name: str
+    description: str
+    price: str
+    currency: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +49,7 @@ class Fields:
     sku: str
     name: str
     description: str
-    price: Decimal
+    price_minor: int
     currency: str
 
 
@@ -56,12 +67,14 @@ def minor_digits(currency: str) -> int:
     return exponent
 
 
-def format_price(price: Decimal, currency: str) -> str:
-    return str(price.quantize(Decimal(1).scaleb(-minor_digits(currency))))
+def format_price(price_minor: int, currency: str) -> str:
+    """Minor units as a decimal string with exactly the currency's minor digits: 1250 USD is "12.50"."""
+    return f"{Decimal(price_minor).scaleb(-minor_digits(currency)):f}"
 
 
-def validate(*, sku: str, name: str, description: str, price: str, currency: str) -> Fields:
-    sku, name, currency = sku.strip(), name.strip(), (currency.strip().upper() or "USD")
+def validate(draft: Draft) -> Fields:
+    sku, name, description, price = draft.sku.strip(), draft.name.strip(), draft.description, draft.price
+    currency = draft.currency.strip().upper() or "USD"
     if not 1 <= len(sku) <= MAX_SKU_CHARS:
         raise InvalidArgument(
             f"sku is required, 1 to {MAX_SKU_CHARS} characters", field="sku", reason="INVALID_SKU"
@@ -90,9 +103,11 @@ def validate(*, sku: str, name: str, description: str, price: str, currency: str
         amount = Decimal(price)
     except InvalidOperation:
         raise bad_price from None
-    if amount >= MAX_PRICE or -amount.as_tuple().exponent > digits:  # type: ignore[operator]
+    if -amount.as_tuple().exponent > digits:  # type: ignore[operator]
         raise bad_price
-    return Fields(sku, name, description, amount, currency)
+    if amount >= MAX_PRICE:
+        raise InvalidArgument(f"price must be below {MAX_PRICE:f}", field="price", reason="INVALID_PRICE")
+    return Fields(sku, name, description, int(amount.scaleb(digits)), currency)
 
 
 class Catalog:
@@ -107,15 +122,16 @@ class Catalog:
         self._inventory = inventory
         self._stock_timeout = stock_timeout
 
-    async def create(self, fields: Fields) -> Product:
+    async def create(self, draft: Draft) -> Product:
         require_verified_email()
+        fields = validate(draft)
         now = utcnow()
         product = Product(
             id=str(uuid.uuid4()),
             sku=fields.sku,
             name=fields.name,
             description=fields.description,
-            price=fields.price,
+            price_minor=fields.price_minor,
             currency=fields.currency,
             created_at=now,
             updated_at=now,
@@ -152,6 +168,8 @@ class Catalog:
         if after is not None:
             try:
                 created_at, last_id = dt.datetime.fromisoformat(after[0]), str(after[1])
+                if created_at.tzinfo is None:
+                    raise ValueError("naive datetime")
             except (IndexError, TypeError, ValueError):
                 raise InvalidArgument(
                     "page_token is malformed", field="page_token", reason="INVALID_PAGE_TOKEN"
@@ -170,15 +188,17 @@ class Catalog:
             token = paging.encode_token([last.created_at.isoformat(), last.id], query=q)
         return rows[:size], token
 
-    async def update(self, product_id: str, fields: Fields) -> Product:
+    async def update(self, product_id: str, draft: Draft) -> Product:
         require_verified_email()
+        fields = validate(draft)
         try:
             async with self._db.transaction() as session:
                 product = await session.get(Product, product_id, with_for_update=True)
                 if product is None:
                     raise _not_found(product_id)
                 product.sku, product.name, product.description = fields.sku, fields.name, fields.description
-                product.price, product.currency, product.updated_at = fields.price, fields.currency, utcnow()
+                product.price_minor, product.currency = fields.price_minor, fields.currency
+                product.updated_at = utcnow()
         except IntegrityError:
             raise _sku_taken(fields.sku) from None
         return product
@@ -194,7 +214,7 @@ class Catalog:
         except grpc.aio.AioRpcError as error:
             log.warning("inventory could not retire product %s: %s", product_id, error.code().name)
             raise Unavailable(
-                "inventory could not retire the product's stock; nothing was deleted; retry later",
+                "the inventory service could not retire the product's stock; nothing was deleted",
                 reason="INVENTORY_UNAVAILABLE",
             ) from None
         async with self._db.transaction() as session:

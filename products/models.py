@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
-from decimal import Decimal
 
-from sqlalchemy import Index, Numeric, String, Text
+from sqlalchemy import BigInteger, Index, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from mesh.db import UtcDateTime
@@ -24,8 +23,10 @@ class Product(Base):
     sku: Mapped[str] = mapped_column(String(64), unique=True)
     name: Mapped[str] = mapped_column(String(200))
     description: Mapped[str] = mapped_column(Text, default="")
-    # Exact decimal, never a float: 4 places hold every ISO-4217 currency's minor unit.
-    price: Mapped[Decimal] = mapped_column(Numeric(18, 4))
+    # The price in the currency's minor units (cents for USD), an exact integer on every backend.
+    # Not Numeric: SQLite has no decimal type, so SQLAlchemy binds Decimal as a float there and
+    # 99999999999999.99 comes back as 99999999999999.98.
+    price_minor: Mapped[int] = mapped_column(BigInteger)
     currency: Mapped[str] = mapped_column(String(3))
     created_at: Mapped[dt.datetime]
     updated_at: Mapped[dt.datetime]

@@ -7,7 +7,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from invmesh.products.v1 import products_service_pb2 as pb
 from invmesh.products.v1 import products_service_pb2_grpc
-from products.catalog import Catalog, Fields, format_price, validate
+from products.catalog import Catalog, Draft, format_price
 from products.models import Product
 
 
@@ -20,7 +20,7 @@ def product_message(product: Product, stock: int | None) -> pb.Product:
         sku=product.sku,
         name=product.name,
         description=product.description,
-        price=format_price(product.price, product.currency),
+        price=format_price(product.price_minor, product.currency),
         currency=product.currency,
         stock=stock,
         created_at=created_at,
@@ -28,8 +28,8 @@ def product_message(product: Product, stock: int | None) -> pb.Product:
     )
 
 
-def _fields(product: pb.Product) -> Fields:
-    return validate(
+def _draft(product: pb.Product) -> Draft:
+    return Draft(
         sku=product.sku,
         name=product.name,
         description=product.description,
@@ -67,13 +67,13 @@ class ProductsServicer(products_service_pb2_grpc.ProductsServiceServicer):
     async def CreateProduct(
         self, request: pb.CreateProductRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateProductResponse:
-        product = await self._catalog.create(_fields(request.product))
+        product = await self._catalog.create(_draft(request.product))
         return pb.CreateProductResponse(product=product_message(product, 0))  # a new product never moved
 
     async def UpdateProduct(
         self, request: pb.UpdateProductRequest, context: grpc.aio.ServicerContext
     ) -> pb.UpdateProductResponse:
-        product = await self._catalog.update(request.product.id, _fields(request.product))
+        product = await self._catalog.update(request.product.id, _draft(request.product))
         return pb.UpdateProductResponse(product=await self._with_stock(product))
 
     async def DeleteProduct(
