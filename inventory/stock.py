@@ -13,6 +13,7 @@ import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import grpc
 from sqlalchemy import select
@@ -22,15 +23,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from inventory.models import Item, Movement
 from invmesh.products.v1 import products_service_pb2, products_service_pb2_grpc
 from mesh import paging
-from mesh.context import require_verified_email
+from mesh.context import current_identity, require_verified_email
 from mesh.db import Database, utcnow
 from mesh.errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
-    Unauthenticated,
     Unavailable,
+    from_peer,
 )
 
 MAX_BATCH = 500
@@ -38,6 +39,7 @@ MAX_QUANTITY = 2**31 - 1
 MAX_REASON_CHARS = 500
 MAX_REFERENCE_CHARS = 200
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+T = TypeVar("T")
 _ATTEMPTS = 3  # a concurrent first movement of the same product, or retry of the same request, races once
 
 
@@ -105,6 +107,7 @@ class Inventory:
         self, *, product_id: str, kind: str, quantity: int, reason: str, reference: str, request_id: str
     ) -> Recorded:
         """An entry (IN) or exit (OUT) of `quantity` units."""
+        require_verified_email()
         _require_product_id(product_id)
         if kind not in ("IN", "OUT"):
             raise InvalidArgument(
@@ -134,6 +137,7 @@ class Inventory:
 
     async def set_count(self, *, product_id: str, quantity: int, reason: str, request_id: str) -> Recorded:
         """Sets the stock to a counted `quantity`, recording the difference as an ADJUSTMENT."""
+        require_verified_email()
         _require_product_id(product_id)
         if quantity < 0:
             raise InvalidArgument("quantity must be 0 or more", field="quantity", reason="INVALID_QUANTITY")
@@ -167,7 +171,7 @@ class Inventory:
         after = paging.decode_token(page_token, query="items")
         query = select(Item).where(Item.retired_at.is_(None)).order_by(Item.product_id).limit(size + 1)
         if after is not None:
-            query = query.where(Item.product_id > str(after[0]))
+            query = query.where(Item.product_id > _position(after, str))
         async with self._db.session() as session:
             items = list(await session.scalars(query))
         token = paging.encode_token([items[size - 1].product_id], query="items") if len(items) > size else ""
@@ -200,8 +204,8 @@ class Inventory:
 
     async def retire(self, product_id: str) -> None:
         """The product was deleted: take its item out of reads, refuse new movements, keep the ledger."""
-        _require_product_id(product_id)
         require_verified_email()
+        _require_product_id(product_id)
         for attempt in range(_ATTEMPTS):
             try:
                 async with self._db.transaction() as session:
@@ -216,7 +220,7 @@ class Inventory:
                     raise
 
     async def _change(self, change: Change, delta_for: Callable[[int], int]) -> Recorded:
-        actor = require_verified_email().subject
+        actor = current_identity().subject
         for attempt in range(_ATTEMPTS):
             if change.request_id and (replay := await self._replay(actor, change)) is not None:
                 return replay
@@ -284,14 +288,20 @@ class Inventory:
                 products_service_pb2.BatchGetProductsRequest(ids=[product_id])
             )
         except grpc.aio.AioRpcError as error:
-            if error.code() == grpc.StatusCode.UNAUTHENTICATED:  # the caller's own token: not an outage
-                raise Unauthenticated(error.details() or "the access token was refused") from None
-            raise Unavailable(
+            outage = Unavailable(
                 f"the products service could not confirm product {product_id}; retry later",
                 reason="PRODUCTS_UNAVAILABLE",
-            ) from None
+            )
+            raise from_peer(error, outage) from None
         if not any(product.id == product_id for product in reply.products):
             raise _not_found(product_id)
+
+
+def _position(after: list[Any], kind: type[T]) -> T:
+    """The one keyset value of a page token, of the expected type."""
+    if len(after) != 1 or type(after[0]) is not kind:
+        raise InvalidArgument("page_token is malformed", field="page_token", reason="INVALID_PAGE_TOKEN")
+    return after[0]  # type: ignore[return-value]
 
 
 def _stock(item: Item | None, product_id: str) -> Stock:

@@ -96,3 +96,25 @@ class Unavailable(DomainError):
 def internal_status() -> grpc.Status:
     """What a caller sees of an unexpected failure: no detail that could leak internals."""
     return rpc_status.to_status(status_pb2.Status(code=code_pb2.INTERNAL, message="internal error"))
+
+
+def from_peer(error: grpc.aio.AioRpcError, outage: DomainError) -> DomainError:
+    """What to tell our caller when another service refused a call made on its behalf.
+
+    A refusal of the caller's own token or rights is passed on as it was (with its reason);
+    anything else means the other service could not do its part: `outage`.
+    """
+    passed_on = {
+        grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+        grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    }
+    kind = passed_on.get(error.code())
+    if kind is None:
+        return outage
+    reason = None
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    for detail in status.details if status is not None else ():
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            reason = info.reason
+    return kind(error.details() or "the access token was refused", reason=reason)

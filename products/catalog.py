@@ -19,7 +19,7 @@ from invmesh.inventory.v1 import inventory_service_pb2, inventory_service_pb2_gr
 from mesh import paging
 from mesh.context import require_verified_email
 from mesh.db import Database, utcnow
-from mesh.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
+from mesh.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable, from_peer
 from products.models import Product
 
 log = logging.getLogger(__name__)
@@ -213,10 +213,11 @@ class Catalog:
             )
         except grpc.aio.AioRpcError as error:
             log.warning("inventory could not retire product %s: %s", product_id, error.code().name)
-            raise Unavailable(
+            outage = Unavailable(
                 "the inventory service could not retire the product's stock; nothing was deleted",
                 reason="INVENTORY_UNAVAILABLE",
-            ) from None
+            )
+            raise from_peer(error, outage) from None
         async with self._db.transaction() as session:
             await session.execute(delete(Product).where(Product.id == product_id))
 

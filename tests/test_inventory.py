@@ -18,6 +18,7 @@ from invmesh.auth.v1 import auth_service_pb2_grpc
 from invmesh.inventory.v1 import inventory_service_pb2 as pb
 from invmesh.inventory.v1 import inventory_service_pb2_grpc
 from invmesh.products.v1 import products_service_pb2 as products_pb
+from mesh import paging
 from mesh.config import Settings
 from mesh.db import Database
 from tests.conftest import Mesh, SmtpServer, mesh_settings, user_token
@@ -338,3 +339,20 @@ async def test_with_products_down_movements_answer_unavailable(settings: Setting
                 grpc.StatusCode.UNAVAILABLE,
             )
             assert error_reason(error) == "PRODUCTS_UNAVAILABLE"
+
+
+@pytest.mark.parametrize("position", [[], ["a", "b"], [1.5], [None]])
+async def test_crafted_page_tokens_are_refused(mesh: Mesh, position: list[object]) -> None:
+    pid = await new_product(mesh)
+    for request, call in (
+        (
+            pb.ListInventoryItemsRequest(page_token=paging.encode_token(position, query="items")),
+            mesh.inventory.ListInventoryItems,
+        ),
+        (
+            pb.ListMovementsRequest(product_id=pid, page_token=paging.encode_token(position, query=pid)),
+            mesh.inventory.ListMovements,
+        ),
+    ):
+        error = await expect_error(call(request, metadata=mesh.as_user()), grpc.StatusCode.INVALID_ARGUMENT)  # type: ignore[operator]
+        assert "page_token" in error.details()
