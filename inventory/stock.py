@@ -192,11 +192,7 @@ class Inventory:
             .limit(size + 1)
         )
         if after is not None:
-            if not isinstance(after[0], int):
-                raise InvalidArgument(
-                    "page_token is malformed", field="page_token", reason="INVALID_PAGE_TOKEN"
-                )
-            query = query.where(Movement.id < after[0])
+            query = query.where(Movement.id < _position(after, int))
         async with self._db.session() as session:
             rows = list(await session.scalars(query))
         token = paging.encode_token([rows[size - 1].id], query=product_id) if len(rows) > size else ""
