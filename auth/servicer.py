@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from auth.accounts import Accounts, Tokens
 from auth.keys import KeyStore
@@ -12,18 +11,17 @@ from invmesh.auth.v1 import auth_service_pb2 as pb
 from invmesh.auth.v1 import auth_service_pb2_grpc
 from mesh.context import current_identity
 from mesh.errors import InvalidArgument
+from mesh.messages import timestamp
 
 
 def user_message(user: User) -> pb.User:
-    created_at = Timestamp()
-    created_at.FromDatetime(user.created_at)
     return pb.User(
         id=user.id,
         email=user.email,
         name=user.name,
         email_verified=user.email_verified,
         roles=user.roles,
-        created_at=created_at,
+        created_at=timestamp(user.created_at),
     )
 
 

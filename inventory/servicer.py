@@ -2,33 +2,23 @@
 
 from __future__ import annotations
 
-import datetime as dt
-
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from inventory.models import Movement
 from inventory.stock import Inventory, Recorded, Stock
 from invmesh.inventory.v1 import inventory_service_pb2 as pb
 from invmesh.inventory.v1 import inventory_service_pb2_grpc
+from mesh.messages import timestamp
 
 _TYPE_NAMES = {pb.IN: "IN", pb.OUT: "OUT", pb.ADJUSTMENT: "ADJUSTMENT"}
 _TYPES = {name: value for value, name in _TYPE_NAMES.items()}
-
-
-def _timestamp(moment: dt.datetime | None) -> Timestamp | None:
-    if moment is None:
-        return None
-    stamp = Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
 
 
 def item_message(stock: Stock) -> pb.InventoryItem:
     return pb.InventoryItem(
         product_id=stock.product_id,
         quantity=stock.quantity,
-        updated_at=_timestamp(stock.updated_at),  # type: ignore[arg-type]
+        updated_at=timestamp(stock.updated_at),
     )
 
 
@@ -43,7 +33,7 @@ def movement_message(movement: Movement) -> pb.Movement:
         reference=movement.reference,
         actor=movement.actor,
         request_id=movement.request_id or "",
-        created_at=_timestamp(movement.created_at),
+        created_at=timestamp(movement.created_at),
     )
 
 

@@ -8,6 +8,7 @@ service before that transaction opens, so no lock is ever held across a remote c
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import re
@@ -49,7 +50,7 @@ class Stock:
 
     product_id: str
     quantity: int
-    updated_at: object | None  # datetime, or None if it never moved
+    updated_at: dt.datetime | None  # None if it never moved
 
 
 @dataclass(frozen=True, slots=True)

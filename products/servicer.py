@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from invmesh.products.v1 import products_service_pb2 as pb
 from invmesh.products.v1 import products_service_pb2_grpc
+from mesh.messages import timestamp
 from products.catalog import Catalog, Draft, format_price
 from products.models import Product
 
 
 def product_message(product: Product, stock: int | None) -> pb.Product:
-    created_at, updated_at = Timestamp(), Timestamp()
-    created_at.FromDatetime(product.created_at)
-    updated_at.FromDatetime(product.updated_at)
     return pb.Product(
         id=product.id,
         sku=product.sku,
@@ -23,8 +20,8 @@ def product_message(product: Product, stock: int | None) -> pb.Product:
         price=format_price(product.price_minor, product.currency),
         currency=product.currency,
         stock=stock,
-        created_at=created_at,
-        updated_at=updated_at,
+        created_at=timestamp(product.created_at),
+        updated_at=timestamp(product.updated_at),
     )
 
 
