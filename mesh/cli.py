@@ -1,7 +1,8 @@
 """`invmesh`: run the services.
 
-invmesh up             every service, each in its own process, until Ctrl-C or SIGTERM
-invmesh serve NAME     one service in this process
+invmesh up             every service and the REST facade, each in its own process,
+                       until Ctrl-C or SIGTERM
+invmesh serve NAME     one service (or the facade) in this process
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ SERVICES: dict[str, tuple[str, str]] = {
     "products": ("products.service", "products_addr"),
     "inventory": ("inventory.service", "inventory_addr"),
 }
+FACADE = "facade"
+COMPONENTS = [*SERVICES, FACADE]
 
 
 def _settings_or_exit() -> Settings:
@@ -42,6 +45,11 @@ def _settings_or_exit() -> Settings:
 def serve(name: str) -> None:
     settings = _settings_or_exit()
     configure_logging(name, settings.log_level, settings.log_format)
+    if name == FACADE:
+        from facade.server import run  # only the facade process needs uvicorn and starlette
+
+        run(settings)
+        return
     module, _ = SERVICES[name]
     running: Callable[[Settings], AbstractAsyncContextManager[Any]] = importlib.import_module(module).running
     asyncio.run(serve_until_signalled(running(settings)))
@@ -59,6 +67,33 @@ async def _wait_healthy(address: str, deadline: float) -> bool:
     return False
 
 
+async def _wait_http_healthy(host: str, port: int, deadline: float) -> bool:
+    request = f"GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(request)
+            status_line = await reader.readline()
+            writer.close()
+            if status_line.split(b" ")[1:2] == [b"200"]:
+                return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+def _address(settings: Settings, name: str) -> str:
+    if name == FACADE:
+        return ", ".join(f"http://{settings.facade_host}:{port}" for port in settings.facade_ports)
+    return getattr(settings, SERVICES[name][1])
+
+
+async def _healthy(settings: Settings, name: str, deadline: float) -> bool:
+    if name == FACADE:
+        host, ports = settings.facade_host, settings.facade_ports
+        return all(await asyncio.gather(*(_wait_http_healthy(host, p, deadline) for p in ports)))
+    return await _wait_healthy(getattr(settings, SERVICES[name][1]), deadline)
+
+
 async def up(names: list[str]) -> int:
     settings = _settings_or_exit()
     started = time.monotonic()
@@ -72,8 +107,8 @@ async def up(names: list[str]) -> int:
         loop.add_signal_handler(signum, stop.set)
 
     async def announce() -> None:
-        addresses = {name: getattr(settings, SERVICES[name][1]) for name in names}
-        healthy = await asyncio.gather(*(_wait_healthy(a, started + 60) for a in addresses.values()))
+        addresses = {name: _address(settings, name) for name in names}
+        healthy = await asyncio.gather(*(_healthy(settings, name, started + 60) for name in names))
         for (name, address), ok in zip(addresses.items(), healthy, strict=True):
             print(
                 f"invmesh: {name} {'is serving on' if ok else 'did not become healthy on'} {address}",
@@ -114,15 +149,15 @@ def main(argv: list[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     up_parser = commands.add_parser("up", help="start every service and supervise them")
     up_parser.add_argument(
-        "services", nargs="*", metavar="SERVICE", help=f"a subset of: {', '.join(SERVICES)}"
+        "services", nargs="*", metavar="SERVICE", help=f"a subset of: {', '.join(COMPONENTS)}"
     )
     serve_parser = commands.add_parser("serve", help="run one service in this process")
-    serve_parser.add_argument("service", choices=list(SERVICES))
+    serve_parser.add_argument("service", choices=COMPONENTS)
     args = parser.parse_args(argv)
     if args.command == "serve":
         serve(args.service)
         return
-    unknown = set(args.services) - set(SERVICES)
+    unknown = set(args.services) - set(COMPONENTS)
     if unknown:
-        parser.error(f"unknown service {', '.join(sorted(unknown))}; choose from {', '.join(SERVICES)}")
-    sys.exit(asyncio.run(up(args.services or list(SERVICES))))
+        parser.error(f"unknown service {', '.join(sorted(unknown))}; choose from {', '.join(COMPONENTS)}")
+    sys.exit(asyncio.run(up(args.services or COMPONENTS)))

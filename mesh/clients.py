@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -16,7 +18,29 @@ CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
+    # Spread calls over every address a target resolves to (replicas), not just the first.
+    ("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})),
 ]
+
+
+def grpc_target(address: str) -> str:
+    """A gRPC target for `address`: one `host:port`, a gRPC target URI such as
+    `dns:///inventory:50053` (re-resolved as replicas come and go), or a comma list of
+    `host:port` replicas, resolved here once into an `ipv4:`/`ipv6:` address list."""
+    if "," not in address:
+        return address
+    resolved: dict[int, list[str]] = {socket.AF_INET: [], socket.AF_INET6: []}
+    for replica in (part.strip() for part in address.split(",")):
+        host, _, port = replica.rpartition(":")
+        host = host.strip("[]")
+        for family, *_, sockaddr in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+            if family in resolved:
+                ip = sockaddr[0]
+                resolved[family].append(f"[{ip}]:{port}" if family == socket.AF_INET6 else f"{ip}:{port}")
+                break
+    if resolved[socket.AF_INET]:
+        return "ipv4:" + ",".join(dict.fromkeys(resolved[socket.AF_INET]))
+    return "ipv6:" + ",".join(dict.fromkeys(resolved[socket.AF_INET6]))
 
 
 class ForwardCallerContext(grpc.aio.UnaryUnaryClientInterceptor):
@@ -52,9 +76,9 @@ class ForwardCallerContext(grpc.aio.UnaryUnaryClientInterceptor):
 
 
 def channel(target: str, *, default_timeout: float = 3.0) -> grpc.aio.Channel:
-    """A long-lived channel to `target` (`host:port`, or any gRPC target such as `dns:///…`)."""
+    """A long-lived channel to `target` (see `grpc_target`)."""
     return grpc.aio.insecure_channel(
-        target, options=CHANNEL_OPTIONS, interceptors=[ForwardCallerContext(default_timeout)]
+        grpc_target(target), options=CHANNEL_OPTIONS, interceptors=[ForwardCallerContext(default_timeout)]
     )
 
 

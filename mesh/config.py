@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class ConfigError(Exception):
@@ -73,6 +73,17 @@ class Settings(BaseSettings):
     # Products waits this long for stock from inventory before answering without it.
     stock_lookup_timeout_seconds: float = Field(0.5, gt=0)
 
+    # The REST facade: every route on each port (the original layout's 8000, 8001, 8002).
+    facade_host: str = "127.0.0.1"
+    facade_ports: Annotated[list[int], NoDecode] = Field([8000, 8001, 8002], min_length=1)
+    # Deadline of a backend call when the client sends no Grpc-Timeout header, and the most
+    # a client may ask for.
+    facade_timeout_seconds: float = Field(10.0, gt=0)
+    facade_max_timeout_seconds: float = Field(60.0, gt=0)
+    facade_max_body_bytes: int = Field(1 << 20, ge=1024)
+    # Origins allowed by CORS (comma list, or *); none by default, so CORS is off.
+    facade_cors_origins: Annotated[list[str], NoDecode] = []
+
     jwt_issuer: str = Field("invmesh-auth", min_length=1)
     jwt_audience: str = Field("invmesh", min_length=1)
     jwt_private_key: SecretStr | None = None
@@ -89,6 +100,20 @@ class Settings(BaseSettings):
     smtp_timeout_seconds: float = Field(15.0, gt=0)
     mail_retry_initial_seconds: float = Field(5.0, gt=0)
     mail_retry_max_seconds: float = Field(600.0, gt=0)
+
+    @field_validator("facade_ports", "facade_cors_origins", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        if isinstance(value, str) and not value.lstrip().startswith("["):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("facade_ports")
+    @classmethod
+    def _ports_in_range(cls, value: list[int]) -> list[int]:
+        if any(not 0 <= port <= 65535 for port in value) or len(set(value)) != len(value):
+            raise ValueError("must be distinct port numbers, as in 8000,8001,8002")
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -3,6 +3,8 @@ log lines and outgoing calls."""
 
 from __future__ import annotations
 
+import re
+import uuid
 from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
@@ -17,6 +19,13 @@ identity: ContextVar[Identity | None] = ContextVar("identity", default=None)
 access_token: ContextVar[str | None] = ContextVar("access_token", default=None)
 # When the current call's own deadline passes (time.monotonic()), if its caller set one.
 deadline: ContextVar[float | None] = ContextVar("deadline", default=None)
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def request_id_or_new(incoming: str | None) -> str:
+    """The caller's request id if it is a sane one (it reaches our logs), else a new one."""
+    return incoming if incoming and _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
 
 
 def require_verified_email() -> Identity:

@@ -9,9 +9,7 @@ so a call pays only for the wrapper itself.
 from __future__ import annotations
 
 import logging
-import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
@@ -25,7 +23,6 @@ from mesh.tokens import TokenVerifier
 log = logging.getLogger("mesh.rpc")
 
 Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # Health and reflection answer anyone: load balancers and grpcurl carry no token.
 ALWAYS_PUBLIC_PREFIXES = (
     "/grpc.health.v1.Health/",
@@ -79,8 +76,7 @@ class RequestInterceptor(_UnaryWrapper):
     def _wrap(self, method: str, behavior: Behavior) -> Behavior:
         async def call(request: Any, ctx: grpc.aio.ServicerContext) -> Any:
             incoming = metadata_value(ctx, "x-request-id")
-            rid = incoming if incoming and _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
-            context.request_id.set(rid)
+            context.request_id.set(context.request_id_or_new(incoming))
             remaining = ctx.time_remaining()
             context.deadline.set(time.monotonic() + remaining if remaining is not None else None)
             started = time.perf_counter()

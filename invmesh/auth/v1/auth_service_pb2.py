@@ -25,9 +25,10 @@ _sym_db = _symbol_database.Default()
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from invmesh.api.v1 import rest_pb2 as invmesh_dot_api_dot_v1_dot_rest__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"invmesh/auth/v1/auth_service.proto\x12\x0finvmesh.auth.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9e\x01\n\x04User\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x1c\n\x0e\x65mail_verified\x18\x04 \x01(\x08\x42\x04\xe2\x41\x01\x03\x12\x13\n\x05roles\x18\x05 \x03(\tB\x04\xe2\x41\x01\x03\x12\x34\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"L\n\x0fRegisterRequest\x12\x13\n\x05\x65mail\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08password\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0c\n\x04name\x18\x03 \x01(\t\"7\n\x10RegisterResponse\x12#\n\x04user\x18\x01 \x01(\x0b\x32\x15.invmesh.auth.v1.User\";\n\x0cLoginRequest\x12\x13\n\x05\x65mail\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08password\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"d\n\rLoginResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x05\x12\x15\n\rrefresh_token\x18\x04 \x01(\t\"@\n\x12VerifyEmailRequest\x12\x0f\n\x05\x65mail\x18\x01 \x01(\tH\x00\x12\x0f\n\x05token\x18\x02 \x01(\tH\x00\x42\x08\n\x06\x61\x63tion\":\n\x13VerifyEmailResponse\x12#\n\x04user\x18\x01 \x01(\x0b\x32\x15.invmesh.auth.v1.User\"2\n\x13RefreshTokenRequest\x12\x1b\n\rrefresh_token\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"k\n\x14RefreshTokenResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x05\x12\x15\n\rrefresh_token\x18\x04 \x01(\t\"\x0e\n\x0cGetMeRequest\"4\n\rGetMeResponse\x12#\n\x04user\x18\x01 \x01(\x0b\x32\x15.invmesh.auth.v1.User\"\x10\n\x0eGetJwksRequest\"5\n\x0fGetJwksResponse\x12\"\n\x04keys\x18\x01 \x03(\x0b\x32\x14.invmesh.auth.v1.Jwk\"\\\n\x03Jwk\x12\x0b\n\x03kty\x18\x01 \x01(\t\x12\x0b\n\x03\x63rv\x18\x02 \x01(\t\x12\t\n\x01x\x18\x03 \x01(\t\x12\t\n\x01y\x18\x04 \x01(\t\x12\x0b\n\x03kid\x18\x05 \x01(\t\x12\x0b\n\x03\x61lg\x18\x06 \x01(\t\x12\x0b\n\x03use\x18\x07 \x01(\t2\xae\x05\n\x0b\x41uthService\x12q\n\x08Register\x12 .invmesh.auth.v1.RegisterRequest\x1a!.invmesh.auth.v1.RegisterResponse\" \x82\xd3\xe4\x93\x02\x1a\"\x0f/users/register:\x01*b\x04user\x12_\n\x05Login\x12\x1d.invmesh.auth.v1.LoginRequest\x1a\x1e.invmesh.auth.v1.LoginResponse\"\x17\x82\xd3\xe4\x93\x02\x11\"\x0c/users/login:\x01*\x12\x83\x01\n\x0bVerifyEmail\x12#.invmesh.auth.v1.VerifyEmailRequest\x1a$.invmesh.auth.v1.VerifyEmailResponse\")\x82\xd3\xe4\x93\x02#\"\r/users/verify:\x01*Z\x0f\x12\r/users/verify\x12v\n\x0cRefreshToken\x12$.invmesh.auth.v1.RefreshTokenRequest\x1a%.invmesh.auth.v1.RefreshTokenResponse\"\x19\x82\xd3\xe4\x93\x02\x13\"\x0e/users/refresh:\x01*\x12_\n\x05GetMe\x12\x1d.invmesh.auth.v1.GetMeRequest\x1a\x1e.invmesh.auth.v1.GetMeResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\t/users/meb\x04user\x12l\n\x07GetJwks\x12\x1f.invmesh.auth.v1.GetJwksRequest\x1a .invmesh.auth.v1.GetJwksResponse\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/.well-known/jwks.jsonb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"invmesh/auth/v1/auth_service.proto\x12\x0finvmesh.auth.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19invmesh/api/v1/rest.proto\"\x9e\x01\n\x04User\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x1c\n\x0e\x65mail_verified\x18\x04 \x01(\x08\x42\x04\xe2\x41\x01\x03\x12\x13\n\x05roles\x18\x05 \x03(\tB\x04\xe2\x41\x01\x03\x12\x34\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"L\n\x0fRegisterRequest\x12\x13\n\x05\x65mail\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08password\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0c\n\x04name\x18\x03 \x01(\t\"7\n\x10RegisterResponse\x12#\n\x04user\x18\x01 \x01(\x0b\x32\x15.invmesh.auth.v1.User\";\n\x0cLoginRequest\x12\x13\n\x05\x65mail\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08password\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"d\n\rLoginResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x05\x12\x15\n\rrefresh_token\x18\x04 \x01(\t\"@\n\x12VerifyEmailRequest\x12\x0f\n\x05\x65mail\x18\x01 \x01(\tH\x00\x12\x0f\n\x05token\x18\x02 \x01(\tH\x00\x42\x08\n\x06\x61\x63tion\":\n\x13VerifyEmailResponse\x12#\n\x04user\x18\x01 \x01(\x0b\x32\x15.invmesh.auth.v1.User\"2\n\x13RefreshTokenRequest\x12\x1b\n\rrefresh_token\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"k\n\x14RefreshTokenResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x05\x12\x15\n\rrefresh_token\x18\x04 \x01(\t\"\x0e\n\x0cGetMeRequest\"4\n\rGetMeResponse\x12#\n\x04user\x18\x01 \x01(\x0b\x32\x15.invmesh.auth.v1.User\"\x10\n\x0eGetJwksRequest\"5\n\x0fGetJwksResponse\x12\"\n\x04keys\x18\x01 \x03(\x0b\x32\x14.invmesh.auth.v1.Jwk\"\\\n\x03Jwk\x12\x0b\n\x03kty\x18\x01 \x01(\t\x12\x0b\n\x03\x63rv\x18\x02 \x01(\t\x12\t\n\x01x\x18\x03 \x01(\t\x12\t\n\x01y\x18\x04 \x01(\t\x12\x0b\n\x03kid\x18\x05 \x01(\t\x12\x0b\n\x03\x61lg\x18\x06 \x01(\t\x12\x0b\n\x03use\x18\x07 \x01(\t2\xb5\x05\n\x0b\x41uthService\x12x\n\x08Register\x12 .invmesh.auth.v1.RegisterRequest\x1a!.invmesh.auth.v1.RegisterResponse\"\'\xc2\xf3\x18\x03\x08\xc9\x01\x82\xd3\xe4\x93\x02\x1a\"\x0f/users/register:\x01*b\x04user\x12_\n\x05Login\x12\x1d.invmesh.auth.v1.LoginRequest\x1a\x1e.invmesh.auth.v1.LoginResponse\"\x17\x82\xd3\xe4\x93\x02\x11\"\x0c/users/login:\x01*\x12\x83\x01\n\x0bVerifyEmail\x12#.invmesh.auth.v1.VerifyEmailRequest\x1a$.invmesh.auth.v1.VerifyEmailResponse\")\x82\xd3\xe4\x93\x02#\"\r/users/verify:\x01*Z\x0f\x12\r/users/verify\x12v\n\x0cRefreshToken\x12$.invmesh.auth.v1.RefreshTokenRequest\x1a%.invmesh.auth.v1.RefreshTokenResponse\"\x19\x82\xd3\xe4\x93\x02\x13\"\x0e/users/refresh:\x01*\x12_\n\x05GetMe\x12\x1d.invmesh.auth.v1.GetMeRequest\x1a\x1e.invmesh.auth.v1.GetMeResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\t/users/meb\x04user\x12l\n\x07GetJwks\x12\x1f.invmesh.auth.v1.GetJwksRequest\x1a .invmesh.auth.v1.GetJwksResponse\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/.well-known/jwks.jsonb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -53,7 +54,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REFRESHTOKENREQUEST'].fields_by_name['refresh_token']._loaded_options = None
   _globals['_REFRESHTOKENREQUEST'].fields_by_name['refresh_token']._serialized_options = b'\342A\001\002'
   _globals['_AUTHSERVICE'].methods_by_name['Register']._loaded_options = None
-  _globals['_AUTHSERVICE'].methods_by_name['Register']._serialized_options = b'\202\323\344\223\002\032\"\017/users/register:\001*b\004user'
+  _globals['_AUTHSERVICE'].methods_by_name['Register']._serialized_options = b'\302\363\030\003\010\311\001\202\323\344\223\002\032\"\017/users/register:\001*b\004user'
   _globals['_AUTHSERVICE'].methods_by_name['Login']._loaded_options = None
   _globals['_AUTHSERVICE'].methods_by_name['Login']._serialized_options = b'\202\323\344\223\002\021\"\014/users/login:\001*'
   _globals['_AUTHSERVICE'].methods_by_name['VerifyEmail']._loaded_options = None
@@ -64,34 +65,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AUTHSERVICE'].methods_by_name['GetMe']._serialized_options = b'\202\323\344\223\002\021\022\t/users/meb\004user'
   _globals['_AUTHSERVICE'].methods_by_name['GetJwks']._loaded_options = None
   _globals['_AUTHSERVICE'].methods_by_name['GetJwks']._serialized_options = b'\202\323\344\223\002\030\022\026/.well-known/jwks.json'
-  _globals['_USER']._serialized_start=152
-  _globals['_USER']._serialized_end=310
-  _globals['_REGISTERREQUEST']._serialized_start=312
-  _globals['_REGISTERREQUEST']._serialized_end=388
-  _globals['_REGISTERRESPONSE']._serialized_start=390
-  _globals['_REGISTERRESPONSE']._serialized_end=445
-  _globals['_LOGINREQUEST']._serialized_start=447
-  _globals['_LOGINREQUEST']._serialized_end=506
-  _globals['_LOGINRESPONSE']._serialized_start=508
-  _globals['_LOGINRESPONSE']._serialized_end=608
-  _globals['_VERIFYEMAILREQUEST']._serialized_start=610
-  _globals['_VERIFYEMAILREQUEST']._serialized_end=674
-  _globals['_VERIFYEMAILRESPONSE']._serialized_start=676
-  _globals['_VERIFYEMAILRESPONSE']._serialized_end=734
-  _globals['_REFRESHTOKENREQUEST']._serialized_start=736
-  _globals['_REFRESHTOKENREQUEST']._serialized_end=786
-  _globals['_REFRESHTOKENRESPONSE']._serialized_start=788
-  _globals['_REFRESHTOKENRESPONSE']._serialized_end=895
-  _globals['_GETMEREQUEST']._serialized_start=897
-  _globals['_GETMEREQUEST']._serialized_end=911
-  _globals['_GETMERESPONSE']._serialized_start=913
-  _globals['_GETMERESPONSE']._serialized_end=965
-  _globals['_GETJWKSREQUEST']._serialized_start=967
-  _globals['_GETJWKSREQUEST']._serialized_end=983
-  _globals['_GETJWKSRESPONSE']._serialized_start=985
-  _globals['_GETJWKSRESPONSE']._serialized_end=1038
-  _globals['_JWK']._serialized_start=1040
-  _globals['_JWK']._serialized_end=1132
-  _globals['_AUTHSERVICE']._serialized_start=1135
-  _globals['_AUTHSERVICE']._serialized_end=1821
+  _globals['_USER']._serialized_start=179
+  _globals['_USER']._serialized_end=337
+  _globals['_REGISTERREQUEST']._serialized_start=339
+  _globals['_REGISTERREQUEST']._serialized_end=415
+  _globals['_REGISTERRESPONSE']._serialized_start=417
+  _globals['_REGISTERRESPONSE']._serialized_end=472
+  _globals['_LOGINREQUEST']._serialized_start=474
+  _globals['_LOGINREQUEST']._serialized_end=533
+  _globals['_LOGINRESPONSE']._serialized_start=535
+  _globals['_LOGINRESPONSE']._serialized_end=635
+  _globals['_VERIFYEMAILREQUEST']._serialized_start=637
+  _globals['_VERIFYEMAILREQUEST']._serialized_end=701
+  _globals['_VERIFYEMAILRESPONSE']._serialized_start=703
+  _globals['_VERIFYEMAILRESPONSE']._serialized_end=761
+  _globals['_REFRESHTOKENREQUEST']._serialized_start=763
+  _globals['_REFRESHTOKENREQUEST']._serialized_end=813
+  _globals['_REFRESHTOKENRESPONSE']._serialized_start=815
+  _globals['_REFRESHTOKENRESPONSE']._serialized_end=922
+  _globals['_GETMEREQUEST']._serialized_start=924
+  _globals['_GETMEREQUEST']._serialized_end=938
+  _globals['_GETMERESPONSE']._serialized_start=940
+  _globals['_GETMERESPONSE']._serialized_end=992
+  _globals['_GETJWKSREQUEST']._serialized_start=994
+  _globals['_GETJWKSREQUEST']._serialized_end=1010
+  _globals['_GETJWKSRESPONSE']._serialized_start=1012
+  _globals['_GETJWKSRESPONSE']._serialized_end=1065
+  _globals['_JWK']._serialized_start=1067
+  _globals['_JWK']._serialized_end=1159
+  _globals['_AUTHSERVICE']._serialized_start=1162
+  _globals['_AUTHSERVICE']._serialized_end=1855
 # @@protoc_insertion_point(module_scope)

@@ -1,0 +1,119 @@
+"""The facade's Starlette app, assembled from the service descriptors at startup."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf.descriptor import ServiceDescriptor
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from facade import docs, errors
+from facade.middleware import RequestIdMiddleware
+from facade.openapi import openapi_document
+from facade.routing import TranscodedRoutes
+from facade.transcoding import bindings
+from invmesh.auth.v1 import auth_service_pb2
+from invmesh.inventory.v1 import inventory_service_pb2
+from invmesh.products.v1 import products_service_pb2
+from mesh.clients import CHANNEL_OPTIONS, grpc_target
+from mesh.config import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    name: str  # as clients read it in errors: "the inventory service is unavailable"
+    target: str
+
+
+def default_backends(settings: Settings) -> dict[ServiceDescriptor, Backend]:
+    """The three services, at their configured addresses."""
+    return {
+        auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"]: Backend("auth", settings.auth_addr),
+        products_service_pb2.DESCRIPTOR.services_by_name["ProductsService"]: Backend(
+            "products", settings.products_addr
+        ),
+        inventory_service_pb2.DESCRIPTOR.services_by_name["InventoryService"]: Backend(
+            "inventory", settings.inventory_addr
+        ),
+    }
+
+
+def create_app(settings: Settings, backends: Mapping[ServiceDescriptor, Backend] | None = None) -> Starlette:
+    """The facade for `backends` (default: the three services). Every route comes from
+    the services' google.api.http rules; a rule that cannot be served fails here."""
+    backends = dict(backends or default_backends(settings))
+    found = bindings(backends)
+    transcoded = TranscodedRoutes(
+        found,
+        backend_names={service.full_name: backend.name for service, backend in backends.items()},
+        default_timeout=settings.facade_timeout_seconds,
+        max_timeout=settings.facade_max_timeout_seconds,
+        max_body_bytes=settings.facade_max_body_bytes,
+    )
+    document = openapi_document(transcoded.bindings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, object]]:
+        channels = {
+            service.full_name: grpc.aio.insecure_channel(grpc_target(backend.target), options=CHANNEL_OPTIONS)
+            for service, backend in backends.items()
+        }
+        calls = {
+            binding.grpc_path: channels[binding.service.full_name].unary_unary(
+                binding.grpc_path,
+                request_serializer=binding.request_class.SerializeToString,
+                response_deserializer=binding.response_class.FromString,
+            )
+            for binding in found
+        }
+        try:
+            yield {"calls": calls}
+        finally:
+            for channel in channels.values():
+                await channel.close()
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(document)
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "SERVING"})
+
+    middleware = [Middleware(RequestIdMiddleware)]
+    if settings.facade_cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=settings.facade_cors_origins,
+                allow_methods=sorted({b.http_method for b in found}),
+                allow_headers=["authorization", "content-type", "grpc-timeout", "x-request-id"],
+                expose_headers=["location", "retry-after", "x-request-id"],
+                max_age=600,
+            )
+        )
+    return Starlette(
+        routes=[
+            Route("/openapi.json", openapi, methods=["GET"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            *docs.routes(),
+            transcoded,
+        ],
+        middleware=middleware,
+        exception_handlers={HTTPException: _http_exception},
+        lifespan=lifespan,
+    )
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return errors.http_error(404, f"no route for {request.method} {request.url.path}")
+    return errors.http_error(exc.status_code, exc.detail, headers=exc.headers)

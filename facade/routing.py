@@ -1,0 +1,190 @@
+"""The transcoded routes: one Starlette route that holds every binding, matched by HttpRule.
+
+Starlette's own path syntax cannot express `**`, verbs or the spec's percent-decoding, and
+a 405 must list the methods of every template that matches, so one route owns the table:
+templates sorted once (verbs first, then literal segments before variables, left to right),
+exact duplicates refused at startup.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Match
+from starlette.types import Receive, Scope, Send
+
+from facade import errors, httprule
+from facade.transcoding import BadRequest, Binding, RuleError
+
+_GRPC_TIMEOUT = re.compile(r"([0-9]{1,8})([HMSmun])")
+_TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+_BINDING = "invmesh.binding"
+_VALUES = "invmesh.path_values"
+_ALLOW = "invmesh.allow"
+_PATH_ERROR = "invmesh.path_error"
+
+
+@dataclass(frozen=True, slots=True)
+class _Template:
+    template: httprule.PathTemplate
+    by_method: dict[str, Binding]
+
+
+class TranscodedRoutes(BaseRoute):
+    """Serves every binding. The lifespan state must hold `calls`: grpc path → multicallable."""
+
+    def __init__(
+        self,
+        bindings: Sequence[Binding],
+        *,
+        backend_names: dict[str, str],
+        default_timeout: float,
+        max_timeout: float,
+        max_body_bytes: int,
+    ) -> None:
+        grouped: dict[tuple[object, ...], dict[str, Binding]] = defaultdict(dict)
+        templates: dict[tuple[object, ...], httprule.PathTemplate] = {}
+        for binding in bindings:
+            shape = binding.template.shape
+            same = grouped[shape].get(binding.http_method)
+            if same is not None:
+                raise RuleError(
+                    f"{binding.http_method} {binding.template.text} is bound twice: by "
+                    f"{same.method.full_name} and {binding.method.full_name}"
+                )
+            grouped[shape][binding.http_method] = binding
+            templates.setdefault(shape, binding.template)
+        self._table = sorted(
+            (_Template(templates[shape], methods) for shape, methods in grouped.items()),
+            key=lambda t: t.template.precedence,
+        )
+        self._backend_names = backend_names
+        self._default_timeout = default_timeout
+        self._max_timeout = max_timeout
+        self._max_body_bytes = max_body_bytes
+
+    @property
+    def bindings(self) -> list[Binding]:
+        return [b for t in self._table for b in t.by_method.values()]
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        if scope["type"] != "http":
+            return Match.NONE, {}
+        raw_path = scope.get("raw_path") or scope["path"].encode()
+        path = raw_path.decode("latin-1")
+        try:
+            httprule.check_escapes(path)
+            allowed: list[str] = []
+            for entry in self._table:
+                values = entry.template.match(path)
+                if values is None:
+                    continue
+                binding = entry.by_method.get(scope["method"])
+                if binding is not None:
+                    if binding.template is not entry.template:  # same shape, its own variable names
+                        values = binding.template.match(path) or {}
+                    return Match.FULL, {_BINDING: binding, _VALUES: values}
+                allowed.extend(m for m in entry.by_method if m not in allowed)
+        except httprule.PathError as exc:
+            return Match.FULL, {_PATH_ERROR: str(exc)}
+        if allowed:
+            return Match.PARTIAL, {_ALLOW: allowed}
+        return Match.NONE, {}
+
+    def url_path_for(self, name: str, /, **path_params: Any) -> Any:
+        raise NotImplementedError("transcoded routes have no names")
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if _PATH_ERROR in scope:
+            response = errors.bad_request(scope[_PATH_ERROR])
+        elif _ALLOW in scope:
+            allow = ", ".join(scope[_ALLOW])
+            response = errors.http_error(
+                405, f"{scope['method']} is not allowed here; use {allow}", headers={"allow": allow}
+            )
+        else:
+            response = await self._call(scope, receive, scope[_BINDING], scope[_VALUES])
+        await response(scope, receive, send)
+
+    async def _call(
+        self, scope: Scope, receive: Receive, binding: Binding, values: dict[str, str]
+    ) -> Response:
+        headers = _headers(scope)
+        timeout = self._timeout(headers.get("grpc-timeout"))
+        if timeout is None:
+            return errors.bad_request(
+                "the Grpc-Timeout header must be 1 to 8 digits and a unit (H M S m u n)"
+            )
+        body = b""
+        # Bodies are read as JSON whatever their declared type (`curl -d` says form-urlencoded).
+        if binding.body or headers.get("content-length", "0") != "0" or "transfer-encoding" in headers:
+            body_or_error = await _read_body(receive, headers.get("content-length"), self._max_body_bytes)
+            if not isinstance(body_or_error, bytes):
+                return body_or_error
+            body = body_or_error
+        try:
+            message = binding.request(values, scope.get("query_string", b""), body)
+        except BadRequest as exc:
+            return errors.bad_request(str(exc), field=exc.field)
+        metadata: list[tuple[str, str]] = [("x-request-id", scope["invmesh.request_id"])]
+        if authorization := headers.get("authorization"):
+            metadata.append(("authorization", authorization))
+        call = scope["state"]["calls"][binding.grpc_path]
+        try:
+            reply = await call(message, metadata=metadata, timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            return errors.from_rpc_error(exc, self._backend_names[binding.service.full_name])
+        return _success(binding, reply)
+
+    def _timeout(self, header: str | None) -> float | None:
+        if header is None:
+            return self._default_timeout
+        parsed = _GRPC_TIMEOUT.fullmatch(header.strip())
+        if parsed is None:
+            return None
+        return min(int(parsed.group(1)) * _TIMEOUT_UNITS[parsed.group(2)], self._max_timeout)
+
+
+def _success(binding: Binding, reply: Any) -> Response:
+    if binding.status == 204:
+        return Response(status_code=204)
+    payload = binding.response(reply)
+    response = Response(_dumps(payload), status_code=binding.status, media_type="application/json")
+    if (location := binding.location_of(payload)) is not None:
+        response.headers["location"] = location
+    return response
+
+
+def _dumps(payload: Any) -> bytes:
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+
+
+async def _read_body(receive: Receive, length: str | None, limit: int) -> bytes | Response:
+    if length is not None and (not length.isdigit() or int(length) > limit):
+        if not length.isdigit():
+            return errors.bad_request("the Content-Length header is not a number")
+        return errors.http_error(413, f"the request body is over the {limit} byte limit")
+    chunks = []
+    size = 0
+    while True:
+        event = await receive()
+        if event["type"] == "http.disconnect":
+            return errors.http_error(400, "the client went away")
+        chunk = event.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return errors.http_error(413, f"the request body is over the {limit} byte limit")
+        chunks.append(chunk)
+        if not event.get("more_body", False):
+            return b"".join(chunks)

@@ -1,0 +1,45 @@
+"""Runs the facade under uvicorn (uvloop, httptools) on every configured port at once."""
+
+from __future__ import annotations
+
+import socket
+
+import uvicorn
+
+from facade.app import create_app
+from mesh.config import Settings
+
+
+def bind(host: str, ports: list[int]) -> list[socket.socket]:
+    """Listening sockets, bound before uvicorn starts so a taken port fails loudly and early."""
+    sockets = []
+    for port in ports:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            sock.close()
+            for opened in sockets:
+                opened.close()
+            raise SystemExit(f"invmesh: the facade cannot listen on {host}:{port}: {exc.strerror}") from None
+        sock.set_inheritable(True)
+        sockets.append(sock)
+    return sockets
+
+
+def run(settings: Settings) -> None:
+    """Serves until SIGINT or SIGTERM, then lets in-flight requests finish."""
+    sockets = bind(settings.facade_host, settings.facade_ports)
+    config = uvicorn.Config(
+        create_app(settings),
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,  # RequestIdMiddleware writes the access log, with the request id
+        log_config=None,  # keep the process's own logging setup
+        server_header=False,
+        timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+    )
+    uvicorn.Server(config).run(sockets=sockets)

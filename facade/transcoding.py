@@ -1,0 +1,330 @@
+"""HTTP requests to protobuf messages and back, per the `google.api.http` rules of each RPC.
+
+`bindings()` walks the service descriptors once at startup; every route, and the OpenAPI
+document, comes from the `Binding`s it returns. Per request the work is: decode the body,
+merge it with the path variables and the query into one dict, and let protobuf's
+`json_format` parse that dict into the request message (either field-name form accepted).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, quote
+
+from google.api import annotations_pb2, http_pb2
+from google.protobuf import json_format
+from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor, ServiceDescriptor
+from google.protobuf.message import Message
+from google.protobuf.message_factory import GetMessageClass
+
+from facade import httprule
+from invmesh.api.v1 import rest_pb2
+
+HTTP_METHODS = ("get", "put", "post", "delete", "patch")
+_LOCATION_FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_FALSE_TRUE = {"false": False, "true": True}
+_INTEGER = re.compile(r"-?[0-9]{1,20}")
+_INTEGER_TYPES = frozenset(
+    {
+        FieldDescriptor.CPPTYPE_INT32,
+        FieldDescriptor.CPPTYPE_UINT32,
+        FieldDescriptor.CPPTYPE_INT64,
+        FieldDescriptor.CPPTYPE_UINT64,
+    }
+)
+
+
+class BadRequest(ValueError):
+    """The HTTP request cannot become the RPC's request message; the text says why."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class RuleError(ValueError):
+    """An HttpRule that cannot be served as written (a startup error)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """One HTTP method and path template bound to one RPC."""
+
+    service: ServiceDescriptor
+    method: MethodDescriptor
+    http_method: str  # upper case
+    template: httprule.PathTemplate
+    body: str  # "" (no body), "*" (every field not in the path) or a top-level field name
+    response_body: str  # "" for the whole response, else a top-level field name
+    status: int
+    location: str
+    request_class: type[Message]
+    response_class: type[Message]
+    path_fields: frozenset[str] = field(default=frozenset())
+
+    @property
+    def grpc_path(self) -> str:
+        return f"/{self.service.full_name}/{self.method.name}"
+
+    def request(self, path_values: dict[str, str], query: bytes, body: bytes) -> Message:
+        """Builds the request message; raises BadRequest naming what is wrong."""
+        values = self._body_values(body)
+        if query:
+            if self.body == "*":
+                name = parse_qsl(query.decode("latin-1"), keep_blank_values=True)[0][0]
+                raise BadRequest(
+                    f"unknown query parameter {name!r}: this route reads its fields from the body"
+                )
+            self._merge_query(values, query)
+        for name, value in path_values.items():
+            _set_path(values, self.request_class.DESCRIPTOR, name.split("."), value)
+        try:
+            return json_format.ParseDict(values, self.request_class())
+        except json_format.ParseError as exc:
+            raise BadRequest(_parse_error_text(str(exc))) from None
+        except RecursionError:
+            raise BadRequest("the body nests too deeply") from None
+
+    def response(self, message: Message) -> dict[str, Any] | list[Any] | Any:
+        """The JSON value of the response (or of its `response_body` field)."""
+        if not self.response_body:
+            return _to_json(message)
+        part = getattr(message, self.response_body)
+        if isinstance(part, Message):
+            return _to_json(part)
+        return _to_json(message).get(self.response_body)
+
+    def location_of(self, payload: Any) -> str | None:
+        if not self.location or not isinstance(payload, dict):
+            return None
+        return _LOCATION_FIELD.sub(lambda m: quote(str(payload.get(m.group(1), "")), safe=""), self.location)
+
+    def _body_values(self, body: bytes) -> dict[str, Any]:
+        if not self.body:
+            if body.strip():
+                raise BadRequest(f"{self.http_method} {self.template.text} takes no request body")
+            return {}
+        if not body.strip():
+            parsed: Any = {}
+        else:
+            try:
+                parsed = json.loads(body)
+            except (ValueError, RecursionError):
+                raise BadRequest("the request body is not valid JSON") from None
+        if self.body == "*":
+            if not isinstance(parsed, dict):
+                raise BadRequest("the request body must be a JSON object")
+            return parsed
+        target = self.request_class.DESCRIPTOR.fields_by_name[self.body]
+        if target.message_type is not None and not _is_repeated(target) and not isinstance(parsed, dict):
+            raise BadRequest("the request body must be a JSON object")
+        return {self.body: parsed}
+
+    def _merge_query(self, values: dict[str, Any], query: bytes) -> None:
+        try:
+            pairs = parse_qsl(
+                query.decode("latin-1"),
+                keep_blank_values=True,
+                strict_parsing=False,
+                encoding="utf-8",
+                errors="strict",
+            )
+        except UnicodeDecodeError:
+            raise BadRequest("the query string is not valid UTF-8 once decoded") from None
+        seen: set[str] = set()
+        for name, value in pairs:
+            path, leaf = _resolve(self.request_class.DESCRIPTOR, name)
+            if path is None or leaf is None:
+                raise BadRequest(f"unknown query parameter {name!r}", field=name)
+            canonical = ".".join(path)
+            if canonical in self.path_fields or path[0] == self.body:
+                raise BadRequest(f"query parameter {name!r} is bound by the path or body", field=name)
+            if leaf.message_type is not None:
+                raise BadRequest(
+                    f"query parameter {name!r} names a message; set its fields instead", field=name
+                )
+            scalar = _query_scalar(leaf, value, name)
+            holder = values
+            for part in path[:-1]:
+                holder = holder.setdefault(part, {})
+            if _is_repeated(leaf):
+                holder.setdefault(path[-1], []).append(scalar)
+            elif canonical in seen:
+                raise BadRequest(f"query parameter {name!r} is given more than once", field=name)
+            else:
+                seen.add(canonical)
+                holder[path[-1]] = scalar
+
+
+def bindings(services: Iterable[ServiceDescriptor]) -> list[Binding]:
+    """Every HTTP binding of every RPC of `services`; raises RuleError for a rule that cannot work."""
+    found = []
+    for service in services:
+        for method in service.methods:
+            options = method.GetOptions()
+            if not options.HasExtension(annotations_pb2.http):
+                continue
+            rule = options.Extensions[annotations_pb2.http]
+            rest = options.Extensions[rest_pb2.rest_response]
+            for each in (rule, *rule.additional_bindings):
+                if each is not rule and each.additional_bindings:
+                    raise RuleError(f"{method.full_name}: additional_bindings may not nest")
+                found.append(_binding(service, method, each, rest))
+    return found
+
+
+def _binding(
+    service: ServiceDescriptor, method: MethodDescriptor, rule: http_pb2.HttpRule, rest: rest_pb2.RestResponse
+) -> Binding:
+    where = method.full_name
+    kind = rule.WhichOneof("pattern")
+    if kind is None:
+        raise RuleError(f"{where}: the HttpRule names no method and path")
+    if kind == "custom":
+        http_method, text = rule.custom.kind.upper(), rule.custom.path
+    else:
+        http_method, text = kind.upper(), getattr(rule, kind)
+    try:
+        template = httprule.parse(text)
+    except httprule.TemplateError as exc:
+        raise RuleError(f"{where}: {exc}") from None
+    request = method.input_type
+    for variable in template.variables:
+        leaf = _field_at(request, variable.field_path)
+        if leaf is None:
+            raise RuleError(f"{where}: {text!r} binds {variable.name!r}, which the request does not have")
+        if leaf.message_type is not None or _is_repeated(leaf):
+            raise RuleError(f"{where}: path variable {variable.name!r} must be a singular scalar field")
+    if rule.body not in ("", "*") and rule.body not in request.fields_by_name:
+        raise RuleError(f"{where}: body {rule.body!r} is not a top-level request field")
+    if rule.body and http_method == "GET":
+        raise RuleError(f"{where}: a GET binding cannot take a body")
+    if rule.response_body and rule.response_body not in method.output_type.fields_by_name:
+        raise RuleError(f"{where}: response_body {rule.response_body!r} is not a top-level response field")
+    status = rest.status or 200
+    if not 200 <= status < 300:
+        raise RuleError(f"{where}: rest_response.status must be a 2xx status")
+    return Binding(
+        service=service,
+        method=method,
+        http_method=http_method,
+        template=template,
+        body=rule.body,
+        response_body=rule.response_body,
+        status=status,
+        location=rest.location,
+        request_class=GetMessageClass(request),
+        response_class=GetMessageClass(method.output_type),
+        path_fields=frozenset(v.name for v in template.variables),
+    )
+
+
+def query_fields(binding: Binding) -> Iterator[tuple[str, FieldDescriptor]]:
+    """The (dotted path, leaf) pairs a binding reads from the query string, for the OpenAPI document."""
+    if binding.body == "*":
+        return
+    yield from _leaves(binding.request_class.DESCRIPTOR, (), binding, depth=0)
+
+
+def _leaves(
+    message: Descriptor, prefix: tuple[str, ...], binding: Binding, depth: int
+) -> Iterator[tuple[str, FieldDescriptor]]:
+    for leaf in message.fields:
+        path = (*prefix, leaf.name)
+        dotted = ".".join(path)
+        if dotted in binding.path_fields or path[0] == binding.body:
+            continue
+        if leaf.message_type is None:
+            yield dotted, leaf
+        elif (
+            not _is_repeated(leaf)
+            and depth < 3
+            and not leaf.message_type.full_name.startswith("google.protobuf")
+        ):
+            yield from _leaves(leaf.message_type, path, binding, depth + 1)
+
+
+def _to_json(message: Message) -> dict[str, Any]:
+    return json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+
+
+def _is_repeated(leaf: FieldDescriptor) -> bool:
+    return leaf.is_repeated
+
+
+def _field_named(message: Descriptor, name: str) -> FieldDescriptor | None:
+    found = message.fields_by_name.get(name)
+    if found is None:
+        found = next((f for f in message.fields if f.json_name == name), None)
+    return found
+
+
+def _field_at(message: Descriptor, path: Sequence[str]) -> FieldDescriptor | None:
+    found = None
+    for index, name in enumerate(path):
+        if message is None:
+            return None
+        found = message.fields_by_name.get(name)
+        if found is None:
+            return None
+        if index < len(path) - 1:
+            if _is_repeated(found):
+                return None
+            message = found.message_type
+    return found
+
+
+def _resolve(message: Descriptor, dotted: str) -> tuple[tuple[str, ...] | None, FieldDescriptor | None]:
+    """A query name (either field-name form, dotted) to its proto-name path and leaf."""
+    path: list[str] = []
+    leaf = None
+    current: Descriptor | None = message
+    for name in dotted.split("."):
+        if current is None:
+            return None, None
+        leaf = _field_named(current, name)
+        if leaf is None:
+            return None, None
+        path.append(leaf.name)
+        current = leaf.message_type if not _is_repeated(leaf) else None
+    return tuple(path), leaf
+
+
+def _query_scalar(leaf: FieldDescriptor, value: str, name: str) -> Any:
+    """A query string value in the form json_format reads for the field's type."""
+    if leaf.type == FieldDescriptor.TYPE_BOOL:
+        if value.lower() not in _FALSE_TRUE:
+            raise BadRequest(f"query parameter {name!r} must be true or false", field=name)
+        return _FALSE_TRUE[value.lower()]
+    if leaf.cpp_type in _INTEGER_TYPES and not _INTEGER.fullmatch(value):
+        raise BadRequest(f"query parameter {name!r} must be an integer", field=name)
+    return value
+
+
+def _set_path(values: dict[str, Any], message: Descriptor, path: list[str], value: str) -> None:
+    """Sets a path variable, replacing whatever the body said for the same field (either name form)."""
+    holder = values
+    for name in path[:-1]:
+        leaf = message.fields_by_name[name]
+        nested = holder.pop(leaf.json_name, None) if leaf.json_name != name else None
+        holder = holder.setdefault(name, nested if isinstance(nested, dict) else {})
+        if not isinstance(holder, dict):
+            raise BadRequest(f"{name!r} must be a JSON object")
+        message = leaf.message_type
+    leaf = message.fields_by_name[path[-1]]
+    holder.pop(leaf.json_name, None)
+    holder[leaf.name] = _FALSE_TRUE.get(value, value) if leaf.type == FieldDescriptor.TYPE_BOOL else value
+
+
+def _parse_error_text(text: str) -> str:
+    """json_format's message, first line only, without proto package names."""
+    first = text.split("\n", 1)[0].strip()
+    first = re.sub(r'Message type "(?:[\w]+\.)*(\w+)"', r"\1", first)
+    first = re.sub(r' at "[\w.\[\]]+"', "", first)
+    return first

@@ -1,0 +1,71 @@
+"""The facade, served by uvicorn on an ephemeral port, in front of real services."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import httpx
+import pytest
+import uvicorn
+from google.protobuf.descriptor import ServiceDescriptor
+from starlette.types import ASGIApp
+
+from facade.app import Backend, create_app
+from facade.server import bind
+from mesh.config import Settings
+from tests.conftest import Mesh
+
+
+@asynccontextmanager
+async def serving(app: ASGIApp) -> AsyncIterator[str]:
+    """Serves `app` over real HTTP on a free port; yields its base URL."""
+    (sock,) = bind("127.0.0.1", [0])
+    server = uvicorn.Server(uvicorn.Config(app, lifespan="on", log_config=None, access_log=False))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        async with asyncio.timeout(10):
+            while not server.started:
+                if task.done():
+                    task.result()
+                await asyncio.sleep(0.01)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+@asynccontextmanager
+async def facade_client(
+    settings: Settings, backends: Mapping[ServiceDescriptor, Backend] | None = None
+) -> AsyncIterator[httpx.AsyncClient]:
+    async with (
+        serving(create_app(settings, backends)) as url,
+        httpx.AsyncClient(base_url=url, timeout=10) as client,
+    ):
+        yield client
+
+
+@dataclass
+class Web:
+    """The facade in front of the mesh, with an HTTP client and the mesh's users."""
+
+    http: httpx.AsyncClient
+    mesh: Mesh
+
+    @property
+    def staff(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.mesh.verified_token}"}
+
+    @property
+    def visitor(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.mesh.unverified_token}"}
+
+
+@pytest.fixture
+async def web(mesh: Mesh) -> AsyncIterator[Web]:
+    async with facade_client(mesh.settings) as http:
+        yield Web(http, mesh)
