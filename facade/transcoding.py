@@ -28,6 +28,22 @@ HTTP_METHODS = ("get", "put", "post", "delete", "patch")
 _LOCATION_FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _FALSE_TRUE = {"false": False, "true": True}
 _INTEGER = re.compile(r"-?[0-9]{1,20}")
+_FAILED_FIELD = re.compile(r"Failed to parse (\w+) field")
+_UNKNOWN_FIELD = re.compile(r'has no field named "([^"]+)"')
+_SCALARS = {
+    FieldDescriptor.CPPTYPE_STRING: "a string",
+    FieldDescriptor.CPPTYPE_BOOL: "true or false",
+    FieldDescriptor.CPPTYPE_INT32: "an integer",
+    FieldDescriptor.CPPTYPE_UINT32: "a non-negative integer",
+    FieldDescriptor.CPPTYPE_INT64: "an integer (a number or a string)",
+    FieldDescriptor.CPPTYPE_UINT64: "a non-negative integer (a number or a string)",
+    FieldDescriptor.CPPTYPE_FLOAT: "a number",
+    FieldDescriptor.CPPTYPE_DOUBLE: "a number",
+}
+_WELL_KNOWN = {
+    "google.protobuf.Timestamp": "an RFC 3339 timestamp string",
+    "google.protobuf.Duration": 'a duration string such as "1.5s"',
+}
 _INTEGER_TYPES = frozenset(
     {
         FieldDescriptor.CPPTYPE_INT32,
@@ -85,7 +101,7 @@ class Binding:
         try:
             return json_format.ParseDict(values, self.request_class())
         except json_format.ParseError as exc:
-            raise BadRequest(_parse_error_text(str(exc))) from None
+            raise _parse_error(self.request_class.DESCRIPTOR, str(exc)) from None
         except RecursionError:
             raise BadRequest("the body nests too deeply") from None
 
@@ -322,9 +338,28 @@ def _set_path(values: dict[str, Any], message: Descriptor, path: list[str], valu
     holder[leaf.name] = _FALSE_TRUE.get(value, value) if leaf.type == FieldDescriptor.TYPE_BOOL else value
 
 
-def _parse_error_text(text: str) -> str:
-    """json_format's message, first line only, without proto package names."""
-    first = text.split("\n", 1)[0].strip()
-    first = re.sub(r'Message type "(?:[\w]+\.)*(\w+)"', r"\1", first)
-    first = re.sub(r' at "[\w.\[\]]+"', "", first)
-    return first
+def _parse_error(message: Descriptor, text: str) -> BadRequest:
+    """json_format's complaint, restated with the field's JSON path and the type it wants,
+    without Python or protobuf internals."""
+    path = _FAILED_FIELD.findall(text)
+    unknown = _UNKNOWN_FIELD.search(text)
+    if unknown:
+        name = ".".join([*path, unknown.group(1)])
+        return BadRequest(f"unknown field {name!r}", field=name)
+    name = ".".join(path)
+    leaf = _field_at(message, path) if path else None
+    if leaf is None:
+        return BadRequest("the request does not match the expected JSON shape")
+    if "out of range" in text:
+        return BadRequest(f"{name!r} is out of range", field=name)
+    return BadRequest(f"{name!r} must be {_expected(leaf)}", field=name)
+
+
+def _expected(leaf: FieldDescriptor) -> str:
+    if leaf.enum_type is not None:
+        kind = "one of " + ", ".join(v.name for v in leaf.enum_type.values if v.number != 0)
+    elif leaf.message_type is not None:
+        kind = _WELL_KNOWN.get(leaf.message_type.full_name, "a JSON object")
+    else:
+        kind = _SCALARS.get(leaf.cpp_type, "a value of its type")
+    return f"a list of {kind}" if _is_repeated(leaf) else kind
