@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import sys
+from email import policy
+from email.parser import BytesParser
 from pathlib import Path
 
 import grpc
+import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from auth.service import running
@@ -50,9 +54,15 @@ def service_env(tmp_path: Path, port: int) -> dict[str, str]:
 
 
 async def test_invmesh_up_serves_until_sigterm(tmp_path: Path) -> None:
-    port = free_port()
+    """What `make run` starts: the services and the facade on each of its ports, where a
+    newcomer's whole first session works over REST, the verification link included."""
+    port, web_ports = free_port(), (free_port(), free_port())
+    env = service_env(tmp_path, port) | {
+        "FACADE_PORTS": ",".join(map(str, web_ports)),
+        "PUBLIC_URL": f"http://127.0.0.1:{web_ports[0]}",
+    }
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "mesh", "up", env=service_env(tmp_path, port), stderr=asyncio.subprocess.PIPE
+        sys.executable, "-m", "mesh", "up", env=env, stderr=asyncio.subprocess.PIPE
     )
     assert process.stderr is not None
     try:
@@ -64,11 +74,24 @@ async def test_invmesh_up_serves_until_sigterm(tmp_path: Path) -> None:
                 health_pb2.HealthCheckRequest(service="invmesh.auth.v1.AuthService")
             )
             assert health.status == health_pb2.HealthCheckResponse.SERVING
-            stub = auth_service_pb2_grpc.AuthServiceStub(channel)
-            await stub.Register(pb.RegisterRequest(email="new@example.com", password="password1"))
-        async with asyncio.timeout(10):
-            while not list((tmp_path / "outbox").glob("*.eml")):
-                await asyncio.sleep(0.05)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{web_ports[0]}") as http:
+            account = {"email": "new@example.com", "password": "password1"}
+            assert (await http.post("/users/register", json=account)).status_code == 201
+            async with asyncio.timeout(10):
+                while not (mails := list((tmp_path / "outbox").glob("*.eml"))):
+                    await asyncio.sleep(0.05)
+            mail = BytesParser(policy=policy.default).parsebytes(mails[0].read_bytes())
+            body = mail.get_body(("plain",))
+            assert body is not None
+            link = re.search(r"https?://\S+", body.get_content())
+            assert link is not None
+            assert (await http.get(link.group(0))).status_code == 200
+            token = (await http.post("/users/login", json=account)).json()["access_token"]
+            for web_port in web_ports:  # every route on every port, as the original layout had
+                listed = await http.get(
+                    f"http://127.0.0.1:{web_port}/products", headers={"authorization": f"Bearer {token}"}
+                )
+                assert listed.status_code == 200, listed.text
         for service in ("auth", "products", "inventory"):
             assert (tmp_path / f"{service}.db").exists()
     finally:

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -16,13 +17,13 @@ from starlette.types import ASGIApp
 from facade.app import Backend, create_app
 from facade.server import bind
 from mesh.config import Settings
-from tests.conftest import Mesh
+from tests.conftest import Mesh, free_port
 
 
 @asynccontextmanager
-async def serving(app: ASGIApp) -> AsyncIterator[str]:
-    """Serves `app` over real HTTP on a free port; yields its base URL."""
-    (sock,) = bind("127.0.0.1", [0])
+async def serving(app: ASGIApp, port: int = 0) -> AsyncIterator[str]:
+    """Serves `app` over real HTTP on `port` (a free one by default); yields its base URL."""
+    (sock,) = bind("127.0.0.1", [port])
     server = uvicorn.Server(uvicorn.Config(app, lifespan="on", log_config=None, access_log=False))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
@@ -66,6 +67,16 @@ class Web:
 
 
 @pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """The mesh's settings, with mail links pointing at the facade `web` serves."""
+    return settings.model_copy(update={"public_url": f"http://127.0.0.1:{free_port()}"})
+
+
+@pytest.fixture
 async def web(mesh: Mesh) -> AsyncIterator[Web]:
-    async with facade_client(mesh.settings) as http:
+    port = urlsplit(mesh.settings.public_url).port
+    async with (
+        serving(create_app(mesh.settings), port) as url,
+        httpx.AsyncClient(base_url=url, timeout=10) as http,
+    ):
         yield Web(http, mesh)
