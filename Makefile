@@ -9,8 +9,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 PROTOS := $(shell find protos -name '*.proto')
 PYTEST_ARGS ?=
+BENCH_QUICK ?=
+BENCH_FLAGS := $(if $(filter 1 yes true,$(BENCH_QUICK)),--quick)
 
-.PHONY: run test protos protos-check lint bench clean
+.PHONY: run test protos protos-check lint bench bench-quick clean
 
 ## run: install, generate code if the protos changed, start every service (Ctrl-C stops them)
 run: $(VENV)/.installed $(VENV)/.generated
@@ -34,9 +36,15 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/python -m mesh.codegen --lint
 
-## bench: logins per second at the configured bcrypt cost (see bench/README.md)
+## bench: logins per second, then GET /products/{id} side by side with the FastAPI peer (bench/README.md);
+##        needs wrk; BENCH_QUICK=1 for short runs
 bench: $(VENV)/.installed $(VENV)/.generated
-	$(BIN)/python -m bench.login
+	$(BIN)/python -m bench.login $(BENCH_FLAGS)
+	$(BIN)/python -m bench.run $(BENCH_FLAGS)
+
+## bench-quick: the same with short runs, in a minute or two
+bench-quick:
+	$(MAKE) bench BENCH_QUICK=1
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

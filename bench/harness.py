@@ -1,0 +1,277 @@
+"""What every side-by-side benchmark shares: processes, the two load generators, figures, the table.
+
+Load is closed-loop and the same for every target: `Load.connections` calls in flight for
+`Load.duration` seconds after `Load.warmup` seconds of the same load. HTTP goes through `wrk`
+(C, with a Lua script); gRPC through `Load.clients` spawned grpc.aio client processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from threading import Barrier
+
+import grpc
+
+WRK_SCRIPTS = Path(__file__).resolve().parent / "wrk"
+WRK_MISSING = (
+    "bench: `wrk` is not installed. Install it from Debian/Ubuntu with\n"
+    "    sudo apt-get install -y wrk\n"
+    "(or build it from https://github.com/wg/wrk and put it on PATH), then run the benchmark again."
+)
+STOP_SECONDS = 20
+
+# One unary call on a channel: a picklable factory (a module-level function, or a
+# functools.partial of one) that gets the client's channel and returns the call to repeat.
+GrpcCall = Callable[[grpc.aio.Channel], Callable[[], Awaitable[object]]]
+
+
+@dataclass(frozen=True)
+class Load:
+    connections: int  # calls in flight in total
+    duration: float  # seconds measured
+    warmup: float  # seconds of the same load before, not measured
+    clients: int = 2  # wrk threads, or gRPC client processes
+
+
+@dataclass(frozen=True)
+class Figures:
+    """One measured run."""
+
+    rate: float  # completed calls per second
+    p50_ms: float | None
+    p99_ms: float | None
+    errors: str = ""  # empty when every call succeeded, else what failed and how often
+
+
+@dataclass(frozen=True)
+class Row:
+    scenario: str
+    target: str
+    runs: list[Figures]
+
+    @property
+    def median(self) -> Figures:
+        """The run with the median rate, the lower middle one for an even count; its latencies go with it."""
+        ordered = sorted(self.runs, key=lambda f: f.rate)
+        return ordered[(len(ordered) - 1) // 2]
+
+    @property
+    def errors(self) -> str:
+        return "; ".join(f.errors for f in self.runs if f.errors)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# ---- processes ---------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def process_group(
+    args: Sequence[str], *, env: dict[str, str], cwd: Path, log: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`args` in a new session, output to `log`; on exit, SIGTERM to that process group, then SIGKILL."""
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            list(args), env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        yield process
+    finally:
+        _signal_group(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            print(f"bench: {args[0]} did not stop in {STOP_SECONDS}s; killing it", file=sys.stderr)
+        _signal_group(process.pid, signal.SIGKILL)  # anything of ours still left in the group
+        process.wait()
+
+
+def _signal_group(pgid: int, signum: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signum)
+
+
+def wait_for(
+    ready: Callable[[], bool], *, what: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 60
+) -> float:
+    """Polls `ready` until true; returns the seconds it took. Fails, showing the log, if the process dies."""
+    started = time.monotonic()
+    while not ready():
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with status {process.returncode}:\n{tail(log)}")
+        if time.monotonic() - started > timeout:
+            raise RuntimeError(f"{what} was not ready within {timeout:g}s:\n{tail(log)}")
+        time.sleep(0.1)
+    return time.monotonic() - started
+
+
+def tail(log: Path, lines: int = 20) -> str:
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+
+
+# ---- HTTP load: wrk ----------------------------------------------------------
+
+
+def require_wrk() -> None:
+    if shutil.which("wrk") is None:
+        sys.exit(WRK_MISSING)
+
+
+def run_wrk(url: str, script: str, env: dict[str, str], load: Load) -> Figures:
+    """A warm-up run, then the measured one, of bench/wrk/<script> against `url`."""
+    _wrk(url, script, env, load, load.warmup)
+    return parse_wrk(_wrk(url, script, env, load, load.duration))
+
+
+def _wrk(url: str, script: str, env: dict[str, str], load: Load, seconds: float) -> str:
+    command = [
+        "wrk", f"-t{load.clients}", f"-c{load.connections}", f"-d{max(1, round(seconds))}s",
+        "--latency", "-s", str(WRK_SCRIPTS / script), url,
+    ]  # fmt: skip
+    done = subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True, check=False)
+    if done.returncode != 0 or "Requests/sec" not in done.stdout:
+        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
+    return done.stdout
+
+
+_UNITS_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
+
+
+def parse_wrk(output: str) -> Figures:
+    """Requests/sec, the 50% and 99% latencies, non-2xx answers and socket errors, from `wrk --latency`."""
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    if rate is None:
+        raise ValueError(f"no Requests/sec in wrk's output:\n{output}")
+
+    def percentile(q: str) -> float | None:
+        found = re.search(rf"^\s+{q}%\s+([\d.]+)(us|ms|s|m)\s*$", output, re.MULTILINE)
+        return float(found[1]) * _UNITS_MS[found[2]] if found else None
+
+    errors = []
+    if non_2xx := re.search(r"Non-2xx or 3xx responses: (\d+)", output):
+        errors.append(f"non-2xx {non_2xx[1]}")
+    if socket_errors := re.search(r"Socket errors: (.+)", output):
+        errors += [part for part in socket_errors[1].split(", ") if not part.endswith(" 0")]
+    return Figures(float(rate[1]), percentile("50"), percentile("99"), ", ".join(errors))
+
+
+# ---- gRPC load: spawned grpc.aio clients -------------------------------------
+
+
+@dataclass
+class _Tally:
+    calls: int = 0
+    latencies: list[float] = field(default_factory=list)
+    errors: Counter[str] = field(default_factory=Counter)
+
+
+def run_grpc(target: str, call: GrpcCall, load: Load) -> Figures:
+    """`load.clients` processes, `load.connections` calls in flight in all, measuring the same window."""
+    # spawn, not fork: gRPC's core does not survive a fork of a process that has used it.
+    context = get_context("spawn")
+    share, extra = divmod(load.connections, load.clients)
+    in_flight = [share + (i < extra) for i in range(load.clients)]
+    with context.Manager() as manager, ProcessPoolExecutor(load.clients, mp_context=context) as pool:
+        start = manager.Barrier(load.clients)
+        futures = [pool.submit(_client, target, call, n, load, start) for n in in_flight]
+        total = _Tally()
+        for future in futures:
+            tally = future.result()
+            total.calls += tally.calls
+            total.latencies += tally.latencies
+            total.errors += tally.errors
+    p50, p99 = _percentiles(total.latencies)
+    errors = ", ".join(f"{code} {n}" for code, n in total.errors.most_common())
+    return Figures(total.calls / load.duration, p50, p99, errors)
+
+
+def _percentiles(latencies: list[float]) -> tuple[float | None, float | None]:
+    if len(latencies) < 2:
+        return None, None
+    cuts = statistics.quantiles(latencies, n=100, method="inclusive")
+    return cuts[49] * 1000, cuts[98] * 1000
+
+
+def _client(target: str, call: GrpcCall, in_flight: int, load: Load, start: Barrier) -> _Tally:
+    return asyncio.run(_drive(target, call, in_flight, load, start))
+
+
+async def _drive(target: str, call: GrpcCall, in_flight: int, load: Load, start: Barrier) -> _Tally:
+    tally = _Tally()
+    async with grpc.aio.insecure_channel(target) as channel:
+        once = call(channel)
+        await channel.channel_ready()
+        start.wait(timeout=60)  # every process warms up and measures the same window
+        measured_from = time.perf_counter() + load.warmup
+        until = measured_from + load.duration
+
+        async def loop() -> None:
+            await asyncio.sleep(random.random() / 100)  # spread the first calls a little
+            while (started := time.perf_counter()) < until:
+                try:
+                    await once()
+                except grpc.aio.AioRpcError as exc:
+                    tally.errors[exc.code().name] += 1
+                    continue
+                finished = time.perf_counter()
+                if measured_from <= finished <= until:
+                    tally.calls += 1
+                    tally.latencies.append(finished - started)
+
+        await asyncio.gather(*(loop() for _ in range(in_flight)))
+    return tally
+
+
+# ---- the table ---------------------------------------------------------------
+
+
+def markdown_table(rows: Sequence[Row], baselines: Sequence[str]) -> str:
+    """A line per row, and a column per baseline target: the row's req/s over that target's, same scenario."""
+    by_key = {(row.scenario, row.target): row.median.rate for row in rows}
+    header = ["scenario", "target", "req/s", "p50 ms", "p99 ms", "errors", *(f"vs {b}" for b in baselines)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * 2 + "---:|" * (len(header) - 2)]
+    for row in rows:
+        median = row.median
+        ratios = [_ratio(median.rate, by_key.get((row.scenario, b))) for b in baselines]
+        cells = [
+            row.scenario, row.target, _rate(row), _ms(median.p50_ms), _ms(median.p99_ms),
+            row.errors or "0", *ratios,
+        ]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _rate(row: Row) -> str:
+    if len(row.runs) == 1:
+        return f"{row.median.rate:,.0f}"
+    rates = [f.rate for f in row.runs]
+    return f"{row.median.rate:,.0f} ({min(rates):,.0f}-{max(rates):,.0f})"
+
+
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
+
+
+def _ratio(rate: float, baseline: float | None) -> str:
+    return "n/a" if not baseline else f"{rate / baseline:.2f}x"
