@@ -6,13 +6,14 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, LargeBinary, String, Text
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, LargeBinary, MetaData, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from mesh.db import UtcDateTime, utcnow
+from mesh.db import NAMING_CONVENTION, TABLE_OPTIONS, UtcDateTime, utcnow
 
 
 class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
     type_annotation_map = {dt.datetime: UtcDateTime}
 
 
@@ -22,6 +23,7 @@ def new_id() -> str:
 
 class User(Base):
     __tablename__ = "users"
+    __table_args__ = TABLE_OPTIONS
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     # Normalised and lower-cased, so the unique index is case-insensitive.
@@ -35,6 +37,7 @@ class User(Base):
 
 class VerificationToken(Base):
     __tablename__ = "verification_tokens"
+    __table_args__ = TABLE_OPTIONS
 
     token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)  # SHA-256, hex
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
@@ -46,6 +49,7 @@ class VerificationToken(Base):
 
 class RefreshToken(Base):
     __tablename__ = "refresh_tokens"
+    __table_args__ = TABLE_OPTIONS
 
     token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)  # SHA-256, hex
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
@@ -60,6 +64,7 @@ class SigningKey(Base):
     """Token signing keys; the newest signs, every one is published until retired."""
 
     __tablename__ = "signing_keys"
+    __table_args__ = TABLE_OPTIONS
 
     kid: Mapped[str] = mapped_column(String(64), primary_key=True)
     # 1 for the first key, +1 per rotation: unique, so replicas starting together agree on one key.
@@ -73,7 +78,7 @@ class OutgoingMail(Base):
     """Mail waiting for delivery; a row is deleted once the message is delivered."""
 
     __tablename__ = "outgoing_mail"
-    __table_args__ = (Index("ix_outgoing_mail_due", "next_attempt_at"),)
+    __table_args__ = (Index("ix_outgoing_mail_due", "next_attempt_at"), TABLE_OPTIONS)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     recipient: Mapped[str] = mapped_column(String(320))

@@ -8,7 +8,6 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from auth.accounts import Accounts
 from auth.keys import KeyStore
 from auth.mail import FolderTransport, MailRelay, SmtpTransport, Transport
-from auth.models import Base
 from auth.passwords import PasswordHasher
 from auth.servicer import AuthServicer
 from invmesh.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
@@ -35,7 +34,7 @@ def mail_transport(settings: Settings) -> Transport:
 async def running(settings: Settings, *, address: str | None = None) -> AsyncIterator[MeshServer]:
     """The auth service, serving on `address` (default AUTH_ADDR) until the block exits."""
     async with AsyncExitStack() as stack:
-        db = await open_database(stack, settings.database_url("auth"), Base.metadata)
+        db = await open_database(stack, settings, "auth")
         private_key = settings.jwt_private_key.get_secret_value() if settings.jwt_private_key else None
         keys = await KeyStore.load(db, private_key)
         relay = MailRelay(

@@ -5,19 +5,23 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import CheckConstraint, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy import CheckConstraint, ForeignKey, Index, Integer, MetaData, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from mesh.db import UtcDateTime, utcnow
+from mesh.db import NAMING_CONVENTION, TABLE_OPTIONS, BigIntegerKey, UtcDateTime, utcnow
 
 
 class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
     type_annotation_map = {dt.datetime: UtcDateTime}
 
 
 class Item(Base):
     __tablename__ = "inventory_items"
-    __table_args__ = (CheckConstraint("quantity >= 0", name="ck_inventory_items_quantity_not_negative"),)
+    __table_args__ = (
+        CheckConstraint("quantity >= 0", name="ck_inventory_items_quantity_not_negative"),
+        TABLE_OPTIONS,
+    )
 
     product_id: Mapped[str] = mapped_column(String(36), primary_key=True)
     quantity: Mapped[int] = mapped_column(Integer, default=0)
@@ -34,9 +38,10 @@ class Movement(Base):
         # A client's idempotency key is its own: one user's key never collides with another's.
         UniqueConstraint("actor", "request_id", name="uq_movements_actor_request_id"),
         Index("ix_movements_product_id_id", "product_id", "id"),
+        TABLE_OPTIONS,
     )
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(BigIntegerKey, primary_key=True, autoincrement=True)
     product_id: Mapped[str] = mapped_column(ForeignKey("inventory_items.product_id"))
     type: Mapped[str] = mapped_column(String(10))
     quantity: Mapped[int] = mapped_column(Integer)  # signed: + in, - out

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
-from inventory.models import Base
 from inventory.servicer import InventoryServicer
 from inventory.stock import Inventory
 from invmesh.inventory.v1 import inventory_service_pb2, inventory_service_pb2_grpc
@@ -23,7 +22,7 @@ SERVICE_NAME = inventory_service_pb2.DESCRIPTOR.services_by_name["InventoryServi
 async def running(settings: Settings, *, address: str | None = None) -> AsyncIterator[MeshServer]:
     """The inventory service, serving on `address` (default INVENTORY_ADDR) until the block exits."""
     async with AsyncExitStack() as stack:
-        db = await open_database(stack, settings.database_url("inventory"), Base.metadata)
+        db = await open_database(stack, settings, "inventory")
         timeout = settings.peer_timeout_seconds
         auth = open_channel(stack, settings.auth_addr, default_timeout=timeout)
         products = open_channel(stack, settings.products_addr, default_timeout=timeout)

@@ -3,6 +3,7 @@
 invmesh up             every service and the REST facade, each in its own process,
                        until Ctrl-C or SIGTERM
 invmesh serve NAME     one service (or the facade) in this process
+invmesh migrate [NAME…] bring the services' database schemas to the newest migration
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mesh.config import ConfigError, Settings, load_settings
+from mesh.db import StartupError
 from mesh.logs import configure_logging
 from mesh.server import serve_until_signalled
 
@@ -52,7 +54,33 @@ def serve(name: str) -> None:
         return
     module, _ = SERVICES[name]
     running: Callable[[Settings], AbstractAsyncContextManager[Any]] = importlib.import_module(module).running
-    asyncio.run(serve_until_signalled(running(settings)))
+    try:
+        asyncio.run(serve_until_signalled(running(settings)))
+    except StartupError as exc:  # an outdated schema or an unreachable database: say what to do
+        sys.exit(f"invmesh: {name}: {exc}")
+
+
+async def migrate(names: list[str]) -> int:
+    """Upgrades each service's database to its newest migration; 1 if any could not be."""
+    from mesh import migrations  # alembic is only needed here and at startup
+    from mesh.db import Database, describe_error
+
+    settings = _settings_or_exit()
+    status = 0
+    for name in names:
+        db = Database.for_service(settings, name)
+        try:
+            before = await migrations.current(db, name)
+            await migrations.upgrade(db, name)
+            head = migrations.head(name)
+            done = "already at" if before == head else f"migrated from {before or 'empty'} to"
+            print(f"invmesh: {name}: {done} revision {head}", file=sys.stderr)
+        except Exception as exc:
+            print(f"invmesh: {name}: migration failed: {describe_error(exc)}", file=sys.stderr)
+            status = 1
+        finally:
+            await db.dispose()
+    return status
 
 
 async def _wait_healthy(address: str, deadline: float) -> bool:
@@ -153,10 +181,20 @@ def main(argv: list[str] | None = None) -> None:
     )
     serve_parser = commands.add_parser("serve", help="run one service in this process")
     serve_parser.add_argument("service", choices=COMPONENTS)
+    migrate_parser = commands.add_parser("migrate", help="apply the database migrations of services")
+    migrate_parser.add_argument(
+        "services", nargs="*", metavar="SERVICE", help=f"a subset of: {', '.join(SERVICES)} (default: all)"
+    )
     args = parser.parse_args(argv)
     if args.command == "serve":
         serve(args.service)
         return
+    if args.command == "migrate":
+        unknown = set(args.services) - set(SERVICES)
+        if unknown:
+            parser.error(f"unknown service {', '.join(sorted(unknown))}; choose from {', '.join(SERVICES)}")
+        configure_logging("migrate", "WARNING", "text")
+        sys.exit(asyncio.run(migrate(args.services or list(SERVICES))))
     unknown = set(args.services) - set(COMPONENTS)
     if unknown:
         parser.error(f"unknown service {', '.join(sorted(unknown))}; choose from {', '.join(COMPONENTS)}")

@@ -67,6 +67,14 @@ class Settings(BaseSettings):
     products_database_url: SecretStr | None = None
     inventory_addr: str = "127.0.0.1:50053"
     inventory_database_url: SecretStr | None = None
+    # Each service's connection pool on PostgreSQL and MariaDB: size + overflow connections at most;
+    # a call that waits longer than the timeout for one, or for a new connection, gets UNAVAILABLE.
+    db_pool_size: int = Field(10, ge=1)
+    db_max_overflow: int = Field(10, ge=0)
+    db_pool_timeout_seconds: float = Field(5.0, gt=0)
+    db_connect_timeout_seconds: float = Field(5.0, gt=0)
+    # Migrate an outdated schema at startup; unset means on for SQLite, off for database servers.
+    db_auto_migrate: bool | None = None
     # Deadline of a call to another service when the caller set none; a caller's own shorter
     # remaining deadline always wins.
     peer_timeout_seconds: float = Field(3.0, gt=0)
@@ -151,6 +159,12 @@ class Settings(BaseSettings):
         if configured is not None and configured.get_secret_value():
             return configured.get_secret_value()
         return f"sqlite+aiosqlite:///{(self.data_dir / f'{service}.db').resolve()}"
+
+    def auto_migrate(self, service: str) -> bool:
+        """Whether `service` migrates its own schema at startup (DB_AUTO_MIGRATE, else only on SQLite)."""
+        if self.db_auto_migrate is not None:
+            return self.db_auto_migrate
+        return self.database_url(service).startswith("sqlite")
 
     @property
     def smtp_server(self) -> SmtpServer | None:

@@ -1,9 +1,21 @@
-"""Async SQLAlchemy 2 engines and sessions: one `Database` per service.
+"""Async SQLAlchemy 2 engines and sessions: one `Database` per service, on SQLite (aiosqlite,
+the embedded default), PostgreSQL (asyncpg) or MariaDB/MySQL (asyncmy).
 
-SQLite (aiosqlite) is the embedded default; any async URL works. On SQLite, write
-transactions start with BEGIN IMMEDIATE so two writers never interleave (a deferred
-transaction that reads, then writes, can fail with "database is locked" instead of
-waiting); reads stay deferred and run beside writes under WAL.
+The differences between those databases are handled here, once:
+- SQLite: write transactions start with BEGIN IMMEDIATE so two writers never interleave (a
+  deferred transaction that reads, then writes, can fail with "database is locked" instead
+  of waiting); reads stay deferred and run beside writes under WAL. `lower()` is replaced by
+  a Unicode-aware one, so case-insensitive search folds "É" as the other databases do.
+- PostgreSQL and MariaDB: a pool sized by settings, pre-pinged so connections a restarted
+  server dropped are replaced, READ COMMITTED on both (MariaDB's REPEATABLE READ takes gap
+  locks that deadlock concurrent first inserts), and a connect timeout, so an unreachable
+  server fails a call instead of hanging it.
+- MariaDB tables are utf8mb4 with a binary collation (`TABLE_OPTIONS`): comparisons, unique
+  indexes and LIKE are then case- and accent-sensitive, as on PostgreSQL and SQLite.
+- Errors: a database that cannot be reached or dropped the connection surfaces as
+  `DatabaseUnavailable` (gRPC UNAVAILABLE); a deadlock, lock wait timeout or serialization
+  failure as `TransactionConflict` (ABORTED), which callers whose change may safely run
+  again retry.
 """
 
 from __future__ import annotations
@@ -13,22 +25,55 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import DateTime, MetaData, TypeDecorator, event
+from sqlalchemy import BigInteger, DateTime, Integer, TypeDecorator, event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection, Dialect, make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.types import TypeEngine
 
+from mesh import migrations
+from mesh.errors import DatabaseUnavailable, TransactionConflict
+
+if TYPE_CHECKING:
+    from mesh.config import Settings
+
 log = logging.getLogger(__name__)
 
 _WRITE = "invmesh_write"
 
+# Every table's options on MariaDB/MySQL (ignored elsewhere): see the module docstring.
+TABLE_OPTIONS: dict[str, str] = {
+    "mysql_engine": "InnoDB",
+    "mysql_charset": "utf8mb4",
+    "mysql_collate": "utf8mb4_bin",
+}
+
+# Constraint names made from the columns, so every migration (and SQLite's batch mode) can name
+# the constraint it alters; CHECK constraints are named by hand.
+NAMING_CONVENTION: dict[str, str] = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+}
+
+# An auto-incrementing 64-bit key: SQLite only auto-increments a column declared INTEGER.
+BigIntegerKey = BigInteger().with_variant(Integer(), "sqlite")
+
+# Driver error codes: deadlock, lock wait timeout, serialization failure (retry the transaction) ...
+_CONFLICT_SQLSTATES = frozenset({"40001", "40P01", "55P03"})
+_CONFLICT_MYSQL_ERRNOS = frozenset({1205, 1213})
+_SQLITE_BUSY_OR_LOCKED = frozenset({5, 6})
+# ... and a server that is gone, going, refusing or out of connections.
+_UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300"})
+_UNAVAILABLE_MYSQL_ERRNOS = frozenset({1040, 1053, 1927, 2002, 2003, 2005, 2006, 2013, 2055})
+
 
 class UtcDateTime(TypeDecorator[dt.datetime]):
-    """A timezone-aware UTC datetime on every backend (SQLite keeps no zone)."""
+    """A timezone-aware UTC datetime on every backend, stored as naive UTC (SQLite keeps no zone)."""
 
     impl = DateTime
     cache_ok = True
@@ -53,17 +98,37 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+class StartupError(Exception):
+    """The database is not ready for the service; the message says why and what to do."""
+
+
 class Database:
-    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 10,
+        max_overflow: int = 10,
+        pool_timeout: float = 5.0,
+        connect_timeout: float = 5.0,
+    ) -> None:
         parsed = make_url(url)
-        self.is_sqlite = parsed.get_backend_name() == "sqlite"
-        options: dict[str, Any] = {"pool_pre_ping": not self.is_sqlite}
+        self.backend = parsed.get_backend_name()  # sqlite, postgresql, mysql or mariadb
+        self.is_sqlite = self.backend == "sqlite"
+        options: dict[str, Any] = {}
         if self.is_sqlite:
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         else:
-            options |= {"pool_size": pool_size, "max_overflow": pool_size}
-        self.engine = create_async_engine(url, **options)
+            options = {
+                "pool_pre_ping": True,
+                "pool_size": pool_size,
+                "max_overflow": max_overflow,
+                "pool_timeout": pool_timeout,
+                "isolation_level": "READ COMMITTED",
+                "connect_args": _connect_args(self.backend, parsed.query, connect_timeout),
+            }
+        self.engine = create_async_engine(parsed, **options)
         if self.is_sqlite:
             _sqlite_transactions(self.engine.sync_engine)
         self._read = async_sessionmaker(self.engine, expire_on_commit=False)
@@ -71,19 +136,43 @@ class Database:
             self.engine.execution_options(**{_WRITE: True}), expire_on_commit=False
         )
 
-    def session(self) -> AsyncSession:
+    @classmethod
+    def for_service(cls, settings: Settings, service: str) -> Database:
+        """The database of `service`, with the pool the settings ask for."""
+        return cls(
+            settings.database_url(service),
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_max_overflow,
+            pool_timeout=settings.db_pool_timeout_seconds,
+            connect_timeout=settings.db_connect_timeout_seconds,
+        )
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncSession]:
         """A session for reads (it may write too, but on SQLite it takes the lock late)."""
-        return self._read()
+        try:
+            async with self._read() as session:
+                yield session
+        except Exception as error:
+            raise translate(error) from error
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """A write transaction: committed when the block ends, rolled back if it raises."""
-        async with self._write() as session, session.begin():
-            yield session
+        try:
+            async with self._write() as session, session.begin():
+                yield session
+        except Exception as error:
+            raise translate(error) from error
 
-    async def create_all(self, metadata: MetaData) -> None:
-        async with self.engine.begin() as conn:
-            await conn.run_sync(metadata.create_all)
+    @asynccontextmanager
+    async def write_connection(self) -> AsyncIterator[Any]:
+        """A connection in a write transaction, for schema changes (an AsyncConnection)."""
+        try:
+            async with self.engine.execution_options(**{_WRITE: True}).begin() as conn:
+                yield conn
+        except Exception as error:
+            raise translate(error) from error
 
     async def dispose(self) -> None:
         await self.engine.dispose()
@@ -93,13 +182,95 @@ class Database:
         return self.engine.url.render_as_string(hide_password=True)
 
 
-async def open_database(stack: AsyncExitStack, url: str, metadata: MetaData) -> Database:
-    """A database with its tables created, disposed when `stack` closes."""
-    db = Database(url)
+def translate(error: Exception) -> Exception:
+    """`error`, or the domain error it means: DatabaseUnavailable or TransactionConflict."""
+    if is_unavailable(error):
+        log.warning("database unavailable: %s", describe_error(error))
+        return DatabaseUnavailable()
+    if isinstance(error, sa_exc.DBAPIError) and _is_conflict(error.orig):
+        return TransactionConflict()
+    return error
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """Whether `error` means the database cannot be reached or dropped the connection."""
+    if isinstance(error, (OSError, sa_exc.TimeoutError)):  # refused, timed out, or no pooled connection
+        return True
+    if not isinstance(error, sa_exc.DBAPIError):
+        return False
+    if error.connection_invalidated or isinstance(error.orig, OSError):
+        return True
+    sqlstate = _sqlstate(error.orig)
+    if sqlstate is not None and (sqlstate.startswith("08") or sqlstate in _UNAVAILABLE_SQLSTATES):
+        return True
+    return _mysql_errno(error.orig) in _UNAVAILABLE_MYSQL_ERRNOS
+
+
+def _is_conflict(orig: BaseException | None) -> bool:
+    if _sqlstate(orig) in _CONFLICT_SQLSTATES or _mysql_errno(orig) in _CONFLICT_MYSQL_ERRNOS:
+        return True
+    code = getattr(orig, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in _SQLITE_BUSY_OR_LOCKED
+
+
+def _sqlstate(orig: BaseException | None) -> str | None:
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    return code if isinstance(code, str) else None
+
+
+def _mysql_errno(orig: BaseException | None) -> int | None:
+    args = getattr(orig, "args", ())
+    return args[0] if args and isinstance(args[0], int) else None
+
+
+def describe_error(error: BaseException) -> str:
+    """What went wrong, in the driver's own words; never the URL (drivers don't print it)."""
+    if isinstance(error, DatabaseUnavailable) and error.__cause__ is not None:
+        error = error.__cause__
+    cause = error.orig if isinstance(error, sa_exc.DBAPIError) and error.orig is not None else error
+    return f"{type(cause).__name__}: {cause}"
+
+
+def _connect_args(backend: str, query: Any, timeout: float) -> dict[str, Any]:
+    if backend == "postgresql":
+        return {"timeout": timeout}
+    if backend in ("mysql", "mariadb"):
+        args: dict[str, Any] = {"connect_timeout": timeout}
+        if "charset" not in query:
+            args["charset"] = "utf8mb4"  # the driver's default is the server's, maybe 3-byte utf8
+        return args
+    return {}
+
+
+async def open_database(stack: AsyncExitStack, settings: Settings, service: str) -> Database:
+    """The database of `service`, its schema at the newest migration; disposed when `stack` closes.
+
+    An older schema is migrated only when auto-migration is on (the SQLite default); otherwise
+    the service refuses to start and says to run `invmesh migrate`.
+    """
+    db = Database.for_service(settings, service)
     stack.push_async_callback(db.dispose)
-    await db.create_all(metadata)
+    await ensure_schema(db, service, auto_migrate=settings.auto_migrate(service))
     log.info("using database %s", db.describe())
     return db
+
+
+async def ensure_schema(db: Database, service: str, *, auto_migrate: bool) -> None:
+    head = migrations.head(service)
+    try:
+        current = await migrations.current(db, service)
+        if current == head:
+            return
+        if not auto_migrate:
+            found = f"at revision {current}" if current else "empty (no invmesh tables)"
+            raise StartupError(
+                f"the {service} database schema is {found}, but this version needs revision {head}: "
+                f"run `invmesh migrate {service}` (or set DB_AUTO_MIGRATE=true)"
+            )
+        await migrations.upgrade(db, service)
+        log.info("migrated the %s database from %s to %s", service, current or "empty", head)
+    except (DatabaseUnavailable, sa_exc.DBAPIError, OSError) as error:
+        raise StartupError(f"cannot use the {service} database: {describe_error(error)}") from error
 
 
 def _sqlite_transactions(engine: Any) -> None:
@@ -112,7 +283,13 @@ def _sqlite_transactions(engine: Any) -> None:
         for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON", "busy_timeout=5000"):
             cursor.execute(f"PRAGMA {pragma}")
         cursor.close()
+        # SQLite's own lower() folds ASCII only; ilike() is lower(x) LIKE lower(y) here.
+        dbapi_connection.create_function("lower", 1, _lower, deterministic=True)
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(_WRITE) else "BEGIN")
+
+
+def _lower(value: object) -> object:
+    return value.lower() if isinstance(value, str) else value

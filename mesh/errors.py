@@ -93,6 +93,24 @@ class Unavailable(DomainError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class DatabaseUnavailable(Unavailable):
+    """The service's database cannot be reached, or dropped the connection; retrying later may work."""
+
+    def __init__(self) -> None:
+        super().__init__("the database is unavailable; retry later", reason="DATABASE_UNAVAILABLE")
+
+
+class TransactionConflict(Aborted):
+    """The database chose this transaction as the loser of a deadlock, lock wait or serialization
+    conflict; the change was rolled back whole, so running it again is safe."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the change collided with a concurrent one and was not applied; retry it",
+            reason="TRANSACTION_CONFLICT",
+        )
+
+
 def internal_status() -> grpc.Status:
     """What a caller sees of an unexpected failure: no detail that could leak internals."""
     return rpc_status.to_status(status_pb2.Status(code=code_pb2.INTERNAL, message="internal error"))

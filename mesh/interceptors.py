@@ -14,10 +14,11 @@ from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 import grpc
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import SQLAlchemyError
 
 from mesh import context
-from mesh.errors import DomainError, Unauthenticated, Unavailable, internal_status
+from mesh.db import translate
+from mesh.errors import DomainError, Unauthenticated, internal_status
 from mesh.tokens import TokenVerifier
 
 log = logging.getLogger("mesh.rpc")
@@ -91,9 +92,11 @@ class RequestInterceptor(_UnaryWrapper):
                 code = ctx.code() or grpc.StatusCode.UNKNOWN  # type: ignore[assignment]
                 raise
             except Exception as error:
-                if isinstance(error, DBAPIError) and error.connection_invalidated:
-                    code = grpc.StatusCode.UNAVAILABLE
-                    status = Unavailable("the database is unavailable; retry later").to_status()
+                # Database calls translate their own errors; this catches any that ran outside them.
+                translated = translate(error) if isinstance(error, SQLAlchemyError) else error
+                if isinstance(translated, DomainError):
+                    code = translated.code
+                    status = translated.to_status()
                 else:
                     code = grpc.StatusCode.INTERNAL
                     log.exception("unhandled error in %s", method)

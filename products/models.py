@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import BigInteger, Index, String, Text
+from sqlalchemy import BigInteger, Index, MetaData, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from mesh.db import UtcDateTime
+from mesh.db import NAMING_CONVENTION, TABLE_OPTIONS, UtcDateTime
 
 
 class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
     type_annotation_map = {dt.datetime: UtcDateTime}
 
 
 class Product(Base):
     __tablename__ = "products"
     # Keyset pagination walks (created_at, id).
-    __table_args__ = (Index("ix_products_created_at_id", "created_at", "id"),)
+    __table_args__ = (Index("ix_products_created_at_id", "created_at", "id"), TABLE_OPTIONS)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     sku: Mapped[str] = mapped_column(String(64), unique=True)

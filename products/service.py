@@ -13,7 +13,6 @@ from mesh.db import open_database
 from mesh.server import MeshServer, Servicer
 from mesh.tokens import verifier_via_auth
 from products.catalog import Catalog
-from products.models import Base
 from products.servicer import ProductsServicer
 
 SERVICE_NAME = products_service_pb2.DESCRIPTOR.services_by_name["ProductsService"].full_name
@@ -23,7 +22,7 @@ SERVICE_NAME = products_service_pb2.DESCRIPTOR.services_by_name["ProductsService
 async def running(settings: Settings, *, address: str | None = None) -> AsyncIterator[MeshServer]:
     """The products service, serving on `address` (default PRODUCTS_ADDR) until the block exits."""
     async with AsyncExitStack() as stack:
-        db = await open_database(stack, settings.database_url("products"), Base.metadata)
+        db = await open_database(stack, settings, "products")
         timeout = settings.peer_timeout_seconds
         auth = open_channel(stack, settings.auth_addr, default_timeout=timeout)
         inventory = open_channel(stack, settings.inventory_addr, default_timeout=timeout)

@@ -1,14 +1,16 @@
-"""Real parts on ephemeral ports: the auth service in-process, an aiosmtpd SMTP server,
-SQLite files in a temporary folder."""
+"""Real parts on ephemeral ports: the auth service in-process, an aiosmtpd SMTP server, and
+the databases of the kind INVMESH_TEST_DATABASE names (tests/databases.py): SQLite files in a
+temporary folder by default, or fresh PostgreSQL or MariaDB databases."""
 
 from __future__ import annotations
 
 import asyncio
 import email
 import email.policy
+import os
 import re
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
@@ -30,6 +32,62 @@ from invmesh.products.v1 import products_service_pb2_grpc
 from mesh.config import Settings, load_settings
 from mesh.db import Database
 from products.service import running as running_products
+from tests import databases
+
+_UNREACHABLE = pytest.StashKey[str]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A database server that is down skips the whole run, loudly; under CI it fails the run."""
+    if databases.SERVER is None:
+        return
+    problem = databases.run_sync(databases.SERVER.problem())
+    if problem is None:
+        return
+    message = f"INVMESH_TEST_DATABASE={databases.KIND}: cannot reach {databases.SERVER.describe()}: {problem}"
+    if os.environ.get("CI") == "true":
+        raise pytest.UsageError(f"{message} (CI=true, so this fails the run)")
+    config.stash[_UNREACHABLE] = message
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    where = databases.SERVER.describe() if databases.SERVER else "SQLite files in temporary folders"
+    return f"invmesh databases: {databases.KIND} ({where})"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if message := config.stash.get(_UNREACHABLE, None):
+        for item in items:
+            item.add_marker(pytest.mark.skip(reason=f"SKIPPED, database server down: {message}"))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    if message := config.stash.get(_UNREACHABLE, None):
+        terminalreporter.write_sep("!", "THE WHOLE RUN WAS SKIPPED", red=True, bold=True)
+        terminalreporter.write_line(message, red=True, bold=True)
+
+
+@pytest.fixture(scope="session")
+def service_databases() -> Iterator[databases.ServiceDatabases | None]:
+    """On a database server, the run's database per service, migrated; None on SQLite."""
+    if databases.SERVER is None:
+        yield None
+        return
+    created = databases.ServiceDatabases(databases.SERVER)
+    try:
+        databases.run_sync(created.create())
+        yield created
+    finally:
+        databases.run_sync(created.drop())
+
+
+@pytest.fixture
+async def database_urls(service_databases: databases.ServiceDatabases | None) -> dict[str, str]:
+    """`<service>_database_url` settings for a test: empty on SQLite (files in tmp_path)."""
+    if service_databases is None:
+        return {}
+    await service_databases.empty()
+    return {f"{service}_database_url": url for service, url in service_databases.urls.items()}
 
 
 def free_port() -> int:
@@ -117,7 +175,9 @@ def signing_key() -> ec.EllipticCurvePrivateKey:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, smtp: SmtpServer, signing_key: ec.EllipticCurvePrivateKey) -> Settings:
+def settings(
+    tmp_path: Path, smtp: SmtpServer, signing_key: ec.EllipticCurvePrivateKey, database_urls: dict[str, str]
+) -> Settings:
     pem = signing_key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     ).decode()
@@ -130,6 +190,7 @@ def settings(tmp_path: Path, smtp: SmtpServer, signing_key: ec.EllipticCurvePriv
         mail_retry_initial_seconds=0.05,
         mail_retry_max_seconds=0.5,
         smtp_timeout_seconds=5,
+        **database_urls,
     )
 
 

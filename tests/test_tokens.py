@@ -18,10 +18,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from google.protobuf import json_format
 
 from auth.keys import KeyStore, thumbprint
-from auth.models import Base
 from auth.service import running
 from invmesh.auth.v1 import auth_service_pb2 as pb
 from invmesh.auth.v1 import auth_service_pb2_grpc
+from mesh import migrations
 from mesh.config import Settings
 from mesh.db import Database
 from mesh.tokens import JwksCache
@@ -171,7 +171,7 @@ async def test_replicas_starting_together_agree_on_one_signing_key(settings: Set
     # both see no key, both generate one, the unique generation lets only one be stored.
     databases = [Database(settings.database_url("auth")) for _ in range(2)]
     try:
-        await databases[0].create_all(Base.metadata)
+        await migrations.upgrade(databases[0], "auth")
         stores = await asyncio.gather(*(KeyStore.load(db, None) for db in databases))
     finally:
         for db in databases:

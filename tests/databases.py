@@ -1,0 +1,154 @@
+"""The database kind the suite runs on: INVMESH_TEST_DATABASE=sqlite (the default), postgresql
+or mariadb.
+
+SQLite needs nothing: every test gets its own files in a temporary folder. On a server, the
+run creates one database per service, with a random suffix, migrates each to head once,
+empties their tables before each test that asks for settings, and drops them at the end.
+Tests that need a database of their own (migrations, startup checks) get a fresh one from
+`fresh_database`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import AsyncIterator, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import MetaData, delete, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
+
+from auth.models import Base as AuthBase
+from inventory.models import Base as InventoryBase
+from mesh import migrations
+from mesh.db import Database
+from products.models import Base as ProductsBase
+
+T = TypeVar("T")
+
+KIND = os.environ.get("INVMESH_TEST_DATABASE", "sqlite").strip().lower() or "sqlite"
+SERVER_URLS = {
+    "postgresql": os.environ.get(
+        "INVMESH_TEST_POSTGRESQL_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+    ),
+    "mariadb": os.environ.get("INVMESH_TEST_MARIADB_URL", "mysql+asyncmy://root@127.0.0.1:3306/mysql"),
+}
+METADATA: dict[str, MetaData] = {
+    "auth": AuthBase.metadata,
+    "products": ProductsBase.metadata,
+    "inventory": InventoryBase.metadata,
+}
+RUN_PREFIX = f"invmesh_test_{secrets.token_hex(4)}"
+
+if KIND not in ("sqlite", *SERVER_URLS):
+    raise SystemExit(f"INVMESH_TEST_DATABASE must be sqlite, postgresql or mariadb, not {KIND!r}")
+
+
+def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Runs `coroutine` to the end on a loop of its own thread, apart from the tests' loops."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
+class Server:
+    """A PostgreSQL or MariaDB server on which the run creates and drops its databases."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.admin_url = make_url(SERVER_URLS[kind])
+
+    def describe(self) -> str:
+        return f"{self.kind} at {self.admin_url.host}:{self.admin_url.port}"
+
+    def url(self, database: str) -> str:
+        url: URL = self.admin_url.set(database=database)
+        return url.render_as_string(hide_password=False)
+
+    def _quote(self, name: str) -> str:
+        return f'"{name}"' if self.kind == "postgresql" else f"`{name}`"
+
+    async def _admin(self, *statements: str) -> None:
+        engine = create_async_engine(
+            self.admin_url, poolclass=NullPool, isolation_level="AUTOCOMMIT", connect_args=_timeout(self.kind)
+        )
+        try:
+            async with engine.connect() as conn:
+                for statement in statements:
+                    await conn.execute(text(statement))
+        finally:
+            await engine.dispose()
+
+    async def problem(self) -> str | None:
+        """Why the server cannot be used, or None if it can."""
+        try:
+            await self._admin("SELECT 1")
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
+    async def create(self, name: str) -> str:
+        await self._admin(f"CREATE DATABASE {self._quote(name)}")
+        return self.url(name)
+
+    async def drop(self, *names: str) -> None:
+        force = " WITH (FORCE)" if self.kind == "postgresql" else ""  # ends what a killed test left open
+        await self._admin(*(f"DROP DATABASE IF EXISTS {self._quote(name)}{force}" for name in names))
+
+
+def _timeout(kind: str) -> dict[str, float]:
+    return {"timeout": 3} if kind == "postgresql" else {"connect_timeout": 3}
+
+
+SERVER = Server(KIND) if KIND != "sqlite" else None
+
+
+class ServiceDatabases:
+    """The run's database per service on a server: created and migrated once, emptied per test."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.names = {service: f"{RUN_PREFIX}_{service}" for service in METADATA}
+        self.urls = {service: server.url(name) for service, name in self.names.items()}
+
+    async def create(self) -> None:
+        for service, name in self.names.items():
+            await self.server.create(name)
+            db = Database(self.urls[service])
+            try:
+                await migrations.upgrade(db, service)
+            finally:
+                await db.dispose()
+
+    async def drop(self) -> None:
+        await self.server.drop(*self.names.values())
+
+    async def empty(self) -> None:
+        """Deletes every row (children first); faster than TRUNCATE for the few rows a test leaves."""
+        for service, metadata in METADATA.items():
+            engine = create_async_engine(self.urls[service], poolclass=NullPool)
+            try:
+                async with engine.begin() as conn:
+                    for table in reversed(metadata.sorted_tables):
+                        await conn.execute(delete(table))
+            finally:
+                await engine.dispose()
+
+
+@asynccontextmanager
+async def fresh_database(tmp_path: Path, label: str) -> AsyncIterator[str]:
+    """The URL of a new, empty database of the run's kind; dropped afterwards."""
+    if SERVER is None:
+        yield f"sqlite+aiosqlite:///{tmp_path / f'{label}.db'}"
+        return
+    name = f"{RUN_PREFIX}_{label}_{secrets.token_hex(3)}"
+    url = await SERVER.create(name)
+    try:
+        yield url
+    finally:
+        await SERVER.drop(name)
