@@ -131,10 +131,12 @@ def parse(text: str) -> PathTemplate:
             inner = body[position + 1 : close]
             if "{" in inner:
                 raise TemplateError(f"{text!r}: a variable cannot contain another variable")
-            name, _, pattern = inner.partition("=")
+            name, equals, pattern = inner.partition("=")
             field_path = tuple(name.split("."))
             if not all(_IDENT.fullmatch(part) for part in field_path):
                 raise TemplateError(f"{text!r}: {name!r} is not a field path")
+            if equals and not pattern:
+                raise TemplateError(f"{text!r}: {name!r} has an empty template after '='")
             start = len(segments)
             segments.extend(_plain_segment(text, part) for part in (pattern or "*").split("/"))
             variables.append(Variable(field_path, start, len(segments)))
@@ -199,7 +201,7 @@ def _decode(raw: str) -> str:
 
 
 def _decode_keeping_slashes(raw: str) -> str:
+    # "%2F" and "%2f" are "left unchanged" (http.proto): the case the client sent is kept.
     return "".join(
-        piece.upper() if _ENCODED_SLASH.fullmatch(piece) else _decode(piece)
-        for piece in _ENCODED_SLASH.split(raw)
+        piece if _ENCODED_SLASH.fullmatch(piece) else _decode(piece) for piece in _ENCODED_SLASH.split(raw)
     )

@@ -25,6 +25,9 @@ from facade.transcoding import BadRequest, Binding, RuleError
 
 _GRPC_TIMEOUT = re.compile(r"([0-9]{1,8})([HMSmun])")
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+# gRPC refuses metadata over 8 KiB with RESOURCE_EXHAUSTED, which would read as a 429 (retry later).
+_MAX_AUTHORIZATION = 4096
+_METADATA_VALUE = re.compile(r"[\x20-\x7e]*")  # what gRPC accepts in an ASCII metadata value
 _BINDING = "invmesh.binding"
 _VALUES = "invmesh.path_values"
 _ALLOW = "invmesh.allow"
@@ -120,7 +123,7 @@ class TranscodedRoutes(BaseRoute):
         timeout = self._timeout(headers.get("grpc-timeout"))
         if timeout is None:
             return errors.bad_request(
-                "the Grpc-Timeout header must be 1 to 8 digits and a unit (H M S m u n)"
+                "the Grpc-Timeout header must be a positive number of 1 to 8 digits and a unit (H M S m u n)"
             )
         body = b""
         # Bodies are read as JSON whatever their declared type (`curl -d` says form-urlencoded).
@@ -135,6 +138,12 @@ class TranscodedRoutes(BaseRoute):
             return errors.bad_request(str(exc), field=exc.field)
         metadata: list[tuple[str, str]] = [("x-request-id", scope["invmesh.request_id"])]
         if authorization := headers.get("authorization"):
+            if len(authorization) > _MAX_AUTHORIZATION:
+                return errors.http_error(431, "the Authorization header is too long")
+            if not _METADATA_VALUE.fullmatch(authorization):  # gRPC would refuse it: a 500, not a 401
+                return errors.error_response(
+                    grpc.StatusCode.UNAUTHENTICATED, "the Authorization header holds characters no token has"
+                )
             metadata.append(("authorization", authorization))
         call = scope["state"]["calls"][binding.grpc_path]
         try:
@@ -147,7 +156,7 @@ class TranscodedRoutes(BaseRoute):
         if header is None:
             return self._default_timeout
         parsed = _GRPC_TIMEOUT.fullmatch(header.strip())
-        if parsed is None:
+        if parsed is None or int(parsed.group(1)) == 0:  # gRPC's TimeoutValue is positive
             return None
         return min(int(parsed.group(1)) * _TIMEOUT_UNITS[parsed.group(2)], self._max_timeout)
 

@@ -24,12 +24,14 @@ from google.protobuf.message_factory import GetMessageClass
 from facade import httprule
 from invmesh.api.v1 import rest_pb2
 
-HTTP_METHODS = ("get", "put", "post", "delete", "patch")
+# The methods an OpenAPI path item can describe; a `custom` rule may use any of them.
+HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 _LOCATION_FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _FALSE_TRUE = {"false": False, "true": True}
 _INTEGER = re.compile(r"-?[0-9]{1,20}")
 _FAILED_FIELD = re.compile(r"Failed to parse (\w+) field")
 _UNKNOWN_FIELD = re.compile(r'has no field named "([^"]+)"')
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _SCALARS = {
     FieldDescriptor.CPPTYPE_STRING: "a string",
     FieldDescriptor.CPPTYPE_BOOL: "true or false",
@@ -89,19 +91,19 @@ class Binding:
     def request(self, path_values: dict[str, str], query: bytes, body: bytes) -> Message:
         """Builds the request message; raises BadRequest naming what is wrong."""
         values = self._body_values(body)
-        if query:
-            if self.body == "*":
-                name = parse_qsl(query.decode("latin-1"), keep_blank_values=True)[0][0]
-                raise BadRequest(
-                    f"unknown query parameter {name!r}: this route reads its fields from the body"
-                )
-            self._merge_query(values, query)
+        pairs = _query_pairs(query)
+        if pairs and self.body == "*":
+            name = pairs[0][0]
+            raise BadRequest(
+                f"unknown query parameter {name!r}: this route reads its fields from the body", field=name
+            )
+        self._merge_query(values, pairs)
         for name, value in path_values.items():
             _set_path(values, self.request_class.DESCRIPTOR, name.split("."), value)
         try:
             return json_format.ParseDict(values, self.request_class())
         except json_format.ParseError as exc:
-            raise _parse_error(self.request_class.DESCRIPTOR, str(exc)) from None
+            raise _parse_error(self.request_class.DESCRIPTOR, str(exc), values, self.body) from None
         except RecursionError:
             raise BadRequest("the body nests too deeply") from None
 
@@ -125,12 +127,11 @@ class Binding:
                 raise BadRequest(f"{self.http_method} {self.template.text} takes no request body")
             return {}
         if not body.strip():
-            parsed: Any = {}
-        else:
-            try:
-                parsed = json.loads(body)
-            except (ValueError, RecursionError):
-                raise BadRequest("the request body is not valid JSON") from None
+            return {}  # no body leaves the body field unset, as the RPC would see it over gRPC
+        try:
+            parsed = json.loads(body)
+        except (ValueError, RecursionError):
+            raise BadRequest("the request body is not valid JSON") from None
         if self.body == "*":
             if not isinstance(parsed, dict):
                 raise BadRequest("the request body must be a JSON object")
@@ -140,37 +141,28 @@ class Binding:
             raise BadRequest("the request body must be a JSON object")
         return {self.body: parsed}
 
-    def _merge_query(self, values: dict[str, Any], query: bytes) -> None:
-        try:
-            pairs = parse_qsl(
-                query.decode("latin-1"),
-                keep_blank_values=True,
-                strict_parsing=False,
-                encoding="utf-8",
-                errors="strict",
-            )
-        except UnicodeDecodeError:
-            raise BadRequest("the query string is not valid UTF-8 once decoded") from None
+    def _merge_query(self, values: dict[str, Any], pairs: list[tuple[str, str]]) -> None:
         seen: set[str] = set()
         for name, value in pairs:
             path, leaf = _resolve(self.request_class.DESCRIPTOR, name)
             if path is None or leaf is None:
                 raise BadRequest(f"unknown query parameter {name!r}", field=name)
+            # Messages quote the parameter as the client wrote it; details name the proto field.
             canonical = ".".join(path)
             if canonical in self.path_fields or path[0] == self.body:
-                raise BadRequest(f"query parameter {name!r} is bound by the path or body", field=name)
+                raise BadRequest(f"query parameter {name!r} is bound by the path or body", field=canonical)
             if leaf.message_type is not None:
                 raise BadRequest(
-                    f"query parameter {name!r} names a message; set its fields instead", field=name
+                    f"query parameter {name!r} names a message; set its fields instead", field=canonical
                 )
-            scalar = _query_scalar(leaf, value, name)
+            scalar = _query_scalar(leaf, value, name, canonical)
             holder = values
             for part in path[:-1]:
                 holder = holder.setdefault(part, {})
             if _is_repeated(leaf):
                 holder.setdefault(path[-1], []).append(scalar)
             elif canonical in seen:
-                raise BadRequest(f"query parameter {name!r} is given more than once", field=name)
+                raise BadRequest(f"query parameter {name!r} is given more than once", field=canonical)
             else:
                 seen.add(canonical)
                 holder[path[-1]] = scalar
@@ -312,14 +304,26 @@ def _resolve(message: Descriptor, dotted: str) -> tuple[tuple[str, ...] | None, 
     return tuple(path), leaf
 
 
-def _query_scalar(leaf: FieldDescriptor, value: str, name: str) -> Any:
+def _query_pairs(query: bytes) -> list[tuple[str, str]]:
+    """The decoded (name, value) pairs of a query string; "a=1&&b" has two."""
+    text = query.decode("latin-1")
+    # parse_qsl would keep "%zz" as is; the path refuses it, so the query does too.
+    if _BAD_ESCAPE.search(text):
+        raise BadRequest("the query string holds a malformed percent-escape")
+    try:
+        return parse_qsl(text, keep_blank_values=True, encoding="utf-8", errors="strict")
+    except UnicodeDecodeError:
+        raise BadRequest("the query string is not valid UTF-8 once decoded") from None
+
+
+def _query_scalar(leaf: FieldDescriptor, value: str, name: str, canonical: str) -> Any:
     """A query string value in the form json_format reads for the field's type."""
     if leaf.type == FieldDescriptor.TYPE_BOOL:
         if value.lower() not in _FALSE_TRUE:
-            raise BadRequest(f"query parameter {name!r} must be true or false", field=name)
+            raise BadRequest(f"query parameter {name!r} must be true or false", field=canonical)
         return _FALSE_TRUE[value.lower()]
     if leaf.cpp_type in _INTEGER_TYPES and not _INTEGER.fullmatch(value):
-        raise BadRequest(f"query parameter {name!r} must be an integer", field=name)
+        raise BadRequest(f"query parameter {name!r} must be an integer", field=canonical)
     return value
 
 
@@ -338,21 +342,69 @@ def _set_path(values: dict[str, Any], message: Descriptor, path: list[str], valu
     holder[leaf.name] = _FALSE_TRUE.get(value, value) if leaf.type == FieldDescriptor.TYPE_BOOL else value
 
 
-def _parse_error(message: Descriptor, text: str) -> BadRequest:
+def _parse_error(message: Descriptor, text: str, values: dict[str, Any], body: str) -> BadRequest:
     """json_format's complaint, restated with the field's JSON path and the type it wants,
-    without Python or protobuf internals."""
-    path = _FAILED_FIELD.findall(text)
+    without Python or protobuf internals. Inside a `body` field the path starts at the body,
+    as the client wrote it (and as the services name their own field violations)."""
+    raw = _FAILED_FIELD.findall(text)
     unknown = _UNKNOWN_FIELD.search(text)
-    if unknown:
-        name = ".".join([*path, unknown.group(1)])
+    fields = _named_fields(message, raw)
+    # json_format reads the characters of a string (or the items of a list) given for a message
+    # as field names: that is a wrong type at that message, not an unknown or mistyped field in it.
+    for depth, leaf in enumerate(fields):
+        inside = depth < len(raw) - 1 or unknown is not None
+        if (
+            inside
+            and leaf.message_type is not None
+            and not _holds_fields(leaf, _value_at(values, raw[: depth + 1]))
+        ):
+            fields, unknown = fields[: depth + 1], None
+            break
+    names = [f.name for f in fields]
+    if unknown and len(fields) == len(raw):
+        name = _in_body([*names, unknown.group(1)], body)
         return BadRequest(f"unknown field {name!r}", field=name)
-    name = ".".join(path)
-    leaf = _field_at(message, path) if path else None
-    if leaf is None:
+    name = _in_body(names, body)
+    if not fields:
         return BadRequest("the request does not match the expected JSON shape")
     if "out of range" in text:
         return BadRequest(f"{name!r} is out of range", field=name)
-    return BadRequest(f"{name!r} must be {_expected(leaf)}", field=name)
+    return BadRequest(f"{name!r} must be {_expected(fields[-1])}", field=name)
+
+
+def _in_body(names: list[str], body: str) -> str:
+    if len(names) > 1 and names[0] == body:
+        names = names[1:]
+    return ".".join(names)
+
+
+def _named_fields(message: Descriptor, names: Sequence[str]) -> list[FieldDescriptor]:
+    """The fields of names as json_format reports them (as the client spelt them, either form),
+    as far as they name fields."""
+    fields: list[FieldDescriptor] = []
+    current: Descriptor | None = message
+    for name in names:
+        found = _field_named(current, name) if current is not None else None
+        if found is None:
+            break
+        fields.append(found)
+        current = found.message_type
+    return fields
+
+
+def _value_at(values: Any, names: Sequence[str]) -> Any:
+    for name in names:
+        if not isinstance(values, dict):
+            return None
+        values = values.get(name)
+    return values
+
+
+def _holds_fields(leaf: FieldDescriptor, value: Any) -> bool:
+    """Whether `value` is a JSON object, or a list of them for a repeated message `leaf`."""
+    if _is_repeated(leaf) and isinstance(value, list):
+        return all(isinstance(item, dict) for item in value)
+    return isinstance(value, dict)
 
 
 def _expected(leaf: FieldDescriptor) -> str:
