@@ -194,6 +194,10 @@ def _binding(
         raise RuleError(f"{where}: the HttpRule names no method and path")
     if kind == "custom":
         http_method, text = rule.custom.kind.upper(), rule.custom.path
+        # Not "*" (any method) nor an extension method: neither has a place in the OpenAPI document.
+        if http_method.lower() not in HTTP_METHODS:
+            served = ", ".join(m.upper() for m in HTTP_METHODS)
+            raise RuleError(f"{where}: custom kind {rule.custom.kind!r} is not one of {served}")
     else:
         http_method, text = kind.upper(), getattr(rule, kind)
     try:

@@ -16,7 +16,9 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from facade.app import Backend
+from facade.app import Backend, default_backends
+from facade.httprule import Kind, PathTemplate
+from facade.transcoding import bindings
 from mesh.config import Settings
 from tests.facade.conftest import Web, facade_client
 from tests.facade.protos import echo_server, service
@@ -149,6 +151,29 @@ async def test_malformed_and_non_object_bodies(web: Web, product: str) -> None:
     assert invalid.json()["message"] == "the request body is not valid JSON"
     listed = await web.http.post("/products", headers=web.staff, content=b"[]")
     assert listed.json()["message"] == "the request body must be a JSON object"
+
+
+def example_path(template: PathTemplate, value: str = "x") -> str:
+    """A path that `template` matches, with `value` in every variable segment."""
+    parts = [s.literal if s.kind is Kind.LITERAL else value for s in template.segments]
+    return "/" + "/".join(parts) + (f":{template.verb}" if template.verb else "")
+
+
+async def test_every_route_refuses_garbage(web: Web) -> None:
+    # Every binding of the mesh, whatever it takes: broken JSON, a list, an empty body.
+    problems = []
+    for binding in bindings(default_backends(web.mesh.settings)):
+        path = example_path(binding.template)
+        label = f"{binding.http_method} {path}"
+        for body in (b"{", b"[]", b"", b'{"nope": 1}'):
+            if not body and not binding.body:
+                continue  # a plain call: nothing hostile about it
+            for headers in (web.staff, {}):
+                response = await web.http.request(binding.http_method, path, headers=headers, content=body)
+                problems.append(of(response).problem(f"{label} {body!r} {'as staff' if headers else ''}"))
+        response = await web.http.request(binding.http_method, f"{path}?nope=1", headers=web.staff)
+        problems.append(of(response).problem(f"{label}?nope=1", 400))
+    assert_all_refused(problems)
 
 
 WRONG_TYPES: list[tuple[str, str, object, str]] = [

@@ -497,6 +497,8 @@ async def test_two_rpcs_on_the_same_route_fail_at_startup(settings: Settings) ->
         ("UnknownResponseBodyService", "top-level response field"),
         ("NestedBindingsService", "may not nest"),
         ("BadTemplateService", "must be the last segment"),
+        ("AnyMethodService", "custom kind '\\*' is not one of GET"),
+        ("ExtensionMethodService", "custom kind 'PURGE' is not one of GET"),
     ],
 )
 async def test_rules_that_cannot_be_served_fail_at_startup(settings: Settings, name: str, says: str) -> None:
