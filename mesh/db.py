@@ -12,6 +12,8 @@ The differences between those databases are handled here, once:
   server fails a call instead of hanging it.
 - MariaDB tables are utf8mb4 with a binary collation (`TABLE_OPTIONS`): comparisons, unique
   indexes and LIKE are then case- and accent-sensitive, as on PostgreSQL and SQLite.
+- Text: PostgreSQL cannot store or even compare a string holding NUL ("\\x00"), so no
+  database is sent one: such a value is INVALID_ARGUMENT everywhere, before it is sent.
 - Errors: a database that cannot be reached or dropped the connection surfaces as
   `DatabaseUnavailable` (gRPC UNAVAILABLE); a deadlock, lock wait timeout or serialization
   failure as `TransactionConflict` (ABORTED), which callers whose change may safely run
@@ -20,23 +22,25 @@ The differences between those databases are handled here, once:
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import importlib
 import logging
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import BigInteger, DateTime, Integer, TypeDecorator, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql
-from sqlalchemy.engine import Connection, Dialect, make_url
+from sqlalchemy.engine import URL, Connection, Dialect, make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.types import TypeEngine
 
 from mesh import migrations
-from mesh.errors import DatabaseUnavailable, TransactionConflict
+from mesh.errors import DatabaseUnavailable, InvalidArgument, TransactionConflict
 
 if TYPE_CHECKING:
     from mesh.config import Settings
@@ -126,9 +130,10 @@ class Database:
                 "max_overflow": max_overflow,
                 "pool_timeout": pool_timeout,
                 "isolation_level": "READ COMMITTED",
-                "connect_args": _connect_args(self.backend, parsed.query, connect_timeout),
+                **_connect_options(parsed, connect_timeout),
             }
         self.engine = create_async_engine(parsed, **options)
+        event.listen(self.engine.sync_engine, "before_cursor_execute", _refuse_nul)
         if self.is_sqlite:
             _sqlite_transactions(self.engine.sync_engine)
         self._read = async_sessionmaker(self.engine, expire_on_commit=False)
@@ -150,29 +155,23 @@ class Database:
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
         """A session for reads (it may write too, but on SQLite it takes the lock late)."""
-        try:
+        with _translated():
             async with self._read() as session:
                 yield session
-        except Exception as error:
-            raise translate(error) from error
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """A write transaction: committed when the block ends, rolled back if it raises."""
-        try:
+        with _translated():
             async with self._write() as session, session.begin():
                 yield session
-        except Exception as error:
-            raise translate(error) from error
 
     @asynccontextmanager
     async def write_connection(self) -> AsyncIterator[Any]:
         """A connection in a write transaction, for schema changes (an AsyncConnection)."""
-        try:
+        with _translated():
             async with self.engine.execution_options(**{_WRITE: True}).begin() as conn:
                 yield conn
-        except Exception as error:
-            raise translate(error) from error
 
     async def dispose(self) -> None:
         await self.engine.dispose()
@@ -190,6 +189,18 @@ def translate(error: Exception) -> Exception:
     if isinstance(error, sa_exc.DBAPIError) and _is_conflict(error.orig):
         return TransactionConflict()
     return error
+
+
+@contextmanager
+def _translated() -> Iterator[None]:
+    """Re-raises what `translate` makes of an error; other errors pass unchanged."""
+    try:
+        yield
+    except Exception as error:
+        translated = translate(error)
+        if translated is error:
+            raise
+        raise translated from error
 
 
 def is_unavailable(error: BaseException) -> bool:
@@ -231,15 +242,21 @@ def describe_error(error: BaseException) -> str:
     return f"{type(cause).__name__}: {cause}"
 
 
-def _connect_args(backend: str, query: Any, timeout: float) -> dict[str, Any]:
-    if backend == "postgresql":
-        return {"timeout": timeout}
-    if backend in ("mysql", "mariadb"):
-        args: dict[str, Any] = {"connect_timeout": timeout}
-        if "charset" not in query:
-            args["charset"] = "utf8mb4"  # the driver's default is the server's, maybe 3-byte utf8
-        return args
-    return {}
+def _connect_options(url: URL, timeout: float) -> dict[str, Any]:
+    """Engine options that bound the time a new connection may take to `timeout`."""
+    if url.get_backend_name() == "postgresql":
+        return {"connect_args": {"timeout": timeout}}  # asyncpg's covers the whole handshake
+    # asyncmy's connect_timeout covers the TCP connect only: a server that accepts and never
+    # greets would hang the handshake. So connect through the driver ourselves, with a deadline
+    # on all of it, from the arguments SQLAlchemy would have used.
+    _, params = url.get_dialect()().create_connect_args(url)
+    params.setdefault("charset", "utf8mb4")  # the driver's default is the server's, maybe 3-byte utf8
+    driver = importlib.import_module(url.get_driver_name())
+
+    async def connect() -> Any:
+        return await asyncio.wait_for(driver.connect(**params), timeout)
+
+    return {"async_creator": connect}
 
 
 async def open_database(stack: AsyncExitStack, settings: Settings, service: str) -> Database:
@@ -271,6 +288,16 @@ async def ensure_schema(db: Database, service: str, *, auto_migrate: bool) -> No
         log.info("migrated the %s database from %s to %s", service, current or "empty", head)
     except (DatabaseUnavailable, sa_exc.DBAPIError, OSError) as error:
         raise StartupError(f"cannot use the {service} database: {describe_error(error)}") from error
+
+
+def _refuse_nul(
+    conn: Connection, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
+) -> None:
+    rows = parameters if executemany else [parameters]
+    for row in rows or ():
+        values = row.values() if isinstance(row, dict) else row
+        if any(isinstance(value, str) and "\x00" in value for value in values or ()):
+            raise InvalidArgument("text must not contain NUL characters", reason="INVALID_CHARACTER")
 
 
 def _sqlite_transactions(engine: Any) -> None:

@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import itertools
 import os
+import random
 import re
 import socket
 from collections.abc import AsyncIterator, Iterator
@@ -90,10 +92,21 @@ async def database_urls(service_databases: databases.ServiceDatabases | None) ->
     return {f"{service}_database_url": url for service, url in service_databases.urls.items()}
 
 
+# Ports are handed out in turn from below Linux's ephemeral range (32768 and up): a port the
+# kernel picked (bind to 0) can be given to an outgoing connection, to a database server say,
+# before the test listens on it.
+_ports = itertools.count(random.randrange(20_000, 27_000))
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    while (port := next(_ports)) < 32_768:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port left below 32768")
 
 
 def link_token(message: EmailMessage, public_url: str) -> str:

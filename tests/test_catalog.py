@@ -131,6 +131,13 @@ async def test_skus_are_unique(mesh: Mesh) -> None:
     ).product.sku == "A-1"
 
 
+async def test_skus_that_differ_only_in_case_or_accents_are_different(mesh: Mesh) -> None:
+    # As on SQLite and PostgreSQL; MariaDB's default collation would call these duplicates.
+    for sku in ("CAFÉ-1", "café-1", "CAFE-1"):
+        await create(mesh, sku=sku)
+    await expect_error(create(mesh, sku="café-1"), grpc.StatusCode.ALREADY_EXISTS)
+
+
 async def test_pages_walk_the_list_exactly_once_while_rows_are_inserted(mesh: Mesh) -> None:
     originals = {(await create(mesh, sku=f"P-{n:03}", name=f"Part {n}")).id for n in range(60)}
     seen: list[str] = []
@@ -176,6 +183,37 @@ async def test_search_and_page_parameters(mesh: Mesh) -> None:
         pb.ListProductsRequest(page_size=10_000), metadata=mesh.as_user()
     )
     assert len(capped.products) == 3
+
+
+async def test_search_folds_case_beyond_ascii_and_keeps_accents(mesh: Mesh) -> None:
+    await create(mesh, sku="CB-1", name="Crème BRÛLÉE")
+    await create(mesh, sku="CC-1", name="Creme caramel")
+    await create(mesh, sku="ÖL-5", name="Motor oil")
+
+    async def skus(q: str) -> list[str]:
+        found = await mesh.products.ListProducts(pb.ListProductsRequest(q=q), metadata=mesh.as_user())
+        return sorted(p.sku for p in found.products)
+
+    assert await skus("brûlée") == await skus("CRÈME") == ["CB-1"]
+    assert await skus("creme") == ["CC-1"]  # an accent makes another letter, on every database
+    assert await skus("öl-") == ["ÖL-5"]
+    assert await skus("CREME") == ["CC-1"]
+
+
+async def test_text_holding_nul_is_refused_alike_on_every_database(mesh: Mesh) -> None:
+    # PostgreSQL cannot store NUL; the others could, so it is refused before any database sees it.
+    error = await expect_error(create(mesh, name="a\x00b"), grpc.StatusCode.INVALID_ARGUMENT)
+    assert error_reason(error) == "INVALID_CHARACTER"
+    found = await mesh.products.BatchGetProducts(
+        pb.BatchGetProductsRequest(ids=["a\x00b"]), metadata=mesh.as_user()
+    )
+    assert list(found.products) == []
+    await expect_error(
+        mesh.inventory.GetInventoryItem(
+            inventory_pb.GetInventoryItemRequest(product_id="a\x00b"), metadata=mesh.as_user()
+        ),
+        grpc.StatusCode.NOT_FOUND,
+    )
 
 
 async def test_batch_get(mesh: Mesh) -> None:

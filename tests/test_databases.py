@@ -1,0 +1,312 @@
+"""The database layer on the run's kind of database (tests/databases.py): migrations up and
+down, models equal to the migrated schema, startup refusals, `invmesh migrate`, and a
+database server that drops connections, goes away and comes back."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from pydantic import SecretStr
+from sqlalchemy import Column, Integer, MetaData, inspect
+from sqlalchemy.engine import Connection, make_url
+
+from auth.service import running as running_auth
+from invmesh.auth.v1 import auth_service_pb2_grpc
+from invmesh.products.v1 import products_service_pb2 as pb
+from invmesh.products.v1 import products_service_pb2_grpc
+from mesh import migrations
+from mesh.config import Settings
+from mesh.db import Database, StartupError
+from products.service import running as running_products
+from tests import databases
+from tests.conftest import SmtpServer, free_port, mesh_settings, user_token
+from tests.rpc import error_reason, expect_error
+
+SERVICES = list(databases.METADATA)
+on_a_server = pytest.mark.skipif(
+    databases.SERVER is None, reason="an SQLite file cannot become unreachable; run with a database server"
+)
+
+
+def with_database(settings: Settings, service: str, url: str, **updates: object) -> Settings:
+    """`settings` with `service`'s database at `url` (and any other `updates`)."""
+    return settings.model_copy(update={f"{service}_database_url": SecretStr(url), **updates})
+
+
+async def differences(db: Database, service: str, metadata: MetaData) -> list[Any]:
+    """What Alembic's autogenerate would change to make the database match `metadata`."""
+
+    def compare(connection: Connection) -> list[Any]:
+        options = migrations.context_options(service, metadata, connection)
+        del options["connection"]
+        return compare_metadata(MigrationContext.configure(connection, opts=options), metadata)
+
+    async with db.session() as session:
+        return await (await session.connection()).run_sync(compare)
+
+
+async def table_names(db: Database) -> set[str]:
+    async with db.session() as session:
+        conn = await session.connection()
+        return set(await conn.run_sync(lambda sync: inspect(sync).get_table_names()))
+
+
+@pytest.mark.parametrize("service", SERVICES)
+async def test_each_history_goes_up_down_and_up_and_matches_the_models(tmp_path: Path, service: str) -> None:
+    metadata = databases.METADATA[service]
+    async with databases.fresh_database(tmp_path, service) as url:
+        db = Database(url)
+        try:
+            assert await migrations.current(db, service) is None
+            for _ in range(2):  # empty -> head -> base -> head
+                await migrations.upgrade(db, service)
+                assert await migrations.current(db, service) == migrations.head(service)
+                assert await table_names(db) == {*metadata.tables, migrations.version_table(service)}
+                assert await differences(db, service, metadata) == []
+                if _ == 0:
+                    await migrations.downgrade(db, service, "base")
+                    assert await migrations.current(db, service) is None
+                    assert await table_names(db) <= {migrations.version_table(service)}
+
+            # The comparison does see a model the migrations do not create.
+            changed = MetaData()
+            for table in metadata.sorted_tables:
+                table.to_metadata(changed)
+            next(iter(changed.tables.values())).append_column(Column("unmigrated", Integer))
+            assert [d[0] for d in await differences(db, service, changed)] == ["add_column"]
+        finally:
+            await db.dispose()
+
+
+async def test_the_services_share_one_database_with_a_version_table_each(tmp_path: Path) -> None:
+    async with databases.fresh_database(tmp_path, "shared") as url:
+        db = Database(url)
+        try:
+            for service in SERVICES:
+                await migrations.upgrade(db, service)
+            for service in SERVICES:
+                assert await migrations.current(db, service) == migrations.head(service)
+                assert await differences(db, service, databases.METADATA[service]) == []
+            await migrations.downgrade(db, "products", "base")
+            assert await migrations.current(db, "products") is None
+            assert await migrations.current(db, "auth") == migrations.head("auth")
+        finally:
+            await db.dispose()
+
+
+async def test_a_service_refuses_an_outdated_schema_unless_it_may_migrate(
+    tmp_path: Path, settings: Settings
+) -> None:
+    assert settings.auto_migrate("auth") is (databases.KIND == "sqlite")  # the default
+    async with databases.fresh_database(tmp_path, "auth") as url:
+        refusing = with_database(settings, "auth", url, db_auto_migrate=False)
+        with pytest.raises(StartupError) as refused:
+            async with running_auth(refusing, address="127.0.0.1:0"):
+                pass
+        message = str(refused.value)
+        assert "empty" in message and "run `invmesh migrate auth`" in message
+        assert url not in message
+
+        migrating = refusing.model_copy(update={"db_auto_migrate": True})
+        async with running_auth(migrating, address="127.0.0.1:0"):
+            db = Database(url)
+            try:
+                assert await migrations.current(db, "auth") == migrations.head("auth")
+            finally:
+                await db.dispose()
+
+
+def _cli_env(**variables: str) -> dict[str, str]:
+    inherited = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.endswith("_DATABASE_URL") and k not in ("DB_AUTO_MIGRATE", "INVMESH_DATA_DIR")
+    }
+    return inherited | variables
+
+
+async def _invmesh(*args: str, env: dict[str, str]) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "mesh", *args, env=env, stderr=asyncio.subprocess.PIPE
+    )
+    async with asyncio.timeout(60):
+        _, stderr = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, stderr.decode()
+
+
+async def test_invmesh_migrate_brings_each_service_to_head(tmp_path: Path) -> None:
+    async with databases.fresh_database(tmp_path, "cli") as url:
+        env = _cli_env(**{f"{s.upper()}_DATABASE_URL": url for s in SERVICES}, INVMESH_DATA_DIR=str(tmp_path))
+        status, output = await _invmesh("migrate", "auth", "inventory", env=env)
+        assert status == 0, output
+        assert "auth: migrated from empty to revision" in output
+        assert "inventory: migrated from empty to revision" in output and "products" not in output
+        status, output = await _invmesh("migrate", env=env)
+        assert status == 0, output
+        assert "auth: already at revision" in output and "products: migrated from empty" in output
+        db = Database(url)
+        try:
+            for service in SERVICES:
+                assert await migrations.current(db, service) == migrations.head(service)
+        finally:
+            await db.dispose()
+    status, output = await _invmesh("migrate", "billing", env=_cli_env())
+    assert status == 2 and "unknown service billing" in output
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+asyncpg://invmesh:pw-s3cret@127.0.0.1:{port}/x",
+        "mysql+asyncmy://u:pw-s3cret@127.0.0.1:{port}/x",
+    ],
+)
+async def test_an_unreachable_database_stops_startup_without_showing_the_url(
+    tmp_path: Path, url: str
+) -> None:
+    env = _cli_env(
+        INVMESH_DATA_DIR=str(tmp_path),
+        AUTH_ADDR=f"127.0.0.1:{free_port()}",
+        AUTH_DATABASE_URL=url.format(port=free_port()),  # nothing listens there
+        DB_CONNECT_TIMEOUT_SECONDS="2",
+    )
+    started = time.monotonic()
+    status, output = await _invmesh("serve", "auth", env=env)
+    assert status == 1 and time.monotonic() - started < 15
+    assert "invmesh: auth: cannot use the auth database" in output
+    assert "pw-s3cret" not in output and "Traceback" not in output
+
+    status, output = await _invmesh("migrate", "auth", env=env)
+    assert status == 1 and "auth: migration failed" in output and "pw-s3cret" not in output
+
+
+class Proxy:
+    """A TCP relay in front of the database server that a test can break: drop every
+    connection, refuse new ones, or accept them and never answer."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.port = free_port()
+        self._target = (target_host, target_port)
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self.silent = False
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        if self.silent:
+            return  # the connection stays open, and nothing ever comes back
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self._target)
+        except OSError:
+            writer.close()
+            return
+        self._writers.add(up_writer)
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            sink.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    def drop_connections(self) -> None:
+        for writer in self._writers:
+            writer.transport.abort()
+        self._writers.clear()
+
+    async def stop(self) -> None:
+        """Refuses new connections and drops the open ones."""
+        if self._server is not None:
+            self._server.close()
+            self.drop_connections()
+            await self._server.wait_closed()
+            self._server = None
+
+
+@pytest.fixture
+async def proxied_products(settings: Settings, smtp: SmtpServer) -> AsyncIterator[tuple[Proxy, Any, Any]]:
+    """Auth, and products whose database is reached through a Proxy; inventory is down."""
+    assert databases.SERVER is not None
+    real = make_url(settings.database_url("products"))
+    proxy = Proxy(real.host or "127.0.0.1", real.port or 0)
+    await proxy.start()
+    settings = with_database(
+        mesh_settings(settings),
+        "products",
+        real.set(port=proxy.port).render_as_string(hide_password=False),
+        db_connect_timeout_seconds=1.0,
+        db_pool_timeout_seconds=1.0,
+    )
+    try:
+        async with (
+            running_auth(settings),
+            running_products(settings),
+            grpc.aio.insecure_channel(settings.auth_addr) as auth_channel,
+            grpc.aio.insecure_channel(settings.products_addr) as channel,
+        ):
+            auth = auth_service_pb2_grpc.AuthServiceStub(auth_channel)
+            token = await user_token(auth, "staff@example.com", smtp.inbox, settings.public_url)
+            yield (
+                proxy,
+                products_service_pb2_grpc.ProductsServiceStub(channel),
+                (("authorization", f"Bearer {token}"),),
+            )
+    finally:
+        await proxy.stop()
+
+
+@on_a_server
+async def test_a_lost_database_is_unavailable_fast_and_the_service_recovers_alone(
+    proxied_products: tuple[Proxy, Any, Any],
+) -> None:
+    proxy, products, user = proxied_products
+    created = await products.CreateProduct(
+        pb.CreateProductRequest(product=pb.Product(sku="DB-1", name="Widget", price="1")), metadata=user
+    )
+    get = pb.GetProductRequest(id=created.product.id)
+
+    proxy.drop_connections()  # e.g. a server restart: the pool's connections are dead, new ones work
+    assert (await products.GetProduct(get, metadata=user)).product.sku == "DB-1"
+
+    await proxy.stop()  # the server is gone: connections are refused
+    for call in (
+        products.GetProduct(get, metadata=user),
+        products.ListProducts(pb.ListProductsRequest(), metadata=user),
+    ):
+        started = time.monotonic()
+        error = await expect_error(call, grpc.StatusCode.UNAVAILABLE)
+        assert time.monotonic() - started < 2.5
+        assert error_reason(error) == "DATABASE_UNAVAILABLE"
+        assert "database is unavailable" in (error.details() or "")
+        assert str(proxy.port) not in (error.details() or "")
+
+    proxy.silent = True  # a server that accepts but never answers: the connect timeout ends the wait
+    await proxy.start()
+    started = time.monotonic()
+    error = await expect_error(products.GetProduct(get, metadata=user), grpc.StatusCode.UNAVAILABLE)
+    assert error_reason(error) == "DATABASE_UNAVAILABLE" and time.monotonic() - started < 4
+
+    await proxy.stop()
+    proxy.silent = False
+    await proxy.start()  # back: the same service serves again, reads and writes
+    assert (await products.GetProduct(get, metadata=user)).product.sku == "DB-1"
+    await products.CreateProduct(
+        pb.CreateProductRequest(product=pb.Product(sku="DB-2", name="Gadget", price="2")), metadata=user
+    )
