@@ -278,6 +278,11 @@ async def ensure_schema(db: Database, service: str, *, auto_migrate: bool) -> No
         current = await migrations.current(db, service)
         if current == head:
             return
+        if current is not None and not migrations.knows(service, current):
+            raise StartupError(
+                f"the {service} database schema is at revision {current}, which this version of invmesh "
+                f"does not know (a newer version migrated it); run that version, or one that knows {current}"
+            )
         if not auto_migrate:
             found = f"at revision {current}" if current else "empty (no invmesh tables)"
             raise StartupError(

@@ -20,6 +20,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy import MetaData, text
 from sqlalchemy.engine import Connection
 
@@ -76,6 +77,14 @@ def run_env(metadata: MetaData) -> None:
     context.configure(**context_options(cfg.attributes["service"], metadata, connection))
     with context.begin_transaction():
         context.run_migrations()
+
+
+def knows(service: str, revision: str) -> bool:
+    """Whether `revision` is in this code's history of `service` (not one of a newer version)."""
+    try:
+        return ScriptDirectory.from_config(config(service)).get_revision(revision) is not None
+    except CommandError:
+        return False
 
 
 async def current(db: Database, service: str) -> str | None:

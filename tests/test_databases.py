@@ -18,7 +18,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from pydantic import SecretStr
-from sqlalchemy import Column, Integer, MetaData, inspect
+from sqlalchemy import Column, Integer, MetaData, inspect, text
 from sqlalchemy.engine import Connection, make_url
 
 from auth.service import running as running_auth
@@ -125,6 +125,25 @@ async def test_a_service_refuses_an_outdated_schema_unless_it_may_migrate(
                 assert await migrations.current(db, "auth") == migrations.head("auth")
             finally:
                 await db.dispose()
+
+
+async def test_a_schema_from_a_newer_version_is_refused_even_with_auto_migration(
+    tmp_path: Path, settings: Settings
+) -> None:
+    async with databases.fresh_database(tmp_path, "auth") as url:
+        db = Database(url)
+        try:
+            await migrations.upgrade(db, "auth")
+            async with db.transaction() as session:
+                table = migrations.version_table("auth")
+                await session.execute(text(f"UPDATE {table} SET version_num = 'f00dcafe'"))
+        finally:
+            await db.dispose()
+        with pytest.raises(
+            StartupError, match="revision f00dcafe, which this version of invmesh does not know"
+        ):
+            async with running_auth(with_database(settings, "auth", url, db_auto_migrate=True)):
+                pass
 
 
 def _cli_env(**variables: str) -> dict[str, str]:
