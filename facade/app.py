@@ -99,7 +99,7 @@ def create_app(settings: Settings, backends: Mapping[ServiceDescriptor, Backend]
                 max_age=600,
             )
         )
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/openapi.json", openapi, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
@@ -110,6 +110,8 @@ def create_app(settings: Settings, backends: Mapping[ServiceDescriptor, Backend]
         exception_handlers={HTTPException: _http_exception},
         lifespan=lifespan,
     )
+    app.router.redirect_slashes = False  # `/healthz/` is an unknown route (404), not a redirect
+    return app
 
 
 async def _http_exception(request: Request, exc: Exception) -> Response:

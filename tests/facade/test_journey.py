@@ -190,3 +190,10 @@ async def test_cors_is_off_unless_origins_are_configured(web: Web) -> None:
 def _reason(response: httpx.Response) -> str | None:
     infos = [d for d in response.json()["details"] if d["@type"].endswith("ErrorInfo")]
     return infos[0]["reason"] if infos else None
+
+
+async def test_a_trailing_slash_is_another_route(web: Web) -> None:
+    for path in ("/openapi.json/", "/healthz/", "/products/"):
+        answer = await web.http.get(path, headers=web.staff)
+        assert answer.status_code == 404, path
+        assert answer.json()["code"] == 5
