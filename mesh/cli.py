@@ -2,7 +2,13 @@
 
 invmesh up             every service and the REST facade, each in its own process,
                        until Ctrl-C or SIGTERM
-invmesh serve NAME     one service (or the facade) in this process
+invmesh up --replicas inventory=2,products=2
+                       the same with several processes of a service: replica k listens on
+                       the port of its `<SERVICE>_ADDR` + 10*k, and every process is given
+                       the comma list of all replicas as that `<SERVICE>_ADDR`
+invmesh serve NAME [--listen HOST:PORT]
+                       one service (or the facade) in this process; a service listens on
+                       HOST:PORT (default: the first address of its `<SERVICE>_ADDR`)
 invmesh migrate [NAME…] bring the services' database schemas to the newest migration
 """
 
@@ -12,6 +18,7 @@ import argparse
 import asyncio
 import contextlib
 import importlib
+import os
 import signal
 import sys
 import time
@@ -44,7 +51,46 @@ def _settings_or_exit() -> Settings:
         sys.exit(f"invmesh: {exc}")
 
 
-def serve(name: str) -> None:
+REPLICA_PORT_STEP = 10  # replica k of a service listens on the port of its address + 10*k
+
+
+def first_address(address: str) -> str:
+    """The first `host:port` of a `*_ADDR` that may be a comma list of replicas."""
+    return address.split(",", 1)[0].strip()
+
+
+def replica_addresses(address: str, count: int) -> list[str]:
+    """`count` addresses from one `host:port`: the port, then the port + 10, + 20, …"""
+    host, _, port = first_address(address).rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"{address!r} is not host:port")
+    return [f"{host}:{int(port) + REPLICA_PORT_STEP * k}" for k in range(count)]
+
+
+def parse_replicas(text: str) -> dict[str, int]:
+    """`inventory=2,products=2` -> {"inventory": 2, "products": 2} (argparse type)."""
+    counts: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, count = part.partition("=")
+        name = name.strip()
+        if not sep:
+            raise argparse.ArgumentTypeError(f"{part!r} is not SERVICE=COUNT")
+        if name not in SERVICES:
+            raise argparse.ArgumentTypeError(f"unknown service {name!r}; choose from {', '.join(SERVICES)}")
+        try:
+            counts[name] = int(count)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"the count of {name} must be a whole number, not {count!r}"
+            ) from None
+        if counts[name] < 1:
+            raise argparse.ArgumentTypeError(f"the count of {name} must be at least 1, not {counts[name]}")
+    if not counts:
+        raise argparse.ArgumentTypeError("expected SERVICE=COUNT[,SERVICE=COUNT…]")
+    return counts
+
+
+def serve(name: str, listen: str | None = None) -> None:
     settings = _settings_or_exit()
     configure_logging(name, settings.log_level, settings.log_format)
     if name == FACADE:
@@ -53,9 +99,10 @@ def serve(name: str) -> None:
         run(settings)
         return
     module, _ = SERVICES[name]
-    running: Callable[[Settings], AbstractAsyncContextManager[Any]] = importlib.import_module(module).running
+    running: Callable[..., AbstractAsyncContextManager[Any]] = importlib.import_module(module).running
     try:
-        asyncio.run(serve_until_signalled(running(settings)))
+        address = listen or first_address(getattr(settings, SERVICES[name][1]))
+        asyncio.run(serve_until_signalled(running(settings, address=address)))
     except StartupError as exc:  # an outdated schema or an unreachable database: say what to do
         sys.exit(f"invmesh: {name}: {exc}")
 
@@ -109,35 +156,53 @@ async def _wait_http_healthy(host: str, port: int, deadline: float) -> bool:
     return False
 
 
-def _address(settings: Settings, name: str) -> str:
+def _address(settings: Settings, name: str, listen: str | None) -> str:
     if name == FACADE:
         return ", ".join(f"http://{settings.facade_host}:{port}" for port in settings.facade_ports)
-    return getattr(settings, SERVICES[name][1])
+    return listen or getattr(settings, SERVICES[name][1])
 
 
-async def _healthy(settings: Settings, name: str, deadline: float) -> bool:
+async def _healthy(settings: Settings, name: str, listen: str | None, deadline: float) -> bool:
     if name == FACADE:
         host, ports = settings.facade_host, settings.facade_ports
         return all(await asyncio.gather(*(_wait_http_healthy(host, p, deadline) for p in ports)))
-    return await _wait_healthy(getattr(settings, SERVICES[name][1]), deadline)
+    return await _wait_healthy(listen or getattr(settings, SERVICES[name][1]), deadline)
 
 
-async def up(names: list[str]) -> int:
+async def up(names: list[str], replicas: dict[str, int] | None = None) -> int:
     settings = _settings_or_exit()
     started = time.monotonic()
-    children = {
-        name: await asyncio.create_subprocess_exec(sys.executable, "-m", "mesh", "serve", name)
-        for name in names
-    }
+    # label -> (component, the address it listens on when it is one of several replicas)
+    layout: dict[str, tuple[str, str | None]] = {}
+    env: dict[str, str] | None = None
+    addresses: dict[str, list[str]] = {}
+    if replicas:
+        addresses = {
+            service: replica_addresses(getattr(settings, SERVICES[service][1]), count)
+            for service, count in replicas.items()
+        }
+        env = os.environ | {f"{s.upper()}_ADDR": ",".join(a) for s, a in addresses.items()}
+    for name in names:
+        if replicas and name in replicas:
+            for k, address in enumerate(addresses[name]):
+                layout[f"{name}[{k}]"] = (name, address)
+        else:
+            layout[name] = (name, None)
+    children: dict[str, asyncio.subprocess.Process] = {}
+    for label, (name, listen) in layout.items():
+        args = ["serve", name, *(["--listen", listen] if listen else [])]
+        children[label] = await asyncio.create_subprocess_exec(sys.executable, "-m", "mesh", *args, env=env)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
 
     async def announce() -> None:
-        addresses = {name: _address(settings, name) for name in names}
-        healthy = await asyncio.gather(*(_healthy(settings, name, started + 60) for name in names))
-        for (name, address), ok in zip(addresses.items(), healthy, strict=True):
+        shown = {label: _address(settings, name, listen) for label, (name, listen) in layout.items()}
+        healthy = await asyncio.gather(
+            *(_healthy(settings, name, listen, started + 60) for name, listen in layout.values())
+        )
+        for (name, address), ok in zip(shown.items(), healthy, strict=True):
             print(
                 f"invmesh: {name} {'is serving on' if ok else 'did not become healthy on'} {address}",
                 file=sys.stderr,
@@ -179,15 +244,30 @@ def main(argv: list[str] | None = None) -> None:
     up_parser.add_argument(
         "services", nargs="*", metavar="SERVICE", help=f"a subset of: {', '.join(COMPONENTS)}"
     )
+    up_parser.add_argument(
+        "--replicas",
+        type=parse_replicas,
+        metavar="SERVICE=N[,…]",
+        help="run N processes of a service; replica k listens on the port of <SERVICE>_ADDR + 10*k",
+    )
     serve_parser = commands.add_parser("serve", help="run one service in this process")
     serve_parser.add_argument("service", choices=COMPONENTS)
+    serve_parser.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        help="the address a service listens on (default: the first address of its <SERVICE>_ADDR)",
+    )
     migrate_parser = commands.add_parser("migrate", help="apply the database migrations of services")
     migrate_parser.add_argument(
         "services", nargs="*", metavar="SERVICE", help=f"a subset of: {', '.join(SERVICES)} (default: all)"
     )
     args = parser.parse_args(argv)
     if args.command == "serve":
-        serve(args.service)
+        if args.listen is not None and args.service == FACADE:
+            serve_parser.error(
+                "--listen is for a gRPC service; the facade listens on FACADE_HOST and FACADE_PORTS"
+            )
+        serve(args.service, args.listen)
         return
     if args.command == "migrate":
         unknown = set(args.services) - set(SERVICES)
@@ -198,4 +278,15 @@ def main(argv: list[str] | None = None) -> None:
     unknown = set(args.services) - set(COMPONENTS)
     if unknown:
         parser.error(f"unknown service {', '.join(sorted(unknown))}; choose from {', '.join(COMPONENTS)}")
-    sys.exit(asyncio.run(up(args.services or COMPONENTS)))
+    names = args.services or COMPONENTS
+    if args.replicas:
+        idle = set(args.replicas) - set(names)
+        if idle:
+            up_parser.error(f"--replicas names {', '.join(sorted(idle))}, which this command does not start")
+        settings = _settings_or_exit()
+        for service in args.replicas:
+            try:
+                replica_addresses(getattr(settings, SERVICES[service][1]), 1)
+            except ValueError as exc:
+                up_parser.error(f"--replicas {service}: {service.upper()}_ADDR {exc}")
+    sys.exit(asyncio.run(up(names, args.replicas)))
