@@ -8,6 +8,7 @@ against anything the token itself carries (RFC 8725).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -21,7 +22,7 @@ from google.protobuf import json_format
 
 from invmesh.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
 from mesh.config import Settings
-from mesh.errors import Unauthenticated
+from mesh.errors import Unauthenticated, Unavailable
 
 ALGORITHM = "ES256"
 TOKEN_TYPE = "at+jwt"
@@ -115,7 +116,9 @@ class JwksCache:
     """Public keys fetched from the auth service's GetJwks, refetched on an unknown `kid`.
 
     Refetches are rate-limited, so a flood of tokens with made-up `kid`s costs the auth
-    service at most one call per interval; concurrent misses share one fetch.
+    service at most one call per interval; concurrent misses share one fetch. While the keys
+    cannot be fetched, an unknown `kid` is UNAVAILABLE rather than a token error: the token may
+    well be good, and a 401 would send the client back to log in for nothing.
     """
 
     def __init__(
@@ -125,6 +128,7 @@ class JwksCache:
         self._interval = min_refetch_interval
         self._keys: dict[str, EllipticCurvePublicKey] = {}
         self._fetched_at = float("-inf")
+        self._unreachable = False
         self._lock = asyncio.Lock()
 
     @classmethod
@@ -145,17 +149,27 @@ class JwksCache:
                 if kid not in self._keys and time.monotonic() - self._fetched_at >= self._interval:
                     await self.refresh()
             key = self._keys.get(kid)
+        if key is None and self._unreachable:
+            raise Unavailable(
+                "the auth service's signing keys cannot be fetched to verify the access token; retry later",
+                reason="AUTH_KEYS_UNAVAILABLE",
+            )
         return key
 
     async def refresh(self) -> None:
+        # The fetch serves every caller, so it runs outside the one that triggered it: with
+        # neither that caller's deadline nor its token (see mesh.clients.ForwardCallerContext).
+        fetch = asyncio.get_running_loop().create_task(self._fetch(), context=contextvars.Context())
         try:
-            jwks = await self._fetch()
-        except Exception:
-            log.warning("could not fetch the auth service's signing keys", exc_info=True)
+            jwks = await fetch
+        except Exception as exc:
+            log.warning("could not fetch the auth service's signing keys: %s", _describe(exc))
+            self._unreachable = True
             # Try again soon: the auth service may just be starting.
             self._fetched_at = time.monotonic() - self._interval + min(self._interval, 1.0)
             return
         self._fetched_at = time.monotonic()
+        self._unreachable = False
         keys = {}
         for jwk in jwks:
             if jwk.get("alg") == ALGORITHM and jwk.get("kty") == "EC" and jwk.get("kid"):
@@ -163,6 +177,12 @@ class JwksCache:
                 if isinstance(key, EllipticCurvePublicKey):
                     keys[jwk["kid"]] = key
         self._keys = keys
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    return repr(exc)
 
 
 def verifier_via_auth(auth_channel: grpc.aio.Channel, settings: Settings) -> TokenVerifier:

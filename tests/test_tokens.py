@@ -21,11 +21,12 @@ from auth.keys import KeyStore, thumbprint
 from auth.service import running
 from invmesh.auth.v1 import auth_service_pb2 as pb
 from invmesh.auth.v1 import auth_service_pb2_grpc
-from mesh import migrations
+from mesh import clients, context, migrations
 from mesh.config import Settings
 from mesh.db import Database
+from mesh.errors import Unavailable
 from mesh.tokens import JwksCache
-from tests.conftest import AuthEndpoint
+from tests.conftest import AuthEndpoint, free_port
 from tests.rpc import error_reason, expect_error
 
 Key = ec.EllipticCurvePrivateKey
@@ -178,3 +179,40 @@ async def test_replicas_starting_together_agree_on_one_signing_key(settings: Set
             await db.dispose()
     assert stores[0].signing_kid == stores[1].signing_kid
     assert stores[0].jwks == stores[1].jwks and len(stores[0].jwks) == 1
+
+
+async def test_jwks_fetch_ignores_the_deadline_of_the_call_that_triggered_it(
+    auth: AuthEndpoint, signing_key: Key
+) -> None:
+    # The first call to need the keys may have almost no time left; the shared fetch must not
+    # inherit that deadline, or that caller (and its token) would be turned away for nothing.
+    async with clients.channel(auth.address) as channel:
+        cache = JwksCache.from_auth_service(channel, min_refetch_interval=30)
+        token = context.deadline.set(time.monotonic() - 1)
+        try:
+            key = await cache.public_key(thumbprint(signing_key.public_key()))
+        finally:
+            context.deadline.reset(token)
+    assert key is not None
+
+
+async def test_jwks_cache_without_the_auth_service_is_unavailable_not_a_bad_token(
+    settings: Settings, signing_key: Key
+) -> None:
+    port = free_port()
+    async with clients.channel(f"127.0.0.1:{port}", default_timeout=1) as channel:
+        cache = JwksCache.from_auth_service(channel, min_refetch_interval=0)
+        kid = thumbprint(signing_key.public_key())
+        with pytest.raises(Unavailable) as refused:
+            await cache.public_key(kid)
+        assert refused.value.reason == "AUTH_KEYS_UNAVAILABLE"
+        async with running(settings, address=f"127.0.0.1:{port}"):
+            for _ in range(100):  # recovers by itself once the channel has reconnected
+                try:
+                    assert await cache.public_key(kid) is not None
+                    break
+                except Unavailable:
+                    await asyncio.sleep(0.1)
+            else:
+                pytest.fail("the keys were never fetched once the auth service was up")
+            assert await cache.public_key("made-up") is None  # and a made-up kid is a bad token again
