@@ -1,17 +1,20 @@
 """Replicas: two inventory and two products processes (`invmesh serve NAME --listen …`) on the
-run's one database, with every `*_ADDR` the comma list of a backend's replicas, never oversell
-under 400 concurrent exits spread over both inventory replicas by a round-robin channel."""
+run's one database, with every `*_ADDR` the comma list of a backend's replicas: they never
+oversell under 400 concurrent exits spread over both inventory replicas by a round-robin channel,
+and a randomized mix of entries, exits and counts with retried request_ids keeps the ledger whole."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
+import random
 import re
 import signal
 import sys
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from email import policy
 from email.parser import BytesParser
 from pathlib import Path
@@ -100,38 +103,84 @@ async def replicas(settings: Settings, logs: Path) -> AsyncIterator[dict[str, li
             await asyncio.gather(*(p.wait() for p in processes))
 
 
-async def test_two_inventory_replicas_never_oversell(
-    settings: Settings, smtp: SmtpServer, tmp_path: Path
-) -> None:
+@dataclass
+class ReplicatedMesh:
+    """Stubs on round-robin channels over both replicas of each service, and a staff user."""
+
+    addresses: dict[str, list[str]]
+    products: products_service_pb2_grpc.ProductsServiceStub
+    inventory: inventory_service_pb2_grpc.InventoryServiceStub
+    user: tuple[tuple[str, str], ...]
+
+    async def new_product(self, sku: str) -> str:
+        product = products_pb.Product(sku=sku, name=sku.title(), price="1.00")
+        request = products_pb.CreateProductRequest(product=product)
+        return (await self.products.CreateProduct(request, metadata=self.user)).product.id
+
+    async def ledger(self, product_id: str) -> list[pb.Movement]:
+        """Every movement of the product, oldest first."""
+        movements: list[pb.Movement] = []
+        page_token = ""
+        while True:
+            page = await self.inventory.ListMovements(
+                pb.ListMovementsRequest(product_id=product_id, page_size=500, page_token=page_token),
+                metadata=self.user,
+            )
+            movements.extend(page.movements)
+            if not (page_token := page.next_page_token):
+                return movements[::-1]
+
+    async def balance(self, product_id: str) -> int:
+        request = pb.GetInventoryItemRequest(product_id=product_id)
+        return (await self.inventory.GetInventoryItem(request, metadata=self.user)).item.quantity
+
+
+@contextlib.asynccontextmanager
+async def replicated_mesh(settings: Settings, smtp: SmtpServer, logs: Path) -> AsyncIterator[ReplicatedMesh]:
     settings = settings.model_copy(update={"auth_addr": f"127.0.0.1:{free_port()}"})
     async with (
         running_auth(settings),
-        replicas(settings, tmp_path) as addresses,
+        replicas(settings, logs) as addresses,
         grpc.aio.insecure_channel(settings.auth_addr) as auth_channel,
         contextlib.AsyncExitStack() as stack,
     ):
-        assert grpc_target(",".join(addresses["inventory"])).startswith("ipv4:")
         auth = auth_service_pb2_grpc.AuthServiceStub(auth_channel)
         token = await user_token(auth, "staff@example.com", smtp.inbox, settings.public_url)
-        user = (("authorization", f"Bearer {token}"),)
-        products = products_service_pb2_grpc.ProductsServiceStub(
-            open_channel(stack, ",".join(addresses["products"]), default_timeout=30)
+        yield ReplicatedMesh(
+            addresses,
+            products_service_pb2_grpc.ProductsServiceStub(
+                open_channel(stack, ",".join(addresses["products"]), default_timeout=30)
+            ),
+            inventory_service_pb2_grpc.InventoryServiceStub(
+                open_channel(stack, ",".join(addresses["inventory"]), default_timeout=30)
+            ),
+            (("authorization", f"Bearer {token}"),),
         )
-        inventory = inventory_service_pb2_grpc.InventoryServiceStub(
-            open_channel(stack, ",".join(addresses["inventory"]), default_timeout=30)
-        )
-        product = products_pb.Product(sku="REPLICA-1", name="Replicated", price="1.00")
-        pid = (
-            await products.CreateProduct(products_pb.CreateProductRequest(product=product), metadata=user)
-        ).product.id
-        await inventory.RecordMovement(
-            pb.RecordMovementRequest(product_id=pid, type=pb.IN, quantity=100), metadata=user
+
+
+def assert_chained(ledger: list[pb.Movement], balance: int) -> None:
+    """Each movement moves the balance the one before it left, never below 0, ending at `balance`."""
+    before = 0
+    for movement in ledger:
+        assert movement.balance_after == before + movement.quantity >= 0, (movement, before)
+        before = movement.balance_after
+    assert before == balance
+
+
+async def test_two_inventory_replicas_never_oversell(
+    settings: Settings, smtp: SmtpServer, tmp_path: Path
+) -> None:
+    async with replicated_mesh(settings, smtp, tmp_path) as mesh:
+        assert grpc_target(",".join(mesh.addresses["inventory"])).startswith("ipv4:")
+        pid = await mesh.new_product("REPLICA-1")
+        await mesh.inventory.RecordMovement(
+            pb.RecordMovementRequest(product_id=pid, type=pb.IN, quantity=100), metadata=mesh.user
         )
 
         results = await asyncio.gather(
             *(
-                inventory.RecordMovement(
-                    pb.RecordMovementRequest(product_id=pid, type=pb.OUT, quantity=1), metadata=user
+                mesh.inventory.RecordMovement(
+                    pb.RecordMovementRequest(product_id=pid, type=pb.OUT, quantity=1), metadata=mesh.user
                 )
                 for _ in range(400)
             ),
@@ -151,19 +200,10 @@ async def test_two_inventory_replicas_never_oversell(
         assert len(succeeded) == 100 and len(refused) == 300
         assert sorted(r.movement.balance_after for r in succeeded) == list(range(100))
 
-        item = await inventory.GetInventoryItem(pb.GetInventoryItemRequest(product_id=pid), metadata=user)
-        assert item.item.quantity == 0
-        movements: list[pb.Movement] = []
-        page_token = ""
-        while True:
-            page = await inventory.ListMovements(
-                pb.ListMovementsRequest(product_id=pid, page_size=50, page_token=page_token), metadata=user
-            )
-            movements.extend(page.movements)
-            if not (page_token := page.next_page_token):
-                break
-        assert len(movements) == 101 and len({m.id for m in movements}) == 101
-        assert sum(m.quantity for m in movements) == item.item.quantity == 0
+        assert await mesh.balance(pid) == 0
+        ledger = await mesh.ledger(pid)
+        assert len(ledger) == 101 and len({m.id for m in ledger}) == 101
+        assert_chained(ledger, 0)
 
     served = {
         log.stem: log.read_text().count("RecordMovement") for log in sorted(tmp_path.glob("inventory-*.log"))
@@ -176,6 +216,94 @@ async def test_two_inventory_replicas_never_oversell(
         log.stem: log.read_text().count("BatchGetProducts") for log in sorted(tmp_path.glob("products-*.log"))
     }
     assert len(looked_up) == REPLICAS and all(looked_up.values()), looked_up
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One client request of the mixed workload: an entry, an exit or a count."""
+
+    product_id: str
+    kind: str  # IN, OUT or PUT
+    quantity: int
+    request_id: str
+
+    async def send(self, mesh: ReplicatedMesh, *, quantity: int | None = None) -> pb.Movement:
+        quantity = self.quantity if quantity is None else quantity
+        if self.kind == "PUT":
+            count = pb.SetStockRequest(
+                product_id=self.product_id, quantity=quantity, request_id=self.request_id
+            )
+            return (await mesh.inventory.SetStock(count, metadata=mesh.user)).movement
+        move = pb.RecordMovementRequest(
+            product_id=self.product_id,
+            type=pb.MovementType.Value(self.kind),
+            quantity=quantity,
+            request_id=self.request_id,
+        )
+        return (await mesh.inventory.RecordMovement(move, metadata=mesh.user)).movement
+
+
+async def test_a_randomized_mixed_workload_with_retries_keeps_every_invariant(
+    settings: Settings, smtp: SmtpServer, tmp_path: Path
+) -> None:
+    """Entries, exits and counts on a few products, a quarter of them sent twice at once (a client
+    retrying before the first answer), all at once over both replicas; then every request retried
+    and some request_ids reused for other bodies. The ledger must chain, hold each acknowledged
+    request exactly once, and agree with every answer; the only refusal is insufficient stock."""
+    seed = int(os.environ.get("MIXED_WORKLOAD_SEED", random.randrange(2**32)))
+    print(f"MIXED_WORKLOAD_SEED={seed}")
+    rng = random.Random(seed)
+    async with replicated_mesh(settings, smtp, tmp_path) as mesh:
+        products = [await mesh.new_product(f"MIXED-{n}") for n in range(4)]
+        operations = []
+        for n in range(300):
+            kind = rng.choice(["IN", "OUT", "OUT", "PUT"])
+            quantity = rng.randint(0, 12) if kind == "PUT" else rng.randint(1, 6)
+            operations.append(Operation(rng.choice(products), kind, quantity, f"mixed-{seed}-{n}"))
+        sends = [op for op in operations for _ in range(2 if rng.random() < 0.25 else 1)]
+        rng.shuffle(sends)
+        results = await asyncio.gather(*(op.send(mesh) for op in sends), return_exceptions=True)
+
+        acknowledged: dict[str, pb.Movement] = {}
+        for op, result in zip(sends, results, strict=True):
+            if isinstance(result, pb.Movement):
+                first = acknowledged.setdefault(op.request_id, result)
+                assert result == first, f"two answers to request {op.request_id}: {first} and {result}"
+            else:  # the only refusal: an exit beyond the stock, nothing written
+                assert isinstance(result, grpc.aio.AioRpcError), result
+                assert (op.kind, result.code(), error_reason(result)) == (
+                    "OUT",
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    "INSUFFICIENT_STOCK",
+                ), (op, result.code(), result.details())
+
+        for op in operations:  # a late retry of an acknowledged request returns its first answer
+            if op.request_id in acknowledged:
+                assert await op.send(mesh) == acknowledged[op.request_id]
+        for op in rng.sample([op for op in operations if op.request_id in acknowledged], 20):
+            with pytest.raises(grpc.aio.AioRpcError) as reused:
+                await op.send(mesh, quantity=op.quantity + 1)
+            assert reused.value.code() == grpc.StatusCode.ALREADY_EXISTS
+            assert error_reason(reused.value) == "REQUEST_ID_REUSED"
+
+        for pid in products:
+            ledger = await mesh.ledger(pid)
+            assert_chained(ledger, await mesh.balance(pid))
+            mine = {op.request_id: op for op in operations if op.product_id == pid}
+            recorded = {m.request_id: m for m in ledger}
+            assert len(recorded) == len(ledger), "a request recorded twice"
+            assert recorded.keys() == {r for r in mine if r in acknowledged}, "an acknowledged request lost"
+            for request_id, movement in recorded.items():
+                assert movement == acknowledged[request_id]
+                op = mine[request_id]
+                if op.kind == "PUT":
+                    assert movement.type == pb.ADJUSTMENT and movement.balance_after == op.quantity
+                else:
+                    assert movement.type == pb.MovementType.Value(op.kind)
+                    assert movement.quantity == (op.quantity if op.kind == "IN" else -op.quantity)
+
+    served = [log.read_text().count("SetStock") for log in sorted(tmp_path.glob("inventory-*.log"))]
+    assert len(served) == REPLICAS and all(served), served
 
 
 async def test_invmesh_up_starts_replicas_on_port_steps_of_ten(tmp_path: Path) -> None:
