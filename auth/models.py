@@ -33,6 +33,8 @@ class User(Base):
     email_verified: Mapped[bool] = mapped_column(Boolean, default=False)
     roles: Mapped[list[str]] = mapped_column(JSON, default=lambda: ["viewer"])
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # Access tokens issued before this are refused by the auth service itself.
+    password_changed_at: Mapped[dt.datetime | None]
 
 
 class VerificationToken(Base):
@@ -87,3 +89,18 @@ class OutgoingMail(Base):
     next_attempt_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     last_error: Mapped[str | None] = mapped_column(String(500))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Throttle(Base):
+    """An abuse counter: attempts at one action by one account or client address in a fixed window.
+
+    The key is `<action>:<SHA-256 of the account or address>`: what was typed into an email
+    field (sometimes a password) is never stored. Rows whose window ended are pruned.
+    """
+
+    __tablename__ = "throttles"
+    __table_args__ = TABLE_OPTIONS
+
+    key: Mapped[str] = mapped_column(String(80), primary_key=True)
+    attempts: Mapped[int] = mapped_column(Integer)
+    window_ends_at: Mapped[dt.datetime] = mapped_column(index=True)
