@@ -16,6 +16,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from auth import throttle
 from auth.keys import KeyStore
 from auth.mail import MailRelay, verification_mail
 from auth.models import OutgoingMail, RefreshToken, User, VerificationToken
@@ -70,6 +71,8 @@ class Accounts:
         self._access_ttl = dt.timedelta(seconds=settings.access_token_ttl_seconds)
         self._refresh_ttl = dt.timedelta(seconds=settings.refresh_token_ttl_seconds)
         self._verification_ttl = dt.timedelta(seconds=settings.verification_token_ttl_seconds)
+        self._login_window = dt.timedelta(seconds=settings.login_failure_window_seconds)
+        self._resend_window = dt.timedelta(seconds=settings.verification_resend_window_seconds)
 
     async def register(self, *, email: str, password: str, name: str) -> User:
         address = normalize_email(email)
@@ -100,19 +103,36 @@ class Accounts:
         self._mail.wake()
         return user
 
-    async def login(self, *, email: str, password: str) -> Tokens:
-        user = None
+    async def login(self, *, email: str, password: str, client: str) -> Tokens:
+        """Tokens for a right email and password. Attempts are limited per account and per
+        client address (`client`), checked before bcrypt runs; unknown emails alike."""
         try:
-            address = normalize_email(email)
+            address: str | None = normalize_email(email)
         except InvalidArgument:
             address = None
-        if address is not None:
-            async with self._db.session() as session:
-                user = await session.scalar(select(User).where(User.email == address))
+        limits = (
+            throttle.Limit(
+                "login-account",
+                address or email.strip().lower(),
+                self._settings.login_failures_per_account,
+                self._login_window,
+            ),
+            throttle.Limit(
+                "login-address", client, self._settings.login_failures_per_address, self._login_window
+            ),
+        )
+        async with self._db.transaction() as session:
+            await throttle.take(
+                session, limits, now=utcnow(), reason="TOO_MANY_LOGIN_ATTEMPTS", doing="failed logins"
+            )
+            user = await session.scalar(select(User).where(User.email == address)) if address else None
         # Unknown emails run a bcrypt check too, so the answer's timing tells nothing.
         if not await self._hasher.verify(password, user.password_hash if user else None) or user is None:
             raise Unauthenticated(_INVALID_CREDENTIALS, reason="INVALID_CREDENTIALS")
         async with self._db.transaction() as session:
+            per_account, per_address = limits
+            await throttle.clear(session, per_account)
+            await throttle.give_back(session, per_address)
             return self._issue(session, user, family_id=str(uuid.uuid4()))
 
     async def refresh(self, refresh_token: str) -> Tokens:
@@ -147,13 +167,34 @@ class Accounts:
             metadata={"family": reused_family},
         )
 
-    async def resend_verification(self, email: str) -> None:
-        """Mails a fresh link if the address has an unverified account; silent otherwise."""
+    async def resend_verification(self, email: str, *, client: str) -> None:
+        """Mails a fresh link if the address has an unverified account; silent otherwise.
+        Limited per address typed and per client, whether or not the account exists."""
         try:
-            address = normalize_email(email)
+            address: str | None = normalize_email(email)
         except InvalidArgument:
-            return
+            address = None
+        limits = (
+            throttle.Limit(
+                "resend-account",
+                address or email.strip().lower(),
+                self._settings.verification_resends_per_account,
+                self._resend_window,
+            ),
+            throttle.Limit(
+                "resend-address", client, self._settings.verification_resends_per_address, self._resend_window
+            ),
+        )
         async with self._db.transaction() as session:
+            await throttle.take(
+                session,
+                limits,
+                now=utcnow(),
+                reason="TOO_MANY_VERIFICATION_MAILS",
+                doing="verification mails requested",
+            )
+            if address is None:
+                return
             user = await session.scalar(select(User).where(User.email == address))
             if user is None or user.email_verified:
                 return

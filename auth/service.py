@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
+from auth import throttle
 from auth.accounts import Accounts
 from auth.keys import KeyStore
 from auth.mail import FolderTransport, MailRelay, SmtpTransport, Transport
@@ -49,10 +52,14 @@ async def running(settings: Settings, *, address: str | None = None) -> AsyncIte
         )
         relay.start()
         stack.push_async_callback(relay.stop)
+        pruning = asyncio.create_task(
+            throttle.prune_every(db, settings.login_failure_window_seconds), name="throttle-pruning"
+        )
+        stack.push_async_callback(_cancelled, pruning)
         servicer = Servicer(
             SERVICE_NAME,
             auth_service_pb2_grpc.add_AuthServiceServicer_to_server,
-            AuthServicer(accounts, keys),
+            AuthServicer(accounts, keys, trusted_proxies=settings.trusted_proxies),
         )
         yield await MeshServer(
             [servicer],
@@ -61,3 +68,9 @@ async def running(settings: Settings, *, address: str | None = None) -> AsyncIte
             public_methods=PUBLIC_METHODS,
             grace_seconds=settings.shutdown_grace_seconds,
         ).start_in(stack)
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 
+from auth import throttle
 from auth.accounts import Accounts, Tokens
 from auth.keys import KeyStore
 from auth.models import User
@@ -11,6 +12,7 @@ from invmesh.auth.v1 import auth_service_pb2 as pb
 from invmesh.auth.v1 import auth_service_pb2_grpc
 from mesh.context import current_identity
 from mesh.errors import InvalidArgument
+from mesh.interceptors import metadata_value
 from mesh.messages import timestamp
 
 
@@ -26,8 +28,9 @@ def user_message(user: User) -> pb.User:
 
 
 class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
-    def __init__(self, accounts: Accounts, keys: KeyStore) -> None:
+    def __init__(self, accounts: Accounts, keys: KeyStore, *, trusted_proxies: list[str]) -> None:
         self._accounts = accounts
+        self._trusted = throttle.networks(trusted_proxies)
         self._jwks = pb.GetJwksResponse(keys=[pb.Jwk(**jwk) for jwk in keys.jwks])
 
     async def Register(
@@ -39,7 +42,9 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
         return pb.RegisterResponse(user=user_message(user))
 
     async def Login(self, request: pb.LoginRequest, context: grpc.aio.ServicerContext) -> pb.LoginResponse:
-        tokens = await self._accounts.login(email=request.email, password=request.password)
+        tokens = await self._accounts.login(
+            email=request.email, password=request.password, client=self._client(context)
+        )
         return pb.LoginResponse(**_token_fields(tokens))
 
     async def VerifyEmail(
@@ -47,7 +52,7 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
     ) -> pb.VerifyEmailResponse:
         match request.WhichOneof("action"):
             case "email":
-                await self._accounts.resend_verification(request.email)
+                await self._accounts.resend_verification(request.email, client=self._client(context))
                 return pb.VerifyEmailResponse()
             case "token":
                 return pb.VerifyEmailResponse(
@@ -68,6 +73,11 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
     async def GetMe(self, request: pb.GetMeRequest, context: grpc.aio.ServicerContext) -> pb.GetMeResponse:
         user = await self._accounts.get(current_identity().subject)
         return pb.GetMeResponse(user=user_message(user))
+
+    def _client(self, context: grpc.aio.ServicerContext) -> str:
+        """The caller's address, for the abuse limits (see auth.throttle)."""
+        forwarded_for = metadata_value(context, "x-forwarded-for")
+        return throttle.client_address(context.peer(), forwarded_for, self._trusted)
 
     async def GetJwks(
         self, request: pb.GetJwksRequest, context: grpc.aio.ServicerContext

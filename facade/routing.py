@@ -137,6 +137,9 @@ class TranscodedRoutes(BaseRoute):
         except BadRequest as exc:
             return errors.bad_request(str(exc), field=exc.field)
         metadata: list[tuple[str, str]] = [("x-request-id", scope["invmesh.request_id"])]
+        # The client's address, for auth's abuse limits (auth believes it from trusted proxies only).
+        if (client := scope.get("client")) and _METADATA_VALUE.fullmatch(client[0]):
+            metadata.append(("x-forwarded-for", client[0]))
         if authorization := headers.get("authorization"):
             if len(authorization) > _MAX_AUTHORIZATION:
                 return errors.http_error(431, "the Authorization header is too long")

@@ -41,6 +41,9 @@ def run(settings: Settings) -> None:
         access_log=False,  # RequestIdMiddleware writes the access log, with the request id
         log_config=None,  # keep the process's own logging setup
         server_header=False,
+        # The client address (which auth's abuse limits count) from a load balancer's
+        # X-Forwarded-For, when the load balancer is one of TRUSTED_PROXIES.
+        forwarded_allow_ips=settings.trusted_proxies,
         timeout_graceful_shutdown=settings.shutdown_grace_seconds,
     )
     uvicorn.Server(config).run(sockets=sockets)

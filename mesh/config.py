@@ -6,6 +6,7 @@ Every service reads the same `Settings`; each uses the part it needs. Secrets ar
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -101,6 +102,17 @@ class Settings(BaseSettings):
 
     bcrypt_rounds: int = Field(12, ge=4, le=31)
     verification_token_ttl_seconds: int = Field(86_400, ge=60)
+    # Abuse limits, counted in the auth database (so across replicas) per fixed window: over
+    # one, the call is RESOURCE_EXHAUSTED (HTTP 429) with a RetryInfo (Retry-After).
+    login_failures_per_account: int = Field(10, ge=1)
+    login_failures_per_address: int = Field(100, ge=1)
+    login_failure_window_seconds: int = Field(900, ge=1)
+    verification_resends_per_account: int = Field(3, ge=1)
+    verification_resends_per_address: int = Field(30, ge=1)
+    verification_resend_window_seconds: int = Field(3600, ge=1)
+    # Peers whose X-Forwarded-For is believed (addresses or networks): the facade's, by auth;
+    # a load balancer's, by the facade. Anyone else is the client address itself.
+    trusted_proxies: Annotated[list[str], NoDecode] = ["127.0.0.0/8", "::1"]
 
     public_url: str = "http://localhost:8000"
     smtp_url: SecretStr | None = None
@@ -109,7 +121,7 @@ class Settings(BaseSettings):
     mail_retry_initial_seconds: float = Field(5.0, gt=0)
     mail_retry_max_seconds: float = Field(600.0, gt=0)
 
-    @field_validator("facade_ports", "facade_cors_origins", mode="before")
+    @field_validator("facade_ports", "facade_cors_origins", "trusted_proxies", mode="before")
     @classmethod
     def _comma_list(cls, value: object) -> object:
         if isinstance(value, str) and not value.lstrip().startswith("["):
@@ -121,6 +133,16 @@ class Settings(BaseSettings):
     def _ports_in_range(cls, value: list[int]) -> list[int]:
         if any(not 0 <= port <= 65535 for port in value) or len(set(value)) != len(value):
             raise ValueError("must be distinct port numbers, as in 8000,8001,8002")
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address or network, as in 10.0.0.0/8") from None
         return value
 
     @field_validator("log_level", mode="before")

@@ -7,6 +7,7 @@ field, a `BadRequest` field violation.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from typing import ClassVar
 
@@ -28,12 +29,14 @@ class DomainError(Exception):
         reason: str | None = None,
         field: str | None = None,
         metadata: Mapping[str, str] | None = None,
+        retry_after: dt.timedelta | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.reason = reason or self.code.name
         self.field = field
         self.metadata = dict(metadata or {})
+        self.retry_after = retry_after  # sent as a RetryInfo: the facade's Retry-After
 
     def to_status(self) -> grpc.Status:
         info = error_details_pb2.ErrorInfo(reason=self.reason, domain=ERROR_DOMAIN, metadata=self.metadata)
@@ -43,6 +46,10 @@ class DomainError(Exception):
                 field=self.field, description=self.message, reason=self.reason
             )
             details.append(_pack(error_details_pb2.BadRequest(field_violations=[violation])))
+        if self.retry_after is not None:
+            retry = error_details_pb2.RetryInfo()
+            retry.retry_delay.FromTimedelta(max(self.retry_after, dt.timedelta(0)))
+            details.append(_pack(retry))
         status = status_pb2.Status(code=self.code.value[0], message=self.message, details=details)
         return rpc_status.to_status(status)
 

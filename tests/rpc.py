@@ -28,3 +28,14 @@ def error_reason(error: grpc.aio.AioRpcError) -> str | None:
             detail.Unpack(info)
             return info.reason
     return None
+
+
+def retry_delay(error: grpc.aio.AioRpcError) -> float | None:
+    """The seconds of the RetryInfo carried in the status details, if there is one."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            return info.retry_delay.ToTimedelta().total_seconds()
+    return None

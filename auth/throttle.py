@@ -1,0 +1,181 @@
+"""Abuse limits: attempts per account and per client address, counted in the auth database.
+
+A `Limit` allows `max_attempts` in a fixed window that opens with the first attempt. An
+attempt is counted *before* the work it guards (a bcrypt check, a mail), by one upsert that
+locks the counter rows, so a burst of concurrent attempts cannot all slip under the limit.
+An attempt over the limit is refused with RESOURCE_EXHAUSTED and a RetryInfo saying when the
+window ends; its transaction rolls back, so refused attempts are not counted. A login that
+turns out right gives its attempts back (`clear`, `give_back`). The counters live in the
+database, so every replica sees the same ones.
+
+The client address is the gRPC peer's, or, when the peer is a trusted proxy (TRUSTED_PROXIES,
+loopback by default: the facade of `invmesh up`), the nearest untrusted address its
+`x-forwarded-for` metadata names. The facade sends the address of its HTTP client there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import ipaddress
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import case, delete, select, update
+from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.dml import Insert
+
+from auth.models import Throttle
+from mesh.db import Database, describe_error, utcnow
+from mesh.errors import ResourceExhausted
+
+log = logging.getLogger(__name__)
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    action: str  # what is counted, e.g. "login-account"
+    subject: str  # who: an account's email (as typed, if it is not one) or a client address
+    max_attempts: int
+    window: dt.timedelta
+
+    @property
+    def key(self) -> str:
+        return f"{self.action}:{hashlib.sha256(self.subject.encode()).hexdigest()}"
+
+
+async def take(
+    session: AsyncSession, limits: Sequence[Limit], *, now: dt.datetime, reason: str, doing: str
+) -> None:
+    """Counts one attempt against every limit in `session`'s transaction; raises
+    ResourceExhausted (which must roll that transaction back) if any limit is passed."""
+    rows = sorted(
+        ({"key": limit.key, "attempts": 1, "window_ends_at": now + limit.window} for limit in limits),
+        key=lambda row: row["key"],  # one lock order for every caller: no deadlocks between them
+    )
+    await session.execute(_count(session.get_bind().dialect.name, rows, now))
+    counted = {
+        key: (attempts, ends)
+        for key, attempts, ends in await session.execute(
+            select(Throttle.key, Throttle.attempts, Throttle.window_ends_at).where(
+                Throttle.key.in_([row["key"] for row in rows])
+            )
+        )
+    }
+    ends = [
+        counted[limit.key][1]
+        for limit in limits
+        if limit.key in counted and counted[limit.key][0] > limit.max_attempts
+    ]
+    if ends:
+        # Whole seconds, and no count or time in the message: the answer for an account that
+        # exists is the one for an account that does not.
+        wait = dt.timedelta(seconds=math.ceil((max(ends) - now).total_seconds()))
+        raise ResourceExhausted(f"too many {doing}; try again later", reason=reason, retry_after=wait)
+
+
+def _count(dialect: str, rows: list[dict[str, object]], now: dt.datetime) -> Insert:
+    """INSERT the rows, or add one attempt to a row's window (a new window once it ended)."""
+    table = Throttle.__table__
+    ended = table.c.window_ends_at <= now
+    if dialect in ("mysql", "mariadb"):
+        insert = mysql.insert(table).values(rows)
+        new_window = insert.inserted.window_ends_at
+        # MySQL assigns left to right, each seeing the ones before: `attempts` reads the old window.
+        return insert.on_duplicate_key_update(
+            [
+                ("attempts", case((ended, 1), else_=table.c.attempts + 1)),
+                ("window_ends_at", case((ended, new_window), else_=table.c.window_ends_at)),
+            ]
+        )
+    upsert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    insert = upsert(table).values(rows)
+    return insert.on_conflict_do_update(
+        index_elements=[table.c.key],
+        set_={
+            "attempts": case((ended, 1), else_=table.c.attempts + 1),
+            "window_ends_at": case((ended, insert.excluded.window_ends_at), else_=table.c.window_ends_at),
+        },
+    )
+
+
+async def clear(session: AsyncSession, limit: Limit) -> None:
+    """Forgets every attempt counted against `limit` (a login succeeded: the account is fine)."""
+    await session.execute(delete(Throttle).where(Throttle.key == limit.key))
+
+
+async def give_back(session: AsyncSession, limit: Limit) -> None:
+    """Un-counts one attempt (it succeeded), keeping the others of the window."""
+    await session.execute(
+        update(Throttle)
+        .where(Throttle.key == limit.key, Throttle.attempts > 0)
+        .values(attempts=Throttle.attempts - 1)
+    )
+
+
+async def prune(db: Database, now: dt.datetime) -> int:
+    """Deletes the counters whose window has ended; returns how many."""
+    async with db.transaction() as session:
+        result = await session.execute(delete(Throttle).where(Throttle.window_ends_at <= now))
+    return result.rowcount or 0
+
+
+async def prune_every(db: Database, interval: float) -> None:
+    """Prunes ended windows forever, every `interval` seconds (a task of the auth service)."""
+    while True:
+        try:
+            await prune(db, utcnow())
+        except Exception as exc:
+            log.warning("could not prune the abuse counters: %s", describe_error(exc))
+        await asyncio.sleep(interval)
+
+
+def networks(entries: Sequence[str]) -> list[Network]:
+    return [ipaddress.ip_network(entry, strict=False) for entry in entries]
+
+
+def client_address(peer: str | None, forwarded_for: str | None, trusted: Sequence[Network]) -> str:
+    """The caller's address: the gRPC peer's, or, if that is a trusted proxy, the nearest
+    address in `forwarded_for` (read right to left) that is not; the peer as given if it is
+    not an IP peer (a Unix socket)."""
+    address = _peer_ip(peer)
+    if address is None:
+        return peer or "unknown"
+    if forwarded_for and _trusted(address, trusted):
+        for entry in reversed(forwarded_for.split(",")):
+            hop = _ip(entry.strip().strip("[]"))
+            if hop is None:
+                break  # a malformed hop: believe no further
+            address = hop
+            if not _trusted(hop, trusted):
+                break
+    return str(address)
+
+
+def _trusted(address: Address, trusted: Sequence[Network]) -> bool:
+    return any(address in network for network in trusted)
+
+
+def _peer_ip(peer: str | None) -> Address | None:
+    """The IP of a gRPC peer such as `ipv4:10.0.0.7:50000` or `ipv6:[::1]:50000`."""
+    kind, _, rest = (peer or "").partition(":")
+    if kind not in ("ipv4", "ipv6"):
+        return None
+    return _ip(rest.rpartition(":")[0].strip("[]"))
+
+
+def _ip(text: str) -> Address | None:
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped  # ::ffff:10.0.0.7 is 10.0.0.7
+    return address

@@ -1,0 +1,231 @@
+"""Abuse limits: failed logins per account and per client address, verification re-sends,
+all counted in the auth database, refused before bcrypt runs, alike for unknown emails."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import AsyncIterator, Iterator
+
+import grpc
+import pytest
+from sqlalchemy import func, select, update
+
+from auth import throttle
+from auth.models import OutgoingMail, Throttle
+from auth.passwords import PasswordHasher
+from auth.service import running
+from invmesh.auth.v1 import auth_service_pb2 as pb
+from invmesh.auth.v1 import auth_service_pb2_grpc
+from mesh.config import Settings
+from mesh.db import Database, utcnow
+from tests.conftest import AuthEndpoint, SmtpServer
+from tests.rpc import error_reason, expect_error, retry_delay
+
+PASSWORD = "correct horse battery"
+LIMITED = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return settings.model_copy(
+        update={
+            "login_failures_per_account": 3,
+            "login_failures_per_address": 8,
+            "login_failure_window_seconds": 900,
+            "verification_resends_per_account": 2,
+            "verification_resends_per_address": 4,
+        }
+    )
+
+
+@pytest.fixture
+def bcrypt_checks(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """Every bcrypt check the auth service (in this process) runs, by password."""
+    checks: list[str] = []
+    verify = PasswordHasher.verify
+
+    async def counted(self: PasswordHasher, password: str, hashed: str | None) -> bool:
+        checks.append(password)
+        return await verify(self, password, hashed)
+
+    monkeypatch.setattr(PasswordHasher, "verify", counted)
+    yield checks
+
+
+def login(
+    auth: AuthEndpoint, email: str, password: str = "wrong password", address: str | None = None
+) -> object:
+    metadata = (("x-forwarded-for", address),) if address else ()
+    return auth.stub.Login(pb.LoginRequest(email=email, password=password), metadata=metadata)
+
+
+async def refused_login(auth: AuthEndpoint, email: str, address: str | None = None) -> tuple[str, str | None]:
+    error = await expect_error(login(auth, email, address=address), grpc.StatusCode.UNAUTHENTICATED)  # type: ignore[arg-type]
+    return error.details(), error_reason(error)
+
+
+async def limited(call: object) -> grpc.aio.AioRpcError:
+    error = await expect_error(call, LIMITED)  # type: ignore[arg-type]
+    delay = retry_delay(error)
+    assert delay is not None and 0 < delay <= 3600, delay
+    return error
+
+
+async def test_failed_logins_are_limited_per_account_before_bcrypt_runs(
+    auth: AuthEndpoint, bcrypt_checks: list[str]
+) -> None:
+    await auth.stub.Register(pb.RegisterRequest(email="ann@example.com", password=PASSWORD))
+    for _ in range(3):
+        await refused_login(auth, "ann@example.com")
+    checks = len(bcrypt_checks)
+
+    # Throttled: even the right password is refused (or the limit would be a guessing oracle),
+    # in any spelling of the address, and bcrypt never runs for it.
+    for email, password in [("ann@example.com", PASSWORD), ("ANN@Example.com", "wrong password")]:
+        error = await limited(login(auth, email, password))
+        assert error_reason(error) == "TOO_MANY_LOGIN_ATTEMPTS"
+        assert "too many failed logins" in error.details()
+    assert len(bcrypt_checks) == checks
+
+    # Another account, from the same address, is not affected.
+    await auth.stub.Register(pb.RegisterRequest(email="bob@example.com", password=PASSWORD))
+    assert (await login(auth, "bob@example.com", PASSWORD)).access_token  # type: ignore[attr-defined]
+
+
+async def test_unknown_emails_are_limited_with_the_same_answers(auth: AuthEndpoint) -> None:
+    await auth.stub.Register(pb.RegisterRequest(email="known@example.com", password=PASSWORD))
+    answers: dict[str, list[tuple[object, ...]]] = {}
+    for email in ("known@example.com", "unknown@example.com", "not an email"):
+        answers[email] = [await refused_login(auth, email, address=f"198.51.100.{len(answers)}")]
+        answers[email] += [await refused_login(auth, email, address=f"198.51.100.{len(answers)}")]
+        answers[email] += [await refused_login(auth, email, address=f"198.51.100.{len(answers)}")]
+        error = await limited(login(auth, email, address=f"198.51.100.{len(answers)}"))
+        answers[email].append((error.code(), error.details(), error_reason(error)))
+    assert answers["known@example.com"] == answers["unknown@example.com"] == answers["not an email"]
+
+
+async def test_a_success_resets_the_accounts_count(auth: AuthEndpoint) -> None:
+    await auth.stub.Register(pb.RegisterRequest(email="cy@example.com", password=PASSWORD))
+    for _ in range(2):
+        await refused_login(auth, "cy@example.com")
+    await login(auth, "cy@example.com", PASSWORD)
+    for _ in range(3):  # a full allowance again
+        await refused_login(auth, "cy@example.com")
+    await limited(login(auth, "cy@example.com", PASSWORD))
+
+
+async def test_the_limit_lifts_when_the_window_ends(auth: AuthEndpoint, auth_db: Database) -> None:
+    await auth.stub.Register(pb.RegisterRequest(email="di@example.com", password=PASSWORD))
+    for _ in range(3):
+        await refused_login(auth, "di@example.com")
+    await limited(login(auth, "di@example.com", PASSWORD))
+    async with auth_db.transaction() as session:  # the window ends: as if 15 minutes went by
+        await session.execute(update(Throttle).values(window_ends_at=utcnow()))
+    assert (await login(auth, "di@example.com", PASSWORD)).access_token  # type: ignore[attr-defined]
+
+    # Ended windows are pruned; current ones are kept.
+    await refused_login(auth, "di@example.com")
+    await refused_login(auth, "other@example.com")
+    account = throttle.Limit("login-account", "di@example.com", 3, dt.timedelta(minutes=15))
+    async with auth_db.transaction() as session:
+        ended = update(Throttle).where(Throttle.key == account.key)
+        await session.execute(ended.values(window_ends_at=utcnow().replace(year=2000)))
+    assert await throttle.prune(auth_db, utcnow()) == 1
+    async with auth_db.session() as session:
+        assert await session.scalar(select(func.count()).select_from(Throttle)) == 2  # other's, the address's
+
+
+async def test_failed_logins_are_limited_per_client_address(auth: AuthEndpoint) -> None:
+    # The test's calls come from 127.0.0.1, a trusted proxy by default: like the facade, it
+    # names the client in x-forwarded-for. Eight failures on eight accounts from one client...
+    for n in range(8):
+        await refused_login(auth, f"spray{n}@example.com", address="203.0.113.7")
+    # ...and the ninth account is refused too, from that client only.
+    error = await limited(login(auth, "spray9@example.com", address="203.0.113.7"))
+    assert error_reason(error) == "TOO_MANY_LOGIN_ATTEMPTS"
+    await refused_login(auth, "spray9@example.com", address="203.0.113.8")
+    # A proxy may append its own address after the client's: the nearest untrusted one counts.
+    await limited(login(auth, "spray9@example.com", address="203.0.113.7, 127.0.0.1"))
+
+
+async def test_an_untrusted_peer_cannot_name_another_address(settings: Settings) -> None:
+    distrustful = settings.model_copy(update={"trusted_proxies": ["10.0.0.0/8"]})
+    async with (
+        running(distrustful, address="127.0.0.1:0") as server,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        auth = AuthEndpoint(server.port, auth_service_pb2_grpc.AuthServiceStub(channel), distrustful)
+        for n in range(8):  # a new made-up address each time: all counted against 127.0.0.1
+            await refused_login(auth, f"spray{n}@example.com", address=f"192.0.2.{n}")
+        await limited(login(auth, "spray9@example.com", address="192.0.2.200"))
+
+
+async def test_concurrent_attempts_cannot_slip_past_the_limit(
+    auth: AuthEndpoint, bcrypt_checks: list[str]
+) -> None:
+    await auth.stub.Register(pb.RegisterRequest(email="eve@example.com", password=PASSWORD))
+    results = await asyncio.gather(
+        *(login(auth, "eve@example.com", f"guess {n}") for n in range(12)),  # type: ignore[misc]
+        return_exceptions=True,
+    )
+    codes = sorted(r.code().name for r in results if isinstance(r, grpc.aio.AioRpcError))
+    assert codes == ["RESOURCE_EXHAUSTED"] * 9 + ["UNAUTHENTICATED"] * 3
+    assert len([p for p in bcrypt_checks if p.startswith("guess")]) == 3
+
+
+async def test_verification_resends_are_limited_alike_for_unknown_emails(
+    auth: AuthEndpoint, auth_db: Database, smtp: SmtpServer
+) -> None:
+    await auth.stub.Register(pb.RegisterRequest(email="fay@example.com", password=PASSWORD))
+    await smtp.inbox.wait_for(1)
+    answers = {}
+    for n, email in enumerate(("fay@example.com", "nobody@example.com", "not an email")):
+        client = (("x-forwarded-for", f"192.0.2.{n}"),)
+        request = pb.VerifyEmailRequest(email=email)
+        replies = [await auth.stub.VerifyEmail(request, metadata=client) for _ in range(2)]
+        assert replies == [pb.VerifyEmailResponse()] * 2
+        error = await limited(auth.stub.VerifyEmail(request, metadata=client))
+        assert error_reason(error) == "TOO_MANY_VERIFICATION_MAILS"
+        answers[email] = (error.code(), error.details(), error_reason(error))
+        # The limit is per address typed, from any client.
+        await limited(auth.stub.VerifyEmail(request, metadata=(("x-forwarded-for", f"198.51.100.{n}"),)))
+    assert len(set(answers.values())) == 1
+    messages = await smtp.inbox.wait_for(3)
+    assert [m["To"] for m in messages] == ["fay@example.com"] * 3  # the first mail and two re-sends
+    async with auth_db.session() as session:
+        assert await session.scalar(select(func.count()).select_from(OutgoingMail)) == 0
+
+
+async def test_verification_resends_are_limited_per_client_address(auth: AuthEndpoint) -> None:
+    for n in range(4):
+        await auth.stub.VerifyEmail(pb.VerifyEmailRequest(email=f"x{n}@example.com"))
+    await limited(auth.stub.VerifyEmail(pb.VerifyEmailRequest(email="x9@example.com")))
+
+
+@pytest.mark.parametrize(
+    ("peer", "forwarded_for", "client"),
+    [
+        ("ipv4:203.0.113.5:40000", None, "203.0.113.5"),
+        ("ipv4:203.0.113.5:40000", "192.0.2.1", "203.0.113.5"),  # not a trusted proxy: ignored
+        ("ipv4:127.0.0.1:40000", "192.0.2.1", "192.0.2.1"),
+        ("ipv6:[::1]:40000", "2001:db8::1", "2001:db8::1"),
+        ("ipv6:[::ffff:127.0.0.1]:40000", "192.0.2.1", "192.0.2.1"),
+        ("ipv4:127.0.0.1:40000", "192.0.2.1, 198.51.100.2, 127.0.0.1", "198.51.100.2"),
+        ("ipv4:127.0.0.1:40000", "192.0.2.1, not-an-ip", "127.0.0.1"),  # a bad hop: stop there
+        ("ipv4:127.0.0.1:40000", "[2001:db8::2]", "2001:db8::2"),
+        ("ipv4:127.0.0.1:40000", "", "127.0.0.1"),
+        ("unix:/run/auth.sock", "192.0.2.1", "unix:/run/auth.sock"),
+        (None, None, "unknown"),
+    ],
+)
+def test_client_address(peer: str | None, forwarded_for: str | None, client: str) -> None:
+    trusted = throttle.networks(["127.0.0.0/8", "::1"])
+    assert throttle.client_address(peer, forwarded_for, trusted) == client
+
+
+@pytest.fixture
+async def auth_db(settings: Settings) -> AsyncIterator[Database]:
+    db = Database(settings.database_url("auth"))
+    yield db
+    await db.dispose()
