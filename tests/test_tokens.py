@@ -8,7 +8,8 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import grpc
 import jwt
@@ -21,12 +22,15 @@ from auth.keys import KeyStore, thumbprint
 from auth.service import running
 from invmesh.auth.v1 import auth_service_pb2 as pb
 from invmesh.auth.v1 import auth_service_pb2_grpc
+from invmesh.inventory.v1 import inventory_service_pb2 as inventory_pb
+from invmesh.products.v1 import products_service_pb2 as products_pb
 from mesh import clients, context, migrations
 from mesh.config import Settings
 from mesh.db import Database
 from mesh.errors import Unavailable
 from mesh.tokens import JwksCache
-from tests.conftest import AuthEndpoint, free_port
+from tests.conftest import AuthEndpoint, Mesh, SmtpServer, free_port, link_token
+from tests.facade.conftest import facade_client
 from tests.rpc import error_reason, expect_error
 
 Key = ec.EllipticCurvePrivateKey
@@ -82,35 +86,94 @@ def foreign_key_same_kid(key: Key, payload: dict[str, object]) -> str:
     return sign(ec.generate_private_key(ec.SECP256R1()), payload, kid=thumbprint(key.public_key()))
 
 
-BAD_TOKENS: dict[str, Callable[[Key, str], str]] = {
-    "expired": lambda k, sub: sign(k, claims(sub, iat=int(time.time()) - 1000, exp=int(time.time()) - 10)),
-    "not yet valid": lambda k, sub: sign(k, claims(sub, nbf=int(time.time()) + 600)),
-    "tampered claims": lambda k, sub: tampered(k, claims(sub)),
-    "foreign key with a copied kid": lambda k, sub: foreign_key_same_kid(k, claims(sub)),
-    "unknown kid": lambda k, sub: sign(k, claims(sub), kid="no-such-key"),
-    "alg none": lambda k, sub: unsigned(k, claims(sub)),
-    "HS256 keyed with the public key": lambda k, sub: hs256_with_public_key(k, claims(sub)),
-    "wrong issuer": lambda k, sub: sign(k, claims(sub, iss="someone-else")),
-    "wrong audience": lambda k, sub: sign(k, claims(sub, aud="another-api")),
-    "no exp": lambda k, sub: sign(k, claims(sub, exp=None)),
-    "no typ": lambda k, sub: sign(k, claims(sub), typ="JWT"),
-    "roles not a list": lambda k, sub: sign(k, claims(sub, roles="admin")),
-    "not a JWT": lambda k, sub: "garbage",
+def embedded_jwk(key: Key, payload: dict[str, object]) -> str:
+    # The forger's own key, offered in the header (`jwk`, `jku`) for the verifier to trust.
+    forger = ec.generate_private_key(ec.SECP256R1())
+    jwk = jwt.algorithms.ECAlgorithm.to_jwk(forger.public_key(), as_dict=True)
+    return sign(forger, payload, jwk=jwk, jku="https://attacker.example/jwks.json")
+
+
+@dataclass(frozen=True)
+class Genuine:
+    """What a forger starts from: the auth service's own signing key (so that every check but
+    the one under test passes), a real account, and the opaque tokens auth gave it."""
+
+    key: Key
+    subject: str
+    verification_token: str
+    refresh_token: str
+
+
+BAD_TOKENS: dict[str, Callable[[Genuine], str]] = {
+    "expired": lambda g: sign(
+        g.key, claims(g.subject, iat=int(time.time()) - 1000, exp=int(time.time()) - 10)
+    ),
+    "not yet valid": lambda g: sign(g.key, claims(g.subject, nbf=int(time.time()) + 600)),
+    "issued in the future": lambda g: sign(
+        g.key, claims(g.subject, iat=int(time.time()) + 600, exp=int(time.time()) + 1200)
+    ),
+    "tampered claims": lambda g: tampered(g.key, claims(g.subject)),
+    "foreign key with a copied kid": lambda g: foreign_key_same_kid(g.key, claims(g.subject)),
+    "foreign key offered in the header": lambda g: embedded_jwk(g.key, claims(g.subject)),
+    "unknown kid": lambda g: sign(g.key, claims(g.subject), kid="no-such-key"),
+    "alg none": lambda g: unsigned(g.key, claims(g.subject)),
+    "HS256 keyed with the public key": lambda g: hs256_with_public_key(g.key, claims(g.subject)),
+    "wrong issuer": lambda g: sign(g.key, claims(g.subject, iss="someone-else")),
+    "wrong audience": lambda g: sign(g.key, claims(g.subject, aud="another-api")),
+    "no exp": lambda g: sign(g.key, claims(g.subject, exp=None)),
+    "no typ": lambda g: sign(g.key, claims(g.subject), typ="JWT"),
+    "roles not a list": lambda g: sign(g.key, claims(g.subject, roles="admin")),
+    "not a JWT": lambda g: "garbage",
+    "a verification token": lambda g: g.verification_token,
+    "a refresh token": lambda g: g.refresh_token,
 }
 
 
-@pytest.mark.parametrize("kind", BAD_TOKENS)
-async def test_get_me_rejects_a_bad_token(auth: AuthEndpoint, signing_key: Key, kind: str) -> None:
-    user = (await auth.stub.Register(pb.RegisterRequest(email="ann@example.com", password="password1"))).user
-    good = sign(signing_key, claims(user.id))
-    assert (await auth.stub.GetMe(pb.GetMeRequest(), metadata=(("authorization", f"Bearer {good}"),))).user.id
+async def genuine(mesh: Mesh, smtp: SmtpServer, key: Key) -> Genuine:
+    """A new account of the mesh, its verification token (unused) and a refresh token."""
+    seen = len(smtp.inbox.messages)
+    request = pb.RegisterRequest(email="target@example.com", password="password1")
+    user = (await mesh.auth.Register(request)).user
+    mail = (await smtp.inbox.wait_for(seen + 1))[seen]
+    login = await mesh.auth.Login(pb.LoginRequest(email="target@example.com", password="password1"))
+    return Genuine(key, user.id, link_token(mail, mesh.settings.public_url), login.refresh_token)
 
-    token = BAD_TOKENS[kind](signing_key, user.id)
-    error = await expect_error(
-        auth.stub.GetMe(pb.GetMeRequest(), metadata=(("authorization", f"Bearer {token}"),)),
-        grpc.StatusCode.UNAUTHENTICATED,
-    )
-    assert error_reason(error) in {"INVALID_TOKEN", "TOKEN_EXPIRED"}
+
+@pytest.mark.parametrize("kind", BAD_TOKENS)
+async def test_every_service_and_the_facade_reject_a_bad_token(
+    mesh: Mesh, smtp: SmtpServer, signing_key: Key, kind: str
+) -> None:
+    forger = await genuine(mesh, smtp, signing_key)
+    good = sign(signing_key, claims(forger.subject))
+    bad = BAD_TOKENS[kind](forger)
+
+    def calls(token: str) -> dict[str, Awaitable[object]]:
+        bearer = (("authorization", f"Bearer {token}"),)
+        return {
+            "auth GetMe": mesh.auth.GetMe(pb.GetMeRequest(), metadata=bearer),
+            "products ListProducts": mesh.products.ListProducts(
+                products_pb.ListProductsRequest(), metadata=bearer
+            ),
+            "inventory ListInventoryItems": mesh.inventory.ListInventoryItems(
+                inventory_pb.ListInventoryItemsRequest(), metadata=bearer
+            ),
+        }
+
+    for call in calls(good).values():  # the forger's starting point is accepted everywhere
+        await call
+    for where, call in calls(bad).items():
+        error = await expect_error(call, grpc.StatusCode.UNAUTHENTICATED)
+        assert error_reason(error) in {"INVALID_TOKEN", "TOKEN_EXPIRED"}, where
+
+    async with facade_client(mesh.settings) as http:
+        for path in ("/users/me", "/products", "/inventory"):
+            assert (await http.get(path, headers={"authorization": f"Bearer {good}"})).status_code == 200
+            refused = await http.get(path, headers={"authorization": f"Bearer {bad}"})
+            assert refused.status_code == 401, (path, refused.text)
+            assert refused.json()["code"] == 16
+            assert refused.headers["www-authenticate"].startswith(
+                'Bearer realm="invmesh", error="invalid_token"'
+            )
 
 
 @pytest.mark.parametrize(
