@@ -57,11 +57,12 @@ def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
 
 
 class Server:
-    """A PostgreSQL or MariaDB server on which the run creates and drops its databases."""
+    """A PostgreSQL or MariaDB server on which the run (or a test, at `admin_url`) creates and
+    drops its databases."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, admin_url: str | None = None) -> None:
         self.kind = kind
-        self.admin_url = make_url(SERVER_URLS[kind])
+        self.admin_url = make_url(admin_url or SERVER_URLS[kind])
 
     def describe(self) -> str:
         return f"{self.kind} at {self.admin_url.host}:{self.admin_url.port}"
