@@ -21,9 +21,11 @@ from auth.keys import KeyStore
 from auth.mail import MailRelay, verification_mail
 from auth.models import OutgoingMail, RefreshToken, User, VerificationToken
 from auth.passwords import PasswordHasher, check_new_password
+from mesh.access import role_named
 from mesh.config import Settings
+from mesh.context import current_identity
 from mesh.db import Database, utcnow
-from mesh.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated
+from mesh.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
 
 MAX_NAME_CHARS = 200
 MAX_EMAIL_CHARS = 320
@@ -53,6 +55,11 @@ def normalize_email(address: str) -> str:
 
 def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _password_changed_ms(user: User) -> int:
+    changed = user.password_changed_at
+    return 0 if changed is None else int(changed.timestamp() * 1000)
 
 
 def _new_secret() -> str:
@@ -226,14 +233,67 @@ class Accounts:
             if used.rowcount != 1 or user is None or user.email != row.email:
                 raise invalid
             user.email_verified = True
+            if user.email in self._settings.admin_emails:
+                user.roles = ["admin"]
         return user
 
-    async def get(self, user_id: str) -> User:
+    async def caller(self) -> User:
+        """The account of the verified caller, if its token is still good for it: a token issued
+        before the password last changed is refused here at once (other services refuse it only
+        once it expires, since they verify tokens without asking auth)."""
+        identity = current_identity()
         async with self._db.session() as session:
-            user = await session.get(User, user_id)
+            user = await session.get(User, identity.subject)
         if user is None:
             raise NotFound("the account no longer exists", reason="USER_NOT_FOUND")
+        if identity.password_changed_ms != _password_changed_ms(user):
+            raise Unauthenticated(
+                "the access token was issued before the password changed; sign in again",
+                reason="TOKEN_REVOKED",
+            )
         return user
+
+    async def change_password(self, *, current_password: str, new_password: str) -> Tokens:
+        """Sets a new password; revokes every refresh token of the account and returns fresh tokens."""
+        user = await self.caller()
+        if not await self._hasher.verify(current_password, user.password_hash):
+            raise Unauthenticated(
+                "the current password is incorrect", field="current_password", reason="INVALID_CREDENTIALS"
+            )
+        new_hash = await self._hasher.hash(check_new_password(new_password, field="new_password"))
+        now = utcnow()
+        async with self._db.transaction() as session:
+            changed = await session.execute(
+                update(User)
+                .where(User.id == user.id, User.password_hash == user.password_hash)
+                .values(password_hash=new_hash, password_changed_at=now)
+            )
+            if changed.rowcount != 1:  # a concurrent change won; this one's current password is stale
+                raise Unauthenticated("the password changed meanwhile; sign in again", reason="TOKEN_REVOKED")
+            await session.execute(
+                update(RefreshToken)
+                .where(RefreshToken.user_id == user.id, RefreshToken.revoked_at.is_(None))
+                .values(revoked_at=now)
+            )
+            user.password_changed_at = now  # what the new tokens carry (the row has it already)
+            return self._issue(session, user, family_id=str(uuid.uuid4()))
+
+    async def set_role(self, *, email: str, role: str) -> User:
+        """Gives the account `role`, on an admin's behalf (checked against the database, not
+        only the admin's token, which may predate a demotion)."""
+        admin = await self.caller()
+        if "admin" not in admin.roles:
+            raise Unauthenticated(
+                "the access token was issued before your admin role was withdrawn; sign in again",
+                reason="TOKEN_REVOKED",
+            )
+        if admin.email == normalize_email(email) and role != "admin":
+            raise FailedPrecondition(
+                "an admin cannot take its own admin role away; another admin can",
+                field="role",
+                reason="SELF_DEMOTION",
+            )
+        return await grant_role(self._db, email=email, role=role)
 
     def _add_verification(self, session: AsyncSession, user: User) -> None:
         token = _new_secret()
@@ -280,8 +340,20 @@ class Accounts:
             "email": user.email,
             "email_verified": user.email_verified,
             "roles": list(user.roles),
+            "pwd_at": _password_changed_ms(user),
         }
         access = self._keys.sign_access_token(claims, ttl=self._access_ttl, now=now)
         return Tokens(
             access_token=access, expires_in=int(self._access_ttl.total_seconds()), refresh_token=refresh
         )
+
+
+async def grant_role(db: Database, *, email: str, role: str) -> User:
+    """Gives the account with `email` the role `role` (its only one: each includes the lower)."""
+    address, role = normalize_email(email), role_named(role)
+    async with db.transaction() as session:
+        user = await session.scalar(select(User).where(User.email == address).with_for_update())
+        if user is None:
+            raise NotFound("no account has this email", field="email", reason="USER_NOT_FOUND")
+        user.roles = [role]
+    return user

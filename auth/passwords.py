@@ -17,18 +17,18 @@ MAX_BYTES = 72  # bcrypt reads no further; longer passwords are refused, never t
 _pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="bcrypt")
 
 
-def check_new_password(password: str) -> bytes:
+def check_new_password(password: str, *, field: str = "password") -> bytes:
     """The password's UTF-8 bytes if it may be set; otherwise INVALID_ARGUMENT saying why."""
     encoded = password.encode()
     if len(password) < MIN_CHARS:
         raise InvalidArgument(
-            f"password must be at least {MIN_CHARS} characters", field="password", reason="PASSWORD_TOO_SHORT"
+            f"{field} must be at least {MIN_CHARS} characters", field=field, reason="PASSWORD_TOO_SHORT"
         )
     if len(encoded) > MAX_BYTES:
         raise InvalidArgument(
-            f"password must be at most {MAX_BYTES} bytes in UTF-8 (it is {len(encoded)}); "
+            f"{field} must be at most {MAX_BYTES} bytes in UTF-8 (it is {len(encoded)}); "
             "bcrypt ignores anything longer, so it is refused rather than truncated",
-            field="password",
+            field=field,
             reason="PASSWORD_TOO_LONG",
         )
     return encoded

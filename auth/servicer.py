@@ -10,7 +10,6 @@ from auth.keys import KeyStore
 from auth.models import User
 from invmesh.auth.v1 import auth_service_pb2 as pb
 from invmesh.auth.v1 import auth_service_pb2_grpc
-from mesh.context import current_identity
 from mesh.errors import InvalidArgument
 from mesh.interceptors import metadata_value
 from mesh.messages import timestamp
@@ -71,8 +70,21 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
         return pb.RefreshTokenResponse(**_token_fields(tokens))
 
     async def GetMe(self, request: pb.GetMeRequest, context: grpc.aio.ServicerContext) -> pb.GetMeResponse:
-        user = await self._accounts.get(current_identity().subject)
-        return pb.GetMeResponse(user=user_message(user))
+        return pb.GetMeResponse(user=user_message(await self._accounts.caller()))
+
+    async def SetUserRole(
+        self, request: pb.SetUserRoleRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SetUserRoleResponse:
+        user = await self._accounts.set_role(email=request.email, role=request.role)
+        return pb.SetUserRoleResponse(user=user_message(user))
+
+    async def ChangePassword(
+        self, request: pb.ChangePasswordRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ChangePasswordResponse:
+        tokens = await self._accounts.change_password(
+            current_password=request.current_password, new_password=request.new_password
+        )
+        return pb.ChangePasswordResponse(**_token_fields(tokens))
 
     def _client(self, context: grpc.aio.ServicerContext) -> str:
         """The caller's address, for the abuse limits (see auth.throttle)."""

@@ -31,11 +31,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from google.api import annotations_pb2, field_behavior_pb2
-from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
+from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor, MethodDescriptor
 
 from auth.service import PUBLIC_METHODS
 from facade import httprule
 from facade.transcoding import HTTP_METHODS, Binding, query_fields
+from mesh.access import declared_role, role_name
 from mesh.interceptors import ALWAYS_PUBLIC_PREFIXES
 
 OPENAPI_VERSION = "3.1.0"
@@ -248,7 +249,7 @@ def _operation(
     operation: dict[str, Any] = {
         "operationId": _operation_id(binding),
         "summary": method.name,
-        "description": f"Calls `{method.full_name}`.",
+        "description": f"Calls `{method.full_name}`." + _role_note(method),
         "tags": [binding.service.name],
         "parameters": [
             *_path_parameters(binding, shape, schemas),
@@ -264,6 +265,11 @@ def _operation(
         **_error_responses(binding, public),
     }
     return operation
+
+
+def _role_note(method: MethodDescriptor) -> str:
+    role = declared_role(method)
+    return f" Needs the `{role_name(role)}` role." if role else ""
 
 
 def _operation_id(binding: Binding) -> str:

@@ -10,6 +10,9 @@ invmesh serve NAME [--listen HOST:PORT]
                        one service (or the facade) in this process; a service listens on
                        HOST:PORT (default: the first address of its `<SERVICE>_ADDR`)
 invmesh migrate [NAME…] bring the services' database schemas to the newest migration
+invmesh users grant EMAIL ROLE
+                       give an account the role viewer, staff or admin, straight in the
+                       auth database (how the first admin is made without ADMIN_EMAILS)
 """
 
 from __future__ import annotations
@@ -128,6 +131,27 @@ async def migrate(names: list[str]) -> int:
         finally:
             await db.dispose()
     return status
+
+
+async def grant(email: str, role: str) -> int:
+    """Gives the account `role` in the auth database; it shows in tokens from its next sign-in."""
+    from auth.accounts import grant_role
+    from mesh.db import Database, describe_error
+    from mesh.errors import DomainError
+
+    db = Database.for_service(_settings_or_exit(), "auth")
+    try:
+        user = await grant_role(db, email=email, role=role)
+    except DomainError as exc:
+        print(f"invmesh: {exc.message}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        print(f"invmesh: auth: {describe_error(exc)}", file=sys.stderr)
+        return 1
+    finally:
+        await db.dispose()
+    print(f"invmesh: {user.email} is now {role}; it takes effect at the next sign-in", file=sys.stderr)
+    return 0
 
 
 async def _wait_healthy(address: str, deadline: float) -> bool:
@@ -261,7 +285,15 @@ def main(argv: list[str] | None = None) -> None:
     migrate_parser.add_argument(
         "services", nargs="*", metavar="SERVICE", help=f"a subset of: {', '.join(SERVICES)} (default: all)"
     )
+    users_parser = commands.add_parser("users", help="manage accounts")
+    users_commands = users_parser.add_subparsers(dest="action", required=True)
+    grant_parser = users_commands.add_parser("grant", help="give an account a role")
+    grant_parser.add_argument("email")
+    grant_parser.add_argument("role", choices=["viewer", "staff", "admin"])
     args = parser.parse_args(argv)
+    if args.command == "users":
+        configure_logging("users", "WARNING", "text")
+        sys.exit(asyncio.run(grant(args.email, args.role)))
     if args.command == "serve":
         if args.listen is not None and args.service == FACADE:
             serve_parser.error(

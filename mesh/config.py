@@ -95,6 +95,8 @@ class Settings(BaseSettings):
 
     jwt_issuer: str = Field("invmesh-auth", min_length=1)
     jwt_audience: str = Field("invmesh", min_length=1)
+    # These addresses become admins when they verify (compared in lower case); others start as viewers.
+    admin_emails: Annotated[list[str], NoDecode] = []
     jwt_private_key: SecretStr | None = None
     access_token_ttl_seconds: int = Field(900, ge=30, le=86_400)
     refresh_token_ttl_seconds: int = Field(30 * 86_400, ge=60)
@@ -121,7 +123,7 @@ class Settings(BaseSettings):
     mail_retry_initial_seconds: float = Field(5.0, gt=0)
     mail_retry_max_seconds: float = Field(600.0, gt=0)
 
-    @field_validator("facade_ports", "facade_cors_origins", "trusted_proxies", mode="before")
+    @field_validator("facade_ports", "facade_cors_origins", "trusted_proxies", "admin_emails", mode="before")
     @classmethod
     def _comma_list(cls, value: object) -> object:
         if isinstance(value, str) and not value.lstrip().startswith("["):
@@ -144,6 +146,11 @@ class Settings(BaseSettings):
             except ValueError:
                 raise ValueError(f"{entry!r} is not an IP address or network, as in 10.0.0.0/8") from None
         return value
+
+    @field_validator("admin_emails")
+    @classmethod
+    def _lower_case(cls, value: list[str]) -> list[str]:
+        return [address.lower() for address in value]
 
     @field_validator("log_level", mode="before")
     @classmethod

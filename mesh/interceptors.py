@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 from sqlalchemy.exc import SQLAlchemyError
 
-from mesh import context
+from mesh import access, context
 from mesh.db import translate
 from mesh.errors import DomainError, Unauthenticated, internal_status
 from mesh.tokens import TokenVerifier
@@ -114,7 +114,8 @@ class RequestInterceptor(_UnaryWrapper):
 
 
 class AuthInterceptor(_UnaryWrapper):
-    """Every method not listed as public needs `authorization: Bearer <access token>`.
+    """Every method not listed as public needs `authorization: Bearer <access token>`, from a
+    caller holding the role the method declares in the contract (`mesh.access`).
 
     The verified identity and the raw token go into contextvars, for the handler and for
     the calls it makes to other services.
@@ -131,6 +132,7 @@ class AuthInterceptor(_UnaryWrapper):
     def _wrap(self, method: str, behavior: Behavior) -> Behavior:
         if self._is_public(method):
             return behavior
+        needed = access.required_role(method)
 
         async def call(request: Any, ctx: grpc.aio.ServicerContext) -> Any:
             header = metadata_value(ctx, "authorization") or ""
@@ -141,7 +143,9 @@ class AuthInterceptor(_UnaryWrapper):
                     reason="MISSING_TOKEN",
                 )
             token = token.strip()
-            context.identity.set(await self._verifier.verify(token))
+            caller = await self._verifier.verify(token)
+            access.require_role(caller, needed)
+            context.identity.set(caller)
             context.access_token.set(token)
             return await behavior(request, ctx)
 

@@ -40,7 +40,11 @@ class Identity:
     email_verified: bool
     roles: tuple[str, ...]
     token_id: str
+    issued_at: int
     expires_at: int
+    # When the account's password last changed (ms since the epoch, 0 if never), as the token
+    # was issued: auth refuses a token whose value is no longer the account's.
+    password_changed_ms: int
 
 
 class KeySource(Protocol):
@@ -89,6 +93,7 @@ def _identity(claims: Mapping[str, Any]) -> Identity:
         and isinstance(claims["jti"], str)
         and isinstance(claims.get("email", ""), str)
         and isinstance(roles, list)
+        and type(claims.get("pwd_at", 0)) is int
         and all(isinstance(role, str) for role in roles)
     ):
         raise _invalid("the access token has malformed claims")
@@ -98,7 +103,9 @@ def _identity(claims: Mapping[str, Any]) -> Identity:
         email_verified=claims.get("email_verified") is True,
         roles=tuple(roles),
         token_id=claims["jti"],
+        issued_at=int(claims["iat"]),
         expires_at=int(claims["exp"]),
+        password_changed_ms=int(claims.get("pwd_at", 0)),
     )
 
 

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import SecretStr
 
+from auth.accounts import grant_role
 from auth.service import running
 from inventory.service import running as running_inventory
 from invmesh.auth.v1 import auth_service_pb2 as auth_pb
@@ -261,13 +262,24 @@ def mesh_settings(settings: Settings) -> Settings:
 
 
 async def user_token(
-    stub: auth_service_pb2_grpc.AuthServiceStub, email: str, inbox: Inbox | None, public_url: str
+    stub: auth_service_pb2_grpc.AuthServiceStub,
+    email: str,
+    inbox: Inbox | None,
+    settings: Settings,
+    role: str = "staff",
 ) -> str:
-    """Registers `email`, confirms it through the mail when an inbox is given, and logs in."""
+    """Registers `email`, confirms it through the mail when an inbox is given, gives it `role`
+    as `invmesh users grant` does, and logs in."""
     await stub.Register(auth_pb.RegisterRequest(email=email, password="mesh-password"))
     if inbox is not None:
         messages = await inbox.wait_for(len(inbox.messages) + 1)
-        await stub.VerifyEmail(auth_pb.VerifyEmailRequest(token=link_token(messages[-1], public_url)))
+        token = link_token(messages[-1], settings.public_url)
+        await stub.VerifyEmail(auth_pb.VerifyEmailRequest(token=token))
+    db = Database(settings.database_url("auth"))
+    try:
+        await grant_role(db, email=email, role=role)
+    finally:
+        await db.dispose()
     reply = await stub.Login(auth_pb.LoginRequest(email=email, password="mesh-password"))
     return reply.access_token
 
@@ -289,6 +301,6 @@ async def mesh(settings: Settings, smtp: SmtpServer) -> AsyncIterator[Mesh]:
             auth=auth,
             products=products_service_pb2_grpc.ProductsServiceStub(products_channel),
             inventory=inventory_service_pb2_grpc.InventoryServiceStub(inventory_channel),
-            verified_token=await user_token(auth, "staff@example.com", smtp.inbox, settings.public_url),
-            unverified_token=await user_token(auth, "visitor@example.com", None, settings.public_url),
+            verified_token=await user_token(auth, "staff@example.com", smtp.inbox, settings, role="admin"),
+            unverified_token=await user_token(auth, "visitor@example.com", None, settings),
         )

@@ -260,7 +260,7 @@ async def test_with_inventory_down_reads_answer_without_stock_and_deletes_change
     async with running_auth(settings), running_products(settings):
         async with grpc.aio.insecure_channel(settings.auth_addr) as channel:
             auth = auth_service_pb2_grpc.AuthServiceStub(channel)
-            token = await user_token(auth, "ops@example.com", smtp.inbox, settings.public_url)
+            token = await user_token(auth, "ops@example.com", smtp.inbox, settings, role="admin")
         metadata = (("authorization", f"Bearer {token}"),)
         async with grpc.aio.insecure_channel(settings.products_addr) as channel:
             stub = products_service_pb2_grpc.ProductsServiceStub(channel)

@@ -24,6 +24,8 @@ DOCUMENTED_ROUTES = {
     ("POST", "/users/verify"): "invmesh.auth.v1.AuthService.VerifyEmail",
     ("GET", "/users/verify"): "invmesh.auth.v1.AuthService.VerifyEmail",
     ("GET", "/users/me"): "invmesh.auth.v1.AuthService.GetMe",
+    ("POST", "/users/me:changePassword"): "invmesh.auth.v1.AuthService.ChangePassword",
+    ("POST", "/users:setRole"): "invmesh.auth.v1.AuthService.SetUserRole",
     ("POST", "/users/refresh"): "invmesh.auth.v1.AuthService.RefreshToken",
     ("GET", "/.well-known/jwks.json"): "invmesh.auth.v1.AuthService.GetJwks",
     ("GET", "/products"): "invmesh.products.v1.ProductsService.ListProducts",

@@ -281,7 +281,7 @@ async def proxied_products(settings: Settings, smtp: SmtpServer) -> AsyncIterato
             grpc.aio.insecure_channel(settings.products_addr) as channel,
         ):
             auth = auth_service_pb2_grpc.AuthServiceStub(auth_channel)
-            token = await user_token(auth, "staff@example.com", smtp.inbox, settings.public_url)
+            token = await user_token(auth, "staff@example.com", smtp.inbox, settings)
             yield (
                 proxy,
                 products_service_pb2_grpc.ProductsServiceStub(channel),

@@ -222,13 +222,21 @@ async def test_tokens_and_verified_email(mesh: Mesh) -> None:
     visitor = mesh.as_user(mesh.unverified_token)
     item = await mesh.inventory.GetInventoryItem(pb.GetInventoryItemRequest(product_id=pid), metadata=visitor)
     assert item.item.quantity == 0  # reads are open to any valid token
-    for write in (
-        mesh.inventory.RecordMovement(move(pid, pb.IN, 1), metadata=visitor),
-        mesh.inventory.SetStock(pb.SetStockRequest(product_id=pid, quantity=1), metadata=visitor),
-        mesh.inventory.DeleteInventoryItem(pb.DeleteInventoryItemRequest(product_id=pid), metadata=visitor),
+    for write, reason in (  # the visitor is staff, but unverified
+        (mesh.inventory.RecordMovement(move(pid, pb.IN, 1), metadata=visitor), "EMAIL_NOT_VERIFIED"),
+        (
+            mesh.inventory.SetStock(pb.SetStockRequest(product_id=pid, quantity=1), metadata=visitor),
+            "EMAIL_NOT_VERIFIED",
+        ),
+        (
+            mesh.inventory.DeleteInventoryItem(
+                pb.DeleteInventoryItemRequest(product_id=pid), metadata=visitor
+            ),
+            "ROLE_REQUIRED",
+        ),
     ):
         error = await expect_error(write, grpc.StatusCode.PERMISSION_DENIED)
-        assert error_reason(error) == "EMAIL_NOT_VERIFIED"
+        assert error_reason(error) == reason
 
 
 async def test_item_and_movement_pages_walk_everything_once(mesh: Mesh) -> None:
@@ -329,7 +337,7 @@ async def test_with_products_down_movements_answer_unavailable(settings: Setting
                 auth_service_pb2_grpc.AuthServiceStub(channel),
                 "ops@example.com",
                 smtp.inbox,
-                settings.public_url,
+                settings,
             )
         async with grpc.aio.insecure_channel(settings.inventory_addr) as channel:
             stub = inventory_service_pb2_grpc.InventoryServiceStub(channel)

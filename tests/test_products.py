@@ -67,8 +67,10 @@ async def products(settings: Settings, smtp: SmtpServer) -> AsyncIterator[Produc
             yield Products(
                 stub=products_service_pb2_grpc.ProductsServiceStub(channel),
                 db=db,
-                verified=bearer(await user_token(auth, "staff@example.com", smtp.inbox, settings.public_url)),
-                unverified=bearer(await user_token(auth, "visitor@example.com", None, settings.public_url)),
+                verified=bearer(
+                    await user_token(auth, "staff@example.com", smtp.inbox, settings, role="admin")
+                ),
+                unverified=bearer(await user_token(auth, "visitor@example.com", None, settings)),
             )
         finally:
             await db.dispose()

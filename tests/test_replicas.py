@@ -145,7 +145,7 @@ async def replicated_mesh(settings: Settings, smtp: SmtpServer, logs: Path) -> A
         contextlib.AsyncExitStack() as stack,
     ):
         auth = auth_service_pb2_grpc.AuthServiceStub(auth_channel)
-        token = await user_token(auth, "staff@example.com", smtp.inbox, settings.public_url)
+        token = await user_token(auth, "staff@example.com", smtp.inbox, settings)
         yield ReplicatedMesh(
             addresses,
             products_service_pb2_grpc.ProductsServiceStub(

@@ -12,6 +12,7 @@ from tests.facade.conftest import Web
 
 
 async def test_a_new_user_from_registration_to_a_deleted_product(web: Web, smtp: SmtpServer) -> None:
+    """`web.staff` is the mesh's admin: it promotes the newcomer and deletes the product."""
     http = web.http
     seen = len(smtp.inbox.messages)
     registered = await http.post(
@@ -43,22 +44,24 @@ async def test_a_new_user_from_registration_to_a_deleted_product(web: Web, smtp:
     me = {"authorization": f"Bearer {tokens['access_token']}"}
     profile = await http.get("/users/me", headers=me)
     assert profile.json()["email_verified"] is True
-    refreshed = await http.post("/users/refresh", json={"refresh_token": tokens["refresh_token"]})
-    assert refreshed.status_code == 200 and refreshed.json()["access_token"]
     keys = await http.get("/.well-known/jwks.json")
     assert keys.status_code == 200 and keys.json()["keys"][0]["kty"] == "EC"
 
-    created = await http.post(
-        "/products",
-        headers=me,
-        json={
-            "sku": "LAMP-1",
-            "name": "Desk lamp",
-            "description": "LED",
-            "price": "24.90",
-            "currency": "EUR",
-        },
+    # A new account reads but cannot write, until an admin makes it staff; the refreshed
+    # token carries the role.
+    lamp = {"sku": "LAMP-1", "name": "Desk lamp", "description": "LED", "price": "24.90", "currency": "EUR"}
+    refused = await http.post("/products", headers=me, json=lamp)
+    assert refused.status_code == 403 and _reason(refused) == "ROLE_REQUIRED"
+    assert profile.json()["roles"] == ["viewer"]
+    promoted = await http.post(
+        "/users:setRole", headers=web.staff, json={"email": "newcomer@example.com", "role": "staff"}
     )
+    assert promoted.status_code == 200 and promoted.json()["roles"] == ["staff"], promoted.text
+    refreshed = await http.post("/users/refresh", json={"refresh_token": tokens["refresh_token"]})
+    assert refreshed.status_code == 200 and refreshed.json()["access_token"]
+    me = {"authorization": f"Bearer {refreshed.json()['access_token']}"}
+
+    created = await http.post("/products", headers=me, json=lamp)
     assert created.status_code == 201, created.text
     product = created.json()
     assert created.headers["location"] == f"/products/{product['id']}"
@@ -116,7 +119,9 @@ async def test_a_new_user_from_registration_to_a_deleted_product(web: Web, smtp:
     searched = await http.get("/products", headers=me, params={"q": "brass"})
     assert [p["id"] for p in searched.json()["products"]] == [product["id"]]
 
-    deleted = await http.delete(f"/products/{product['id']}", headers=me)
+    not_admin = await http.delete(f"/products/{product['id']}", headers=me)
+    assert not_admin.status_code == 403 and _reason(not_admin) == "ROLE_REQUIRED"
+    deleted = await http.delete(f"/products/{product['id']}", headers=web.staff)  # an admin
     assert deleted.status_code == 204 and deleted.content == b""
     gone = await http.get(f"/products/{product['id']}", headers=me)
     assert gone.status_code == 404 and _reason(gone) == "PRODUCT_NOT_FOUND"

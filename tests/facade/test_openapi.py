@@ -32,6 +32,8 @@ DOCUMENTED = {
     ("GET", "/users/verify", 200),
     ("POST", "/users/refresh", 200),
     ("GET", "/users/me", 200),
+    ("POST", "/users/me:changePassword", 200),
+    ("POST", "/users:setRole", 200),
     ("GET", "/.well-known/jwks.json", 200),
     ("GET", "/products", 200),
     ("POST", "/products", 201),

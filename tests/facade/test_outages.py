@@ -73,7 +73,7 @@ async def test_inventory_killed_fails_its_routes_fast_and_spares_products(
         httpx.AsyncClient(base_url=url, timeout=10) as http,
     ):
         stub = auth_service_pb2_grpc.AuthServiceStub(auth_channel)
-        token = await user_token(stub, "ops@example.com", smtp.inbox, settings.public_url)
+        token = await user_token(stub, "ops@example.com", smtp.inbox, settings)
         me = {"authorization": f"Bearer {token}"}
         product = (
             await http.post("/products", headers=me, json={"sku": "K", "name": "K", "price": "1"})
@@ -117,7 +117,7 @@ async def test_calls_are_balanced_over_a_backend_s_replicas(settings: Settings, 
         httpx.AsyncClient(base_url=url, timeout=10) as http,
     ):
         stub = auth_service_pb2_grpc.AuthServiceStub(auth_channel)
-        token = await user_token(stub, "rr@example.com", smtp.inbox, settings.public_url)
+        token = await user_token(stub, "rr@example.com", smtp.inbox, settings)
         me = {"authorization": f"Bearer {token}"}
         for _ in range(10):
             assert (await http.get("/products", headers=me)).status_code == 200

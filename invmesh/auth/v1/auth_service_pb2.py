@@ -25,10 +25,11 @@ _sym_db = _symbol_database.Default()
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from invmesh.api.v1 import access_pb2 as invmesh_dot_api_dot_v1_dot_access__pb2
 from invmesh.api.v1 import rest_pb2 as invmesh_dot_api_dot_v1_dot_rest__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"invmesh/auth/v1/auth_service.proto\x12\x0finvmesh.auth.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19invmesh/api/v1/rest.proto\"\x9e\x01\n\x04User\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x1c\n\x0e\x65mail_verified\x18\x04 \x01(\x08\x42\x04\xe2\x41\x01\x03\x12\x13\n\x05roles\x18\x05 \x03(\tB\x04\xe2\x41\x01\x03\x12\x34\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"L\n\x0fRegisterRequest\x12\x13\n\x05\x65mail\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08password\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0c\n\x04name\x18\x03 \x01(\t\"7\n\x10RegisterResponse\x12#\n\x04user\x18\x01 \x01(\x0b\x32\x15.invmesh.auth.v1.User\";\n\x0cLoginRequest\x12\x13\n\x05\x65mail\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08password\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"d\n\rLoginResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x05\x12\x15\n\rrefresh_token\x18\x04 \x01(\t\"@\n\x12VerifyEmailRequest\x12\x0f\n\x05\x65mail\x18\x01 \x01(\tH\x00\x12\x0f\n\x05token\x18\x02 \x01(\tH\x00\x42\x08\n\x06\x61\x63tion\":\n\x13VerifyEmailResponse\x12#\n\x04user\x18\x01 \x01(\x0b\x32\x15.invmesh.auth.v1.User\"2\n\x13RefreshTokenRequest\x12\x1b\n\rrefresh_token\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"k\n\x14RefreshTokenResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x05\x12\x15\n\rrefresh_token\x18\x04 \x01(\t\"\x0e\n\x0cGetMeRequest\"4\n\rGetMeResponse\x12#\n\x04user\x18\x01 \x01(\x0b\x32\x15.invmesh.auth.v1.User\"\x10\n\x0eGetJwksRequest\"5\n\x0fGetJwksResponse\x12\"\n\x04keys\x18\x01 \x03(\x0b\x32\x14.invmesh.auth.v1.Jwk\"\\\n\x03Jwk\x12\x0b\n\x03kty\x18\x01 \x01(\t\x12\x0b\n\x03\x63rv\x18\x02 \x01(\t\x12\t\n\x01x\x18\x03 \x01(\t\x12\t\n\x01y\x18\x04 \x01(\t\x12\x0b\n\x03kid\x18\x05 \x01(\t\x12\x0b\n\x03\x61lg\x18\x06 \x01(\t\x12\x0b\n\x03use\x18\x07 \x01(\t2\xb5\x05\n\x0b\x41uthService\x12x\n\x08Register\x12 .invmesh.auth.v1.RegisterRequest\x1a!.invmesh.auth.v1.RegisterResponse\"\'\xc2\xf3\x18\x03\x08\xc9\x01\x82\xd3\xe4\x93\x02\x1a\"\x0f/users/register:\x01*b\x04user\x12_\n\x05Login\x12\x1d.invmesh.auth.v1.LoginRequest\x1a\x1e.invmesh.auth.v1.LoginResponse\"\x17\x82\xd3\xe4\x93\x02\x11\"\x0c/users/login:\x01*\x12\x83\x01\n\x0bVerifyEmail\x12#.invmesh.auth.v1.VerifyEmailRequest\x1a$.invmesh.auth.v1.VerifyEmailResponse\")\x82\xd3\xe4\x93\x02#\"\r/users/verify:\x01*Z\x0f\x12\r/users/verify\x12v\n\x0cRefreshToken\x12$.invmesh.auth.v1.RefreshTokenRequest\x1a%.invmesh.auth.v1.RefreshTokenResponse\"\x19\x82\xd3\xe4\x93\x02\x13\"\x0e/users/refresh:\x01*\x12_\n\x05GetMe\x12\x1d.invmesh.auth.v1.GetMeRequest\x1a\x1e.invmesh.auth.v1.GetMeResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\t/users/meb\x04user\x12l\n\x07GetJwks\x12\x1f.invmesh.auth.v1.GetJwksRequest\x1a .invmesh.auth.v1.GetJwksResponse\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/.well-known/jwks.jsonb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"invmesh/auth/v1/auth_service.proto\x12\x0finvmesh.auth.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1binvmesh/api/v1/access.proto\x1a\x19invmesh/api/v1/rest.proto\"\x9e\x01\n\x04User\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x1c\n\x0e\x65mail_verified\x18\x04 \x01(\x08\x42\x04\xe2\x41\x01\x03\x12\x13\n\x05roles\x18\x05 \x03(\tB\x04\xe2\x41\x01\x03\x12\x34\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"L\n\x0fRegisterRequest\x12\x13\n\x05\x65mail\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08password\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0c\n\x04name\x18\x03 \x01(\t\"7\n\x10RegisterResponse\x12#\n\x04user\x18\x01 \x01(\x0b\x32\x15.invmesh.auth.v1.User\";\n\x0cLoginRequest\x12\x13\n\x05\x65mail\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08password\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"d\n\rLoginResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x05\x12\x15\n\rrefresh_token\x18\x04 \x01(\t\"@\n\x12VerifyEmailRequest\x12\x0f\n\x05\x65mail\x18\x01 \x01(\tH\x00\x12\x0f\n\x05token\x18\x02 \x01(\tH\x00\x42\x08\n\x06\x61\x63tion\":\n\x13VerifyEmailResponse\x12#\n\x04user\x18\x01 \x01(\x0b\x32\x15.invmesh.auth.v1.User\"2\n\x13RefreshTokenRequest\x12\x1b\n\rrefresh_token\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"k\n\x14RefreshTokenResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x05\x12\x15\n\rrefresh_token\x18\x04 \x01(\t\"\x0e\n\x0cGetMeRequest\"4\n\rGetMeResponse\x12#\n\x04user\x18\x01 \x01(\x0b\x32\x15.invmesh.auth.v1.User\"=\n\x12SetUserRoleRequest\x12\x13\n\x05\x65mail\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\x04role\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\":\n\x13SetUserRoleResponse\x12#\n\x04user\x18\x01 \x01(\x0b\x32\x15.invmesh.auth.v1.User\"S\n\x15\x43hangePasswordRequest\x12\x1e\n\x10\x63urrent_password\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1a\n\x0cnew_password\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"m\n\x16\x43hangePasswordResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x05\x12\x15\n\rrefresh_token\x18\x04 \x01(\t\"\x10\n\x0eGetJwksRequest\"5\n\x0fGetJwksResponse\x12\"\n\x04keys\x18\x01 \x03(\x0b\x32\x14.invmesh.auth.v1.Jwk\"\\\n\x03Jwk\x12\x0b\n\x03kty\x18\x01 \x01(\t\x12\x0b\n\x03\x63rv\x18\x02 \x01(\t\x12\t\n\x01x\x18\x03 \x01(\t\x12\t\n\x01y\x18\x04 \x01(\t\x12\x0b\n\x03kid\x18\x05 \x01(\t\x12\x0b\n\x03\x61lg\x18\x06 \x01(\t\x12\x0b\n\x03use\x18\x07 \x01(\t2\xbf\x07\n\x0b\x41uthService\x12x\n\x08Register\x12 .invmesh.auth.v1.RegisterRequest\x1a!.invmesh.auth.v1.RegisterResponse\"\'\xc2\xf3\x18\x03\x08\xc9\x01\x82\xd3\xe4\x93\x02\x1a\"\x0f/users/register:\x01*b\x04user\x12_\n\x05Login\x12\x1d.invmesh.auth.v1.LoginRequest\x1a\x1e.invmesh.auth.v1.LoginResponse\"\x17\x82\xd3\xe4\x93\x02\x11\"\x0c/users/login:\x01*\x12\x83\x01\n\x0bVerifyEmail\x12#.invmesh.auth.v1.VerifyEmailRequest\x1a$.invmesh.auth.v1.VerifyEmailResponse\")\x82\xd3\xe4\x93\x02#\"\r/users/verify:\x01*Z\x0f\x12\r/users/verify\x12v\n\x0cRefreshToken\x12$.invmesh.auth.v1.RefreshTokenRequest\x1a%.invmesh.auth.v1.RefreshTokenResponse\"\x19\x82\xd3\xe4\x93\x02\x13\"\x0e/users/refresh:\x01*\x12_\n\x05GetMe\x12\x1d.invmesh.auth.v1.GetMeRequest\x1a\x1e.invmesh.auth.v1.GetMeResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\t/users/meb\x04user\x12\x7f\n\x0bSetUserRole\x12#.invmesh.auth.v1.SetUserRoleRequest\x1a$.invmesh.auth.v1.SetUserRoleResponse\"%\xca\xf3\x18\x02\x08\x03\x82\xd3\xe4\x93\x02\x19\"\x0e/users:setRole:\x01*b\x04user\x12\x86\x01\n\x0e\x43hangePassword\x12&.invmesh.auth.v1.ChangePasswordRequest\x1a\'.invmesh.auth.v1.ChangePasswordResponse\"#\x82\xd3\xe4\x93\x02\x1d\"\x18/users/me:changePassword:\x01*\x12l\n\x07GetJwks\x12\x1f.invmesh.auth.v1.GetJwksRequest\x1a .invmesh.auth.v1.GetJwksResponse\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/.well-known/jwks.jsonb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -53,6 +54,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LOGINREQUEST'].fields_by_name['password']._serialized_options = b'\342A\001\002'
   _globals['_REFRESHTOKENREQUEST'].fields_by_name['refresh_token']._loaded_options = None
   _globals['_REFRESHTOKENREQUEST'].fields_by_name['refresh_token']._serialized_options = b'\342A\001\002'
+  _globals['_SETUSERROLEREQUEST'].fields_by_name['email']._loaded_options = None
+  _globals['_SETUSERROLEREQUEST'].fields_by_name['email']._serialized_options = b'\342A\001\002'
+  _globals['_SETUSERROLEREQUEST'].fields_by_name['role']._loaded_options = None
+  _globals['_SETUSERROLEREQUEST'].fields_by_name['role']._serialized_options = b'\342A\001\002'
+  _globals['_CHANGEPASSWORDREQUEST'].fields_by_name['current_password']._loaded_options = None
+  _globals['_CHANGEPASSWORDREQUEST'].fields_by_name['current_password']._serialized_options = b'\342A\001\002'
+  _globals['_CHANGEPASSWORDREQUEST'].fields_by_name['new_password']._loaded_options = None
+  _globals['_CHANGEPASSWORDREQUEST'].fields_by_name['new_password']._serialized_options = b'\342A\001\002'
   _globals['_AUTHSERVICE'].methods_by_name['Register']._loaded_options = None
   _globals['_AUTHSERVICE'].methods_by_name['Register']._serialized_options = b'\302\363\030\003\010\311\001\202\323\344\223\002\032\"\017/users/register:\001*b\004user'
   _globals['_AUTHSERVICE'].methods_by_name['Login']._loaded_options = None
@@ -63,36 +72,48 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AUTHSERVICE'].methods_by_name['RefreshToken']._serialized_options = b'\202\323\344\223\002\023\"\016/users/refresh:\001*'
   _globals['_AUTHSERVICE'].methods_by_name['GetMe']._loaded_options = None
   _globals['_AUTHSERVICE'].methods_by_name['GetMe']._serialized_options = b'\202\323\344\223\002\021\022\t/users/meb\004user'
+  _globals['_AUTHSERVICE'].methods_by_name['SetUserRole']._loaded_options = None
+  _globals['_AUTHSERVICE'].methods_by_name['SetUserRole']._serialized_options = b'\312\363\030\002\010\003\202\323\344\223\002\031\"\016/users:setRole:\001*b\004user'
+  _globals['_AUTHSERVICE'].methods_by_name['ChangePassword']._loaded_options = None
+  _globals['_AUTHSERVICE'].methods_by_name['ChangePassword']._serialized_options = b'\202\323\344\223\002\035\"\030/users/me:changePassword:\001*'
   _globals['_AUTHSERVICE'].methods_by_name['GetJwks']._loaded_options = None
   _globals['_AUTHSERVICE'].methods_by_name['GetJwks']._serialized_options = b'\202\323\344\223\002\030\022\026/.well-known/jwks.json'
-  _globals['_USER']._serialized_start=179
-  _globals['_USER']._serialized_end=337
-  _globals['_REGISTERREQUEST']._serialized_start=339
-  _globals['_REGISTERREQUEST']._serialized_end=415
-  _globals['_REGISTERRESPONSE']._serialized_start=417
-  _globals['_REGISTERRESPONSE']._serialized_end=472
-  _globals['_LOGINREQUEST']._serialized_start=474
-  _globals['_LOGINREQUEST']._serialized_end=533
-  _globals['_LOGINRESPONSE']._serialized_start=535
-  _globals['_LOGINRESPONSE']._serialized_end=635
-  _globals['_VERIFYEMAILREQUEST']._serialized_start=637
-  _globals['_VERIFYEMAILREQUEST']._serialized_end=701
-  _globals['_VERIFYEMAILRESPONSE']._serialized_start=703
-  _globals['_VERIFYEMAILRESPONSE']._serialized_end=761
-  _globals['_REFRESHTOKENREQUEST']._serialized_start=763
-  _globals['_REFRESHTOKENREQUEST']._serialized_end=813
-  _globals['_REFRESHTOKENRESPONSE']._serialized_start=815
-  _globals['_REFRESHTOKENRESPONSE']._serialized_end=922
-  _globals['_GETMEREQUEST']._serialized_start=924
-  _globals['_GETMEREQUEST']._serialized_end=938
-  _globals['_GETMERESPONSE']._serialized_start=940
-  _globals['_GETMERESPONSE']._serialized_end=992
-  _globals['_GETJWKSREQUEST']._serialized_start=994
-  _globals['_GETJWKSREQUEST']._serialized_end=1010
-  _globals['_GETJWKSRESPONSE']._serialized_start=1012
-  _globals['_GETJWKSRESPONSE']._serialized_end=1065
-  _globals['_JWK']._serialized_start=1067
-  _globals['_JWK']._serialized_end=1159
-  _globals['_AUTHSERVICE']._serialized_start=1162
-  _globals['_AUTHSERVICE']._serialized_end=1855
+  _globals['_USER']._serialized_start=208
+  _globals['_USER']._serialized_end=366
+  _globals['_REGISTERREQUEST']._serialized_start=368
+  _globals['_REGISTERREQUEST']._serialized_end=444
+  _globals['_REGISTERRESPONSE']._serialized_start=446
+  _globals['_REGISTERRESPONSE']._serialized_end=501
+  _globals['_LOGINREQUEST']._serialized_start=503
+  _globals['_LOGINREQUEST']._serialized_end=562
+  _globals['_LOGINRESPONSE']._serialized_start=564
+  _globals['_LOGINRESPONSE']._serialized_end=664
+  _globals['_VERIFYEMAILREQUEST']._serialized_start=666
+  _globals['_VERIFYEMAILREQUEST']._serialized_end=730
+  _globals['_VERIFYEMAILRESPONSE']._serialized_start=732
+  _globals['_VERIFYEMAILRESPONSE']._serialized_end=790
+  _globals['_REFRESHTOKENREQUEST']._serialized_start=792
+  _globals['_REFRESHTOKENREQUEST']._serialized_end=842
+  _globals['_REFRESHTOKENRESPONSE']._serialized_start=844
+  _globals['_REFRESHTOKENRESPONSE']._serialized_end=951
+  _globals['_GETMEREQUEST']._serialized_start=953
+  _globals['_GETMEREQUEST']._serialized_end=967
+  _globals['_GETMERESPONSE']._serialized_start=969
+  _globals['_GETMERESPONSE']._serialized_end=1021
+  _globals['_SETUSERROLEREQUEST']._serialized_start=1023
+  _globals['_SETUSERROLEREQUEST']._serialized_end=1084
+  _globals['_SETUSERROLERESPONSE']._serialized_start=1086
+  _globals['_SETUSERROLERESPONSE']._serialized_end=1144
+  _globals['_CHANGEPASSWORDREQUEST']._serialized_start=1146
+  _globals['_CHANGEPASSWORDREQUEST']._serialized_end=1229
+  _globals['_CHANGEPASSWORDRESPONSE']._serialized_start=1231
+  _globals['_CHANGEPASSWORDRESPONSE']._serialized_end=1340
+  _globals['_GETJWKSREQUEST']._serialized_start=1342
+  _globals['_GETJWKSREQUEST']._serialized_end=1358
+  _globals['_GETJWKSRESPONSE']._serialized_start=1360
+  _globals['_GETJWKSRESPONSE']._serialized_end=1413
+  _globals['_JWK']._serialized_start=1415
+  _globals['_JWK']._serialized_end=1507
+  _globals['_AUTHSERVICE']._serialized_start=1510
+  _globals['_AUTHSERVICE']._serialized_end=2469
 # @@protoc_insertion_point(module_scope)

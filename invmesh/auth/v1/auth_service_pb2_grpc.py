@@ -67,6 +67,16 @@ class AuthServiceStub:
                 request_serializer=invmesh_dot_auth_dot_v1_dot_auth__service__pb2.GetMeRequest.SerializeToString,
                 response_deserializer=invmesh_dot_auth_dot_v1_dot_auth__service__pb2.GetMeResponse.FromString,
                 _registered_method=True)
+        self.SetUserRole = channel.unary_unary(
+                '/invmesh.auth.v1.AuthService/SetUserRole',
+                request_serializer=invmesh_dot_auth_dot_v1_dot_auth__service__pb2.SetUserRoleRequest.SerializeToString,
+                response_deserializer=invmesh_dot_auth_dot_v1_dot_auth__service__pb2.SetUserRoleResponse.FromString,
+                _registered_method=True)
+        self.ChangePassword = channel.unary_unary(
+                '/invmesh.auth.v1.AuthService/ChangePassword',
+                request_serializer=invmesh_dot_auth_dot_v1_dot_auth__service__pb2.ChangePasswordRequest.SerializeToString,
+                response_deserializer=invmesh_dot_auth_dot_v1_dot_auth__service__pb2.ChangePasswordResponse.FromString,
+                _registered_method=True)
         self.GetJwks = channel.unary_unary(
                 '/invmesh.auth.v1.AuthService/GetJwks',
                 request_serializer=invmesh_dot_auth_dot_v1_dot_auth__service__pb2.GetJwksRequest.SerializeToString,
@@ -129,6 +139,29 @@ class AuthServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetUserRole(self, request, context):
+        """Gives an account a role: "viewer", "staff" or "admin" (each includes the
+        ones before it). Tokens issued from then on carry it. Returns
+        INVALID_ARGUMENT for an unknown role or a malformed email, NOT_FOUND for
+        an unknown account, FAILED_PRECONDITION for an admin demoting itself (so
+        the last admin cannot lock everyone out by mistake) and PERMISSION_DENIED
+        below admin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ChangePassword(self, request, context):
+        """Changes the caller's password, given the current one. Every refresh token
+        of the account is revoked, and access tokens issued before the change stop
+        working at the auth service at once and everywhere within their lifetime.
+        Returns UNAUTHENTICATED for a wrong current password and INVALID_ARGUMENT
+        for a new password that is too short or too long.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetJwks(self, request, context):
         """Returns the public keys that verify access tokens, as a JSON Web Key Set.
         Never fails for a reachable server.
@@ -164,6 +197,16 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     servicer.GetMe,
                     request_deserializer=invmesh_dot_auth_dot_v1_dot_auth__service__pb2.GetMeRequest.FromString,
                     response_serializer=invmesh_dot_auth_dot_v1_dot_auth__service__pb2.GetMeResponse.SerializeToString,
+            ),
+            'SetUserRole': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetUserRole,
+                    request_deserializer=invmesh_dot_auth_dot_v1_dot_auth__service__pb2.SetUserRoleRequest.FromString,
+                    response_serializer=invmesh_dot_auth_dot_v1_dot_auth__service__pb2.SetUserRoleResponse.SerializeToString,
+            ),
+            'ChangePassword': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangePassword,
+                    request_deserializer=invmesh_dot_auth_dot_v1_dot_auth__service__pb2.ChangePasswordRequest.FromString,
+                    response_serializer=invmesh_dot_auth_dot_v1_dot_auth__service__pb2.ChangePasswordResponse.SerializeToString,
             ),
             'GetJwks': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJwks,
@@ -314,6 +357,60 @@ class AuthService:
             '/invmesh.auth.v1.AuthService/GetMe',
             invmesh_dot_auth_dot_v1_dot_auth__service__pb2.GetMeRequest.SerializeToString,
             invmesh_dot_auth_dot_v1_dot_auth__service__pb2.GetMeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetUserRole(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/invmesh.auth.v1.AuthService/SetUserRole',
+            invmesh_dot_auth_dot_v1_dot_auth__service__pb2.SetUserRoleRequest.SerializeToString,
+            invmesh_dot_auth_dot_v1_dot_auth__service__pb2.SetUserRoleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangePassword(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/invmesh.auth.v1.AuthService/ChangePassword',
+            invmesh_dot_auth_dot_v1_dot_auth__service__pb2.ChangePasswordRequest.SerializeToString,
+            invmesh_dot_auth_dot_v1_dot_auth__service__pb2.ChangePasswordResponse.FromString,
             options,
             channel_credentials,
             insecure,

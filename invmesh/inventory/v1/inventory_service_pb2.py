@@ -25,10 +25,11 @@ _sym_db = _symbol_database.Default()
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from invmesh.api.v1 import access_pb2 as invmesh_dot_api_dot_v1_dot_access__pb2
 from invmesh.api.v1 import rest_pb2 as invmesh_dot_api_dot_v1_dot_rest__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,invmesh/inventory/v1/inventory_service.proto\x12\x14invmesh.inventory.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19invmesh/api/v1/rest.proto\"e\n\rInventoryItem\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x05\x12.\n\nupdated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xfb\x01\n\x08Movement\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nproduct_id\x18\x02 \x01(\t\x12\x30\n\x04type\x18\x03 \x01(\x0e\x32\".invmesh.inventory.v1.MovementType\x12\x10\n\x08quantity\x18\x04 \x01(\x05\x12\x15\n\rbalance_after\x18\x05 \x01(\x05\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x11\n\treference\x18\x07 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x08 \x01(\t\x12\x12\n\nrequest_id\x18\t \x01(\t\x12.\n\ncreated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"B\n\x19ListInventoryItemsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"i\n\x1aListInventoryItemsResponse\x12\x32\n\x05items\x18\x01 \x03(\x0b\x32#.invmesh.inventory.v1.InventoryItem\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"3\n\x17GetInventoryItemRequest\x12\x18\n\nproduct_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"M\n\x18GetInventoryItemResponse\x12\x31\n\x04item\x18\x01 \x01(\x0b\x32#.invmesh.inventory.v1.InventoryItem\"4\n\x1d\x42\x61tchGetInventoryItemsRequest\x12\x13\n\x0bproduct_ids\x18\x01 \x03(\t\"T\n\x1e\x42\x61tchGetInventoryItemsResponse\x12\x32\n\x05items\x18\x01 \x03(\x0b\x32#.invmesh.inventory.v1.InventoryItem\"\xb8\x01\n\x15RecordMovementRequest\x12\x18\n\nproduct_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x36\n\x04type\x18\x02 \x01(\x0e\x32\".invmesh.inventory.v1.MovementTypeB\x04\xe2\x41\x01\x02\x12\x16\n\x08quantity\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x02\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x11\n\treference\x18\x05 \x01(\t\x12\x12\n\nrequest_id\x18\x06 \x01(\t\"}\n\x16RecordMovementResponse\x12\x30\n\x08movement\x18\x01 \x01(\x0b\x32\x1e.invmesh.inventory.v1.Movement\x12\x31\n\x04item\x18\x02 \x01(\x0b\x32#.invmesh.inventory.v1.InventoryItem\"a\n\x0fSetStockRequest\x12\x18\n\nproduct_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x10\n\x08quantity\x18\x02 \x01(\x05\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"w\n\x10SetStockResponse\x12\x30\n\x08movement\x18\x01 \x01(\x0b\x32\x1e.invmesh.inventory.v1.Movement\x12\x31\n\x04item\x18\x02 \x01(\x0b\x32#.invmesh.inventory.v1.InventoryItem\"W\n\x14ListMovementsRequest\x12\x18\n\nproduct_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"c\n\x15ListMovementsResponse\x12\x31\n\tmovements\x18\x01 \x03(\x0b\x32\x1e.invmesh.inventory.v1.Movement\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"6\n\x1a\x44\x65leteInventoryItemRequest\x12\x18\n\nproduct_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x1d\n\x1b\x44\x65leteInventoryItemResponse*N\n\x0cMovementType\x12\x1d\n\x19MOVEMENT_TYPE_UNSPECIFIED\x10\x00\x12\x06\n\x02IN\x10\x01\x12\x07\n\x03OUT\x10\x02\x12\x0e\n\nADJUSTMENT\x10\x03\x32\xde\x07\n\x10InventoryService\x12\x8b\x01\n\x12ListInventoryItems\x12/.invmesh.inventory.v1.ListInventoryItemsRequest\x1a\x30.invmesh.inventory.v1.ListInventoryItemsResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/inventory\x12\x98\x01\n\x10GetInventoryItem\x12-.invmesh.inventory.v1.GetInventoryItemRequest\x1a..invmesh.inventory.v1.GetInventoryItemResponse\"%\x82\xd3\xe4\x93\x02\x1f\x12\x17/inventory/{product_id}b\x04item\x12\x83\x01\n\x16\x42\x61tchGetInventoryItems\x12\x33.invmesh.inventory.v1.BatchGetInventoryItemsRequest\x1a\x34.invmesh.inventory.v1.BatchGetInventoryItemsResponse\x12\x89\x01\n\x0eRecordMovement\x12+.invmesh.inventory.v1.RecordMovementRequest\x1a,.invmesh.inventory.v1.RecordMovementResponse\"\x1c\xc2\xf3\x18\x03\x08\xc9\x01\x82\xd3\xe4\x93\x02\x0f\"\n/inventory:\x01*\x12}\n\x08SetStock\x12%.invmesh.inventory.v1.SetStockRequest\x1a&.invmesh.inventory.v1.SetStockResponse\"\"\x82\xd3\xe4\x93\x02\x1c\x1a\x17/inventory/{product_id}:\x01*\x12\x93\x01\n\rListMovements\x12*.invmesh.inventory.v1.ListMovementsRequest\x1a+.invmesh.inventory.v1.ListMovementsResponse\")\x82\xd3\xe4\x93\x02#\x12!/inventory/{product_id}/movements\x12z\n\x13\x44\x65leteInventoryItem\x12\x30.invmesh.inventory.v1.DeleteInventoryItemRequest\x1a\x31.invmesh.inventory.v1.DeleteInventoryItemResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,invmesh/inventory/v1/inventory_service.proto\x12\x14invmesh.inventory.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1binvmesh/api/v1/access.proto\x1a\x19invmesh/api/v1/rest.proto\"e\n\rInventoryItem\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x05\x12.\n\nupdated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xfb\x01\n\x08Movement\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nproduct_id\x18\x02 \x01(\t\x12\x30\n\x04type\x18\x03 \x01(\x0e\x32\".invmesh.inventory.v1.MovementType\x12\x10\n\x08quantity\x18\x04 \x01(\x05\x12\x15\n\rbalance_after\x18\x05 \x01(\x05\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x11\n\treference\x18\x07 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x08 \x01(\t\x12\x12\n\nrequest_id\x18\t \x01(\t\x12.\n\ncreated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"B\n\x19ListInventoryItemsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"i\n\x1aListInventoryItemsResponse\x12\x32\n\x05items\x18\x01 \x03(\x0b\x32#.invmesh.inventory.v1.InventoryItem\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"3\n\x17GetInventoryItemRequest\x12\x18\n\nproduct_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"M\n\x18GetInventoryItemResponse\x12\x31\n\x04item\x18\x01 \x01(\x0b\x32#.invmesh.inventory.v1.InventoryItem\"4\n\x1d\x42\x61tchGetInventoryItemsRequest\x12\x13\n\x0bproduct_ids\x18\x01 \x03(\t\"T\n\x1e\x42\x61tchGetInventoryItemsResponse\x12\x32\n\x05items\x18\x01 \x03(\x0b\x32#.invmesh.inventory.v1.InventoryItem\"\xb8\x01\n\x15RecordMovementRequest\x12\x18\n\nproduct_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x36\n\x04type\x18\x02 \x01(\x0e\x32\".invmesh.inventory.v1.MovementTypeB\x04\xe2\x41\x01\x02\x12\x16\n\x08quantity\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x02\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x11\n\treference\x18\x05 \x01(\t\x12\x12\n\nrequest_id\x18\x06 \x01(\t\"}\n\x16RecordMovementResponse\x12\x30\n\x08movement\x18\x01 \x01(\x0b\x32\x1e.invmesh.inventory.v1.Movement\x12\x31\n\x04item\x18\x02 \x01(\x0b\x32#.invmesh.inventory.v1.InventoryItem\"a\n\x0fSetStockRequest\x12\x18\n\nproduct_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x10\n\x08quantity\x18\x02 \x01(\x05\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"w\n\x10SetStockResponse\x12\x30\n\x08movement\x18\x01 \x01(\x0b\x32\x1e.invmesh.inventory.v1.Movement\x12\x31\n\x04item\x18\x02 \x01(\x0b\x32#.invmesh.inventory.v1.InventoryItem\"W\n\x14ListMovementsRequest\x12\x18\n\nproduct_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"c\n\x15ListMovementsResponse\x12\x31\n\tmovements\x18\x01 \x03(\x0b\x32\x1e.invmesh.inventory.v1.Movement\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"6\n\x1a\x44\x65leteInventoryItemRequest\x12\x18\n\nproduct_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x1d\n\x1b\x44\x65leteInventoryItemResponse*N\n\x0cMovementType\x12\x1d\n\x19MOVEMENT_TYPE_UNSPECIFIED\x10\x00\x12\x06\n\x02IN\x10\x01\x12\x07\n\x03OUT\x10\x02\x12\x0e\n\nADJUSTMENT\x10\x03\x32\xf4\x07\n\x10InventoryService\x12\x8b\x01\n\x12ListInventoryItems\x12/.invmesh.inventory.v1.ListInventoryItemsRequest\x1a\x30.invmesh.inventory.v1.ListInventoryItemsResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/inventory\x12\x98\x01\n\x10GetInventoryItem\x12-.invmesh.inventory.v1.GetInventoryItemRequest\x1a..invmesh.inventory.v1.GetInventoryItemResponse\"%\x82\xd3\xe4\x93\x02\x1f\x12\x17/inventory/{product_id}b\x04item\x12\x83\x01\n\x16\x42\x61tchGetInventoryItems\x12\x33.invmesh.inventory.v1.BatchGetInventoryItemsRequest\x1a\x34.invmesh.inventory.v1.BatchGetInventoryItemsResponse\x12\x8f\x01\n\x0eRecordMovement\x12+.invmesh.inventory.v1.RecordMovementRequest\x1a,.invmesh.inventory.v1.RecordMovementResponse\"\"\xc2\xf3\x18\x03\x08\xc9\x01\xca\xf3\x18\x02\x08\x02\x82\xd3\xe4\x93\x02\x0f\"\n/inventory:\x01*\x12\x83\x01\n\x08SetStock\x12%.invmesh.inventory.v1.SetStockRequest\x1a&.invmesh.inventory.v1.SetStockResponse\"(\xca\xf3\x18\x02\x08\x02\x82\xd3\xe4\x93\x02\x1c\x1a\x17/inventory/{product_id}:\x01*\x12\x93\x01\n\rListMovements\x12*.invmesh.inventory.v1.ListMovementsRequest\x1a+.invmesh.inventory.v1.ListMovementsResponse\")\x82\xd3\xe4\x93\x02#\x12!/inventory/{product_id}/movements\x12\x82\x01\n\x13\x44\x65leteInventoryItem\x12\x30.invmesh.inventory.v1.DeleteInventoryItemRequest\x1a\x31.invmesh.inventory.v1.DeleteInventoryItemResponse\"\x06\xca\xf3\x18\x02\x08\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -54,45 +55,47 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INVENTORYSERVICE'].methods_by_name['GetInventoryItem']._loaded_options = None
   _globals['_INVENTORYSERVICE'].methods_by_name['GetInventoryItem']._serialized_options = b'\202\323\344\223\002\037\022\027/inventory/{product_id}b\004item'
   _globals['_INVENTORYSERVICE'].methods_by_name['RecordMovement']._loaded_options = None
-  _globals['_INVENTORYSERVICE'].methods_by_name['RecordMovement']._serialized_options = b'\302\363\030\003\010\311\001\202\323\344\223\002\017\"\n/inventory:\001*'
+  _globals['_INVENTORYSERVICE'].methods_by_name['RecordMovement']._serialized_options = b'\302\363\030\003\010\311\001\312\363\030\002\010\002\202\323\344\223\002\017\"\n/inventory:\001*'
   _globals['_INVENTORYSERVICE'].methods_by_name['SetStock']._loaded_options = None
-  _globals['_INVENTORYSERVICE'].methods_by_name['SetStock']._serialized_options = b'\202\323\344\223\002\034\032\027/inventory/{product_id}:\001*'
+  _globals['_INVENTORYSERVICE'].methods_by_name['SetStock']._serialized_options = b'\312\363\030\002\010\002\202\323\344\223\002\034\032\027/inventory/{product_id}:\001*'
   _globals['_INVENTORYSERVICE'].methods_by_name['ListMovements']._loaded_options = None
   _globals['_INVENTORYSERVICE'].methods_by_name['ListMovements']._serialized_options = b'\202\323\344\223\002#\022!/inventory/{product_id}/movements'
-  _globals['_MOVEMENTTYPE']._serialized_start=1808
-  _globals['_MOVEMENTTYPE']._serialized_end=1886
-  _globals['_INVENTORYITEM']._serialized_start=193
-  _globals['_INVENTORYITEM']._serialized_end=294
-  _globals['_MOVEMENT']._serialized_start=297
-  _globals['_MOVEMENT']._serialized_end=548
-  _globals['_LISTINVENTORYITEMSREQUEST']._serialized_start=550
-  _globals['_LISTINVENTORYITEMSREQUEST']._serialized_end=616
-  _globals['_LISTINVENTORYITEMSRESPONSE']._serialized_start=618
-  _globals['_LISTINVENTORYITEMSRESPONSE']._serialized_end=723
-  _globals['_GETINVENTORYITEMREQUEST']._serialized_start=725
-  _globals['_GETINVENTORYITEMREQUEST']._serialized_end=776
-  _globals['_GETINVENTORYITEMRESPONSE']._serialized_start=778
-  _globals['_GETINVENTORYITEMRESPONSE']._serialized_end=855
-  _globals['_BATCHGETINVENTORYITEMSREQUEST']._serialized_start=857
-  _globals['_BATCHGETINVENTORYITEMSREQUEST']._serialized_end=909
-  _globals['_BATCHGETINVENTORYITEMSRESPONSE']._serialized_start=911
-  _globals['_BATCHGETINVENTORYITEMSRESPONSE']._serialized_end=995
-  _globals['_RECORDMOVEMENTREQUEST']._serialized_start=998
-  _globals['_RECORDMOVEMENTREQUEST']._serialized_end=1182
-  _globals['_RECORDMOVEMENTRESPONSE']._serialized_start=1184
-  _globals['_RECORDMOVEMENTRESPONSE']._serialized_end=1309
-  _globals['_SETSTOCKREQUEST']._serialized_start=1311
-  _globals['_SETSTOCKREQUEST']._serialized_end=1408
-  _globals['_SETSTOCKRESPONSE']._serialized_start=1410
-  _globals['_SETSTOCKRESPONSE']._serialized_end=1529
-  _globals['_LISTMOVEMENTSREQUEST']._serialized_start=1531
-  _globals['_LISTMOVEMENTSREQUEST']._serialized_end=1618
-  _globals['_LISTMOVEMENTSRESPONSE']._serialized_start=1620
-  _globals['_LISTMOVEMENTSRESPONSE']._serialized_end=1719
-  _globals['_DELETEINVENTORYITEMREQUEST']._serialized_start=1721
-  _globals['_DELETEINVENTORYITEMREQUEST']._serialized_end=1775
-  _globals['_DELETEINVENTORYITEMRESPONSE']._serialized_start=1777
-  _globals['_DELETEINVENTORYITEMRESPONSE']._serialized_end=1806
-  _globals['_INVENTORYSERVICE']._serialized_start=1889
-  _globals['_INVENTORYSERVICE']._serialized_end=2879
+  _globals['_INVENTORYSERVICE'].methods_by_name['DeleteInventoryItem']._loaded_options = None
+  _globals['_INVENTORYSERVICE'].methods_by_name['DeleteInventoryItem']._serialized_options = b'\312\363\030\002\010\003'
+  _globals['_MOVEMENTTYPE']._serialized_start=1837
+  _globals['_MOVEMENTTYPE']._serialized_end=1915
+  _globals['_INVENTORYITEM']._serialized_start=222
+  _globals['_INVENTORYITEM']._serialized_end=323
+  _globals['_MOVEMENT']._serialized_start=326
+  _globals['_MOVEMENT']._serialized_end=577
+  _globals['_LISTINVENTORYITEMSREQUEST']._serialized_start=579
+  _globals['_LISTINVENTORYITEMSREQUEST']._serialized_end=645
+  _globals['_LISTINVENTORYITEMSRESPONSE']._serialized_start=647
+  _globals['_LISTINVENTORYITEMSRESPONSE']._serialized_end=752
+  _globals['_GETINVENTORYITEMREQUEST']._serialized_start=754
+  _globals['_GETINVENTORYITEMREQUEST']._serialized_end=805
+  _globals['_GETINVENTORYITEMRESPONSE']._serialized_start=807
+  _globals['_GETINVENTORYITEMRESPONSE']._serialized_end=884
+  _globals['_BATCHGETINVENTORYITEMSREQUEST']._serialized_start=886
+  _globals['_BATCHGETINVENTORYITEMSREQUEST']._serialized_end=938
+  _globals['_BATCHGETINVENTORYITEMSRESPONSE']._serialized_start=940
+  _globals['_BATCHGETINVENTORYITEMSRESPONSE']._serialized_end=1024
+  _globals['_RECORDMOVEMENTREQUEST']._serialized_start=1027
+  _globals['_RECORDMOVEMENTREQUEST']._serialized_end=1211
+  _globals['_RECORDMOVEMENTRESPONSE']._serialized_start=1213
+  _globals['_RECORDMOVEMENTRESPONSE']._serialized_end=1338
+  _globals['_SETSTOCKREQUEST']._serialized_start=1340
+  _globals['_SETSTOCKREQUEST']._serialized_end=1437
+  _globals['_SETSTOCKRESPONSE']._serialized_start=1439
+  _globals['_SETSTOCKRESPONSE']._serialized_end=1558
+  _globals['_LISTMOVEMENTSREQUEST']._serialized_start=1560
+  _globals['_LISTMOVEMENTSREQUEST']._serialized_end=1647
+  _globals['_LISTMOVEMENTSRESPONSE']._serialized_start=1649
+  _globals['_LISTMOVEMENTSRESPONSE']._serialized_end=1748
+  _globals['_DELETEINVENTORYITEMREQUEST']._serialized_start=1750
+  _globals['_DELETEINVENTORYITEMREQUEST']._serialized_end=1804
+  _globals['_DELETEINVENTORYITEMRESPONSE']._serialized_start=1806
+  _globals['_DELETEINVENTORYITEMRESPONSE']._serialized_end=1835
+  _globals['_INVENTORYSERVICE']._serialized_start=1918
+  _globals['_INVENTORYSERVICE']._serialized_end=2930
 # @@protoc_insertion_point(module_scope)

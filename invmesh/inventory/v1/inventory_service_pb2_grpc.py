@@ -114,8 +114,9 @@ class InventoryServiceServicer:
         Returns INVALID_ARGUMENT for a bad type or a quantity below 1, NOT_FOUND
         for an unknown product, FAILED_PRECONDITION (reason INSUFFICIENT_STOCK)
         for an exit beyond the stock, and ALREADY_EXISTS (reason
-        REQUEST_ID_REUSED) for a request_id already used with a different body.
-        A request_id already used with the same body returns the first result.
+        REQUEST_ID_REUSED) for a request_id already used with a different body,
+        and PERMISSION_DENIED below staff. A request_id already used with the same
+        body returns the first result.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -123,8 +124,9 @@ class InventoryServiceServicer:
 
     def SetStock(self, request, context):
         """Sets a product's stock, recording an ADJUSTMENT movement of the difference.
-        Returns INVALID_ARGUMENT for a negative quantity and NOT_FOUND for an
-        unknown product; request_id behaves as in RecordMovement.
+        Returns INVALID_ARGUMENT for a negative quantity, NOT_FOUND for an unknown
+        product and PERMISSION_DENIED below staff; request_id behaves as in
+        RecordMovement.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -141,7 +143,8 @@ class InventoryServiceServicer:
 
     def DeleteInventoryItem(self, request, context):
         """Retires a deleted product's inventory item: it answers NOT_FOUND from then
-        on and keeps its ledger. Idempotent. For the products service.
+        on and keeps its ledger. Idempotent. For the products service, on behalf
+        of the admin deleting the product: PERMISSION_DENIED below admin.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

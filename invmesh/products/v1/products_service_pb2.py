@@ -24,11 +24,12 @@ _sym_db = _symbol_database.Default()
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
+from invmesh.api.v1 import access_pb2 as invmesh_dot_api_dot_v1_dot_access__pb2
 from invmesh.api.v1 import rest_pb2 as invmesh_dot_api_dot_v1_dot_rest__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*invmesh/products/v1/products_service.proto\x12\x13invmesh.products.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19invmesh/api/v1/rest.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8e\x02\n\x07Product\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x11\n\x03sku\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\x04name\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x13\n\x05price\x18\x05 \x01(\tB\x04\xe2\x41\x01\x02\x12\x10\n\x08\x63urrency\x18\x06 \x01(\t\x12\x18\n\x05stock\x18\x07 \x01(\x05\x42\x04\xe2\x41\x01\x03H\x00\x88\x01\x01\x12\x34\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x34\n\nupdated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x42\x08\n\x06_stock\"G\n\x13ListProductsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\t\n\x01q\x18\x03 \x01(\t\"_\n\x14ListProductsResponse\x12.\n\x08products\x18\x01 \x03(\x0b\x32\x1c.invmesh.products.v1.Product\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"%\n\x11GetProductRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"C\n\x12GetProductResponse\x12-\n\x07product\x18\x01 \x01(\x0b\x32\x1c.invmesh.products.v1.Product\"&\n\x17\x42\x61tchGetProductsRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\"J\n\x18\x42\x61tchGetProductsResponse\x12.\n\x08products\x18\x01 \x03(\x0b\x32\x1c.invmesh.products.v1.Product\"K\n\x14\x43reateProductRequest\x12\x33\n\x07product\x18\x01 \x01(\x0b\x32\x1c.invmesh.products.v1.ProductB\x04\xe2\x41\x01\x02\"F\n\x15\x43reateProductResponse\x12-\n\x07product\x18\x01 \x01(\x0b\x32\x1c.invmesh.products.v1.Product\"K\n\x14UpdateProductRequest\x12\x33\n\x07product\x18\x01 \x01(\x0b\x32\x1c.invmesh.products.v1.ProductB\x04\xe2\x41\x01\x02\"F\n\x15UpdateProductResponse\x12-\n\x07product\x18\x01 \x01(\x0b\x32\x1c.invmesh.products.v1.Product\"(\n\x14\x44\x65leteProductRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x17\n\x15\x44\x65leteProductResponse2\xc2\x06\n\x0fProductsService\x12v\n\x0cListProducts\x12(.invmesh.products.v1.ListProductsRequest\x1a).invmesh.products.v1.ListProductsResponse\"\x11\x82\xd3\xe4\x93\x02\x0b\x12\t/products\x12~\n\nGetProduct\x12&.invmesh.products.v1.GetProductRequest\x1a\'.invmesh.products.v1.GetProductResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x0e/products/{id}b\x07product\x12o\n\x10\x42\x61tchGetProducts\x12,.invmesh.products.v1.BatchGetProductsRequest\x1a-.invmesh.products.v1.BatchGetProductsResponse\x12\xa2\x01\n\rCreateProduct\x12).invmesh.products.v1.CreateProductRequest\x1a*.invmesh.products.v1.CreateProductResponse\":\xc2\xf3\x18\x13\x08\xc9\x01\x12\x0e/products/{id}\x82\xd3\xe4\x93\x02\x1d\"\t/products:\x07productb\x07product\x12\x98\x01\n\rUpdateProduct\x12).invmesh.products.v1.UpdateProductRequest\x1a*.invmesh.products.v1.UpdateProductResponse\"0\x82\xd3\xe4\x93\x02*\x1a\x16/products/{product.id}:\x07productb\x07product\x12\x85\x01\n\rDeleteProduct\x12).invmesh.products.v1.DeleteProductRequest\x1a*.invmesh.products.v1.DeleteProductResponse\"\x1d\xc2\xf3\x18\x03\x08\xcc\x01\x82\xd3\xe4\x93\x02\x10*\x0e/products/{id}b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*invmesh/products/v1/products_service.proto\x12\x13invmesh.products.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1binvmesh/api/v1/access.proto\x1a\x19invmesh/api/v1/rest.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8e\x02\n\x07Product\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x11\n\x03sku\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\x04name\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x13\n\x05price\x18\x05 \x01(\tB\x04\xe2\x41\x01\x02\x12\x10\n\x08\x63urrency\x18\x06 \x01(\t\x12\x18\n\x05stock\x18\x07 \x01(\x05\x42\x04\xe2\x41\x01\x03H\x00\x88\x01\x01\x12\x34\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x34\n\nupdated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x42\x08\n\x06_stock\"G\n\x13ListProductsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\t\n\x01q\x18\x03 \x01(\t\"_\n\x14ListProductsResponse\x12.\n\x08products\x18\x01 \x03(\x0b\x32\x1c.invmesh.products.v1.Product\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"%\n\x11GetProductRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"C\n\x12GetProductResponse\x12-\n\x07product\x18\x01 \x01(\x0b\x32\x1c.invmesh.products.v1.Product\"&\n\x17\x42\x61tchGetProductsRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\"J\n\x18\x42\x61tchGetProductsResponse\x12.\n\x08products\x18\x01 \x03(\x0b\x32\x1c.invmesh.products.v1.Product\"K\n\x14\x43reateProductRequest\x12\x33\n\x07product\x18\x01 \x01(\x0b\x32\x1c.invmesh.products.v1.ProductB\x04\xe2\x41\x01\x02\"F\n\x15\x43reateProductResponse\x12-\n\x07product\x18\x01 \x01(\x0b\x32\x1c.invmesh.products.v1.Product\"K\n\x14UpdateProductRequest\x12\x33\n\x07product\x18\x01 \x01(\x0b\x32\x1c.invmesh.products.v1.ProductB\x04\xe2\x41\x01\x02\"F\n\x15UpdateProductResponse\x12-\n\x07product\x18\x01 \x01(\x0b\x32\x1c.invmesh.products.v1.Product\"(\n\x14\x44\x65leteProductRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x17\n\x15\x44\x65leteProductResponse2\xd4\x06\n\x0fProductsService\x12v\n\x0cListProducts\x12(.invmesh.products.v1.ListProductsRequest\x1a).invmesh.products.v1.ListProductsResponse\"\x11\x82\xd3\xe4\x93\x02\x0b\x12\t/products\x12~\n\nGetProduct\x12&.invmesh.products.v1.GetProductRequest\x1a\'.invmesh.products.v1.GetProductResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x0e/products/{id}b\x07product\x12o\n\x10\x42\x61tchGetProducts\x12,.invmesh.products.v1.BatchGetProductsRequest\x1a-.invmesh.products.v1.BatchGetProductsResponse\x12\xa8\x01\n\rCreateProduct\x12).invmesh.products.v1.CreateProductRequest\x1a*.invmesh.products.v1.CreateProductResponse\"@\xc2\xf3\x18\x13\x08\xc9\x01\x12\x0e/products/{id}\xca\xf3\x18\x02\x08\x02\x82\xd3\xe4\x93\x02\x1d\"\t/products:\x07productb\x07product\x12\x9e\x01\n\rUpdateProduct\x12).invmesh.products.v1.UpdateProductRequest\x1a*.invmesh.products.v1.UpdateProductResponse\"6\xca\xf3\x18\x02\x08\x02\x82\xd3\xe4\x93\x02*\x1a\x16/products/{product.id}:\x07productb\x07product\x12\x8b\x01\n\rDeleteProduct\x12).invmesh.products.v1.DeleteProductRequest\x1a*.invmesh.products.v1.DeleteProductResponse\"#\xc2\xf3\x18\x03\x08\xcc\x01\xca\xf3\x18\x02\x08\x03\x82\xd3\xe4\x93\x02\x10*\x0e/products/{id}b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -62,37 +63,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PRODUCTSSERVICE'].methods_by_name['GetProduct']._loaded_options = None
   _globals['_PRODUCTSSERVICE'].methods_by_name['GetProduct']._serialized_options = b'\202\323\344\223\002\031\022\016/products/{id}b\007product'
   _globals['_PRODUCTSSERVICE'].methods_by_name['CreateProduct']._loaded_options = None
-  _globals['_PRODUCTSSERVICE'].methods_by_name['CreateProduct']._serialized_options = b'\302\363\030\023\010\311\001\022\016/products/{id}\202\323\344\223\002\035\"\t/products:\007productb\007product'
+  _globals['_PRODUCTSSERVICE'].methods_by_name['CreateProduct']._serialized_options = b'\302\363\030\023\010\311\001\022\016/products/{id}\312\363\030\002\010\002\202\323\344\223\002\035\"\t/products:\007productb\007product'
   _globals['_PRODUCTSSERVICE'].methods_by_name['UpdateProduct']._loaded_options = None
-  _globals['_PRODUCTSSERVICE'].methods_by_name['UpdateProduct']._serialized_options = b'\202\323\344\223\002*\032\026/products/{product.id}:\007productb\007product'
+  _globals['_PRODUCTSSERVICE'].methods_by_name['UpdateProduct']._serialized_options = b'\312\363\030\002\010\002\202\323\344\223\002*\032\026/products/{product.id}:\007productb\007product'
   _globals['_PRODUCTSSERVICE'].methods_by_name['DeleteProduct']._loaded_options = None
-  _globals['_PRODUCTSSERVICE'].methods_by_name['DeleteProduct']._serialized_options = b'\302\363\030\003\010\314\001\202\323\344\223\002\020*\016/products/{id}'
-  _globals['_PRODUCT']._serialized_start=191
-  _globals['_PRODUCT']._serialized_end=461
-  _globals['_LISTPRODUCTSREQUEST']._serialized_start=463
-  _globals['_LISTPRODUCTSREQUEST']._serialized_end=534
-  _globals['_LISTPRODUCTSRESPONSE']._serialized_start=536
-  _globals['_LISTPRODUCTSRESPONSE']._serialized_end=631
-  _globals['_GETPRODUCTREQUEST']._serialized_start=633
-  _globals['_GETPRODUCTREQUEST']._serialized_end=670
-  _globals['_GETPRODUCTRESPONSE']._serialized_start=672
-  _globals['_GETPRODUCTRESPONSE']._serialized_end=739
-  _globals['_BATCHGETPRODUCTSREQUEST']._serialized_start=741
-  _globals['_BATCHGETPRODUCTSREQUEST']._serialized_end=779
-  _globals['_BATCHGETPRODUCTSRESPONSE']._serialized_start=781
-  _globals['_BATCHGETPRODUCTSRESPONSE']._serialized_end=855
-  _globals['_CREATEPRODUCTREQUEST']._serialized_start=857
-  _globals['_CREATEPRODUCTREQUEST']._serialized_end=932
-  _globals['_CREATEPRODUCTRESPONSE']._serialized_start=934
-  _globals['_CREATEPRODUCTRESPONSE']._serialized_end=1004
-  _globals['_UPDATEPRODUCTREQUEST']._serialized_start=1006
-  _globals['_UPDATEPRODUCTREQUEST']._serialized_end=1081
-  _globals['_UPDATEPRODUCTRESPONSE']._serialized_start=1083
-  _globals['_UPDATEPRODUCTRESPONSE']._serialized_end=1153
-  _globals['_DELETEPRODUCTREQUEST']._serialized_start=1155
-  _globals['_DELETEPRODUCTREQUEST']._serialized_end=1195
-  _globals['_DELETEPRODUCTRESPONSE']._serialized_start=1197
-  _globals['_DELETEPRODUCTRESPONSE']._serialized_end=1220
-  _globals['_PRODUCTSSERVICE']._serialized_start=1223
-  _globals['_PRODUCTSSERVICE']._serialized_end=2057
+  _globals['_PRODUCTSSERVICE'].methods_by_name['DeleteProduct']._serialized_options = b'\302\363\030\003\010\314\001\312\363\030\002\010\003\202\323\344\223\002\020*\016/products/{id}'
+  _globals['_PRODUCT']._serialized_start=220
+  _globals['_PRODUCT']._serialized_end=490
+  _globals['_LISTPRODUCTSREQUEST']._serialized_start=492
+  _globals['_LISTPRODUCTSREQUEST']._serialized_end=563
+  _globals['_LISTPRODUCTSRESPONSE']._serialized_start=565
+  _globals['_LISTPRODUCTSRESPONSE']._serialized_end=660
+  _globals['_GETPRODUCTREQUEST']._serialized_start=662
+  _globals['_GETPRODUCTREQUEST']._serialized_end=699
+  _globals['_GETPRODUCTRESPONSE']._serialized_start=701
+  _globals['_GETPRODUCTRESPONSE']._serialized_end=768
+  _globals['_BATCHGETPRODUCTSREQUEST']._serialized_start=770
+  _globals['_BATCHGETPRODUCTSREQUEST']._serialized_end=808
+  _globals['_BATCHGETPRODUCTSRESPONSE']._serialized_start=810
+  _globals['_BATCHGETPRODUCTSRESPONSE']._serialized_end=884
+  _globals['_CREATEPRODUCTREQUEST']._serialized_start=886
+  _globals['_CREATEPRODUCTREQUEST']._serialized_end=961
+  _globals['_CREATEPRODUCTRESPONSE']._serialized_start=963
+  _globals['_CREATEPRODUCTRESPONSE']._serialized_end=1033
+  _globals['_UPDATEPRODUCTREQUEST']._serialized_start=1035
+  _globals['_UPDATEPRODUCTREQUEST']._serialized_end=1110
+  _globals['_UPDATEPRODUCTRESPONSE']._serialized_start=1112
+  _globals['_UPDATEPRODUCTRESPONSE']._serialized_end=1182
+  _globals['_DELETEPRODUCTREQUEST']._serialized_start=1184
+  _globals['_DELETEPRODUCTREQUEST']._serialized_end=1224
+  _globals['_DELETEPRODUCTRESPONSE']._serialized_start=1226
+  _globals['_DELETEPRODUCTRESPONSE']._serialized_end=1249
+  _globals['_PRODUCTSSERVICE']._serialized_start=1252
+  _globals['_PRODUCTSSERVICE']._serialized_end=2104
 # @@protoc_insertion_point(module_scope)

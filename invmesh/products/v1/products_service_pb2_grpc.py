@@ -104,8 +104,8 @@ class ProductsServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreateProduct(self, request, context):
-        """Creates a product. Returns INVALID_ARGUMENT naming the first invalid field
-        and ALREADY_EXISTS if the sku is taken.
+        """Creates a product. Returns INVALID_ARGUMENT naming the first invalid field,
+        ALREADY_EXISTS if the sku is taken and PERMISSION_DENIED below staff.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -113,8 +113,8 @@ class ProductsServiceServicer:
 
     def UpdateProduct(self, request, context):
         """Replaces a product's editable fields. Returns NOT_FOUND if it does not
-        exist, INVALID_ARGUMENT naming the first invalid field and ALREADY_EXISTS
-        if the new sku is taken.
+        exist, INVALID_ARGUMENT naming the first invalid field, ALREADY_EXISTS if
+        the new sku is taken and PERMISSION_DENIED below staff.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -122,8 +122,8 @@ class ProductsServiceServicer:
 
     def DeleteProduct(self, request, context):
         """Deletes a product and retires its inventory item. Returns NOT_FOUND if it
-        does not exist and UNAVAILABLE if the inventory service cannot be reached
-        (then nothing changes).
+        does not exist, UNAVAILABLE if the inventory service cannot be reached
+        (then nothing changes) and PERMISSION_DENIED below admin.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,0 +1,53 @@
+"""Roles, and the least role each method declares in the contract (`invmesh.api.v1.access`).
+
+Roles rank viewer < staff < admin; a caller holds the rank of its highest role. The numbers
+of `invmesh.api.v1.Role` are those ranks, so a method's rule compares directly.
+"""
+
+from __future__ import annotations
+
+from google.protobuf import descriptor_pool
+from google.protobuf.descriptor import MethodDescriptor
+
+from invmesh.api.v1 import access_pb2
+from mesh.errors import InvalidArgument, PermissionDenied
+from mesh.tokens import Identity
+
+RANKS = {"viewer": access_pb2.ROLE_VIEWER, "staff": access_pb2.ROLE_STAFF, "admin": access_pb2.ROLE_ADMIN}
+
+
+def role_named(name: str) -> str:
+    """`name` if it is a role; INVALID_ARGUMENT saying which roles exist otherwise."""
+    if name not in RANKS:
+        raise InvalidArgument(f"role must be one of {', '.join(RANKS)}", field="role", reason="INVALID_ROLE")
+    return name
+
+
+def role_name(role: access_pb2.Role.ValueType) -> str:
+    """`staff` for ROLE_STAFF: the name tokens and clients use."""
+    return access_pb2.Role.Name(role).removeprefix("ROLE_").lower()
+
+
+def declared_role(method: MethodDescriptor) -> access_pb2.Role.ValueType:
+    options = method.GetOptions()
+    return options.Extensions[access_pb2.access].role if options.HasExtension(access_pb2.access) else 0
+
+
+def required_role(method_path: str) -> access_pb2.Role.ValueType:
+    """The role the method at `/package.Service/Method` declares; 0 (any caller) if none or unknown."""
+    try:
+        method = descriptor_pool.Default().FindMethodByName(method_path.lstrip("/").replace("/", "."))
+    except KeyError:
+        return 0
+    return declared_role(method)
+
+
+def require_role(caller: Identity, needed: access_pb2.Role.ValueType) -> None:
+    """PERMISSION_DENIED unless one of the caller's roles ranks at least `needed`."""
+    if needed and max((RANKS.get(role, 0) for role in caller.roles), default=0) < needed:
+        name = role_name(needed)
+        raise PermissionDenied(
+            f"this needs the {name} role; ask an admin to grant it",
+            reason="ROLE_REQUIRED",
+            metadata={"role": name},
+        )
