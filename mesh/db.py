@@ -46,6 +46,10 @@ if TYPE_CHECKING:
     from mesh.config import Settings
 
 log = logging.getLogger(__name__)
+# aiosqlite logs every statement with its parameters (password hashes, queued mail with its
+# verification link) at DEBUG. Never let a DEBUG root logger turn that on; SQLAlchemy's own
+# loggers already default to WARNING until someone asks for them.
+logging.getLogger("aiosqlite").setLevel(logging.INFO)
 
 _WRITE = "invmesh_write"
 

@@ -66,5 +66,3 @@ def configure_logging(service: str, level: str = "INFO", style: Literal["text", 
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # aiosqlite logs every statement at DEBUG; sqlalchemy has its own echo switch.
-    logging.getLogger("aiosqlite").setLevel(logging.INFO)
