@@ -60,7 +60,8 @@ async def test_register_confirm_login_and_verify_the_token(auth: AuthEndpoint, s
     header = jwt.get_unverified_header(login.access_token)
     claims = jwt.decode(login.access_token, options={"verify_signature": False})
     assert header["alg"] == "ES256" and header["typ"] == "at+jwt" and header["kid"]
-    assert set(claims) == {"iss", "aud", "sub", "email", "email_verified", "roles", "iat", "exp", "jti"}
+    assert set(claims) == {"iss", "aud", "sub", "email", "email_verified", "roles", "pwd_at", "iat", "exp", "jti"}
+    assert claims["pwd_at"] == 0  # the password never changed
     assert claims["exp"] - claims["iat"] == 900
 
     me = await auth.stub.GetMe(pb.GetMeRequest(), metadata=bearer(login.access_token))
