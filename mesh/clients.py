@@ -5,21 +5,70 @@ from __future__ import annotations
 import json
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack
 from typing import Any
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
 
+from invmesh.auth.v1 import auth_service_pb2
+from invmesh.inventory.v1 import inventory_service_pb2
+from invmesh.products.v1 import products_service_pb2
 from mesh import context
 from mesh.errors import DeadlineExceeded
 
+RETRY_POLICY = {
+    "maxAttempts": 3,
+    "initialBackoff": "0.05s",
+    "maxBackoff": "1s",
+    "backoffMultiplier": 2,
+    "retryableStatusCodes": ["UNAVAILABLE"],
+}
+# The retry budget, per target: each failed attempt takes a token, each success gives back 0.1,
+# and below half of maxTokens nothing is retried (A6: at most ~1 retry per 10 successes).
+RETRY_THROTTLING = {"maxTokens": 10, "tokenRatio": 0.1}
+IDEMPOTENT_WRITES = {"invmesh.inventory.v1.InventoryService.DeleteInventoryItem"}
+
+
+def retried_methods(services: Iterable[ServiceDescriptor]) -> list[dict[str, str]]:
+    """The methods safe to send twice: reads (Get*, List*, BatchGet*) and IDEMPOTENT_WRITES.
+
+    RecordMovement and SetStock are safe only when the request carries a request_id, which a
+    per-method policy cannot see, so they are left to gRPC's transparent retries: an attempt
+    the server never saw (a refused stream, a GOAWAY from a replica shutting down) is resent
+    on any method. A client that sets a request_id may resend it itself."""
+    return [
+        {"service": service.full_name, "method": method.name}
+        for service in services
+        for method in service.methods
+        if method.name.startswith(("Get", "List", "BatchGet")) or method.full_name in IDEMPOTENT_WRITES
+    ]
+
+
+SERVICE_CONFIG = {
+    # Spread calls over every address a target resolves to (replicas), not just the first.
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "methodConfig": [
+        {
+            "name": retried_methods(
+                file.services_by_name[name]
+                for file, name in [
+                    (auth_service_pb2.DESCRIPTOR, "AuthService"),
+                    (products_service_pb2.DESCRIPTOR, "ProductsService"),
+                    (inventory_service_pb2.DESCRIPTOR, "InventoryService"),
+                ]
+            ),
+            "retryPolicy": RETRY_POLICY,
+        }
+    ],
+    "retryThrottling": RETRY_THROTTLING,
+}
 CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
-    # Spread calls over every address a target resolves to (replicas), not just the first.
-    ("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})),
+    ("grpc.service_config", json.dumps(SERVICE_CONFIG)),
 ]
 
 
