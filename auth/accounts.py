@@ -136,6 +136,7 @@ class Accounts:
         # Unknown emails run a bcrypt check too, so the answer's timing tells nothing.
         if not await self._hasher.verify(password, user.password_hash if user else None) or user is None:
             raise Unauthenticated(_INVALID_CREDENTIALS, reason="INVALID_CREDENTIALS")
+        await self._keys.refresh_if_due()  # a rotation may have made another key current
         async with self._db.transaction() as session:
             per_account, per_address = limits
             await throttle.clear(session, per_account)
@@ -143,6 +144,7 @@ class Accounts:
             return self._issue(session, user, family_id=str(uuid.uuid4()))
 
     async def refresh(self, refresh_token: str) -> Tokens:
+        await self._keys.refresh_if_due()
         now = utcnow()
         reused_family = None
         async with self._db.transaction() as session:
@@ -261,6 +263,7 @@ class Accounts:
                 "the current password is incorrect", field="current_password", reason="INVALID_CREDENTIALS"
             )
         new_hash = await self._hasher.hash(check_new_password(new_password, field="new_password"))
+        await self._keys.refresh_if_due()
         now = utcnow()
         async with self._db.transaction() as session:
             changed = await session.execute(

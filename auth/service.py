@@ -9,7 +9,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 from auth import throttle
 from auth.accounts import Accounts
-from auth.keys import KeyStore
+from auth.keys import KeyStore, Schedule
 from auth.mail import FolderTransport, MailRelay, SmtpTransport, Transport
 from auth.passwords import PasswordHasher
 from auth.servicer import AuthServicer
@@ -39,7 +39,12 @@ async def running(settings: Settings, *, address: str | None = None) -> AsyncIte
     async with AsyncExitStack() as stack:
         db = await open_database(stack, settings, "auth")
         private_key = settings.jwt_private_key.get_secret_value() if settings.jwt_private_key else None
-        keys = await KeyStore.load(db, private_key)
+        keys = await KeyStore.load(
+            db,
+            private_key,
+            schedule=Schedule.from_settings(settings),
+            reload_every=settings.jwks_refetch_interval_seconds,
+        )
         relay = MailRelay(
             db,
             mail_transport(settings),

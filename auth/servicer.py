@@ -30,7 +30,8 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
     def __init__(self, accounts: Accounts, keys: KeyStore, *, trusted_proxies: list[str]) -> None:
         self._accounts = accounts
         self._trusted = throttle.networks(trusted_proxies)
-        self._jwks = pb.GetJwksResponse(keys=[pb.Jwk(**jwk) for jwk in keys.jwks])
+        self._keys = keys
+        self._jwks = pb.GetJwksResponse()
 
     async def Register(
         self, request: pb.RegisterRequest, context: grpc.aio.ServicerContext
@@ -94,6 +95,10 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
     async def GetJwks(
         self, request: pb.GetJwksRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetJwksResponse:
+        await self._keys.refresh_if_due()
+        jwks = self._keys.jwks
+        if [key.kid for key in self._jwks.keys] != [jwk["kid"] for jwk in jwks]:  # rotated
+            self._jwks = pb.GetJwksResponse(keys=[pb.Jwk(**jwk) for jwk in jwks])
         return self._jwks
 
 

@@ -10,6 +10,8 @@ invmesh serve NAME [--listen HOST:PORT]
                        one service (or the facade) in this process; a service listens on
                        HOST:PORT (default: the first address of its `<SERVICE>_ADDR`)
 invmesh migrate [NAME…] bring the services' database schemas to the newest migration
+invmesh keys rotate    store a new token signing key: published at once, signing once every
+                       verifier can know it; older keys are dropped once their tokens expired
 invmesh users grant EMAIL ROLE
                        give an account the role viewer, staff or admin, straight in the
                        auth database (how the first admin is made without ADMIN_EMAILS)
@@ -154,6 +156,41 @@ async def grant(email: str, role: str) -> int:
     return 0
 
 
+async def rotate_keys() -> int:
+    """Stores a new signing key in the auth database (see auth.keys); 1 if it could not."""
+    from auth.keys import Schedule, rotate
+    from mesh.db import Database, describe_error
+    from mesh.errors import DomainError
+
+    settings = _settings_or_exit()
+    if settings.jwt_private_key is not None:
+        print(
+            "invmesh: JWT_PRIVATE_KEY is set, so that key alone signs; to rotate it, set another "
+            "key (tokens of the old one then stop verifying), or unset it to use rotating keys",
+            file=sys.stderr,
+        )
+        return 1
+    db = Database.for_service(settings, "auth")
+    try:
+        rotation = await rotate(db, Schedule.from_settings(settings))
+    except DomainError as exc:
+        print(f"invmesh: {exc.message}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        print(f"invmesh: auth: {describe_error(exc)}", file=sys.stderr)
+        return 1
+    finally:
+        await db.dispose()
+    print(
+        f"invmesh: new signing key {rotation.kid} (generation {rotation.generation}), published now, "
+        f"signs from {rotation.signs_from:%Y-%m-%d %H:%M:%S} UTC",
+        file=sys.stderr,
+    )
+    for kid in rotation.retired:
+        print(f"invmesh: retired signing key {kid}: every token it signed has expired", file=sys.stderr)
+    return 0
+
+
 async def _wait_healthy(address: str, deadline: float) -> bool:
     async with grpc.aio.insecure_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
@@ -285,12 +322,18 @@ def main(argv: list[str] | None = None) -> None:
     migrate_parser.add_argument(
         "services", nargs="*", metavar="SERVICE", help=f"a subset of: {', '.join(SERVICES)} (default: all)"
     )
+    keys_parser = commands.add_parser("keys", help="manage the token signing keys")
+    keys_commands = keys_parser.add_subparsers(dest="action", required=True)
+    keys_commands.add_parser("rotate", help="store a new signing key; old ones retire as tokens expire")
     users_parser = commands.add_parser("users", help="manage accounts")
     users_commands = users_parser.add_subparsers(dest="action", required=True)
     grant_parser = users_commands.add_parser("grant", help="give an account a role")
     grant_parser.add_argument("email")
     grant_parser.add_argument("role", choices=["viewer", "staff", "admin"])
     args = parser.parse_args(argv)
+    if args.command == "keys":
+        configure_logging("keys", "WARNING", "text")
+        sys.exit(asyncio.run(rotate_keys()))
     if args.command == "users":
         configure_logging("users", "WARNING", "text")
         sys.exit(asyncio.run(grant(args.email, args.role)))
