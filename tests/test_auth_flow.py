@@ -60,7 +60,18 @@ async def test_register_confirm_login_and_verify_the_token(auth: AuthEndpoint, s
     header = jwt.get_unverified_header(login.access_token)
     claims = jwt.decode(login.access_token, options={"verify_signature": False})
     assert header["alg"] == "ES256" and header["typ"] == "at+jwt" and header["kid"]
-    assert set(claims) == {"iss", "aud", "sub", "email", "email_verified", "roles", "pwd_at", "iat", "exp", "jti"}
+    assert set(claims) == {
+        "iss",
+        "aud",
+        "sub",
+        "email",
+        "email_verified",
+        "roles",
+        "pwd_at",
+        "iat",
+        "exp",
+        "jti",
+    }
     assert claims["pwd_at"] == 0  # the password never changed
     assert claims["exp"] - claims["iat"] == 900
 
@@ -241,3 +252,28 @@ async def test_passwords_are_stored_as_bcrypt_hashes(auth: AuthEndpoint, auth_db
     async with auth_db.session() as session:
         stored = await session.scalar(select(User.password_hash))
     assert stored is not None and stored.startswith("$2b$04$") and PASSWORD not in stored
+
+
+async def test_reuse_revokes_every_descendant_of_that_sign_in_only(auth: AuthEndpoint) -> None:
+    await register(auth, "m@example.com")
+    phone = await auth.stub.Login(pb.LoginRequest(email="m@example.com", password=PASSWORD))
+    laptop = await auth.stub.Login(pb.LoginRequest(email="m@example.com", password=PASSWORD))
+    first = await auth.stub.RefreshToken(pb.RefreshTokenRequest(refresh_token=phone.refresh_token))
+    second = await auth.stub.RefreshToken(pb.RefreshTokenRequest(refresh_token=first.refresh_token))
+
+    # The phone's first token, stolen and replayed two rotations later:
+    error = await expect_error(
+        auth.stub.RefreshToken(pb.RefreshTokenRequest(refresh_token=phone.refresh_token)),
+        grpc.StatusCode.UNAUTHENTICATED,
+    )
+    assert error_reason(error) == "REFRESH_TOKEN_REUSED"
+    for spent in (first.refresh_token, second.refresh_token):  # the whole chain is revoked
+        error = await expect_error(
+            auth.stub.RefreshToken(pb.RefreshTokenRequest(refresh_token=spent)),
+            grpc.StatusCode.UNAUTHENTICATED,
+        )
+        assert error_reason(error) in {"INVALID_REFRESH_TOKEN", "REFRESH_TOKEN_REUSED"}
+    # The laptop signed in separately: its session goes on.
+    assert (
+        await auth.stub.RefreshToken(pb.RefreshTokenRequest(refresh_token=laptop.refresh_token))
+    ).access_token
