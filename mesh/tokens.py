@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import hashlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -27,6 +29,7 @@ from mesh.errors import Unauthenticated, Unavailable
 ALGORITHM = "ES256"
 TOKEN_TYPE = "at+jwt"
 REQUIRED_CLAIMS = ("iss", "aud", "sub", "exp", "iat", "jti")
+VERIFIED_CACHE_SIZE = 4096
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +56,41 @@ class KeySource(Protocol):
 
 
 class TokenVerifier:
-    def __init__(self, keys: KeySource, *, issuer: str, audience: str) -> None:
+    """Verifies access tokens, and remembers the ones it verified until they expire.
+
+    A client sends the same token for many calls, and an ES256 check costs far more than the
+    rest of a read; so a verified token's identity is kept, keyed by the token's SHA-256
+    (never the token itself), until its `exp` and only while the key that signed it is still
+    published. Only tokens that passed every check are kept; the size is bounded (oldest out).
+    """
+
+    def __init__(
+        self, keys: KeySource, *, issuer: str, audience: str, cache_size: int = VERIFIED_CACHE_SIZE
+    ) -> None:
         self._keys = keys
         self._issuer = issuer
         self._audience = audience
+        self._cache_size = cache_size
+        # sha256(token) -> (identity, kid, the key that verified it)
+        self._verified: OrderedDict[bytes, tuple[Identity, str, EllipticCurvePublicKey]] = OrderedDict()
 
     async def verify(self, token: str) -> Identity:
         """Returns the token's identity; raises Unauthenticated saying what is wrong."""
+        digest = hashlib.sha256(token.encode()).digest()
+        hit = self._verified.get(digest)
+        if hit is not None:
+            identity, kid, key = hit
+            # PyJWT rejects a token once now >= exp; a key no longer published ends the entry too.
+            if time.time() < identity.expires_at and await self._keys.public_key(kid) is key:
+                return identity
+            self._verified.pop(digest, None)
+        identity, kid, key = await self._verify(token)
+        if len(self._verified) >= self._cache_size:
+            self._verified.popitem(last=False)
+        self._verified[digest] = (identity, kid, key)
+        return identity
+
+    async def _verify(self, token: str) -> tuple[Identity, str, EllipticCurvePublicKey]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError:
@@ -83,7 +114,7 @@ class TokenVerifier:
             raise Unauthenticated("the access token has expired", reason="TOKEN_EXPIRED") from None
         except jwt.InvalidTokenError as exc:
             raise _invalid(f"the access token is invalid: {exc}") from None
-        return _identity(claims)
+        return _identity(claims), kid, key
 
 
 def _identity(claims: Mapping[str, Any]) -> Identity:

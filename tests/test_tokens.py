@@ -27,8 +27,8 @@ from invmesh.products.v1 import products_service_pb2 as products_pb
 from mesh import clients, context, migrations
 from mesh.config import Settings
 from mesh.db import Database
-from mesh.errors import Unavailable
-from mesh.tokens import JwksCache
+from mesh.errors import Unauthenticated, Unavailable
+from mesh.tokens import JwksCache, TokenVerifier
 from tests.conftest import AuthEndpoint, Mesh, SmtpServer, free_port, link_token
 from tests.facade.conftest import facade_client
 from tests.rpc import error_reason, expect_error
@@ -279,3 +279,100 @@ async def test_jwks_cache_without_the_auth_service_is_unavailable_not_a_bad_toke
             else:
                 pytest.fail("the keys were never fetched once the auth service was up")
             assert await cache.public_key("made-up") is None  # and a made-up kid is a bad token again
+
+
+class Published:
+    """A key source that publishes the keys the test puts in `keys`."""
+
+    def __init__(self, key: Key) -> None:
+        self.keys = {thumbprint(key.public_key()): key.public_key()}
+
+    async def public_key(self, kid: str) -> ec.EllipticCurvePublicKey | None:
+        return self.keys.get(kid)
+
+
+@pytest.fixture
+def decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The tokens whose signature the verifier checks (jwt.decode), in order."""
+    seen: list[str] = []
+    decode = jwt.decode
+
+    def counted(token: str, *args: object, **kwargs: object) -> object:
+        seen.append(token)
+        return decode(token, *args, **kwargs)
+
+    monkeypatch.setattr("mesh.tokens.jwt.decode", counted)
+    return seen
+
+
+def local_verifier(source: Published, **options: int) -> TokenVerifier:
+    return TokenVerifier(source, issuer="invmesh-auth", audience="invmesh", **options)
+
+
+async def test_a_verified_token_is_checked_once_while_it_is_valid(decodes: list[str]) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    verifier = local_verifier(Published(key))
+    token = sign(key, claims("u1"))
+    first = await verifier.verify(token)
+    assert await verifier.verify(token) == first and first.subject == "u1"
+    assert decodes == [token]
+
+
+async def test_a_cached_token_is_refused_once_it_expires(decodes: list[str]) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    verifier = local_verifier(Published(key))
+    exp = int(time.time()) + 1
+    token = sign(key, claims("u1", exp=exp))
+    await verifier.verify(token)
+    while time.time() < exp:  # wait for the clock to pass exp; nothing here is timed
+        await asyncio.sleep(0.05)
+    with pytest.raises(Unauthenticated) as refused:
+        await verifier.verify(token)
+    assert refused.value.reason == "TOKEN_EXPIRED"
+    with pytest.raises(Unauthenticated):  # and it was not cached as good on the way
+        await verifier.verify(token)
+
+
+async def test_bad_tokens_are_never_cached_as_good(decodes: list[str]) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    verifier = local_verifier(Published(key))
+    good = sign(key, claims("u1"))
+    await verifier.verify(good)
+    for bad in (tampered(key, claims("u1")), foreign_key_same_kid(key, claims("u1")), good + "x"):
+        for _ in range(2):
+            with pytest.raises(Unauthenticated) as refused:
+                await verifier.verify(bad)
+            assert refused.value.reason == "INVALID_TOKEN"
+    assert decodes.count(good) == 1
+
+
+async def test_a_cached_token_is_refused_once_its_key_is_no_longer_published(decodes: list[str]) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    source = Published(key)
+    verifier = local_verifier(source)
+    token = sign(key, claims("u1"))
+    await verifier.verify(token)
+    source.keys.clear()  # the key set changed: the kid is unknown now
+    with pytest.raises(Unauthenticated) as refused:
+        await verifier.verify(token)
+    assert refused.value.reason == "INVALID_TOKEN"
+    # A key published again under the same kid is a new object: checked again, not trusted from before.
+    source.keys[thumbprint(key.public_key())] = ec.EllipticCurvePublicKey.from_encoded_point(
+        ec.SECP256R1(), key.public_key().public_bytes(*POINT)
+    )
+    await verifier.verify(token)
+    assert decodes == [token, token]
+
+
+POINT = (serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+
+
+async def test_the_verified_cache_is_bounded(decodes: list[str]) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    verifier = local_verifier(Published(key), cache_size=2)
+    tokens = [sign(key, claims("u1", jti=f"t{i}")) for i in range(3)]
+    for token in tokens:
+        await verifier.verify(token)
+    await verifier.verify(tokens[2])  # still kept
+    await verifier.verify(tokens[0])  # the oldest went out: checked again
+    assert decodes == [*tokens, tokens[0]]
