@@ -258,6 +258,15 @@ class Accounts:
     async def change_password(self, *, current_password: str, new_password: str) -> Tokens:
         """Sets a new password; revokes every refresh token of the account and returns fresh tokens."""
         user = await self.caller()
+        # A stolen access token must not become a password-guessing oracle: these checks count
+        # against the account's login limit, before bcrypt runs.
+        account = throttle.Limit(
+            "login-account", user.email, self._settings.login_failures_per_account, self._login_window
+        )
+        async with self._db.transaction() as session:
+            await throttle.take(
+                session, [account], now=utcnow(), reason="TOO_MANY_LOGIN_ATTEMPTS", doing="failed logins"
+            )
         if not await self._hasher.verify(current_password, user.password_hash):
             raise Unauthenticated(
                 "the current password is incorrect", field="current_password", reason="INVALID_CREDENTIALS"
@@ -278,6 +287,7 @@ class Accounts:
                 .where(RefreshToken.user_id == user.id, RefreshToken.revoked_at.is_(None))
                 .values(revoked_at=now)
             )
+            await throttle.clear(session, account)
             user.password_changed_at = now  # what the new tokens carry (the row has it already)
             return self._issue(session, user, family_id=str(uuid.uuid4()))
 

@@ -229,3 +229,24 @@ async def auth_db(settings: Settings) -> AsyncIterator[Database]:
     db = Database(settings.database_url("auth"))
     yield db
     await db.dispose()
+
+
+async def test_a_stolen_access_token_cannot_guess_the_password_through_change_password(
+    auth: AuthEndpoint, bcrypt_checks: list[str]
+) -> None:
+    await auth.stub.Register(pb.RegisterRequest(email="gus@example.com", password=PASSWORD))
+    signed_in = await auth.stub.Login(pb.LoginRequest(email="gus@example.com", password=PASSWORD))
+    bearer = (("authorization", f"Bearer {signed_in.access_token}"),)
+    for n in range(3):
+        await expect_error(
+            auth.stub.ChangePassword(
+                pb.ChangePasswordRequest(current_password=f"guess {n}", new_password="a new password"),
+                metadata=bearer,
+            ),
+            grpc.StatusCode.UNAUTHENTICATED,
+        )
+    right = pb.ChangePasswordRequest(current_password=PASSWORD, new_password="a new password")
+    error = await limited(auth.stub.ChangePassword(right, metadata=bearer))
+    assert error_reason(error) == "TOO_MANY_LOGIN_ATTEMPTS"
+    await limited(login(auth, "gus@example.com", PASSWORD))  # one count for both ways in
+    assert bcrypt_checks.count(PASSWORD) == 1  # the first login's; none while throttled
