@@ -9,6 +9,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 from auth import throttle
 from auth.accounts import Accounts
+from auth.clients import ServiceClients
 from auth.keys import KeyStore, Schedule
 from auth.mail import FolderTransport, MailRelay, SmtpTransport, Transport
 from auth.passwords import PasswordHasher
@@ -21,7 +22,8 @@ from mesh.tokens import TokenVerifier
 
 SERVICE_NAME = auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
 PUBLIC_METHODS = frozenset(
-    f"/{SERVICE_NAME}/{method}" for method in ("Register", "Login", "VerifyEmail", "RefreshToken", "GetJwks")
+    f"/{SERVICE_NAME}/{method}"
+    for method in ("Register", "Login", "VerifyEmail", "RefreshToken", "IssueServiceToken", "GetJwks")
 )
 
 
@@ -64,7 +66,12 @@ async def running(settings: Settings, *, address: str | None = None) -> AsyncIte
         servicer = Servicer(
             SERVICE_NAME,
             auth_service_pb2_grpc.add_AuthServiceServicer_to_server,
-            AuthServicer(accounts, keys, trusted_proxies=settings.trusted_proxies),
+            AuthServicer(
+                accounts,
+                keys,
+                ServiceClients.from_settings(keys, settings),
+                trusted_proxies=settings.trusted_proxies,
+            ),
         )
         yield await MeshServer(
             [servicer],

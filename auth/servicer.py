@@ -6,6 +6,7 @@ import grpc
 
 from auth import throttle
 from auth.accounts import Accounts, Tokens
+from auth.clients import ServiceClients
 from auth.keys import KeyStore
 from auth.models import User
 from invmesh.auth.v1 import auth_service_pb2 as pb
@@ -27,8 +28,11 @@ def user_message(user: User) -> pb.User:
 
 
 class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
-    def __init__(self, accounts: Accounts, keys: KeyStore, *, trusted_proxies: list[str]) -> None:
+    def __init__(
+        self, accounts: Accounts, keys: KeyStore, clients: ServiceClients, *, trusted_proxies: list[str]
+    ) -> None:
         self._accounts = accounts
+        self._clients = clients
         self._trusted = throttle.networks(trusted_proxies)
         self._keys = keys
         self._jwks = pb.GetJwksResponse()
@@ -91,6 +95,12 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
         """The caller's address, for the abuse limits (see auth.throttle)."""
         forwarded_for = metadata_value(context, "x-forwarded-for")
         return throttle.client_address(context.peer(), forwarded_for, self._trusted)
+
+    async def IssueServiceToken(
+        self, request: pb.IssueServiceTokenRequest, context: grpc.aio.ServicerContext
+    ) -> pb.IssueServiceTokenResponse:
+        token, expires_in = self._clients.issue(request.client_id, request.client_secret)
+        return pb.IssueServiceTokenResponse(access_token=token, token_type="Bearer", expires_in=expires_in)
 
     async def GetJwks(
         self, request: pb.GetJwksRequest, context: grpc.aio.ServicerContext

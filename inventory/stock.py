@@ -210,8 +210,8 @@ class Inventory:
         return rows[:size], token
 
     async def retire(self, product_id: str) -> None:
-        """The product was deleted: take its item out of reads, refuse new movements, keep the ledger."""
-        require_verified_email()
+        """The product was deleted: take its item out of reads, refuse new movements, keep the ledger.
+        Only the products service's relay calls this (the method's access rule)."""
         _require_product_id(product_id)
         for attempt in range(_ATTEMPTS):
             try:

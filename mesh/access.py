@@ -1,7 +1,9 @@
 """Roles, and the least role each method declares in the contract (`invmesh.api.v1.access`).
 
-Roles rank viewer < staff < admin; a caller holds the rank of its highest role. The numbers
-of `invmesh.api.v1.Role` are those ranks, so a method's rule compares directly.
+User roles rank viewer < staff < admin; a caller holds the rank of its highest role. The
+numbers of `invmesh.api.v1.Role` are those ranks, so a method's rule compares directly.
+The service role stands apart: only tokens from AuthService.IssueServiceToken carry it, it
+meets only methods that ask for it, and those methods admit nothing else.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from mesh.errors import InvalidArgument, PermissionDenied
 from mesh.tokens import Identity
 
 RANKS = {"viewer": access_pb2.ROLE_VIEWER, "staff": access_pb2.ROLE_STAFF, "admin": access_pb2.ROLE_ADMIN}
+SERVICE = "service"
 
 
 def role_named(name: str) -> str:
@@ -44,10 +47,14 @@ def required_role(method_path: str) -> access_pb2.Role.ValueType:
 
 def require_role(caller: Identity, needed: access_pb2.Role.ValueType) -> None:
     """PERMISSION_DENIED unless one of the caller's roles ranks at least `needed`."""
-    if needed and max((RANKS.get(role, 0) for role in caller.roles), default=0) < needed:
+    if needed == access_pb2.ROLE_SERVICE:
+        allowed = SERVICE in caller.roles
+    else:
+        allowed = not needed or max((RANKS.get(role, 0) for role in caller.roles), default=0) >= needed
+    if not allowed:
         name = role_name(needed)
         raise PermissionDenied(
-            f"this needs the {name} role; ask an admin to grant it",
+            f"this needs the {name} role" + ("" if name == SERVICE else "; ask an admin to grant it"),
             reason="ROLE_REQUIRED",
             metadata={"role": name},
         )

@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import importlib
 import os
+import secrets
 import signal
 import sys
 import time
@@ -230,19 +231,32 @@ async def _healthy(settings: Settings, name: str, listen: str | None, deadline: 
     return await _wait_healthy(listen or getattr(settings, SERVICES[name][1]), deadline)
 
 
+def _provision_service_secrets(settings: Settings) -> dict[str, dict[str, str]]:
+    """Fresh client credentials for this run's services, unless SERVICE_SECRETS is set: the
+    list for auth, each service its own secret (environment by process name)."""
+    if settings.service_secrets is not None:
+        return {}
+    own = {name: secrets.token_urlsafe(32) for name in SERVICES if name != "auth"}
+    listed = ",".join(f"{name}:{secret}" for name, secret in own.items())
+    return {"auth": {"SERVICE_SECRETS": listed}} | {
+        name: {"SERVICE_SECRET": secret} for name, secret in own.items()
+    }
+
+
 async def up(names: list[str], replicas: dict[str, int] | None = None) -> int:
     settings = _settings_or_exit()
     started = time.monotonic()
     # label -> (component, the address it listens on when it is one of several replicas)
     layout: dict[str, tuple[str, str | None]] = {}
-    env: dict[str, str] | None = None
+    env = dict(os.environ)
     addresses: dict[str, list[str]] = {}
     if replicas:
         addresses = {
             service: replica_addresses(getattr(settings, SERVICES[service][1]), count)
             for service, count in replicas.items()
         }
-        env = os.environ | {f"{s.upper()}_ADDR": ",".join(a) for s, a in addresses.items()}
+        env |= {f"{s.upper()}_ADDR": ",".join(a) for s, a in addresses.items()}
+    service_secrets = _provision_service_secrets(settings)
     for name in names:
         if replicas and name in replicas:
             for k, address in enumerate(addresses[name]):
@@ -252,7 +266,10 @@ async def up(names: list[str], replicas: dict[str, int] | None = None) -> int:
     children: dict[str, asyncio.subprocess.Process] = {}
     for label, (name, listen) in layout.items():
         args = ["serve", name, *(["--listen", listen] if listen else [])]
-        children[label] = await asyncio.create_subprocess_exec(sys.executable, "-m", "mesh", *args, env=env)
+        child_env = env | service_secrets.get(name, {})
+        children[label] = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "mesh", *args, env=child_env
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

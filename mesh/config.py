@@ -52,6 +52,17 @@ def parse_smtp_url(url: str) -> SmtpServer:
     )
 
 
+def parse_service_secrets(text: str) -> dict[str, bytes]:
+    """`products:s1,inventory:s2` -> {"products": b"s1", ...}; ValueError if malformed."""
+    parsed: dict[str, bytes] = {}
+    for entry in filter(None, (part.strip() for part in text.split(","))):
+        client_id, sep, secret = entry.partition(":")
+        if not sep or not client_id.strip() or len(secret) < 16:
+            raise ValueError("must be NAME:SECRET pairs, each secret 16 characters or more")
+        parsed[client_id.strip()] = secret.encode()
+    return parsed
+
+
 class Settings(BaseSettings):
     """Every setting, by its environment variable (see the table in README.md)."""
 
@@ -99,6 +110,12 @@ class Settings(BaseSettings):
     admin_emails: Annotated[list[str], NoDecode] = []
     jwt_private_key: SecretStr | None = None
     access_token_ttl_seconds: int = Field(900, ge=30, le=86_400)
+    # Client credentials of the services, known to auth: `products:SECRET,inventory:SECRET`.
+    # `invmesh up` makes fresh ones at each start when unset.
+    service_secrets: SecretStr | None = None
+    # This process's own secret among them (its service name is the client id).
+    service_secret: SecretStr | None = None
+    service_token_ttl_seconds: int = Field(300, ge=30, le=3600)
     refresh_token_ttl_seconds: int = Field(30 * 86_400, ge=60)
     jwks_refetch_interval_seconds: float = Field(30.0, ge=0)
 
@@ -122,6 +139,9 @@ class Settings(BaseSettings):
     smtp_timeout_seconds: float = Field(15.0, gt=0)
     mail_retry_initial_seconds: float = Field(5.0, gt=0)
     mail_retry_max_seconds: float = Field(600.0, gt=0)
+    # Backoff of the relays that deliver work to another service (products retiring inventory items).
+    outbox_retry_initial_seconds: float = Field(0.5, gt=0)
+    outbox_retry_max_seconds: float = Field(30.0, gt=0)
 
     @field_validator("facade_ports", "facade_cors_origins", "trusted_proxies", "admin_emails", mode="before")
     @classmethod
@@ -145,6 +165,13 @@ class Settings(BaseSettings):
                 ipaddress.ip_network(entry, strict=False)
             except ValueError:
                 raise ValueError(f"{entry!r} is not an IP address or network, as in 10.0.0.0/8") from None
+        return value
+
+    @field_validator("service_secrets")
+    @classmethod
+    def _service_secrets(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            parse_service_secrets(value.get_secret_value())
         return value
 
     @field_validator("admin_emails")

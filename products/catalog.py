@@ -19,8 +19,9 @@ from invmesh.inventory.v1 import inventory_service_pb2, inventory_service_pb2_gr
 from mesh import paging
 from mesh.context import require_verified_email
 from mesh.db import Database, utcnow
-from mesh.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable, from_peer
-from products.models import Product
+from mesh.errors import AlreadyExists, InvalidArgument, NotFound
+from mesh.outbox import OutboxRelay
+from products.models import Product, RetiredProduct
 
 log = logging.getLogger(__name__)
 
@@ -117,10 +118,12 @@ class Catalog:
         db: Database,
         inventory: inventory_service_pb2_grpc.InventoryServiceStub,
         stock_timeout: float,
+        retirements: OutboxRelay[RetiredProduct],
     ) -> None:
         self._db = db
         self._inventory = inventory
         self._stock_timeout = stock_timeout
+        self._retirements = retirements
 
     async def create(self, draft: Draft) -> Product:
         require_verified_email()
@@ -205,22 +208,16 @@ class Catalog:
         return product
 
     async def delete(self, product_id: str) -> None:
-        """Retires the product's stock in inventory, then removes it; nothing changes if inventory can't."""
+        """Removes the product and, in the same transaction, queues the retirement of its
+        inventory item for the relay (`products.retirements`), so inventory being down delays
+        the retirement but never the delete."""
         require_verified_email()
-        await self.get(product_id)
-        try:
-            await self._inventory.DeleteInventoryItem(
-                inventory_service_pb2.DeleteInventoryItemRequest(product_id=product_id)
-            )
-        except grpc.aio.AioRpcError as error:
-            log.warning("inventory could not retire product %s: %s", product_id, error.code().name)
-            outage = Unavailable(
-                "the inventory service could not retire the product's stock; nothing was deleted",
-                reason="INVENTORY_UNAVAILABLE",
-            )
-            raise from_peer(error, outage) from None
         async with self._db.transaction() as session:
-            await session.execute(delete(Product).where(Product.id == product_id))
+            deleted = await session.execute(delete(Product).where(Product.id == product_id))
+            if deleted.rowcount != 1:
+                raise _not_found(product_id)
+            session.add(RetiredProduct(id=product_id))
+        self._retirements.wake()
 
     async def stock(self, product_ids: Sequence[str]) -> dict[str, int]:
         """Stock by product id, in one call; empty when inventory does not answer in time."""

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import BigInteger, Index, MetaData, String, Text
+from sqlalchemy import BigInteger, Index, Integer, MetaData, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from mesh.db import NAMING_CONVENTION, TABLE_OPTIONS, UtcDateTime
+from mesh.db import NAMING_CONVENTION, TABLE_OPTIONS, UtcDateTime, utcnow
 
 
 class Base(DeclarativeBase):
@@ -31,3 +31,17 @@ class Product(Base):
     currency: Mapped[str] = mapped_column(String(3))
     created_at: Mapped[dt.datetime]
     updated_at: Mapped[dt.datetime]
+
+
+class RetiredProduct(Base):
+    """The outbox of product deletes: each row is a product whose inventory item the relay
+    has yet to retire (InventoryService.DeleteInventoryItem), deleted once it has."""
+
+    __tablename__ = "retired_products"
+    __table_args__ = (Index("ix_retired_products_due", "next_attempt_at"), TABLE_OPTIONS)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)  # the product's id
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_error: Mapped[str | None] = mapped_column(String(500))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

@@ -1,4 +1,5 @@
-"""Assembles the products service: database, channels to auth and inventory, servicer, server."""
+"""Assembles the products service: database, channels to auth and inventory, the relay that
+retires deleted products' inventory, servicer, server."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from mesh.clients import open_channel
 from mesh.config import Settings
 from mesh.db import open_database
 from mesh.server import MeshServer, Servicer
+from mesh.service_token import ServiceToken
 from mesh.tokens import verifier_via_auth
 from products.catalog import Catalog
+from products.retirements import retirement_relay
 from products.servicer import ProductsServicer
 
 SERVICE_NAME = products_service_pb2.DESCRIPTOR.services_by_name["ProductsService"].full_name
@@ -25,11 +28,18 @@ async def running(settings: Settings, *, address: str | None = None) -> AsyncIte
         db = await open_database(stack, settings, "products")
         timeout = settings.peer_timeout_seconds
         auth = open_channel(stack, settings.auth_addr, default_timeout=timeout)
-        inventory = open_channel(stack, settings.inventory_addr, default_timeout=timeout)
+        inventory = inventory_service_pb2_grpc.InventoryServiceStub(
+            open_channel(stack, settings.inventory_addr, default_timeout=timeout)
+        )
+        identity = ServiceToken.from_settings(auth, settings, "products")
+        retirements = retirement_relay(db, inventory, identity, settings)
+        retirements.start()
+        stack.push_async_callback(retirements.stop)
         catalog = Catalog(
             db=db,
-            inventory=inventory_service_pb2_grpc.InventoryServiceStub(inventory),
+            inventory=inventory,
             stock_timeout=settings.stock_lookup_timeout_seconds,
+            retirements=retirements,
         )
         servicer = Servicer(
             SERVICE_NAME,

@@ -188,6 +188,9 @@ def signing_key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
+SERVICE_SECRET = "test-service-secret-0123456789"
+
+
 @pytest.fixture
 def settings(
     tmp_path: Path, smtp: SmtpServer, signing_key: ec.EllipticCurvePrivateKey, database_urls: dict[str, str]
@@ -204,6 +207,11 @@ def settings(
         mail_retry_initial_seconds=0.05,
         mail_retry_max_seconds=0.5,
         smtp_timeout_seconds=5,
+        outbox_retry_initial_seconds=0.05,
+        outbox_retry_max_seconds=0.5,
+        # Every service runs in this process with these settings, so all share one secret.
+        service_secrets=f"products:{SERVICE_SECRET},inventory:{SERVICE_SECRET}",
+        service_secret=SERVICE_SECRET,
         **database_urls,
     )
 

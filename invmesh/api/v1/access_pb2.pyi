@@ -12,10 +12,12 @@ class Role(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ROLE_VIEWER: _ClassVar[Role]
     ROLE_STAFF: _ClassVar[Role]
     ROLE_ADMIN: _ClassVar[Role]
+    ROLE_SERVICE: _ClassVar[Role]
 ROLE_UNSPECIFIED: Role
 ROLE_VIEWER: Role
 ROLE_STAFF: Role
 ROLE_ADMIN: Role
+ROLE_SERVICE: Role
 ACCESS_FIELD_NUMBER: _ClassVar[int]
 access: _descriptor.FieldDescriptor
 

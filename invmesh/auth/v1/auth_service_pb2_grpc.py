@@ -77,6 +77,11 @@ class AuthServiceStub:
                 request_serializer=invmesh_dot_auth_dot_v1_dot_auth__service__pb2.ChangePasswordRequest.SerializeToString,
                 response_deserializer=invmesh_dot_auth_dot_v1_dot_auth__service__pb2.ChangePasswordResponse.FromString,
                 _registered_method=True)
+        self.IssueServiceToken = channel.unary_unary(
+                '/invmesh.auth.v1.AuthService/IssueServiceToken',
+                request_serializer=invmesh_dot_auth_dot_v1_dot_auth__service__pb2.IssueServiceTokenRequest.SerializeToString,
+                response_deserializer=invmesh_dot_auth_dot_v1_dot_auth__service__pb2.IssueServiceTokenResponse.FromString,
+                _registered_method=True)
         self.GetJwks = channel.unary_unary(
                 '/invmesh.auth.v1.AuthService/GetJwks',
                 request_serializer=invmesh_dot_auth_dot_v1_dot_auth__service__pb2.GetJwksRequest.SerializeToString,
@@ -162,6 +167,16 @@ class AuthServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def IssueServiceToken(self, request, context):
+        """Exchanges a service's client credentials for a short-lived access token
+        with the role "service" (the OAuth 2.0 client credentials grant), for calls
+        a service makes on its own behalf rather than a user's. Not on the REST
+        facade. Returns UNAUTHENTICATED for unknown credentials.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetJwks(self, request, context):
         """Returns the public keys that verify access tokens, as a JSON Web Key Set.
         Never fails for a reachable server.
@@ -207,6 +222,11 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     servicer.ChangePassword,
                     request_deserializer=invmesh_dot_auth_dot_v1_dot_auth__service__pb2.ChangePasswordRequest.FromString,
                     response_serializer=invmesh_dot_auth_dot_v1_dot_auth__service__pb2.ChangePasswordResponse.SerializeToString,
+            ),
+            'IssueServiceToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.IssueServiceToken,
+                    request_deserializer=invmesh_dot_auth_dot_v1_dot_auth__service__pb2.IssueServiceTokenRequest.FromString,
+                    response_serializer=invmesh_dot_auth_dot_v1_dot_auth__service__pb2.IssueServiceTokenResponse.SerializeToString,
             ),
             'GetJwks': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJwks,
@@ -411,6 +431,33 @@ class AuthService:
             '/invmesh.auth.v1.AuthService/ChangePassword',
             invmesh_dot_auth_dot_v1_dot_auth__service__pb2.ChangePasswordRequest.SerializeToString,
             invmesh_dot_auth_dot_v1_dot_auth__service__pb2.ChangePasswordResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IssueServiceToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/invmesh.auth.v1.AuthService/IssueServiceToken',
+            invmesh_dot_auth_dot_v1_dot_auth__service__pb2.IssueServiceTokenRequest.SerializeToString,
+            invmesh_dot_auth_dot_v1_dot_auth__service__pb2.IssueServiceTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -143,8 +143,9 @@ class InventoryServiceServicer:
 
     def DeleteInventoryItem(self, request, context):
         """Retires a deleted product's inventory item: it answers NOT_FOUND from then
-        on and keeps its ledger. Idempotent. For the products service, on behalf
-        of the admin deleting the product: PERMISSION_DENIED below admin.
+        on and keeps its ledger. Idempotent, so a redelivery changes nothing. For
+        the products service's outbox relay: PERMISSION_DENIED for any caller but
+        a service.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,0 +1,157 @@
+"""The transactional outbox: work for another system, written in the same transaction as the
+change that causes it, and delivered afterwards by a relay that retries until it succeeds.
+
+A row is claimed by one relay (an optimistic update of `attempts`, which also leases it by
+moving `next_attempt_at` ahead), delivered, and deleted. A failure reschedules it with
+exponential backoff and jitter. Several replicas may run relays over one table; a row whose
+relay died is taken again once its lease runs out, so delivery is at least once and the
+receiver must take a repeat as a no-op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, Protocol, TypeVar
+
+import grpc
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import InstrumentedAttribute
+
+from mesh.db import Database, utcnow
+
+log = logging.getLogger(__name__)
+
+BATCH = 50
+
+
+class OutboxTable(Protocol):
+    """The columns a relay needs; each outbox model has them (see auth.models.OutgoingMail)."""
+
+    id: InstrumentedAttribute[Any]
+    attempts: InstrumentedAttribute[int]
+    next_attempt_at: InstrumentedAttribute[dt.datetime]
+    last_error: InstrumentedAttribute[str | None]
+
+
+Row = TypeVar("Row")
+
+
+class OutboxRelay(Generic[Row]):
+    def __init__(
+        self,
+        db: Database,
+        table: type[Row],
+        deliver: Callable[[Row], Awaitable[None]],
+        *,
+        name: str,
+        retry_initial: float,
+        retry_max: float,
+        lease: float,
+    ) -> None:
+        self._db = db
+        self._table: Any = table  # an OutboxTable model
+        self._deliver_row = deliver
+        self._name = name
+        self._retry_initial = retry_initial
+        self._retry_max = retry_max
+        self._lease = dt.timedelta(seconds=lease)
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"{self._name}-relay")
+
+    async def stop(self) -> None:
+        if self._task is None:
+            return
+        # The flag ends the loop even if a library on the way swallows the cancellation.
+        self._stopping = True
+        self._wake.set()
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    def wake(self) -> None:
+        """A row was committed: deliver it now rather than at the next poll."""
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                delay = await self.deliver_due()
+            except Exception:
+                log.warning("%s relay could not read its outbox; retrying", self._name, exc_info=True)
+                delay = self._retry_initial
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
+
+    async def deliver_due(self) -> float:
+        """Delivers every row that is due; returns the seconds until the next one is."""
+        table = self._table
+        async with self._db.session() as session:
+            due = (
+                await session.execute(
+                    select(table.id, table.attempts)
+                    .where(table.next_attempt_at <= utcnow())
+                    .order_by(table.next_attempt_at)
+                    .limit(BATCH)
+                )
+            ).all()
+        for row_id, attempts in due:
+            await self._deliver(row_id, attempts)
+        if len(due) == BATCH:
+            return 0.0
+        async with self._db.session() as session:
+            upcoming = await session.scalar(select(func.min(table.next_attempt_at)))
+        if upcoming is None:
+            return self._retry_max
+        return min(max((upcoming - utcnow()).total_seconds(), 0.0), self._retry_max)
+
+    async def _deliver(self, row_id: object, attempts: int) -> None:
+        table = self._table
+        async with self._db.transaction() as session:
+            claimed = await session.execute(
+                update(table)
+                .where(table.id == row_id, table.attempts == attempts)
+                .values(attempts=attempts + 1, next_attempt_at=utcnow() + self._lease)
+            )
+            if claimed.rowcount != 1:
+                return  # another relay has it
+            row = await session.get_one(table, row_id)
+        try:
+            await self._deliver_row(row)
+        except Exception as exc:
+            backoff = min(self._retry_initial * 2**attempts * random.uniform(0.8, 1.2), self._retry_max)
+            problem = _describe(exc)
+            log.warning(
+                "%s delivery failed (attempt %d), retrying in %.1fs: %s",
+                self._name,
+                attempts + 1,
+                backoff,
+                problem,
+            )
+            retry_at = utcnow() + dt.timedelta(seconds=backoff)
+            async with self._db.transaction() as session:
+                await session.execute(
+                    update(table)
+                    .where(table.id == row_id)
+                    .values(next_attempt_at=retry_at, last_error=problem[:500])
+                )
+            return
+        async with self._db.transaction() as session:
+            await session.execute(delete(table).where(table.id == row_id))
+        log.info("%s delivered", self._name, extra={"attempts": attempts + 1})
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    return str(exc) or type(exc).__name__
