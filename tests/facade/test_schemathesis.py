@@ -29,6 +29,7 @@ import pytest
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from facade.app import create_app
+from tests.conftest import SmtpServer, user_token
 from tests.facade.conftest import Web, serving
 
 MAX_EXAMPLES = 25
@@ -89,14 +90,23 @@ def run_args(url: str, authorization: str, *extra: str) -> list[str]:
 
 
 @pytest.mark.slow
-async def test_every_operation_conforms_under_schemathesis(web: Web, tmp_path: Path) -> None:
+@pytest.mark.parametrize("role", ["admin", "viewer"])
+async def test_every_operation_conforms_under_schemathesis(
+    web: Web, smtp: SmtpServer, tmp_path: Path, role: str
+) -> None:
+    """As an admin, every operation is exercised; as a viewer, every write is a documented 403."""
+    if role == "admin":
+        authorization = web.staff["authorization"]
+    else:
+        token = await user_token(web.mesh.auth, "viewer@example.com", smtp.inbox, web.mesh.settings, role)
+        authorization = f"Bearer {token}"
     document = (await web.http.get("/openapi.json")).json()
     operations = {f"{method.upper()} {path}" for path, item in document["paths"].items() for method in item}
     junit = tmp_path / "junit.xml"
     code, output = await schemathesis(
         *run_args(
             str(web.http.base_url).rstrip("/"),
-            web.staff["authorization"],
+            authorization,
             "--checks",
             ",".join(CHECKS),
             "--max-examples",
