@@ -33,6 +33,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import grpc
+import uvloop
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mesh.config import ConfigError, Settings, load_settings
@@ -108,7 +109,8 @@ def serve(name: str, listen: str | None = None) -> None:
     running: Callable[..., AbstractAsyncContextManager[Any]] = importlib.import_module(module).running
     try:
         address = listen or first_address(getattr(settings, SERVICES[name][1]))
-        asyncio.run(serve_until_signalled(running(settings, address=address)))
+        # uvloop, as the facade under uvicorn: grpc.aio runs on it, and its loop costs less per call.
+        uvloop.run(serve_until_signalled(running(settings, address=address)))
     except StartupError as exc:  # an outdated schema or an unreachable database: say what to do
         sys.exit(f"invmesh: {name}: {exc}")
 
