@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
-from sqlalchemy import select
+from sqlalchemy import Row, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -52,6 +52,9 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 T = TypeVar("T")
 _ATTEMPTS = 5  # each race above is lost at most once or twice in practice
 _RETRYABLE = (IntegrityError, TransactionConflict)
+# The hot reads select just a balance's columns, through Core.
+_ITEMS = Item.__table__
+_BALANCE = (_ITEMS.c.product_id, _ITEMS.c.quantity, _ITEMS.c.updated_at)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,11 +161,12 @@ class Inventory:
     async def get(self, product_id: str) -> Stock:
         _require_product_id(product_id)
         await self._confirm_product(product_id)
-        async with self._db.session() as session:
-            item = await session.get(Item, product_id)
-        if item is not None and item.retired_at is not None:
+        found = await self._db.fetch(
+            select(*_BALANCE, _ITEMS.c.retired_at).where(_ITEMS.c.product_id == product_id)
+        )
+        if found and found[0].retired_at is not None:
             raise _not_found(product_id)
-        return _stock(item, product_id)
+        return _stock(found[0] if found else None, product_id)
 
     async def batch_get(self, product_ids: Sequence[str]) -> list[Stock]:
         """Stock of each id, 0 when it never moved; for the products service, so no existence check."""
@@ -171,10 +175,8 @@ class Inventory:
                 f"at most {MAX_BATCH} product_ids per call", field="product_ids", reason="TOO_MANY_IDS"
             )
         ids = list(dict.fromkeys(product_ids))
-        async with self._db.session() as session:
-            items = {
-                i.product_id: i for i in await session.scalars(select(Item).where(Item.product_id.in_(ids)))
-            }
+        rows = await self._db.fetch(select(*_BALANCE).where(_ITEMS.c.product_id.in_(ids)))
+        items = {row.product_id: row for row in rows}
         return [_stock(items.get(pid), pid) for pid in ids]
 
     async def list_items(self, *, page_size: int, page_token: str) -> tuple[list[Stock], str]:
@@ -318,7 +320,7 @@ def _position(after: list[Any], kind: type[T]) -> T:
     return after[0]  # type: ignore[return-value]
 
 
-def _stock(item: Item | None, product_id: str) -> Stock:
+def _stock(item: Item | Row[Any] | None, product_id: str) -> Stock:
     if item is None:
         return Stock(product_id, 0, None)
     return Stock(item.product_id, item.quantity, item.updated_at)

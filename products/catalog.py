@@ -9,10 +9,11 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from typing import Any
 
 import grpc
 from iso4217 import Currency
-from sqlalchemy import delete, or_, select
+from sqlalchemy import Row, delete, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from invmesh.inventory.v1 import inventory_service_pb2, inventory_service_pb2_grpc
@@ -24,6 +25,10 @@ from mesh.outbox import OutboxRelay
 from products.models import Product, RetiredProduct
 
 log = logging.getLogger(__name__)
+
+# The hot reads (get, batch_get) are Core selects of the table: rows with a Product's attributes.
+_PRODUCTS = Product.__table__
+ProductRow = Product | Row[Any]
 
 MAX_BATCH = 500
 MAX_SKU_CHARS = 64
@@ -146,19 +151,17 @@ class Catalog:
             raise _sku_taken(fields.sku) from None
         return product
 
-    async def get(self, product_id: str) -> Product:
-        async with self._db.session() as session:
-            product = await session.get(Product, product_id)
-        if product is None:
+    async def get(self, product_id: str) -> ProductRow:
+        found = await self._db.fetch(select(_PRODUCTS).where(_PRODUCTS.c.id == product_id))
+        if not found:
             raise _not_found(product_id)
-        return product
+        return found[0]
 
-    async def batch_get(self, ids: Sequence[str]) -> list[Product]:
+    async def batch_get(self, ids: Sequence[str]) -> Sequence[ProductRow]:
         if len(ids) > MAX_BATCH:
             raise InvalidArgument(f"at most {MAX_BATCH} ids per call", field="ids", reason="TOO_MANY_IDS")
         wanted = {i for i in ids if "\x00" not in i}  # no id holds NUL, and no database may be sent one
-        async with self._db.session() as session:
-            return list(await session.scalars(select(Product).where(Product.id.in_(wanted))))
+        return await self._db.fetch(select(_PRODUCTS).where(_PRODUCTS.c.id.in_(wanted)))
 
     async def list(self, *, page_size: int, page_token: str, q: str) -> tuple[list[Product], str]:
         size = paging.page_size(page_size)

@@ -7,11 +7,10 @@ import grpc
 from invmesh.products.v1 import products_service_pb2 as pb
 from invmesh.products.v1 import products_service_pb2_grpc
 from mesh.messages import timestamp
-from products.catalog import Catalog, Draft, format_price
-from products.models import Product
+from products.catalog import Catalog, Draft, ProductRow, format_price
 
 
-def product_message(product: Product, stock: int | None) -> pb.Product:
+def product_message(product: ProductRow, stock: int | None) -> pb.Product:
     return pb.Product(
         id=product.id,
         sku=product.sku,
@@ -79,5 +78,5 @@ class ProductsServicer(products_service_pb2_grpc.ProductsServiceServicer):
         await self._catalog.delete(request.id)
         return pb.DeleteProductResponse()
 
-    async def _with_stock(self, product: Product) -> pb.Product:
+    async def _with_stock(self, product: ProductRow) -> pb.Product:
         return product_message(product, (await self._catalog.stock([product.id])).get(product.id))
