@@ -5,6 +5,7 @@ Servicers call these with plain values; each operation runs in one transaction.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import secrets
@@ -18,18 +19,32 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from auth import throttle
 from auth.keys import KeyStore
-from auth.mail import MailRelay, verification_mail
+from auth.mail import MailRelay, account_exists_mail, verification_mail
 from auth.models import OutgoingMail, RefreshToken, User, VerificationToken
 from auth.passwords import PasswordHasher, check_new_password
 from mesh.access import role_named
 from mesh.config import Settings
 from mesh.context import current_identity
 from mesh.db import Database, utcnow
-from mesh.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
+from mesh.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unauthenticated,
+)
 
 MAX_NAME_CHARS = 200
 MAX_EMAIL_CHARS = 320
 _INVALID_CREDENTIALS = "the email or password is incorrect"
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """What Register answers: the same for a new address and one that has an account."""
+
+    email: str
+    name: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +96,11 @@ class Accounts:
         self._login_window = dt.timedelta(seconds=settings.login_failure_window_seconds)
         self._resend_window = dt.timedelta(seconds=settings.verification_resend_window_seconds)
 
-    async def register(self, *, email: str, password: str, name: str) -> User:
+    async def register(self, *, email: str, password: str, name: str, client: str) -> Registration:
+        """Creates an account and queues its verification mail. For an address that has an
+        account, the answer is the same and its owner is mailed a notice instead, so the
+        answer tells no one which addresses are registered (the same work is done either way:
+        a bcrypt hash, a counted attempt, a queued mail). Limited per client address."""
         address = normalize_email(email)
         name = name.strip()
         if len(name) > MAX_NAME_CHARS:
@@ -98,17 +117,44 @@ class Accounts:
             roles=["viewer"],
             created_at=utcnow(),
         )
+        per_client = throttle.Limit(
+            "register-address", client, self._settings.verification_resends_per_address, self._resend_window
+        )
         try:
             async with self._db.transaction() as session:
+                await self._count_registration(session, per_client)
                 session.add(user)
                 await session.flush()  # the unique email index answers here
                 self._add_verification(session, user)
         except IntegrityError:
-            raise AlreadyExists(
-                "an account with this email already exists", field="email", reason="EMAIL_TAKEN"
-            ) from None
+            await self._notify_owner(address, per_client)
         self._mail.wake()
-        return user
+        return Registration(email=address, name=name)
+
+    async def _count_registration(self, session: AsyncSession, per_client: throttle.Limit) -> None:
+        await throttle.take(
+            session, [per_client], now=utcnow(), reason="TOO_MANY_REGISTRATIONS", doing="registrations"
+        )
+
+    async def _notify_owner(self, address: str, per_client: throttle.Limit) -> None:
+        """Someone registered an address that has an account: count it as any registration
+        and tell the owner, at most as often as verification mails may be re-sent."""
+        async with self._db.transaction() as session:
+            await self._count_registration(session, per_client)
+        notices = throttle.Limit(
+            "register-notice", address, self._settings.verification_resends_per_account, self._resend_window
+        )
+        with contextlib.suppress(ResourceExhausted):  # told recently enough: no mail, same answer
+            async with self._db.transaction() as session:
+                await throttle.take(session, [notices], now=utcnow(), reason="", doing="")
+                session.add(
+                    OutgoingMail(
+                        recipient=address,
+                        message=account_exists_mail(
+                            sender=self._settings.mail_from, recipient=address, url=self._settings.public_url
+                        ),
+                    )
+                )
 
     async def login(self, *, email: str, password: str, client: str) -> Tokens:
         """Tokens for a right email and password. Attempts are limited per account and per

@@ -24,6 +24,22 @@ from mesh.db import Database, utcnow
 from mesh.outbox import OutboxRelay
 
 
+def account_exists_mail(*, sender: str, recipient: str, url: str) -> bytes:
+    """To the owner of an address someone tried to register again."""
+    message = EmailMessage(policy=email.policy.SMTP)
+    message["From"] = sender
+    message["To"] = recipient
+    message["Subject"] = "You already have an invmesh account"
+    message["Date"] = email.utils.formatdate(usegmt=True)
+    message["Message-ID"] = email.utils.make_msgid(domain="invmesh")
+    message.set_content(
+        "Hello,\n\nSomeone, maybe you, tried to create an invmesh account with this address, "
+        f"which already has one. Sign in at {url} instead.\n\n"
+        "If it was not you, you need do nothing: no account was changed.\n"
+    )
+    return bytes(message)
+
+
 def verification_mail(*, sender: str, recipient: str, name: str, link: str, valid_hours: int) -> bytes:
     message = EmailMessage(policy=email.policy.SMTP)
     message["From"] = sender

@@ -40,10 +40,11 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
     async def Register(
         self, request: pb.RegisterRequest, context: grpc.aio.ServicerContext
     ) -> pb.RegisterResponse:
-        user = await self._accounts.register(
-            email=request.email, password=request.password, name=request.name
+        registered = await self._accounts.register(
+            email=request.email, password=request.password, name=request.name, client=self._client(context)
         )
-        return pb.RegisterResponse(user=user_message(user))
+        user = pb.User(email=registered.email, name=registered.name, email_verified=False, roles=["viewer"])
+        return pb.RegisterResponse(user=user)
 
     async def Login(self, request: pb.LoginRequest, context: grpc.aio.ServicerContext) -> pb.LoginResponse:
         tokens = await self._accounts.login(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import jwt
 import pytest
@@ -36,6 +38,7 @@ async def test_register_confirm_login_and_verify_the_token(auth: AuthEndpoint, s
     user = await register(auth)
     assert user.email == "ann@example.com" and user.name == "Ann"
     assert not user.email_verified and list(user.roles) == ["viewer"]
+    assert not user.id and not user.HasField("created_at")  # they would tell new from taken
     assert "password" not in json_format.MessageToJson(user).lower()
 
     (mail,) = await smtp.inbox.wait_for(1)
@@ -44,7 +47,7 @@ async def test_register_confirm_login_and_verify_the_token(auth: AuthEndpoint, s
     assert len(token) >= 43  # 256 random bits, base64url
 
     confirmed = await auth.stub.VerifyEmail(pb.VerifyEmailRequest(token=token))
-    assert confirmed.user.id == user.id and confirmed.user.email_verified
+    assert confirmed.user.id and confirmed.user.email_verified
 
     login = await auth.stub.Login(pb.LoginRequest(email="ANN@example.com", password=PASSWORD))
     assert login.token_type == "Bearer" and login.expires_in == 900 and login.refresh_token
@@ -54,7 +57,7 @@ async def test_register_confirm_login_and_verify_the_token(auth: AuthEndpoint, s
         keys = JwksCache.from_auth_service(channel, min_refetch_interval=30)
         verifier = TokenVerifier(keys, issuer="invmesh-auth", audience="invmesh")
         identity = await verifier.verify(login.access_token)
-    assert identity.subject == user.id and identity.email == "ann@example.com"
+    assert identity.subject == confirmed.user.id and identity.email == "ann@example.com"
     assert identity.email_verified and identity.roles == ("viewer",)
 
     header = jwt.get_unverified_header(login.access_token)
@@ -76,7 +79,7 @@ async def test_register_confirm_login_and_verify_the_token(auth: AuthEndpoint, s
     assert claims["exp"] - claims["iat"] == 900
 
     me = await auth.stub.GetMe(pb.GetMeRequest(), metadata=bearer(login.access_token))
-    assert me.user.id == user.id and me.user.email_verified
+    assert me.user.id == confirmed.user.id and me.user.email_verified
 
 
 @pytest.mark.parametrize(
@@ -115,16 +118,25 @@ async def test_password_limit_counts_bytes_not_characters(auth: AuthEndpoint) ->
     assert user.user.email == "c@example.com"  # 72 bytes is the limit, and allowed
 
 
-async def test_duplicate_email_is_refused_case_insensitively(
+async def test_a_taken_email_answers_as_a_new_one_and_its_owner_is_told(
     auth: AuthEndpoint, auth_db: Database, smtp: SmtpServer
 ) -> None:
-    await register(auth, "dup@example.com")
+    first = await register(auth, "dup@example.com")
     await smtp.inbox.wait_for(1)
-    error = await expect_error(register(auth, "DUP@Example.COM"), grpc.StatusCode.ALREADY_EXISTS)
-    assert error_reason(error) == "EMAIL_TAKEN"
+    again = await register(auth, "DUP@Example.COM")  # case-insensitively the same address
+    assert again == first  # nothing tells that the address has an account
     assert await count(auth_db, User) == 1
     assert await count(auth_db, VerificationToken) == 1
-    assert await count(auth_db, OutgoingMail) == 0  # the first mail was delivered, no second one queued
+    _, notice = await smtp.inbox.wait_for(2)
+    assert notice["To"] == "dup@example.com" and notice["Subject"] == "You already have an invmesh account"
+    assert "/users/verify" not in notice.get_body(("plain",)).get_content()  # no link to take over
+    for _ in range(5):  # the owner is told a few times an hour at most; the answer stays the same
+        assert await register(auth, "dup@example.com") == first
+    await smtp.inbox.wait_for(1 + auth.settings.verification_resends_per_account)
+    async with asyncio.timeout(5):
+        while await count(auth_db, OutgoingMail):  # until the relay has sent all it will
+            await asyncio.sleep(0.05)
+    assert len(smtp.inbox.messages) == 1 + auth.settings.verification_resends_per_account
 
 
 async def test_login_answers_alike_for_unknown_email_and_wrong_password(auth: AuthEndpoint) -> None:

@@ -347,7 +347,7 @@ async def test_invmesh_up_starts_replicas_on_port_steps_of_ten(tmp_path: Path) -
             await wait_serving(f"127.0.0.1:{port}", timeout=5)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{web}") as http:
             account = {"email": "new@example.com", "password": "password1"}
-            assert (await http.post("/users/register", json=account)).status_code == 201
+            assert (await http.post("/users/register", json=account)).status_code == 202
             async with asyncio.timeout(10):
                 while not (mails := list((tmp_path / "outbox").glob("*.eml"))):
                     await asyncio.sleep(0.05)

@@ -76,7 +76,7 @@ async def test_invmesh_up_serves_until_sigterm(tmp_path: Path) -> None:
             assert health.status == health_pb2.HealthCheckResponse.SERVING
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{web_ports[0]}") as http:
             account = {"email": "new@example.com", "password": "password1"}
-            assert (await http.post("/users/register", json=account)).status_code == 201
+            assert (await http.post("/users/register", json=account)).status_code == 202
             async with asyncio.timeout(10):
                 while not (mails := list((tmp_path / "outbox").glob("*.eml"))):
                     await asyncio.sleep(0.05)

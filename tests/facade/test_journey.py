@@ -19,7 +19,7 @@ async def test_a_new_user_from_registration_to_a_deleted_product(web: Web, smtp:
         "/users/register",
         json={"email": "newcomer@example.com", "password": "a long password", "name": "New"},
     )
-    assert registered.status_code == 201, registered.text
+    assert registered.status_code == 202, registered.text
     user = registered.json()
     assert user["email"] == "newcomer@example.com" and user["email_verified"] is False
     assert user["name"] == "New"

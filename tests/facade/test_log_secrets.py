@@ -61,7 +61,7 @@ async def test_no_secret_reaches_a_log_record_at_debug(
     password = "Sup3r-secret passphrase"
     seen = len(smtp.inbox.messages)
     registered = await http.post("/users/register", json={"email": "quiet@example.com", "password": password})
-    assert registered.status_code == 201, registered.text
+    assert registered.status_code == 202, registered.text
     mail = (await smtp.inbox.wait_for(seen + 1))[seen]
     body = mail.get_body(("plain",))
     assert body is not None

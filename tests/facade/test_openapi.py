@@ -26,7 +26,7 @@ from tests.facade.conftest import serving
 
 # The routes the issue and the README document, with their success status.
 DOCUMENTED = {
-    ("POST", "/users/register", 201),
+    ("POST", "/users/register", 202),
     ("POST", "/users/login", 200),
     ("POST", "/users/verify", 200),
     ("GET", "/users/verify", 200),

@@ -101,9 +101,12 @@ class AuthServiceServicer:
     """
 
     def Register(self, request, context):
-        """Creates an account and mails a verification link to it.
-        Returns INVALID_ARGUMENT if the email, password or name is malformed
-        and ALREADY_EXISTS if the email is taken.
+        """Creates an account and mails a verification link to it. If the address
+        already has an account, its owner is mailed a notice instead and the answer
+        is the same, so it tells no one which addresses are registered (202: the
+        mail says what happened). Returns INVALID_ARGUMENT if the email, password
+        or name is malformed and RESOURCE_EXHAUSTED (reason TOO_MANY_REGISTRATIONS)
+        past the limit per client address.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
