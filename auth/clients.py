@@ -35,7 +35,7 @@ class ServiceClients:
         configured = settings.service_secrets
         return cls(parse_service_secrets(configured.get_secret_value()) if configured else {}, keys, settings)
 
-    def issue(self, client_id: str, client_secret: str) -> tuple[str, int]:
+    async def issue(self, client_id: str, client_secret: str) -> tuple[str, int]:
         """A signed access token for the service and its lifetime in seconds."""
         expected = self._secrets.get(client_id, _NO_SECRET)
         if not hmac.compare_digest(expected, client_secret.encode()) or client_id not in self._secrets:
@@ -46,5 +46,6 @@ class ServiceClients:
             "sub": f"service:{client_id}",
             "roles": [SERVICE],
         }
+        await self._keys.refresh_if_due()  # a rotation may have made another key current
         token = self._keys.sign_access_token(claims, ttl=self._ttl, now=utcnow())
         return token, int(self._ttl.total_seconds())

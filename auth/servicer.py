@@ -100,7 +100,7 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
     async def IssueServiceToken(
         self, request: pb.IssueServiceTokenRequest, context: grpc.aio.ServicerContext
     ) -> pb.IssueServiceTokenResponse:
-        token, expires_in = self._clients.issue(request.client_id, request.client_secret)
+        token, expires_in = await self._clients.issue(request.client_id, request.client_secret)
         return pb.IssueServiceTokenResponse(access_token=token, token_type="Bearer", expires_in=expires_in)
 
     async def GetJwks(
