@@ -1,13 +1,15 @@
 """Server interceptors: the cross-cutting work every RPC gets, written once.
 
-`RequestInterceptor` (outermost) binds the request id, logs one line per call and turns
-domain errors into statuses; `AuthInterceptor` verifies the bearer token of every method
-that is not public. Both wrap the unary-unary handlers once per method and cache them,
-so a call pays only for the wrapper itself.
+`RequestInterceptor` (outermost) binds the request id, logs one line per call, turns
+domain errors into statuses and lets a stopping server drain the calls in flight;
+`AuthInterceptor` verifies the bearer token of every method that is not public. Both wrap
+the unary-unary handlers once per method and cache them, so a call pays only for the
+wrapper itself.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Collection
@@ -74,8 +76,28 @@ class _UnaryWrapper(grpc.aio.ServerInterceptor):
 class RequestInterceptor(_UnaryWrapper):
     """Binds the request id (taken from `x-request-id` or made), logs the call, maps errors."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._running: set[asyncio.Task[Any]] = set()
+        self._draining = False
+
+    async def drain(self, grace: float) -> None:
+        """Gives the calls running now `grace` seconds to finish, then fails the rest with
+        UNAVAILABLE, which a client may send again (reads by the retry policy, writes with their
+        request_id), and waits (a second at most) for their handlers to end."""
+        if running := set(self._running):
+            _, late = await asyncio.wait(running, timeout=grace)
+            self._draining = True
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late, timeout=1)
+
     def _wrap(self, method: str, behavior: Behavior) -> Behavior:
         async def call(request: Any, ctx: grpc.aio.ServicerContext) -> Any:
+            task = asyncio.current_task()
+            assert task is not None
+            self._running.add(task)
             incoming = metadata_value(ctx, "x-request-id")
             context.request_id.set(context.request_id_or_new(incoming))
             remaining = ctx.time_remaining()
@@ -84,6 +106,11 @@ class RequestInterceptor(_UnaryWrapper):
             code = grpc.StatusCode.OK
             try:
                 return await behavior(request, ctx)
+            except asyncio.CancelledError:
+                if not self._draining:  # the client cancelled, or its deadline passed
+                    raise
+                code = grpc.StatusCode.UNAVAILABLE
+                await ctx.abort(code, "the server is shutting down; try again")
             except DomainError as error:
                 code = error.code
                 status = error.to_status()
@@ -103,6 +130,7 @@ class RequestInterceptor(_UnaryWrapper):
                     status = internal_status()
                 await ctx.abort(status.code, status.details, status.trailing_metadata)
             finally:
+                self._running.discard(task)
                 log.info(
                     "rpc %s %s",
                     method,

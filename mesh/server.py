@@ -3,7 +3,9 @@
 A `MeshServer` serves a service's servicers behind the standard interceptors (request ids,
 logging, errors, and the token check for every method not listed as public), the
 `grpc.health.v1` health service and server reflection. `stop()` is the graceful path:
-health goes NOT_SERVING first, then in-flight calls get the grace period to finish.
+health goes NOT_SERVING and new calls are refused (a client's channel sends them to another
+replica), then in-flight calls get the grace period to finish; any still running fail with
+UNAVAILABLE, and `stop()` returns once their handlers have ended.
 `serve_until_signalled` runs a service until SIGTERM or SIGINT.
 """
 
@@ -82,8 +84,9 @@ class MeshServer:
         self._address = address
         self._grace = grace_seconds
         self._health = health.aio.HealthServicer()
+        self._requests = RequestInterceptor()
         self._server = grpc.aio.server(
-            interceptors=[RequestInterceptor(), AuthInterceptor(verifier, public_methods)],
+            interceptors=[self._requests, AuthInterceptor(verifier, public_methods)],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -118,7 +121,12 @@ class MeshServer:
 
     async def stop(self) -> None:
         await self._health.enter_graceful_shutdown()
-        await self._server.stop(self._grace)
+        # grpc.aio's own cut at the end of a grace is only the backstop: its clients see
+        # CANCELLED, and it returns before the handlers end (grpc/grpc#37239).
+        stopping = asyncio.ensure_future(self._server.stop(self._grace + 1))
+        await self._requests.drain(self._grace)
+        await self._server.stop(0)  # what is left, such as health watches, ends now
+        await stopping
         log.info("stopped")
 
 

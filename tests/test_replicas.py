@@ -55,8 +55,11 @@ async def wait_serving(address: str, timeout: float = 30) -> None:
 
 
 @contextlib.asynccontextmanager
-async def replicas(settings: Settings, logs: Path) -> AsyncIterator[dict[str, list[str]]]:
-    """Two processes each of products and inventory, every one told of all the replicas."""
+async def replicas(
+    settings: Settings, logs: Path, *, grace_seconds: float = 1
+) -> AsyncIterator[tuple[dict[str, list[str]], dict[str, asyncio.subprocess.Process]]]:
+    """Two processes each of products and inventory, every one told of all the replicas:
+    their addresses by service, and their processes by address."""
     addresses = {
         name: [f"127.0.0.1:{free_port()}" for _ in range(REPLICAS)] for name in ("products", "inventory")
     }
@@ -71,7 +74,7 @@ async def replicas(settings: Settings, logs: Path) -> AsyncIterator[dict[str, li
         "INVENTORY_ADDR": ",".join(addresses["inventory"]),
         "LOG_LEVEL": "INFO",
         "LOG_FORMAT": "text",
-        "SHUTDOWN_GRACE_SECONDS": "1",
+        "SHUTDOWN_GRACE_SECONDS": str(grace_seconds),
         **{f"{name.upper()}_DATABASE_URL": settings.database_url(name) for name in addresses},
     }
     for name in addresses:  # migrated once here, not raced by two replicas (a no-op on a server)
@@ -80,27 +83,25 @@ async def replicas(settings: Settings, logs: Path) -> AsyncIterator[dict[str, li
             await migrations.upgrade(db, name)
         finally:
             await db.dispose()
-    processes: list[asyncio.subprocess.Process] = []
+    processes: dict[str, asyncio.subprocess.Process] = {}
     try:
         for name, listens in addresses.items():
             for k, listen in enumerate(listens):
                 with (logs / f"{name}-{k}.log").open("wb") as log:
-                    processes.append(
-                        await asyncio.create_subprocess_exec(
-                            *(sys.executable, "-m", "mesh", "serve", name, "--listen", listen),
-                            env=env,
-                            stdout=asyncio.subprocess.DEVNULL,
-                            stderr=log,
-                        )
+                    processes[listen] = await asyncio.create_subprocess_exec(
+                        *(sys.executable, "-m", "mesh", "serve", name, "--listen", listen),
+                        env=env,
+                        stdout=asyncio.subprocess.DEVNULL,
+                        stderr=log,
                     )
-        await asyncio.gather(*(wait_serving(a) for listens in addresses.values() for a in listens))
-        yield addresses
+        await asyncio.gather(*(wait_serving(a) for a in processes))
+        yield addresses, processes
     finally:
-        for process in processes:
+        for process in processes.values():
             if process.returncode is None:
                 process.send_signal(signal.SIGTERM)
         async with asyncio.timeout(15):
-            await asyncio.gather(*(p.wait() for p in processes))
+            await asyncio.gather(*(p.wait() for p in processes.values()))
 
 
 @dataclass
@@ -108,6 +109,7 @@ class ReplicatedMesh:
     """Stubs on round-robin channels over both replicas of each service, and a staff user."""
 
     addresses: dict[str, list[str]]
+    processes: dict[str, asyncio.subprocess.Process]  # by address
     products: products_service_pb2_grpc.ProductsServiceStub
     inventory: inventory_service_pb2_grpc.InventoryServiceStub
     user: tuple[tuple[str, str], ...]
@@ -136,11 +138,13 @@ class ReplicatedMesh:
 
 
 @contextlib.asynccontextmanager
-async def replicated_mesh(settings: Settings, smtp: SmtpServer, logs: Path) -> AsyncIterator[ReplicatedMesh]:
+async def replicated_mesh(
+    settings: Settings, smtp: SmtpServer, logs: Path, *, grace_seconds: float = 1
+) -> AsyncIterator[ReplicatedMesh]:
     settings = settings.model_copy(update={"auth_addr": f"127.0.0.1:{free_port()}"})
     async with (
         running_auth(settings),
-        replicas(settings, logs) as addresses,
+        replicas(settings, logs, grace_seconds=grace_seconds) as (addresses, processes),
         grpc.aio.insecure_channel(settings.auth_addr) as auth_channel,
         contextlib.AsyncExitStack() as stack,
     ):
@@ -148,6 +152,7 @@ async def replicated_mesh(settings: Settings, smtp: SmtpServer, logs: Path) -> A
         token = await user_token(auth, "staff@example.com", smtp.inbox, settings)
         yield ReplicatedMesh(
             addresses,
+            processes,
             products_service_pb2_grpc.ProductsServiceStub(
                 open_channel(stack, ",".join(addresses["products"]), default_timeout=30)
             ),
