@@ -26,7 +26,15 @@ _STANDARD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {
 }
 
 
+# Every match of _SECRETS holds one of these, case-folded: most lines skip the regex.
+_SECRET_HINTS = ("bearer", "eyj", "token", "password")
+_NEEDS_QUOTES = re.compile(r'[ ="\n]')
+
+
 def redact(text: str) -> str:
+    lowered = text.casefold()
+    if not any(hint in lowered for hint in _SECRET_HINTS):
+        return text
     return _SECRETS.sub(lambda m: (m.group(1) or m.group(2) or "") + "[redacted]", text)
 
 
@@ -35,11 +43,15 @@ class LogFormatter(logging.Formatter):
         super().__init__()
         self._service = service
         self._json = style == "json"
+        self._second = -1
+        self._stamp = ""
 
     def format(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        if second != self._second:  # one strftime a second, not one a line
+            self._second, self._stamp = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         fields: dict[str, object] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": f"{self._stamp}.{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "service": self._service,
             "logger": record.name,
@@ -56,7 +68,7 @@ class LogFormatter(logging.Formatter):
 
 def _logfmt(value: object) -> str:
     text = str(value)
-    return json.dumps(text) if not text or any(c in text for c in ' ="\n') else text
+    return json.dumps(text) if not text or _NEEDS_QUOTES.search(text) else text
 
 
 def configure_logging(service: str, level: str = "INFO", style: Literal["text", "json"] = "text") -> None:

@@ -107,3 +107,23 @@ async def test_outgoing_calls_never_outlive_the_callers_deadline(auth: AuthEndpo
             await stub.GetJwks(pb.GetJwksRequest())
     finally:
         await channel.close()
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "BEARER abc.def",
+        "Authorization: bearer abc",
+        "sent EYJhbGciOi.eyJzdWIi.c2ln back",
+        "Password=hunter2",
+        "refresh_TOKEN: 'abc'",
+        "pa\u017f\u017fword=hunter2",  # a long s folds to s, as in the regex's case-insensitive match
+    ],
+)
+def test_redaction_catches_every_case_of_a_secret(line: str) -> None:
+    assert "[redacted]" in redact(line)
+
+
+def test_lines_without_secrets_are_kept_as_they_are() -> None:
+    for line in ("rpc /invmesh.products.v1.ProductsService/GetProduct OK", "Straße é", ""):
+        assert redact(line) == line
