@@ -100,7 +100,9 @@ class PathTemplate:
                 break
             part = parts[index]
             if segment.kind is Kind.LITERAL:
-                if part != segment.literal and _decode(part) != segment.literal:
+                # Not _decode: a segment that is not UTF-8 is not the (ASCII) literal, and may
+                # still match a later template's `*` (replace puts U+FFFD for what does not decode).
+                if part != segment.literal and unquote(part, errors="replace") != segment.literal:
                     return None
             elif not part:
                 return None

@@ -106,6 +106,9 @@ class Binding:
             raise _parse_error(self.request_class.DESCRIPTOR, str(exc), values, self.body) from None
         except RecursionError:
             raise BadRequest("the body nests too deeply") from None
+        except OverflowError:  # json_format turns ValueError into ParseError, but not this:
+            # an integer no double holds given for a double, or ±Infinity for an enum.
+            raise BadRequest("a number in the request is out of range") from None
 
     def response(self, message: Message) -> dict[str, Any] | list[Any] | Any:
         """The JSON value of the response (or of its `response_body` field)."""
