@@ -5,9 +5,11 @@ Servicers call these with plain values; each operation runs in one transaction.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import hashlib
+import logging
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -33,6 +35,8 @@ from mesh.errors import (
     ResourceExhausted,
     Unauthenticated,
 )
+
+log = logging.getLogger(__name__)
 
 MAX_NAME_CHARS = 200
 MAX_EMAIL_CHARS = 320
@@ -95,6 +99,7 @@ class Accounts:
         self._verification_ttl = dt.timedelta(seconds=settings.verification_token_ttl_seconds)
         self._login_window = dt.timedelta(seconds=settings.login_failure_window_seconds)
         self._resend_window = dt.timedelta(seconds=settings.verification_resend_window_seconds)
+        self._resends: set[asyncio.Task[None]] = set()  # held until done: the loop keeps weak references
 
     async def register(self, *, email: str, password: str, name: str, client: str) -> Registration:
         """Creates an account and queues its verification mail. For an address that has an
@@ -248,8 +253,15 @@ class Accounts:
                 reason="TOO_MANY_VERIFICATION_MAILS",
                 doing="verification mails requested",
             )
-            if address is None:
-                return
+        if address is not None:
+            # The answer does not wait for the lookup and the new link: its timing would tell
+            # an address with an account from one without.
+            task = asyncio.create_task(self._resend_to(address), name="verification-resend")
+            self._resends.add(task)
+            task.add_done_callback(self._resent)
+
+    async def _resend_to(self, address: str) -> None:
+        async with self._db.transaction() as session:
             user = await session.scalar(select(User).where(User.email == address))
             if user is None or user.email_verified:
                 return
@@ -260,6 +272,11 @@ class Accounts:
             )
             self._add_verification(session, user)
         self._mail.wake()
+
+    def _resent(self, task: asyncio.Task[None]) -> None:
+        self._resends.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.warning("could not re-send a verification mail: %s", error)
 
     async def confirm_email(self, token: str) -> User:
         now = utcnow()
