@@ -10,7 +10,8 @@ BIN := $(VENV)/bin
 PROTOS := $(shell find protos -name '*.proto')
 PYTEST_ARGS ?=
 BENCH_QUICK ?=
-BENCH_FLAGS := $(if $(filter 1 yes true,$(BENCH_QUICK)),--quick)
+BENCH_ARGS ?=
+BENCH_FLAGS := $(if $(filter 1 yes true,$(BENCH_QUICK)),--quick) $(BENCH_ARGS)
 
 .PHONY: run test protos protos-check lint bench bench-quick clean
 
@@ -36,13 +37,13 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/python -m mesh.codegen --lint
 
-## bench: logins per second, then GET /products/{id} side by side with the FastAPI peer (bench/README.md);
-##        needs wrk; BENCH_QUICK=1 for short runs
+## bench: reads, movements and logins side by side with the FastAPI peer, on SQLite and PostgreSQL
+##        (bench/README.md); needs wrk and PostgreSQL on 127.0.0.1:5432; BENCH_QUICK=1 for short runs,
+##        BENCH_ARGS='--databases sqlite --scenarios movement' and the like for a subset
 bench: $(VENV)/.installed $(VENV)/.generated
-	$(BIN)/python -m bench.login $(BENCH_FLAGS)
 	$(BIN)/python -m bench.run $(BENCH_FLAGS)
 
-## bench-quick: the same with short runs, in a minute or two
+## bench-quick: the same with short runs, in about 2-3 minutes
 bench-quick:
 	$(MAKE) bench BENCH_QUICK=1
 

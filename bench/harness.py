@@ -36,6 +36,9 @@ WRK_MISSING = (
     "(or build it from https://github.com/wg/wrk and put it on PATH), then run the benchmark again."
 )
 STOP_SECONDS = 20
+# wrk counts an answer slower than this as a timeout error (and leaves it out of the latencies):
+# the facade's own default deadline (FACADE_TIMEOUT_SECONDS), past which it answers 504 itself.
+WRK_TIMEOUT = 10
 
 # One unary call on a channel: a picklable factory (a module-level function, or a
 # functools.partial of one) that gets the client's channel and returns the call to repeat.
@@ -58,10 +61,14 @@ class Figures:
     p50_ms: float | None
     p99_ms: float | None
     errors: str = ""  # empty when every call succeeded, else what failed and how often
+    answered: int = 0  # responses received (wrk: all of the run's), or calls completed in the window (gRPC)
+    non_2xx: int = 0
+    socket_errors: int = 0  # wrk: connect, read and write errors and timeouts
 
 
 @dataclass(frozen=True)
 class Row:
+    database: str
     scenario: str
     target: str
     runs: list[Figures]
@@ -113,21 +120,81 @@ def _signal_group(pgid: int, signum: signal.Signals) -> None:
 
 
 def wait_for(
-    ready: Callable[[], bool], *, what: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 60
+    ready: Callable[[], bool],
+    *,
+    what: str,
+    process: subprocess.Popen[bytes],
+    log: Path,
+    timeout: float = 60,
+    poll: float = 0.1,
 ) -> float:
-    """Polls `ready` until true; returns the seconds it took. Fails, showing the log, if the process dies."""
+    """Polls `ready` every `poll` seconds until true; returns the seconds it took (right after starting
+    the process: its startup time). Fails, showing the log, if the process dies."""
     started = time.monotonic()
     while not ready():
         if process.poll() is not None:
             raise RuntimeError(f"{what} exited with status {process.returncode}:\n{tail(log)}")
         if time.monotonic() - started > timeout:
             raise RuntimeError(f"{what} was not ready within {timeout:g}s:\n{tail(log)}")
-        time.sleep(0.1)
+        time.sleep(poll)
     return time.monotonic() - started
 
 
 def tail(log: Path, lines: int = 20) -> str:
     return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def process_tree(root: int) -> list[int]:
+    """`root` and its descendants (parents before children), from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            parent = int(stat.read_text().rpartition(")")[2].split()[1])  # after "pid (comm) state"
+            children.setdefault(parent, []).append(int(stat.parent.name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop(0)
+        tree.append(pid)
+        todo += sorted(children.get(pid, []))
+    return tree
+
+
+def wait_idle(root: int, *, below: float = 0.05, window: float = 0.25, timeout: float = 15) -> float:
+    """Waits until the process tree of `root` uses less than `below` of a CPU over `window` seconds
+    (or `timeout` passed); returns the seconds waited."""
+    pids = process_tree(root)
+    started = time.monotonic()
+    used = _cpu_seconds(pids)
+    while time.monotonic() - started < timeout:
+        time.sleep(window)
+        used, before = _cpu_seconds(pids), used
+        if used - before < below * window:
+            break
+    return time.monotonic() - started
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """User and system CPU time of these processes (those still running), in seconds."""
+    ticks = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15 of stat
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_mib(pid: int) -> float | None:
+    """The process's peak resident set size so far (VmHWM), or None once it is gone."""
+    with contextlib.suppress(OSError):
+        found = re.search(r"^VmHWM:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.MULTILINE)
+        return int(found[1]) / 1024 if found else None
+    return None
+
+
+def command_line(pid: int) -> list[str]:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    return []
 
 
 # ---- HTTP load: wrk ----------------------------------------------------------
@@ -138,16 +205,27 @@ def require_wrk() -> None:
         sys.exit(WRK_MISSING)
 
 
-def run_wrk(url: str, script: str, env: dict[str, str], load: Load) -> Figures:
-    """A warm-up run, then the measured one, of bench/wrk/<script> against `url`."""
-    _wrk(url, script, env, load, load.warmup)
-    return parse_wrk(_wrk(url, script, env, load, load.duration))
+def run_wrk(
+    url: str, script: str, env: dict[str, str], load: Load, repeat: int, server: int
+) -> tuple[Figures, list[Figures]]:
+    """A warm-up run, then `repeat` measured ones, of bench/wrk/<script> against `url`. After each,
+    waits for the server (the process tree of `server`) to go idle: wrk closes its connections when
+    it stops, but the server may go on with the calls in flight, and without the wait a slow call's
+    next run (logins: ~6/s) would start behind a queue of dead requests."""
+
+    def once(seconds: float) -> Figures:
+        figures = parse_wrk(_wrk(url, script, env, load, seconds))
+        wait_idle(server)
+        return figures
+
+    warmup = once(load.warmup)
+    return warmup, [once(load.duration) for _ in range(repeat)]
 
 
 def _wrk(url: str, script: str, env: dict[str, str], load: Load, seconds: float) -> str:
     command = [
         "wrk", f"-t{load.clients}", f"-c{load.connections}", f"-d{max(1, round(seconds))}s",
-        "--latency", "-s", str(WRK_SCRIPTS / script), url,
+        f"--timeout={WRK_TIMEOUT}s", "--latency", "-s", str(WRK_SCRIPTS / script), url,
     ]  # fmt: skip
     done = subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True, check=False)
     if done.returncode != 0 or "Requests/sec" not in done.stdout:
@@ -161,7 +239,8 @@ _UNITS_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
 def parse_wrk(output: str) -> Figures:
     """Requests/sec, the 50% and 99% latencies, non-2xx answers and socket errors, from `wrk --latency`."""
     rate = re.search(r"Requests/sec:\s+([\d.]+)", output)
-    if rate is None:
+    answered = re.search(r"^\s*(\d+) requests in ", output, re.MULTILINE)
+    if rate is None or answered is None:
         raise ValueError(f"no Requests/sec in wrk's output:\n{output}")
 
     def percentile(q: str) -> float | None:
@@ -169,11 +248,16 @@ def parse_wrk(output: str) -> Figures:
         return float(found[1]) * _UNITS_MS[found[2]] if found else None
 
     errors = []
-    if non_2xx := re.search(r"Non-2xx or 3xx responses: (\d+)", output):
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    if non_2xx:
         errors.append(f"non-2xx {non_2xx[1]}")
-    if socket_errors := re.search(r"Socket errors: (.+)", output):
-        errors += [part for part in socket_errors[1].split(", ") if not part.endswith(" 0")]
-    return Figures(float(rate[1]), percentile("50"), percentile("99"), ", ".join(errors))
+    socket_errors = re.search(r"Socket errors: (.+)", output)
+    counts = [part.rsplit(" ", 1) for part in socket_errors[1].split(", ")] if socket_errors else []
+    errors += [f"{kind} {n}" for kind, n in counts if n != "0"]
+    return Figures(
+        float(rate[1]), percentile("50"), percentile("99"), ", ".join(errors),
+        int(answered[1]), int(non_2xx[1]) if non_2xx else 0, sum(int(n) for _, n in counts),
+    )  # fmt: skip
 
 
 # ---- gRPC load: spawned grpc.aio clients -------------------------------------
@@ -203,7 +287,7 @@ def run_grpc(target: str, call: GrpcCall, load: Load) -> Figures:
             total.errors += tally.errors
     p50, p99 = _percentiles(total.latencies)
     errors = ", ".join(f"{code} {n}" for code, n in total.errors.most_common())
-    return Figures(total.calls / load.duration, p50, p99, errors)
+    return Figures(total.calls / load.duration, p50, p99, errors, total.calls)
 
 
 def _percentiles(latencies: list[float]) -> tuple[float | None, float | None]:
@@ -247,15 +331,17 @@ async def _drive(target: str, call: GrpcCall, in_flight: int, load: Load, start:
 
 
 def markdown_table(rows: Sequence[Row], baselines: Sequence[str]) -> str:
-    """A line per row, and a column per baseline target: the row's req/s over that target's, same scenario."""
-    by_key = {(row.scenario, row.target): row.median.rate for row in rows}
-    header = ["scenario", "target", "req/s", "p50 ms", "p99 ms", "errors", *(f"vs {b}" for b in baselines)]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * 2 + "---:|" * (len(header) - 2)]
+    """A line per row, and a column per baseline target: the row's req/s over that target's, same
+    database and scenario."""
+    by_key = {(row.database, row.scenario, row.target): row.median.rate for row in rows}
+    header = ["database", "scenario", "target", "req/s", "p50 ms", "p99 ms", "errors",
+              *(f"vs {b}" for b in baselines)]  # fmt: skip
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * 3 + "---:|" * (len(header) - 3)]
     for row in rows:
         median = row.median
-        ratios = [_ratio(median.rate, by_key.get((row.scenario, b))) for b in baselines]
+        ratios = [_ratio(median.rate, by_key.get((row.database, row.scenario, b))) for b in baselines]
         cells = [
-            row.scenario, row.target, _rate(row), _ms(median.p50_ms), _ms(median.p99_ms),
+            row.database, row.scenario, row.target, _rate(row), _ms(median.p50_ms), _ms(median.p99_ms),
             row.errors or "0", *ratios,
         ]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")

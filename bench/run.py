@@ -1,12 +1,13 @@
-"""invmesh side by side with the FastAPI peer: the same load, one target after the other, in one run.
+"""invmesh side by side with the FastAPI peer: the same load on the same database, in one run.
 
-    python -m bench.run [--quick] [--duration S] [--warmup S] [--repeat N] [--connections N]
-                        [--products N] [--peer-dir DIR]
+    python -m bench.run [--quick] [--databases sqlite,postgresql] [--scenarios KEY,...]
+                        [--duration S] [--warmup S] [--repeat N] [--connections N] [--products N]
+                        [--bcrypt-rounds N] [--postgres URL] [--peer-dir DIR]
 
-Targets: invmesh through the REST facade, the same call made directly over gRPC to the
-service, and the peer (../shared/bench/peer_fastapi) with 1 and with 2 uvicorn workers,
-each on its own SQLite file holding the same products. Prints a Markdown table and writes
-it to bench/results/; exits 1 if any call failed.
+For each database, one after the other: invmesh through the REST facade (on PostgreSQL also with
+two inventory replicas for the writes), the same calls made directly over gRPC where the scenario
+has one, and the peer (../shared/bench/peer_fastapi) with 2 and with 1 uvicorn workers. Prints a
+Markdown table and writes it to bench/results/; exits 1 if invmesh failed a call or a check.
 """
 
 from __future__ import annotations
@@ -14,57 +15,47 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import platform
-import random
-import socket
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from functools import partial
-from importlib import metadata
 from pathlib import Path
 
-import grpc
-
-from bench.harness import GrpcCall, Load, Row, markdown_table, require_wrk, run_grpc, run_wrk
-from bench.systems import REPO, Invmesh, Peer, invmesh, peer_running, prepare_peer
-from invmesh.products.v1 import products_service_pb2 as products_pb
-from invmesh.products.v1 import products_service_pb2_grpc as products_grpc
+from bench.databases import DATABASES, Databases, databases
+from bench.harness import Figures, Load, Row, require_wrk, run_grpc, run_wrk, wait_idle
+from bench.login import bcrypt_check_seconds
+from bench.report import Processes, Results, Setting, render
+from bench.scenarios import BY_KEY, SCENARIOS, Scenario
+from bench.systems import REPO, Invmesh, invmesh, peer_running, prepare_peer, stock_total, tally
 
 RESULTS = Path(__file__).resolve().parent / "results"
-CALL_TIMEOUT = 10
-FACADE, GRPC = "invmesh, facade (REST)", "invmesh, gRPC direct"
+FACADE, REPLICAS = "invmesh, facade (REST)", "invmesh, facade, 2 inventory replicas"
+GRPC = "invmesh, gRPC direct"
 PEER_1, PEER_2 = "peer, 1 worker", "peer, 2 workers"
 BASELINES = (PEER_2, PEER_1)
-ORDER = {FACADE: 0, GRPC: 1, PEER_2: 2, PEER_1: 3}
-
-# A call made directly over gRPC, given the product ids and an access token: see harness.GrpcCall.
-DirectCall = Callable[[list[str], str, grpc.aio.Channel], Callable[[], Awaitable[object]]]
-
-
-def get_product(ids: list[str], token: str, channel: grpc.aio.Channel) -> Callable[[], Awaitable[object]]:
-    """ProductsService.GetProduct for a random id: what the facade calls for GET /products/{id}."""
-    stub = products_grpc.ProductsServiceStub(channel)
-    metadata = (("authorization", f"Bearer {token}"),)
-
-    def once() -> Awaitable[object]:
-        request = products_pb.GetProductRequest(id=random.choice(ids))
-        return stub.GetProduct(request, metadata=metadata, timeout=CALL_TIMEOUT)
-
-    return once
+ORDER = [FACADE, REPLICAS, GRPC, PEER_2, PEER_1]
+STOCK_SETTLE_SECONDS = 15  # the most to wait for writes still in flight after wrk stopped
 
 
 @dataclass(frozen=True)
-class Scenario:
-    name: str
-    wrk_script: str  # in bench/wrk/, run against the facade and the peer alike
-    wrk_env: dict[str, str]
-    grpc_call: DirectCall | None  # the same call made directly to the service, if there is one
+class Deployment:
+    """One way of starting invmesh, and which scenarios it runs."""
+
+    target: str
+    replicas: dict[str, int]
+    databases: tuple[str, ...]
+    writes_only: bool  # only the scenarios that write, and no direct gRPC calls
+
+    def scenarios(self, selected: list[Scenario]) -> list[Scenario]:
+        return [s for s in selected if s.writes or not self.writes_only]
 
 
-SCENARIOS = [
-    Scenario("GET /products/{id}", "get_by_id.lua", {"PATH_PREFIX": "/products/"}, get_product),
+DEPLOYMENTS = [
+    Deployment(FACADE, {}, DATABASES, writes_only=False),
+    Deployment(REPLICAS, {"inventory": 2}, ("postgresql",), writes_only=True),
 ]
 
 
@@ -74,125 +65,276 @@ class Plan:
     repeat: int
     products: int
     quick: bool
+    databases: list[str]
+    scenarios: list[Scenario]
+    rounds: int  # bcrypt cost of the benchmark user, on both sides
+    postgres: str  # the server's URL, without a database
+    peer_dir: Path
+
+    def load_for(self, scenario: Scenario) -> Load:
+        return replace(
+            self.load,
+            connections=scenario.connections or self.load.connections,
+            warmup=max(self.load.warmup, scenario.min_warmup),
+            duration=max(self.load.duration, scenario.min_duration),
+        )
 
 
-def measure_http(target: str, url: str, ids_file: Path, token: str, plan: Plan) -> list[Row]:
-    rows = []
-    for scenario in SCENARIOS:
-        env = {**scenario.wrk_env, "IDS_FILE": str(ids_file), "TOKEN": token}
-        runs = [run_wrk(url, scenario.wrk_script, env, plan.load) for _ in range(plan.repeat)]
-        rows.append(Row(scenario.name, target, runs))
-        _progress(rows[-1])
-    return rows
+@dataclass(frozen=True)
+class Target:
+    """A REST endpoint under load: invmesh's facade or the peer."""
+
+    name: str
+    url: str
+    ids_file: Path
+    token: str
+    peer: bool  # the peer gets the token only where it needs one, and pages stock by 100 at most
+    pid: int  # the server's root process: its process tree is watched for going idle
+    mesh: Invmesh | None = None  # invmesh, whose log is read for what it says during each row
 
 
-def measure_grpc(mesh: Invmesh, plan: Plan) -> list[Row]:
-    rows = []
-    for scenario in SCENARIOS:
-        if scenario.grpc_call is None:
+# ---- measuring -----------------------------------------------------------------
+
+
+def measure_http(
+    target: Target, scenarios: list[Scenario], plan: Plan, database: str, results: Results
+) -> None:
+    for scenario in scenarios:
+        token = target.token if scenario.peer_token or not target.peer else ""
+        env = {**scenario.env, "IDS_FILE": str(target.ids_file), "TOKEN": token}
+        load = plan.load_for(scenario)
+        before = stock_total(target.url, target.token, _page_size(target)) if scenario.writes else 0
+        log_from = target.mesh.log.stat().st_size if target.mesh else 0
+        warmup, runs = run_wrk(target.url, scenario.script, env, load, plan.repeat, target.pid)
+        row = Row(database, scenario.name, target.name, runs)
+        _progress(row)
+        results.rows.append(row)
+        problems = results.peer_problems if target.peer else results.failures
+        where = f"{database}, {scenario.name}, {target.name}"
+        problems += [f"{where}: {row.errors}"] if row.errors else []
+        problems += [f"{where}, warm-up: {warmup.errors}"] if warmup.errors else []
+        if scenario.writes:
+            line, ok = check_stock(target, before, [warmup, *runs], load.connections)
+            results.checks.append(f"{where}: {line}")
+            problems += [] if ok else [f"{where}: {line}"]
+        if target.mesh:  # after the check: what the requests still in flight logged belongs here too
+            results.logged.append((where, tally(target.mesh.logged(log_from))))
+
+
+def check_stock(target: Target, before: int, runs: list[Figures], connections: int) -> tuple[str, bool]:
+    """Every acknowledged IN added exactly 1: the stock grew by at least the 2xx answers, and by no more
+    than every request that could have been applied (answered or not when each wrk run stopped)."""
+    after = _settled_stock(target)
+    added = after - before
+    acknowledged = sum(f.answered - f.non_2xx for f in runs)
+    unknown = sum(f.non_2xx + f.socket_errors for f in runs) + connections * len(runs)
+    ok = acknowledged <= added <= acknowledged + unknown
+    line = (
+        f"stock +{added:,} for {acknowledged:,} acknowledged INs "
+        f"(up to {unknown:,} more could have landed: non-2xx, errors, in flight at the ends of "
+        f"{len(runs)} wrk runs): {'consistent' if ok else 'INCONSISTENT'}"
+    )
+    return line, ok
+
+
+def _settled_stock(target: Target) -> int:
+    """The stock total once requests still in flight when wrk stopped are done: two equal readings."""
+    deadline = time.monotonic() + STOCK_SETTLE_SECONDS
+    last = stock_total(target.url, target.token, _page_size(target))
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = stock_total(target.url, target.token, _page_size(target))
+        if now == last:
+            break
+        last = now
+    return last
+
+
+def _page_size(target: Target) -> int:
+    return 100 if target.peer else 500  # the most each allows
+
+
+def measure_grpc(
+    mesh: Invmesh, scenarios: list[Scenario], plan: Plan, database: str, results: Results
+) -> None:
+    for scenario in scenarios:
+        if scenario.direct is None:
             continue
-        call: GrpcCall = partial(scenario.grpc_call, mesh.product_ids, mesh.token)
-        runs = [run_grpc(mesh.products_addr, call, plan.load) for _ in range(plan.repeat)]
-        rows.append(Row(scenario.name, GRPC, runs))
-        _progress(rows[-1])
-    return rows
+        call = partial(scenario.direct.call, mesh.product_ids, mesh.token)
+        address = mesh.addresses[scenario.direct.service]
+        log_from = mesh.log.stat().st_size
+        runs = []
+        for _ in range(plan.repeat):
+            runs.append(run_grpc(address, call, plan.load_for(scenario)))
+            wait_idle(mesh.pid)
+        row = Row(database, scenario.name, GRPC, runs)
+        _progress(row)
+        results.rows.append(row)
+        where = f"{database}, {scenario.name}, {GRPC}"
+        results.logged.append((where, tally(mesh.logged(log_from))))
+        if row.errors:
+            results.failures.append(f"{where}: {row.errors}")
 
 
 def _progress(row: Row) -> None:
-    print(f"bench: {row.scenario}, {row.target}: {row.median.rate:,.0f} req/s", file=sys.stderr, flush=True)
+    median = row.median
+    print(f"bench: {row.database}, {row.scenario}, {row.target}: {median.rate:,.1f} req/s"
+          f"{', errors: ' + row.errors if row.errors else ''}", file=sys.stderr, flush=True)  # fmt: skip
 
 
-def write_ids(path: Path, ids: Sequence[str]) -> Path:
+# ---- one database ------------------------------------------------------------
+
+
+def run_database(dbs: Databases, plan: Plan, work: Path, results: Results) -> str:
+    """Every target on one database; returns the peer's versions."""
+    say = partial(print, file=sys.stderr, flush=True)
+    peer = prepare_peer(plan.peer_dir, work, dbs.peer_url, plan.products, plan.rounds)
+    ids: list[str] | None = None
+    for deployment in DEPLOYMENTS:
+        scenarios = deployment.scenarios(plan.scenarios)
+        if dbs.name not in deployment.databases or not scenarios:
+            continue
+        seeding = "" if ids else f", seeding {plan.products} products"
+        say(f"bench: {dbs.name}: starting {deployment.target}{seeding}")
+        with invmesh(work, dbs.invmesh_env, products=ids or plan.products, rounds=plan.rounds,
+                     replicas=deployment.replicas) as mesh:  # fmt: skip
+            ids, first_row = mesh.product_ids, len(results.logged)
+            ids_file = _write_ids(work / "invmesh-ids.txt", ids)
+            target = Target(deployment.target, mesh.url, ids_file, mesh.token, False, mesh.pid, mesh)
+            measure_http(target, scenarios, plan, dbs.name, results)
+            if not deployment.writes_only:
+                measure_grpc(mesh, scenarios, plan, dbs.name, results)
+            note = f"invmesh up: all healthy in {mesh.healthy_after:.2f} s"
+            ready = Processes(deployment.target, dbs.name, mesh.ready_after, mesh.memory(), note)
+            results.processes.append(ready)
+            in_rows = sum((counts for _, counts in results.logged[first_row:]), Counter())
+            outside = tally(mesh.logged()) - in_rows
+            results.logged.append((f"{dbs.name}, {deployment.target}, outside the measured rows", outside))
+    peer_ids = _write_ids(work / "peer-ids.txt", peer.product_ids)
+    for workers, name in ((2, PEER_2), (1, PEER_1)):
+        say(f"bench: {dbs.name}: starting the {name}")
+        with peer_running(peer, workers) as running:
+            target = Target(name, running.url, peer_ids, running.token, True, running.pid)
+            measure_http(target, plan.scenarios, plan, dbs.name, results)
+            results.processes.append(Processes(name, dbs.name, running.ready_after, running.memory()))
+    return peer.versions
+
+
+def _write_ids(path: Path, ids: Sequence[str]) -> Path:
     path.write_text("\n".join(ids) + "\n")
     return path
 
 
-def run(plan: Plan, peer_dir: Path) -> tuple[str, list[Row], list[str]]:
-    """Every target in turn; returns the report's header, the rows and what invmesh logged."""
+def run(plan: Plan) -> tuple[str, list[str]]:
+    """Every database in turn; returns the report and what invmesh failed."""
     load_before = os.getloadavg()
+    results = Results()
+    described, peer_versions = [], ""
+    logins = any(s.key == "login" for s in plan.scenarios)
+    # The bcrypt bound, measured before anything else competes for the CPU.
+    bound = (os.cpu_count() or 1) / bcrypt_check_seconds(plan.rounds) if logins else 0.0
     with tempfile.TemporaryDirectory(prefix="invmesh-bench-") as tmp:
-        work = Path(tmp)
-        peer = prepare_peer(peer_dir, work, plan.products)  # any pip install happens before measuring
-        print(f"bench: starting invmesh and seeding {plan.products} products", file=sys.stderr, flush=True)
-        with invmesh(work, plan.products) as mesh:
-            ids_file = write_ids(work / "invmesh-ids.txt", mesh.product_ids)
-            rows = measure_http(FACADE, mesh.url, ids_file, mesh.token, plan)
-            rows += measure_grpc(mesh, plan)
-            problems = mesh.problems()
-        peer_ids = write_ids(work / "peer-ids.txt", peer.product_ids)
-        for workers, target in ((1, PEER_1), (2, PEER_2)):
-            with peer_running(peer, workers) as url:
-                rows += measure_http(target, url, peer_ids, "", plan)  # no token: the peer's reads need none
-    names = [scenario.name for scenario in SCENARIOS]
-    rows.sort(key=lambda row: (names.index(row.scenario), ORDER[row.target]))
-    return header(plan, mesh, peer, load_before), rows, problems
+        for name in plan.databases:
+            work = Path(tmp) / name
+            work.mkdir()
+            with databases(name, work, plan.postgres) as dbs:
+                described.append(dbs.description)
+                try:
+                    peer_versions = run_database(dbs, plan, work, results)
+                except RuntimeError as exc:  # a system that would not start or seed: say so, go on
+                    print(f"bench: {name}: {exc}", file=sys.stderr, flush=True)
+                    results.failures.append(f"{name}: stopped: {exc}")
+    order = {s.name: i for i, s in enumerate(plan.scenarios)}
+    results.rows.sort(
+        key=lambda r: (plan.databases.index(r.database), order[r.scenario], ORDER.index(r.target))
+    )
+    if logins:
+        results.checks.append(
+            f"bcrypt bound: {bound:.2f} logins/s ({os.cpu_count()} CPUs over one check at "
+            f"cost {plan.rounds}, timed before anything started, as bench.login does)"
+        )
+        results.checks += [
+            f"{r.database}, {r.scenario}, {r.target}: {r.median.rate:.2f} logins/s, "
+            f"{100 * r.median.rate / bound:.0f}% of the bcrypt bound"
+            for r in results.rows if r.scenario == BY_KEY["login"].name
+        ]  # fmt: skip
+    setting = Setting(plan.load, plan.repeat, plan.products, plan.quick, plan.rounds, described,
+                      plan.scenarios, peer_versions, load_before)  # fmt: skip
+    return render(setting, results, BASELINES), results.failures
 
 
-def header(plan: Plan, mesh: Invmesh, peer: Peer, load_before: tuple[float, float, float]) -> str:
-    load = plan.load
-    repeat = f"median of {plan.repeat} runs (range in parentheses)" if plan.repeat > 1 else "one run"
-    ours = ", ".join(f"{p} {metadata.version(p)}" for p in ("grpcio", "protobuf", "starlette", "uvicorn",
-                                                           "sqlalchemy", "aiosqlite"))  # fmt: skip
-    return "\n".join([
-        f"# invmesh vs the FastAPI peer{' (quick)' if plan.quick else ''}",
-        "",
-        f"- When: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC on `{socket.gethostname()}`, "
-        f"{os.cpu_count()} CPUs, load average {', '.join(f'{x:.2f}' for x in load_before)} before the run.",
-        "- Everything shares those CPUs: invmesh's four processes or the peer's workers, and the load "
-        "generator (wrk, or the gRPC client processes).",
-        f"- Data: SQLite (WAL) on each side, {plan.products} products with stock; ids picked at random.",
-        f"- Load: {load.connections} calls in flight for {load.duration:g} s after a {load.warmup:g} s "
-        f"warm-up, {repeat}. HTTP: `wrk -t{load.clients} -c{load.connections} --latency` with "
-        f"bench/wrk/get_by_id.lua; gRPC: {load.clients} grpc.aio client processes sharing the "
-        f"{load.connections} calls.",
-        f"- invmesh: all healthy {mesh.healthy_after:.2f} s after `invmesh up`. "
-        f"Python {platform.python_version()}; {ours}.",
-        f"- Peer: {peer.versions}; its own run.sh (uvloop, httptools).",
-        "- vs columns: this row's req/s over the peer's, same scenario.",
-    ])  # fmt: skip
+# ---- the command line ----------------------------------------------------------
 
 
-def report(head: str, rows: list[Row], problems: list[str]) -> str:
-    parts = [head, "", markdown_table(rows, BASELINES)]
-    if problems:
-        shown = "\n".join(f"    {line}" for line in problems[:20])
-        parts += ["", f"invmesh logged {len(problems)} warning or error lines; the first ones:", "", shown]
-    return "\n".join(parts) + "\n"
+def _choices(allowed: Sequence[str]) -> Callable[[str], list[str]]:
+    def parse(text: str) -> list[str]:
+        chosen = [part.strip() for part in text.split(",") if part.strip()]
+        unknown = [c for c in chosen if c not in allowed]
+        if unknown or not chosen:
+            raise argparse.ArgumentTypeError(f"choose from {', '.join(allowed)} (comma list)")
+        return chosen
+
+    return parse
 
 
-def parse_plan(argv: list[str] | None) -> tuple[Plan, Path]:
+def parse_plan(argv: list[str] | None) -> Plan:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="4 s runs after 2 s warm-ups, one run each")
-    parser.add_argument("--duration", type=float, help="seconds measured per run (default 10; quick 4)")
-    parser.add_argument("--warmup", type=float, help="seconds of warm-up before (default 3; quick 2)")
-    parser.add_argument("--repeat", type=int, help="runs per target, the median shown (default 3; quick 1)")
-    parser.add_argument("--connections", type=int, default=64, help="calls in flight (default 64)")
-    parser.add_argument("--products", type=int, default=1000, help="products on each side (default 1000)")
-    parser.add_argument(
-        "--peer-dir", type=Path, default=REPO.parent / "shared" / "bench",
-        help="the read-only folder holding peer_fastapi/ (default ../shared/bench)",
-    )  # fmt: skip
+    add = parser.add_argument
+    add("--quick", action="store_true", help="2 s runs after a 1 s warm-up, one run each")
+    add(
+        "--databases",
+        type=_choices(DATABASES),
+        default=list(DATABASES),
+        help=f"comma list (default {','.join(DATABASES)})",
+    )
+    add(
+        "--scenarios",
+        type=_choices(list(BY_KEY)),
+        default=list(BY_KEY),
+        help=f"comma list (default all: {','.join(BY_KEY)})",
+    )
+    add("--duration", type=float, help="seconds measured per run (default 5; quick 2)")
+    add("--warmup", type=float, help="seconds of warm-up before a target's runs (default 2; quick 1)")
+    add("--repeat", type=int, help="runs per target, the median shown (default 3; quick 1)")
+    add("--connections", type=int, default=64, help="calls in flight (default 64; logins 8)")
+    add("--products", type=int, help="products on each side (default 1000; quick 200)")
+    add(
+        "--bcrypt-rounds",
+        type=int,
+        default=int(os.environ.get("BCRYPT_ROUNDS", 12)),
+        help="bcrypt cost of the benchmark user on both sides (default $BCRYPT_ROUNDS or 12)",
+    )
+    add(
+        "--postgres",
+        default="postgresql://postgres@127.0.0.1:5432",
+        help="PostgreSQL server, as a URL without a database; the user may create databases "
+        "(default postgresql://postgres@127.0.0.1:5432)",
+    )
+    add("--peer-dir", type=Path, default=REPO.parent / "shared" / "bench",
+        help="the read-only folder holding peer_fastapi/ (default ../shared/bench)")  # fmt: skip
     args = parser.parse_args(argv)
-    duration = args.duration or (4.0 if args.quick else 10.0)
-    warmup = args.warmup if args.warmup is not None else (2.0 if args.quick else 3.0)
+    duration = args.duration or (2.0 if args.quick else 5.0)
+    warmup = args.warmup if args.warmup is not None else (1.0 if args.quick else 2.0)
     repeat = args.repeat or (1 if args.quick else 3)
-    plan = Plan(Load(args.connections, duration, warmup), repeat, args.products, args.quick)
-    return plan, args.peer_dir.resolve()
+    products = args.products or (200 if args.quick else 1000)
+    return Plan(
+        Load(args.connections, duration, warmup), repeat, products, args.quick, args.databases,
+        [s for s in SCENARIOS if s.key in args.scenarios], args.bcrypt_rounds, args.postgres,
+        args.peer_dir.resolve(),
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
-    plan, peer_dir = parse_plan(argv)
+    plan = parse_plan(argv)
     require_wrk()
-    head, rows, problems = run(plan, peer_dir)
-    text = report(head, rows, problems)
+    text, failures = run(plan)
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{dt.datetime.now():%Y%m%d-%H%M%S}{'-quick' if plan.quick else ''}.md"
     path.write_text(text)
     print(text)
     print(f"bench: written to {path.relative_to(REPO)}", file=sys.stderr)
-    failed = [f"{row.target}: {row.errors}" for row in rows if row.errors]
-    if failed:
-        sys.exit("bench: some calls failed:\n  " + "\n  ".join(failed))
+    if failures:
+        sys.exit("bench: invmesh failed:\n  " + "\n  ".join(failures))
 
 
 if __name__ == "__main__":

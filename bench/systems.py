@@ -1,8 +1,9 @@
 """The systems under test, started, seeded and stopped by the benchmark.
 
-invmesh: `invmesh up` with a throwaway data directory and free ports, seeded through the facade.
-The peer: a writable copy of ../shared/bench/peer_fastapi with its own venv (cached in .bench/),
-seeded by its own seed.py, served by its own run.sh.
+invmesh: `invmesh up` with a throwaway data directory and free ports on the given databases,
+seeded through the facade. The peer: a writable copy of ../shared/bench/peer_fastapi with its own
+venv (cached in .bench/), seeded by its own seed.py, served by its own run.sh. Both report their
+processes' peak memory and how long they took to be ready.
 """
 
 from __future__ import annotations
@@ -21,14 +22,15 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from bench.harness import free_port, process_group, wait_for
+from bench.harness import command_line, free_port, peak_rss_mib, process_group, process_tree, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / ".bench"
@@ -53,50 +55,92 @@ def product(i: int) -> dict[str, str]:
 @dataclass(frozen=True)
 class Invmesh:
     url: str  # the facade
-    products_addr: str  # the products service, for direct gRPC calls
-    token: str  # an access token of a verified user
+    addresses: dict[str, str]  # service -> the address of its first replica, for direct gRPC calls
+    token: str  # an access token of a verified admin
     product_ids: list[str]
-    healthy_after: float  # seconds from `invmesh up` to all healthy, as it reports
+    ready_after: float  # seconds from starting `invmesh up` to its "all healthy" line
+    healthy_after: float  # what `invmesh up` itself reports
     log: Path
+    pid: int  # `invmesh up`; the services and the facade are its children
 
-    def problems(self) -> list[str]:
-        """What the services logged besides `invmesh up`'s own lines (LOG_LEVEL=WARNING: warnings, errors)."""
-        lines = self.log.read_text(errors="replace").splitlines()
+    def logged(self, since: int = 0) -> list[str]:
+        """What the services logged (LOG_LEVEL=WARNING: warnings, errors) from byte `since` of the log on,
+        besides `invmesh up`'s own lines."""
+        with self.log.open("rb") as file:
+            file.seek(since)
+            lines = file.read().decode(errors="replace").splitlines()
         return [line for line in lines if line.strip() and not line.startswith("invmesh: ")]
+
+    def memory(self) -> list[tuple[str, float]]:
+        """Peak RSS (MiB) of `invmesh up` and of each process it started, named as it names them."""
+        return memory(self.pid, _invmesh_label)
+
+
+def tally(lines: list[str]) -> Counter[str]:
+    """Log lines counted by what they say: level, service and message, without time or request id."""
+    counts: Counter[str] = Counter()
+    for line in lines:
+        fields = dict(re.findall(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)', line))
+        if "msg" in fields:
+            message = fields["msg"].strip('"')
+            counts[f"{fields.get('level', '?')} {fields.get('service', '?')}: {message}"] += 1
+        else:
+            counts[line.strip()[:200]] += 1
+    return counts
+
+
+def _invmesh_label(pid: int, root: bool) -> str:
+    args = command_line(pid)
+    return args[args.index("serve") + 1] if "serve" in args[:-1] else ("up" if root else " ".join(args)[:40])
 
 
 @contextlib.contextmanager
-def invmesh(workdir: Path, products: int) -> Iterator[Invmesh]:
-    """`invmesh up` on free ports, all healthy, with a verified user and `products` products in stock."""
+def invmesh(
+    workdir: Path, database_env: dict[str, str], *, products: int | list[str], rounds: int,
+    replicas: dict[str, int] | None = None,
+) -> Iterator[Invmesh]:  # fmt: skip
+    """`invmesh up` on free ports, all healthy, with a verified admin and products in stock: `products`
+    new ones, or the ids of those a previous run made in the same databases."""
     data_dir = workdir / "invmesh"
     facade = f"127.0.0.1:{free_port()}"
-    services = ("AUTH_ADDR", "PRODUCTS_ADDR", "INVENTORY_ADDR")
-    addresses = {name: f"127.0.0.1:{free_port()}" for name in services}
+    addresses = {service: f"127.0.0.1:{free_port()}" for service in ("auth", "products", "inventory")}
     env = {
         **os.environ,
-        **addresses,
+        **{f"{service.upper()}_ADDR": address for service, address in addresses.items()},
+        **database_env,  # blank: SQLite files in data_dir, never a configured database
+        "DB_AUTO_MIGRATE": "true",
         "INVMESH_DATA_DIR": str(data_dir),
         "FACADE_HOST": "127.0.0.1",
         "FACADE_PORTS": facade.rsplit(":", 1)[1],
         "PUBLIC_URL": f"http://{facade}",
-        "BCRYPT_ROUNDS": "4",  # setup speed; no login is measured here
+        "ADMIN_EMAILS": USER["email"],  # may create products and record movements
+        "BCRYPT_ROUNDS": str(rounds),
+        # Logins in flight count as failures until they succeed, and wrk abandons up to 8 at the end of
+        # each run that the server still works through: with the default 10 per account, the next run
+        # would be refused (429). The peer has no such limit. Counting still happens, at its usual cost.
+        "LOGIN_FAILURES_PER_ACCOUNT": "1000000",
+        "LOGIN_FAILURES_PER_ADDRESS": "1000000",
         "LOG_LEVEL": "WARNING",
         "SHUTDOWN_GRACE_SECONDS": "2",
         "ACCESS_TOKEN_TTL_SECONDS": "3600",  # outlives the run
-        # SQLite files and the outbox in data_dir: never a configured database or mail server.
-        "AUTH_DATABASE_URL": "",
-        "PRODUCTS_DATABASE_URL": "",
-        "INVENTORY_DATABASE_URL": "",
-        "SMTP_URL": "",
+        "SMTP_URL": "",  # mail goes to the outbox in data_dir
     }
-    log = workdir / "invmesh.log"
-    with process_group([sys.executable, "-m", "mesh", "up"], env=env, cwd=REPO, log=log) as process:
-        wait_for(lambda: "all healthy in" in log.read_text(errors="replace"), what="invmesh up",
-                 process=process, log=log)  # fmt: skip
+    up, log = [sys.executable, "-m", "mesh", "up"], workdir / "invmesh.log"
+    if replicas:
+        layout = ",".join(f"{service}={count}" for service, count in replicas.items())
+        up, log = [*up, "--replicas", layout], workdir / f"invmesh-{layout}.log"
+    with process_group(up, env=env, cwd=REPO, log=log) as process:
+        ready = wait_for(lambda: "all healthy in" in log.read_text(errors="replace"), what="invmesh up",
+                         process=process, log=log, poll=0.02)  # fmt: skip
         healthy = re.search(r"all healthy in ([\d.]+)s", log.read_text(errors="replace"))
         url = f"http://{facade}"
-        token, ids = seed_invmesh(url, data_dir / "outbox", products)
-        yield Invmesh(url, addresses["PRODUCTS_ADDR"], token, ids, float(healthy[1]) if healthy else 0.0, log)
+        if isinstance(products, int):
+            token, ids = seed_invmesh(url, data_dir / "outbox", products)
+        else:
+            token, ids = log_in(url), products
+        yield Invmesh(
+            url, addresses, token, ids, ready, float(healthy[1]) if healthy else 0.0, log, process.pid
+        )
 
 
 def seed_invmesh(url: str, outbox: Path, count: int) -> tuple[str, list[str]]:
@@ -104,9 +148,26 @@ def seed_invmesh(url: str, outbox: Path, count: int) -> tuple[str, list[str]]:
     with httpx.Client(base_url=url, timeout=30) as http:
         _checked(http.post("/users/register", json=USER))
         _checked(http.post("/users/verify", json={"token": _verification_token(outbox)}))
-        login = http.post("/users/login", json={"email": USER["email"], "password": USER["password"]})
-        token: str = _checked(login)["access_token"]
+    token = log_in(url)
     return token, asyncio.run(_create_products(url, token, count))
+
+
+def log_in(url: str) -> str:
+    """An access token for the benchmark user: the same request on invmesh's facade and on the peer."""
+    response = httpx.post(f"{url}/users/login", json={"email": USER["email"], "password": USER["password"]},
+                          timeout=30)  # fmt: skip
+    return str(_checked(response)["access_token"])
+
+
+def stock_total(url: str, token: str, page_size: int) -> int:
+    """The sum of every product's stock, page by page from GET /inventory (the same API on both sides)."""
+    total, page_token = 0, ""
+    with httpx.Client(base_url=url, headers={"authorization": f"Bearer {token}"}, timeout=30) as http:
+        while True:
+            page = _checked(http.get("/inventory", params={"page_size": page_size, "page_token": page_token}))
+            total += sum(int(item["quantity"]) for item in page["items"])
+            if not (page_token := page.get("next_page_token", "")):
+                return total
 
 
 async def _create_products(url: str, token: str, count: int) -> list[str]:
@@ -127,7 +188,8 @@ async def _create_product(http: httpx.AsyncClient, gate: asyncio.Semaphore, i: i
 def _checked(response: httpx.Response) -> dict[str, Any]:
     if response.is_error:
         what = f"{response.request.method} {response.request.url.path}"
-        raise RuntimeError(f"seeding invmesh: {what} answered {response.status_code}: {response.text}")
+        raise RuntimeError(f"{response.request.url.host}:{response.request.url.port}: {what} answered "
+                           f"{response.status_code}: {response.text}")  # fmt: skip
     return response.json()
 
 
@@ -151,26 +213,45 @@ def _verification_token(outbox: Path, timeout: float = 15) -> str:
 
 @dataclass(frozen=True)
 class Peer:
-    folder: Path  # holds peer_fastapi/, .venv (a link to the cached venv) and the database
+    folder: Path  # holds peer_fastapi/, .venv (a link to the cached venv) and any SQLite file
     database_url: str
+    rounds: int  # its user's bcrypt cost
     product_ids: list[str]
     versions: str
 
 
-def prepare_peer(source: Path, workdir: Path, products: int) -> Peer:
-    """Copies the peer out of the read-only `source`, gives it its venv and seeds `products` products."""
+@dataclass(frozen=True)
+class PeerRunning:
+    url: str
+    token: str  # the peer's own bearer token for the benchmark user
+    ready_after: float  # seconds from starting run.sh to the first answer
+    pid: int  # uvicorn; its workers, if more than one, are its children
+
+    def memory(self) -> list[tuple[str, float]]:
+        """Peak RSS (MiB) of uvicorn and of each of its processes."""
+        return memory(self.pid, _peer_label)
+
+
+def _peer_label(pid: int, root: bool) -> str:
+    if root:
+        return "uvicorn"
+    return "resource tracker" if "resource_tracker" in " ".join(command_line(pid)) else "worker"
+
+
+def prepare_peer(source: Path, workdir: Path, database_url: str, products: int, rounds: int) -> Peer:
+    """Copies the peer out of the read-only `source`, gives it its venv and seeds `products` products
+    (and its user, hashed at cost `rounds`) into `database_url`."""
     if not (source / "peer_fastapi" / "app.py").is_file():
         sys.exit(f"bench: no FastAPI peer in {source} (expected peer_fastapi/app.py); see --peer-dir")
     venv = peer_venv(source / "requirements.txt")
     folder = workdir / "peer"
     _copy_writable(source / "peer_fastapi", folder / "peer_fastapi")
     (folder / ".venv").symlink_to(venv, target_is_directory=True)
-    database_url = f"sqlite+aiosqlite:///{folder / 'peer.db'}"
     subprocess.run(
-        [str(venv / "bin" / "python"), "seed.py", str(products)],
-        cwd=folder / "peer_fastapi", env=_peer_env(database_url), check=True, stdout=subprocess.DEVNULL,
+        [str(venv / "bin" / "python"), "seed.py", str(products)], cwd=folder / "peer_fastapi",
+        env=_peer_env(database_url, rounds), check=True, stdout=subprocess.DEVNULL,
     )  # fmt: skip
-    return Peer(folder, database_url, [str(i) for i in range(1, products + 1)], _versions(venv))
+    return Peer(folder, database_url, rounds, [str(i) for i in range(1, products + 1)], _versions(venv))
 
 
 def peer_venv(requirements: Path) -> Path:
@@ -190,20 +271,27 @@ def peer_venv(requirements: Path) -> Path:
 
 
 @contextlib.contextmanager
-def peer_running(peer: Peer, workers: int) -> Iterator[str]:
-    """The peer's own run.sh (uvicorn, uvloop, httptools) with `workers` workers; yields its base URL."""
+def peer_running(peer: Peer, workers: int) -> Iterator[PeerRunning]:
+    """The peer's own run.sh (uvicorn, uvloop, httptools) with `workers` workers, answering."""
     port = free_port()
     log = peer.folder / f"peer-{workers}w.log"
     command = ["bash", "peer_fastapi/run.sh", str(port), str(workers)]
-    with process_group(command, env=_peer_env(peer.database_url), cwd=peer.folder, log=log) as process:
+    with process_group(command, env=_peer_env(peer.database_url, peer.rounds), cwd=peer.folder,
+                       log=log) as process:  # fmt: skip
         url = f"http://127.0.0.1:{port}"
-        wait_for(lambda: _answers(f"{url}/products/{peer.product_ids[0]}"), what="the peer",
-                 process=process, log=log)  # fmt: skip
-        yield url
+        ready = wait_for(lambda: _answers(f"{url}/products/{peer.product_ids[0]}"), what="the peer",
+                         process=process, log=log, poll=0.02)  # fmt: skip
+        yield PeerRunning(url, log_in(url), ready, process.pid)
 
 
-def _peer_env(database_url: str) -> dict[str, str]:
-    return {**os.environ, "DATABASE_URL": database_url, "BCRYPT_ROUNDS": "4"}
+def _peer_env(database_url: str, rounds: int) -> dict[str, str]:
+    return {**os.environ, "DATABASE_URL": database_url, "BCRYPT_ROUNDS": str(rounds)}
+
+
+def memory(root: int, label: Callable[[int, bool], str]) -> list[tuple[str, float]]:
+    """(name, peak RSS in MiB) of `root` and each of its descendants still running."""
+    found = [(label(pid, pid == root), peak_rss_mib(pid)) for pid in process_tree(root)]
+    return [(name, mib) for name, mib in found if mib is not None]
 
 
 def _answers(url: str) -> bool:
@@ -223,7 +311,8 @@ def _copy_writable(source: Path, destination: Path) -> None:
 def _versions(venv: Path) -> str:
     script = (
         "import importlib.metadata as m; "
-        "print(', '.join(f'{p} {m.version(p)}' for p in ('fastapi', 'uvicorn', 'sqlalchemy', 'aiosqlite')))"
+        "names = ('fastapi', 'uvicorn', 'sqlalchemy', 'aiosqlite', 'asyncpg'); "
+        "print(', '.join(f'{p} {m.version(p)}' for p in names))"
     )
     python = str(venv / "bin" / "python")
     return subprocess.run([python, "-c", script], capture_output=True, text=True, check=True).stdout.strip()
