@@ -123,7 +123,7 @@ class Accounts:
             created_at=utcnow(),
         )
         per_client = throttle.Limit(
-            "register-address", client, self._settings.verification_resends_per_address, self._resend_window
+            "signup-address", client, self._settings.verification_resends_per_address, self._resend_window
         )
         try:
             async with self._db.transaction() as session:
@@ -147,7 +147,7 @@ class Accounts:
         async with self._db.transaction() as session:
             await self._count_registration(session, per_client)
         notices = throttle.Limit(
-            "register-notice", address, self._settings.verification_resends_per_account, self._resend_window
+            "signup-notice", address, self._settings.verification_resends_per_account, self._resend_window
         )
         with contextlib.suppress(ResourceExhausted):  # told recently enough: no mail, same answer
             async with self._db.transaction() as session:

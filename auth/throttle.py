@@ -46,6 +46,10 @@ class Limit:
     max_attempts: int
     window: dt.timedelta
 
+    def __post_init__(self) -> None:
+        if len(self.action) > 15:  # throttles.key is 80 characters: the action, ":" and 64 hex digits
+            raise ValueError(f"the action name {self.action!r} is longer than 15 characters")
+
     @property
     def key(self) -> str:
         return f"{self.action}:{hashlib.sha256(self.subject.encode()).hexdigest()}"
