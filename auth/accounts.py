@@ -12,6 +12,7 @@ import hashlib
 import logging
 import secrets
 import uuid
+from collections.abc import Coroutine
 from dataclasses import dataclass
 
 from email_validator import EmailNotValidError, validate_email
@@ -99,7 +100,7 @@ class Accounts:
         self._verification_ttl = dt.timedelta(seconds=settings.verification_token_ttl_seconds)
         self._login_window = dt.timedelta(seconds=settings.login_failure_window_seconds)
         self._resend_window = dt.timedelta(seconds=settings.verification_resend_window_seconds)
-        self._resends: set[asyncio.Task[None]] = set()  # held until done: the loop keeps weak references
+        self._background: set[asyncio.Task[None]] = set()  # held until done: the loop keeps weak references
 
     async def register(self, *, email: str, password: str, name: str, client: str) -> Registration:
         """Creates an account and queues its verification mail. For an address that has an
@@ -125,31 +126,28 @@ class Accounts:
         per_client = throttle.Limit(
             "signup-address", client, self._settings.verification_resends_per_address, self._resend_window
         )
+        async with self._db.transaction() as session:
+            await throttle.take(
+                session, [per_client], now=utcnow(), reason="TOO_MANY_REGISTRATIONS", doing="registrations"
+            )
         try:
             async with self._db.transaction() as session:
-                await self._count_registration(session, per_client)
                 session.add(user)
                 await session.flush()  # the unique email index answers here
-                self._add_verification(session, user)
+                self._add_verification(session, user)  # the mail is queued with the account
         except IntegrityError:
-            await self._notify_owner(address, per_client)
+            # Told after the answer, which must not wait for work only a taken address causes.
+            self._in_background(self._notify_owner(address), "account-exists-notice")
         self._mail.wake()
         return Registration(email=address, name=name)
 
-    async def _count_registration(self, session: AsyncSession, per_client: throttle.Limit) -> None:
-        await throttle.take(
-            session, [per_client], now=utcnow(), reason="TOO_MANY_REGISTRATIONS", doing="registrations"
-        )
-
-    async def _notify_owner(self, address: str, per_client: throttle.Limit) -> None:
-        """Someone registered an address that has an account: count it as any registration
-        and tell the owner, at most as often as verification mails may be re-sent."""
-        async with self._db.transaction() as session:
-            await self._count_registration(session, per_client)
+    async def _notify_owner(self, address: str) -> None:
+        """Someone registered an address that has an account: tell the owner, at most as often
+        as verification mails may be re-sent."""
         notices = throttle.Limit(
             "signup-notice", address, self._settings.verification_resends_per_account, self._resend_window
         )
-        with contextlib.suppress(ResourceExhausted):  # told recently enough: no mail, same answer
+        with contextlib.suppress(ResourceExhausted):  # told recently enough: no mail
             async with self._db.transaction() as session:
                 await throttle.take(session, [notices], now=utcnow(), reason="", doing="")
                 session.add(
@@ -160,6 +158,18 @@ class Accounts:
                         ),
                     )
                 )
+        self._mail.wake()
+
+    def _in_background(self, work: Coroutine[object, object, None], name: str) -> None:
+        """Runs `work` after the answer; a failure is logged (the client was answered already)."""
+        task = asyncio.create_task(work, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.warning("%s failed: %s", task.get_name(), error)
 
     async def login(self, *, email: str, password: str, client: str) -> Tokens:
         """Tokens for a right email and password. Attempts are limited per account and per
@@ -256,9 +266,7 @@ class Accounts:
         if address is not None:
             # The answer does not wait for the lookup and the new link: its timing would tell
             # an address with an account from one without.
-            task = asyncio.create_task(self._resend_to(address), name="verification-resend")
-            self._resends.add(task)
-            task.add_done_callback(self._resent)
+            self._in_background(self._resend_to(address), "verification-resend")
 
     async def _resend_to(self, address: str) -> None:
         async with self._db.transaction() as session:
@@ -272,11 +280,6 @@ class Accounts:
             )
             self._add_verification(session, user)
         self._mail.wake()
-
-    def _resent(self, task: asyncio.Task[None]) -> None:
-        self._resends.discard(task)
-        if not task.cancelled() and (error := task.exception()) is not None:
-            log.warning("could not re-send a verification mail: %s", error)
 
     async def confirm_email(self, token: str) -> User:
         now = utcnow()

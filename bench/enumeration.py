@@ -2,7 +2,8 @@
 has not? Their answers are identical (tests/facade/test_enumeration.py); this measures the other
 channel, time, on a running `invmesh up` through the facade, with production bcrypt cost.
 
-Known and unknown requests alternate, one at a time, so both sides see the same machine. For each
+Known and unknown requests alternate, one at a time and apart, so both sides see the same
+machine. For each
 operation it reports the medians, their difference, and a 95% bootstrap interval of that
 difference: an interval that holds 0 means the difference is within the noise.
 
@@ -36,6 +37,9 @@ PENDING = "pending@example.com"  # registered, never verified: what a re-send is
 # Asked about as often as the known ones: the abuse counters are per address typed, so the first
 # request for any address costs an insert, account or not, and later ones an update.
 UNKNOWN = "nobody@example.com"
+# Between requests: work an answer leaves behind (a mail to write) must not land on the next one,
+# which would compare the load of the previous request rather than this one's own time.
+PAUSE = 0.1
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,7 @@ def measure(url: str, samples: int) -> list[str]:
                     ms, status = timed(http, operation, email)
                     timings[side].append(ms)
                     statuses[side].add(status)
+                    time.sleep(PAUSE)
             known, unknown = timings["known"], timings["unknown"]
             low, high = difference_interval(known, unknown)
             verdict = "within the noise" if low <= 0 <= high else "**differs**"
