@@ -136,8 +136,8 @@ class Accounts:
                 await session.flush()  # the unique email index answers here
                 self._add_verification(session, user)  # the mail is queued with the account
         except IntegrityError:
-            # Told after the answer, which must not wait for work only a taken address causes.
-            self._in_background(self._notify_owner(address), "account-exists-notice")
+            # Queued now, as the new account's mail is above, so both answers cost the same.
+            await self._notify_owner(address)
         self._mail.wake()
         return Registration(email=address, name=name)
 
