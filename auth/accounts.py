@@ -134,22 +134,26 @@ class Accounts:
             async with self._db.transaction() as session:
                 session.add(user)
                 await session.flush()  # the unique email index answers here
+                # Counted as the owner's notice is below, so both answers cost the same work.
+                await throttle.take(session, [self._mails_to(address)], now=utcnow(), reason="", doing="")
                 self._add_verification(session, user)  # the mail is queued with the account
         except IntegrityError:
-            # Queued now, as the new account's mail is above, so both answers cost the same.
             await self._notify_owner(address)
         self._mail.wake()
         return Registration(email=address, name=name)
 
+    def _mails_to(self, address: str) -> throttle.Limit:
+        """Registration mails to one address: the account's link, then notices of attempts."""
+        return throttle.Limit(
+            "signup-notice", address, self._settings.verification_resends_per_account, self._resend_window
+        )
+
     async def _notify_owner(self, address: str) -> None:
         """Someone registered an address that has an account: tell the owner, at most as often
         as verification mails may be re-sent."""
-        notices = throttle.Limit(
-            "signup-notice", address, self._settings.verification_resends_per_account, self._resend_window
-        )
         with contextlib.suppress(ResourceExhausted):  # told recently enough: no mail
             async with self._db.transaction() as session:
-                await throttle.take(session, [notices], now=utcnow(), reason="", doing="")
+                await throttle.take(session, [self._mails_to(address)], now=utcnow(), reason="", doing="")
                 session.add(
                     OutgoingMail(
                         recipient=address,
