@@ -1,5 +1,5 @@
 """The rules of the catalog: validation, SKU uniqueness, keyset pages, and deletes that
-retire the product's stock in the inventory service first."""
+queue the retirement of the product's stock for the relay (`products.retirements`)."""
 
 from __future__ import annotations
 
