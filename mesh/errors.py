@@ -143,3 +143,10 @@ def from_peer(error: grpc.aio.AioRpcError, outage: DomainError) -> DomainError:
         if detail.Unpack(info):
             reason = info.reason
     return kind(error.details() or "the access token was refused", reason=reason)
+
+
+def describe(exc: BaseException) -> str:
+    """One line for a log or an outbox row: a gRPC failure's code and details, else the error."""
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    return str(exc) or type(exc).__name__

@@ -18,11 +18,11 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, Protocol, TypeVar
 
-import grpc
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import InstrumentedAttribute
 
 from mesh.db import Database, utcnow
+from mesh.errors import describe
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ class OutboxRelay(Generic[Row]):
             await self._deliver_row(row)
         except Exception as exc:
             backoff = min(self._retry_initial * 2**attempts * random.uniform(0.8, 1.2), self._retry_max)
-            problem = _describe(exc)
+            problem = describe(exc)
             log.warning(
                 "%s delivery failed (attempt %d), retrying in %.1fs: %s",
                 self._name,
@@ -149,9 +149,3 @@ class OutboxRelay(Generic[Row]):
         async with self._db.transaction() as session:
             await session.execute(delete(table).where(table.id == row_id))
         log.info("%s delivered", self._name, extra={"attempts": attempts + 1})
-
-
-def _describe(exc: Exception) -> str:
-    if isinstance(exc, grpc.aio.AioRpcError):
-        return f"{exc.code().name}: {exc.details()}"
-    return str(exc) or type(exc).__name__

@@ -24,7 +24,7 @@ from google.protobuf import json_format
 
 from invmesh.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
 from mesh.config import Settings
-from mesh.errors import Unauthenticated, Unavailable
+from mesh.errors import Unauthenticated, Unavailable, describe
 
 ALGORITHM = "ES256"
 TOKEN_TYPE = "at+jwt"
@@ -201,7 +201,7 @@ class JwksCache:
         try:
             jwks = await fetch
         except Exception as exc:
-            log.warning("could not fetch the auth service's signing keys: %s", _describe(exc))
+            log.warning("could not fetch the auth service's signing keys: %s", describe(exc))
             self._unreachable = True
             # Try again soon: the auth service may just be starting.
             self._fetched_at = time.monotonic() - self._interval + min(self._interval, 1.0)
@@ -215,12 +215,6 @@ class JwksCache:
                 if isinstance(key, EllipticCurvePublicKey):
                     keys[jwk["kid"]] = key
         self._keys = keys
-
-
-def _describe(exc: Exception) -> str:
-    if isinstance(exc, grpc.aio.AioRpcError):
-        return f"{exc.code().name}: {exc.details()}"
-    return repr(exc)
 
 
 def verifier_via_auth(auth_channel: grpc.aio.Channel, settings: Settings) -> TokenVerifier:
