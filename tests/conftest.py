@@ -143,6 +143,15 @@ class Inbox:
                 await self.arrived.wait()
         return self.messages
 
+    async def mail_to(self, address: str, count: int = 1, timeout: float = 10.0) -> list[EmailMessage]:
+        """The mails to `address`, once there are `count`: others may arrive meanwhile, such as a
+        fixture's own account's mail, delivered in the background."""
+        async with asyncio.timeout(timeout):
+            while len(mine := [m for m in self.messages if m["To"] == address]) < count:
+                self.arrived.clear()
+                await self.arrived.wait()
+        return mine
+
 
 class SmtpServer:
     def __init__(self, port: int) -> None:
@@ -280,8 +289,8 @@ async def user_token(
     as `invmesh users grant` does, and logs in."""
     await stub.Register(auth_pb.RegisterRequest(email=email, password="mesh-password"))
     if inbox is not None:
-        messages = await inbox.wait_for(len(inbox.messages) + 1)
-        token = link_token(messages[-1], settings.public_url)
+        (mail,) = await inbox.mail_to(email)
+        token = link_token(mail, settings.public_url)
         await stub.VerifyEmail(auth_pb.VerifyEmailRequest(token=token))
     db = Database(settings.database_url("auth"))
     try:

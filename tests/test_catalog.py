@@ -253,9 +253,7 @@ async def test_stock_follows_inventory(mesh: Mesh) -> None:
     assert listed.products[0].stock == 8
 
 
-async def test_with_inventory_down_reads_answer_without_stock(
-    settings: Settings, smtp: SmtpServer
-) -> None:
+async def test_with_inventory_down_reads_answer_without_stock(settings: Settings, smtp: SmtpServer) -> None:
     settings = mesh_settings(settings)  # nothing listens on the inventory address
     async with running_auth(settings), running_products(settings):
         async with grpc.aio.insecure_channel(settings.auth_addr) as channel:

@@ -131,10 +131,9 @@ BAD_TOKENS: dict[str, Callable[[Genuine], str]] = {
 
 async def genuine(mesh: Mesh, smtp: SmtpServer, key: Key) -> Genuine:
     """A new account of the mesh, its verification token (unused) and a refresh token."""
-    seen = len(smtp.inbox.messages)
     request = pb.RegisterRequest(email="target@example.com", password="password1")
     await mesh.auth.Register(request)
-    mail = (await smtp.inbox.wait_for(seen + 1))[seen]
+    (mail,) = await smtp.inbox.mail_to("target@example.com")
     login = await mesh.auth.Login(pb.LoginRequest(email="target@example.com", password="password1"))
     me = await mesh.auth.GetMe(pb.GetMeRequest(), metadata=mesh.as_user(login.access_token))
     return Genuine(key, me.user.id, link_token(mail, mesh.settings.public_url), login.refresh_token)
