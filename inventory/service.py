@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
+from inventory.product_check import ProductCheck
 from inventory.servicer import InventoryServicer
 from inventory.stock import Inventory
 from invmesh.inventory.v1 import inventory_service_pb2, inventory_service_pb2_grpc
@@ -26,7 +27,10 @@ async def running(settings: Settings, *, address: str | None = None) -> AsyncIte
         timeout = settings.peer_timeout_seconds
         auth = open_channel(stack, settings.auth_addr, default_timeout=timeout)
         products = open_channel(stack, settings.products_addr, default_timeout=timeout)
-        inventory = Inventory(db=db, products=products_service_pb2_grpc.ProductsServiceStub(products))
+        check = ProductCheck(
+            products_service_pb2_grpc.ProductsServiceStub(products), ttl=settings.product_check_cache_seconds
+        )
+        inventory = Inventory(db=db, products=check)
         servicer = Servicer(
             SERVICE_NAME,
             inventory_service_pb2_grpc.add_InventoryServiceServicer_to_server,

@@ -3,7 +3,8 @@
 A change locks the product's balance row (SELECT … FOR UPDATE; on SQLite the write
 transaction is BEGIN IMMEDIATE), checks the rule, updates the balance and appends the
 movement in one transaction. The product's existence is confirmed with the products
-service before that transaction opens, so no lock is ever held across a remote call.
+service (`inventory.product_check`, which remembers confirmations for a while) before that
+transaction opens, so no lock is ever held across a remote call.
 
 Two races end in a rolled-back transaction that is simply run again: a concurrent first
 movement of the same product, or a retry of the same request, loses on a unique key
@@ -24,13 +25,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import grpc
 from sqlalchemy import Row, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from inventory.models import Item, Movement
-from invmesh.products.v1 import products_service_pb2, products_service_pb2_grpc
+from inventory.product_check import ProductCheck, not_found
 from mesh import paging
 from mesh.context import current_identity, require_verified_email
 from mesh.db import Database, utcnow
@@ -38,10 +38,7 @@ from mesh.errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
-    NotFound,
     TransactionConflict,
-    Unavailable,
-    from_peer,
 )
 
 MAX_BATCH = 500
@@ -113,7 +110,7 @@ def _require_product_id(product_id: str) -> None:
 
 
 class Inventory:
-    def __init__(self, *, db: Database, products: products_service_pb2_grpc.ProductsServiceStub) -> None:
+    def __init__(self, *, db: Database, products: ProductCheck) -> None:
         self._db = db
         self._products = products
 
@@ -160,12 +157,12 @@ class Inventory:
 
     async def get(self, product_id: str) -> Stock:
         _require_product_id(product_id)
-        await self._confirm_product(product_id)
+        await self._products.confirm(product_id)
         found = await self._db.fetch(
             select(*_BALANCE, _ITEMS.c.retired_at).where(_ITEMS.c.product_id == product_id)
         )
         if found and found[0].retired_at is not None:
-            raise _not_found(product_id)
+            raise not_found(product_id)
         return _stock(found[0] if found else None, product_id)
 
     async def batch_get(self, product_ids: Sequence[str]) -> list[Stock]:
@@ -197,7 +194,7 @@ class Inventory:
         _require_product_id(product_id)
         size = paging.page_size(page_size)
         after = paging.decode_token(page_token, query=product_id)
-        await self._confirm_product(product_id)
+        await self._products.confirm(product_id)
         query = (
             select(Movement)
             .where(Movement.product_id == product_id)
@@ -207,6 +204,8 @@ class Inventory:
         if after is not None:
             query = query.where(Movement.id < _position(after, int))
         async with self._db.session() as session:
+            if await session.scalar(select(Item.retired_at).where(Item.product_id == product_id)):
+                raise not_found(product_id)  # retired since this replica last confirmed it
             rows = list(await session.scalars(query))
         token = paging.encode_token([rows[size - 1].id], query=product_id) if len(rows) > size else ""
         return rows[:size], token
@@ -223,6 +222,7 @@ class Inventory:
                         session.add(Item(product_id=product_id, quantity=0, retired_at=utcnow()))
                     elif item.retired_at is None:
                         item.retired_at = utcnow()
+                self._products.forget(product_id)
                 return
             except _RETRYABLE:
                 if attempt == _ATTEMPTS - 1:
@@ -235,7 +235,7 @@ class Inventory:
             if change.request_id and (replay := await self._replay(actor, change)) is not None:
                 return replay
             if attempt == 0:
-                await self._confirm_product(change.product_id)
+                await self._products.confirm(change.product_id)
             try:
                 async with self._db.transaction() as session:
                     return await self._apply(session, actor, change, delta_for)
@@ -255,7 +255,7 @@ class Inventory:
             session.add(item)
             await session.flush()
         elif item.retired_at is not None:
-            raise _not_found(change.product_id)
+            raise not_found(change.product_id)
         delta = delta_for(item.quantity)
         now = utcnow()
         item.quantity += delta
@@ -292,21 +292,6 @@ class Inventory:
             )
         return Recorded(first, Stock(first.product_id, first.balance_after, first.created_at))
 
-    async def _confirm_product(self, product_id: str) -> None:
-        """NOT_FOUND unless the products service knows the product; UNAVAILABLE if it cannot say."""
-        try:
-            reply = await self._products.BatchGetProducts(
-                products_service_pb2.BatchGetProductsRequest(ids=[product_id])
-            )
-        except grpc.aio.AioRpcError as error:
-            outage = Unavailable(
-                f"the products service could not confirm product {product_id}; retry later",
-                reason="PRODUCTS_UNAVAILABLE",
-            )
-            raise from_peer(error, outage) from None
-        if not any(product.id == product_id for product in reply.products):
-            raise _not_found(product_id)
-
 
 async def _back_off(attempt: int) -> None:
     """A short random pause, so transactions that collided do not collide again in step."""
@@ -324,7 +309,3 @@ def _stock(item: Item | Row[Any] | None, product_id: str) -> Stock:
     if item is None:
         return Stock(product_id, 0, None)
     return Stock(item.product_id, item.quantity, item.updated_at)
-
-
-def _not_found(product_id: str) -> NotFound:
-    return NotFound(f"product {product_id} does not exist", reason="PRODUCT_NOT_FOUND")

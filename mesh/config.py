@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     peer_timeout_seconds: float = Field(3.0, gt=0)
     # Products waits this long for stock from inventory before answering without it.
     stock_lookup_timeout_seconds: float = Field(0.5, gt=0)
+    # Inventory remembers that a product exists this long rather than asking products on every
+    # movement and read (0: ask every time). See inventory/product_check.py.
+    product_check_cache_seconds: float = Field(60.0, ge=0)
 
     # The REST facade: every route on each port (the original layout's 8000, 8001, 8002).
     facade_host: str = "127.0.0.1"

@@ -81,6 +81,12 @@ class OutboxRelay(Generic[Row]):
         """A row was committed: deliver it now rather than at the next poll."""
         self._wake.set()
 
+    async def deliver_now(self, row_id: object) -> None:
+        """Delivers a row just committed, in the caller's own time, so its effect is there
+        before the caller answers whenever the receiver is up; a failure leaves it to the relay."""
+        if not await self._deliver(row_id, 0):
+            self._wake.set()
+
     async def _run(self) -> None:
         while not self._stopping:
             self._wake.clear()
@@ -115,7 +121,8 @@ class OutboxRelay(Generic[Row]):
             return self._retry_max
         return min(max((upcoming - utcnow()).total_seconds(), 0.0), self._retry_max)
 
-    async def _deliver(self, row_id: object, attempts: int) -> None:
+    async def _deliver(self, row_id: object, attempts: int) -> bool:
+        """Claims, delivers and deletes the row; False if it is not delivered (yet)."""
         table = self._table
         async with self._db.transaction() as session:
             claimed = await session.execute(
@@ -124,7 +131,7 @@ class OutboxRelay(Generic[Row]):
                 .values(attempts=attempts + 1, next_attempt_at=utcnow() + self._lease)
             )
             if claimed.rowcount != 1:
-                return  # another relay has it
+                return False  # another relay has it
             row = await session.get_one(table, row_id)
         try:
             await self._deliver_row(row)
@@ -145,7 +152,8 @@ class OutboxRelay(Generic[Row]):
                     .where(table.id == row_id)
                     .values(next_attempt_at=retry_at, last_error=problem[:500])
                 )
-            return
+            return False
         async with self._db.transaction() as session:
             await session.execute(delete(table).where(table.id == row_id))
         log.info("%s delivered", self._name, extra={"attempts": attempts + 1})
+        return True

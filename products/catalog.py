@@ -212,15 +212,16 @@ class Catalog:
 
     async def delete(self, product_id: str) -> None:
         """Removes the product and, in the same transaction, queues the retirement of its
-        inventory item for the relay (`products.retirements`), so inventory being down delays
-        the retirement but never the delete."""
+        inventory item (`products.retirements`). The retirement is delivered before the delete
+        answers when inventory is up, so the item is gone at once; when it is not, the relay
+        delivers it later: inventory being down delays the retirement but never the delete."""
         require_verified_email()
         async with self._db.transaction() as session:
             deleted = await session.execute(delete(Product).where(Product.id == product_id))
             if deleted.rowcount != 1:
                 raise _not_found(product_id)
             session.add(RetiredProduct(id=product_id))
-        self._retirements.wake()
+        await self._retirements.deliver_now(product_id)
 
     async def stock(self, product_ids: Sequence[str]) -> dict[str, int]:
         """Stock by product id, in one call; empty when inventory does not answer in time."""

@@ -18,9 +18,11 @@ from invmesh.auth.v1 import auth_service_pb2_grpc
 from invmesh.inventory.v1 import inventory_service_pb2 as pb
 from invmesh.inventory.v1 import inventory_service_pb2_grpc
 from invmesh.products.v1 import products_service_pb2 as products_pb
+from invmesh.products.v1 import products_service_pb2_grpc
 from mesh import paging
 from mesh.config import Settings
 from mesh.db import Database
+from products.service import running as running_products
 from tests.conftest import SERVICE_SECRET, Mesh, SmtpServer, mesh_settings, user_token
 from tests.rpc import error_reason, expect_error
 
@@ -357,6 +359,41 @@ async def test_with_products_down_movements_answer_unavailable(settings: Setting
                 grpc.StatusCode.UNAVAILABLE,
             )
             assert error_reason(error) == "PRODUCTS_UNAVAILABLE"
+
+
+@pytest.mark.parametrize("cache_seconds", [60.0, 0.0])
+async def test_a_product_confirmed_lately_is_not_asked_about_again(
+    settings: Settings, smtp: SmtpServer, cache_seconds: float
+) -> None:
+    """Inventory remembers a confirmed product for PRODUCT_CHECK_CACHE_SECONDS: movements on it
+    go on while products is down. With 0 it asks every time, and fails without products."""
+    settings = mesh_settings(settings).model_copy(update={"product_check_cache_seconds": cache_seconds})
+    async with running_auth(settings), running_inventory(settings):
+        async with grpc.aio.insecure_channel(settings.auth_addr) as channel:
+            token = await user_token(
+                auth_service_pb2_grpc.AuthServiceStub(channel), "ops@example.com", smtp.inbox, settings
+            )
+        metadata = (("authorization", f"Bearer {token}"),)
+        async with grpc.aio.insecure_channel(settings.inventory_addr) as channel:
+            inventory = inventory_service_pb2_grpc.InventoryServiceStub(channel)
+            async with (
+                running_products(settings),
+                grpc.aio.insecure_channel(settings.products_addr) as products_channel,
+            ):
+                products = products_service_pb2_grpc.ProductsServiceStub(products_channel)
+                product = products_pb.Product(sku="S-1", name="Screw", price="1")
+                created = await products.CreateProduct(
+                    products_pb.CreateProductRequest(product=product), metadata=metadata
+                )
+                pid = created.product.id
+                await inventory.RecordMovement(move(pid, pb.IN, 5), metadata=metadata)
+            # The products service is gone now.
+            later = inventory.RecordMovement(move(pid, pb.OUT, 2), metadata=metadata, timeout=10)
+            if cache_seconds:
+                assert (await later).item.quantity == 3
+            else:
+                error = await expect_error(later, grpc.StatusCode.UNAVAILABLE)
+                assert error_reason(error) == "PRODUCTS_UNAVAILABLE"
 
 
 @pytest.mark.parametrize("position", [[], ["a", "b"], [1.5], [None]])
