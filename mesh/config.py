@@ -189,8 +189,13 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _retry_bounds_ordered(self) -> Settings:
-        if self.mail_retry_max_seconds < self.mail_retry_initial_seconds:
-            raise ValueError("MAIL_RETRY_MAX_SECONDS must be at least MAIL_RETRY_INITIAL_SECONDS")
+        bounds = {
+            "MAIL": (self.mail_retry_initial_seconds, self.mail_retry_max_seconds),
+            "OUTBOX": (self.outbox_retry_initial_seconds, self.outbox_retry_max_seconds),
+        }
+        for name, (initial, most) in bounds.items():
+            if most < initial:
+                raise ValueError(f"{name}_RETRY_MAX_SECONDS must be at least {name}_RETRY_INITIAL_SECONDS")
         return self
 
     @property

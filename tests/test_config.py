@@ -59,7 +59,10 @@ def test_only_the_prefixed_data_dir_variable_counts(monkeypatch: pytest.MonkeyPa
 def test_log_level_in_any_case_and_ordered_retry_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LOG_LEVEL", "debug")
     assert load_settings().log_level == "DEBUG"
-    monkeypatch.setenv("MAIL_RETRY_INITIAL_SECONDS", "60")
-    monkeypatch.setenv("MAIL_RETRY_MAX_SECONDS", "10")
-    with pytest.raises(ConfigError, match="MAIL_RETRY_MAX_SECONDS must be at least"):
-        load_settings()
+    for name in ("MAIL", "OUTBOX"):
+        monkeypatch.setenv(f"{name}_RETRY_INITIAL_SECONDS", "60")
+        monkeypatch.setenv(f"{name}_RETRY_MAX_SECONDS", "10")
+        with pytest.raises(ConfigError, match=f"{name}_RETRY_MAX_SECONDS must be at least"):
+            load_settings()
+        monkeypatch.setenv(f"{name}_RETRY_MAX_SECONDS", "60")
+        assert getattr(load_settings(), f"{name.lower()}_retry_max_seconds") == 60
