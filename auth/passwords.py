@@ -37,8 +37,10 @@ def check_new_password(password: str, *, field: str = "password") -> bytes:
 class PasswordHasher:
     def __init__(self, rounds: int) -> None:
         self.rounds = rounds
-        # Checked against when the email is unknown, so that path costs what a real check costs.
-        self._dummy_hash = bcrypt.hashpw(b"invmesh-no-such-user", bcrypt.gensalt(rounds))
+        # Checked against when the email is unknown, so that path costs what a real check costs:
+        # a fresh salt at the same cost, and a digest no password produces. Hashing a real
+        # password here would hold up startup for one check's time (a quarter second at 12).
+        self._dummy_hash = bcrypt.gensalt(rounds) + b"." * 31
 
     async def hash(self, password: bytes) -> str:
         loop = asyncio.get_running_loop()

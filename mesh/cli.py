@@ -194,8 +194,17 @@ async def rotate_keys() -> int:
     return 0
 
 
+# The services are still starting when the first health checks go out: retry a refused
+# connection every 50-250 ms, not after gRPC's default backoff of a second and more.
+_HEALTH_POLL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 50),
+    ("grpc.min_reconnect_backoff_ms", 50),
+    ("grpc.max_reconnect_backoff_ms", 250),
+]
+
+
 async def _wait_healthy(address: str, deadline: float) -> bool:
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with grpc.aio.insecure_channel(address, options=_HEALTH_POLL_OPTIONS) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             with contextlib.suppress(grpc.aio.AioRpcError):

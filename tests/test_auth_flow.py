@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import bcrypt
 import grpc
 import jwt
 import pytest
@@ -11,6 +12,7 @@ from google.protobuf import json_format
 from sqlalchemy import func, select
 
 from auth.models import OutgoingMail, RefreshToken, User, VerificationToken
+from auth.passwords import PasswordHasher
 from invmesh.auth.v1 import auth_service_pb2 as pb
 from mesh.db import Database
 from mesh.tokens import JwksCache, TokenVerifier
@@ -265,6 +267,25 @@ async def test_passwords_are_stored_as_bcrypt_hashes(auth: AuthEndpoint, auth_db
     async with auth_db.session() as session:
         stored = await session.scalar(select(User.password_hash))
     assert stored is not None and stored.startswith("$2b$04$") and PASSWORD not in stored
+
+
+async def test_an_unknown_email_costs_a_full_bcrypt_check_at_the_configured_cost(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    checked: list[bytes] = []
+    check = bcrypt.checkpw
+
+    def spy(password: bytes, hashed: bytes) -> bool:
+        checked.append(hashed)
+        return check(password, hashed)
+
+    monkeypatch.setattr(bcrypt, "checkpw", spy)
+    hasher = PasswordHasher(rounds=5)
+    assert await hasher.verify(PASSWORD, await hasher.hash(PASSWORD.encode()))
+    assert not await hasher.verify(PASSWORD, None)
+    assert not await hasher.verify("", None)
+    (real, dummy, _) = checked
+    assert dummy.startswith(b"$2b$05$") and len(dummy) == len(real)  # bcrypt ran, at cost 5
 
 
 async def test_reuse_revokes_every_descendant_of_that_sign_in_only(auth: AuthEndpoint) -> None:
