@@ -38,9 +38,12 @@ lint: $(VENV)/.installed
 	$(BIN)/python -m mesh.codegen --lint
 
 ## bench: reads, movements and logins side by side with the FastAPI peer, on SQLite and PostgreSQL
-##        (bench/README.md); needs wrk and PostgreSQL on 127.0.0.1:5432; BENCH_QUICK=1 for short runs,
+##        (bench/README.md); needs PostgreSQL on 127.0.0.1:5432 and wrk (installed from Debian when
+##        missing and run as root); BENCH_QUICK=1 for short runs,
 ##        BENCH_ARGS='--databases sqlite --scenarios movement' and the like for a subset
 bench: $(VENV)/.installed $(VENV)/.generated
+	@command -v wrk >/dev/null || [ "$$(id -u)" != 0 ] || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
 	$(BIN)/python -m bench.run $(BENCH_FLAGS)
 
 ## bench-quick: the same with short runs, in about 2-3 minutes
