@@ -4,8 +4,9 @@ the embedded default), PostgreSQL (asyncpg) or MariaDB/MySQL (asyncmy).
 The differences between those databases are handled here, once:
 - SQLite: write transactions start with BEGIN IMMEDIATE so two writers never interleave (a
   deferred transaction that reads, then writes, can fail with "database is locked" instead
-  of waiting); reads stay deferred and run beside writes under WAL. `lower()` is replaced by
-  a Unicode-aware one, so case-insensitive search folds "É" as the other databases do.
+  of waiting), and a process's writers queue on an asyncio lock first, so only one at a time
+  holds or waits for SQLite's lock, rather than twenty pooled connections polling it in
+  busy_timeout's sleeps; reads stay deferred and run beside writes under WAL. `lower()` is replaced by a Unicode-aware one, so case-insensitive search folds "É" as the other databases do.
 - PostgreSQL and MariaDB: a pool sized by settings, pre-pinged so connections a restarted
   server dropped are replaced, READ COMMITTED on both (MariaDB's REPEATABLE READ takes gap
   locks that deadlock concurrent first inserts), and a connect timeout, so an unreachable
@@ -23,6 +24,7 @@ The differences between those databases are handled here, once:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import importlib
 import logging
@@ -146,6 +148,11 @@ class Database:
             self.engine.execution_options(**{_WRITE: True}), expire_on_commit=False
         )
         self._one_statement = self.engine.execution_options(**{_ONE_STATEMENT: True})
+        # SQLite has one writer at a time. Its writers wait in line here, on the event loop, rather
+        # than each in its own connection's thread, polling the lock in busy_timeout's sleeps.
+        self._writer: asyncio.Lock | contextlib.nullcontext[None] = (
+            asyncio.Lock() if self.is_sqlite else contextlib.nullcontext()
+        )
 
     @classmethod
     def for_service(cls, settings: Settings, service: str) -> Database:
@@ -178,9 +185,10 @@ class Database:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """A write transaction: committed when the block ends, rolled back if it raises."""
-        with _translated():
-            async with self._write() as session, session.begin():
-                yield session
+        async with self._writer:
+            with _translated():
+                async with self._write() as session, session.begin():
+                    yield session
 
     @asynccontextmanager
     async def write_connection(self) -> AsyncIterator[Any]:
