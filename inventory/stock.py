@@ -25,9 +25,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import Row, select
+from sqlalchemy import Row, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from inventory.models import Item, Movement
 from inventory.product_check import ProductCheck, not_found
@@ -51,6 +51,7 @@ _ATTEMPTS = 5  # each race above is lost at most once or twice in practice
 _RETRYABLE = (IntegrityError, TransactionConflict)
 # The hot reads select just a balance's columns, through Core.
 _ITEMS = Item.__table__
+_MOVEMENTS = Movement.__table__
 _BALANCE = (_ITEMS.c.product_id, _ITEMS.c.quantity, _ITEMS.c.updated_at)
 
 
@@ -237,8 +238,8 @@ class Inventory:
             if attempt == 0:
                 await self._products.confirm(change.product_id)
             try:
-                async with self._db.transaction() as session:
-                    return await self._apply(session, actor, change, delta_for)
+                async with self._db.write_connection() as conn:
+                    return await self._apply(conn, actor, change, delta_for)
             except _RETRYABLE:
                 # Another transaction created this item, or stored this request_id, first: look again.
                 if attempt == _ATTEMPTS - 1:
@@ -247,34 +248,43 @@ class Inventory:
         raise AssertionError("unreachable")
 
     async def _apply(
-        self, session: AsyncSession, actor: str, change: Change, delta_for: Callable[[int], int]
+        self, conn: AsyncConnection, actor: str, change: Change, delta_for: Callable[[int], int]
     ) -> Recorded:
-        item = await session.get(Item, change.product_id, with_for_update=True)
-        if item is None:
-            item = Item(product_id=change.product_id, quantity=0)
-            session.add(item)
-            await session.flush()
-        elif item.retired_at is not None:
-            raise not_found(change.product_id)
-        delta = delta_for(item.quantity)
-        now = utcnow()
-        item.quantity += delta
-        item.updated_at = now
-        movement = Movement(
-            product_id=change.product_id,
-            type=change.kind,
-            quantity=delta,
-            balance_after=item.quantity,
-            reason=change.reason,
-            reference=change.reference,
-            actor=actor,
-            request_id=change.request_id,
-            request_fingerprint=change.fingerprint if change.request_id else None,
-            created_at=now,
-        )
-        session.add(movement)
-        await session.flush()
-        return Recorded(movement, Stock(item.product_id, item.quantity, now))
+        """Locks the balance row, checks the rule, writes the balance and the movement: Core
+        statements, since this is every movement's path and the ORM's unit of work costs more."""
+        product_id = change.product_id
+        locked = (
+            await conn.execute(
+                select(_ITEMS.c.quantity, _ITEMS.c.retired_at)
+                .where(_ITEMS.c.product_id == product_id)
+                .with_for_update()
+            )
+        ).first()
+        if locked is not None and locked.retired_at is not None:
+            raise not_found(product_id)
+        current = locked.quantity if locked is not None else 0
+        delta = delta_for(current)
+        balance, now = current + delta, utcnow()
+        if locked is None:  # its first movement; a concurrent first one loses on the key, and retries
+            await conn.execute(insert(_ITEMS).values(product_id=product_id, quantity=balance, updated_at=now))
+        else:
+            row = _ITEMS.c.product_id == product_id
+            await conn.execute(update(_ITEMS).where(row).values(quantity=balance, updated_at=now))
+        values = {
+            "product_id": product_id,
+            "type": change.kind,
+            "quantity": delta,
+            "balance_after": balance,
+            "reason": change.reason,
+            "reference": change.reference,
+            "actor": actor,
+            "request_id": change.request_id,
+            "request_fingerprint": change.fingerprint if change.request_id else None,
+            "created_at": now,
+        }
+        inserted = await conn.execute(insert(_MOVEMENTS).values(values))
+        movement = Movement(id=inserted.inserted_primary_key[0], **values)
+        return Recorded(movement, Stock(product_id, balance, now))
 
     async def _replay(self, actor: str, change: Change) -> Recorded | None:
         """The first result of a request_id already used by this actor, or None if it is new."""

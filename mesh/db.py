@@ -6,7 +6,9 @@ The differences between those databases are handled here, once:
   deferred transaction that reads, then writes, can fail with "database is locked" instead
   of waiting), and a process's writers queue on an asyncio lock first, so only one at a time
   holds or waits for SQLite's lock, rather than twenty pooled connections polling it in
-  busy_timeout's sleeps; reads stay deferred and run beside writes under WAL. `lower()` is replaced by a Unicode-aware one, so case-insensitive search folds "É" as the other databases do.
+  busy_timeout's sleeps; reads stay deferred and run beside writes under WAL. `lower()` is
+  replaced by a Unicode-aware one, so case-insensitive search folds "É" as the other
+  databases do.
 - PostgreSQL and MariaDB: a pool sized by settings, pre-pinged so connections a restarted
   server dropped are replaced, READ COMMITTED on both (MariaDB's REPEATABLE READ takes gap
   locks that deadlock concurrent first inserts), and a connect timeout, so an unreachable
@@ -37,7 +39,7 @@ from sqlalchemy import BigInteger, DateTime, Integer, Row, Select, TypeDecorator
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import URL, Connection, Dialect, make_url
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.types import TypeEngine
 
@@ -144,9 +146,8 @@ class Database:
         if self.is_sqlite:
             _sqlite_transactions(self.engine.sync_engine)
         self._read = async_sessionmaker(self.engine, expire_on_commit=False)
-        self._write = async_sessionmaker(
-            self.engine.execution_options(**{_WRITE: True}), expire_on_commit=False
-        )
+        self._write_engine = self.engine.execution_options(**{_WRITE: True})
+        self._write = async_sessionmaker(self._write_engine, expire_on_commit=False)
         self._one_statement = self.engine.execution_options(**{_ONE_STATEMENT: True})
         # SQLite has one writer at a time. Its writers wait in line here, on the event loop, rather
         # than each in its own connection's thread, polling the lock in busy_timeout's sleeps.
@@ -191,11 +192,13 @@ class Database:
                     yield session
 
     @asynccontextmanager
-    async def write_connection(self) -> AsyncIterator[Any]:
-        """A connection in a write transaction, for schema changes (an AsyncConnection)."""
-        with _translated():
-            async with self.engine.execution_options(**{_WRITE: True}).begin() as conn:
-                yield conn
+    async def write_connection(self) -> AsyncIterator[AsyncConnection]:
+        """A connection in a write transaction, for Core writes on a hot path and for schema
+        changes: committed when the block ends, rolled back if it raises."""
+        async with self._writer:
+            with _translated():
+                async with self._write_engine.begin() as conn:
+                    yield conn
 
     async def dispose(self) -> None:
         await self.engine.dispose()
