@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import Row, insert, select, update
+from sqlalchemy import Row, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -49,10 +49,16 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 T = TypeVar("T")
 _ATTEMPTS = 5  # each race above is lost at most once or twice in practice
 _RETRYABLE = (IntegrityError, TransactionConflict)
-# The hot reads select just a balance's columns, through Core.
+# Every movement's statements and the hot reads, built once, in Core: a balance's columns only.
 _ITEMS = Item.__table__
-_MOVEMENTS = Movement.__table__
 _BALANCE = (_ITEMS.c.product_id, _ITEMS.c.quantity, _ITEMS.c.updated_at)
+_ITEM_IS = _ITEMS.c.product_id == bindparam("pid")
+_BALANCE_OF = select(*_BALANCE, _ITEMS.c.retired_at).where(_ITEM_IS)
+_BALANCES_OF = select(*_BALANCE).where(_ITEMS.c.product_id.in_(bindparam("pids", expanding=True)))
+_LOCK_BALANCE = select(_ITEMS.c.quantity, _ITEMS.c.retired_at).where(_ITEM_IS).with_for_update()
+_NEW_BALANCE = insert(_ITEMS)
+_SET_BALANCE = update(_ITEMS).where(_ITEM_IS)  # SET: the columns the parameters name
+_NEW_MOVEMENT = insert(Movement.__table__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,9 +165,7 @@ class Inventory:
     async def get(self, product_id: str) -> Stock:
         _require_product_id(product_id)
         await self._products.confirm(product_id)
-        found = await self._db.fetch(
-            select(*_BALANCE, _ITEMS.c.retired_at).where(_ITEMS.c.product_id == product_id)
-        )
+        found = await self._db.fetch(_BALANCE_OF, {"pid": product_id})
         if found and found[0].retired_at is not None:
             raise not_found(product_id)
         return _stock(found[0] if found else None, product_id)
@@ -173,7 +177,7 @@ class Inventory:
                 f"at most {MAX_BATCH} product_ids per call", field="product_ids", reason="TOO_MANY_IDS"
             )
         ids = list(dict.fromkeys(product_ids))
-        rows = await self._db.fetch(select(*_BALANCE).where(_ITEMS.c.product_id.in_(ids)))
+        rows = await self._db.fetch(_BALANCES_OF, {"pids": ids})
         items = {row.product_id: row for row in rows}
         return [_stock(items.get(pid), pid) for pid in ids]
 
@@ -253,23 +257,17 @@ class Inventory:
         """Locks the balance row, checks the rule, writes the balance and the movement: Core
         statements, since this is every movement's path and the ORM's unit of work costs more."""
         product_id = change.product_id
-        locked = (
-            await conn.execute(
-                select(_ITEMS.c.quantity, _ITEMS.c.retired_at)
-                .where(_ITEMS.c.product_id == product_id)
-                .with_for_update()
-            )
-        ).first()
+        locked = (await conn.execute(_LOCK_BALANCE, {"pid": product_id})).first()
         if locked is not None and locked.retired_at is not None:
             raise not_found(product_id)
         current = locked.quantity if locked is not None else 0
         delta = delta_for(current)
         balance, now = current + delta, utcnow()
+        state = {"quantity": balance, "updated_at": now}
         if locked is None:  # its first movement; a concurrent first one loses on the key, and retries
-            await conn.execute(insert(_ITEMS).values(product_id=product_id, quantity=balance, updated_at=now))
+            await conn.execute(_NEW_BALANCE, {"product_id": product_id, **state})
         else:
-            row = _ITEMS.c.product_id == product_id
-            await conn.execute(update(_ITEMS).where(row).values(quantity=balance, updated_at=now))
+            await conn.execute(_SET_BALANCE, {"pid": product_id, **state})
         values = {
             "product_id": product_id,
             "type": change.kind,
@@ -282,7 +280,7 @@ class Inventory:
             "request_fingerprint": change.fingerprint if change.request_id else None,
             "created_at": now,
         }
-        inserted = await conn.execute(insert(_MOVEMENTS).values(values))
+        inserted = await conn.execute(_NEW_MOVEMENT, values)
         movement = Movement(id=inserted.inserted_primary_key[0], **values)
         return Recorded(movement, Stock(product_id, balance, now))
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import grpc
 from iso4217 import Currency
-from sqlalchemy import Row, delete, or_, select
+from sqlalchemy import Row, bindparam, delete, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from invmesh.inventory.v1 import inventory_service_pb2, inventory_service_pb2_grpc
@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 
 # The hot reads (get, batch_get) are Core selects of the table: rows with a Product's attributes.
 _PRODUCTS = Product.__table__
+# The hot reads, built once.
+_PRODUCT_BY_ID = select(_PRODUCTS).where(_PRODUCTS.c.id == bindparam("id"))
+_PRODUCTS_BY_ID = select(_PRODUCTS).where(_PRODUCTS.c.id.in_(bindparam("ids", expanding=True)))
 ProductRow = Product | Row[Any]
 
 MAX_BATCH = 500
@@ -152,7 +155,7 @@ class Catalog:
         return product
 
     async def get(self, product_id: str) -> ProductRow:
-        found = await self._db.fetch(select(_PRODUCTS).where(_PRODUCTS.c.id == product_id))
+        found = await self._db.fetch(_PRODUCT_BY_ID, {"id": product_id})
         if not found:
             raise _not_found(product_id)
         return found[0]
@@ -161,7 +164,7 @@ class Catalog:
         if len(ids) > MAX_BATCH:
             raise InvalidArgument(f"at most {MAX_BATCH} ids per call", field="ids", reason="TOO_MANY_IDS")
         wanted = {i for i in ids if "\x00" not in i}  # no id holds NUL, and no database may be sent one
-        return await self._db.fetch(select(_PRODUCTS).where(_PRODUCTS.c.id.in_(wanted)))
+        return await self._db.fetch(_PRODUCTS_BY_ID, {"ids": list(wanted)})
 
     async def list(self, *, page_size: int, page_token: str, q: str) -> tuple[list[Product], str]:
         size = paging.page_size(page_size)
