@@ -81,6 +81,12 @@ class OutboxRelay(Generic[Row]):
         """A row was committed: deliver it now rather than at the next poll."""
         self._wake.set()
 
+    def held_for_writer(self) -> dt.datetime:
+        """The `next_attempt_at` of a row that its writer delivers itself (`deliver_now`): no
+        relay takes it before then, so the writer's claim cannot lose to one; if the writer
+        dies first, a relay delivers it once that time has come."""
+        return utcnow() + self._lease
+
     async def deliver_now(self, row_id: object) -> None:
         """Delivers a row just committed, in the caller's own time, so its effect is there
         before the caller answers whenever the receiver is up; a failure leaves it to the relay."""

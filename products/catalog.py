@@ -223,7 +223,7 @@ class Catalog:
             deleted = await session.execute(delete(Product).where(Product.id == product_id))
             if deleted.rowcount != 1:
                 raise _not_found(product_id)
-            session.add(RetiredProduct(id=product_id))
+            session.add(RetiredProduct(id=product_id, next_attempt_at=self._retirements.held_for_writer()))
         await self._retirements.deliver_now(product_id)
 
     async def stock(self, product_ids: Sequence[str]) -> dict[str, int]:
