@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import Row, bindparam, insert, select, update
+from sqlalchemy import Integer, Row, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -59,6 +59,21 @@ _LOCK_BALANCE = select(_ITEMS.c.quantity, _ITEMS.c.retired_at).where(_ITEM_IS).w
 _NEW_BALANCE = insert(_ITEMS)
 _SET_BALANCE = update(_ITEMS).where(_ITEM_IS)  # SET: the columns the parameters name
 _NEW_MOVEMENT = insert(Movement.__table__)
+# An IN or OUT the rule allows, in one statement where the database can return the new balance
+# (PostgreSQL, SQLite): the bounds keep the balance within 0..MAX_QUANTITY and are computed
+# beforehand, so no integer column ever holds an out-of-range sum.
+_MOVE_BALANCE = (
+    update(_ITEMS)
+    .where(
+        _ITEM_IS,
+        _ITEMS.c.retired_at.is_(None),
+        _ITEMS.c.quantity.between(
+            bindparam("lowest", type_=Integer()), bindparam("highest", type_=Integer())
+        ),
+    )
+    .values(quantity=_ITEMS.c.quantity + bindparam("delta", type_=Integer()), updated_at=bindparam("now"))
+    .returning(_ITEMS.c.quantity)
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +166,7 @@ class Inventory:
                 )
             return delta
 
-        return await self._change(change, apply)
+        return await self._change(change, apply, moves_by=delta)
 
     async def set_count(self, *, product_id: str, quantity: int, reason: str, request_id: str) -> Recorded:
         """Sets the stock to a counted `quantity`, recording the difference as an ADJUSTMENT."""
@@ -234,7 +249,9 @@ class Inventory:
                     raise
                 await _back_off(attempt)
 
-    async def _change(self, change: Change, delta_for: Callable[[int], int]) -> Recorded:
+    async def _change(
+        self, change: Change, delta_for: Callable[[int], int], *, moves_by: int | None = None
+    ) -> Recorded:
         actor = current_identity().subject
         for attempt in range(_ATTEMPTS):
             if change.request_id and (replay := await self._replay(actor, change)) is not None:
@@ -243,7 +260,7 @@ class Inventory:
                 await self._products.confirm(change.product_id)
             try:
                 async with self._db.write_connection() as conn:
-                    return await self._apply(conn, actor, change, delta_for)
+                    return await self._apply(conn, actor, change, delta_for, moves_by)
             except _RETRYABLE:
                 # Another transaction created this item, or stored this request_id, first: look again.
                 if attempt == _ATTEMPTS - 1:
@@ -252,37 +269,37 @@ class Inventory:
         raise AssertionError("unreachable")
 
     async def _apply(
-        self, conn: AsyncConnection, actor: str, change: Change, delta_for: Callable[[int], int]
+        self,
+        conn: AsyncConnection,
+        actor: str,
+        change: Change,
+        delta_for: Callable[[int], int],
+        moves_by: int | None,
     ) -> Recorded:
         """Locks the balance row, checks the rule, writes the balance and the movement: Core
-        statements, since this is every movement's path and the ORM's unit of work costs more."""
-        product_id = change.product_id
+        statements, since this is every movement's path and the ORM's unit of work costs more.
+        An IN or OUT (`moves_by`) first tries the one-statement conditional update; a first
+        movement, a retired item or a change the rule refuses falls through to the locked read."""
+        product_id, now = change.product_id, utcnow()
+        if moves_by is not None and conn.dialect.update_returning:
+            bounds = {"lowest": max(0, -moves_by), "highest": min(MAX_QUANTITY, MAX_QUANTITY - moves_by)}
+            moved = await conn.execute(
+                _MOVE_BALANCE, {"pid": product_id, "delta": moves_by, "now": now, **bounds}
+            )
+            if (row := moved.first()) is not None:
+                return await _append(conn, actor, change, moves_by, row.quantity, now)
         locked = (await conn.execute(_LOCK_BALANCE, {"pid": product_id})).first()
         if locked is not None and locked.retired_at is not None:
             raise not_found(product_id)
         current = locked.quantity if locked is not None else 0
         delta = delta_for(current)
-        balance, now = current + delta, utcnow()
+        balance = current + delta
         state = {"quantity": balance, "updated_at": now}
         if locked is None:  # its first movement; a concurrent first one loses on the key, and retries
             await conn.execute(_NEW_BALANCE, {"product_id": product_id, **state})
         else:
             await conn.execute(_SET_BALANCE, {"pid": product_id, **state})
-        values = {
-            "product_id": product_id,
-            "type": change.kind,
-            "quantity": delta,
-            "balance_after": balance,
-            "reason": change.reason,
-            "reference": change.reference,
-            "actor": actor,
-            "request_id": change.request_id,
-            "request_fingerprint": change.fingerprint if change.request_id else None,
-            "created_at": now,
-        }
-        inserted = await conn.execute(_NEW_MOVEMENT, values)
-        movement = Movement(id=inserted.inserted_primary_key[0], **values)
-        return Recorded(movement, Stock(product_id, balance, now))
+        return await _append(conn, actor, change, delta, balance, now)
 
     async def _replay(self, actor: str, change: Change) -> Recorded | None:
         """The first result of a request_id already used by this actor, or None if it is new."""
@@ -299,6 +316,27 @@ class Inventory:
                 reason="REQUEST_ID_REUSED",
             )
         return Recorded(first, Stock(first.product_id, first.balance_after, first.created_at))
+
+
+async def _append(
+    conn: AsyncConnection, actor: str, change: Change, delta: int, balance: int, now: dt.datetime
+) -> Recorded:
+    """Appends the movement that took the balance to `balance`."""
+    values = {
+        "product_id": change.product_id,
+        "type": change.kind,
+        "quantity": delta,
+        "balance_after": balance,
+        "reason": change.reason,
+        "reference": change.reference,
+        "actor": actor,
+        "request_id": change.request_id,
+        "request_fingerprint": change.fingerprint if change.request_id else None,
+        "created_at": now,
+    }
+    inserted = await conn.execute(_NEW_MOVEMENT, values)
+    movement = Movement(id=inserted.inserted_primary_key[0], **values)
+    return Recorded(movement, Stock(change.product_id, balance, now))
 
 
 async def _back_off(attempt: int) -> None:

@@ -113,6 +113,32 @@ async def test_an_exit_beyond_the_stock_changes_nothing(mesh: Mesh, inventory_db
         assert (await session.get_one(Item, pid)).quantity == 3
 
 
+async def test_the_stock_stays_within_its_bounds_at_the_extremes(mesh: Mesh) -> None:
+    """Near 2^31 - 1 a sum would overflow the databases' 32-bit integers: every change that
+    would pass a bound is refused with the reason, none is a 500, and the balance holds."""
+    most = 2**31 - 1
+    pid = await new_product(mesh)
+    await mesh.inventory.SetStock(
+        pb.SetStockRequest(product_id=pid, quantity=most - 1), metadata=mesh.as_user()
+    )
+    topped = await mesh.inventory.RecordMovement(move(pid, pb.IN, 1), metadata=mesh.as_user())
+    assert topped.item.quantity == most and topped.movement.balance_after == most
+    for kind, quantity in ((pb.IN, 1), (pb.IN, most)):
+        error = await expect_error(
+            mesh.inventory.RecordMovement(move(pid, kind, quantity), metadata=mesh.as_user()),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        )
+        assert error_reason(error) == "INVALID_QUANTITY"
+    emptied = await mesh.inventory.RecordMovement(move(pid, pb.OUT, most), metadata=mesh.as_user())
+    assert emptied.item.quantity == 0 and emptied.movement.quantity == -most
+    error = await expect_error(
+        mesh.inventory.RecordMovement(move(pid, pb.OUT, most), metadata=mesh.as_user()),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
+    assert error_reason(error) == "INSUFFICIENT_STOCK"
+    assert [m.balance_after for m in await ledger(mesh, pid)] == [0, most, most - 1]
+
+
 @pytest.mark.parametrize(
     ("request_fields", "field"),
     [
