@@ -199,11 +199,11 @@ class Inventory:
     async def list_items(self, *, page_size: int, page_token: str) -> tuple[list[Stock], str]:
         size = paging.page_size(page_size)
         after = paging.decode_token(page_token, query="items")
-        query = select(Item).where(Item.retired_at.is_(None)).order_by(Item.product_id).limit(size + 1)
+        id_ = _ITEMS.c.product_id
+        query = select(*_BALANCE).where(_ITEMS.c.retired_at.is_(None)).order_by(id_).limit(size + 1)
         if after is not None:
-            query = query.where(Item.product_id > _position(after, str))
-        async with self._db.session() as session:
-            items = list(await session.scalars(query))
+            query = query.where(id_ > _position(after, str))
+        items = await self._db.fetch(query)
         token = paging.encode_token([items[size - 1].product_id], query="items") if len(items) > size else ""
         return [_stock(item, item.product_id) for item in items[:size]], token
 
