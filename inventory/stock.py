@@ -54,6 +54,7 @@ _ITEMS = Item.__table__
 _BALANCE = (_ITEMS.c.product_id, _ITEMS.c.quantity, _ITEMS.c.updated_at)
 _ITEM_IS = _ITEMS.c.product_id == bindparam("pid")
 _BALANCE_OF = select(*_BALANCE, _ITEMS.c.retired_at).where(_ITEM_IS)
+_RETIRED_AT = select(_ITEMS.c.retired_at).where(_ITEM_IS)
 _BALANCES_OF = select(*_BALANCE).where(_ITEMS.c.product_id.in_(bindparam("pids", expanding=True)))
 _LOCK_BALANCE = select(_ITEMS.c.quantity, _ITEMS.c.retired_at).where(_ITEM_IS).with_for_update()
 _NEW_BALANCE = insert(_ITEMS)
@@ -224,7 +225,7 @@ class Inventory:
         if after is not None:
             query = query.where(Movement.id < _position(after, int))
         async with self._db.session() as session:
-            if await session.scalar(select(Item.retired_at).where(Item.product_id == product_id)):
+            if await session.scalar(_RETIRED_AT, {"pid": product_id}):
                 raise not_found(product_id)  # retired since this replica last confirmed it
             rows = list(await session.scalars(query))
         token = paging.encode_token([rows[size - 1].id], query=product_id) if len(rows) > size else ""

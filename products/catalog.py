@@ -26,9 +26,9 @@ from products.models import Product, RetiredProduct
 
 log = logging.getLogger(__name__)
 
-# The hot reads (get, batch_get) are Core selects of the table: rows with a Product's attributes.
+# The hot reads (get, batch_get, list) are Core selects of the table, rows with a Product's
+# attributes; the point and batch reads are built once.
 _PRODUCTS = Product.__table__
-# The hot reads, built once.
 _PRODUCT_BY_ID = select(_PRODUCTS).where(_PRODUCTS.c.id == bindparam("id"))
 _PRODUCTS_BY_ID = select(_PRODUCTS).where(_PRODUCTS.c.id.in_(bindparam("ids", expanding=True)))
 ProductRow = Product | Row[Any]
