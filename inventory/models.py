@@ -5,7 +5,18 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import CheckConstraint, ForeignKey, Index, Integer, MetaData, String, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    UniqueConstraint,
+    text,
+    true,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from mesh.db import NAMING_CONVENTION, TABLE_OPTIONS, BigIntegerKey, UtcDateTime, utcnow
@@ -20,6 +31,13 @@ class Item(Base):
     __tablename__ = "inventory_items"
     __table_args__ = (
         CheckConstraint("quantity >= 0", name="ck_inventory_items_quantity_not_negative"),
+        # The stock feed's queue: only the few rows it has yet to report (partial where supported).
+        Index(
+            "ix_inventory_items_unpublished",
+            "unpublished",
+            postgresql_where=text("unpublished"),
+            sqlite_where=text("unpublished = 1"),  # as SQLAlchemy writes the test
+        ),
         TABLE_OPTIONS,
     )
 
@@ -28,6 +46,10 @@ class Item(Base):
     updated_at: Mapped[dt.datetime | None]
     # Set when the product is deleted: the item leaves every read, its ledger stays for audit.
     retired_at: Mapped[dt.datetime | None]
+    # One more on every change of `quantity`; the stock feed reports it with the quantity.
+    version: Mapped[int] = mapped_column(BigInteger, default=1, server_default="1")
+    # The stock feed has yet to report this quantity to the products service.
+    unpublished: Mapped[bool] = mapped_column(default=True, server_default=true())
 
 
 class Movement(Base):

@@ -1,4 +1,5 @@
-"""Assembles the inventory service: database, channels to auth and products, servicer, server."""
+"""Assembles the inventory service: database, channels to auth and products, the feed that
+reports stock changes to products, servicer, server."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from inventory.product_check import ProductCheck
 from inventory.servicer import InventoryServicer
 from inventory.stock import Inventory
+from inventory.stock_feed import StockFeed
 from invmesh.inventory.v1 import inventory_service_pb2, inventory_service_pb2_grpc
 from invmesh.products.v1 import products_service_pb2_grpc
 from mesh.clients import open_channel
 from mesh.config import Settings
 from mesh.db import open_database
 from mesh.server import MeshServer, Servicer
+from mesh.service_token import ServiceToken
 from mesh.tokens import verifier_via_auth
 
 SERVICE_NAME = inventory_service_pb2.DESCRIPTOR.services_by_name["InventoryService"].full_name
@@ -26,11 +29,20 @@ async def running(settings: Settings, *, address: str | None = None) -> AsyncIte
         db = await open_database(stack, settings, "inventory")
         timeout = settings.peer_timeout_seconds
         auth = open_channel(stack, settings.auth_addr, default_timeout=timeout)
-        products = open_channel(stack, settings.products_addr, default_timeout=timeout)
-        check = ProductCheck(
-            products_service_pb2_grpc.ProductsServiceStub(products), ttl=settings.product_check_cache_seconds
+        products = products_service_pb2_grpc.ProductsServiceStub(
+            open_channel(stack, settings.products_addr, default_timeout=timeout)
         )
-        inventory = Inventory(db=db, products=check)
+        check = ProductCheck(products, ttl=settings.product_check_cache_seconds)
+        feed = StockFeed(
+            db,
+            products,
+            ServiceToken.from_settings(auth, settings, "inventory"),
+            retry_initial=settings.outbox_retry_initial_seconds,
+            retry_max=settings.outbox_retry_max_seconds,
+        )
+        feed.start()
+        stack.push_async_callback(feed.stop)
+        inventory = Inventory(db=db, products=check, changed=feed.wake)
         servicer = Servicer(
             SERVICE_NAME,
             inventory_service_pb2_grpc.add_InventoryServiceServicer_to_server,

@@ -57,8 +57,10 @@ _BALANCE_OF = select(*_BALANCE, _ITEMS.c.retired_at).where(_ITEM_IS)
 _RETIRED_AT = select(_ITEMS.c.retired_at).where(_ITEM_IS)
 _BALANCES_OF = select(*_BALANCE).where(_ITEMS.c.product_id.in_(bindparam("pids", expanding=True)))
 _LOCK_BALANCE = select(_ITEMS.c.quantity, _ITEMS.c.retired_at).where(_ITEM_IS).with_for_update()
-_NEW_BALANCE = insert(_ITEMS)
-_SET_BALANCE = update(_ITEMS).where(_ITEM_IS)  # SET: the columns the parameters name
+# Every change of a balance counts one more `version` and leaves the item for the stock feed.
+_CHANGED = {"version": _ITEMS.c.version + 1, "unpublished": True}
+_NEW_BALANCE = insert(_ITEMS)  # version 1, unpublished: the columns' defaults
+_SET_BALANCE = update(_ITEMS).where(_ITEM_IS).values(_CHANGED)  # and the columns the parameters name
 _NEW_MOVEMENT = insert(Movement.__table__)
 # An IN or OUT the rule allows, in one statement where the database can return the new balance
 # (PostgreSQL, SQLite): the bounds keep the balance within 0..MAX_QUANTITY and are computed
@@ -72,7 +74,11 @@ _MOVE_BALANCE = (
             bindparam("lowest", type_=Integer()), bindparam("highest", type_=Integer())
         ),
     )
-    .values(quantity=_ITEMS.c.quantity + bindparam("delta", type_=Integer()), updated_at=bindparam("now"))
+    .values(
+        quantity=_ITEMS.c.quantity + bindparam("delta", type_=Integer()),
+        updated_at=bindparam("now"),
+        **_CHANGED,
+    )
     .returning(_ITEMS.c.quantity)
 )
 
@@ -133,9 +139,11 @@ def _require_product_id(product_id: str) -> None:
 
 
 class Inventory:
-    def __init__(self, *, db: Database, products: ProductCheck) -> None:
+    def __init__(self, *, db: Database, products: ProductCheck, changed: Callable[[], None]) -> None:
+        """`changed` is called after each committed change of a balance (the stock feed's wake)."""
         self._db = db
         self._products = products
+        self._changed = changed
 
     async def record(
         self, *, product_id: str, kind: str, quantity: int, reason: str, reference: str, request_id: str
@@ -239,10 +247,13 @@ class Inventory:
             try:
                 async with self._db.transaction() as session:
                     item = await session.get(Item, product_id, with_for_update=True)
+                    # A retired item has no stock to report: its product is gone from products.
                     if item is None:
-                        session.add(Item(product_id=product_id, quantity=0, retired_at=utcnow()))
+                        session.add(
+                            Item(product_id=product_id, quantity=0, retired_at=utcnow(), unpublished=False)
+                        )
                     elif item.retired_at is None:
-                        item.retired_at = utcnow()
+                        item.retired_at, item.unpublished = utcnow(), False
                 self._products.forget(product_id)
                 return
             except _RETRYABLE:
@@ -261,7 +272,9 @@ class Inventory:
                 await self._products.confirm(change.product_id)
             try:
                 async with self._db.write_connection() as conn:
-                    return await self._apply(conn, actor, change, delta_for, moves_by)
+                    recorded = await self._apply(conn, actor, change, delta_for, moves_by)
+                self._changed()
+                return recorded
             except _RETRYABLE:
                 # Another transaction created this item, or stored this request_id, first: look again.
                 if attempt == _ATTEMPTS - 1:

@@ -28,7 +28,10 @@ RETRY_POLICY = {
 # The retry budget, per target: each failed attempt takes a token, each success gives back 0.1,
 # and below half of maxTokens nothing is retried (A6: at most ~1 retry per 10 successes).
 RETRY_THROTTLING = {"maxTokens": 10, "tokenRatio": 0.1}
-IDEMPOTENT_WRITES = {"invmesh.inventory.v1.InventoryService.DeleteInventoryItem"}
+IDEMPOTENT_WRITES = {
+    "invmesh.inventory.v1.InventoryService.DeleteInventoryItem",
+    "invmesh.products.v1.ProductsService.UpdateStockLevels",
+}
 
 
 def retried_methods(services: Iterable[ServiceDescriptor]) -> list[dict[str, str]]:

@@ -90,8 +90,6 @@ class Settings(BaseSettings):
     # Deadline of a call to another service when the caller set none; a caller's own shorter
     # remaining deadline always wins.
     peer_timeout_seconds: float = Field(3.0, gt=0)
-    # Products waits this long for stock from inventory before answering without it.
-    stock_lookup_timeout_seconds: float = Field(0.5, gt=0)
     # Inventory remembers that a product exists this long rather than asking products on every
     # movement and read (0: ask every time). See inventory/product_check.py.
     product_check_cache_seconds: float = Field(60.0, ge=0)

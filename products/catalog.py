@@ -1,36 +1,39 @@
-"""The rules of the catalog: validation, SKU uniqueness, keyset pages, and deletes that
-queue the retirement of the product's stock for the relay (`products.retirements`)."""
+"""The rules of the catalog: validation, SKU uniqueness, keyset pages, deletes that queue the
+retirement of the product's stock for the relay (`products.retirements`), and the stock
+levels that inventory's stock feed reports (`inventory.stock_feed`), which reads carry."""
 
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-import grpc
 from iso4217 import Currency
-from sqlalchemy import Row, bindparam, delete, or_, select
+from sqlalchemy import Executable, Row, bindparam, case, delete, or_, select
+from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
-from invmesh.inventory.v1 import inventory_service_pb2, inventory_service_pb2_grpc
 from mesh import paging
 from mesh.context import require_verified_email
 from mesh.db import Database, utcnow
 from mesh.errors import AlreadyExists, InvalidArgument, NotFound
 from mesh.outbox import OutboxRelay
-from products.models import Product, RetiredProduct
-
-log = logging.getLogger(__name__)
+from products.models import Product, RetiredProduct, StockLevel
 
 # The hot reads (get, batch_get, list) are Core selects of the table, rows with a Product's
-# attributes; the point and batch reads are built once.
+# attributes; get and list add `stock` from stock_levels in the same SELECT. The point and
+# batch reads are built once.
 _PRODUCTS = Product.__table__
-_PRODUCT_BY_ID = select(_PRODUCTS).where(_PRODUCTS.c.id == bindparam("id"))
+_LEVELS = StockLevel.__table__
+_WITH_STOCK = select(_PRODUCTS, _LEVELS.c.quantity.label("stock")).outerjoin(
+    _LEVELS, _LEVELS.c.product_id == _PRODUCTS.c.id
+)
+_PRODUCT_BY_ID = _WITH_STOCK.where(_PRODUCTS.c.id == bindparam("id"))
 _PRODUCTS_BY_ID = select(_PRODUCTS).where(_PRODUCTS.c.id.in_(bindparam("ids", expanding=True)))
+_STOCK_OF = select(_LEVELS.c.quantity).where(_LEVELS.c.product_id == bindparam("id"))
 ProductRow = Product | Row[Any]
 
 MAX_BATCH = 500
@@ -120,18 +123,10 @@ def validate(draft: Draft) -> Fields:
 
 
 class Catalog:
-    def __init__(
-        self,
-        *,
-        db: Database,
-        inventory: inventory_service_pb2_grpc.InventoryServiceStub,
-        stock_timeout: float,
-        retirements: OutboxRelay[RetiredProduct],
-    ) -> None:
+    def __init__(self, *, db: Database, retirements: OutboxRelay[RetiredProduct]) -> None:
         self._db = db
-        self._inventory = inventory
-        self._stock_timeout = stock_timeout
         self._retirements = retirements
+        self._upsert_levels = _upsert_levels(db.backend)
 
     async def create(self, draft: Draft) -> Product:
         require_verified_email()
@@ -150,6 +145,8 @@ class Catalog:
         try:
             async with self._db.transaction() as session:
                 session.add(product)
+                # Never moved: 0, at a version below any inventory reports.
+                session.add(StockLevel(product_id=product.id, quantity=0, version=0))
         except IntegrityError:
             raise _sku_taken(fields.sku) from None
         return product
@@ -170,7 +167,7 @@ class Catalog:
         size = paging.page_size(page_size)
         after = paging.decode_token(page_token, query=q)
         columns = _PRODUCTS.c
-        query = select(_PRODUCTS).order_by(columns.created_at, columns.id).limit(size + 1)
+        query = _WITH_STOCK.order_by(columns.created_at, columns.id).limit(size + 1)
         if q:
             pattern = "%" + q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
             query = query.where(
@@ -198,7 +195,8 @@ class Catalog:
             token = paging.encode_token([last.created_at.isoformat(), last.id], query=q)
         return rows[:size], token
 
-    async def update(self, product_id: str, draft: Draft) -> Product:
+    async def update(self, product_id: str, draft: Draft) -> tuple[Product, int | None]:
+        """The product as updated, and its stock."""
         require_verified_email()
         fields = validate(draft)
         try:
@@ -209,9 +207,10 @@ class Catalog:
                 product.sku, product.name, product.description = fields.sku, fields.name, fields.description
                 product.price_minor, product.currency = fields.price_minor, fields.currency
                 product.updated_at = utcnow()
+                stock = await session.scalar(_STOCK_OF, {"id": product_id})
         except IntegrityError:
             raise _sku_taken(fields.sku) from None
-        return product
+        return product, stock
 
     async def delete(self, product_id: str) -> None:
         """Removes the product and, in the same transaction, queues the retirement of its
@@ -223,22 +222,69 @@ class Catalog:
             deleted = await session.execute(delete(Product).where(Product.id == product_id))
             if deleted.rowcount != 1:
                 raise _not_found(product_id)
+            await session.execute(delete(StockLevel).where(StockLevel.product_id == product_id))
             session.add(RetiredProduct(id=product_id, next_attempt_at=self._retirements.held_for_writer()))
         await self._retirements.deliver_now(product_id)
 
-    async def stock(self, product_ids: Sequence[str]) -> dict[str, int]:
-        """Stock by product id, in one call; empty when inventory does not answer in time."""
-        if not product_ids:
-            return {}
-        try:
-            reply = await self._inventory.BatchGetInventoryItems(
-                inventory_service_pb2.BatchGetInventoryItemsRequest(product_ids=list(product_ids)),
-                timeout=self._stock_timeout,
+    async def record_levels(self, levels: Sequence[Level]) -> None:
+        """Keeps each product's stock as inventory reported it, unless a newer report is held.
+        Only inventory's stock feed calls this (the method's access rule)."""
+        if len(levels) > MAX_BATCH:
+            raise InvalidArgument(
+                f"at most {MAX_BATCH} levels per call", field="levels", reason="TOO_MANY_LEVELS"
             )
-        except grpc.aio.AioRpcError as error:
-            log.warning("answering without stock: inventory said %s", error.code().name)
-            return {}
-        return {item.product_id: item.quantity for item in reply.items}
+        newest: dict[str, Level] = {}
+        for level in levels:
+            if not 1 <= len(level.product_id) <= 36 or "\x00" in level.product_id:
+                raise InvalidArgument(
+                    "each level needs a product_id of 1 to 36 characters",
+                    field="levels.product_id",
+                    reason="INVALID_STOCK_LEVEL",
+                )
+            if level.quantity < 0 or level.version < 1:
+                raise InvalidArgument(
+                    "each level needs a quantity of 0 or more and a version of 1 or more",
+                    field="levels",
+                    reason="INVALID_STOCK_LEVEL",
+                )
+            if level.product_id not in newest or newest[level.product_id].version < level.version:
+                newest[level.product_id] = level
+        if not newest:
+            return
+        rows = [{"product_id": p, "quantity": v.quantity, "version": v.version} for p, v in newest.items()]
+        async with self._db.write_connection() as conn:
+            await conn.execute(self._upsert_levels, rows)
+
+
+@dataclass(frozen=True, slots=True)
+class Level:
+    """A product's stock as inventory reported it."""
+
+    product_id: str
+    quantity: int
+    version: int
+
+
+def _upsert_levels(backend: str) -> Executable:
+    """INSERT of stock levels that, on a product already held, takes a level only if it is newer."""
+    table = _LEVELS
+    if backend in ("postgresql", "sqlite"):
+        insert = postgresql.insert if backend == "postgresql" else sqlite.insert
+        stmt = insert(table)
+        return stmt.on_conflict_do_update(
+            index_elements=[table.c.product_id],
+            set_={"quantity": stmt.excluded.quantity, "version": stmt.excluded.version},
+            where=table.c.version < stmt.excluded.version,
+        )
+    stmt = mysql.insert(table)
+    newer = stmt.inserted.version > table.c.version
+    # MariaDB assigns in order: quantity is decided before version changes.
+    return stmt.on_duplicate_key_update(
+        {
+            "quantity": case((newer, stmt.inserted.quantity), else_=table.c.quantity),
+            "version": case((newer, stmt.inserted.version), else_=table.c.version),
+        }
+    )
 
 
 def _not_found(product_id: str) -> NotFound:

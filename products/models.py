@@ -45,3 +45,16 @@ class RetiredProduct(Base):
     next_attempt_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     last_error: Mapped[str | None] = mapped_column(String(500))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class StockLevel(Base):
+    """Each product's stock as inventory last reported it (ProductsService.UpdateStockLevels),
+    so reads answer with stock without calling inventory. `version` is inventory's count of
+    the item's changes: a report older than the one held changes nothing."""
+
+    __tablename__ = "stock_levels"
+    __table_args__ = (TABLE_OPTIONS,)
+
+    product_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    quantity: Mapped[int] = mapped_column(Integer)
+    version: Mapped[int] = mapped_column(BigInteger)

@@ -35,12 +35,7 @@ async def running(settings: Settings, *, address: str | None = None) -> AsyncIte
         retirements = retirement_relay(db, inventory, identity, settings)
         retirements.start()
         stack.push_async_callback(retirements.stop)
-        catalog = Catalog(
-            db=db,
-            inventory=inventory,
-            stock_timeout=settings.stock_lookup_timeout_seconds,
-            retirements=retirements,
-        )
+        catalog = Catalog(db=db, retirements=retirements)
         servicer = Servicer(
             SERVICE_NAME,
             products_service_pb2_grpc.add_ProductsServiceServicer_to_server,

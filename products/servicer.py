@@ -7,7 +7,7 @@ import grpc
 from invmesh.products.v1 import products_service_pb2 as pb
 from invmesh.products.v1 import products_service_pb2_grpc
 from mesh.messages import timestamp
-from products.catalog import Catalog, Draft, ProductRow, format_price
+from products.catalog import Catalog, Draft, Level, ProductRow, format_price
 
 
 def product_message(product: ProductRow, stock: int | None) -> pb.Product:
@@ -44,15 +44,15 @@ class ProductsServicer(products_service_pb2_grpc.ProductsServiceServicer):
         rows, token = await self._catalog.list(
             page_size=request.page_size, page_token=request.page_token, q=request.q
         )
-        stock = await self._catalog.stock([row.id for row in rows])
         return pb.ListProductsResponse(
-            products=[product_message(r, stock.get(r.id)) for r in rows], next_page_token=token
+            products=[product_message(r, r.stock) for r in rows], next_page_token=token
         )
 
     async def GetProduct(
         self, request: pb.GetProductRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetProductResponse:
-        return pb.GetProductResponse(product=await self._with_stock(await self._catalog.get(request.id)))
+        row = await self._catalog.get(request.id)
+        return pb.GetProductResponse(product=product_message(row, row.stock))
 
     async def BatchGetProducts(
         self, request: pb.BatchGetProductsRequest, context: grpc.aio.ServicerContext
@@ -69,8 +69,8 @@ class ProductsServicer(products_service_pb2_grpc.ProductsServiceServicer):
     async def UpdateProduct(
         self, request: pb.UpdateProductRequest, context: grpc.aio.ServicerContext
     ) -> pb.UpdateProductResponse:
-        product = await self._catalog.update(request.product.id, _draft(request.product))
-        return pb.UpdateProductResponse(product=await self._with_stock(product))
+        product, stock = await self._catalog.update(request.product.id, _draft(request.product))
+        return pb.UpdateProductResponse(product=product_message(product, stock))
 
     async def DeleteProduct(
         self, request: pb.DeleteProductRequest, context: grpc.aio.ServicerContext
@@ -78,5 +78,10 @@ class ProductsServicer(products_service_pb2_grpc.ProductsServiceServicer):
         await self._catalog.delete(request.id)
         return pb.DeleteProductResponse()
 
-    async def _with_stock(self, product: ProductRow) -> pb.Product:
-        return product_message(product, (await self._catalog.stock([product.id])).get(product.id))
+    async def UpdateStockLevels(
+        self, request: pb.UpdateStockLevelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UpdateStockLevelsResponse:
+        await self._catalog.record_levels(
+            [Level(level.product_id, level.quantity, level.version) for level in request.levels]
+        )
+        return pb.UpdateStockLevelsResponse()

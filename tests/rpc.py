@@ -1,13 +1,18 @@
-"""Helpers for asserting on gRPC errors."""
+"""Helpers for asserting on gRPC errors, and on what other services learn in their own time."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import grpc
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+
+T = TypeVar("T")
 
 
 async def expect_error(call: Awaitable[object], code: grpc.StatusCode) -> grpc.aio.AioRpcError:
@@ -39,3 +44,12 @@ def retry_delay(error: grpc.aio.AioRpcError) -> float | None:
             detail.Unpack(info)
             return info.retry_delay.ToTimedelta().total_seconds()
     return None
+
+
+async def eventually(probe: Callable[[], Awaitable[T]], done: Callable[[T], bool], *, within: float = 5) -> T:
+    """What `probe` returns once `done` holds for it, or after `within` seconds, for the caller
+    to assert on: for news that travels asynchronously, such as inventory's stock feed."""
+    deadline = time.monotonic() + within
+    while not done(value := await probe()) and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    return value

@@ -1,22 +1,28 @@
-"""Products over real gRPC, with auth and inventory running: CRUD, validation, pages."""
+"""Products over real gRPC, with auth and inventory running: CRUD, validation, pages, and the
+stock that inventory's feed reports."""
 
 from __future__ import annotations
+
+from collections.abc import Awaitable
 
 import grpc
 import pytest
 from sqlalchemy import func, select
 
 from auth.service import running as running_auth
+from inventory.service import running as running_inventory
+from invmesh.auth.v1 import auth_service_pb2 as auth_pb
 from invmesh.auth.v1 import auth_service_pb2_grpc
 from invmesh.inventory.v1 import inventory_service_pb2 as inventory_pb
+from invmesh.inventory.v1 import inventory_service_pb2_grpc
 from invmesh.products.v1 import products_service_pb2 as pb
 from invmesh.products.v1 import products_service_pb2_grpc
 from mesh.config import Settings
 from mesh.db import Database
 from products.models import Product
 from products.service import running as running_products
-from tests.conftest import Mesh, SmtpServer, mesh_settings, user_token
-from tests.rpc import error_reason, expect_error
+from tests.conftest import SERVICE_SECRET, Mesh, SmtpServer, mesh_settings, user_token
+from tests.rpc import error_reason, eventually, expect_error
 
 
 def product(**fields: str) -> pb.Product:
@@ -243,17 +249,119 @@ async def test_reads_need_a_token_and_writes_a_verified_email(mesh: Mesh) -> Non
         await expect_error(write, grpc.StatusCode.PERMISSION_DENIED)
 
 
-async def test_stock_follows_inventory(mesh: Mesh) -> None:
+async def test_reads_carry_the_stock_inventory_reports(mesh: Mesh) -> None:
     created = await create(mesh)
     await mesh.inventory.RecordMovement(
         inventory_pb.RecordMovementRequest(product_id=created.id, type=inventory_pb.IN, quantity=8),
         metadata=mesh.as_user(),
     )
-    listed = await mesh.products.ListProducts(pb.ListProductsRequest(), metadata=mesh.as_user())
+    listed = await eventually(
+        lambda: mesh.products.ListProducts(pb.ListProductsRequest(), metadata=mesh.as_user()),
+        lambda reply: reply.products[0].stock == 8,
+    )
     assert listed.products[0].stock == 8
+    await mesh.inventory.SetStock(
+        inventory_pb.SetStockRequest(product_id=created.id, quantity=3), metadata=mesh.as_user()
+    )
+    got = await eventually(
+        lambda: mesh.products.GetProduct(pb.GetProductRequest(id=created.id), metadata=mesh.as_user()),
+        lambda reply: reply.product.stock == 3,
+    )
+    assert got.product.stock == 3
+    updated = await mesh.products.UpdateProduct(
+        pb.UpdateProductRequest(product=product(id=created.id, name="Renamed")), metadata=mesh.as_user()
+    )
+    assert updated.product.stock == 3
 
 
-async def test_with_inventory_down_reads_answer_without_stock(settings: Settings, smtp: SmtpServer) -> None:
+async def test_stock_levels_come_only_from_a_service_and_never_go_back(mesh: Mesh) -> None:
+    pid = (await create(mesh)).id
+    issued = await mesh.auth.IssueServiceToken(
+        auth_pb.IssueServiceTokenRequest(client_id="inventory", client_secret=SERVICE_SECRET)
+    )
+    service = mesh.as_user(issued.access_token)
+
+    def levels(*reported: tuple[int, int]) -> pb.UpdateStockLevelsRequest:
+        return pb.UpdateStockLevelsRequest(
+            levels=[pb.StockLevel(product_id=pid, quantity=q, version=v) for q, v in reported]
+        )
+
+    async def stock() -> int:
+        return (
+            await mesh.products.GetProduct(pb.GetProductRequest(id=pid), metadata=mesh.as_user())
+        ).product.stock
+
+    refused = await expect_error(
+        mesh.products.UpdateStockLevels(levels((5, 10**6)), metadata=mesh.as_user()),
+        grpc.StatusCode.PERMISSION_DENIED,
+    )
+    assert error_reason(refused) == "ROLE_REQUIRED"  # not even an admin
+    assert await stock() == 0
+
+    await mesh.products.UpdateStockLevels(levels((50, 5)), metadata=service)
+    assert await stock() == 50
+    await mesh.products.UpdateStockLevels(levels((30, 3)), metadata=service)  # late: older than 5
+    await mesh.products.UpdateStockLevels(levels((50, 5)), metadata=service)  # twice
+    assert await stock() == 50
+    await mesh.products.UpdateStockLevels(levels((7, 7), (6, 6)), metadata=service)  # newest wins
+    assert await stock() == 7
+
+    for bad in [
+        levels((-1, 8)),
+        levels((1, 0)),
+        pb.UpdateStockLevelsRequest(levels=[pb.StockLevel(version=9)]),
+    ]:
+        invalid = await expect_error(
+            mesh.products.UpdateStockLevels(bad, metadata=service), grpc.StatusCode.INVALID_ARGUMENT
+        )
+        assert error_reason(invalid) == "INVALID_STOCK_LEVEL"
+    too_many = await expect_error(
+        mesh.products.UpdateStockLevels(levels(*[(1, 10 + n) for n in range(501)]), metadata=service),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert error_reason(too_many) == "TOO_MANY_LEVELS"
+    assert await stock() == 7  # a refused call changes nothing
+
+
+async def test_stock_reaches_products_after_it_was_down(settings: Settings, smtp: SmtpServer) -> None:
+    """A movement committed while products is down is reported once products is back."""
+    settings = mesh_settings(settings)
+    async with running_auth(settings), running_inventory(settings):
+        async with grpc.aio.insecure_channel(settings.auth_addr) as channel:
+            auth = auth_service_pb2_grpc.AuthServiceStub(channel)
+            token = await user_token(auth, "ops@example.com", smtp.inbox, settings)
+        metadata = (("authorization", f"Bearer {token}"),)
+        async with (
+            grpc.aio.insecure_channel(settings.products_addr) as products_channel,
+            grpc.aio.insecure_channel(settings.inventory_addr) as inventory_channel,
+        ):
+            products = products_service_pb2_grpc.ProductsServiceStub(products_channel)
+            inventory = inventory_service_pb2_grpc.InventoryServiceStub(inventory_channel)
+
+            def move(quantity: int) -> Awaitable[inventory_pb.RecordMovementResponse]:
+                request = inventory_pb.RecordMovementRequest(
+                    product_id=pid, type=inventory_pb.IN, quantity=quantity
+                )
+                return inventory.RecordMovement(request, metadata=metadata)
+
+            async with running_products(settings):
+                created = await products.CreateProduct(
+                    pb.CreateProductRequest(product=product()), metadata=metadata
+                )
+                pid = created.product.id
+                await move(5)  # inventory now knows the product exists
+            await move(2)  # products is down: the feed retries with backoff
+            async with running_products(settings):
+                got = await eventually(
+                    lambda: products.GetProduct(pb.GetProductRequest(id=pid), metadata=metadata),
+                    lambda reply: reply.product.stock == 7,
+                )
+                assert got.product.stock == 7
+
+
+async def test_with_inventory_down_reads_answer_at_once_with_the_stock_last_reported(
+    settings: Settings, smtp: SmtpServer
+) -> None:
     settings = mesh_settings(settings)  # nothing listens on the inventory address
     async with running_auth(settings), running_products(settings):
         async with grpc.aio.insecure_channel(settings.auth_addr) as channel:
@@ -265,9 +373,7 @@ async def test_with_inventory_down_reads_answer_without_stock(settings: Settings
             created = (
                 await stub.CreateProduct(pb.CreateProductRequest(product=product()), metadata=metadata)
             ).product
-            got = await stub.GetProduct(pb.GetProductRequest(id=created.id), metadata=metadata, timeout=5)
-            assert got.product.id == created.id and not got.product.HasField("stock")
-            listed = await stub.ListProducts(pb.ListProductsRequest(), metadata=metadata, timeout=5)
-            assert [p.id for p in listed.products] == [created.id] and not listed.products[0].HasField(
-                "stock"
-            )
+            got = await stub.GetProduct(pb.GetProductRequest(id=created.id), metadata=metadata, timeout=1)
+            assert got.product.id == created.id and got.product.stock == 0  # never moved
+            listed = await stub.ListProducts(pb.ListProductsRequest(), metadata=metadata, timeout=1)
+            assert [p.id for p in listed.products] == [created.id] and listed.products[0].stock == 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import os
 import sys
 import time
@@ -101,6 +102,37 @@ async def test_the_services_share_one_database_with_a_version_table_each(tmp_pat
             await migrations.downgrade(db, "products", "base")
             assert await migrations.current(db, "products") is None
             assert await migrations.current(db, "auth") == migrations.head("auth")
+        finally:
+            await db.dispose()
+
+
+async def test_upgrading_to_the_stock_feed_reports_every_existing_item_once(tmp_path: Path) -> None:
+    """Products' new stock_levels start at version 0 and inventory's items stay unpublished
+    at version 1, so the feed's first batches replace every old level."""
+    async with databases.fresh_database(tmp_path, "shared") as url:
+        db = Database(url)
+        try:
+            await migrations.upgrade(db, "inventory", "0001")
+            await migrations.upgrade(db, "products", "0002")
+            async with db.write_connection() as conn:
+                await conn.execute(
+                    text("INSERT INTO inventory_items (product_id, quantity) VALUES ('p-1', 4)")
+                )
+                await conn.execute(
+                    text(
+                        "INSERT INTO products (id, sku, name, description, price_minor, currency, created_at,"
+                        " updated_at) VALUES ('p-1', 'S', 'N', '', 100, 'USD', :now, :now)"
+                    ),
+                    {"now": dt.datetime(2026, 12, 1)},
+                )
+            await migrations.upgrade(db, "inventory")
+            await migrations.upgrade(db, "products")
+            items = await db.fetch(
+                text("SELECT product_id, quantity, version, unpublished FROM inventory_items")
+            )
+            levels = await db.fetch(text("SELECT product_id, quantity, version FROM stock_levels"))
+            assert [tuple(r) for r in items] == [("p-1", 4, 1, True)]
+            assert [tuple(r) for r in levels] == [("p-1", 0, 0)]
         finally:
             await db.dispose()
 

@@ -24,7 +24,7 @@ from mesh.config import Settings
 from mesh.db import Database
 from products.service import running as running_products
 from tests.conftest import SERVICE_SECRET, Mesh, SmtpServer, mesh_settings, user_token
-from tests.rpc import error_reason, expect_error
+from tests.rpc import error_reason, eventually, expect_error
 
 
 async def new_product(mesh: Mesh, sku: str = "SKU-1") -> str:
@@ -96,8 +96,11 @@ async def test_movements_move_the_balance_and_fill_the_ledger(mesh: Mesh) -> Non
     )
     assert oldest.created_at.seconds > 0
 
-    product = await mesh.products.GetProduct(products_pb.GetProductRequest(id=pid), metadata=mesh.as_user())
-    assert product.product.stock == 2  # products shows inventory's stock
+    product = await eventually(
+        lambda: mesh.products.GetProduct(products_pb.GetProductRequest(id=pid), metadata=mesh.as_user()),
+        lambda got: got.product.stock == 2,
+    )
+    assert product.product.stock == 2  # products shows inventory's stock once the feed reports it
 
 
 async def test_an_exit_beyond_the_stock_changes_nothing(mesh: Mesh, inventory_db: Database) -> None:

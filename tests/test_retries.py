@@ -89,6 +89,7 @@ def test_reads_and_idempotent_writes_have_the_retry_policy_and_nothing_else_does
         "InventoryService.BatchGetInventoryItems",
         "InventoryService.ListMovements",
         "InventoryService.DeleteInventoryItem",
+        "ProductsService.UpdateStockLevels",
     }
 
 

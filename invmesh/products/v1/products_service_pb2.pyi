@@ -110,3 +110,23 @@ class DeleteProductRequest(_message.Message):
 class DeleteProductResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class StockLevel(_message.Message):
+    __slots__ = ("product_id", "quantity", "version")
+    PRODUCT_ID_FIELD_NUMBER: _ClassVar[int]
+    QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    product_id: str
+    quantity: int
+    version: int
+    def __init__(self, product_id: _Optional[str] = ..., quantity: _Optional[int] = ..., version: _Optional[int] = ...) -> None: ...
+
+class UpdateStockLevelsRequest(_message.Message):
+    __slots__ = ("levels",)
+    LEVELS_FIELD_NUMBER: _ClassVar[int]
+    levels: _containers.RepeatedCompositeFieldContainer[StockLevel]
+    def __init__(self, levels: _Optional[_Iterable[_Union[StockLevel, _Mapping]]] = ...) -> None: ...
+
+class UpdateStockLevelsResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

@@ -29,7 +29,9 @@ class ProductsServiceStub:
     """The product catalog.
 
     Every RPC needs an access token (`authorization: Bearer <jwt>` metadata).
-    Products carry their stock from the inventory service when it answers in time.
+    Products carry their stock as the inventory service last reported it: each
+    change reaches products within milliseconds while both run (UpdateStockLevels),
+    so reads never wait for inventory and still answer when it is down.
     Errors carry a google.rpc.Status with a google.rpc.ErrorInfo `reason`.
     """
 
@@ -69,13 +71,20 @@ class ProductsServiceStub:
                 request_serializer=invmesh_dot_products_dot_v1_dot_products__service__pb2.DeleteProductRequest.SerializeToString,
                 response_deserializer=invmesh_dot_products_dot_v1_dot_products__service__pb2.DeleteProductResponse.FromString,
                 _registered_method=True)
+        self.UpdateStockLevels = channel.unary_unary(
+                '/invmesh.products.v1.ProductsService/UpdateStockLevels',
+                request_serializer=invmesh_dot_products_dot_v1_dot_products__service__pb2.UpdateStockLevelsRequest.SerializeToString,
+                response_deserializer=invmesh_dot_products_dot_v1_dot_products__service__pb2.UpdateStockLevelsResponse.FromString,
+                _registered_method=True)
 
 
 class ProductsServiceServicer:
     """The product catalog.
 
     Every RPC needs an access token (`authorization: Bearer <jwt>` metadata).
-    Products carry their stock from the inventory service when it answers in time.
+    Products carry their stock as the inventory service last reported it: each
+    change reaches products within milliseconds while both run (UpdateStockLevels),
+    so reads never wait for inventory and still answer when it is down.
     Errors carry a google.rpc.Status with a google.rpc.ErrorInfo `reason`.
     """
 
@@ -130,6 +139,17 @@ class ProductsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateStockLevels(self, request, context):
+        """Records products' stock as inventory now holds it, for reads. A level
+        older than the one recorded (a lower `version`) changes nothing, so
+        levels may arrive late, twice or out of order. For the inventory
+        service's stock feed: PERMISSION_DENIED for any caller but a service;
+        INVALID_ARGUMENT for more than 500 levels or a malformed one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ProductsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -163,6 +183,11 @@ def add_ProductsServiceServicer_to_server(servicer, server):
                     request_deserializer=invmesh_dot_products_dot_v1_dot_products__service__pb2.DeleteProductRequest.FromString,
                     response_serializer=invmesh_dot_products_dot_v1_dot_products__service__pb2.DeleteProductResponse.SerializeToString,
             ),
+            'UpdateStockLevels': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateStockLevels,
+                    request_deserializer=invmesh_dot_products_dot_v1_dot_products__service__pb2.UpdateStockLevelsRequest.FromString,
+                    response_serializer=invmesh_dot_products_dot_v1_dot_products__service__pb2.UpdateStockLevelsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'invmesh.products.v1.ProductsService', rpc_method_handlers)
@@ -175,7 +200,9 @@ class ProductsService:
     """The product catalog.
 
     Every RPC needs an access token (`authorization: Bearer <jwt>` metadata).
-    Products carry their stock from the inventory service when it answers in time.
+    Products carry their stock as the inventory service last reported it: each
+    change reaches products within milliseconds while both run (UpdateStockLevels),
+    so reads never wait for inventory and still answer when it is down.
     Errors carry a google.rpc.Status with a google.rpc.ErrorInfo `reason`.
     """
 
@@ -331,6 +358,33 @@ class ProductsService:
             '/invmesh.products.v1.ProductsService/DeleteProduct',
             invmesh_dot_products_dot_v1_dot_products__service__pb2.DeleteProductRequest.SerializeToString,
             invmesh_dot_products_dot_v1_dot_products__service__pb2.DeleteProductResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateStockLevels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/invmesh.products.v1.ProductsService/UpdateStockLevels',
+            invmesh_dot_products_dot_v1_dot_products__service__pb2.UpdateStockLevelsRequest.SerializeToString,
+            invmesh_dot_products_dot_v1_dot_products__service__pb2.UpdateStockLevelsResponse.FromString,
             options,
             channel_credentials,
             insecure,

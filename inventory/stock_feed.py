@@ -1,0 +1,128 @@
+"""The stock feed: tells the products service each item's stock after it changes, so product
+reads carry stock without calling inventory.
+
+Every change of a balance counts one more `version` and marks the item `unpublished`, in its
+own transaction (`inventory.stock`). The feed reads marked items in batches, sends them to
+ProductsService.UpdateStockLevels as this service (a service token, not a user's), and clears
+the mark of each item whose version is still the one sent; an item changed meanwhile stays
+marked for the next batch. Products keeps the highest version it was sent, so a batch sent
+twice, late, or by two replicas at once changes nothing it should not.
+
+A commit wakes the feed, which waits `BATCH_WINDOW` so one call carries the changes of many
+requests. Otherwise it looks again every `IDLE_POLL` seconds, for marks left by another
+replica, by a process that died, or by a failed call (retried with backoff).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+
+from sqlalchemy import bindparam, select, update
+
+from inventory.models import Item
+from invmesh.products.v1 import products_service_pb2, products_service_pb2_grpc
+from mesh.db import Database
+from mesh.errors import describe
+from mesh.service_token import ServiceToken
+
+log = logging.getLogger(__name__)
+
+BATCH = 500  # UpdateStockLevels' limit
+BATCH_WINDOW = 0.02  # seconds from the first commit to the call that reports it
+IDLE_POLL = 1.0
+
+_ITEMS = Item.__table__
+_UNPUBLISHED = (
+    select(_ITEMS.c.product_id, _ITEMS.c.quantity, _ITEMS.c.version)
+    .where(_ITEMS.c.unpublished)
+    .limit(BATCH)
+)
+_PUBLISHED = (
+    update(_ITEMS)
+    .where(_ITEMS.c.product_id == bindparam("pid"), _ITEMS.c.version == bindparam("sent"))
+    .values(unpublished=False)
+)
+
+
+class StockFeed:
+    def __init__(
+        self,
+        db: Database,
+        products: products_service_pb2_grpc.ProductsServiceStub,
+        identity: ServiceToken,
+        *,
+        retry_initial: float,
+        retry_max: float,
+    ) -> None:
+        self._db = db
+        self._products = products
+        self._identity = identity
+        self._retry_initial = retry_initial
+        self._retry_max = retry_max
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="stock-feed")
+
+    async def stop(self) -> None:
+        if self._task is None:
+            return
+        # The flag ends the loop even if a library on the way swallows the cancellation.
+        self._stopping = True
+        self._wake.set()
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    def wake(self) -> None:
+        """A balance changed: report it within `BATCH_WINDOW` rather than at the next poll."""
+        self._wake.set()
+
+    async def publish(self) -> int:
+        """Reports every marked item to products; returns how many it reported."""
+        reported = 0
+        while True:
+            rows = await self._db.fetch(_UNPUBLISHED)
+            if not rows:
+                return reported
+            levels = [
+                products_service_pb2.StockLevel(
+                    product_id=r.product_id, quantity=r.quantity, version=r.version
+                )
+                for r in rows
+            ]
+            await self._products.UpdateStockLevels(
+                products_service_pb2.UpdateStockLevelsRequest(levels=levels),
+                metadata=await self._identity.metadata(),
+            )
+            async with self._db.write_connection() as conn:
+                await conn.execute(_PUBLISHED, [{"pid": r.product_id, "sent": r.version} for r in rows])
+            reported += len(rows)
+            if len(rows) < BATCH:
+                return reported
+
+    async def _run(self) -> None:
+        failures = 0
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                await self.publish()
+                failures, delay = 0, IDLE_POLL
+            except Exception as exc:
+                delay = min(self._retry_initial * 2**failures * random.uniform(0.8, 1.2), self._retry_max)
+                failures += 1
+                log.warning(
+                    "stock feed could not report to products, retrying in %.1fs: %s", delay, describe(exc)
+                )
+            if failures:  # products is down or refusing: commits do not cut the backoff short
+                await asyncio.sleep(delay)
+                continue
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
+                    await asyncio.sleep(BATCH_WINDOW)
