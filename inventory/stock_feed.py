@@ -36,9 +36,7 @@ IDLE_POLL = 1.0
 
 _ITEMS = Item.__table__
 _UNPUBLISHED = (
-    select(_ITEMS.c.product_id, _ITEMS.c.quantity, _ITEMS.c.version)
-    .where(_ITEMS.c.unpublished)
-    .limit(BATCH)
+    select(_ITEMS.c.product_id, _ITEMS.c.quantity, _ITEMS.c.version).where(_ITEMS.c.unpublished).limit(BATCH)
 )
 _PUBLISHED = (
     update(_ITEMS)
