@@ -130,10 +130,10 @@ class ProductsServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteProduct(self, request, context):
-        """Deletes a product. Its inventory item is retired soon after, by a relay
-        that keeps retrying until the inventory service has it, so a delete never
-        waits for nor fails with inventory. Returns NOT_FOUND if it does not exist
-        and PERMISSION_DENIED below admin.
+        """Deletes a product. Its inventory item is retired before the answer when
+        inventory answers in time, and otherwise by a relay that keeps retrying
+        until it has it, so a delete never fails with inventory. Returns NOT_FOUND
+        if it does not exist and PERMISSION_DENIED below admin.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
