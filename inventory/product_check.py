@@ -14,15 +14,13 @@ for at most `ttl` seconds; the retirement then keeps the ledger, movement includ
 
 from __future__ import annotations
 
-import time
-from collections import OrderedDict
-
 import grpc
+from cachetools import TTLCache
 
 from invmesh.products.v1 import products_service_pb2, products_service_pb2_grpc
 from mesh.errors import NotFound, Unavailable, from_peer
 
-REMEMBERED = 50_000  # products; the oldest confirmation goes first beyond that
+REMEMBERED = 50_000  # products; the least recently used confirmation goes first beyond that
 
 
 class ProductCheck:
@@ -30,14 +28,11 @@ class ProductCheck:
         self, products: products_service_pb2_grpc.ProductsServiceStub, *, ttl: float, size: int = REMEMBERED
     ) -> None:
         self._products = products
-        self._ttl = ttl
-        self._size = size
-        self._confirmed: OrderedDict[str, float] = OrderedDict()  # product id -> when it expires
+        self._confirmed: TTLCache[str, bool] | None = TTLCache(size, ttl) if ttl > 0 else None
 
     async def confirm(self, product_id: str) -> None:
         """Returns if the product exists; NOT_FOUND if not; UNAVAILABLE if nobody can say."""
-        expires = self._confirmed.get(product_id)
-        if expires is not None and time.monotonic() < expires:
+        if self._confirmed is not None and product_id in self._confirmed:
             return
         try:
             reply = await self._products.BatchGetProducts(
@@ -52,18 +47,13 @@ class ProductCheck:
         if not any(product.id == product_id for product in reply.products):
             self.forget(product_id)
             raise not_found(product_id)
-        if self._ttl > 0:
-            self._remember(product_id)
+        if self._confirmed is not None:
+            self._confirmed[product_id] = True
 
     def forget(self, product_id: str) -> None:
         """The product was retired: ask again next time."""
-        self._confirmed.pop(product_id, None)
-
-    def _remember(self, product_id: str) -> None:
-        self._confirmed.pop(product_id, None)  # re-inserted last, so the oldest stays first
-        if len(self._confirmed) >= self._size:
-            self._confirmed.popitem(last=False)
-        self._confirmed[product_id] = time.monotonic() + self._ttl
+        if self._confirmed is not None:
+            self._confirmed.pop(product_id, None)
 
 
 def not_found(product_id: str) -> NotFound:

@@ -31,7 +31,7 @@ from mesh.service_token import ServiceToken
 log = logging.getLogger(__name__)
 
 BATCH = 500  # UpdateStockLevels' limit
-BATCH_WINDOW = 0.02  # seconds from the first commit to the call that reports it
+BATCH_WINDOW = 0.05  # seconds from the first commit to the call that reports it
 IDLE_POLL = 1.0
 
 _ITEMS = Item.__table__

@@ -25,6 +25,8 @@ from mesh.tokens import TokenVerifier
 
 log = logging.getLogger("mesh.rpc")
 
+_SETTLE_SECONDS = 0.01
+
 Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 # Health and reflection answer anyone: load balancers and grpcurl carry no token.
 ALWAYS_PUBLIC_PREFIXES = (
@@ -82,16 +84,25 @@ class RequestInterceptor(_UnaryWrapper):
         self._draining = False
 
     async def drain(self, grace: float) -> None:
-        """Gives the calls running now `grace` seconds to finish, then fails the rest with
+        """Gives the calls running now, and any that the server accepted just before it
+        stopped taking new ones, `grace` seconds to finish; then fails the rest with
         UNAVAILABLE, which a client may send again (reads by the retry policy, writes with their
         request_id), and waits (a second at most) for their handlers to end."""
-        if running := set(self._running):
-            _, late = await asyncio.wait(running, timeout=grace)
-            self._draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while (left := deadline - loop.time()) > 0:
+            if self._running:
+                await asyncio.wait(set(self._running), timeout=left)
+                continue
+            # A call accepted a moment before the stop may not have reached its handler yet.
+            await asyncio.sleep(min(_SETTLE_SECONDS, left))
+            if not self._running:
+                break
+        self._draining = True
+        if late := set(self._running):
             for task in late:
                 task.cancel()
-            if late:
-                await asyncio.wait(late, timeout=1)
+            await asyncio.wait(late, timeout=1)
 
     def _wrap(self, method: str, behavior: Behavior) -> Behavior:
         async def call(request: Any, ctx: grpc.aio.ServicerContext) -> Any:

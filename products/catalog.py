@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from cachetools import TTLCache
 from iso4217 import Currency
 from sqlalchemy import Executable, Row, bindparam, case, delete, or_, select
 from sqlalchemy.dialects import mysql, postgresql, sqlite
@@ -37,6 +38,7 @@ _STOCK_OF = select(_LEVELS.c.quantity).where(_LEVELS.c.product_id == bindparam("
 ProductRow = Product | Row[Any]
 
 MAX_BATCH = 500
+CACHED = 10_000  # products kept in memory for GetProduct; the least recently read go first
 MAX_SKU_CHARS = 64
 MAX_NAME_CHARS = 200
 MAX_DESCRIPTION_CHARS = 5000
@@ -123,10 +125,22 @@ def validate(draft: Draft) -> Fields:
 
 
 class Catalog:
-    def __init__(self, *, db: Database, retirements: OutboxRelay[RetiredProduct]) -> None:
+    def __init__(
+        self,
+        *,
+        db: Database,
+        retirements: OutboxRelay[RetiredProduct],
+        cache_seconds: float,
+        cache_size: int = CACHED,
+    ) -> None:
+        """GetProduct answers from memory for `cache_seconds` after a read (see `get`)."""
         self._db = db
         self._retirements = retirements
         self._upsert_levels = _upsert_levels(db.backend)
+        self._cache: TTLCache[str, Row[Any]] | None = (
+            TTLCache(cache_size, cache_seconds) if cache_seconds > 0 else None
+        )
+        self._writes = 0  # this process's committed writes, so a read that overlapped one is not kept
 
     async def create(self, draft: Draft) -> Product:
         require_verified_email()
@@ -152,9 +166,19 @@ class Catalog:
         return product
 
     async def get(self, product_id: str) -> ProductRow:
+        """The product with its stock, from memory if this process read it lately. Its own
+        writes and stock reports drop what they change once committed, and a read that a
+        commit overlapped is not kept, so this process never answers with what it replaced.
+        Another replica's writes show once the entry expires (PRODUCT_CACHE_SECONDS)."""
+        cache = self._cache
+        if cache is not None and (row := cache.get(product_id)) is not None:
+            return row
+        writes = self._writes
         found = await self._db.fetch(_PRODUCT_BY_ID, {"id": product_id})
         if not found:
             raise _not_found(product_id)
+        if cache is not None and writes == self._writes:
+            cache[product_id] = found[0]
         return found[0]
 
     async def batch_get(self, ids: Sequence[str]) -> Sequence[ProductRow]:
@@ -210,6 +234,7 @@ class Catalog:
                 stock = await session.scalar(_STOCK_OF, {"id": product_id})
         except IntegrityError:
             raise _sku_taken(fields.sku) from None
+        self._committed([product_id])
         return product, stock
 
     async def delete(self, product_id: str) -> None:
@@ -224,6 +249,7 @@ class Catalog:
                 raise _not_found(product_id)
             await session.execute(delete(StockLevel).where(StockLevel.product_id == product_id))
             session.add(RetiredProduct(id=product_id, next_attempt_at=self._retirements.held_for_writer()))
+        self._committed([product_id])
         await self._retirements.deliver_now(product_id)
 
     async def record_levels(self, levels: Sequence[Level]) -> None:
@@ -254,6 +280,14 @@ class Catalog:
         rows = [{"product_id": p, "quantity": v.quantity, "version": v.version} for p, v in newest.items()]
         async with self._db.write_connection() as conn:
             await conn.execute(self._upsert_levels, rows)
+        self._committed(newest)
+
+    def _committed(self, product_ids: Iterable[str]) -> None:
+        """Products this process just changed: GetProduct reads them again."""
+        self._writes += 1
+        if self._cache is not None:
+            for product_id in product_ids:
+                self._cache.pop(product_id, None)
 
 
 @dataclass(frozen=True, slots=True)

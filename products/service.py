@@ -35,7 +35,7 @@ async def running(settings: Settings, *, address: str | None = None) -> AsyncIte
         retirements = retirement_relay(db, inventory, identity, settings)
         retirements.start()
         stack.push_async_callback(retirements.stop)
-        catalog = Catalog(db=db, retirements=retirements)
+        catalog = Catalog(db=db, retirements=retirements, cache_seconds=settings.product_cache_seconds)
         servicer = Servicer(
             SERVICE_NAME,
             products_service_pb2_grpc.add_ProductsServiceServicer_to_server,

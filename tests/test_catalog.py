@@ -3,11 +3,12 @@ stock that inventory's feed reports."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+import time
+from collections.abc import AsyncIterator, Awaitable
 
 import grpc
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from auth.service import running as running_auth
 from inventory.service import running as running_inventory
@@ -21,12 +22,19 @@ from mesh.config import Settings
 from mesh.db import Database
 from products.models import Product
 from products.service import running as running_products
-from tests.conftest import SERVICE_SECRET, Mesh, SmtpServer, mesh_settings, user_token
+from tests.conftest import SERVICE_SECRET, Mesh, SmtpServer, free_port, mesh_settings, user_token
 from tests.rpc import error_reason, eventually, expect_error
 
 
 def product(**fields: str) -> pb.Product:
     return pb.Product(**({"sku": "SKU-1", "name": "Widget", "price": "12.50"} | fields))
+
+
+@pytest.fixture
+async def products_db(mesh: Mesh) -> AsyncIterator[Database]:
+    db = Database(mesh.settings.database_url("products"))
+    yield db
+    await db.dispose()
 
 
 async def create(mesh: Mesh, **fields: str) -> pb.Product:
@@ -94,7 +102,7 @@ async def test_create_get_update_list_delete(mesh: Mesh) -> None:
     ],
 )
 async def test_invalid_products_are_refused_and_write_nothing(
-    mesh: Mesh, fields: dict[str, str], field: str
+    mesh: Mesh, products_db: Database, fields: dict[str, str], field: str
 ) -> None:
     error = await expect_error(
         mesh.products.CreateProduct(
@@ -103,12 +111,8 @@ async def test_invalid_products_are_refused_and_write_nothing(
         grpc.StatusCode.INVALID_ARGUMENT,
     )
     assert field in error.details()
-    db = Database(mesh.settings.database_url("products"))
-    try:
-        async with db.session() as session:
-            assert await session.scalar(select(func.count()).select_from(Product)) == 0
-    finally:
-        await db.dispose()
+    async with products_db.session() as session:
+        assert await session.scalar(select(func.count()).select_from(Product)) == 0
 
 
 @pytest.mark.parametrize(
@@ -272,6 +276,37 @@ async def test_reads_carry_the_stock_inventory_reports(mesh: Mesh) -> None:
         pb.UpdateProductRequest(product=product(id=created.id, name="Renamed")), metadata=mesh.as_user()
     )
     assert updated.product.stock == 3
+
+
+async def test_a_replica_serves_reads_from_memory_and_shows_other_replicas_changes_in_time(
+    mesh: Mesh, products_db: Database
+) -> None:
+    """GetProduct keeps what it read for PRODUCT_CACHE_SECONDS: the replica that writes shows
+    its change at once, another replica once its copy expires."""
+    assert mesh.settings.product_cache_seconds == 1.0  # the default
+    pid = (await create(mesh)).id
+    other_address = f"127.0.0.1:{free_port()}"
+    async with (
+        running_products(mesh.settings, address=other_address),
+        grpc.aio.insecure_channel(other_address) as channel,
+    ):
+        other = products_service_pb2_grpc.ProductsServiceStub(channel)
+
+        async def name_at(stub: products_service_pb2_grpc.ProductsServiceStub) -> str:
+            reply = await stub.GetProduct(pb.GetProductRequest(id=pid), metadata=mesh.as_user())
+            return reply.product.name
+
+        assert await name_at(other) == await name_at(mesh.products) == "Widget"  # both keep it now
+        async with products_db.transaction() as session:  # behind both replicas' backs
+            await session.execute(update(Product).where(Product.id == pid).values(name="Edited"))
+        assert await name_at(mesh.products) == await name_at(other) == "Widget"  # from memory
+        await mesh.products.UpdateProduct(
+            pb.UpdateProductRequest(product=product(id=pid, name="Renamed")), metadata=mesh.as_user()
+        )
+        assert await name_at(mesh.products) == "Renamed"  # the writer's own copy went with the commit
+        changed = time.monotonic()
+        assert await eventually(lambda: name_at(other), lambda name: name == "Renamed") == "Renamed"
+        assert time.monotonic() - changed < mesh.settings.product_cache_seconds + 1
 
 
 async def test_stock_levels_come_only_from_a_service_and_never_go_back(mesh: Mesh) -> None:

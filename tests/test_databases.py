@@ -304,6 +304,7 @@ async def proxied_products(settings: Settings, smtp: SmtpServer) -> AsyncIterato
         real.set(port=proxy.port).render_as_string(hide_password=False),
         db_connect_timeout_seconds=1.0,
         db_pool_timeout_seconds=1.0,
+        product_cache_seconds=0,  # every GetProduct reads the database, as this is about the database
     )
     try:
         async with (

@@ -92,9 +92,10 @@ async def test_stop_finishes_calls_within_the_grace_and_fails_the_rest_with_unav
 async def test_a_replica_stopped_mid_traffic_finishes_its_calls_and_loses_no_acknowledged_write(
     settings: Settings, smtp: SmtpServer, tmp_path: Path
 ) -> None:
-    # Time enough for a write waiting on SQLite's lock, which the other replica holds in turns:
-    # the calls in flight finish (the test above covers those that would not).
-    grace = 5
+    # Longer than SQLite's busy_timeout (5 s), the longest a write waits for the lock that the
+    # other replica (its movements and its stock feed) holds in turns: the calls in flight
+    # finish (the test above covers those that would not).
+    grace = 8
     async with replicated_mesh(settings, smtp, tmp_path, grace_seconds=grace) as mesh:
         pid = await mesh.new_product("SHUTDOWN-1")
         stopping = mesh.addresses["inventory"][0]
