@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import Integer, Row, bindparam, insert, select, update
+from sqlalchemy import Integer, Row, String, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -33,7 +33,7 @@ from inventory.models import Item, Movement
 from inventory.product_check import ProductCheck, not_found
 from mesh import paging
 from mesh.context import current_identity, require_verified_email
-from mesh.db import Database, utcnow
+from mesh.db import Database, UtcDateTime, utcnow
 from mesh.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -80,6 +80,41 @@ _MOVE_BALANCE = (
         **_CHANGED,
     )
     .returning(_ITEMS.c.quantity)
+)
+# On PostgreSQL the conditional update and the movement it leads to are one statement, run
+# without BEGIN or COMMIT (Database.write_alone): one round trip for the whole movement. It
+# inserts nothing when the update matched nothing, and a duplicate request_id fails it whole.
+_MOVEMENTS = Movement.__table__
+_MOVED = _MOVE_BALANCE.cte("moved")
+_MOVE_AND_APPEND = (
+    _MOVEMENTS.insert()
+    .from_select(
+        [
+            "product_id",
+            "type",
+            "quantity",
+            "balance_after",
+            "reason",
+            "reference",
+            "actor",
+            "request_id",
+            "request_fingerprint",
+            "created_at",
+        ],
+        select(
+            bindparam("pid", type_=String()),
+            bindparam("kind", type_=String()),
+            bindparam("delta", type_=Integer()),
+            _MOVED.c.quantity,
+            bindparam("why", type_=String()),
+            bindparam("ref", type_=String()),
+            bindparam("actor_id", type_=String()),
+            bindparam("key", type_=String()),
+            bindparam("fingerprint", type_=String()),
+            bindparam("now", type_=UtcDateTime()),
+        ),
+    )
+    .returning(_MOVEMENTS.c.id, _MOVEMENTS.c.balance_after)
 )
 
 
@@ -271,8 +306,12 @@ class Inventory:
             if attempt == 0:
                 await self._products.confirm(change.product_id)
             try:
-                async with self._db.write_connection() as conn:
-                    recorded = await self._apply(conn, actor, change, delta_for, moves_by)
+                recorded = None
+                if moves_by is not None and self._db.autocommits:
+                    recorded = await self._move_alone(actor, change, moves_by)
+                if recorded is None:
+                    async with self._db.write_connection() as conn:
+                        recorded = await self._apply(conn, actor, change, delta_for, moves_by)
                 self._changed()
                 return recorded
             except _RETRYABLE:
@@ -295,7 +334,8 @@ class Inventory:
         An IN or OUT (`moves_by`) first tries the one-statement conditional update; a first
         movement, a retired item or a change the rule refuses falls through to the locked read."""
         product_id, now = change.product_id, utcnow()
-        if moves_by is not None and conn.dialect.update_returning:
+        # (Where the database autocommits, `_move_alone` has just tried the conditional update.)
+        if moves_by is not None and conn.dialect.update_returning and not self._db.autocommits:
             bounds = {"lowest": max(0, -moves_by), "highest": min(MAX_QUANTITY, MAX_QUANTITY - moves_by)}
             moved = await conn.execute(
                 _MOVE_BALANCE, {"pid": product_id, "delta": moves_by, "now": now, **bounds}
@@ -314,6 +354,33 @@ class Inventory:
         else:
             await conn.execute(_SET_BALANCE, {"pid": product_id, **state})
         return await _append(conn, actor, change, delta, balance, now)
+
+    async def _move_alone(self, actor: str, change: Change, moves_by: int) -> Recorded | None:
+        """An IN or OUT as one statement (`_MOVE_AND_APPEND`); None if the conditional update
+        matched nothing (a first movement, a retired item, a change the rule refuses), for the
+        locked path to decide."""
+        now = utcnow()
+        rows = await self._db.write_alone(
+            _MOVE_AND_APPEND,
+            {
+                "pid": change.product_id,
+                "delta": moves_by,
+                "now": now,
+                "lowest": max(0, -moves_by),
+                "highest": min(MAX_QUANTITY, MAX_QUANTITY - moves_by),
+                "kind": change.kind,
+                "why": change.reason,
+                "ref": change.reference,
+                "actor_id": actor,
+                "key": change.request_id,
+                "fingerprint": change.fingerprint if change.request_id else None,
+            },
+        )
+        if not rows:
+            return None
+        movement_id, balance = rows[0]
+        values = _movement_values(actor, change, moves_by, balance, now)
+        return Recorded(Movement(id=movement_id, **values), Stock(change.product_id, balance, now))
 
     async def _replay(self, actor: str, change: Change) -> Recorded | None:
         """The first result of a request_id already used by this actor, or None if it is new."""
@@ -336,7 +403,16 @@ async def _append(
     conn: AsyncConnection, actor: str, change: Change, delta: int, balance: int, now: dt.datetime
 ) -> Recorded:
     """Appends the movement that took the balance to `balance`."""
-    values = {
+    values = _movement_values(actor, change, delta, balance, now)
+    inserted = await conn.execute(_NEW_MOVEMENT, values)
+    movement = Movement(id=inserted.inserted_primary_key[0], **values)
+    return Recorded(movement, Stock(change.product_id, balance, now))
+
+
+def _movement_values(
+    actor: str, change: Change, delta: int, balance: int, now: dt.datetime
+) -> dict[str, Any]:
+    return {
         "product_id": change.product_id,
         "type": change.kind,
         "quantity": delta,
@@ -348,9 +424,6 @@ async def _append(
         "request_fingerprint": change.fingerprint if change.request_id else None,
         "created_at": now,
     }
-    inserted = await conn.execute(_NEW_MOVEMENT, values)
-    movement = Movement(id=inserted.inserted_primary_key[0], **values)
-    return Recorded(movement, Stock(change.product_id, balance, now))
 
 
 async def _back_off(attempt: int) -> None:

@@ -35,7 +35,7 @@ from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import BigInteger, DateTime, Integer, Row, Select, TypeDecorator, event
+from sqlalchemy import BigInteger, DateTime, Executable, Integer, Row, Select, TypeDecorator, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import URL, Connection, Dialect, make_url
@@ -148,7 +148,13 @@ class Database:
         self._read = async_sessionmaker(self.engine, expire_on_commit=False)
         self._write_engine = self.engine.execution_options(**{_WRITE: True})
         self._write = async_sessionmaker(self._write_engine, expire_on_commit=False)
-        self._one_statement = self.engine.execution_options(**{_ONE_STATEMENT: True})
+        # A statement that runs alone needs no BEGIN and COMMIT around it. On PostgreSQL that is
+        # autocommit, which asyncpg applies without a round trip (MariaDB's driver would spend
+        # two, setting autocommit and resetting it, more than the one ROLLBACK it saves).
+        self.autocommits = self.backend == "postgresql"
+        self._one_statement = self.engine.execution_options(
+            **{_ONE_STATEMENT: True}, **({"isolation_level": "AUTOCOMMIT"} if self.autocommits else {})
+        )
         # SQLite has one writer at a time. Its writers wait in line here, on the event loop, rather
         # than each in its own connection's thread, polling the lock in busy_timeout's sleeps.
         self._writer: asyncio.Lock | contextlib.nullcontext[None] = (
@@ -179,9 +185,21 @@ class Database:
         """The rows of one SELECT, through Core: the hot reads, without an ORM session's cost.
         Hot paths build `statement` once, with bind parameters, and pass the values here.
 
-        On SQLite no BEGIN is sent: one statement reads one consistent snapshot by itself, and
-        BEGIN would cost three more round trips to aiosqlite's thread.
+        No BEGIN is sent on SQLite and PostgreSQL: one statement reads one consistent snapshot by
+        itself, and BEGIN would cost more round trips (three to aiosqlite's thread on SQLite).
         """
+        with _translated():
+            async with self._one_statement.connect() as conn:
+                return (await conn.execute(statement, parameters)).all()
+
+    async def write_alone(
+        self, statement: Executable, parameters: Mapping[str, Any] | None = None
+    ) -> Sequence[Row[Any]]:
+        """The rows one writing statement returns, run as a transaction of its own: alone, with
+        no BEGIN or COMMIT, where the database autocommits (see `autocommits`), else in one."""
+        if not self.autocommits:
+            async with self.write_connection() as conn:
+                return (await conn.execute(statement, parameters)).all()
         with _translated():
             async with self._one_statement.connect() as conn:
                 return (await conn.execute(statement, parameters)).all()

@@ -306,7 +306,7 @@ async def test_a_replica_serves_reads_from_memory_and_shows_other_replicas_chang
         assert await name_at(mesh.products) == "Renamed"  # the writer's own copy went with the commit
         changed = time.monotonic()
         assert await eventually(lambda: name_at(other), lambda name: name == "Renamed") == "Renamed"
-        assert time.monotonic() - changed < mesh.settings.product_cache_seconds + 1
+        assert time.monotonic() - changed < mesh.settings.product_cache_seconds + 2  # slack: a busy machine
 
 
 async def test_stock_levels_come_only_from_a_service_and_never_go_back(mesh: Mesh) -> None:
