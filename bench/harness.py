@@ -214,7 +214,7 @@ def run_wrk(
     next run (logins: ~6/s) would start behind a queue of dead requests."""
 
     def once(seconds: float) -> Figures:
-        figures = parse_wrk(_wrk(url, script, env, load, seconds))
+        figures = parse_wrk(wrk(url, script, env, load, seconds))
         wait_idle(server)
         return figures
 
@@ -222,7 +222,8 @@ def run_wrk(
     return warmup, [once(load.duration) for _ in range(repeat)]
 
 
-def _wrk(url: str, script: str, env: dict[str, str], load: Load, seconds: float) -> str:
+def wrk(url: str, script: str, env: dict[str, str], load: Load, seconds: float) -> str:
+    """wrk's output for one run of bench/wrk/<script> against `url`, `seconds` long."""
     command = [
         "wrk", f"-t{load.clients}", f"-c{load.connections}", f"-d{max(1, round(seconds))}s",
         f"--timeout={WRK_TIMEOUT}s", "--latency", "-s", str(WRK_SCRIPTS / script), url,

@@ -73,7 +73,7 @@ class Invmesh:
 
     def memory(self) -> list[tuple[str, float]]:
         """Peak RSS (MiB) of `invmesh up` and of each process it started, named as it names them."""
-        return memory(self.pid, _invmesh_label)
+        return memory(self.pid, invmesh_label)
 
 
 def tally(lines: list[str]) -> Counter[str]:
@@ -89,7 +89,7 @@ def tally(lines: list[str]) -> Counter[str]:
     return counts
 
 
-def _invmesh_label(pid: int, root: bool) -> str:
+def invmesh_label(pid: int, root: bool) -> str:
     args = command_line(pid)
     return args[args.index("serve") + 1] if "serve" in args[:-1] else ("up" if root else " ".join(args)[:40])
 
@@ -97,10 +97,11 @@ def _invmesh_label(pid: int, root: bool) -> str:
 @contextlib.contextmanager
 def invmesh(
     workdir: Path, database_env: dict[str, str], *, products: int | list[str], rounds: int,
-    replicas: dict[str, int] | None = None,
+    replicas: dict[str, int] | None = None, repo: Path = REPO,
 ) -> Iterator[Invmesh]:  # fmt: skip
     """`invmesh up` on free ports, all healthy, with a verified admin and products in stock: `products`
-    new ones, or the ids of those a previous run made in the same databases."""
+    new ones, or the ids of those a previous run made in the same databases. `repo` is the checkout
+    whose code runs (`python -m mesh` there), for comparing versions."""
     data_dir = workdir / "invmesh"
     facade = f"127.0.0.1:{free_port()}"
     addresses = {service: f"127.0.0.1:{free_port()}" for service in ("auth", "products", "inventory")}
@@ -129,7 +130,7 @@ def invmesh(
     if replicas:
         layout = ",".join(f"{service}={count}" for service, count in replicas.items())
         up, log = [*up, "--replicas", layout], workdir / f"invmesh-{layout}.log"
-    with process_group(up, env=env, cwd=REPO, log=log) as process:
+    with process_group(up, env=env, cwd=repo, log=log) as process:
         ready = wait_for(lambda: "all healthy in" in log.read_text(errors="replace"), what="invmesh up",
                          process=process, log=log, poll=0.02)  # fmt: skip
         healthy = re.search(r"all healthy in ([\d.]+)s", log.read_text(errors="replace"))
