@@ -80,35 +80,42 @@ class RequestInterceptor(_UnaryWrapper):
 
     def __init__(self) -> None:
         super().__init__()
-        self._running: set[asyncio.Task[Any]] = set()
+        self._running: set[asyncio.Task[Any]] = set()  # the handlers, to cancel the late ones
+        # One future per call until gRPC has sent its status: a handler that has returned has
+        # not necessarily answered yet, and a server stopped in between cuts it with CANCELLED.
+        self._open: set[asyncio.Future[None]] = set()
         self._draining = False
 
     async def drain(self, grace: float) -> None:
-        """Gives the calls running now, and any that the server accepted just before it
-        stopped taking new ones, `grace` seconds to finish; then fails the rest with
+        """Gives the calls open now, and any that the server accepted just before it stopped
+        taking new ones, `grace` seconds to finish and answer; then fails the rest with
         UNAVAILABLE, which a client may send again (reads by the retry policy, writes with their
-        request_id), and waits (a second at most) for their handlers to end."""
+        request_id), and waits (a second at most) for those answers."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         while (left := deadline - loop.time()) > 0:
-            if self._running:
-                await asyncio.wait(set(self._running), timeout=left)
+            if self._open:
+                await asyncio.wait(set(self._open), timeout=left)
                 continue
             # A call accepted a moment before the stop may not have reached its handler yet.
             await asyncio.sleep(min(_SETTLE_SECONDS, left))
-            if not self._running:
+            if not self._open:
                 break
         self._draining = True
-        if late := set(self._running):
-            for task in late:
-                task.cancel()
-            await asyncio.wait(late, timeout=1)
+        for task in self._running:
+            task.cancel()
+        if self._open:
+            await asyncio.wait(set(self._open), timeout=1)
 
     def _wrap(self, method: str, behavior: Behavior) -> Behavior:
         async def call(request: Any, ctx: grpc.aio.ServicerContext) -> Any:
             task = asyncio.current_task()
             assert task is not None
             self._running.add(task)
+            answered = task.get_loop().create_future()
+            self._open.add(answered)
+            answered.add_done_callback(self._open.discard)
+            ctx.add_done_callback(lambda _: answered.done() or answered.set_result(None))
             incoming = metadata_value(ctx, "x-request-id")
             context.request_id.set(context.request_id_or_new(incoming))
             remaining = ctx.time_remaining()

@@ -77,6 +77,8 @@ async def replicas(
         "SHUTDOWN_GRACE_SECONDS": str(grace_seconds),
         **{f"{name.upper()}_DATABASE_URL": settings.database_url(name) for name in addresses},
     }
+    if settings.service_secret is not None:  # the relay and the stock feed call as their service
+        env["SERVICE_SECRET"] = settings.service_secret.get_secret_value()
     for name in addresses:  # migrated once here, not raced by two replicas (a no-op on a server)
         db = Database(settings.database_url(name))
         try:
