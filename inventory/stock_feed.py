@@ -18,12 +18,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 
 from sqlalchemy import bindparam, select, update
 
 from inventory.models import Item
 from invmesh.products.v1 import products_service_pb2, products_service_pb2_grpc
+from mesh.background import BackgroundLoop
 from mesh.db import Database
 from mesh.errors import describe
 from mesh.service_token import ServiceToken
@@ -45,7 +45,7 @@ _PUBLISHED = (
 )
 
 
-class StockFeed:
+class StockFeed(BackgroundLoop):
     def __init__(
         self,
         db: Database,
@@ -55,31 +55,10 @@ class StockFeed:
         retry_initial: float,
         retry_max: float,
     ) -> None:
+        super().__init__("stock-feed", retry_initial=retry_initial, retry_max=retry_max)
         self._db = db
         self._products = products
         self._identity = identity
-        self._retry_initial = retry_initial
-        self._retry_max = retry_max
-        self._wake = asyncio.Event()
-        self._stopping = False
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="stock-feed")
-
-    async def stop(self) -> None:
-        if self._task is None:
-            return
-        # The flag ends the loop even if a library on the way swallows the cancellation.
-        self._stopping = True
-        self._wake.set()
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-
-    def wake(self) -> None:
-        """A balance changed: report it within `BATCH_WINDOW` rather than at the next poll."""
-        self._wake.set()
 
     async def publish(self) -> int:
         """Reports every marked item to products; returns how many it reported."""
@@ -112,7 +91,7 @@ class StockFeed:
                 await self.publish()
                 failures, delay = 0, IDLE_POLL
             except Exception as exc:
-                delay = min(self._retry_initial * 2**failures * random.uniform(0.8, 1.2), self._retry_max)
+                delay = self.backoff(failures)
                 failures += 1
                 log.warning(
                     "stock feed could not report to products, retrying in %.1fs: %s", delay, describe(exc)

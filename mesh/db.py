@@ -188,9 +188,7 @@ class Database:
         No BEGIN is sent on SQLite and PostgreSQL: one statement reads one consistent snapshot by
         itself, and BEGIN would cost more round trips (three to aiosqlite's thread on SQLite).
         """
-        with _translated():
-            async with self._one_statement.connect() as conn:
-                return (await conn.execute(statement, parameters)).all()
+        return await self._alone(statement, parameters)
 
     async def write_alone(
         self, statement: Executable, parameters: Mapping[str, Any] | None = None
@@ -200,6 +198,10 @@ class Database:
         if not self.autocommits:
             async with self.write_connection() as conn:
                 return (await conn.execute(statement, parameters)).all()
+        return await self._alone(statement, parameters)
+
+    async def _alone(self, statement: Executable, parameters: Mapping[str, Any] | None) -> Sequence[Row[Any]]:
+        """The rows of one statement on a connection that sends no BEGIN (`_one_statement`)."""
         with _translated():
             async with self._one_statement.connect() as conn:
                 return (await conn.execute(statement, parameters)).all()

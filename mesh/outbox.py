@@ -14,13 +14,13 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import random
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, Protocol, TypeVar
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import InstrumentedAttribute
 
+from mesh.background import BackgroundLoop
 from mesh.db import Database, utcnow
 from mesh.errors import describe
 
@@ -41,7 +41,7 @@ class OutboxTable(Protocol):
 Row = TypeVar("Row")
 
 
-class OutboxRelay(Generic[Row]):
+class OutboxRelay(BackgroundLoop, Generic[Row]):
     def __init__(
         self,
         db: Database,
@@ -53,33 +53,12 @@ class OutboxRelay(Generic[Row]):
         retry_max: float,
         lease: float,
     ) -> None:
+        super().__init__(f"{name}-relay", retry_initial=retry_initial, retry_max=retry_max)
         self._db = db
         self._table: Any = table  # an OutboxTable model
         self._deliver_row = deliver
         self._name = name
-        self._retry_initial = retry_initial
-        self._retry_max = retry_max
         self._lease = dt.timedelta(seconds=lease)
-        self._wake = asyncio.Event()
-        self._stopping = False
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"{self._name}-relay")
-
-    async def stop(self) -> None:
-        if self._task is None:
-            return
-        # The flag ends the loop even if a library on the way swallows the cancellation.
-        self._stopping = True
-        self._wake.set()
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-
-    def wake(self) -> None:
-        """A row was committed: deliver it now rather than at the next poll."""
-        self._wake.set()
 
     def held_for_writer(self) -> dt.datetime:
         """The `next_attempt_at` of a row that its writer delivers itself (`deliver_now`): no
@@ -142,7 +121,7 @@ class OutboxRelay(Generic[Row]):
         try:
             await self._deliver_row(row)
         except Exception as exc:
-            backoff = min(self._retry_initial * 2**attempts * random.uniform(0.8, 1.2), self._retry_max)
+            backoff = self.backoff(attempts)
             problem = describe(exc)
             log.warning(
                 "%s delivery failed (attempt %d), retrying in %.1fs: %s",

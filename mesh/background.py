@@ -1,0 +1,44 @@
+"""Work a service does beside its RPCs: a task that loops until the service stops and that a
+commit can wake early, retrying failures with backoff (the outbox relays, inventory's stock
+feed). Subclasses write `_run`, which loops while `_stopping` is false."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+
+
+class BackgroundLoop:
+    def __init__(self, task_name: str, *, retry_initial: float, retry_max: float) -> None:
+        self._task_name = task_name
+        self._retry_initial = retry_initial
+        self._retry_max = retry_max
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=self._task_name)
+
+    async def stop(self) -> None:
+        if self._task is None:
+            return
+        # The flag ends the loop even if a library on the way swallows the cancellation.
+        self._stopping = True
+        self._wake.set()
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    def wake(self) -> None:
+        """Work was committed: do it now rather than at the next poll."""
+        self._wake.set()
+
+    def backoff(self, failures: int) -> float:
+        """Seconds to wait after `failures` failures in a row (0 after the first): doubling
+        from the initial retry, with 20% jitter so replicas do not retry in step, capped."""
+        return min(self._retry_initial * 2**failures * random.uniform(0.8, 1.2), self._retry_max)
+
+    async def _run(self) -> None:
+        raise NotImplementedError
