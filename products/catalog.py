@@ -13,7 +13,7 @@ from typing import Any
 
 from cachetools import TTLCache
 from iso4217 import Currency
-from sqlalchemy import Executable, Row, bindparam, case, delete, or_, select
+from sqlalchemy import Executable, Row, bindparam, case, delete, insert, or_, select
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
@@ -22,7 +22,7 @@ from mesh.context import require_verified_email
 from mesh.db import Database, utcnow
 from mesh.errors import AlreadyExists, InvalidArgument, NotFound
 from mesh.outbox import OutboxRelay
-from products.models import Product, RetiredProduct, StockLevel
+from products.models import Product, ProductChange, RetiredProduct, StockLevel
 
 # The hot reads (get, batch_get, list) are Core selects of the table, rows with a Product's
 # attributes; get and list add `stock` from stock_levels in the same SELECT. The point and
@@ -35,6 +35,7 @@ _WITH_STOCK = select(_PRODUCTS, _LEVELS.c.quantity.label("stock")).outerjoin(
 _PRODUCT_BY_ID = _WITH_STOCK.where(_PRODUCTS.c.id == bindparam("id"))
 _PRODUCTS_BY_ID = select(_PRODUCTS).where(_PRODUCTS.c.id.in_(bindparam("ids", expanding=True)))
 _STOCK_OF = select(_LEVELS.c.quantity).where(_LEVELS.c.product_id == bindparam("id"))
+_LOG_CHANGES = insert(ProductChange.__table__)  # in every write to what GetProduct answers
 ProductRow = Product | Row[Any]
 
 MAX_BATCH = 500
@@ -167,9 +168,9 @@ class Catalog:
 
     async def get(self, product_id: str) -> ProductRow:
         """The product with its stock, from memory if this process read it lately. Its own
-        writes and stock reports drop what they change once committed, and a read that a
-        commit overlapped is not kept, so this process never answers with what it replaced.
-        Another replica's writes show once the entry expires (PRODUCT_CACHE_SECONDS)."""
+        writes and stock reports drop what they change once committed, another replica's once
+        the change watch reads them from the log (`products.change_watch`), and a read that
+        either overlapped is not kept, so this process never answers with what it replaced."""
         cache = self._cache
         if cache is not None and (row := cache.get(product_id)) is not None:
             return row
@@ -232,9 +233,10 @@ class Catalog:
                 product.price_minor, product.currency = fields.price_minor, fields.currency
                 product.updated_at = utcnow()
                 stock = await session.scalar(_STOCK_OF, {"id": product_id})
+                session.add(ProductChange(product_id=product_id))
         except IntegrityError:
             raise _sku_taken(fields.sku) from None
-        self._committed([product_id])
+        self.forget([product_id])
         return product, stock
 
     async def delete(self, product_id: str) -> None:
@@ -249,7 +251,8 @@ class Catalog:
                 raise _not_found(product_id)
             await session.execute(delete(StockLevel).where(StockLevel.product_id == product_id))
             session.add(RetiredProduct(id=product_id, next_attempt_at=self._retirements.held_for_writer()))
-        self._committed([product_id])
+            session.add(ProductChange(product_id=product_id))
+        self.forget([product_id])
         await self._retirements.deliver_now(product_id)
 
     async def record_levels(self, levels: Sequence[Level]) -> None:
@@ -280,10 +283,12 @@ class Catalog:
         rows = [{"product_id": p, "quantity": v.quantity, "version": v.version} for p, v in newest.items()]
         async with self._db.write_connection() as conn:
             await conn.execute(self._upsert_levels, rows)
-        self._committed(newest)
+            await conn.execute(_LOG_CHANGES, [{"product_id": p} for p in newest])
+        self.forget(newest)
 
-    def _committed(self, product_ids: Iterable[str]) -> None:
-        """Products this process just changed: GetProduct reads them again."""
+    def forget(self, product_ids: Iterable[str]) -> None:
+        """Products changed by a commit, this process's or another replica's: GetProduct reads
+        them again, and a read in flight now is not kept."""
         self._writes += 1
         if self._cache is not None:
             for product_id in product_ids:

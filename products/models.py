@@ -58,3 +58,17 @@ class StockLevel(Base):
     product_id: Mapped[str] = mapped_column(String(36), primary_key=True)
     quantity: Mapped[int] = mapped_column(Integer)
     version: Mapped[int] = mapped_column(BigInteger)
+
+
+class ProductChange(Base):
+    """The log of changes to what GetProduct answers, a product's fields or its stock: each
+    products process reads it to drop what another replica changed from its cache
+    (`products.change_watch`). Written in the change's own transaction."""
+
+    __tablename__ = "product_changes"
+    # AUTOINCREMENT: SQLite would otherwise number from 1 again once pruning empties the table.
+    __table_args__ = (TABLE_OPTIONS | {"sqlite_autoincrement": True},)
+
+    # SQLite numbers only an INTEGER primary key from the rowid.
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    product_id: Mapped[str] = mapped_column(String(36))

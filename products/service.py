@@ -1,5 +1,6 @@
 """Assembles the products service: database, channels to auth and inventory, the relay that
-retires deleted products' inventory, servicer, server."""
+retires deleted products' inventory, the watch that keeps its cache in step with other
+replicas, servicer, server."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from mesh.server import MeshServer, Servicer
 from mesh.service_token import ServiceToken
 from mesh.tokens import verifier_via_auth
 from products.catalog import Catalog
+from products.change_watch import ChangeWatch
 from products.retirements import retirement_relay
 from products.servicer import ProductsServicer
 
@@ -36,6 +38,16 @@ async def running(settings: Settings, *, address: str | None = None) -> AsyncIte
         retirements.start()
         stack.push_async_callback(retirements.stop)
         catalog = Catalog(db=db, retirements=retirements, cache_seconds=settings.product_cache_seconds)
+        # Runs with the cache off too: another replica may cache, and the watch prunes the log.
+        watch = ChangeWatch(
+            db,
+            catalog.forget,
+            retention=settings.product_cache_seconds,
+            retry_initial=settings.outbox_retry_initial_seconds,
+            retry_max=settings.outbox_retry_max_seconds,
+        )
+        await watch.start_at_end()
+        stack.push_async_callback(watch.stop)
         servicer = Servicer(
             SERVICE_NAME,
             products_service_pb2_grpc.add_ProductsServiceServicer_to_server,
