@@ -13,6 +13,7 @@ from auth.clients import ServiceClients
 from auth.keys import KeyStore, Schedule
 from auth.mail import FolderTransport, MailRelay, SmtpTransport, Transport
 from auth.passwords import PasswordHasher
+from auth.public import PUBLIC_METHODS
 from auth.servicer import AuthServicer
 from invmesh.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
 from mesh.config import Settings
@@ -21,10 +22,6 @@ from mesh.server import MeshServer, Servicer
 from mesh.tokens import TokenVerifier
 
 SERVICE_NAME = auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
-PUBLIC_METHODS = frozenset(
-    f"/{SERVICE_NAME}/{method}"
-    for method in ("Register", "Login", "VerifyEmail", "RefreshToken", "IssueServiceToken", "GetJwks")
-)
 
 
 def mail_transport(settings: Settings) -> Transport:

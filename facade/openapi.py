@@ -33,11 +33,10 @@ from typing import Any
 from google.api import annotations_pb2, field_behavior_pb2
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor, MethodDescriptor
 
-from auth.service import PUBLIC_METHODS
+from auth.public import PUBLIC_METHODS
 from facade import httprule
 from facade.transcoding import HTTP_METHODS, Binding, query_fields
-from mesh.access import declared_role, role_name
-from mesh.interceptors import ALWAYS_PUBLIC_PREFIXES
+from mesh.access import ALWAYS_PUBLIC_PREFIXES, declared_role, role_name
 
 OPENAPI_VERSION = "3.1.0"
 SECURITY_SCHEME = "bearer"

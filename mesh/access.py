@@ -8,13 +8,23 @@ meets only methods that ask for it, and those methods admit nothing else.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import MethodDescriptor
 
 from invmesh.api.v1 import access_pb2
 from mesh.errors import InvalidArgument, PermissionDenied
-from mesh.tokens import Identity
 
+if TYPE_CHECKING:
+    from mesh.tokens import Identity
+
+# Health and reflection answer anyone: load balancers and grpcurl carry no token.
+ALWAYS_PUBLIC_PREFIXES = (
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+    "/grpc.reflection.v1.ServerReflection/",
+)
 RANKS = {"viewer": access_pb2.ROLE_VIEWER, "staff": access_pb2.ROLE_STAFF, "admin": access_pb2.ROLE_ADMIN}
 SERVICE = "service"
 

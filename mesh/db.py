@@ -43,7 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionm
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.types import TypeEngine
 
-from mesh import migrations
+from mesh import revisions
 from mesh.errors import DatabaseUnavailable, InvalidArgument, TransactionConflict
 
 if TYPE_CHECKING:
@@ -323,8 +323,12 @@ async def open_database(stack: AsyncExitStack, settings: Settings, service: str)
 
 
 async def ensure_schema(db: Database, service: str, *, auto_migrate: bool) -> None:
-    head = migrations.head(service)
     try:
+        if await revisions.is_newest(db, service):
+            return
+        from mesh import migrations  # Alembic: only when the schema must change, or be explained
+
+        head = migrations.head(service)
         current = await migrations.current(db, service)
         if current == head:
             return

@@ -28,12 +28,6 @@ log = logging.getLogger("mesh.rpc")
 _SETTLE_SECONDS = 0.01
 
 Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
-# Health and reflection answer anyone: load balancers and grpcurl carry no token.
-ALWAYS_PUBLIC_PREFIXES = (
-    "/grpc.health.v1.Health/",
-    "/grpc.reflection.v1alpha.ServerReflection/",
-    "/grpc.reflection.v1.ServerReflection/",
-)
 
 
 def metadata_value(ctx: grpc.aio.ServicerContext, key: str) -> str | None:
@@ -173,7 +167,7 @@ class AuthInterceptor(_UnaryWrapper):
         self._public = frozenset(public_methods)
 
     def _is_public(self, method: str) -> bool:
-        return method in self._public or method.startswith(ALWAYS_PUBLIC_PREFIXES)
+        return method in self._public or method.startswith(access.ALWAYS_PUBLIC_PREFIXES)
 
     def _wrap(self, method: str, behavior: Behavior) -> Behavior:
         if self._is_public(method):

@@ -24,14 +24,12 @@ from alembic.util import CommandError
 from sqlalchemy import MetaData, text
 from sqlalchemy.engine import Connection
 
+from mesh.revisions import version_table
+
 if TYPE_CHECKING:
     from mesh.db import Database
 
 _LOCK_WAIT_SECONDS = 60
-
-
-def version_table(service: str) -> str:
-    return f"alembic_version_{service}"
 
 
 def config(service: str, connection: Connection | None = None) -> Config:

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import os
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -18,6 +19,7 @@ import grpc
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from pydantic import SecretStr
 from sqlalchemy import Column, Integer, MetaData, inspect, text
 from sqlalchemy.engine import Connection, make_url
@@ -26,7 +28,7 @@ from auth.service import running as running_auth
 from invmesh.auth.v1 import auth_service_pb2_grpc
 from invmesh.products.v1 import products_service_pb2 as pb
 from invmesh.products.v1 import products_service_pb2_grpc
-from mesh import migrations
+from mesh import migrations, revisions
 from mesh.config import Settings
 from mesh.db import Database, StartupError
 from products.service import running as running_products
@@ -64,6 +66,46 @@ async def table_names(db: Database) -> set[str]:
 
 
 @pytest.mark.parametrize("service", SERVICES)
+def test_each_history_is_numbered_as_startup_reads_it(service: str) -> None:
+    """A service sees that its schema is current without Alembic (mesh/revisions.py), reading
+    the newest revision from the file names: each revision is its file's four digits and
+    revises the one before."""
+    script = ScriptDirectory.from_config(migrations.config(service))
+    history = list(reversed(list(script.walk_revisions())))
+    numbers = [f"{n:04d}" for n in range(1, len(history) + 1)]
+    assert [r.revision for r in history] == numbers
+    assert [r.down_revision for r in history] == [None, *numbers[:-1]]
+    assert all(Path(r.path).name.startswith(f"{r.revision}_") for r in history)
+    assert revisions.newest(service) == migrations.head(service)
+
+
+def test_a_service_on_a_current_schema_never_loads_alembic(tmp_path: Path) -> None:
+    """Alembic, with Mako and Pygments, would stay in the process's memory (about 10 MiB):
+    `invmesh up` migrates before it starts the services, which then only check."""
+    env = {**os.environ, "INVMESH_DATA_DIR": str(tmp_path), "PRODUCTS_DATABASE_URL": "", "LOG_LEVEL": "ERROR"}
+    opened = (
+        "import asyncio, contextlib, sys\n"
+        "from mesh.config import load_settings\n"
+        "from mesh.db import open_database\n"
+        "async def main():\n"
+        "    async with contextlib.AsyncExitStack() as stack:\n"
+        "        await open_database(stack, load_settings(), 'products')\n"
+        "asyncio.run(main())\n"
+        "print('alembic' in sys.modules)\n"
+    )
+
+    def loads_alembic() -> bool:
+        run = subprocess.run(
+            [sys.executable, "-c", opened], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert run.returncode == 0, run.stderr
+        return run.stdout.strip() == "True"
+
+    assert loads_alembic()  # an empty database: the service migrates it, as DB_AUTO_MIGRATE allows on SQLite
+    assert not loads_alembic()  # now current
+
+
+@pytest.mark.parametrize("service", SERVICES)
 async def test_each_history_goes_up_down_and_up_and_matches_the_models(tmp_path: Path, service: str) -> None:
     metadata = databases.METADATA[service]
     async with databases.fresh_database(tmp_path, service) as url:
@@ -73,12 +115,12 @@ async def test_each_history_goes_up_down_and_up_and_matches_the_models(tmp_path:
             for _ in range(2):  # empty -> head -> base -> head
                 await migrations.upgrade(db, service)
                 assert await migrations.current(db, service) == migrations.head(service)
-                assert await table_names(db) == {*metadata.tables, migrations.version_table(service)}
+                assert await table_names(db) == {*metadata.tables, revisions.version_table(service)}
                 assert await differences(db, service, metadata) == []
                 if _ == 0:
                     await migrations.downgrade(db, service, "base")
                     assert await migrations.current(db, service) is None
-                    assert await table_names(db) <= {migrations.version_table(service)}
+                    assert await table_names(db) <= {revisions.version_table(service)}
 
             # The comparison does see a model the migrations do not create.
             changed = MetaData()
@@ -167,7 +209,7 @@ async def test_a_schema_from_a_newer_version_is_refused_even_with_auto_migration
         try:
             await migrations.upgrade(db, "auth")
             async with db.transaction() as session:
-                table = migrations.version_table("auth")
+                table = revisions.version_table("auth")
                 await session.execute(text(f"UPDATE {table} SET version_num = 'f00dcafe'"))
         finally:
             await db.dispose()

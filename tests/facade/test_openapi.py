@@ -16,7 +16,7 @@ from openapi_spec_validator import validate
 from starlette.applications import Starlette
 from starlette.routing import Match
 
-from auth.service import PUBLIC_METHODS
+from auth.public import PUBLIC_METHODS
 from facade.app import create_app
 from facade.openapi import openapi_document, openapi_path
 from facade.routing import TranscodedRoutes
