@@ -76,6 +76,7 @@ async def running(settings: Settings, *, address: str | None = None) -> AsyncIte
             verifier=TokenVerifier(keys, issuer=settings.jwt_issuer, audience=settings.jwt_audience),
             public_methods=PUBLIC_METHODS,
             grace_seconds=settings.shutdown_grace_seconds,
+            lame_duck_seconds=settings.shutdown_lame_duck_seconds,
         ).start_in(stack)
 
 

@@ -52,6 +52,9 @@ def retried_methods(services: Iterable[ServiceDescriptor]) -> list[dict[str, str
 SERVICE_CONFIG = {
     # Spread calls over every address a target resolves to (replicas), not just the first.
     "loadBalancingConfig": [{"round_robin": {}}],
+    # Client-side health checking (gRPC A17): a replica whose health is NOT_SERVING, as one
+    # shutting down is, gets no new calls while it finishes those it has (mesh/server.py).
+    "healthCheckConfig": {"serviceName": ""},
     "methodConfig": [
         {
             "name": retried_methods(

@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
     shutdown_grace_seconds: float = Field(10.0, ge=0)
+    # After health turns NOT_SERVING, a stopping service goes on serving this long, while the
+    # channels that watch its health (every mesh channel) move their calls to other replicas.
+    shutdown_lame_duck_seconds: float = Field(0.5, ge=0)
 
     auth_addr: str = "127.0.0.1:50051"
     auth_database_url: SecretStr | None = None

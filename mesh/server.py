@@ -3,9 +3,10 @@
 A `MeshServer` serves a service's servicers behind the standard interceptors (request ids,
 logging, errors, and the token check for every method not listed as public), the
 `grpc.health.v1` health service and server reflection. `stop()` is the graceful path:
-health goes NOT_SERVING and new calls are refused (a client's channel sends them to another
-replica), then in-flight calls get the grace period to finish; any still running fail with
-UNAVAILABLE, and `stop()` returns once their handlers have ended.
+health goes NOT_SERVING, and the server goes on serving for a lame-duck period while the
+channels that watch its health send their calls to other replicas (mesh/clients.py); then
+new calls are refused, and in-flight calls get the grace period to finish; any still running
+fail with UNAVAILABLE, and `stop()` returns once their handlers have ended.
 `serve_until_signalled` runs a service until SIGTERM or SIGINT.
 """
 
@@ -79,10 +80,12 @@ class MeshServer:
         verifier: TokenVerifier,
         public_methods: Collection[str] = (),
         grace_seconds: float = 10.0,
+        lame_duck_seconds: float = 0.0,
     ) -> None:
         self._servicers = servicers
         self._address = address
         self._grace = grace_seconds
+        self._lame_duck = lame_duck_seconds
         self._health = health.aio.HealthServicer()
         self._requests = RequestInterceptor()
         self._server = grpc.aio.server(
@@ -121,6 +124,9 @@ class MeshServer:
 
     async def stop(self) -> None:
         await self._health.enter_graceful_shutdown()
+        # Calls a server stops taking can fail (UNAVAILABLE, or CANCELLED when grpc.aio had
+        # read them but not yet run them): first let the watching clients go elsewhere.
+        await asyncio.sleep(self._lame_duck)
         # grpc.aio's own cut at the end of a grace is only the backstop: its clients see
         # CANCELLED, and it returns before the handlers end (grpc/grpc#37239).
         stopping = asyncio.ensure_future(self._server.stop(self._grace + 1))

@@ -58,4 +58,5 @@ async def running(settings: Settings, *, address: str | None = None) -> AsyncIte
             address=address or settings.products_addr,
             verifier=verifier_via_auth(auth, settings),
             grace_seconds=settings.shutdown_grace_seconds,
+            lame_duck_seconds=settings.shutdown_lame_duck_seconds,
         ).start_in(stack)

@@ -213,6 +213,7 @@ def settings(
         smtp_url=smtp.url,
         jwt_private_key=pem,
         shutdown_grace_seconds=1,
+        shutdown_lame_duck_seconds=0,  # every test stops its servers; the shutdown tests set one
         mail_retry_initial_seconds=0.05,
         mail_retry_max_seconds=0.5,
         smtp_timeout_seconds=5,
