@@ -73,7 +73,12 @@ async def running(settings: Settings, *, address: str | None = None) -> AsyncIte
         yield await MeshServer(
             [servicer],
             address=address or settings.auth_addr,
-            verifier=TokenVerifier(keys, issuer=settings.jwt_issuer, audience=settings.jwt_audience),
+            verifier=TokenVerifier(
+                keys,
+                issuer=settings.jwt_issuer,
+                audience=settings.jwt_audience,
+                clock_skew=settings.token_clock_skew_seconds,
+            ),
             public_methods=PUBLIC_METHODS,
             grace_seconds=settings.shutdown_grace_seconds,
             lame_duck_seconds=settings.shutdown_lame_duck_seconds,

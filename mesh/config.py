@@ -115,6 +115,9 @@ class Settings(BaseSettings):
 
     jwt_issuer: str = Field("invmesh-auth", min_length=1)
     jwt_audience: str = Field("invmesh", min_length=1)
+    # How far the clocks of auth and a verifying service may disagree: a token is accepted
+    # this long before its `iat` and after its `exp`.
+    token_clock_skew_seconds: int = Field(5, ge=0, le=300)
     # These addresses become admins when they verify (compared in lower case); others start as viewers.
     admin_emails: Annotated[list[str], NoDecode] = []
     jwt_private_key: SecretStr | None = None

@@ -65,11 +65,20 @@ class TokenVerifier:
     """
 
     def __init__(
-        self, keys: KeySource, *, issuer: str, audience: str, cache_size: int = VERIFIED_CACHE_SIZE
+        self,
+        keys: KeySource,
+        *,
+        issuer: str,
+        audience: str,
+        clock_skew: int = 0,
+        cache_size: int = VERIFIED_CACHE_SIZE,
     ) -> None:
+        """`clock_skew`: seconds a token is accepted before its `iat` and after its `exp`, for
+        clocks that disagree with auth's (TOKEN_CLOCK_SKEW_SECONDS)."""
         self._keys = keys
         self._issuer = issuer
         self._audience = audience
+        self._clock_skew = clock_skew
         self._cache_size = cache_size
         # sha256(token) -> (identity, kid, the key that verified it)
         self._verified: OrderedDict[bytes, tuple[Identity, str, EllipticCurvePublicKey]] = OrderedDict()
@@ -80,8 +89,10 @@ class TokenVerifier:
         hit = self._verified.get(digest)
         if hit is not None:
             identity, kid, key = hit
-            # PyJWT rejects a token once now >= exp; a key no longer published ends the entry too.
-            if time.time() < identity.expires_at and await self._keys.public_key(kid) is key:
+            # PyJWT rejects a token once now >= exp + leeway; a key no longer published ends the
+            # entry too.
+            unexpired = time.time() < identity.expires_at + self._clock_skew
+            if unexpired and await self._keys.public_key(kid) is key:
                 return identity
             self._verified.pop(digest, None)
         identity, kid, key = await self._verify(token)
@@ -108,6 +119,7 @@ class TokenVerifier:
                 algorithms=[ALGORITHM],
                 audience=self._audience,
                 issuer=self._issuer,
+                leeway=self._clock_skew,
                 options={"require": list(REQUIRED_CLAIMS)},
             )
         except jwt.ExpiredSignatureError:
@@ -222,4 +234,9 @@ def verifier_via_auth(auth_channel: grpc.aio.Channel, settings: Settings) -> Tok
     keys = JwksCache.from_auth_service(
         auth_channel, min_refetch_interval=settings.jwks_refetch_interval_seconds
     )
-    return TokenVerifier(keys, issuer=settings.jwt_issuer, audience=settings.jwt_audience)
+    return TokenVerifier(
+        keys,
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+        clock_skew=settings.token_clock_skew_seconds,
+    )

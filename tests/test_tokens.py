@@ -318,6 +318,24 @@ async def test_a_verified_token_is_checked_once_while_it_is_valid(decodes: list[
     assert decodes == [token]
 
 
+async def test_clocks_may_disagree_by_the_allowed_skew_and_no_more(decodes: list[str]) -> None:
+    """A verifier whose clock is behind auth's sees tokens issued in its future; one ahead sees
+    them expire early. TOKEN_CLOCK_SKEW_SECONDS allows for both, and no more."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = int(time.time())
+    ahead = sign(key, claims("u1", iat=now + 3))
+    behind = sign(key, claims("u1", iat=now - 600, exp=now - 3))
+    skewed = local_verifier(Published(key), clock_skew=5)
+    assert (await skewed.verify(ahead)).subject == (await skewed.verify(behind)).subject == "u1"
+    for token, reason in [(ahead, "not yet valid"), (behind, "expired")]:
+        with pytest.raises(Unauthenticated) as refused:
+            await local_verifier(Published(key)).verify(token)
+        assert reason in str(refused.value)
+    far_ahead = sign(key, claims("u1", iat=now + 30))
+    with pytest.raises(Unauthenticated):
+        await skewed.verify(far_ahead)
+
+
 async def test_a_cached_token_is_refused_once_it_expires(decodes: list[str]) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     verifier = local_verifier(Published(key))
