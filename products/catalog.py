@@ -40,6 +40,7 @@ ProductRow = Product | Row[Any]
 
 MAX_BATCH = 500
 CACHED = 10_000  # products kept in memory for GetProduct; the least recently read go first
+CACHED_PAGE_ROWS = 10_000  # rows of ListProducts pages kept in memory, in all
 MAX_SKU_CHARS = 64
 MAX_NAME_CHARS = 200
 MAX_DESCRIPTION_CHARS = 5000
@@ -141,7 +142,13 @@ class Catalog:
         self._cache: TTLCache[str, Row[Any]] | None = (
             TTLCache(cache_size, cache_seconds) if cache_seconds > 0 else None
         )
-        self._writes = 0  # this process's committed writes, so a read that overlapped one is not kept
+        # ListProducts pages by (page size, page token, query); any change drops them all.
+        self._pages: TTLCache[tuple[int, str, str], tuple[list[ProductRow], str]] | None = (
+            TTLCache(CACHED_PAGE_ROWS, cache_seconds, getsizeof=lambda page: len(page[0]) + 1)
+            if cache_seconds > 0
+            else None
+        )
+        self._writes = 0  # changes committed or learnt of, so a read that overlapped one is not kept
 
     async def create(self, draft: Draft) -> Product:
         require_verified_email()
@@ -162,8 +169,10 @@ class Catalog:
                 session.add(product)
                 # Never moved: 0, at a version below any inventory reports.
                 session.add(StockLevel(product_id=product.id, quantity=0, version=0))
+                session.add(ProductChange(product_id=product.id))  # a new row on other replicas' pages
         except IntegrityError:
             raise _sku_taken(fields.sku) from None
+        self.forget([product.id])
         return product
 
     async def get(self, product_id: str) -> ProductRow:
@@ -189,8 +198,14 @@ class Catalog:
         return await self._db.fetch(_PRODUCTS_BY_ID, {"ids": list(wanted)})
 
     async def list(self, *, page_size: int, page_token: str, q: str) -> tuple[list[ProductRow], str]:
+        """A page of products with their stock, from memory if this process read it lately:
+        kept as GetProduct's rows are, and all dropped at any change to any product."""
         size = paging.page_size(page_size)
         after = paging.decode_token(page_token, query=q)
+        key = (size, page_token, q)
+        if self._pages is not None and (page := self._pages.get(key)) is not None:
+            return page
+        writes = self._writes
         columns = _PRODUCTS.c
         query = _WITH_STOCK.order_by(columns.created_at, columns.id).limit(size + 1)
         if q:
@@ -218,7 +233,10 @@ class Catalog:
         if len(rows) > size:
             last = rows[size - 1]
             token = paging.encode_token([last.created_at.isoformat(), last.id], query=q)
-        return rows[:size], token
+        page = rows[:size], token
+        if self._pages is not None and writes == self._writes:
+            self._pages[key] = page
+        return page
 
     async def update(self, product_id: str, draft: Draft) -> tuple[Product, int | None]:
         """The product as updated, and its stock."""
@@ -288,8 +306,10 @@ class Catalog:
 
     def forget(self, product_ids: Iterable[str]) -> None:
         """Products changed by a commit, this process's or another replica's: GetProduct reads
-        them again, and a read in flight now is not kept."""
+        them again, every page is read again, and a read in flight now is not kept."""
         self._writes += 1
+        if self._pages is not None:
+            self._pages.clear()
         if self._cache is not None:
             for product_id in product_ids:
                 self._cache.pop(product_id, None)
