@@ -324,7 +324,7 @@ async def up(names: list[str], replicas: dict[str, int] | None = None) -> int:
         if child.returncode is None:
             child.send_signal(signal.SIGTERM)
     try:
-        async with asyncio.timeout(settings.shutdown_grace_seconds + 5):
+        async with asyncio.timeout(settings.shutdown_lame_duck_seconds + settings.shutdown_grace_seconds + 5):
             await asyncio.gather(*(c.wait() for c in children.values()))
     except TimeoutError:
         for child in children.values():

@@ -96,10 +96,10 @@ class Settings(BaseSettings):
     # Inventory remembers that a product exists this long rather than asking products on every
     # movement and read (0: ask every time). See inventory/product_check.py.
     product_check_cache_seconds: float = Field(60.0, ge=0)
-    # Products serves GetProduct from memory at most this long after reading it (0: read every
-    # time). Its own writes and stock reports replace it at once, another replica's within about
-    # 0.1 s through the change log; this is the bound should the log miss one. See
-    # products/change_watch.py.
+    # Products serves GetProduct and ListProducts pages from memory at most this long after
+    # reading them (0: read every time). Its own writes and stock reports replace them at once,
+    # another replica's within about 0.1 s through the change log; this is the bound should the
+    # log miss one. See products/change_watch.py.
     product_cache_seconds: float = Field(30.0, ge=0)
 
     # The REST facade: every route on each port (the original layout's 8000, 8001, 8002).

@@ -184,7 +184,7 @@ async def test_a_replica_stopped_mid_traffic_finishes_its_calls_and_loses_no_ack
         clients = [asyncio.create_task(client()) for _ in range(CLIENTS)]
         await acknowledged_at_least(50)
         process.send_signal(signal.SIGTERM)
-        # invmesh up kills a child still running SHUTDOWN_GRACE_SECONDS + 5 s after its SIGTERM.
+        # invmesh up kills a child still running lame duck + grace + 5 s after its SIGTERM.
         async with asyncio.timeout(LAME_DUCK_SECONDS + grace + 5):
             assert await process.wait() == 0
         await acknowledged_at_least(len(acknowledged) + 50)  # the other replica takes the traffic
