@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 
 from sqlalchemy import bindparam, select, update
 
@@ -25,10 +24,7 @@ from inventory.models import Item
 from invmesh.products.v1 import products_service_pb2, products_service_pb2_grpc
 from mesh.background import BackgroundLoop
 from mesh.db import Database
-from mesh.errors import describe
 from mesh.service_token import ServiceToken
-
-log = logging.getLogger(__name__)
 
 BATCH = 500  # UpdateStockLevels' limit
 BATCH_WINDOW = 0.05  # seconds from the first commit to the call that reports it
@@ -91,11 +87,8 @@ class StockFeed(BackgroundLoop):
                 await self.publish()
                 failures, delay = 0, IDLE_POLL
             except Exception as exc:
-                delay = self.backoff(failures)
+                delay = self.failed(failures, "report to products", exc)
                 failures += 1
-                log.warning(
-                    "stock feed could not report to products, retrying in %.1fs: %s", delay, describe(exc)
-                )
             if failures:  # products is down or refusing: commits do not cut the backoff short
                 await asyncio.sleep(delay)
                 continue

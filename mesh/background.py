@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
+
+from mesh.errors import describe
 
 
 class BackgroundLoop:
@@ -39,6 +42,15 @@ class BackgroundLoop:
         """Seconds to wait after `failures` failures in a row (0 after the first): doubling
         from the initial retry, with 20% jitter so replicas do not retry in step, capped."""
         return min(self._retry_initial * 2**failures * random.uniform(0.8, 1.2), self._retry_max)
+
+    def failed(self, failures: int, could_not: str, error: Exception) -> float:
+        """Logs a round of the loop that failed (after `failures` before it, in a row), in the
+        subclass's module's logger; returns the seconds to wait before the next (`backoff`)."""
+        delay = self.backoff(failures)
+        logging.getLogger(type(self).__module__).warning(
+            "%s could not %s, retrying in %.1fs: %s", self._task_name, could_not, delay, describe(error)
+        )
+        return delay
 
     async def _run(self) -> None:
         raise NotImplementedError
