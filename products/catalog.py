@@ -149,6 +149,7 @@ class Catalog:
             else None
         )
         self._writes = 0  # changes committed or learnt of, so a read that overlapped one is not kept
+        self.writer = uuid.uuid4().hex  # this process, in the change log
 
     async def create(self, draft: Draft) -> Product:
         require_verified_email()
@@ -169,7 +170,7 @@ class Catalog:
                 session.add(product)
                 # Never moved: 0, at a version below any inventory reports.
                 session.add(StockLevel(product_id=product.id, quantity=0, version=0))
-                session.add(ProductChange(product_id=product.id))  # a new row on other replicas' pages
+                session.add(self._logged(product.id))  # a new row on other replicas' pages
         except IntegrityError:
             raise _sku_taken(fields.sku) from None
         self.forget([product.id])
@@ -251,7 +252,7 @@ class Catalog:
                 product.price_minor, product.currency = fields.price_minor, fields.currency
                 product.updated_at = utcnow()
                 stock = await session.scalar(_STOCK_OF, {"id": product_id})
-                session.add(ProductChange(product_id=product_id))
+                session.add(self._logged(product_id))
         except IntegrityError:
             raise _sku_taken(fields.sku) from None
         self.forget([product_id])
@@ -269,7 +270,7 @@ class Catalog:
                 raise _not_found(product_id)
             await session.execute(delete(StockLevel).where(StockLevel.product_id == product_id))
             session.add(RetiredProduct(id=product_id, next_attempt_at=self._retirements.held_for_writer()))
-            session.add(ProductChange(product_id=product_id))
+            session.add(self._logged(product_id))
         self.forget([product_id])
         await self._retirements.deliver_now(product_id)
 
@@ -301,8 +302,11 @@ class Catalog:
         rows = [{"product_id": p, "quantity": v.quantity, "version": v.version} for p, v in newest.items()]
         async with self._db.write_connection() as conn:
             await conn.execute(self._upsert_levels, rows)
-            await conn.execute(_LOG_CHANGES, [{"product_id": p} for p in newest])
+            await conn.execute(_LOG_CHANGES, [{"product_id": p, "writer": self.writer} for p in newest])
         self.forget(newest)
+
+    def _logged(self, product_id: str) -> ProductChange:
+        return ProductChange(product_id=product_id, writer=self.writer)
 
     def forget(self, product_ids: Iterable[str]) -> None:
         """Products changed by a commit, this process's or another replica's: GetProduct reads

@@ -2,11 +2,11 @@
 
 Every write to what GetProduct answers, a product's fields or its stock, logs the product's
 id in product_changes, in the write's own transaction (`products.catalog`). Each products
-process reads the log every `POLL` seconds from where it stopped and forgets those products,
-so a change made through one replica shows on the others within about `POLL`, not
-PRODUCT_CACHE_SECONDS. That time stays the bound for a change the log cannot carry in time:
-one whose transaction was open as the process started, or committed more than `SETTLE` after
-taking its id.
+process reads the log every `POLL` seconds from where it stopped and forgets those products
+(all but its own writes', which forgot theirs at commit), so a change made through one
+replica shows on the others within about `POLL`, not PRODUCT_CACHE_SECONDS. That time stays
+the bound for a change the log cannot carry in time: one whose transaction was open as the
+process started, or committed more than `SETTLE` after taking its id.
 
 Ids are taken before commit, so with several writers a lower id can become visible after a
 higher one. The log is therefore read again from the first id not yet seen (`ChangeCursor`);
@@ -17,18 +17,15 @@ for `SETTLE` seconds. Rows every process read a retention period ago are pruned.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
 
 from sqlalchemy import bindparam, delete, func, select
 
 from mesh.background import BackgroundLoop
 from mesh.db import Database
-from mesh.errors import describe
 from products.models import ProductChange
-
-log = logging.getLogger(__name__)
 
 POLL = 0.1  # seconds between reads of the log
 SETTLE = 2.0  # a missing id is given up once a later one has been seen this long
@@ -38,12 +35,13 @@ MIN_RETENTION = 60.0  # seconds from reading rows to pruning them
 _CHANGES = ProductChange.__table__
 _LAST = select(func.coalesce(func.max(_CHANGES.c.id), 0))
 _AFTER = (
-    select(_CHANGES.c.id, _CHANGES.c.product_id)
+    select(_CHANGES.c.id, _CHANGES.c.product_id, _CHANGES.c.writer)
     .where(_CHANGES.c.id > bindparam("after"))
     .order_by(_CHANGES.c.id)
     .limit(BATCH)
 )
 _PRUNE = delete(_CHANGES).where(_CHANGES.c.id <= bindparam("upto"))
+T = TypeVar("T")
 
 
 class ChangeCursor:
@@ -54,13 +52,14 @@ class ChangeCursor:
         self.after = after
         self._seen: dict[int, float] = {}
 
-    def read(self, rows: Iterable[tuple[int, str]], now: float) -> list[str]:
-        """The products of the rows not read before; moves `after` past what is settled."""
+    def read(self, rows: Iterable[tuple[int, T]], now: float) -> list[T]:
+        """The changes of the rows, (id, change), not read before; moves `after` past what is
+        settled."""
         fresh = []
-        for change_id, product_id in rows:
+        for change_id, change in rows:
             if change_id not in self._seen:
                 self._seen[change_id] = now
-                fresh.append(product_id)
+                fresh.append(change)
         for change_id in sorted(self._seen):
             # The next id, or one above a gap that has had SETTLE seconds to fill.
             if change_id != self.after + 1 and now - self._seen[change_id] < SETTLE:
@@ -76,16 +75,19 @@ class ChangeWatch(BackgroundLoop):
         db: Database,
         forget: Callable[[Sequence[str]], None],
         *,
+        own_writer: str,
         retention: float,
         retry_initial: float,
         retry_max: float,
     ) -> None:
-        """`forget` drops products from the cache; rows are pruned `retention` seconds (at
+        """`forget` drops products from the cache, except those `own_writer` (this process)
+        changed, which it dropped at their commit; rows are pruned `retention` seconds (at
         least MIN_RETENTION) after this process read them, so no entry cached before a pruned
         change outlives it when `retention` is the cache's time."""
         super().__init__("product-change-watch", retry_initial=retry_initial, retry_max=retry_max)
         self._db = db
         self._forget = forget
+        self._own_writer = own_writer
         self._retention = max(retention, MIN_RETENTION)
         self._cursor = ChangeCursor(0)
 
@@ -98,9 +100,9 @@ class ChangeWatch(BackgroundLoop):
     async def poll(self) -> int:
         """Forgets the products changed since the last poll; returns how many changes it read."""
         rows = await self._db.fetch(_AFTER, {"after": self._cursor.after})
-        fresh = self._cursor.read(((r.id, r.product_id) for r in rows), time.monotonic())
-        if fresh:
-            self._forget(fresh)
+        fresh = self._cursor.read(((r.id, r) for r in rows), time.monotonic())
+        if others := [r.product_id for r in fresh if r.writer != self._own_writer]:
+            self._forget(others)
         return len(fresh)
 
     async def _run(self) -> None:
@@ -117,9 +119,6 @@ class ChangeWatch(BackgroundLoop):
                     read_then, prune_at = self._cursor.after, time.monotonic() + self._retention
                 failures, delay = 0, POLL
             except Exception as exc:
-                delay = self.backoff(failures)
+                delay = self.failed(failures, "read the product change log", exc)
                 failures += 1
-                log.warning(
-                    "could not read the product change log, retrying in %.1fs: %s", delay, describe(exc)
-                )
             await asyncio.sleep(delay)

@@ -72,3 +72,5 @@ class ProductChange(Base):
     # SQLite numbers only an INTEGER primary key from the rowid.
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     product_id: Mapped[str] = mapped_column(String(36))
+    # The products process that wrote it, which dropped the product at its commit already.
+    writer: Mapped[str] = mapped_column(String(32))

@@ -42,6 +42,7 @@ async def running(settings: Settings, *, address: str | None = None) -> AsyncIte
         watch = ChangeWatch(
             db,
             catalog.forget,
+            own_writer=catalog.writer,
             retention=settings.product_cache_seconds,
             retry_initial=settings.outbox_retry_initial_seconds,
             retry_max=settings.outbox_retry_max_seconds,

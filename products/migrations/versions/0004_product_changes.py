@@ -27,6 +27,7 @@ def upgrade() -> None:
             "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False, autoincrement=True
         ),
         sa.Column("product_id", sa.String(36), nullable=False),
+        sa.Column("writer", sa.String(32), nullable=False),
         sa.PrimaryKeyConstraint("id"),
         sqlite_autoincrement=True,  # never numbers from 1 again once pruning empties the table
         **MYSQL_TABLE,
