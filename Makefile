@@ -25,17 +25,17 @@ test: $(VENV)/.installed
 
 ## protos: regenerate the invmesh.*.v1 package from protos/
 protos: $(VENV)/.installed
-	$(BIN)/python -m mesh.codegen
+	$(BIN)/python -m launcher.codegen
 	@touch $(VENV)/.generated
 
 ## protos-check: fail if the generated code has drifted from protos/
 protos-check: $(VENV)/.installed
-	$(BIN)/python -m mesh.codegen --check
+	$(BIN)/python -m launcher.codegen --check
 
 ## lint: ruff and buf lint
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
-	$(BIN)/python -m mesh.codegen --lint
+	$(BIN)/python -m launcher.codegen --lint
 
 ## bench: reads, movements and logins side by side with the FastAPI peer, on SQLite and PostgreSQL
 ##        (bench/README.md); needs PostgreSQL on 127.0.0.1:5432 and wrk (installed from Debian when
@@ -60,5 +60,5 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 $(VENV)/.generated: $(PROTOS) | $(VENV)/.installed
-	$(BIN)/python -m mesh.codegen
+	$(BIN)/python -m launcher.codegen
 	@touch $@

@@ -13,7 +13,6 @@ from auth.clients import ServiceClients
 from auth.keys import KeyStore, Schedule
 from auth.mail import FolderTransport, MailRelay, SmtpTransport, Transport
 from auth.passwords import PasswordHasher
-from auth.public import PUBLIC_METHODS
 from auth.servicer import AuthServicer
 from invmesh.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
 from mesh.config import Settings
@@ -79,7 +78,6 @@ async def running(settings: Settings, *, address: str | None = None) -> AsyncIte
                 audience=settings.jwt_audience,
                 clock_skew=settings.token_clock_skew_seconds,
             ),
-            public_methods=PUBLIC_METHODS,
             grace_seconds=settings.shutdown_grace_seconds,
             lame_duck_seconds=settings.shutdown_lame_duck_seconds,
         ).start_in(stack)

@@ -82,7 +82,7 @@ def auth_service(rounds: int) -> Iterator[str]:
             "AUTH_DATABASE_URL": "",
             "SMTP_URL": "",
         }
-        server = subprocess.Popen([sys.executable, "-m", "mesh", "serve", "auth"], env=env)
+        server = subprocess.Popen([sys.executable, "-m", "launcher", "serve", "auth"], env=env)
         try:
             wait_serving(address, server)
             yield address

@@ -101,7 +101,7 @@ def invmesh(
 ) -> Iterator[Invmesh]:  # fmt: skip
     """`invmesh up` on free ports, all healthy, with a verified admin and products in stock: `products`
     new ones, or the ids of those a previous run made in the same databases. `repo` is the checkout
-    whose code runs (`python -m mesh` there), for comparing versions."""
+    whose code runs (`python -m launcher` there), for comparing versions."""
     data_dir = workdir / "invmesh"
     facade = f"127.0.0.1:{free_port()}"
     addresses = {service: f"127.0.0.1:{free_port()}" for service in ("auth", "products", "inventory")}
@@ -126,7 +126,7 @@ def invmesh(
         "ACCESS_TOKEN_TTL_SECONDS": "3600",  # outlives the run
         "SMTP_URL": "",  # mail goes to the outbox in data_dir
     }
-    up, log = [sys.executable, "-m", "mesh", "up"], workdir / "invmesh.log"
+    up, log = [sys.executable, "-m", "launcher", "up"], workdir / "invmesh.log"
     if replicas:
         layout = ",".join(f"{service}={count}" for service, count in replicas.items())
         up, log = [*up, "--replicas", layout], workdir / f"invmesh-{layout}.log"

@@ -21,11 +21,9 @@ from facade.middleware import RequestIdMiddleware
 from facade.openapi import openapi_document
 from facade.routing import TranscodedRoutes
 from facade.transcoding import bindings
-from invmesh.auth.v1 import auth_service_pb2
-from invmesh.inventory.v1 import inventory_service_pb2
-from invmesh.products.v1 import products_service_pb2
 from mesh.clients import CHANNEL_OPTIONS, grpc_target
 from mesh.config import Settings
+from mesh.services import SERVICES
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,16 +33,8 @@ class Backend:
 
 
 def default_backends(settings: Settings) -> dict[ServiceDescriptor, Backend]:
-    """The three services, at their configured addresses."""
-    return {
-        auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"]: Backend("auth", settings.auth_addr),
-        products_service_pb2.DESCRIPTOR.services_by_name["ProductsService"]: Backend(
-            "products", settings.products_addr
-        ),
-        inventory_service_pb2.DESCRIPTOR.services_by_name["InventoryService"]: Backend(
-            "inventory", settings.inventory_addr
-        ),
-    }
+    """Every service of the registry, at its configured address."""
+    return {spec.descriptor: Backend(name, settings.address(name)) for name, spec in SERVICES.items()}
 
 
 def create_app(settings: Settings, backends: Mapping[ServiceDescriptor, Backend] | None = None) -> Starlette:

@@ -33,10 +33,9 @@ from typing import Any
 from google.api import annotations_pb2, field_behavior_pb2
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor, MethodDescriptor
 
-from auth.public import PUBLIC_METHODS
 from facade import httprule
 from facade.transcoding import HTTP_METHODS, Binding, query_fields
-from mesh.access import ALWAYS_PUBLIC_PREFIXES, declared_role, role_name
+from mesh.access import declared_role, is_public, role_name
 
 OPENAPI_VERSION = "3.1.0"
 SECURITY_SCHEME = "bearer"
@@ -108,11 +107,6 @@ _ERRORS = {
 }
 
 
-def is_public(grpc_path: str, public_methods: Collection[str] = PUBLIC_METHODS) -> bool:
-    """Whether the backends answer `grpc_path` without an access token (as mesh's AuthInterceptor)."""
-    return grpc_path in public_methods or grpc_path.startswith(ALWAYS_PUBLIC_PREFIXES)
-
-
 def openapi_path(template: httprule.PathTemplate) -> str:
     """The OpenAPI path of an HttpRule template (see the module docstring)."""
     return _PathShape.of(template).path
@@ -123,7 +117,6 @@ def openapi_document(
     *,
     title: str = "invmesh",
     version: str = "1",
-    public_methods: Collection[str] = PUBLIC_METHODS,
 ) -> dict[str, Any]:
     """The OpenAPI 3.1 document describing every binding."""
     schemas = _Schemas()
@@ -136,7 +129,7 @@ def openapi_document(
         method = binding.http_method.lower()
         if method not in HTTP_METHODS:
             raise ValueError(f"{binding.method.full_name}: {binding.http_method} cannot be described")
-        item[method] = _operation(binding, shape, schemas, public_methods)
+        item[method] = _operation(binding, shape, schemas)
         tags.setdefault(binding.service.name)
     return {
         "openapi": OPENAPI_VERSION,
@@ -240,11 +233,9 @@ def _wildcard_ordinal(template: httprule.PathTemplate, variable: httprule.Variab
     )
 
 
-def _operation(
-    binding: Binding, shape: _PathShape, schemas: _Schemas, public_methods: Collection[str]
-) -> dict[str, Any]:
+def _operation(binding: Binding, shape: _PathShape, schemas: _Schemas) -> dict[str, Any]:
     method = binding.method
-    public = is_public(binding.grpc_path, public_methods)
+    public = is_public(binding.grpc_path)
     operation: dict[str, Any] = {
         "operationId": _operation_id(binding),
         "summary": method.name,

@@ -27,6 +27,7 @@ ALWAYS_PUBLIC_PREFIXES = (
 )
 RANKS = {"viewer": access_pb2.ROLE_VIEWER, "staff": access_pb2.ROLE_STAFF, "admin": access_pb2.ROLE_ADMIN}
 SERVICE = "service"
+_ANY_TOKEN = access_pb2.Access()
 
 
 def role_named(name: str) -> str:
@@ -41,18 +42,36 @@ def role_name(role: access_pb2.Role.ValueType) -> str:
     return access_pb2.Role.Name(role).removeprefix("ROLE_").lower()
 
 
-def declared_role(method: MethodDescriptor) -> access_pb2.Role.ValueType:
+def declared_access(method: MethodDescriptor) -> access_pb2.Access:
+    """The method's access option; an empty one (any valid token) if it declares none."""
     options = method.GetOptions()
-    return options.Extensions[access_pb2.access].role if options.HasExtension(access_pb2.access) else 0
+    return options.Extensions[access_pb2.access] if options.HasExtension(access_pb2.access) else _ANY_TOKEN
+
+
+def declared_role(method: MethodDescriptor) -> access_pb2.Role.ValueType:
+    return declared_access(method).role
+
+
+def _method(method_path: str) -> MethodDescriptor | None:
+    try:
+        return descriptor_pool.Default().FindMethodByName(method_path.lstrip("/").replace("/", "."))
+    except KeyError:
+        return None
 
 
 def required_role(method_path: str) -> access_pb2.Role.ValueType:
     """The role the method at `/package.Service/Method` declares; 0 (any caller) if none or unknown."""
-    try:
-        method = descriptor_pool.Default().FindMethodByName(method_path.lstrip("/").replace("/", "."))
-    except KeyError:
-        return 0
-    return declared_role(method)
+    method = _method(method_path)
+    return declared_role(method) if method is not None else 0
+
+
+def is_public(method_path: str) -> bool:
+    """Whether `/package.Service/Method` answers callers with no token: health and reflection,
+    and the methods the contract declares `public`. An unknown method is not."""
+    if method_path.startswith(ALWAYS_PUBLIC_PREFIXES):
+        return True
+    method = _method(method_path)
+    return method is not None and declared_access(method).public
 
 
 def require_role(caller: Identity, needed: access_pb2.Role.ValueType) -> None:

@@ -12,11 +12,9 @@ from typing import Any
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 
-from invmesh.auth.v1 import auth_service_pb2
-from invmesh.inventory.v1 import inventory_service_pb2
-from invmesh.products.v1 import products_service_pb2
 from mesh import context
 from mesh.errors import DeadlineExceeded
+from mesh.services import SERVICES
 
 RETRY_POLICY = {
     "maxAttempts": 3,
@@ -57,14 +55,7 @@ SERVICE_CONFIG = {
     "healthCheckConfig": {"serviceName": ""},
     "methodConfig": [
         {
-            "name": retried_methods(
-                file.services_by_name[name]
-                for file, name in [
-                    (auth_service_pb2.DESCRIPTOR, "AuthService"),
-                    (products_service_pb2.DESCRIPTOR, "ProductsService"),
-                    (inventory_service_pb2.DESCRIPTOR, "InventoryService"),
-                ]
-            ),
+            "name": retried_methods(spec.descriptor for spec in SERVICES.values()),
             "retryPolicy": RETRY_POLICY,
         }
     ],

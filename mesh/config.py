@@ -15,6 +15,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from mesh.services import SERVICES
+
 
 class ConfigError(Exception):
     """The environment does not describe a valid configuration; the message says what to fix."""
@@ -228,10 +230,15 @@ class Settings(BaseSettings):
 
     def database_url(self, service: str) -> str:
         """`<SERVICE>_DATABASE_URL`, or an SQLite file in the data directory."""
-        configured: SecretStr | None = getattr(self, f"{service}_database_url")
+        configured: SecretStr | None = getattr(self, SERVICES[service].database_setting)
         if configured is not None and configured.get_secret_value():
             return configured.get_secret_value()
         return f"sqlite+aiosqlite:///{(self.data_dir / f'{service}.db').resolve()}"
+
+    def address(self, service: str) -> str:
+        """`<SERVICE>_ADDR`: one `host:port`, a comma list of replicas, or a gRPC target."""
+        address: str = getattr(self, SERVICES[service].address_setting)
+        return address
 
     def auto_migrate(self, service: str) -> bool:
         """Whether `service` migrates its own schema at startup (DB_AUTO_MIGRATE, else only on SQLite)."""

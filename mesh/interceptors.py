@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -154,20 +154,17 @@ class RequestInterceptor(_UnaryWrapper):
 
 
 class AuthInterceptor(_UnaryWrapper):
-    """Every method not listed as public needs `authorization: Bearer <access token>`, from a
-    caller holding the role the method declares in the contract (`mesh.access`).
+    """Every method the contract does not declare public needs `authorization: Bearer <access
+    token>`, from a caller holding the role the method declares (`mesh.access`).
 
     The verified identity and the raw token go into contextvars, for the handler and for
     the calls it makes to other services.
     """
 
-    def __init__(self, verifier: TokenVerifier, public_methods: Collection[str]) -> None:
+    def __init__(self, verifier: TokenVerifier, is_public: Callable[[str], bool] = access.is_public) -> None:
         super().__init__()
         self._verifier = verifier
-        self._public = frozenset(public_methods)
-
-    def _is_public(self, method: str) -> bool:
-        return method in self._public or method.startswith(access.ALWAYS_PUBLIC_PREFIXES)
+        self._is_public = is_public
 
     def _wrap(self, method: str, behavior: Behavior) -> Behavior:
         if self._is_public(method):

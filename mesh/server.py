@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +26,7 @@ from google.protobuf.descriptor import FileDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from mesh import access
 from mesh.interceptors import AuthInterceptor, RequestInterceptor
 from mesh.tokens import TokenVerifier
 
@@ -78,7 +79,7 @@ class MeshServer:
         *,
         address: str,
         verifier: TokenVerifier,
-        public_methods: Collection[str] = (),
+        is_public: Callable[[str], bool] = access.is_public,
         grace_seconds: float = 10.0,
         lame_duck_seconds: float = 0.0,
     ) -> None:
@@ -89,7 +90,7 @@ class MeshServer:
         self._health = health.aio.HealthServicer()
         self._requests = RequestInterceptor()
         self._server = grpc.aio.server(
-            interceptors=[self._requests, AuthInterceptor(verifier, public_methods)],
+            interceptors=[self._requests, AuthInterceptor(verifier, is_public)],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

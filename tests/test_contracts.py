@@ -10,7 +10,7 @@ from google.protobuf.descriptor import FileDescriptor
 from invmesh.auth.v1 import auth_service_pb2
 from invmesh.inventory.v1 import inventory_service_pb2
 from invmesh.products.v1 import products_service_pb2
-from mesh import codegen
+from launcher import codegen
 
 FILES: list[FileDescriptor] = [
     auth_service_pb2.DESCRIPTOR,

@@ -231,7 +231,7 @@ def _cli_env(**variables: str) -> dict[str, str]:
 
 async def _invmesh(*args: str, env: dict[str, str]) -> tuple[int, str]:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "mesh", *args, env=env, stderr=asyncio.subprocess.PIPE
+        sys.executable, "-m", "launcher", *args, env=env, stderr=asyncio.subprocess.PIPE
     )
     async with asyncio.timeout(60):
         _, stderr = await process.communicate()

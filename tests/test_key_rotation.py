@@ -17,7 +17,7 @@ from auth.keys import Key, KeyStore, Schedule, thumbprint
 from invmesh.auth.v1 import auth_service_pb2 as auth_pb
 from invmesh.inventory.v1 import inventory_service_pb2 as inventory_pb
 from invmesh.products.v1 import products_service_pb2 as products_pb
-from mesh.cli import rotate_keys
+from launcher.cli import rotate_keys
 from mesh.config import Settings
 from mesh.db import Database, utcnow
 from tests.conftest import Mesh
@@ -115,7 +115,11 @@ def test_a_new_key_is_published_before_it_signs_and_the_old_one_until_its_tokens
 def test_rotate_refuses_while_a_configured_key_signs(settings: Settings) -> None:
     env = {**os.environ, "INVMESH_DATA_DIR": str(settings.data_dir), "JWT_PRIVATE_KEY": "-----BEGIN…"}
     done = subprocess.run(
-        [sys.executable, "-m", "mesh", "keys", "rotate"], env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "launcher", "keys", "rotate"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 1
     assert "JWT_PRIVATE_KEY is set" in done.stderr

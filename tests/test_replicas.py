@@ -30,8 +30,8 @@ from invmesh.inventory.v1 import inventory_service_pb2 as pb
 from invmesh.inventory.v1 import inventory_service_pb2_grpc
 from invmesh.products.v1 import products_service_pb2 as products_pb
 from invmesh.products.v1 import products_service_pb2_grpc
+from launcher.cli import main as invmesh
 from mesh import migrations
-from mesh.cli import main as invmesh
 from mesh.clients import grpc_target, open_channel
 from mesh.config import Settings
 from mesh.db import Database
@@ -91,7 +91,7 @@ async def replicas(
             for k, listen in enumerate(listens):
                 with (logs / f"{name}-{k}.log").open("wb") as log:
                     processes[listen] = await asyncio.create_subprocess_exec(
-                        *(sys.executable, "-m", "mesh", "serve", name, "--listen", listen),
+                        *(sys.executable, "-m", "launcher", "serve", name, "--listen", listen),
                         env=env,
                         stdout=asyncio.subprocess.DEVNULL,
                         stderr=log,
@@ -332,7 +332,7 @@ async def test_invmesh_up_starts_replicas_on_port_steps_of_ten(tmp_path: Path) -
         "LOG_LEVEL": "WARNING",
     }
     process = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "mesh", "up", "--replicas", "inventory=2,products=2"),
+        *(sys.executable, "-m", "launcher", "up", "--replicas", "inventory=2,products=2"),
         env=env,
         stderr=asyncio.subprocess.PIPE,
     )

@@ -68,7 +68,7 @@ class InventoryProcess:
     async def start(self) -> None:
         with self._log.open("ab") as log:
             self._process = await asyncio.create_subprocess_exec(
-                *(sys.executable, "-m", "mesh", "serve", "inventory"), env=self._env, stderr=log
+                *(sys.executable, "-m", "launcher", "serve", "inventory"), env=self._env, stderr=log
             )
         await wait_serving(self.address)
 

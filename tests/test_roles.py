@@ -157,7 +157,7 @@ async def test_invmesh_users_grant_sets_a_role_in_the_auth_database(mesh: Mesh, 
 
     async def grant(*args: str) -> tuple[int, str]:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "mesh", "users", "grant", *args, env=env, stderr=asyncio.subprocess.PIPE
+            sys.executable, "-m", "launcher", "users", "grant", *args, env=env, stderr=asyncio.subprocess.PIPE
         )
         _, err = await process.communicate()
         return process.returncode or 0, err.decode()

@@ -63,7 +63,7 @@ async def test_invmesh_up_serves_until_sigterm(tmp_path: Path) -> None:
         "PUBLIC_URL": f"http://127.0.0.1:{web_ports[0]}",
     }
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "mesh", "up", env=env, stderr=asyncio.subprocess.PIPE
+        sys.executable, "-m", "launcher", "up", env=env, stderr=asyncio.subprocess.PIPE
     )
     assert process.stderr is not None
     try:
@@ -105,7 +105,7 @@ async def test_invmesh_up_serves_until_sigterm(tmp_path: Path) -> None:
 async def test_a_bad_setting_stops_the_service_with_a_clear_message(tmp_path: Path) -> None:
     env = service_env(tmp_path, free_port()) | {"BCRYPT_ROUNDS": "many", "SMTP_URL": "smtp://u:hunter2@"}
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "mesh", "serve", "auth", env=env, stderr=asyncio.subprocess.PIPE
+        sys.executable, "-m", "launcher", "serve", "auth", env=env, stderr=asyncio.subprocess.PIPE
     )
     _, stderr = await process.communicate()
     assert process.returncode == 1
@@ -118,7 +118,7 @@ def test_the_facade_process_loads_no_database_token_or_mail_library() -> None:
     """The facade only transcodes: what a service needs stays out of its memory (its process
     was about 35 MiB larger with them)."""
     loaded = (
-        "import sys, mesh.cli, facade.server\n"
+        "import sys, launcher.cli, facade.server\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & "
         "{'sqlalchemy', 'alembic', 'jwt', 'cryptography', 'bcrypt', 'aiosmtplib'}))\n"
     )

@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from invmesh.inventory.v1 import inventory_service_pb2 as pb
 from invmesh.products.v1 import products_service_pb2 as products_pb
 from invmesh.products.v1 import products_service_pb2_grpc
+from mesh import access
 from mesh.clients import channel
 from mesh.config import Settings
 from mesh.server import MeshServer, Servicer
@@ -66,7 +67,7 @@ async def test_stop_finishes_calls_within_the_grace_and_fails_the_rest_with_unav
         [Servicer(name, products_service_pb2_grpc.add_ProductsServiceServicer_to_server, sleeper)],
         address="127.0.0.1:0",
         verifier=cast(TokenVerifier, None),  # every method is public here
-        public_methods=[f"/{name}/GetProduct"],
+        is_public=lambda method: method == f"/{name}/GetProduct" or access.is_public(method),
         grace_seconds=GRACE_SECONDS,
     )
     await server.start()
@@ -115,7 +116,7 @@ async def test_clients_leave_a_stopping_server_while_it_still_serves() -> None:
             [Servicer(name, products_service_pb2_grpc.add_ProductsServiceServicer_to_server, stamper)],
             address="127.0.0.1:0",
             verifier=cast(TokenVerifier, None),  # every method is public here
-            public_methods=[f"/{name}/GetProduct"],
+            is_public=lambda method: method == f"/{name}/GetProduct" or access.is_public(method),
             grace_seconds=GRACE_SECONDS,
             lame_duck_seconds=1,
         )

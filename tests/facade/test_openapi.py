@@ -16,11 +16,12 @@ from openapi_spec_validator import validate
 from starlette.applications import Starlette
 from starlette.routing import Match
 
-from auth.public import PUBLIC_METHODS
 from facade.app import create_app
 from facade.openapi import openapi_document, openapi_path
 from facade.routing import TranscodedRoutes
 from facade.transcoding import bindings
+from invmesh.auth.v1 import auth_service_pb2
+from mesh.access import is_public
 from mesh.config import Settings
 from tests.facade.conftest import serving
 
@@ -162,8 +163,10 @@ async def test_bearer_security_everywhere_but_the_public_methods(document: dict[
     assert document["security"] == [{"bearer": []}]
     public = {key for key, operation in operations(document).items() if operation.get("security") == []}
     assert public == PUBLIC
-    # The auth service's list is what the document reads; IssueServiceToken has no route.
-    assert len(PUBLIC_METHODS) == 6
+    # The contract's access option is what the document reads; IssueServiceToken has no route.
+    auth_service = auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"]
+    declared = [m for m in auth_service.methods if is_public(f"/{auth_service.full_name}/{m.name}")]
+    assert len(declared) == 6
     for key, operation in operations(document).items():
         unauthenticated = deref(document, operation["responses"]["401"])
         assert unauthenticated["headers"]["WWW-Authenticate"]["required"] is True

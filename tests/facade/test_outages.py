@@ -41,7 +41,7 @@ async def service_process(
     if settings.service_secret is not None:
         env["SERVICE_SECRET"] = settings.service_secret.get_secret_value()
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "mesh", "serve", name, env=env, stderr=asyncio.subprocess.PIPE
+        sys.executable, "-m", "launcher", "serve", name, env=env, stderr=asyncio.subprocess.PIPE
     )
     try:
         address = getattr(settings, f"{name}_addr")

@@ -22,7 +22,9 @@ ACCESS_FIELD_NUMBER: _ClassVar[int]
 access: _descriptor.FieldDescriptor
 
 class Access(_message.Message):
-    __slots__ = ("role",)
+    __slots__ = ("role", "public")
     ROLE_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_FIELD_NUMBER: _ClassVar[int]
     role: Role
-    def __init__(self, role: _Optional[_Union[Role, str]] = ...) -> None: ...
+    public: bool
+    def __init__(self, role: _Optional[_Union[Role, str]] = ..., public: _Optional[bool] = ...) -> None: ...

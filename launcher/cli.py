@@ -38,13 +38,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mesh.config import ConfigError, Settings, load_settings
 from mesh.logs import configure_logging
+from mesh.services import SERVICES
 
-# name -> (module with `running(settings)`, the setting holding its address)
-SERVICES: dict[str, tuple[str, str]] = {
-    "auth": ("auth.service", "auth_addr"),
-    "products": ("products.service", "products_addr"),
-    "inventory": ("inventory.service", "inventory_addr"),
-}
 FACADE = "facade"
 COMPONENTS = [*SERVICES, FACADE]
 
@@ -107,10 +102,10 @@ def serve(name: str, listen: str | None = None) -> None:
     from mesh.db import StartupError
     from mesh.server import serve_until_signalled
 
-    module, _ = SERVICES[name]
-    running: Callable[..., AbstractAsyncContextManager[Any]] = importlib.import_module(module).running
+    module = importlib.import_module(SERVICES[name].module)
+    running: Callable[..., AbstractAsyncContextManager[Any]] = module.running
     try:
-        address = listen or first_address(getattr(settings, SERVICES[name][1]))
+        address = listen or first_address(settings.address(name))
         # uvloop, as the facade under uvicorn: grpc.aio runs on it, and its loop costs less per call.
         uvloop.run(serve_until_signalled(running(settings, address=address)))
     except StartupError as exc:  # an outdated schema or an unreachable database: say what to do
@@ -235,14 +230,14 @@ async def _wait_http_healthy(host: str, port: int, deadline: float) -> bool:
 def _address(settings: Settings, name: str, listen: str | None) -> str:
     if name == FACADE:
         return ", ".join(f"http://{settings.facade_host}:{port}" for port in settings.facade_ports)
-    return listen or getattr(settings, SERVICES[name][1])
+    return listen or settings.address(name)
 
 
 async def _healthy(settings: Settings, name: str, listen: str | None, deadline: float) -> bool:
     if name == FACADE:
         host, ports = settings.facade_host, settings.facade_ports
         return all(await asyncio.gather(*(_wait_http_healthy(host, p, deadline) for p in ports)))
-    return await _wait_healthy(listen or getattr(settings, SERVICES[name][1]), deadline)
+    return await _wait_healthy(listen or settings.address(name), deadline)
 
 
 def _provision_service_secrets(settings: Settings) -> dict[str, dict[str, str]]:
@@ -266,7 +261,7 @@ async def up(names: list[str], replicas: dict[str, int] | None = None) -> int:
     addresses: dict[str, list[str]] = {}
     if replicas:
         addresses = {
-            service: replica_addresses(getattr(settings, SERVICES[service][1]), count)
+            service: replica_addresses(settings.address(service), count)
             for service, count in replicas.items()
         }
         env |= {f"{s.upper()}_ADDR": ",".join(a) for s, a in addresses.items()}
@@ -287,7 +282,7 @@ async def up(names: list[str], replicas: dict[str, int] | None = None) -> int:
         args = ["serve", name, *(["--listen", listen] if listen else [])]
         child_env = env | service_secrets.get(name, {})
         children[label] = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "mesh", *args, env=child_env
+            sys.executable, "-m", "launcher", *args, env=child_env
         )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -397,7 +392,7 @@ def main(argv: list[str] | None = None) -> None:
         settings = _settings_or_exit()
         for service in args.replicas:
             try:
-                replica_addresses(getattr(settings, SERVICES[service][1]), 1)
+                replica_addresses(settings.address(service), 1)
             except ValueError as exc:
                 up_parser.error(f"--replicas {service}: {service.upper()}_ADDR {exc}")
     sys.exit(asyncio.run(up(names, args.replicas)))

@@ -1,3 +1,0 @@
-from mesh.cli import main
-
-main()
