@@ -13,7 +13,7 @@ BENCH_QUICK ?=
 BENCH_ARGS ?=
 BENCH_FLAGS := $(if $(filter 1 yes true,$(BENCH_QUICK)),--quick) $(BENCH_ARGS)
 
-.PHONY: run test protos protos-check lint bench bench-quick clean
+.PHONY: run test protos protos-check docs lint bench bench-quick clean
 
 ## run: install, generate code if the protos changed, start every service (Ctrl-C stops them)
 run: $(VENV)/.installed $(VENV)/.generated
@@ -31,6 +31,10 @@ protos: $(VENV)/.installed
 ## protos-check: fail if the generated code has drifted from protos/
 protos-check: $(VENV)/.installed
 	$(BIN)/python -m launcher.codegen --check
+
+## docs: regenerate docs/configuration.md from the settings in mesh/config.py
+docs: $(VENV)/.installed
+	$(BIN)/python -m launcher.settings_doc
 
 ## lint: ruff and buf lint
 lint: $(VENV)/.installed

@@ -66,96 +66,317 @@ def parse_service_secrets(text: str) -> dict[str, bytes]:
 
 
 class Settings(BaseSettings):
-    """Every setting, by its environment variable (see the table in README.md)."""
+    """Every setting, by its environment variable (docs/configuration.md is generated from it)."""
 
     model_config = SettingsConfigDict(frozen=True, extra="ignore", case_sensitive=False)
 
-    invmesh_data_dir: Path = Path(".invmesh")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_format: Literal["text", "json"] = "text"
-    shutdown_grace_seconds: float = Field(10.0, ge=0)
-    # After health turns NOT_SERVING, a stopping service goes on serving this long, while the
-    # channels that watch its health (every mesh channel) move their calls to other replicas.
-    shutdown_lame_duck_seconds: float = Field(0.5, ge=0)
+    invmesh_data_dir: Path = Field(
+        Path(".invmesh"),
+        description="Folder for the SQLite databases (`<service>.db`) and the mail outbox (`outbox/`).",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="The least level that is logged; read in any case."
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="`text` (logfmt) or `json` (one object per line); written to stderr."
+    )
+    shutdown_grace_seconds: float = Field(
+        10.0,
+        ge=0,
+        description="How long calls in flight may run once a stopping service refuses new calls. "
+        "Calls still running then fail with `UNAVAILABLE`, which a client may resend.",
+    )
+    shutdown_lame_duck_seconds: float = Field(
+        0.5,
+        ge=0,
+        description="How long a stopping service goes on serving after its health turns NOT_SERVING, "
+        "so that clients watching its health (every channel of the mesh and of the facade) send their "
+        "calls to other replicas first, and a rolling restart fails no call.",
+    )
 
-    auth_addr: str = "127.0.0.1:50051"
-    auth_database_url: SecretStr | None = None
-    products_addr: str = "127.0.0.1:50052"
-    products_database_url: SecretStr | None = None
-    inventory_addr: str = "127.0.0.1:50053"
-    inventory_database_url: SecretStr | None = None
-    # Each service's connection pool on PostgreSQL and MariaDB: size + overflow connections at most;
-    # a call that waits longer than the timeout for one, or for a new connection, gets UNAVAILABLE.
-    db_pool_size: int = Field(10, ge=1)
-    db_max_overflow: int = Field(10, ge=0)
-    db_pool_timeout_seconds: float = Field(5.0, gt=0)
-    db_connect_timeout_seconds: float = Field(5.0, gt=0)
-    # Migrate an outdated schema at startup; unset means on for SQLite, off for database servers.
-    db_auto_migrate: bool | None = None
-    # Deadline of a call to another service when the caller set none; a caller's own shorter
-    # remaining deadline always wins.
-    peer_timeout_seconds: float = Field(3.0, gt=0)
-    # Inventory remembers that a product exists this long rather than asking products on every
-    # movement and read (0: ask every time). See inventory/product_check.py.
-    product_check_cache_seconds: float = Field(60.0, ge=0)
-    # Products serves GetProduct and ListProducts pages from memory at most this long after
-    # reading them (0: read every time). Its own writes and stock reports replace them at once,
-    # another replica's within about 0.1 s through the change log; this is the bound should the
-    # log miss one. See products/change_watch.py.
-    product_cache_seconds: float = Field(30.0, ge=0)
+    auth_addr: str = Field(
+        "127.0.0.1:50051",
+        description="Where the auth service listens, and where products, inventory and the facade call "
+        "it. `invmesh up` also uses it for health checks. A caller may be given several replicas: a "
+        "comma list of `host:port` (resolved once at startup) or a gRPC target such as "
+        "`dns:///auth.internal:50051` (re-resolved); calls are balanced round-robin. "
+        "The same holds for `PRODUCTS_ADDR` and `INVENTORY_ADDR`.",
+    )
+    auth_database_url: SecretStr | None = Field(
+        None,
+        description="The auth database, as an async SQLAlchemy URL: `sqlite+aiosqlite:///path.db`, "
+        "`postgresql+asyncpg://user:pass@host:5432/db` or `mysql+asyncmy://user:pass@host:3306/db` "
+        "(MariaDB or MySQL). Unset: `sqlite+aiosqlite:///<INVMESH_DATA_DIR>/auth.db`.",
+    )
+    products_addr: str = Field(
+        "127.0.0.1:50052",
+        description="Where the products service listens, and where inventory and the facade call it. "
+        "`invmesh up` also uses it for health checks.",
+    )
+    products_database_url: SecretStr | None = Field(
+        None,
+        description="As `AUTH_DATABASE_URL`, for the products database. "
+        "Unset: `sqlite+aiosqlite:///<INVMESH_DATA_DIR>/products.db`.",
+    )
+    inventory_addr: str = Field(
+        "127.0.0.1:50053",
+        description="Where the inventory service listens, and where products and the facade call it. "
+        "`invmesh up` also uses it for health checks.",
+    )
+    inventory_database_url: SecretStr | None = Field(
+        None,
+        description="As `AUTH_DATABASE_URL`, for the inventory database. "
+        "Unset: `sqlite+aiosqlite:///<INVMESH_DATA_DIR>/inventory.db`.",
+    )
+    db_pool_size: int = Field(
+        10,
+        ge=1,
+        description="Connections each service keeps open to a PostgreSQL or MariaDB database. "
+        "SQLite uses no pool setting.",
+    )
+    db_max_overflow: int = Field(
+        10,
+        ge=0,
+        description="Extra connections a service may open beyond `DB_POOL_SIZE` under load, "
+        "closed when returned.",
+    )
+    db_pool_timeout_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="How long a call waits for a free connection when all are busy; then it fails "
+        "with `UNAVAILABLE` (`DATABASE_UNAVAILABLE`).",
+    )
+    db_connect_timeout_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="How long opening a connection may take, handshake included; a server that is "
+        "down or silent gives `UNAVAILABLE` after at most this.",
+    )
+    db_auto_migrate: bool | None = Field(
+        None,
+        description="`true`: a service whose database schema is older than its code migrates it at "
+        "startup. `false`: it refuses to start and says to run `invmesh migrate <service>`. "
+        "Unset: on for SQLite, off for database servers.",
+    )
+    peer_timeout_seconds: float = Field(
+        3.0,
+        gt=0,
+        description="Deadline of a call from one service to another when the caller set none: the "
+        "products relay's `DeleteInventoryItem` and inventory's `BatchGetProducts` and "
+        "`UpdateStockLevels`. When the incoming call has less time left, its remaining time is used "
+        "instead. The retirement relay's lease on a row is twice this.",
+    )
+    product_check_cache_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="How long inventory remembers that products confirmed a product exists, instead "
+        "of asking on every movement and stock read (0: ask every time). A deleted product is still "
+        "refused at once; see docs/architecture.md.",
+    )
+    product_cache_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="The longest a products process answers `GetProduct` or a `ListProducts` page from "
+        "memory after reading it (0: read the database every time); at most 10,000 products and "
+        "10,000 rows of pages, the least recently read out first. Its own writes and stock reports "
+        "replace its copy at once, and another replica's within about 0.1 s through the "
+        "`product_changes` log. This time only bounds a change the log could not carry in time: one "
+        "whose transaction was open when the process started, or committed more than 2 s after it "
+        "was logged.",
+    )
 
-    # The REST facade: every route on each port (the original layout's 8000, 8001, 8002).
-    facade_host: str = "127.0.0.1"
-    facade_ports: Annotated[list[int], NoDecode] = Field([8000, 8001, 8002], min_length=1)
-    # Deadline of a backend call when the client sends no Grpc-Timeout header, and the most
-    # a client may ask for.
-    facade_timeout_seconds: float = Field(10.0, gt=0)
-    facade_max_timeout_seconds: float = Field(60.0, gt=0)
-    facade_max_body_bytes: int = Field(1 << 20, ge=1024)
-    # Origins allowed by CORS (comma list, or *); none by default, so CORS is off.
-    facade_cors_origins: Annotated[list[str], NoDecode] = []
+    facade_host: str = Field(
+        "127.0.0.1", description="Where the REST facade listens (`0.0.0.0` for every interface)."
+    )
+    facade_ports: Annotated[list[int], NoDecode] = Field(
+        [8000, 8001, 8002],
+        min_length=1,
+        description="The facade's ports, comma-separated; it serves every route on each. 8000 is the "
+        "one to use; 8001 and 8002 keep clients of the original layout working.",
+    )
+    facade_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="Deadline of the facade's call to a service when the client sends no "
+        "`Grpc-Timeout` header.",
+    )
+    facade_max_timeout_seconds: float = Field(
+        60.0, gt=0, description="The longest deadline a client may ask for with `Grpc-Timeout`."
+    )
+    facade_max_body_bytes: int = Field(
+        1 << 20, ge=1024, description="Largest request body the facade reads; a larger one gets 413."
+    )
+    facade_cors_origins: Annotated[list[str], NoDecode] = Field(
+        [],
+        description="Origins allowed to call the facade from a browser, comma-separated, or `*`. "
+        "Unset: CORS is off.",
+    )
 
-    jwt_issuer: str = Field("invmesh-auth", min_length=1)
-    jwt_audience: str = Field("invmesh", min_length=1)
-    # How far the clocks of auth and a verifying service may disagree: a token is accepted
-    # this long before its `iat` and after its `exp`.
-    token_clock_skew_seconds: int = Field(5, ge=0, le=300)
-    # These addresses become admins when they verify (compared in lower case); others start as viewers.
-    admin_emails: Annotated[list[str], NoDecode] = []
-    jwt_private_key: SecretStr | None = None
-    access_token_ttl_seconds: int = Field(900, ge=30, le=86_400)
-    # Client credentials of the services, known to auth: `products:SECRET,inventory:SECRET`.
-    # `invmesh up` makes fresh ones at each start when unset.
-    service_secrets: SecretStr | None = None
-    # This process's own secret among them (its service name is the client id).
-    service_secret: SecretStr | None = None
-    service_token_ttl_seconds: int = Field(300, ge=30, le=3600)
-    refresh_token_ttl_seconds: int = Field(30 * 86_400, ge=60)
-    jwks_refetch_interval_seconds: float = Field(30.0, ge=0)
+    jwt_issuer: str = Field(
+        "invmesh-auth",
+        min_length=1,
+        description="The `iss` claim of access tokens, which every verifier requires.",
+    )
+    jwt_audience: str = Field(
+        "invmesh",
+        min_length=1,
+        description="The `aud` claim of access tokens, which every verifier requires.",
+    )
+    token_clock_skew_seconds: int = Field(
+        5,
+        ge=0,
+        le=300,
+        description="How far the clocks of the auth service and of a verifying service may disagree: "
+        "a token is accepted this long before its `iat` and after its `exp`.",
+    )
+    admin_emails: Annotated[list[str], NoDecode] = Field(
+        [],
+        description="Addresses, comma-separated, that become admins when they are verified (compared "
+        "in lower case). Others start as viewers.",
+    )
+    jwt_private_key: SecretStr | None = Field(
+        None,
+        description="A P-256 (ES256) private key in PEM, unencrypted. When set, only this key signs "
+        "tokens, GetJwks publishes only this key, and `invmesh keys rotate` refuses. Unset: keys are "
+        "generated on first start, kept in the auth database, and rotate "
+        "(see docs/operations.md). To make one: "
+        "`openssl ecparam -name prime256v1 -genkey -noout | openssl pkcs8 -topk8 -nocrypt`.",
+    )
+    access_token_ttl_seconds: int = Field(
+        900,
+        ge=30,
+        le=86_400,
+        description="Access token lifetime. Also how long an access token from before a password "
+        "change still works at products and inventory (the auth service refuses it at once).",
+    )
+    service_secrets: SecretStr | None = Field(
+        None,
+        description="Auth only: the services' client credentials, `products:SECRET,inventory:SECRET` "
+        "(each secret 16 characters or more). `IssueServiceToken` gives a service with a listed "
+        "secret a token with the `service` role; any other is `INVALID_CLIENT`. Unset: `invmesh up` "
+        "makes fresh ones at each start. When set, `invmesh up` makes none, and each service needs "
+        "its `SERVICE_SECRET`.",
+    )
+    service_secret: SecretStr | None = Field(
+        None,
+        description="This process's own secret among `SERVICE_SECRETS` (its service name is the "
+        "client id); `invmesh up` makes it when `SERVICE_SECRETS` is unset. Products needs it to "
+        "retire a deleted product's stock; without it, retirements wait in the outbox and the relay "
+        "logs that `SERVICE_SECRET` is not set.",
+    )
+    service_token_ttl_seconds: int = Field(
+        300,
+        ge=30,
+        le=3600,
+        description="Lifetime of a service token. A service renews its token at 80 % of it.",
+    )
+    refresh_token_ttl_seconds: int = Field(
+        30 * 86_400, ge=60, description="Refresh token lifetime (30 days by default)."
+    )
+    jwks_refetch_interval_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="Minimum time between two GetJwks fetches that a token with an unknown `kid` "
+        "triggers, in products and inventory. The auth service reloads its own keys from the "
+        "database as often, and a rotated-in key starts signing twice this long after it is stored.",
+    )
 
-    bcrypt_rounds: int = Field(12, ge=4, le=31)
-    verification_token_ttl_seconds: int = Field(86_400, ge=60)
-    # Abuse limits, counted in the auth database (so across replicas) per fixed window: over
-    # one, the call is RESOURCE_EXHAUSTED (HTTP 429) with a RetryInfo (Retry-After).
-    login_failures_per_account: int = Field(10, ge=1)
-    login_failures_per_address: int = Field(100, ge=1)
-    login_failure_window_seconds: int = Field(900, ge=1)
-    verification_resends_per_account: int = Field(3, ge=1)
-    verification_resends_per_address: int = Field(30, ge=1)
-    verification_resend_window_seconds: int = Field(3600, ge=1)
-    # Peers whose X-Forwarded-For is believed (addresses or networks): the facade's, by auth;
-    # a load balancer's, by the facade. Anyone else is the client address itself.
-    trusted_proxies: Annotated[list[str], NoDecode] = ["127.0.0.0/8", "::1"]
+    bcrypt_rounds: int = Field(12, ge=4, le=31, description="bcrypt cost for passwords.")
+    verification_token_ttl_seconds: int = Field(
+        86_400, ge=60, description="Lifetime of the link in a verification mail."
+    )
+    login_failures_per_account: int = Field(
+        10,
+        ge=1,
+        description="Failed logins allowed per email address (typed, whether or not it has an "
+        "account) in a window of `LOGIN_FAILURE_WINDOW_SECONDS`; then Login is `RESOURCE_EXHAUSTED` "
+        "(HTTP 429 with `Retry-After`), even with the right password, until the window ends. A "
+        "successful login starts the count again. Attempts are counted before bcrypt runs, in the "
+        "auth database (so across replicas); a login in flight counts until it succeeds. "
+        "ChangePassword counts against the same limit.",
+    )
+    login_failures_per_address: int = Field(
+        100,
+        ge=1,
+        description="The same limit per client address, higher because many users may share one "
+        "(a NAT, an office).",
+    )
+    login_failure_window_seconds: int = Field(
+        900, ge=1, description="The window of both login limits, from the first failure in it."
+    )
+    verification_resends_per_account: int = Field(
+        3,
+        ge=1,
+        description="Verification mails that may be requested (`VerifyEmail` with `email`) per email "
+        "address in a window of `VERIFICATION_RESEND_WINDOW_SECONDS`; then `RESOURCE_EXHAUSTED` "
+        "(429), for unknown addresses alike.",
+    )
+    verification_resends_per_address: int = Field(
+        30,
+        ge=1,
+        description="The same limit per client address; it also bounds registrations per client "
+        "(`TOO_MANY_REGISTRATIONS`).",
+    )
+    verification_resend_window_seconds: int = Field(
+        3600, ge=1, description="The window of both re-send limits."
+    )
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        ["127.0.0.0/8", "::1"],
+        description="Addresses or networks whose `X-Forwarded-For` is believed, comma-separated. The "
+        "auth service takes the client address for its limits from the gRPC peer, or, when the peer "
+        "is one of these (the facade), from the `x-forwarded-for` metadata the facade sends (its HTTP "
+        "client's address). The facade in turn believes a load balancer's `X-Forwarded-For` when the "
+        "load balancer is one of these. Anything else is counted as the client: list the facade's "
+        "hosts here when it runs on another machine than auth, or every user shares the facade's "
+        "address.",
+    )
 
-    public_url: str = "http://localhost:8000"
-    smtp_url: SecretStr | None = None
-    mail_from: str = "invmesh <no-reply@localhost>"
-    smtp_timeout_seconds: float = Field(15.0, gt=0)
-    mail_retry_initial_seconds: float = Field(5.0, gt=0)
-    mail_retry_max_seconds: float = Field(600.0, gt=0)
-    # Backoff of the relays that deliver work to another service (products retiring inventory items).
-    outbox_retry_initial_seconds: float = Field(0.5, gt=0)
-    outbox_retry_max_seconds: float = Field(30.0, gt=0)
+    public_url: str = Field(
+        "http://localhost:8000",
+        description="Public base URL of the REST facade (`http://` or `https://`). Verification links "
+        "are built from it: `<PUBLIC_URL>/users/verify?token=…`.",
+    )
+    smtp_url: SecretStr | None = Field(
+        None,
+        description="`smtp://[user:pass@]host[:port][?starttls=1]` (port 25 by default) or "
+        "`smtps://…` (implicit TLS, port 465 by default). Percent-encode special characters in the "
+        "user name and password. Unset: mail is not sent; each message is written to "
+        "`<INVMESH_DATA_DIR>/outbox/*.eml`.",
+    )
+    mail_from: str = Field(
+        "invmesh <no-reply@localhost>",
+        description="The `From` header. Its address is also the SMTP envelope sender.",
+    )
+    smtp_timeout_seconds: float = Field(
+        15.0,
+        gt=0,
+        description="Timeout of one SMTP delivery. A claimed message becomes deliverable again after "
+        "twice this value.",
+    )
+    mail_retry_initial_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="First retry delay after a failed delivery. The delay doubles after each failure.",
+    )
+    mail_retry_max_seconds: float = Field(
+        600.0,
+        gt=0,
+        description="Longest retry delay, at least `MAIL_RETRY_INITIAL_SECONDS`. It is also the idle "
+        "poll interval of the mail relay.",
+    )
+    outbox_retry_initial_seconds: float = Field(
+        0.5,
+        gt=0,
+        description="First retry delay of the relays that deliver work to another service (products "
+        "retiring a deleted product's stock in inventory; inventory's stock feed), after a failed "
+        "call. The delay doubles after each failure.",
+    )
+    outbox_retry_max_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="Longest retry delay of those relays, and the retirement relay's idle poll "
+        "interval; at least `OUTBOX_RETRY_INITIAL_SECONDS`.",
+    )
 
     @field_validator("facade_ports", "facade_cors_origins", "trusted_proxies", "admin_emails", mode="before")
     @classmethod
