@@ -116,7 +116,9 @@ def main(argv: list[str] | None = None) -> None:
     keys_parser = commands.add_parser("keys", help="rotate the token signing keys (keys rotate)")
     keys_commands = keys_parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     keys_commands.add_parser("rotate", help="store a new signing key; old ones retire as tokens expire")
-    users_parser = commands.add_parser("users", help="the accounts: users list, users show EMAIL, users grant EMAIL ROLE")
+    users_parser = commands.add_parser(
+        "users", help="the accounts: users list, users show EMAIL, users grant EMAIL ROLE"
+    )
     users_commands = users_parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     list_parser = users_commands.add_parser("list", help="the accounts by email, a page at a time")
     list_parser.add_argument(
@@ -141,10 +143,11 @@ def main(argv: list[str] | None = None) -> None:
         parser.print_help()
         sys.exit(0)
     if args.command == "keys":
-        configure_logging("keys", "WARNING", "text")
+        # Only errors: the command says itself what it did, or why it could not.
+        configure_logging("keys", "ERROR", "text")
         sys.exit(asyncio.run(rotate_keys()))
     if args.command == "users":
-        configure_logging("users", "WARNING", "text")
+        configure_logging("users", "ERROR", "text")
         if args.action == "list":
             sys.exit(asyncio.run(list_users(after=args.after, page_size=args.page_size, as_json=args.json)))
         if args.action == "show":
