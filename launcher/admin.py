@@ -80,14 +80,14 @@ async def _auth_database(settings: Settings) -> AsyncIterator[Database]:
     db = Database.for_service(settings, "auth")
     try:
         if not await revisions.is_newest(db, "auth"):
-            await _refuse_other_revisions(db, where)
+            raise await _wrong_schema(db, where)
         yield db
     except Refusal:
         raise
-    except DomainError as exc:
-        if not isinstance(exc, DatabaseUnavailable):
-            raise Refusal(exc.message) from exc
+    except DatabaseUnavailable as exc:
         raise Refusal(f"cannot reach the auth database {where}: {describe_error(exc)}") from exc
+    except DomainError as exc:
+        raise Refusal(exc.message) from exc
     except Exception as exc:
         doing = "reach" if is_unavailable(exc) else "use"
         raise Refusal(f"cannot {doing} the auth database {where}: {describe_error(exc)}") from exc
@@ -107,21 +107,19 @@ def _existing_auth_database(settings: Settings) -> str:
     return path
 
 
-async def _refuse_other_revisions(db: Database, where: str) -> None:
-    """Raises the Refusal that says what the schema is, when it is not this version's."""
+async def _wrong_schema(db: Database, where: str) -> Refusal:
+    """What the schema is, when it is not at this version's revision."""
     from mesh import migrations  # Alembic: only to explain
 
     current, head = await migrations.current(db, "auth"), migrations.head("auth")
     if current is None:
-        raise Refusal(f"the auth database {where} holds no invmesh schema: {_WHICH_DATABASE}")
-    if current == head:
-        return
+        return Refusal(f"the auth database {where} holds no invmesh schema: {_WHICH_DATABASE}")
     if migrations.knows("auth", current):
-        raise Refusal(
+        return Refusal(
             f"the auth database {where} is at revision {current}, but this version of invmesh "
             f"needs {head}: run `invmesh migrate auth`"
         )
-    raise Refusal(
+    return Refusal(
         f"the auth database {where} is at revision {current}, which this version of invmesh does "
         f"not know (a newer version migrated it): use that version"
     )
@@ -179,20 +177,18 @@ async def list_users(*, after: str | None, page_size: int, as_json: bool) -> int
     if not page.accounts:
         print(f"invmesh: no accounts{f' after {after}' if after else ''}", file=sys.stderr)
         return 0
-    rows = [("EMAIL", "ROLES", "VERIFIED", "CREATED (UTC)")]
-    rows += [
-        (
-            user.email,
-            ",".join(user.roles),
-            _yes_no(user.email_verified),
-            f"{user.created_at:%Y-%m-%d %H:%M:%S}",
-        )
-        for user in page.accounts
-    ]
-    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
-    for row in rows:
-        cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)]
-        print("  ".join([*cells, row[-1]]))
+    _print_table(
+        ["EMAIL", "ROLES", "VERIFIED", "CREATED (UTC)"],
+        [
+            [
+                user.email,
+                ",".join(user.roles),
+                _yes_no(user.email_verified),
+                f"{user.created_at:%Y-%m-%d %H:%M:%S}",
+            ]
+            for user in page.accounts
+        ],
+    )
     if page.next_after is not None:
         size = "" if page_size == DEFAULT_PAGE_SIZE else f" --page-size {page_size}"
         print(
@@ -243,6 +239,13 @@ async def show_user(email: str, *, as_json: bool) -> int:
     for label, value in fields.items():
         print(f"{label + ':':<{width}}{value}")
     return 0
+
+
+def _print_table(header: list[str], rows: list[list[str]]) -> None:
+    """Left-aligned columns, two spaces apart; the last one is not padded."""
+    widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header) - 1)]
+    for row in [header, *rows]:
+        print("  ".join([*(cell.ljust(width) for cell, width in zip(row, widths, strict=False)), row[-1]]))
 
 
 def _yes_no(value: bool) -> str:
