@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     users_commands = users_parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     list_parser = users_commands.add_parser("list", help="the accounts by email, a page at a time")
     list_parser.add_argument(
-        "--after", metavar="EMAIL", help="start after this email (the last line of a page tells it)"
+        "--after", metavar="EMAIL", help="start after this email (a page that is not the last says which)"
     )
     list_parser.add_argument(
         "--page-size",
@@ -133,10 +133,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     list_parser.add_argument("--json", action="store_true", help="one JSON object, for scripts")
     show_parser = users_commands.add_parser("show", help="everything about one account")
-    show_parser.add_argument("email")
+    show_parser.add_argument("email", metavar="EMAIL")
     show_parser.add_argument("--json", action="store_true", help="one JSON object, for scripts")
     grant_parser = users_commands.add_parser("grant", help="give an account a role")
-    grant_parser.add_argument("email")
+    grant_parser.add_argument("email", metavar="EMAIL")
     grant_parser.add_argument("role", choices=["viewer", "staff", "admin"])
     args = parser.parse_args(argv)
     if args.command is None:
