@@ -17,8 +17,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.engine import make_url
-
 from launcher.layout import settings_or_exit
 from mesh.config import Settings
 from mesh.paging import DEFAULT_PAGE_SIZE
@@ -98,6 +96,8 @@ async def _auth_database(settings: Settings) -> AsyncIterator[Database]:
 def _existing_auth_database(settings: Settings) -> str:
     """The auth database as messages name it: its URL without the password, or its SQLite
     file, which must exist (connecting would create an empty one)."""
+    from sqlalchemy.engine import make_url  # not at import: the facade's process loads this module
+
     url = make_url(settings.database_url("auth"))
     if url.get_backend_name() != "sqlite":
         return url.render_as_string(hide_password=True)
