@@ -183,12 +183,7 @@ class Accounts:
         except InvalidArgument:
             address = None
         limits = (
-            throttle.Limit(
-                "login-account",
-                address or email.strip().lower(),
-                self._settings.login_failures_per_account,
-                self._login_window,
-            ),
+            account_login_limit(self._settings, address or email.strip().lower()),
             throttle.Limit(
                 "login-address", client, self._settings.login_failures_per_address, self._login_window
             ),
@@ -330,9 +325,7 @@ class Accounts:
         user = await self.caller()
         # A stolen access token must not become a password-guessing oracle: these checks count
         # against the account's login limit, before bcrypt runs.
-        account = throttle.Limit(
-            "login-account", user.email, self._settings.login_failures_per_account, self._login_window
-        )
+        account = account_login_limit(self._settings, user.email)
         async with self._db.transaction() as session:
             await throttle.take(
                 session, [account], now=utcnow(), reason="TOO_MANY_LOGIN_ATTEMPTS", doing="failed logins"
@@ -376,7 +369,7 @@ class Accounts:
                 field="role",
                 reason="SELF_DEMOTION",
             )
-        return await grant_role(self._db, email=email, role=role)
+        return (await grant_role(self._db, email=email, role=role)).user
 
     def _add_verification(self, session: AsyncSession, user: User) -> None:
         token = _new_secret()
@@ -431,12 +424,30 @@ class Accounts:
         )
 
 
-async def grant_role(db: Database, *, email: str, role: str) -> User:
+@dataclass(frozen=True, slots=True)
+class RoleGrant:
+    user: User
+    changed: bool  # False when the account had this role, and only it, already
+
+
+async def grant_role(db: Database, *, email: str, role: str) -> RoleGrant:
     """Gives the account with `email` the role `role` (its only one: each includes the lower)."""
     address, role = normalize_email(email), role_named(role)
     async with db.transaction() as session:
         user = await session.scalar(select(User).where(User.email == address).with_for_update())
         if user is None:
             raise NotFound("no account has this email", field="email", reason="USER_NOT_FOUND")
+        changed = user.roles != [role]
         user.roles = [role]
-    return user
+    return RoleGrant(user, changed)
+
+
+def account_login_limit(settings: Settings, subject: str) -> throttle.Limit:
+    """The failed logins allowed per account: `subject` is its email, or what was typed if
+    that is not one. Password changes count against it too."""
+    return throttle.Limit(
+        "login-account",
+        subject,
+        settings.login_failures_per_account,
+        dt.timedelta(seconds=settings.login_failure_window_seconds),
+    )

@@ -12,9 +12,14 @@ invmesh serve NAME [--listen HOST:PORT]
 invmesh migrate [NAME…] bring the services' database schemas to the newest migration
 invmesh keys rotate    store a new token signing key: published at once, signing once every
                        verifier can know it; older keys are dropped once their tokens expired
+invmesh users list [--after EMAIL] [--page-size N] [--json]
+                       the accounts by email, a page at a time (50 by default, 500 at most)
+invmesh users show EMAIL [--json]
+                       one account: id, name, roles, verification, sign-ins, failed logins
 invmesh users grant EMAIL ROLE
                        give an account the role viewer, staff or admin, straight in the
                        auth database (how the first admin is made without ADMIN_EMAILS)
+invmesh --version      the installed version; `invmesh` alone lists the commands
 """
 
 from __future__ import annotations
@@ -25,11 +30,12 @@ import importlib
 import sys
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
+from importlib import metadata
 from typing import Any
 
 import uvloop
 
-from launcher.admin import grant, migrate, rotate_keys
+from launcher.admin import grant, list_users, migrate, rotate_keys, show_user
 from launcher.layout import (
     COMPONENTS,
     FACADE,
@@ -40,6 +46,7 @@ from launcher.layout import (
 )
 from launcher.supervisor import up
 from mesh.logs import configure_logging
+from mesh.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from mesh.services import SERVICES
 
 
@@ -65,9 +72,26 @@ def serve(name: str, listen: str | None = None) -> None:
         sys.exit(f"invmesh: {name}: {exc}")
 
 
+def installed_version() -> str:
+    try:
+        return metadata.version("invmesh")
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "(not installed)"
+
+
+def page_size(text: str) -> int:
+    """argparse type of --page-size: a whole number from 1 to MAX_PAGE_SIZE."""
+    if not text.isdigit() or not 1 <= int(text) <= MAX_PAGE_SIZE:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {MAX_PAGE_SIZE}, not {text!r}")
+    return int(text)
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="invmesh", description="Run the invmesh services.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="invmesh", description="Run the invmesh services and administer them."
+    )
+    parser.add_argument("--version", action="version", version=f"invmesh {installed_version()}")
+    commands = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
     up_parser = commands.add_parser("up", help="start every service and supervise them")
     up_parser.add_argument(
         "services", nargs="*", metavar="SERVICE", help=f"a subset of: {', '.join(COMPONENTS)}"
@@ -89,20 +113,45 @@ def main(argv: list[str] | None = None) -> None:
     migrate_parser.add_argument(
         "services", nargs="*", metavar="SERVICE", help=f"a subset of: {', '.join(SERVICES)} (default: all)"
     )
-    keys_parser = commands.add_parser("keys", help="manage the token signing keys")
-    keys_commands = keys_parser.add_subparsers(dest="action", required=True)
+    keys_parser = commands.add_parser("keys", help="rotate the token signing keys (keys rotate)")
+    keys_commands = keys_parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     keys_commands.add_parser("rotate", help="store a new signing key; old ones retire as tokens expire")
-    users_parser = commands.add_parser("users", help="manage accounts")
-    users_commands = users_parser.add_subparsers(dest="action", required=True)
+    users_parser = commands.add_parser(
+        "users", help="the accounts: users list, users show EMAIL, users grant EMAIL ROLE"
+    )
+    users_commands = users_parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    list_parser = users_commands.add_parser("list", help="the accounts by email, a page at a time")
+    list_parser.add_argument(
+        "--after", metavar="EMAIL", help="start after this email (a page that is not the last says which)"
+    )
+    list_parser.add_argument(
+        "--page-size",
+        type=page_size,
+        default=DEFAULT_PAGE_SIZE,
+        metavar="N",
+        help=f"accounts per page, at most {MAX_PAGE_SIZE} (default: {DEFAULT_PAGE_SIZE})",
+    )
+    list_parser.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+    show_parser = users_commands.add_parser("show", help="everything about one account")
+    show_parser.add_argument("email", metavar="EMAIL")
+    show_parser.add_argument("--json", action="store_true", help="one JSON object, for scripts")
     grant_parser = users_commands.add_parser("grant", help="give an account a role")
-    grant_parser.add_argument("email")
+    grant_parser.add_argument("email", metavar="EMAIL")
     grant_parser.add_argument("role", choices=["viewer", "staff", "admin"])
     args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        sys.exit(0)
     if args.command == "keys":
-        configure_logging("keys", "WARNING", "text")
+        # Only errors: the command says itself what it did, or why it could not.
+        configure_logging("keys", "ERROR", "text")
         sys.exit(asyncio.run(rotate_keys()))
     if args.command == "users":
-        configure_logging("users", "WARNING", "text")
+        configure_logging("users", "ERROR", "text")
+        if args.action == "list":
+            sys.exit(asyncio.run(list_users(after=args.after, page_size=args.page_size, as_json=args.json)))
+        if args.action == "show":
+            sys.exit(asyncio.run(show_user(args.email, as_json=args.json)))
         sys.exit(asyncio.run(grant(args.email, args.role)))
     if args.command == "serve":
         if args.listen is not None and args.service == FACADE:
