@@ -354,8 +354,10 @@ def _refuse_nul(
 ) -> None:
     rows = parameters if executemany else [parameters]
     for row in rows or ():
-        values = row.values() if isinstance(row, dict) else row
-        if any(isinstance(value, str) and "\x00" in value for value in values or ()):
+        # A row is a mapping or a sequence of values; a batched INSERT's driver parameters can
+        # also come as one flat sequence of scalars.
+        values = row.values() if isinstance(row, dict) else row if isinstance(row, list | tuple) else [row]
+        if any(isinstance(value, str) and "\x00" in value for value in values):
             raise InvalidArgument("text must not contain NUL characters", reason="INVALID_CHARACTER")
 
 
