@@ -33,7 +33,7 @@ from launcher.admin import grant, migrate, rotate_keys
 from launcher.layout import (
     COMPONENTS,
     FACADE,
-    first_address,
+    listen_address,
     parse_replicas,
     replica_addresses,
     settings_or_exit,
@@ -58,7 +58,7 @@ def serve(name: str, listen: str | None = None) -> None:
     module = importlib.import_module(SERVICES[name].module)
     running: Callable[..., AbstractAsyncContextManager[Any]] = module.running
     try:
-        address = listen or first_address(settings.address(name))
+        address = listen or listen_address(settings.address(name))
         # uvloop, as the facade under uvicorn: grpc.aio runs on it, and its loop costs less per call.
         uvloop.run(serve_until_signalled(running(settings, address=address)))
     except StartupError as exc:  # an outdated schema or an unreachable database: say what to do
@@ -126,9 +126,9 @@ def main(argv: list[str] | None = None) -> None:
         if idle:
             up_parser.error(f"--replicas names {', '.join(sorted(idle))}, which this command does not start")
         settings = settings_or_exit()
-        for service in args.replicas:
+        for service, count in args.replicas.items():
             try:
-                replica_addresses(settings.address(service), 1)
+                replica_addresses(settings.address(service), count)
             except ValueError as exc:
                 up_parser.error(f"--replicas {service}: {service.upper()}_ADDR {exc}")
     sys.exit(asyncio.run(up(names, args.replicas)))
