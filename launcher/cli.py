@@ -38,6 +38,7 @@ from launcher.layout import (
     replica_addresses,
     settings_or_exit,
 )
+from launcher.ports import listen_problem
 from launcher.supervisor import up
 from mesh.logs import configure_logging
 from mesh.services import SERVICES
@@ -53,15 +54,20 @@ def serve(name: str, listen: str | None = None) -> None:
         return
     # Only a service process needs the database and the gRPC server: the facade's stays smaller.
     from mesh.db import StartupError
-    from mesh.server import serve_until_signalled
+    from mesh.server import ListenError, serve_until_signalled
 
     module = importlib.import_module(SERVICES[name].module)
     running: Callable[..., AbstractAsyncContextManager[Any]] = module.running
+    address = listen or listen_address(settings.address(name))
+    # Before the database is opened (and maybe migrated): a taken port is the likelier mistake.
+    if problem := listen_problem(address):
+        sys.exit(f"invmesh: {name}: cannot listen on {address}: {problem.strerror}")
     try:
-        address = listen or listen_address(settings.address(name))
         # uvloop, as the facade under uvicorn: grpc.aio runs on it, and its loop costs less per call.
         uvloop.run(serve_until_signalled(running(settings, address=address)))
-    except StartupError as exc:  # an outdated schema or an unreachable database: say what to do
+    # An outdated schema or an unreachable database: say what to do. A port taken since the
+    # check above: gRPC has logged why.
+    except (StartupError, ListenError) as exc:
         sys.exit(f"invmesh: {name}: {exc}")
 
 
