@@ -92,7 +92,6 @@ class Component:
     """One supervised process: a service, one replica of a service, or the facade."""
 
     label: str  # "inventory", or "inventory[1]" for a replica
-    name: str
     argv: list[str]
     env: dict[str, str]
     listen: str | None  # where a service listens; None for the facade
@@ -102,7 +101,7 @@ class Component:
 class Listener(NamedTuple):
     address: str  # host:port, or unix:PATH
     owner: str  # the label of the component that listens there
-    setting: str
+    setting: str  # what configures it, such as "FACADE_PORTS"
 
 
 def _provision_service_secrets(settings: Settings) -> dict[str, dict[str, str]]:
@@ -129,17 +128,15 @@ def _components(settings: Settings, names: list[str], replicas: dict[str, int]) 
     for name in names:
         child_env = env | service_secrets.get(name, {})
         if name == FACADE:
-            components.append(Component(name, name, [*serve, name], child_env, None, "FACADE_PORTS"))
+            components.append(Component(name, [*serve, name], child_env, None, "FACADE_PORTS"))
         elif name in addresses:
             for k, address in enumerate(addresses[name]):
                 setting = f"{name.upper()}_ADDR" + (f" + {REPLICA_PORT_STEP * k}" if k else "")
                 argv = [*serve, name, "--listen", address]
-                components.append(Component(f"{name}[{k}]", name, argv, child_env, address, setting))
+                components.append(Component(f"{name}[{k}]", argv, child_env, address, setting))
         else:
             address = listen_address(settings.address(name))
-            components.append(
-                Component(name, name, [*serve, name], child_env, address, f"{name.upper()}_ADDR")
-            )
+            components.append(Component(name, [*serve, name], child_env, address, f"{name.upper()}_ADDR"))
     return components
 
 
@@ -306,7 +303,8 @@ class Supervisor:
                 await process.wait()
             return True
         except TimeoutError:
-            process.kill()
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
             await process.wait()
             return False
 
