@@ -1,7 +1,9 @@
 """`invmesh`: run the services.
 
 invmesh up             every service and the REST facade, each in its own process,
-                       until Ctrl-C or SIGTERM
+                       until Ctrl-C or SIGTERM (exit status 0); a process that exits is
+                       restarted, with a backoff, and given up after 5 exits in 2 minutes
+                       (exit status 1 once all are); nothing starts if a port it needs is taken
 invmesh up --replicas inventory=2,products=2
                        the same with several processes of a service: replica k listens on
                        the port of its `<SERVICE>_ADDR` + 10*k, and every process is given
