@@ -194,6 +194,27 @@ def _how_it_ended(returncode: int) -> str:
     return f"exited with status {returncode}"
 
 
+class RestartPolicy:
+    """When to restart a component that exited, and when to give it up: one per component."""
+
+    def __init__(self) -> None:
+        self._delay = RESTART_DELAY_FIRST_SECONDS
+        self._exits: deque[float] = deque()  # times of the exits within the crash-loop window
+
+    def after_exit(self, at: float, healthy_since: float | None) -> float | None:
+        """How long to wait before restarting a component that exited `at` (time.monotonic()),
+        healthy since `healthy_since` if it became healthy; None to give it up."""
+        if healthy_since is not None and at - healthy_since >= HEALTHY_RESETS_DELAY_SECONDS:
+            self._delay = RESTART_DELAY_FIRST_SECONDS
+        self._exits.append(at)
+        while at - self._exits[0] > CRASH_LOOP_WINDOW_SECONDS:
+            self._exits.popleft()
+        if len(self._exits) >= CRASH_LOOP_EXITS:
+            return None
+        delay, self._delay = self._delay, min(2 * self._delay, RESTART_DELAY_MOST_SECONDS)
+        return delay
+
+
 class Supervisor:
     """Runs the components, restarts those that exit, and stops them all on SIGTERM or SIGINT."""
 
@@ -225,11 +246,11 @@ class Supervisor:
     async def _supervise(self, component: Component, stop_requested: asyncio.Task[bool]) -> bool:
         """Keeps `component` running until `up` stops (True if it then stopped within its grace)
         or gives it up (True)."""
-        delay = RESTART_DELAY_FIRST_SECONDS
-        exits: deque[float] = deque()
+        policy = RestartPolicy()
+        restarted = False
         while True:
             process = await asyncio.create_subprocess_exec(*component.argv, env=component.env)
-            health = asyncio.create_task(self._watch_health(component, restarted=bool(exits)))
+            health = asyncio.create_task(self._watch_health(component, restarted=restarted))
             ended = asyncio.create_task(process.wait())
             await asyncio.wait([ended, stop_requested], return_when=asyncio.FIRST_COMPLETED)
             healthy_since = health.result() if health.done() else None
@@ -237,16 +258,11 @@ class Supervisor:
             if self._stopping.is_set():
                 ended.cancel()
                 return await self._stop(process)
-            now = time.monotonic()
-            if healthy_since is not None and now - healthy_since >= HEALTHY_RESETS_DELAY_SECONDS:
-                delay = RESTART_DELAY_FIRST_SECONDS
-            exits.append(now)
-            while now - exits[0] > CRASH_LOOP_WINDOW_SECONDS:
-                exits.popleft()
             how = _how_it_ended(ended.result())
-            if len(exits) >= CRASH_LOOP_EXITS:
+            delay = policy.after_exit(time.monotonic(), healthy_since)
+            if delay is None:
                 print(
-                    f"invmesh: {component.label} {how}: {len(exits)} exits within "
+                    f"invmesh: {component.label} {how}: {CRASH_LOOP_EXITS} exits within "
                     f"{CRASH_LOOP_WINDOW_SECONDS:.0f}s; giving up on it (the rest go on)",
                     file=sys.stderr,
                 )
@@ -257,7 +273,7 @@ class Supervisor:
             stopped, _ = await asyncio.wait([stop_requested], timeout=delay)
             if stopped:
                 return True
-            delay = min(2 * delay, RESTART_DELAY_MOST_SECONDS)
+            restarted = True
 
     async def _watch_health(self, component: Component, *, restarted: bool) -> float | None:
         """When the started component answered its health check (time.monotonic()); None if

@@ -21,6 +21,7 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2
 
+from launcher.supervisor import RestartPolicy
 from tests.conftest import free_port
 
 ADMIN = {"email": "admin@example.com", "password": "password1"}
@@ -137,6 +138,29 @@ async def admin_token(http: httpx.AsyncClient, outbox: Path) -> str:
     assert (await http.get(link.group(0))).status_code == 200
     token: str = (await http.post("/users/login", json=ADMIN)).json()["access_token"]
     return token
+
+
+def test_restarts_back_off_and_a_crash_loop_is_given_up() -> None:
+    policy = RestartPolicy()
+    at, waits = 0.0, []
+    while (wait := policy.after_exit(at, healthy_since=None)) is not None:
+        waits.append(wait)
+        at += wait + 1  # each start fails a second after it began
+    assert waits == [0.5, 1, 2, 4]  # the fifth exit, within 2 minutes of the first, gives it up
+
+
+def test_restart_delays_grow_to_30s_while_exits_are_too_sparse_for_a_crash_loop() -> None:
+    policy = RestartPolicy()
+    waits = [policy.after_exit(40.0 * n, healthy_since=40.0 * n - 30) for n in range(12)]
+    assert waits == [0.5, 1, 2, 4, 8, 16, 30, 30, 30, 30, 30, 30]
+
+
+def test_a_minute_healthy_restarts_the_backoff() -> None:
+    policy = RestartPolicy()
+    assert [policy.after_exit(at, healthy_since=None) for at in (0, 1, 3)] == [0.5, 1, 2]
+    assert policy.after_exit(200, healthy_since=141) == 4  # healthy 59 s: not yet a good run
+    assert policy.after_exit(300, healthy_since=240) == 0.5  # healthy 60 s: a good run
+    assert policy.after_exit(301, healthy_since=None) == 1
 
 
 @pytest.mark.slow
