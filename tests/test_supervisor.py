@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import re
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -21,6 +23,7 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2
 
+from launcher.ports import listen_problem
 from launcher.supervisor import RestartPolicy
 from tests.conftest import free_port
 
@@ -82,8 +85,11 @@ class Up:
 
 
 @contextlib.asynccontextmanager
-async def invmesh_up(env: dict[str, str], *args: str) -> AsyncIterator[Up]:
-    """`invmesh up ARGS`; at the end SIGTERM, and it must exit 0 (unless it has exited already)."""
+async def invmesh_up(
+    env: dict[str, str], *args: str, stop: signal.Signals = signal.SIGTERM
+) -> AsyncIterator[Up]:
+    """`invmesh up ARGS`; at the end `stop` (SIGINT is Ctrl-C), and it must exit 0, unless it
+    has exited already."""
     process = await asyncio.create_subprocess_exec(
         *(sys.executable, "-m", "launcher", "up", *args), env=env, stderr=asyncio.subprocess.PIPE
     )
@@ -93,7 +99,7 @@ async def invmesh_up(env: dict[str, str], *args: str) -> AsyncIterator[Up]:
         yield up
     finally:
         if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
+            process.send_signal(stop)
             async with asyncio.timeout(30):
                 await process.wait()
             assert process.returncode == 0, up.said
@@ -247,7 +253,7 @@ async def test_up_exits_1_once_it_has_given_up_every_component(tmp_path: Path) -
 async def test_a_second_up_exits_naming_the_taken_ports_and_starts_nothing(tmp_path: Path) -> None:
     """Before, it printed "all healthy": the first system answered its health checks."""
     env = up_env(tmp_path / "first")
-    async with invmesh_up(env) as first:
+    async with invmesh_up(env, stop=signal.SIGINT) as first:
         await first.line("all healthy")
         second_dir = tmp_path / "second"
         second = await asyncio.create_subprocess_exec(
@@ -333,3 +339,27 @@ async def test_a_bad_address_stops_any_command_before_it_starts(tmp_path: Path, 
         "  AUTH_ADDR: Value error, 'bogus:xx': the port 'xx' is not a number",
     ]
     assert not list(tmp_path.iterdir()), "the command wrote to its data directory"
+
+
+async def test_an_address_of_another_machine_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    env = up_env(tmp_path) | {"AUTH_ADDR": "192.0.2.1:50051"}  # TEST-NET-1: never this machine's
+    process = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "launcher", "up"), env=env, stderr=asyncio.subprocess.PIPE
+    )
+    async with asyncio.timeout(30):
+        _, stderr = await process.communicate()
+    assert process.returncode == 1
+    assert stderr.decode().splitlines() == [
+        "invmesh: auth cannot listen on 192.0.2.1:50051 (AUTH_ADDR): Cannot assign requested address"
+    ]
+
+
+def test_a_unix_socket_is_taken_while_something_answers_on_it(tmp_path: Path) -> None:
+    path = tmp_path / "auth.sock"
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(path))
+        server.listen()
+        problem = listen_problem(f"unix://{path}")
+        assert problem is not None and problem.errno == errno.EADDRINUSE
+    # gRPC replaces a socket file nobody answers on, as one left by a process that was killed.
+    assert path.exists() and listen_problem(f"unix://{path}") is None
