@@ -36,6 +36,7 @@ from launcher.layout import (
     COMPONENTS,
     FACADE,
     listen_address,
+    parse_listen,
     parse_replicas,
     replica_addresses,
     settings_or_exit,
@@ -90,6 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     serve_parser.add_argument("service", choices=COMPONENTS)
     serve_parser.add_argument(
         "--listen",
+        type=parse_listen,
         metavar="HOST:PORT",
         help="the address a service listens on (default: the first address of its <SERVICE>_ADDR)",
     )

@@ -67,3 +67,14 @@ def parse_replicas(text: str) -> dict[str, int]:
     if not counts:
         raise argparse.ArgumentTypeError("expected SERVICE=COUNT[,SERVICE=COUNT…]")
     return counts
+
+
+def parse_listen(text: str) -> str:
+    """The argparse type of `serve --listen`: one place a `<SERVICE>_ADDR` could name."""
+    try:
+        places = service_endpoints(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if len(places) > 1:
+        raise argparse.ArgumentTypeError(f"{text!r} names {len(places)} addresses; a process listens on one")
+    return places[0]

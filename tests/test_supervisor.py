@@ -23,6 +23,7 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2
 
+from launcher.cli import main as invmesh
 from launcher.ports import listen_problem
 from launcher.supervisor import RestartPolicy
 from tests.conftest import free_port
@@ -363,3 +364,14 @@ def test_a_unix_socket_is_taken_while_something_answers_on_it(tmp_path: Path) ->
         assert problem is not None and problem.errno == errno.EADDRINUSE
     # gRPC replaces a socket file nobody answers on, as one left by a process that was killed.
     assert path.exists() and listen_problem(f"unix://{path}") is None
+
+
+def test_the_listen_flag_of_serve_is_validated(capsys: pytest.CaptureFixture[str]) -> None:
+    for value, message in [
+        ("bogus:xx", "the port 'xx' is not a number"),
+        ("127.0.0.1:1,127.0.0.1:11", "names 2 addresses; a process listens on one"),
+    ]:
+        with pytest.raises(SystemExit) as exit_:
+            invmesh(["serve", "auth", "--listen", value])
+        assert exit_.value.code == 2
+        assert message in capsys.readouterr().err
