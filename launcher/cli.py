@@ -1,7 +1,9 @@
 """`invmesh`: run the services.
 
 invmesh up             every service and the REST facade, each in its own process,
-                       until Ctrl-C or SIGTERM
+                       until Ctrl-C or SIGTERM (exit status 0); a process that exits is
+                       restarted, with a backoff, and given up after 5 exits in 2 minutes
+                       (exit status 1 once all are); nothing starts if a port it needs is taken
 invmesh up --replicas inventory=2,products=2
                        the same with several processes of a service: replica k listens on
                        the port of its `<SERVICE>_ADDR` + 10*k, and every process is given
@@ -39,11 +41,13 @@ from launcher.admin import grant, list_users, migrate, rotate_keys, show_user
 from launcher.layout import (
     COMPONENTS,
     FACADE,
-    first_address,
+    listen_address,
+    parse_listen,
     parse_replicas,
     replica_addresses,
     settings_or_exit,
 )
+from launcher.ports import listen_problem
 from launcher.supervisor import up
 from mesh.logs import configure_logging
 from mesh.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
@@ -60,15 +64,20 @@ def serve(name: str, listen: str | None = None) -> None:
         return
     # Only a service process needs the database and the gRPC server: the facade's stays smaller.
     from mesh.db import StartupError
-    from mesh.server import serve_until_signalled
+    from mesh.server import ListenError, serve_until_signalled
 
     module = importlib.import_module(SERVICES[name].module)
     running: Callable[..., AbstractAsyncContextManager[Any]] = module.running
+    address = listen or listen_address(settings.address(name))
+    # Before the database is opened (and maybe migrated): a taken port is the likelier mistake.
+    if problem := listen_problem(address):
+        sys.exit(f"invmesh: {name}: cannot listen on {address}: {problem.strerror}")
     try:
-        address = listen or first_address(settings.address(name))
         # uvloop, as the facade under uvicorn: grpc.aio runs on it, and its loop costs less per call.
         uvloop.run(serve_until_signalled(running(settings, address=address)))
-    except StartupError as exc:  # an outdated schema or an unreachable database: say what to do
+    # An outdated schema or an unreachable database: say what to do. A port taken since the
+    # check above: gRPC has logged why.
+    except (StartupError, ListenError) as exc:
         sys.exit(f"invmesh: {name}: {exc}")
 
 
@@ -106,6 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     serve_parser.add_argument("service", choices=COMPONENTS)
     serve_parser.add_argument(
         "--listen",
+        type=parse_listen,
         metavar="HOST:PORT",
         help="the address a service listens on (default: the first address of its <SERVICE>_ADDR)",
     )
@@ -175,9 +185,9 @@ def main(argv: list[str] | None = None) -> None:
         if idle:
             up_parser.error(f"--replicas names {', '.join(sorted(idle))}, which this command does not start")
         settings = settings_or_exit()
-        for service in args.replicas:
+        for service, count in args.replicas.items():
             try:
-                replica_addresses(settings.address(service), 1)
+                replica_addresses(settings.address(service), count)
             except ValueError as exc:
                 up_parser.error(f"--replicas {service}: {service.upper()}_ADDR {exc}")
     sys.exit(asyncio.run(up(names, args.replicas)))

@@ -6,7 +6,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mesh.config import ConfigError, Settings, load_settings
+from mesh.config import (
+    ConfigError,
+    Settings,
+    join_host_port,
+    load_settings,
+    parse_host_port,
+    service_endpoints,
+)
 from mesh.services import SERVICES
 
 FACADE = "facade"
@@ -23,17 +30,20 @@ def settings_or_exit() -> Settings:
 REPLICA_PORT_STEP = 10  # replica k of a service listens on the port of its address + 10*k
 
 
-def first_address(address: str) -> str:
-    """The first `host:port` of a `*_ADDR` that may be a comma list of replicas."""
-    return address.split(",", 1)[0].strip()
+def listen_address(address: str) -> str:
+    """Where a service listens by default: the first place its `<SERVICE>_ADDR` names."""
+    return service_endpoints(address)[0]
 
 
 def replica_addresses(address: str, count: int) -> list[str]:
-    """`count` addresses from one `host:port`: the port, then the port + 10, + 20, …"""
-    host, _, port = first_address(address).rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"{address!r} is not host:port")
-    return [f"{host}:{int(port) + REPLICA_PORT_STEP * k}" for k in range(count)]
+    """`count` addresses from a service's listen address: its port, then the port + 10, + 20, …"""
+    first = listen_address(address)
+    if first.startswith("unix:"):
+        raise ValueError(f"{first!r} is a socket path, with no port for replicas to count from")
+    host, port = parse_host_port(first)
+    if (last := port + REPLICA_PORT_STEP * (count - 1)) > 65535:
+        raise ValueError(f"{first!r} leaves no room for {count} replicas: the last would need port {last}")
+    return [join_host_port(host, port + REPLICA_PORT_STEP * k) for k in range(count)]
 
 
 def parse_replicas(text: str) -> dict[str, int]:
@@ -57,3 +67,14 @@ def parse_replicas(text: str) -> dict[str, int]:
     if not counts:
         raise argparse.ArgumentTypeError("expected SERVICE=COUNT[,SERVICE=COUNT…]")
     return counts
+
+
+def parse_listen(text: str) -> str:
+    """The argparse type of `serve --listen`: one place a `<SERVICE>_ADDR` could name."""
+    try:
+        places = service_endpoints(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if len(places) > 1:
+        raise argparse.ArgumentTypeError(f"{text!r} names {len(places)} addresses; a process listens on one")
+    return places[0]

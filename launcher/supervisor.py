@@ -1,22 +1,45 @@
-"""`invmesh up`: every service and the facade in processes of their own, supervised."""
+"""`invmesh up`: every service and the facade in processes of their own, supervised.
+
+Before it starts anything, `up` checks that every address it will listen on is free. It then
+runs each component as `python -m launcher serve NAME` and restarts one that exits: after
+0.5 s, the wait doubling with each restart up to 30 s, and back to 0.5 s once the component
+had been healthy for a minute. A component that exits 5 times within 2 minutes is given up,
+and the others go on serving. `up` exits 1 when it has given up every component, and 0 when
+SIGTERM or Ctrl-C stops it (1 if a component then had to be killed after its grace).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import secrets
 import signal
 import sys
 import time
+from collections import deque
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from launcher.admin import migrate
-from launcher.layout import FACADE, replica_addresses, settings_or_exit
-from mesh.config import Settings
+from launcher.layout import FACADE, REPLICA_PORT_STEP, listen_address, replica_addresses, settings_or_exit
+from launcher.ports import listen_problem, port_holder
+from mesh.config import Settings, join_host_port, parse_host_port
 from mesh.services import SERVICES
+
+RESTART_DELAY_FIRST_SECONDS = 0.5
+RESTART_DELAY_MOST_SECONDS = 30.0
+# A component healthy this long before it exits is restarted after the first delay again.
+HEALTHY_RESETS_DELAY_SECONDS = 60.0
+# This many exits within the window is a crash loop: the component is given up.
+CRASH_LOOP_EXITS = 5
+CRASH_LOOP_WINDOW_SECONDS = 120.0
+# How long a started component has to answer its health check.
+STARTUP_SECONDS = 60.0
 
 # The services are still starting when the first health checks go out: retry a refused
 # connection every 50-250 ms, not after gRPC's default backoff of a second and more.
@@ -27,12 +50,23 @@ _HEALTH_POLL_OPTIONS = [
 ]
 
 
+def _health_check(
+    channel: grpc.aio.Channel,
+) -> grpc.aio.UnaryUnaryMultiCallable[health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse]:
+    # What HealthStub(channel).Check is, typed: the stubs of grpcio-health-checking omit it.
+    return channel.unary_unary(
+        "/grpc.health.v1.Health/Check",
+        request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+        response_deserializer=health_pb2.HealthCheckResponse.FromString,
+    )
+
+
 async def _wait_healthy(address: str, deadline: float) -> bool:
     async with grpc.aio.insecure_channel(address, options=_HEALTH_POLL_OPTIONS) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
+        check = _health_check(channel)
         while time.monotonic() < deadline:
             with contextlib.suppress(grpc.aio.AioRpcError):
-                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1, wait_for_ready=True)
+                reply = await check(health_pb2.HealthCheckRequest(), timeout=1, wait_for_ready=True)
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     return True
             await asyncio.sleep(0.1)
@@ -53,17 +87,21 @@ async def _wait_http_healthy(host: str, port: int, deadline: float) -> bool:
     return False
 
 
-def _address(settings: Settings, name: str, listen: str | None) -> str:
-    if name == FACADE:
-        return ", ".join(f"http://{settings.facade_host}:{port}" for port in settings.facade_ports)
-    return listen or settings.address(name)
+@dataclass(frozen=True, eq=False)
+class Component:
+    """One supervised process: a service, one replica of a service, or the facade."""
+
+    label: str  # "inventory", or "inventory[1]" for a replica
+    argv: list[str]
+    env: dict[str, str]
+    listen: str | None  # where a service listens; None for the facade
+    setting: str  # what configures where it listens, such as "INVENTORY_ADDR + 10"
 
 
-async def _healthy(settings: Settings, name: str, listen: str | None, deadline: float) -> bool:
-    if name == FACADE:
-        host, ports = settings.facade_host, settings.facade_ports
-        return all(await asyncio.gather(*(_wait_http_healthy(host, p, deadline) for p in ports)))
-    return await _wait_healthy(listen or settings.address(name), deadline)
+class Listener(NamedTuple):
+    address: str  # host:port, or unix:PATH
+    owner: str  # the label of the component that listens there
+    setting: str  # what configures it, such as "FACADE_PORTS"
 
 
 def _provision_service_secrets(settings: Settings) -> dict[str, dict[str, str]]:
@@ -78,78 +116,225 @@ def _provision_service_secrets(settings: Settings) -> dict[str, dict[str, str]]:
     }
 
 
+def _components(settings: Settings, names: list[str], replicas: dict[str, int]) -> list[Component]:
+    addresses = {
+        service: replica_addresses(settings.address(service), count) for service, count in replicas.items()
+    }
+    # Every process is told of all replicas of a service, so that its calls spread over them.
+    env = dict(os.environ) | {f"{s.upper()}_ADDR": ",".join(a) for s, a in addresses.items()}
+    service_secrets = _provision_service_secrets(settings)
+    serve = [sys.executable, "-m", "launcher", "serve"]
+    components = []
+    for name in names:
+        child_env = env | service_secrets.get(name, {})
+        if name == FACADE:
+            components.append(Component(name, [*serve, name], child_env, None, "FACADE_PORTS"))
+        elif name in addresses:
+            for k, address in enumerate(addresses[name]):
+                setting = f"{name.upper()}_ADDR" + (f" + {REPLICA_PORT_STEP * k}" if k else "")
+                argv = [*serve, name, "--listen", address]
+                components.append(Component(f"{name}[{k}]", argv, child_env, address, setting))
+        else:
+            address = listen_address(settings.address(name))
+            components.append(Component(name, [*serve, name], child_env, address, f"{name.upper()}_ADDR"))
+    return components
+
+
+def _listeners(settings: Settings, components: list[Component]) -> list[Listener]:
+    listeners = []
+    for component in components:
+        if component.listen is not None:
+            listeners.append(Listener(component.listen, component.label, component.setting))
+        else:
+            listeners += [
+                Listener(join_host_port(settings.facade_host, port), component.label, component.setting)
+                for port in settings.facade_ports
+            ]
+    return listeners
+
+
+def _listen_problems(listeners: list[Listener]) -> list[str]:
+    """What stands in the way of listening everywhere, one line each; none when all is free.
+    An address that answers health checks is not enough: it may be another system's."""
+    problems = []
+    claimed: dict[str, Listener] = {}
+    for listener in listeners:
+        address, owner, setting = listener
+        if (first := claimed.setdefault(address, listener)) is not listener:
+            problems.append(
+                f"invmesh: {first.owner} ({first.setting}) and {owner} ({setting}) "
+                f"would both listen on {address}"
+            )
+            continue
+        problem = listen_problem(address)
+        if problem is None:
+            continue
+        if problem.errno != errno.EADDRINUSE:
+            problems.append(f"invmesh: {owner} cannot listen on {address} ({setting}): {problem.strerror}")
+        elif address.startswith("unix:"):
+            problems.append(f"invmesh: {address} ({owner}, {setting}) is taken by another process")
+        else:
+            port = parse_host_port(address)[1]
+            holder = port_holder(port)
+            ours = holder is not None and ("launcher" in holder or "invmesh" in holder)
+            problems.append(
+                f"invmesh: port {port} ({owner}, {setting}) is taken, "
+                f"probably by {holder or 'another process'}"
+                + (" — is another invmesh up running?" if ours else "")
+            )
+    return problems
+
+
+def _how_it_ended(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"was killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"was killed by signal {-returncode}"
+    return f"exited with status {returncode}"
+
+
+class RestartPolicy:
+    """When to restart a component that exited, and when to give it up: one per component."""
+
+    def __init__(self) -> None:
+        self._delay = RESTART_DELAY_FIRST_SECONDS
+        self._exits: deque[float] = deque()  # times of the exits within the crash-loop window
+
+    def after_exit(self, at: float, healthy_since: float | None) -> float | None:
+        """How long to wait before restarting a component that exited `at` (time.monotonic()),
+        healthy since `healthy_since` if it became healthy; None to give it up."""
+        if healthy_since is not None and at - healthy_since >= HEALTHY_RESETS_DELAY_SECONDS:
+            self._delay = RESTART_DELAY_FIRST_SECONDS
+        self._exits.append(at)
+        while at - self._exits[0] > CRASH_LOOP_WINDOW_SECONDS:
+            self._exits.popleft()
+        if len(self._exits) >= CRASH_LOOP_EXITS:
+            return None
+        delay, self._delay = self._delay, min(2 * self._delay, RESTART_DELAY_MOST_SECONDS)
+        return delay
+
+
+class Supervisor:
+    """Runs the components, restarts those that exit, and stops them all on SIGTERM or SIGINT."""
+
+    def __init__(self, settings: Settings, components: list[Component]) -> None:
+        self._settings = settings
+        self._components = components
+        self._stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        # Whether each became healthy the first time, once known: what `up` announces.
+        self._first_health = {c: loop.create_future() for c in components}
+
+    async def run(self, started: float) -> int:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._stopping.set)
+        stop_requested = asyncio.create_task(self._stopping.wait())
+        announcer = asyncio.create_task(self._announce(started))
+        # Each component's supervision ends when `up` stops, or when it gives the component up.
+        stopped_in_time = await asyncio.gather(
+            *(self._supervise(c, stop_requested) for c in self._components)
+        )
+        announcer.cancel()
+        if not self._stopping.is_set():
+            print("invmesh: every component has been given up; exiting", file=sys.stderr)
+            stop_requested.cancel()
+            return 1
+        return 0 if all(stopped_in_time) else 1
+
+    async def _supervise(self, component: Component, stop_requested: asyncio.Task[bool]) -> bool:
+        """Keeps `component` running until `up` stops (True if it then stopped within its grace)
+        or gives it up (True)."""
+        policy = RestartPolicy()
+        restarted = False
+        while True:
+            process = await asyncio.create_subprocess_exec(*component.argv, env=component.env)
+            health = asyncio.create_task(self._watch_health(component, restarted=restarted))
+            ended = asyncio.create_task(process.wait())
+            await asyncio.wait([ended, stop_requested], return_when=asyncio.FIRST_COMPLETED)
+            healthy_since = health.result() if health.done() else None
+            health.cancel()
+            if self._stopping.is_set():
+                ended.cancel()
+                return await self._stop(process)
+            how = _how_it_ended(ended.result())
+            delay = policy.after_exit(time.monotonic(), healthy_since)
+            if delay is None:
+                print(
+                    f"invmesh: {component.label} {how}: {CRASH_LOOP_EXITS} exits within "
+                    f"{CRASH_LOOP_WINDOW_SECONDS:.0f}s; giving up on it (the rest go on)",
+                    file=sys.stderr,
+                )
+                if not self._first_health[component].done():
+                    self._first_health[component].set_result(False)
+                return True
+            print(f"invmesh: {component.label} {how}; restarting it in {delay:g}s", file=sys.stderr)
+            stopped, _ = await asyncio.wait([stop_requested], timeout=delay)
+            if stopped:
+                return True
+            restarted = True
+
+    async def _watch_health(self, component: Component, *, restarted: bool) -> float | None:
+        """When the started component answered its health check (time.monotonic()); None if
+        it did not within STARTUP_SECONDS."""
+        deadline = time.monotonic() + STARTUP_SECONDS
+        if component.listen is not None:
+            healthy = await _wait_healthy(component.listen, deadline)
+        else:
+            host, ports = self._settings.facade_host, self._settings.facade_ports
+            healthy = all(await asyncio.gather(*(_wait_http_healthy(host, p, deadline) for p in ports)))
+        first = self._first_health[component]
+        if not first.done():
+            first.set_result(healthy)
+        elif restarted:
+            again = "is serving again on" if healthy else "did not become healthy again on"
+            print(f"invmesh: {component.label} {again} {self._shown(component)}", file=sys.stderr)
+        return time.monotonic() if healthy else None
+
+    async def _announce(self, started: float) -> None:
+        healthy = await asyncio.gather(*self._first_health.values())
+        for component, ok in zip(self._components, healthy, strict=True):
+            said = "is serving on" if ok else "did not become healthy on"
+            print(f"invmesh: {component.label} {said} {self._shown(component)}", file=sys.stderr)
+        if all(healthy):
+            print(f"invmesh: all healthy in {time.monotonic() - started:.2f}s; Ctrl-C stops", file=sys.stderr)
+
+    def _shown(self, component: Component) -> str:
+        if component.listen is not None:
+            return component.listen
+        host = self._settings.facade_host
+        return ", ".join(f"http://{join_host_port(host, port)}" for port in self._settings.facade_ports)
+
+    async def _stop(self, process: asyncio.subprocess.Process) -> bool:
+        """SIGTERM, then SIGKILL if the process outlives its lame duck and grace; True if it
+        stopped by itself."""
+        with contextlib.suppress(ProcessLookupError):  # it may have exited meanwhile
+            process.send_signal(signal.SIGTERM)
+        settings = self._settings
+        try:
+            async with asyncio.timeout(
+                settings.shutdown_lame_duck_seconds + settings.shutdown_grace_seconds + 5
+            ):
+                await process.wait()
+            return True
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+            return False
+
+
 async def up(names: list[str], replicas: dict[str, int] | None = None) -> int:
     settings = settings_or_exit()
     started = time.monotonic()
-    # label -> (component, the address it listens on when it is one of several replicas)
-    layout: dict[str, tuple[str, str | None]] = {}
-    env = dict(os.environ)
-    addresses: dict[str, list[str]] = {}
-    if replicas:
-        addresses = {
-            service: replica_addresses(settings.address(service), count)
-            for service, count in replicas.items()
-        }
-        env |= {f"{s.upper()}_ADDR": ",".join(a) for s, a in addresses.items()}
+    components = _components(settings, names, replicas or {})
+    if problems := _listen_problems(_listeners(settings, components)):
+        print("\n".join(problems), file=sys.stderr)
+        return 1
     # A service that would migrate its own schema at startup is migrated here, once, before it
     # starts: it then finds its schema current and never loads Alembic (about 10 MiB a process).
     migrating = [name for name in names if name in SERVICES and settings.auto_migrate(name)]
     if migrating and await migrate(migrating, tell_current=False):
         return 1
-    service_secrets = _provision_service_secrets(settings)
-    for name in names:
-        if replicas and name in replicas:
-            for k, address in enumerate(addresses[name]):
-                layout[f"{name}[{k}]"] = (name, address)
-        else:
-            layout[name] = (name, None)
-    children: dict[str, asyncio.subprocess.Process] = {}
-    for label, (name, listen) in layout.items():
-        args = ["serve", name, *(["--listen", listen] if listen else [])]
-        child_env = env | service_secrets.get(name, {})
-        children[label] = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "launcher", *args, env=child_env
-        )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-
-    async def announce() -> None:
-        shown = {label: _address(settings, name, listen) for label, (name, listen) in layout.items()}
-        healthy = await asyncio.gather(
-            *(_healthy(settings, name, listen, started + 60) for name, listen in layout.values())
-        )
-        for (name, address), ok in zip(shown.items(), healthy, strict=True):
-            print(
-                f"invmesh: {name} {'is serving on' if ok else 'did not become healthy on'} {address}",
-                file=sys.stderr,
-            )
-        if all(healthy):
-            print(f"invmesh: all healthy in {time.monotonic() - started:.2f}s; Ctrl-C stops", file=sys.stderr)
-
-    announcer = asyncio.create_task(announce())
-    exits = {asyncio.create_task(child.wait()): name for name, child in children.items()}
-    stopper = asyncio.create_task(stop.wait())
-    done, _ = await asyncio.wait([stopper, *exits], return_when=asyncio.FIRST_COMPLETED)
-    announcer.cancel()
-    status = 0
-    if stopper not in done:
-        status = 1
-        for task in done:
-            print(
-                f"invmesh: {exits[task]} exited with status {task.result()}; stopping the rest",
-                file=sys.stderr,
-            )
-    for child in children.values():
-        if child.returncode is None:
-            child.send_signal(signal.SIGTERM)
-    try:
-        async with asyncio.timeout(settings.shutdown_lame_duck_seconds + settings.shutdown_grace_seconds + 5):
-            await asyncio.gather(*(c.wait() for c in children.values()))
-    except TimeoutError:
-        for child in children.values():
-            if child.returncode is None:
-                child.kill()
-        status = 1
-    return status
+    return await Supervisor(settings, components).run(started)

@@ -7,6 +7,7 @@ Every service reads the same `Settings`; each uses the part it needs. Secrets ar
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -63,6 +64,71 @@ def parse_service_secrets(text: str) -> dict[str, bytes]:
             raise ValueError("must be NAME:SECRET pairs, each secret 16 characters or more")
         parsed[client_id.strip()] = secret.encode()
     return parsed
+
+
+_HOST_NAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?")
+
+
+def parse_host_port(text: str) -> tuple[str, int]:
+    """`host:port`, or `[ipv6]:port` -> (host without brackets, port); ValueError says what is wrong."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep:
+        raise ValueError(f"{text!r} is not host:port, as in 127.0.0.1:50051")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{text!r}: {host!r} in brackets is not an IPv6 address") from None
+    elif ":" in host:
+        raise ValueError(f"{text!r}: put an IPv6 address in brackets, as in [::1]:50051")
+    elif not _HOST_NAME.fullmatch(host):
+        raise ValueError(f"{text!r} names no valid host, as in 127.0.0.1:50051 or inventory:50053")
+    if not port.isascii() or not port.isdigit():
+        raise ValueError(f"{text!r}: the port {port!r} is not a number")
+    if not 1 <= int(port) <= 65535:
+        raise ValueError(f"{text!r}: the port {int(port)} is out of range (1-65535)")
+    return host, int(port)
+
+
+def join_host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def service_endpoints(address: str) -> list[str]:
+    """The places a `<SERVICE>_ADDR` names, in order, each one a server could listen on:
+    `host:port` (one, or a comma list of replicas), the `host:port` of a `dns:[//authority/]`
+    target, the addresses of an `ipv4:`/`ipv6:` list, or a `unix:` socket path as it is.
+    ValueError says what is wrong."""
+    scheme, colon, rest = address.strip().partition(":")
+    if colon and scheme == "unix":
+        if not rest.strip("/"):
+            raise ValueError(f"{address!r} names no socket path, as in unix:///run/invmesh/auth.sock")
+        return [address.strip()]
+    if colon and scheme == "dns":
+        if rest.startswith("//"):  # dns://authority/host:port, the authority (a DNS server) often empty
+            _, slash, rest = rest[2:].partition("/")
+            if not slash:
+                raise ValueError(f"{address!r} is not dns:///host:port")
+        return [join_host_port(*parse_host_port(rest))]
+    if colon and scheme in ("ipv4", "ipv6"):
+        version, family = (
+            (ipaddress.IPv4Address, "IPv4") if scheme == "ipv4" else (ipaddress.IPv6Address, "IPv6")
+        )
+        listed = []
+        for entry in rest.split(","):
+            host, port = parse_host_port(entry)
+            try:
+                version(host)
+            except ValueError:
+                raise ValueError(f"{address!r}: {host!r} is not an {family} address") from None
+            listed.append(join_host_port(host, port))
+        return listed
+    if not address.strip():
+        raise ValueError(
+            "must be host:port, a comma list of them, or a gRPC target such as dns:///auth:50051"
+        )
+    return [join_host_port(*parse_host_port(entry)) for entry in address.split(",")]
 
 
 class Settings(BaseSettings):
@@ -388,9 +454,18 @@ class Settings(BaseSettings):
     @field_validator("facade_ports")
     @classmethod
     def _ports_in_range(cls, value: list[int]) -> list[int]:
-        if any(not 0 <= port <= 65535 for port in value) or len(set(value)) != len(value):
-            raise ValueError("must be distinct port numbers, as in 8000,8001,8002")
+        for k, port in enumerate(value):
+            if not 1 <= port <= 65535:
+                raise ValueError(f"the port {port} is out of range (1-65535)")
+            if port in value[:k]:
+                raise ValueError(f"lists the port {port} twice; each port takes one listener")
         return value
+
+    @field_validator("auth_addr", "products_addr", "inventory_addr")
+    @classmethod
+    def _service_address(cls, value: str) -> str:
+        service_endpoints(value)
+        return value.strip()
 
     @field_validator("trusted_proxies")
     @classmethod

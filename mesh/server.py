@@ -44,6 +44,10 @@ class Servicer:
     instance: object
 
 
+class ListenError(Exception):
+    """The server cannot listen on its address (taken, or not this machine's)."""
+
+
 class _MethodAwarePool:
     """The default descriptor pool, plus lookups of RPC methods by full name.
 
@@ -109,9 +113,10 @@ class MeshServer:
         reflection.enable_server_reflection(
             [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server, pool=_MethodAwarePool()
         )
-        self.port = self._server.add_insecure_port(self._address)
-        if not self.port:
-            raise OSError(f"cannot listen on {self._address}")
+        try:
+            self.port = self._server.add_insecure_port(self._address)
+        except RuntimeError:  # gRPC has logged its reason, such as "Address already in use"
+            raise ListenError(f"cannot listen on {self._address}") from None
         await self._server.start()
         for name in ["", *names]:  # "" is the server as a whole
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
-from mesh.config import ConfigError, load_settings, parse_smtp_url
+from mesh.config import ConfigError, load_settings, parse_smtp_url, service_endpoints
 
 
 def test_defaults_are_the_embedded_setup(tmp_path: Path) -> None:
@@ -66,3 +67,67 @@ def test_log_level_in_any_case_and_ordered_retry_bounds(monkeypatch: pytest.Monk
             load_settings()
         monkeypatch.setenv(f"{name}_RETRY_MAX_SECONDS", "60")
         assert getattr(load_settings(), f"{name.lower()}_retry_max_seconds") == 60
+
+
+@pytest.mark.parametrize(
+    ("value", "endpoints"),
+    [
+        ("127.0.0.1:50051", ["127.0.0.1:50051"]),
+        ("inventory:50053", ["inventory:50053"]),
+        ("[::1]:50051", ["[::1]:50051"]),
+        ("127.0.0.1:50053, 127.0.0.1:50063", ["127.0.0.1:50053", "127.0.0.1:50063"]),
+        ("dns:///inventory:50053", ["inventory:50053"]),
+        ("dns://10.0.0.2/inventory:50053", ["inventory:50053"]),
+        ("ipv4:10.0.0.5:50053,10.0.0.6:50053", ["10.0.0.5:50053", "10.0.0.6:50053"]),
+        ("ipv6:[::1]:50053", ["[::1]:50053"]),
+        ("unix:///run/invmesh/auth.sock", ["unix:///run/invmesh/auth.sock"]),
+    ],
+)
+def test_service_addresses_in_every_accepted_form(value: str, endpoints: list[str]) -> None:
+    assert service_endpoints(value) == endpoints
+    assert load_settings(inventory_addr=value).address("inventory") == value.strip()
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("bogus:xx", "the port 'xx' is not a number"),
+        ("127.0.0.1", "is not host:port"),
+        ("127.0.0.1:0", "the port 0 is out of range (1-65535)"),
+        ("127.0.0.1:65536", "the port 65536 is out of range (1-65535)"),
+        ("::1:50051", "put an IPv6 address in brackets"),
+        ("[::g]:50051", "is not an IPv6 address"),
+        ("in valid:50051", "names no valid host"),
+        ("127.0.0.1:50051,127.0.0.1:", "the port '' is not a number"),
+        ("dns:///inventory", "is not host:port"),
+        ("ipv4:localhost:50051", "'localhost' is not an IPv4 address"),
+        ("unix:", "names no socket path"),
+        ("", "must be host:port"),
+    ],
+)
+def test_a_bad_service_address_is_named_with_what_is_wrong(
+    monkeypatch: pytest.MonkeyPatch, value: str, problem: str
+) -> None:
+    monkeypatch.setenv("AUTH_ADDR", value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert "AUTH_ADDR" in str(caught.value)
+    assert problem in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("0", "the port 0 is out of range (1-65535)"),
+        ("8000,70000", "the port 70000 is out of range"),
+        ("8000,8001,8000", "lists the port 8000 twice"),
+        ("http", "FACADE_PORTS"),
+    ],
+)
+def test_facade_ports_are_distinct_ports_in_range(
+    monkeypatch: pytest.MonkeyPatch, value: str, problem: str
+) -> None:
+    monkeypatch.setenv("FACADE_PORTS", value)
+    with pytest.raises(ConfigError, match=re.escape(problem)) as caught:
+        load_settings()
+    assert "FACADE_PORTS" in str(caught.value)

@@ -14,12 +14,14 @@ from pathlib import Path
 
 import grpc
 import httpx
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from auth.service import running
 from invmesh.auth.v1 import auth_service_pb2 as pb
 from invmesh.auth.v1 import auth_service_pb2_grpc
 from mesh.config import Settings
+from mesh.server import ListenError
 from tests.conftest import free_port
 
 
@@ -36,6 +38,30 @@ async def test_stop_lets_in_flight_calls_finish(settings: Settings) -> None:
     reply = await in_flight
     assert reply.user.email == "d@example.com"
     await channel.close()
+
+
+async def test_a_second_server_cannot_share_a_taken_port(settings: Settings) -> None:
+    """gRPC sets SO_REUSEPORT unless told not to, and two servers on one port would then take
+    turns at its calls."""
+    async with running(settings, address="127.0.0.1:0") as first:
+        with pytest.raises(ListenError, match=f"cannot listen on 127.0.0.1:{first.port}$"):
+            async with running(settings, address=f"127.0.0.1:{first.port}"):
+                pass
+
+
+async def test_serve_on_a_taken_port_says_so_in_one_line(settings: Settings, tmp_path: Path) -> None:
+    async with running(settings, address="127.0.0.1:0") as first:
+        env = service_env(tmp_path / "second", first.port)
+        process = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "launcher", "serve", "auth"), env=env, stderr=asyncio.subprocess.PIPE
+        )
+        async with asyncio.timeout(30):
+            _, stderr = await process.communicate()
+    assert process.returncode == 1
+    assert stderr.decode().splitlines() == [
+        f"invmesh: auth: cannot listen on 127.0.0.1:{first.port}: Address already in use"
+    ]
+    assert not (tmp_path / "second").exists(), "the database was opened before the port was checked"
 
 
 def service_env(tmp_path: Path, port: int) -> dict[str, str]:
