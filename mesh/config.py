@@ -559,5 +559,7 @@ def load_settings(**overrides: object) -> Settings:
         problems = []
         for error in exc.errors(include_input=False, include_url=False):
             where = f"{str(error['loc'][0]).upper()}: " if error["loc"] else ""
-            problems.append(f"  {where}{error['msg']}")
+            # A validator's own ValueError reads as its message alone, without pydantic's prefix.
+            message = error["ctx"]["error"] if error["type"] == "value_error" else error["msg"]
+            problems.append(f"  {where}{message}")
         raise ConfigError("invalid configuration:\n" + "\n".join(problems)) from None

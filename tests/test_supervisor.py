@@ -337,7 +337,7 @@ async def test_a_bad_address_stops_any_command_before_it_starts(tmp_path: Path, 
     assert process.returncode == 1
     assert stderr.decode().splitlines() == [
         "invmesh: invalid configuration:",
-        "  AUTH_ADDR: Value error, 'bogus:xx': the port 'xx' is not a number",
+        "  AUTH_ADDR: 'bogus:xx': the port 'xx' is not a number",
     ]
     assert not list(tmp_path.iterdir()), "the command wrote to its data directory"
 
