@@ -165,8 +165,10 @@ class Settings(BaseSettings):
         description="Where the auth service listens, and where products, inventory and the facade call "
         "it. `invmesh up` also uses it for health checks. A caller may be given several replicas: a "
         "comma list of `host:port` (resolved once at startup) or a gRPC target such as "
-        "`dns:///auth.internal:50051` (re-resolved); calls are balanced round-robin. "
-        "The same holds for `PRODUCTS_ADDR` and `INVENTORY_ADDR`.",
+        "`dns:///auth.internal:50051` (re-resolved); calls are balanced round-robin. Accepted forms: "
+        "`host:port`, `[ipv6]:port`, comma lists of those, `dns:///host:port`, `ipv4:`/`ipv6:` address "
+        "lists and `unix:PATH`; every port 1-65535. A service listens on the first place its setting "
+        "names. The same holds for `PRODUCTS_ADDR` and `INVENTORY_ADDR`.",
     )
     auth_database_url: SecretStr | None = Field(
         None,
@@ -257,8 +259,8 @@ class Settings(BaseSettings):
     facade_ports: Annotated[list[int], NoDecode] = Field(
         [8000, 8001, 8002],
         min_length=1,
-        description="The facade's ports, comma-separated; it serves every route on each. 8000 is the "
-        "one to use; 8001 and 8002 keep clients of the original layout working.",
+        description="The facade's ports, comma-separated, distinct, each 1-65535; it serves every route on "
+        "each. 8000 is the one to use; 8001 and 8002 keep clients of the original layout working.",
     )
     facade_timeout_seconds: float = Field(
         10.0,
