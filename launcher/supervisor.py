@@ -11,10 +11,11 @@ import sys
 import time
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from launcher.admin import migrate
 from launcher.layout import FACADE, replica_addresses, settings_or_exit
+from mesh.clients import health_stub
 from mesh.config import Settings
 from mesh.services import SERVICES
 
@@ -29,7 +30,7 @@ _HEALTH_POLL_OPTIONS = [
 
 async def _wait_healthy(address: str, deadline: float) -> bool:
     async with grpc.aio.insecure_channel(address, options=_HEALTH_POLL_OPTIONS) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
+        stub = health_stub(channel)
         while time.monotonic() < deadline:
             with contextlib.suppress(grpc.aio.AioRpcError):
                 reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1, wait_for_ready=True)

@@ -33,9 +33,20 @@ import logging
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import BigInteger, DateTime, Executable, Integer, Row, Select, TypeDecorator, event
+from sqlalchemy import (
+    BigInteger,
+    CursorResult,
+    DateTime,
+    Executable,
+    Integer,
+    Result,
+    Row,
+    Select,
+    TypeDecorator,
+    event,
+)
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import URL, Connection, Dialect, make_url
@@ -109,6 +120,11 @@ class UtcDateTime(TypeDecorator[dt.datetime]):
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def rowcount(result: Result[Any]) -> int:
+    """The rows an UPDATE or DELETE matched: `execute()` is typed to return a plain `Result`."""
+    return cast("CursorResult[Any]", result).rowcount
 
 
 class StartupError(Exception):

@@ -18,7 +18,7 @@ import signal
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from google.protobuf import descriptor_pool
@@ -107,7 +107,9 @@ class MeshServer:
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         names = [s.name for s in self._servicers]
         reflection.enable_server_reflection(
-            [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server, pool=_MethodAwarePool()
+            [*names, health.SERVICE_NAME, reflection.SERVICE_NAME],
+            self._server,
+            pool=cast(descriptor_pool.DescriptorPool, _MethodAwarePool()),
         )
         self.port = self._server.add_insecure_port(self._address)
         if not self.port:
