@@ -44,6 +44,7 @@ from sqlalchemy import (
     Result,
     Row,
     Select,
+    Table,
     TypeDecorator,
     event,
 )
@@ -51,6 +52,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import URL, Connection, Dialect, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.types import TypeEngine
 
@@ -120,6 +122,11 @@ class UtcDateTime(TypeDecorator[dt.datetime]):
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def table_of(model: type[DeclarativeBase]) -> Table:
+    """A mapped class's table: SQLAlchemy types `__table__` as any `FromClause`."""
+    return cast(Table, model.__table__)
 
 
 def rowcount(result: Result[Any]) -> int:
@@ -197,7 +204,7 @@ class Database:
 
     async def fetch(
         self, statement: Select[Any], parameters: Mapping[str, Any] | None = None
-    ) -> Sequence[Row[Any]]:
+    ) -> Sequence[Row[*tuple[Any, ...]]]:
         """The rows of one SELECT, through Core: the hot reads, without an ORM session's cost.
         Hot paths build `statement` once, with bind parameters, and pass the values here.
 
@@ -208,7 +215,7 @@ class Database:
 
     async def write_alone(
         self, statement: Executable, parameters: Mapping[str, Any] | None = None
-    ) -> Sequence[Row[Any]]:
+    ) -> Sequence[Row[*tuple[Any, ...]]]:
         """The rows one writing statement returns, run as a transaction of its own: alone, with
         no BEGIN or COMMIT, where the database autocommits (see `autocommits`), else in one."""
         if not self.autocommits:
@@ -216,7 +223,9 @@ class Database:
                 return (await conn.execute(statement, parameters)).all()
         return await self._alone(statement, parameters)
 
-    async def _alone(self, statement: Executable, parameters: Mapping[str, Any] | None) -> Sequence[Row[Any]]:
+    async def _alone(
+        self, statement: Executable, parameters: Mapping[str, Any] | None
+    ) -> Sequence[Row[*tuple[Any, ...]]]:
         """The rows of one statement on a connection that sends no BEGIN (`_one_statement`)."""
         with _translated():
             async with self._one_statement.connect() as conn:
