@@ -54,6 +54,7 @@ from sqlalchemy.engine import URL, Connection, Dialect, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.types import TypeEngine
 
 from mesh import revisions
@@ -203,7 +204,7 @@ class Database:
                 yield session
 
     async def fetch(
-        self, statement: Select[Any], parameters: Mapping[str, Any] | None = None
+        self, statement: Select[Any] | TextClause, parameters: Mapping[str, Any] | None = None
     ) -> Sequence[Row[*tuple[Any, ...]]]:
         """The rows of one SELECT, through Core: the hot reads, without an ORM session's cost.
         Hot paths build `statement` once, with bind parameters, and pass the values here.

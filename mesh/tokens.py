@@ -13,7 +13,7 @@ import hashlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -173,7 +173,7 @@ class JwksCache:
 
     def __init__(
         self,
-        fetch: Callable[[], Coroutine[Any, Any, list[Mapping[str, str]]]],
+        fetch: Callable[[], Coroutine[Any, Any, Sequence[Mapping[str, str]]]],
         *,
         min_refetch_interval: float,
     ) -> None:

@@ -108,7 +108,7 @@ async def test_register_rejects_bad_input_and_writes_nothing(
     error = await expect_error(
         auth.stub.Register(pb.RegisterRequest(**fields)), grpc.StatusCode.INVALID_ARGUMENT
     )
-    assert field in error.details()
+    assert field in (error.details() or "")
     assert error_reason(error) == reason
     assert await count(auth_db, User) == 0
     assert await count(auth_db, OutgoingMail) == 0
@@ -231,7 +231,7 @@ async def test_verify_needs_an_email_or_a_token(auth: AuthEndpoint) -> None:
     error = await expect_error(
         auth.stub.VerifyEmail(pb.VerifyEmailRequest()), grpc.StatusCode.INVALID_ARGUMENT
     )
-    assert "email" in error.details() and "token" in error.details()
+    assert "email" in (error.details() or "") and "token" in (error.details() or "")
 
 
 async def test_refresh_rotates_and_reuse_revokes_the_family(auth: AuthEndpoint, auth_db: Database) -> None:
