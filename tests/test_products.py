@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import pytest
@@ -45,7 +46,8 @@ class Products:
 
 
 def product(**fields: str) -> pb.Product:
-    return pb.Product(**({"sku": "SKU-1", "name": "Widget", "price": "12.50"} | fields))
+    chosen: dict[str, Any] = {"sku": "SKU-1", "name": "Widget", "price": "12.50"} | fields
+    return pb.Product(**chosen)
 
 
 def bearer(token: str) -> Metadata:
