@@ -35,32 +35,21 @@ from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import (
-    BigInteger,
-    CursorResult,
-    DateTime,
-    Executable,
-    Integer,
-    Result,
-    Row,
-    Select,
-    Table,
-    TypeDecorator,
-    event,
-)
+from sqlalchemy import BigInteger, DateTime, Executable, Integer, Row, Select, TypeDecorator, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import URL, Connection, Dialect, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker, create_async_engine
-from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.pool import ConnectionPoolEntry
-from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.types import TypeEngine
 
 from mesh import revisions
 from mesh.errors import DatabaseUnavailable, InvalidArgument, TransactionConflict
 
 if TYPE_CHECKING:
+    from sqlalchemy import CursorResult, Result, Table, TextClause
+    from sqlalchemy.orm import DeclarativeBase
+
     from mesh.config import Settings
 
 log = logging.getLogger(__name__)
@@ -127,7 +116,7 @@ def utcnow() -> dt.datetime:
 
 def table_of(model: type[DeclarativeBase]) -> Table:
     """A mapped class's table: SQLAlchemy types `__table__` as any `FromClause`."""
-    return cast(Table, model.__table__)
+    return cast("Table", model.__table__)
 
 
 def rowcount(result: Result[Any]) -> int:
