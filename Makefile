@@ -36,9 +36,11 @@ protos-check: $(VENV)/.installed
 docs: $(VENV)/.installed
 	$(BIN)/python -m launcher.settings_doc
 
-## lint: ruff and buf lint
+## lint: ruff (lint and format), mypy --strict (pyproject.toml) and buf lint
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/python -m launcher.codegen --lint
 
 ## bench: reads, movements and logins side by side with the FastAPI peer, on SQLite and PostgreSQL

@@ -28,7 +28,7 @@ from auth.passwords import PasswordHasher, check_new_password
 from mesh.access import role_named
 from mesh.config import Settings
 from mesh.context import current_identity
-from mesh.db import Database, utcnow
+from mesh.db import Database, rowcount, utcnow
 from mesh.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -218,7 +218,7 @@ class Accounts:
                 .where(RefreshToken.token_hash == row.token_hash, RefreshToken.used_at.is_(None))
                 .values(used_at=now)
             )
-            if spent.rowcount == 1:
+            if rowcount(spent) == 1:
                 user = await session.get(User, row.user_id)
                 if user is None:
                     raise Unauthenticated("the account no longer exists", reason="INVALID_REFRESH_TOKEN")
@@ -297,7 +297,7 @@ class Accounts:
                 .values(used_at=now)
             )
             user = await session.get(User, row.user_id)
-            if used.rowcount != 1 or user is None or user.email != row.email:
+            if rowcount(used) != 1 or user is None or user.email != row.email:
                 raise invalid
             user.email_verified = True
             if user.email in self._settings.admin_emails:
@@ -343,7 +343,7 @@ class Accounts:
                 .where(User.id == user.id, User.password_hash == user.password_hash)
                 .values(password_hash=new_hash, password_changed_at=now)
             )
-            if changed.rowcount != 1:  # a concurrent change won; this one's current password is stale
+            if rowcount(changed) != 1:  # a concurrent change won; this one's current password is stale
                 raise Unauthenticated("the password changed meanwhile; sign in again", reason="TOKEN_REVOKED")
             await session.execute(
                 update(RefreshToken)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import grpc
+from typing import TypedDict
 
 from auth import throttle
 from auth.accounts import Accounts, Tokens
@@ -12,7 +12,7 @@ from auth.models import User
 from invmesh.auth.v1 import auth_service_pb2 as pb
 from invmesh.auth.v1 import auth_service_pb2_grpc
 from mesh.errors import InvalidArgument
-from mesh.interceptors import metadata_value
+from mesh.interceptors import ServicerContext, metadata_value
 from mesh.messages import timestamp
 
 
@@ -37,23 +37,21 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
         self._keys = keys
         self._jwks = pb.GetJwksResponse()
 
-    async def Register(
-        self, request: pb.RegisterRequest, context: grpc.aio.ServicerContext
-    ) -> pb.RegisterResponse:
+    async def Register(self, request: pb.RegisterRequest, context: ServicerContext) -> pb.RegisterResponse:
         registered = await self._accounts.register(
             email=request.email, password=request.password, name=request.name, client=self._client(context)
         )
         user = pb.User(email=registered.email, name=registered.name, email_verified=False, roles=["viewer"])
         return pb.RegisterResponse(user=user)
 
-    async def Login(self, request: pb.LoginRequest, context: grpc.aio.ServicerContext) -> pb.LoginResponse:
+    async def Login(self, request: pb.LoginRequest, context: ServicerContext) -> pb.LoginResponse:
         tokens = await self._accounts.login(
             email=request.email, password=request.password, client=self._client(context)
         )
         return pb.LoginResponse(**_token_fields(tokens))
 
     async def VerifyEmail(
-        self, request: pb.VerifyEmailRequest, context: grpc.aio.ServicerContext
+        self, request: pb.VerifyEmailRequest, context: ServicerContext
     ) -> pb.VerifyEmailResponse:
         match request.WhichOneof("action"):
             case "email":
@@ -70,42 +68,40 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
                 )
 
     async def RefreshToken(
-        self, request: pb.RefreshTokenRequest, context: grpc.aio.ServicerContext
+        self, request: pb.RefreshTokenRequest, context: ServicerContext
     ) -> pb.RefreshTokenResponse:
         tokens = await self._accounts.refresh(request.refresh_token)
         return pb.RefreshTokenResponse(**_token_fields(tokens))
 
-    async def GetMe(self, request: pb.GetMeRequest, context: grpc.aio.ServicerContext) -> pb.GetMeResponse:
+    async def GetMe(self, request: pb.GetMeRequest, context: ServicerContext) -> pb.GetMeResponse:
         return pb.GetMeResponse(user=user_message(await self._accounts.caller()))
 
     async def SetUserRole(
-        self, request: pb.SetUserRoleRequest, context: grpc.aio.ServicerContext
+        self, request: pb.SetUserRoleRequest, context: ServicerContext
     ) -> pb.SetUserRoleResponse:
         user = await self._accounts.set_role(email=request.email, role=request.role)
         return pb.SetUserRoleResponse(user=user_message(user))
 
     async def ChangePassword(
-        self, request: pb.ChangePasswordRequest, context: grpc.aio.ServicerContext
+        self, request: pb.ChangePasswordRequest, context: ServicerContext
     ) -> pb.ChangePasswordResponse:
         tokens = await self._accounts.change_password(
             current_password=request.current_password, new_password=request.new_password
         )
         return pb.ChangePasswordResponse(**_token_fields(tokens))
 
-    def _client(self, context: grpc.aio.ServicerContext) -> str:
+    def _client(self, context: ServicerContext) -> str:
         """The caller's address, for the abuse limits (see auth.throttle)."""
         forwarded_for = metadata_value(context, "x-forwarded-for")
         return throttle.client_address(context.peer(), forwarded_for, self._trusted)
 
     async def IssueServiceToken(
-        self, request: pb.IssueServiceTokenRequest, context: grpc.aio.ServicerContext
+        self, request: pb.IssueServiceTokenRequest, context: ServicerContext
     ) -> pb.IssueServiceTokenResponse:
         token, expires_in = await self._clients.issue(request.client_id, request.client_secret)
         return pb.IssueServiceTokenResponse(access_token=token, token_type="Bearer", expires_in=expires_in)
 
-    async def GetJwks(
-        self, request: pb.GetJwksRequest, context: grpc.aio.ServicerContext
-    ) -> pb.GetJwksResponse:
+    async def GetJwks(self, request: pb.GetJwksRequest, context: ServicerContext) -> pb.GetJwksResponse:
         await self._keys.refresh_if_due()
         jwks = self._keys.jwks
         if [key.kid for key in self._jwks.keys] != [jwk["kid"] for jwk in jwks]:  # rotated
@@ -113,7 +109,14 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
         return self._jwks
 
 
-def _token_fields(tokens: Tokens) -> dict[str, object]:
+class _TokenFields(TypedDict):
+    access_token: str
+    token_type: str
+    expires_in: int
+    refresh_token: str
+
+
+def _token_fields(tokens: Tokens) -> _TokenFields:
     return {
         "access_token": tokens.access_token,
         "token_type": "Bearer",

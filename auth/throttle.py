@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.dml import Insert
 
 from auth.models import Throttle
-from mesh.db import Database, describe_error, utcnow
+from mesh.db import Database, describe_error, rowcount, table_of, utcnow
 from mesh.errors import ResourceExhausted
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ async def take(
     ResourceExhausted (which must roll that transaction back) if any limit is passed."""
     rows = sorted(
         ({"key": limit.key, "attempts": 1, "window_ends_at": now + limit.window} for limit in limits),
-        key=lambda row: row["key"],  # one lock order for every caller: no deadlocks between them
+        key=lambda row: str(row["key"]),  # one lock order for every caller: no deadlocks between them
     )
     await session.execute(_count(session.get_bind().dialect.name, rows, now))
     counted = {
@@ -87,7 +87,7 @@ async def take(
 
 def _count(dialect: str, rows: list[dict[str, object]], now: dt.datetime) -> Insert:
     """INSERT the rows, or add one attempt to a row's window (a new window once it ended)."""
-    table = Throttle.__table__
+    table = table_of(Throttle)
     ended = table.c.window_ends_at <= now
     if dialect in ("mysql", "mariadb"):
         insert = mysql.insert(table).values(rows)
@@ -100,12 +100,12 @@ def _count(dialect: str, rows: list[dict[str, object]], now: dt.datetime) -> Ins
             ]
         )
     upsert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    insert = upsert(table).values(rows)
-    return insert.on_conflict_do_update(
+    upserted = upsert(table).values(rows)
+    return upserted.on_conflict_do_update(
         index_elements=[table.c.key],
         set_={
             "attempts": case((ended, 1), else_=table.c.attempts + 1),
-            "window_ends_at": case((ended, insert.excluded.window_ends_at), else_=table.c.window_ends_at),
+            "window_ends_at": case((ended, upserted.excluded.window_ends_at), else_=table.c.window_ends_at),
         },
     )
 
@@ -128,7 +128,7 @@ async def prune(db: Database, now: dt.datetime) -> int:
     """Deletes the counters whose window has ended; returns how many."""
     async with db.transaction() as session:
         result = await session.execute(delete(Throttle).where(Throttle.window_ends_at <= now))
-    return result.rowcount or 0
+    return rowcount(result) or 0
 
 
 async def prune_every(db: Database, interval: float) -> None:

@@ -22,11 +22,12 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from threading import Barrier
+from typing import Protocol, cast
 
 import bcrypt
 import grpc
@@ -39,6 +40,19 @@ from mesh.config import ConfigError, load_settings
 USERS = [(f"bench{i}@example.com", f"bench-password-{i}") for i in range(8)]
 STARTUP_SECONDS = 60
 CALL_TIMEOUT = 60
+
+
+class _BlockingAuth(Protocol):
+    Register: grpc.UnaryUnaryMultiCallable[pb.RegisterRequest, pb.RegisterResponse]
+
+
+class _BlockingHealth(Protocol):
+    Check: grpc.UnaryUnaryMultiCallable[health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse]
+
+
+# The generated stubs work on blocking channels too; their .pyi types the grpc.aio ones only.
+_blocking_auth = cast(Callable[[grpc.Channel], _BlockingAuth], pb_grpc.AuthServiceStub)
+_blocking_health = cast(Callable[[grpc.Channel], _BlockingHealth], health_pb2_grpc.HealthStub)
 
 
 @dataclass
@@ -64,7 +78,7 @@ def bcrypt_check_seconds(rounds: int, samples: int = 5) -> float:
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        return int(sock.getsockname()[1])
 
 
 @contextlib.contextmanager
@@ -98,7 +112,7 @@ def auth_service(rounds: int) -> Iterator[str]:
 def wait_serving(address: str, server: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + STARTUP_SECONDS
     with grpc.insecure_channel(address) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
+        health = _blocking_health(channel)
         while time.monotonic() < deadline:
             if server.poll() is not None:
                 raise RuntimeError(f"the auth service exited with status {server.returncode}")
@@ -112,7 +126,7 @@ def wait_serving(address: str, server: subprocess.Popen[bytes]) -> None:
 
 def register_users(address: str) -> None:
     with grpc.insecure_channel(address) as channel:
-        stub = pb_grpc.AuthServiceStub(channel)
+        stub = _blocking_auth(channel)
         # Concurrently, so the server's bcrypt pool hashes them in parallel.
         calls = [
             stub.Register.future(pb.RegisterRequest(email=email, password=password, name="bench"))

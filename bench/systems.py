@@ -26,7 +26,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 
@@ -183,7 +183,7 @@ async def _create_product(http: httpx.AsyncClient, gate: asyncio.Semaphore, i: i
         created = _checked(await http.post("/products", json=product(i)))
         movement = {"product_id": created["id"], "type": "IN", "quantity": STOCK, "reason": "bench seed"}
         _checked(await http.post("/inventory", json=movement))
-    return created["id"]
+    return str(created["id"])
 
 
 def _checked(response: httpx.Response) -> dict[str, Any]:
@@ -191,7 +191,7 @@ def _checked(response: httpx.Response) -> dict[str, Any]:
         what = f"{response.request.method} {response.request.url.path}"
         raise RuntimeError(f"{response.request.url.host}:{response.request.url.port}: {what} answered "
                            f"{response.status_code}: {response.text}")  # fmt: skip
-    return response.json()
+    return cast(dict[str, Any], response.json())
 
 
 def _verification_token(outbox: Path, timeout: float = 15) -> str:
@@ -202,7 +202,7 @@ def _verification_token(outbox: Path, timeout: float = 15) -> str:
         time.sleep(0.05)
     with mails[-1].open("rb") as file:
         message = email.message_from_binary_file(file, policy=email.policy.default)
-    body = message.get_body(("plain",))  # type: ignore[attr-defined]
+    body = message.get_body(("plain",))
     found = re.search(r"[?&]token=([\w.~-]+)", body.get_content() if body else "")
     if found is None:
         raise RuntimeError(f"no verification link in {mails[-1]}")
@@ -298,7 +298,7 @@ def memory(root: int, label: Callable[[int, bool], str]) -> list[tuple[str, floa
 def _answers(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=1) as response:
-            return response.status == 200
+            return bool(response.status == 200)
     except (urllib.error.URLError, OSError):
         return False
 

@@ -20,6 +20,8 @@ from google.protobuf import json_format
 from google.rpc import error_details_pb2, status_pb2
 from starlette.responses import Response
 
+from mesh.messages import descriptor
+
 HTTP_STATUS: Mapping[grpc.StatusCode, int] = {
     grpc.StatusCode.OK: 200,
     grpc.StatusCode.CANCELLED: 499,
@@ -92,7 +94,7 @@ def from_rpc_error(error: grpc.aio.AioRpcError, backend: str) -> Response:
     details = []
     retry_after = None
     for packed in status.details:
-        if packed.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+        if packed.Is(descriptor(error_details_pb2.RetryInfo)):
             info = error_details_pb2.RetryInfo()
             packed.Unpack(info)
             retry_after = math.ceil(info.retry_delay.ToTimedelta().total_seconds())

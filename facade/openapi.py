@@ -30,12 +30,14 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from google.api import annotations_pb2, field_behavior_pb2
+from google.api import field_behavior_pb2
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor, MethodDescriptor
 
 from facade import httprule
 from facade.transcoding import HTTP_METHODS, Binding, query_fields
 from mesh.access import declared_role, is_public, role_name
+from mesh.messages import descriptor
+from mesh.options import FIELD_BEHAVIOR, HTTP
 
 OPENAPI_VERSION = "3.1.0"
 SECURITY_SCHEME = "bearer"
@@ -265,7 +267,7 @@ def _role_note(method: MethodDescriptor) -> str:
 def _operation_id(binding: Binding) -> str:
     """`Service_Method`; an RPC's additional bindings add their position: `Service_Method_2`."""
     base = f"{binding.service.name}_{binding.method.name}"
-    rule = binding.method.GetOptions().Extensions[annotations_pb2.http]
+    rule = binding.method.GetOptions().Extensions[HTTP]
     for position, each in enumerate((rule, *rule.additional_bindings), start=1):
         kind = each.WhichOneof("pattern")
         if kind == "custom":
@@ -280,7 +282,7 @@ def _operation_id(binding: Binding) -> str:
 def _path_parameters(binding: Binding, shape: _PathShape, schemas: _Schemas) -> list[dict[str, Any]]:
     template = binding.template
     owners = {i: v for v in template.variables for i in range(v.start, v.end)}
-    request = binding.request_class.DESCRIPTOR
+    request = descriptor(binding.request_class)
     names = {w.index: w.name for w in shape.wildcards}
     parameters = []
     for wildcard in shape.wildcards:
@@ -325,7 +327,7 @@ def _query_parameters(binding: Binding, schemas: _Schemas) -> list[dict[str, Any
 
 
 def _request_body(binding: Binding, schemas: _Schemas) -> dict[str, Any]:
-    request = binding.request_class.DESCRIPTOR
+    request = descriptor(binding.request_class)
     if binding.body == "*":
         top = {path.split(".")[0] for path in binding.path_fields if "." not in path}
         schema = schemas.message(request, request=True, leave_out=frozenset(top))
@@ -342,7 +344,7 @@ def _success_response(binding: Binding, schemas: _Schemas) -> dict[str, Any]:
     response: dict[str, Any] = {"description": description, "headers": _headers()}
     if binding.status == 204:
         return response
-    reply = binding.response_class.DESCRIPTOR
+    reply = descriptor(binding.response_class)
     if binding.response_body:
         schema = schemas.field(reply.fields_by_name[binding.response_body], request=False)
     else:
@@ -459,7 +461,7 @@ class _Schemas:
                     required.append(leaf.name)
             elif not leaf.has_presence:
                 required.append(leaf.name)
-        schema: dict[str, Any] = {"type": "object", "properties": properties}
+        schema = {"type": "object", "properties": properties}
         if required:
             schema["required"] = required
         schema["additionalProperties"] = False
@@ -507,7 +509,7 @@ def _status_schema() -> dict[str, Any]:
 
 
 def _behaviors(leaf: FieldDescriptor) -> Collection[int]:
-    return list(leaf.GetOptions().Extensions[field_behavior_pb2.field_behavior])
+    return list(leaf.GetOptions().Extensions[FIELD_BEHAVIOR])
 
 
 def _field_at(message: Descriptor, path: Iterable[str]) -> FieldDescriptor | None:

@@ -12,7 +12,7 @@ from mesh.config import Settings
 
 def bind(host: str, ports: list[int]) -> list[socket.socket]:
     """Listening sockets, bound before uvicorn starts so a taken port fails loudly and early."""
-    sockets = []
+    sockets: list[socket.socket] = []
     for port in ports:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets it knows are TCP.
@@ -44,6 +44,7 @@ def run(settings: Settings) -> None:
         # The client address (which auth's abuse limits count) from a load balancer's
         # X-Forwarded-For, when the load balancer is one of TRUSTED_PROXIES.
         forwarded_allow_ips=settings.trusted_proxies,
-        timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+        # uvicorn waits any number of seconds; its hint says int
+        timeout_graceful_shutdown=settings.shutdown_grace_seconds,  # type: ignore[arg-type]
     )
     uvicorn.Server(config).run(sockets=sockets)

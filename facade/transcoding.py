@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, quote
 
-from google.api import annotations_pb2, http_pb2
+from google.api import http_pb2
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
@@ -23,6 +23,8 @@ from google.protobuf.message_factory import GetMessageClass
 
 from facade import httprule
 from invmesh.api.v1 import rest_pb2
+from mesh.messages import descriptor
+from mesh.options import HTTP, REST_RESPONSE
 
 # The methods an OpenAPI path item can describe; a `custom` rule may use any of them.
 HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
@@ -99,11 +101,11 @@ class Binding:
             )
         self._merge_query(values, pairs)
         for name, value in path_values.items():
-            _set_path(values, self.request_class.DESCRIPTOR, name.split("."), value)
+            _set_path(values, descriptor(self.request_class), name.split("."), value)
         try:
             return json_format.ParseDict(values, self.request_class())
         except json_format.ParseError as exc:
-            raise _parse_error(self.request_class.DESCRIPTOR, str(exc), values, self.body) from None
+            raise _parse_error(descriptor(self.request_class), str(exc), values, self.body) from None
         except RecursionError:
             raise BadRequest("the body nests too deeply") from None
         except OverflowError:  # json_format turns ValueError into ParseError, but not this:
@@ -139,7 +141,7 @@ class Binding:
             if not isinstance(parsed, dict):
                 raise BadRequest("the request body must be a JSON object")
             return parsed
-        target = self.request_class.DESCRIPTOR.fields_by_name[self.body]
+        target = descriptor(self.request_class).fields_by_name[self.body]
         if target.message_type is not None and not _is_repeated(target) and not isinstance(parsed, dict):
             raise BadRequest("the request body must be a JSON object")
         return {self.body: parsed}
@@ -147,7 +149,7 @@ class Binding:
     def _merge_query(self, values: dict[str, Any], pairs: list[tuple[str, str]]) -> None:
         seen: set[str] = set()
         for name, value in pairs:
-            path, leaf = _resolve(self.request_class.DESCRIPTOR, name)
+            path, leaf = _resolve(descriptor(self.request_class), name)
             if path is None or leaf is None:
                 raise BadRequest(f"unknown query parameter {name!r}", field=name)
             # Messages quote the parameter as the client wrote it; details name the proto field.
@@ -177,10 +179,10 @@ def bindings(services: Iterable[ServiceDescriptor]) -> list[Binding]:
     for service in services:
         for method in service.methods:
             options = method.GetOptions()
-            if not options.HasExtension(annotations_pb2.http):
+            if not options.HasExtension(HTTP):
                 continue
-            rule = options.Extensions[annotations_pb2.http]
-            rest = options.Extensions[rest_pb2.rest_response]
+            rule = options.Extensions[HTTP]
+            rest = options.Extensions[REST_RESPONSE]
             for each in (rule, *rule.additional_bindings):
                 if each is not rule and each.additional_bindings:
                     raise RuleError(f"{method.full_name}: additional_bindings may not nest")
@@ -242,7 +244,7 @@ def query_fields(binding: Binding) -> Iterator[tuple[str, FieldDescriptor]]:
     """The (dotted path, leaf) pairs a binding reads from the query string, for the OpenAPI document."""
     if binding.body == "*":
         return
-    yield from _leaves(binding.request_class.DESCRIPTOR, (), binding, depth=0)
+    yield from _leaves(descriptor(binding.request_class), (), binding, depth=0)
 
 
 def _leaves(
@@ -280,7 +282,7 @@ def _field_named(message: Descriptor, name: str) -> FieldDescriptor | None:
     return found
 
 
-def _field_at(message: Descriptor, path: Sequence[str]) -> FieldDescriptor | None:
+def _field_at(message: Descriptor | None, path: Sequence[str]) -> FieldDescriptor | None:
     found = None
     for index, name in enumerate(path):
         if message is None:
@@ -343,6 +345,7 @@ def _set_path(values: dict[str, Any], message: Descriptor, path: list[str], valu
         holder = holder.setdefault(name, nested if isinstance(nested, dict) else {})
         if not isinstance(holder, dict):
             raise BadRequest(f"{name!r} must be a JSON object")
+        assert leaf.message_type is not None  # the binding checked that the path's fields are messages
         message = leaf.message_type
     leaf = message.fields_by_name[path[-1]]
     holder.pop(leaf.json_name, None)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import grpc
+from typing import TypedDict
 
 from inventory.models import Movement
 from inventory.stock import Inventory, Recorded, Stock
 from invmesh.inventory.v1 import inventory_service_pb2 as pb
 from invmesh.inventory.v1 import inventory_service_pb2_grpc
+from mesh.interceptors import ServicerContext
 from mesh.messages import timestamp
 
 _TYPE_NAMES = {pb.IN: "IN", pb.OUT: "OUT", pb.ADJUSTMENT: "ADJUSTMENT"}
@@ -42,7 +43,7 @@ class InventoryServicer(inventory_service_pb2_grpc.InventoryServiceServicer):
         self._inventory = inventory
 
     async def ListInventoryItems(
-        self, request: pb.ListInventoryItemsRequest, context: grpc.aio.ServicerContext
+        self, request: pb.ListInventoryItemsRequest, context: ServicerContext
     ) -> pb.ListInventoryItemsResponse:
         items, token = await self._inventory.list_items(
             page_size=request.page_size, page_token=request.page_token
@@ -50,18 +51,18 @@ class InventoryServicer(inventory_service_pb2_grpc.InventoryServiceServicer):
         return pb.ListInventoryItemsResponse(items=[item_message(i) for i in items], next_page_token=token)
 
     async def GetInventoryItem(
-        self, request: pb.GetInventoryItemRequest, context: grpc.aio.ServicerContext
+        self, request: pb.GetInventoryItemRequest, context: ServicerContext
     ) -> pb.GetInventoryItemResponse:
         return pb.GetInventoryItemResponse(item=item_message(await self._inventory.get(request.product_id)))
 
     async def BatchGetInventoryItems(
-        self, request: pb.BatchGetInventoryItemsRequest, context: grpc.aio.ServicerContext
+        self, request: pb.BatchGetInventoryItemsRequest, context: ServicerContext
     ) -> pb.BatchGetInventoryItemsResponse:
         items = await self._inventory.batch_get(request.product_ids)
         return pb.BatchGetInventoryItemsResponse(items=[item_message(i) for i in items])
 
     async def RecordMovement(
-        self, request: pb.RecordMovementRequest, context: grpc.aio.ServicerContext
+        self, request: pb.RecordMovementRequest, context: ServicerContext
     ) -> pb.RecordMovementResponse:
         recorded = await self._inventory.record(
             product_id=request.product_id,
@@ -73,9 +74,7 @@ class InventoryServicer(inventory_service_pb2_grpc.InventoryServiceServicer):
         )
         return pb.RecordMovementResponse(**_recorded(recorded))
 
-    async def SetStock(
-        self, request: pb.SetStockRequest, context: grpc.aio.ServicerContext
-    ) -> pb.SetStockResponse:
+    async def SetStock(self, request: pb.SetStockRequest, context: ServicerContext) -> pb.SetStockResponse:
         recorded = await self._inventory.set_count(
             product_id=request.product_id,
             quantity=request.quantity,
@@ -85,7 +84,7 @@ class InventoryServicer(inventory_service_pb2_grpc.InventoryServiceServicer):
         return pb.SetStockResponse(**_recorded(recorded))
 
     async def ListMovements(
-        self, request: pb.ListMovementsRequest, context: grpc.aio.ServicerContext
+        self, request: pb.ListMovementsRequest, context: ServicerContext
     ) -> pb.ListMovementsResponse:
         rows, token = await self._inventory.movements(
             product_id=request.product_id, page_size=request.page_size, page_token=request.page_token
@@ -93,11 +92,16 @@ class InventoryServicer(inventory_service_pb2_grpc.InventoryServiceServicer):
         return pb.ListMovementsResponse(movements=[movement_message(m) for m in rows], next_page_token=token)
 
     async def DeleteInventoryItem(
-        self, request: pb.DeleteInventoryItemRequest, context: grpc.aio.ServicerContext
+        self, request: pb.DeleteInventoryItemRequest, context: ServicerContext
     ) -> pb.DeleteInventoryItemResponse:
         await self._inventory.retire(request.product_id)
         return pb.DeleteInventoryItemResponse()
 
 
-def _recorded(recorded: Recorded) -> dict[str, object]:
+class _RecordedFields(TypedDict):
+    movement: pb.Movement
+    item: pb.InventoryItem
+
+
+def _recorded(recorded: Recorded) -> _RecordedFields:
     return {"movement": movement_message(recorded.movement), "item": item_message(recorded.stock)}

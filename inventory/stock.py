@@ -23,7 +23,7 @@ import random
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Integer, Row, String, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -33,7 +33,7 @@ from inventory.models import Item, Movement
 from inventory.product_check import ProductCheck, not_found
 from mesh import paging
 from mesh.context import current_identity, require_verified_email
-from mesh.db import Database, UtcDateTime, utcnow
+from mesh.db import Database, UtcDateTime, table_of, utcnow
 from mesh.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -50,7 +50,7 @@ T = TypeVar("T")
 _ATTEMPTS = 5  # each race above is lost at most once or twice in practice
 _RETRYABLE = (IntegrityError, TransactionConflict)
 # Every movement's statements and the hot reads, built once, in Core: a balance's columns only.
-_ITEMS = Item.__table__
+_ITEMS = table_of(Item)
 _BALANCE = (_ITEMS.c.product_id, _ITEMS.c.quantity, _ITEMS.c.updated_at)
 _ITEM_IS = _ITEMS.c.product_id == bindparam("pid")
 _BALANCE_OF = select(*_BALANCE, _ITEMS.c.retired_at).where(_ITEM_IS)
@@ -61,7 +61,7 @@ _LOCK_BALANCE = select(_ITEMS.c.quantity, _ITEMS.c.retired_at).where(_ITEM_IS).w
 _CHANGED = {"version": _ITEMS.c.version + 1, "unpublished": True}
 _NEW_BALANCE = insert(_ITEMS)  # version 1, unpublished: the columns' defaults
 _SET_BALANCE = update(_ITEMS).where(_ITEM_IS).values(_CHANGED)  # and the columns the parameters name
-_NEW_MOVEMENT = insert(Movement.__table__)
+_NEW_MOVEMENT = insert(table_of(Movement))
 # An IN or OUT the rule allows, in one statement where the database can return the new balance
 # (PostgreSQL, SQLite): the bounds keep the balance within 0..MAX_QUANTITY and are computed
 # beforehand, so no integer column ever holds an out-of-range sum.
@@ -84,7 +84,7 @@ _MOVE_BALANCE = (
 # On PostgreSQL the conditional update and the movement it leads to are one statement, run
 # without BEGIN or COMMIT (Database.write_alone): one round trip for the whole movement. It
 # inserts nothing when the update matched nothing, and a duplicate request_id fails it whole.
-_MOVEMENTS = Movement.__table__
+_MOVEMENTS = table_of(Movement)
 _MOVED = _MOVE_BALANCE.cte("moved")
 _MOVE_AND_APPEND = (
     _MOVEMENTS.insert()
@@ -405,7 +405,7 @@ async def _append(
     """Appends the movement that took the balance to `balance`."""
     values = _movement_values(actor, change, delta, balance, now)
     inserted = await conn.execute(_NEW_MOVEMENT, values)
-    movement = Movement(id=inserted.inserted_primary_key[0], **values)
+    movement = Movement(id=cast("Row[Any]", inserted.inserted_primary_key)[0], **values)
     return Recorded(movement, Stock(change.product_id, balance, now))
 
 
@@ -435,7 +435,7 @@ def _position(after: list[Any], kind: type[T]) -> T:
     """The one keyset value of a page token, of the expected type."""
     if len(after) != 1 or type(after[0]) is not kind:
         raise InvalidArgument("page_token is malformed", field="page_token", reason="INVALID_PAGE_TOKEN")
-    return after[0]  # type: ignore[return-value]
+    return after[0]
 
 
 def _stock(item: Item | Row[Any] | None, product_id: str) -> Stock:

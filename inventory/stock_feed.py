@@ -23,14 +23,14 @@ from sqlalchemy import bindparam, select, update
 from inventory.models import Item
 from invmesh.products.v1 import products_service_pb2, products_service_pb2_grpc
 from mesh.background import BackgroundLoop
-from mesh.db import Database
+from mesh.db import Database, table_of
 from mesh.service_token import ServiceToken
 
 BATCH = 500  # UpdateStockLevels' limit
 BATCH_WINDOW = 0.05  # seconds from the first commit to the call that reports it
 IDLE_POLL = 1.0
 
-_ITEMS = Item.__table__
+_ITEMS = table_of(Item)
 _UNPUBLISHED = (
     select(_ITEMS.c.product_id, _ITEMS.c.quantity, _ITEMS.c.version).where(_ITEMS.c.unpublished).limit(BATCH)
 )

@@ -40,7 +40,15 @@ def protoc(*outputs: str) -> None:
 
 def generate(out: Path) -> list[Path]:
     """Writes the generated package under `out`; returns the files written, relative to `out`."""
-    protoc(f"--python_out={out}", f"--pyi_out={out}", f"--grpc_python_out={out}")
+    # mypy-protobuf types the stubs and servicers (grpc.aio only) that --grpc_python_out leaves untyped.
+    mypy_grpc = Path(sys.executable).with_name("protoc-gen-mypy_grpc")
+    protoc(
+        f"--python_out={out}",
+        f"--pyi_out={out}",
+        f"--grpc_python_out={out}",
+        f"--plugin=protoc-gen-mypy_grpc={mypy_grpc}",
+        f"--mypy_grpc_out=only_async,generate_concrete_servicer_stubs,quiet:{out}",
+    )
     for folder in [out / PACKAGE, *(p for p in (out / PACKAGE).rglob("*") if p.is_dir())]:
         if folder.name != "__pycache__":
             (folder / "__init__.py").write_text(INIT_TEXT)

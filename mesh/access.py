@@ -15,6 +15,7 @@ from google.protobuf.descriptor import MethodDescriptor
 
 from invmesh.api.v1 import access_pb2
 from mesh.errors import InvalidArgument, PermissionDenied
+from mesh.options import ACCESS
 
 if TYPE_CHECKING:
     from mesh.tokens import Identity
@@ -37,7 +38,7 @@ def role_named(name: str) -> str:
     return name
 
 
-def role_name(role: access_pb2.Role.ValueType) -> str:
+def role_name(role: access_pb2.Role) -> str:
     """`staff` for ROLE_STAFF: the name tokens and clients use."""
     return access_pb2.Role.Name(role).removeprefix("ROLE_").lower()
 
@@ -45,10 +46,10 @@ def role_name(role: access_pb2.Role.ValueType) -> str:
 def declared_access(method: MethodDescriptor) -> access_pb2.Access:
     """The method's access option; an empty one (any valid token) if it declares none."""
     options = method.GetOptions()
-    return options.Extensions[access_pb2.access] if options.HasExtension(access_pb2.access) else _ANY_TOKEN
+    return options.Extensions[ACCESS] if options.HasExtension(ACCESS) else _ANY_TOKEN
 
 
-def declared_role(method: MethodDescriptor) -> access_pb2.Role.ValueType:
+def declared_role(method: MethodDescriptor) -> access_pb2.Role:
     return declared_access(method).role
 
 
@@ -59,10 +60,10 @@ def _method(method_path: str) -> MethodDescriptor | None:
         return None
 
 
-def required_role(method_path: str) -> access_pb2.Role.ValueType:
+def required_role(method_path: str) -> access_pb2.Role:
     """The role the method at `/package.Service/Method` declares; 0 (any caller) if none or unknown."""
     method = _method(method_path)
-    return declared_role(method) if method is not None else 0
+    return declared_role(method) if method is not None else access_pb2.ROLE_UNSPECIFIED
 
 
 def is_public(method_path: str) -> bool:
@@ -74,7 +75,7 @@ def is_public(method_path: str) -> bool:
     return method is not None and declared_access(method).public
 
 
-def require_role(caller: Identity, needed: access_pb2.Role.ValueType) -> None:
+def require_role(caller: Identity, needed: access_pb2.Role) -> None:
     """PERMISSION_DENIED unless one of the caller's roles ranks at least `needed`."""
     if needed == access_pb2.ROLE_SERVICE:
         allowed = SERVICE in caller.roles

@@ -41,7 +41,7 @@ class BackgroundLoop:
     def backoff(self, failures: int) -> float:
         """Seconds to wait after `failures` failures in a row (0 after the first): doubling
         from the initial retry, with 20% jitter so replicas do not retry in step, capped."""
-        return min(self._retry_initial * 2**failures * random.uniform(0.8, 1.2), self._retry_max)
+        return min(self._retry_initial * 2.0**failures * random.uniform(0.8, 1.2), self._retry_max)
 
     def failed(self, failures: int, could_not: str, error: Exception) -> float:
         """Logs a round of the loop that failed (after `failures` before it, in a row), in the

@@ -7,10 +7,11 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import Any, Protocol, cast
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mesh import context
 from mesh.errors import DeadlineExceeded
@@ -104,9 +105,9 @@ class ForwardCallerContext(grpc.aio.UnaryUnaryClientInterceptor):
         request: Any,
     ) -> Any:
         metadata = grpc.aio.Metadata(*(details.metadata or ()))
-        if "x-request-id" not in metadata and (rid := context.request_id.get()) != "-":
+        if "x-request-id" not in metadata.keys() and (rid := context.request_id.get()) != "-":
             metadata.add("x-request-id", rid)
-        if "authorization" not in metadata and (token := context.access_token.get()):
+        if "authorization" not in metadata.keys() and (token := context.access_token.get()):
             metadata.add("authorization", f"Bearer {token}")
         timeout = details.timeout if details.timeout is not None else self._default_timeout
         if (deadline := context.deadline.get()) is not None:
@@ -133,3 +134,14 @@ def open_channel(stack: AsyncExitStack, target: str, *, default_timeout: float) 
     opened = channel(target, default_timeout=default_timeout)
     stack.push_async_callback(opened.close)
     return opened
+
+
+class HealthClient(Protocol):
+    """grpc.health.v1.Health's client on a grpc.aio channel: its stubs leave the methods out."""
+
+    Check: grpc.aio.UnaryUnaryMultiCallable[health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse]
+    Watch: grpc.aio.UnaryStreamMultiCallable[health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse]
+
+
+def health_stub(channel: grpc.aio.Channel) -> HealthClient:
+    return cast(HealthClient, health_pb2_grpc.HealthStub(channel))

@@ -33,7 +33,7 @@ import logging
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import BigInteger, DateTime, Executable, Integer, Row, Select, TypeDecorator, event
 from sqlalchemy import exc as sa_exc
@@ -47,6 +47,9 @@ from mesh import revisions
 from mesh.errors import DatabaseUnavailable, InvalidArgument, TransactionConflict
 
 if TYPE_CHECKING:
+    from sqlalchemy import CursorResult, Result, Table, TextClause
+    from sqlalchemy.orm import DeclarativeBase
+
     from mesh.config import Settings
 
 log = logging.getLogger(__name__)
@@ -109,6 +112,16 @@ class UtcDateTime(TypeDecorator[dt.datetime]):
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def table_of(model: type[DeclarativeBase]) -> Table:
+    """A mapped class's table: SQLAlchemy types `__table__` as any `FromClause`."""
+    return cast("Table", model.__table__)
+
+
+def rowcount(result: Result[Any]) -> int:
+    """The rows an UPDATE or DELETE matched: `execute()` is typed to return a plain `Result`."""
+    return cast("CursorResult[Any]", result).rowcount
 
 
 class StartupError(Exception):
@@ -180,8 +193,8 @@ class Database:
                 yield session
 
     async def fetch(
-        self, statement: Select[Any], parameters: Mapping[str, Any] | None = None
-    ) -> Sequence[Row[Any]]:
+        self, statement: Select[Any] | TextClause, parameters: Mapping[str, Any] | None = None
+    ) -> Sequence[Row[*tuple[Any, ...]]]:
         """The rows of one SELECT, through Core: the hot reads, without an ORM session's cost.
         Hot paths build `statement` once, with bind parameters, and pass the values here.
 
@@ -192,7 +205,7 @@ class Database:
 
     async def write_alone(
         self, statement: Executable, parameters: Mapping[str, Any] | None = None
-    ) -> Sequence[Row[Any]]:
+    ) -> Sequence[Row[*tuple[Any, ...]]]:
         """The rows one writing statement returns, run as a transaction of its own: alone, with
         no BEGIN or COMMIT, where the database autocommits (see `autocommits`), else in one."""
         if not self.autocommits:
@@ -200,7 +213,9 @@ class Database:
                 return (await conn.execute(statement, parameters)).all()
         return await self._alone(statement, parameters)
 
-    async def _alone(self, statement: Executable, parameters: Mapping[str, Any] | None) -> Sequence[Row[Any]]:
+    async def _alone(
+        self, statement: Executable, parameters: Mapping[str, Any] | None
+    ) -> Sequence[Row[*tuple[Any, ...]]]:
         """The rows of one statement on a connection that sends no BEGIN (`_one_statement`)."""
         with _translated():
             async with self._one_statement.connect() as conn:

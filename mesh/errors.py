@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -54,9 +55,9 @@ class DomainError(Exception):
         return rpc_status.to_status(status)
 
 
-def _pack(message: object) -> any_pb2.Any:
+def _pack(message: Message) -> any_pb2.Any:
     packed = any_pb2.Any()
-    packed.Pack(message)  # type: ignore[arg-type]
+    packed.Pack(message)
     return packed
 
 
@@ -123,6 +124,13 @@ def internal_status() -> grpc.Status:
     return rpc_status.to_status(status_pb2.Status(code=code_pb2.INTERNAL, message="internal error"))
 
 
+def status_of(error: grpc.aio.AioRpcError) -> status_pb2.Status | None:
+    """The google.rpc.Status in the error's trailers, if any. grpc_status reads only what an
+    AioRpcError has too (code, details, trailing metadata); its stubs take a grpc.Call."""
+    status: status_pb2.Status | None = rpc_status.from_call(cast(grpc.Call, error))
+    return status
+
+
 def from_peer(error: grpc.aio.AioRpcError, outage: DomainError) -> DomainError:
     """What to tell our caller when another service refused a call made on its behalf.
 
@@ -137,7 +145,7 @@ def from_peer(error: grpc.aio.AioRpcError, outage: DomainError) -> DomainError:
     if kind is None:
         return outage
     reason = None
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    status = status_of(error)
     for detail in status.details if status is not None else ():
         info = error_details_pb2.ErrorInfo()
         if detail.Unpack(info):

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeAlias, cast
 
 import grpc
 from sqlalchemy.exc import SQLAlchemyError
@@ -27,10 +27,13 @@ log = logging.getLogger("mesh.rpc")
 
 _SETTLE_SECONDS = 0.01
 
-Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+# A unary handler neither reads nor writes the stream, so its context's message types stay open.
+ServicerContext: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"  # generic in the stubs only
+Behavior = Callable[[Any, ServicerContext], Awaitable[Any]]
 
 
-def metadata_value(ctx: grpc.aio.ServicerContext, key: str) -> str | None:
+def metadata_value(ctx: ServicerContext, key: str) -> str | None:
     for name, value in ctx.invocation_metadata() or ():
         if name == key:
             return value if isinstance(value, str) else None
@@ -41,31 +44,32 @@ class _UnaryWrapper(grpc.aio.ServerInterceptor):
     """Wraps each unary-unary handler once; streaming handlers pass through `_other`."""
 
     def __init__(self) -> None:
-        self._cache: dict[str, grpc.RpcMethodHandler | None] = {}
+        self._cache: dict[str, Handler | None] = {}
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> Handler | None:
         method = details.method
         if method not in self._cache:
             handler = await continuation(details)
             if handler is not None and handler.unary_unary is not None:
                 handler = grpc.unary_unary_rpc_method_handler(
-                    self._wrap(method, handler.unary_unary),
+                    # types-grpcio types the behavior as a synchronous one, even on grpc.aio
+                    self._wrap(method, cast(Behavior, handler.unary_unary)),
                     request_deserializer=handler.request_deserializer,
                     response_serializer=handler.response_serializer,
                 )
             else:
                 handler = self._other(method, handler)
             self._cache[method] = handler
-        return self._cache[method]  # type: ignore[return-value]
+        return self._cache[method]
 
     def _wrap(self, method: str, behavior: Behavior) -> Behavior:
         raise NotImplementedError
 
-    def _other(self, method: str, handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler | None:
+    def _other(self, method: str, handler: Handler | None) -> Handler | None:
         return handler
 
 
@@ -102,14 +106,20 @@ class RequestInterceptor(_UnaryWrapper):
             await asyncio.wait(set(self._open), timeout=1)
 
     def _wrap(self, method: str, behavior: Behavior) -> Behavior:
-        async def call(request: Any, ctx: grpc.aio.ServicerContext) -> Any:
+        async def call(request: Any, ctx: ServicerContext) -> Any:
             task = asyncio.current_task()
             assert task is not None
             self._running.add(task)
             answered = task.get_loop().create_future()
             self._open.add(answered)
             answered.add_done_callback(self._open.discard)
-            ctx.add_done_callback(lambda _: answered.done() or answered.set_result(None))
+
+            def settle(_: ServicerContext) -> None:
+                if not answered.done():
+                    answered.set_result(None)
+
+            # types-grpcio declares the callback type as a class rather than a Protocol
+            ctx.add_done_callback(settle)  # type: ignore[arg-type]
             incoming = metadata_value(ctx, "x-request-id")
             context.request_id.set(context.request_id_or_new(incoming))
             remaining = ctx.time_remaining()
@@ -128,7 +138,7 @@ class RequestInterceptor(_UnaryWrapper):
                 status = error.to_status()
                 await ctx.abort(status.code, status.details, status.trailing_metadata)
             except (grpc.aio.AbortError, grpc.aio.UsageError):  # from ctx.abort() in a handler
-                code = ctx.code() or grpc.StatusCode.UNKNOWN  # type: ignore[assignment]
+                code = ctx.code() or grpc.StatusCode.UNKNOWN
                 raise
             except Exception as error:
                 # Database calls translate their own errors; this catches any that ran outside them.
@@ -171,7 +181,7 @@ class AuthInterceptor(_UnaryWrapper):
             return behavior
         needed = access.required_role(method)
 
-        async def call(request: Any, ctx: grpc.aio.ServicerContext) -> Any:
+        async def call(request: Any, ctx: ServicerContext) -> Any:
             header = metadata_value(ctx, "authorization") or ""
             scheme, _, token = header.partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
@@ -188,12 +198,12 @@ class AuthInterceptor(_UnaryWrapper):
 
         return call
 
-    def _other(self, method: str, handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler | None:
+    def _other(self, method: str, handler: Handler | None) -> Handler | None:
         if handler is None or self._is_public(method):
             return handler
         # No streaming RPC of ours is authenticated yet: refuse rather than let one through unchecked.
         return grpc.unary_unary_rpc_method_handler(_refuse_streaming)
 
 
-async def _refuse_streaming(request: Any, ctx: grpc.aio.ServicerContext) -> None:
+async def _refuse_streaming(request: Any, ctx: ServicerContext) -> None:
     await ctx.abort(grpc.StatusCode.UNIMPLEMENTED, "streaming calls are not authenticated here")

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import cast
 
+from google.protobuf.descriptor import Descriptor
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 
@@ -14,3 +17,9 @@ def timestamp(moment: dt.datetime | None) -> Timestamp | None:
     stamp = Timestamp()
     stamp.FromDatetime(moment)
     return stamp
+
+
+def descriptor(message: type[Message] | Message) -> Descriptor:
+    """The message's `DESCRIPTOR`: its stubs type it as either of protobuf's two implementations
+    (Python and upb), which are one class at run time."""
+    return cast(Descriptor, message.DESCRIPTOR)

@@ -21,7 +21,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import InstrumentedAttribute
 
 from mesh.background import BackgroundLoop
-from mesh.db import Database, utcnow
+from mesh.db import Database, rowcount, utcnow
 from mesh.errors import describe
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ class OutboxRelay(BackgroundLoop, Generic[Row]):
         if len(due) == BATCH:
             return 0.0
         async with self._db.session() as session:
-            upcoming = await session.scalar(select(func.min(table.next_attempt_at)))
+            upcoming: dt.datetime | None = await session.scalar(select(func.min(table.next_attempt_at)))
         if upcoming is None:
             return self._retry_max
         return min(max((upcoming - utcnow()).total_seconds(), 0.0), self._retry_max)
@@ -115,7 +115,7 @@ class OutboxRelay(BackgroundLoop, Generic[Row]):
                 .where(table.id == row_id, table.attempts == attempts)
                 .values(attempts=attempts + 1, next_attempt_at=utcnow() + self._lease)
             )
-            if claimed.rowcount != 1:
+            if rowcount(claimed) != 1:
                 return False  # another relay has it
             row = await session.get_one(table, row_id)
         try:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from importlib import resources
 from typing import TYPE_CHECKING
 
-from sqlalchemy import column, select, table
+from sqlalchemy import Select, column, select, table
 from sqlalchemy import exc as sa_exc
 
 if TYPE_CHECKING:
@@ -30,7 +30,7 @@ def newest(service: str) -> str:
 
 async def is_newest(db: Database, service: str) -> bool:
     """Whether the database is at `service`'s newest revision."""
-    query = select(column("version_num")).select_from(table(version_table(service)))
+    query: Select[str] = select(column("version_num")).select_from(table(version_table(service)))
     try:
         found = await db.fetch(query)
     except sa_exc.DBAPIError:  # no version table: never migrated, or not invmesh's database

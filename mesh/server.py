@@ -18,7 +18,7 @@ import signal
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar, cast
 
 import grpc
 from google.protobuf import descriptor_pool
@@ -33,15 +33,16 @@ from mesh.tokens import TokenVerifier
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+S = TypeVar("S")
 
 
 @dataclass(frozen=True, slots=True)
-class Servicer:
+class Servicer(Generic[S]):
     """A servicer and how to add it: `(name, add_XServicer_to_server, instance)`."""
 
     name: str  # the full service name, e.g. "invmesh.auth.v1.AuthService"
-    add_to_server: Callable[[object, grpc.aio.Server], None]
-    instance: object
+    add_to_server: Callable[[S, grpc.aio.Server], None]
+    instance: S
 
 
 class ListenError(Exception):
@@ -79,7 +80,7 @@ class _MethodAwarePool:
 class MeshServer:
     def __init__(
         self,
-        servicers: Sequence[Servicer],
+        servicers: Sequence[Servicer[Any]],
         *,
         address: str,
         verifier: TokenVerifier,
@@ -111,7 +112,9 @@ class MeshServer:
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         names = [s.name for s in self._servicers]
         reflection.enable_server_reflection(
-            [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server, pool=_MethodAwarePool()
+            [*names, health.SERVICE_NAME, reflection.SERVICE_NAME],
+            self._server,
+            pool=cast(descriptor_pool.DescriptorPool, _MethodAwarePool()),
         )
         try:
             self.port = self._server.add_insecure_port(self._address)

@@ -13,7 +13,7 @@ import hashlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -110,7 +110,7 @@ class TokenVerifier:
             raise _invalid(f"the access token must be a {TOKEN_TYPE} JWT signed with {ALGORITHM}")
         kid = header.get("kid")
         key = await self._keys.public_key(kid) if isinstance(kid, str) and kid else None
-        if key is None:
+        if key is None or not isinstance(kid, str):
             raise _invalid("the access token was not signed by a key the auth service publishes")
         try:
             claims = jwt.decode(
@@ -172,7 +172,10 @@ class JwksCache:
     """
 
     def __init__(
-        self, fetch: Callable[[], Awaitable[list[Mapping[str, str]]]], *, min_refetch_interval: float
+        self,
+        fetch: Callable[[], Coroutine[Any, Any, Sequence[Mapping[str, str]]]],
+        *,
+        min_refetch_interval: float,
     ) -> None:
         self._fetch = fetch
         self._interval = min_refetch_interval

@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 
 from mesh import paging
 from mesh.context import require_verified_email
-from mesh.db import Database, utcnow
+from mesh.db import Database, rowcount, table_of, utcnow
 from mesh.errors import AlreadyExists, InvalidArgument, NotFound
 from mesh.outbox import OutboxRelay
 from products.models import Product, ProductChange, RetiredProduct, StockLevel
@@ -27,15 +27,15 @@ from products.models import Product, ProductChange, RetiredProduct, StockLevel
 # The hot reads (get, batch_get, list) are Core selects of the table, rows with a Product's
 # attributes; get and list add `stock` from stock_levels in the same SELECT. The point and
 # batch reads are built once.
-_PRODUCTS = Product.__table__
-_LEVELS = StockLevel.__table__
+_PRODUCTS = table_of(Product)
+_LEVELS = table_of(StockLevel)
 _WITH_STOCK = select(_PRODUCTS, _LEVELS.c.quantity.label("stock")).outerjoin(
     _LEVELS, _LEVELS.c.product_id == _PRODUCTS.c.id
 )
 _PRODUCT_BY_ID = _WITH_STOCK.where(_PRODUCTS.c.id == bindparam("id"))
 _PRODUCTS_BY_ID = select(_PRODUCTS).where(_PRODUCTS.c.id.in_(bindparam("ids", expanding=True)))
 _STOCK_OF = select(_LEVELS.c.quantity).where(_LEVELS.c.product_id == bindparam("id"))
-_LOG_CHANGES = insert(ProductChange.__table__)  # in every write to what GetProduct answers
+_LOG_CHANGES = insert(table_of(ProductChange))  # in every write to what GetProduct answers
 ProductRow = Product | Row[Any]
 
 MAX_BATCH = 500
@@ -143,7 +143,7 @@ class Catalog:
             TTLCache(cache_size, cache_seconds) if cache_seconds > 0 else None
         )
         # ListProducts pages by (page size, page token, query); any change drops them all.
-        self._pages: TTLCache[tuple[int, str, str], tuple[list[ProductRow], str]] | None = (
+        self._pages: TTLCache[tuple[int, str, str], tuple[list[Row[Any]], str]] | None = (
             TTLCache(CACHED_PAGE_ROWS, cache_seconds, getsizeof=lambda page: len(page[0]) + 1)
             if cache_seconds > 0
             else None
@@ -176,7 +176,7 @@ class Catalog:
         self.forget([product.id])
         return product
 
-    async def get(self, product_id: str) -> ProductRow:
+    async def get(self, product_id: str) -> Row[Any]:
         """The product with its stock, from memory if this process read it lately. Its own
         writes and stock reports drop what they change once committed, another replica's once
         the change watch reads them from the log (`products.change_watch`), and a read that
@@ -198,7 +198,7 @@ class Catalog:
         wanted = {i for i in ids if "\x00" not in i}  # no id holds NUL, and no database may be sent one
         return await self._db.fetch(_PRODUCTS_BY_ID, {"ids": list(wanted)})
 
-    async def list(self, *, page_size: int, page_token: str, q: str) -> tuple[list[ProductRow], str]:
+    async def list(self, *, page_size: int, page_token: str, q: str) -> tuple[list[Row[Any]], str]:
         """A page of products with their stock, from memory if this process read it lately:
         kept as GetProduct's rows are, and all dropped at any change to any product."""
         size = paging.page_size(page_size)
@@ -266,7 +266,7 @@ class Catalog:
         require_verified_email()
         async with self._db.transaction() as session:
             deleted = await session.execute(delete(Product).where(Product.id == product_id))
-            if deleted.rowcount != 1:
+            if rowcount(deleted) != 1:
                 raise _not_found(product_id)
             await session.execute(delete(StockLevel).where(StockLevel.product_id == product_id))
             session.add(RetiredProduct(id=product_id, next_attempt_at=self._retirements.held_for_writer()))
@@ -339,13 +339,13 @@ def _upsert_levels(backend: str) -> Executable:
             set_={"quantity": stmt.excluded.quantity, "version": stmt.excluded.version},
             where=table.c.version < stmt.excluded.version,
         )
-    stmt = mysql.insert(table)
-    newer = stmt.inserted.version > table.c.version
+    mysql_stmt = mysql.insert(table)
+    newer = mysql_stmt.inserted.version > table.c.version
     # MariaDB assigns in order: quantity is decided before version changes.
-    return stmt.on_duplicate_key_update(
+    return mysql_stmt.on_duplicate_key_update(
         {
-            "quantity": case((newer, stmt.inserted.quantity), else_=table.c.quantity),
-            "version": case((newer, stmt.inserted.version), else_=table.c.version),
+            "quantity": case((newer, mysql_stmt.inserted.quantity), else_=table.c.quantity),
+            "version": case((newer, mysql_stmt.inserted.version), else_=table.c.version),
         }
     )
 

@@ -24,7 +24,7 @@ from typing import TypeVar
 from sqlalchemy import bindparam, delete, func, select
 
 from mesh.background import BackgroundLoop
-from mesh.db import Database
+from mesh.db import Database, table_of
 from products.models import ProductChange
 
 POLL = 0.1  # seconds between reads of the log
@@ -32,7 +32,7 @@ SETTLE = 2.0  # a missing id is given up once a later one has been seen this lon
 BATCH = 5000  # rows per read
 MIN_RETENTION = 60.0  # seconds from reading rows to pruning them
 
-_CHANGES = ProductChange.__table__
+_CHANGES = table_of(ProductChange)
 _LAST = select(func.coalesce(func.max(_CHANGES.c.id), 0))
 _AFTER = (
     select(_CHANGES.c.id, _CHANGES.c.product_id, _CHANGES.c.writer)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import grpc
-
 from invmesh.products.v1 import products_service_pb2 as pb
 from invmesh.products.v1 import products_service_pb2_grpc
+from mesh.interceptors import ServicerContext
 from mesh.messages import timestamp
 from products.catalog import Catalog, Draft, Level, ProductRow, format_price
 
@@ -39,7 +38,7 @@ class ProductsServicer(products_service_pb2_grpc.ProductsServiceServicer):
         self._catalog = catalog
 
     async def ListProducts(
-        self, request: pb.ListProductsRequest, context: grpc.aio.ServicerContext
+        self, request: pb.ListProductsRequest, context: ServicerContext
     ) -> pb.ListProductsResponse:
         rows, token = await self._catalog.list(
             page_size=request.page_size, page_token=request.page_token, q=request.q
@@ -49,37 +48,37 @@ class ProductsServicer(products_service_pb2_grpc.ProductsServiceServicer):
         )
 
     async def GetProduct(
-        self, request: pb.GetProductRequest, context: grpc.aio.ServicerContext
+        self, request: pb.GetProductRequest, context: ServicerContext
     ) -> pb.GetProductResponse:
         row = await self._catalog.get(request.id)
         return pb.GetProductResponse(product=product_message(row, row.stock))
 
     async def BatchGetProducts(
-        self, request: pb.BatchGetProductsRequest, context: grpc.aio.ServicerContext
+        self, request: pb.BatchGetProductsRequest, context: ServicerContext
     ) -> pb.BatchGetProductsResponse:
         rows = await self._catalog.batch_get(request.ids)
         return pb.BatchGetProductsResponse(products=[product_message(row, None) for row in rows])
 
     async def CreateProduct(
-        self, request: pb.CreateProductRequest, context: grpc.aio.ServicerContext
+        self, request: pb.CreateProductRequest, context: ServicerContext
     ) -> pb.CreateProductResponse:
         product = await self._catalog.create(_draft(request.product))
         return pb.CreateProductResponse(product=product_message(product, 0))  # a new product never moved
 
     async def UpdateProduct(
-        self, request: pb.UpdateProductRequest, context: grpc.aio.ServicerContext
+        self, request: pb.UpdateProductRequest, context: ServicerContext
     ) -> pb.UpdateProductResponse:
         product, stock = await self._catalog.update(request.product.id, _draft(request.product))
         return pb.UpdateProductResponse(product=product_message(product, stock))
 
     async def DeleteProduct(
-        self, request: pb.DeleteProductRequest, context: grpc.aio.ServicerContext
+        self, request: pb.DeleteProductRequest, context: ServicerContext
     ) -> pb.DeleteProductResponse:
         await self._catalog.delete(request.id)
         return pb.DeleteProductResponse()
 
     async def UpdateStockLevels(
-        self, request: pb.UpdateStockLevelsRequest, context: grpc.aio.ServicerContext
+        self, request: pb.UpdateStockLevelsRequest, context: ServicerContext
     ) -> pb.UpdateStockLevelsResponse:
         await self._catalog.record_levels(
             [Level(level.product_id, level.quantity, level.version) for level in request.levels]

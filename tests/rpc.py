@@ -10,7 +10,9 @@ from typing import TypeVar
 import grpc
 import pytest
 from google.rpc import error_details_pb2
-from grpc_status import rpc_status
+
+from mesh.errors import status_of
+from mesh.messages import descriptor
 
 T = TypeVar("T")
 
@@ -24,11 +26,11 @@ async def expect_error(call: Awaitable[object], code: grpc.StatusCode) -> grpc.a
 
 def error_reason(error: grpc.aio.AioRpcError) -> str | None:
     """The ErrorInfo reason carried in the status details."""
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    status = status_of(error)
     if status is None:
         return None
     for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+        if detail.Is(descriptor(error_details_pb2.ErrorInfo)):
             info = error_details_pb2.ErrorInfo()
             detail.Unpack(info)
             return info.reason
@@ -37,9 +39,9 @@ def error_reason(error: grpc.aio.AioRpcError) -> str | None:
 
 def retry_delay(error: grpc.aio.AioRpcError) -> float | None:
     """The seconds of the RetryInfo carried in the status details, if there is one."""
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    status = status_of(error)
     for detail in status.details if status is not None else ():
-        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+        if detail.Is(descriptor(error_details_pb2.RetryInfo)):
             info = error_details_pb2.RetryInfo()
             detail.Unpack(info)
             return info.retry_delay.ToTimedelta().total_seconds()

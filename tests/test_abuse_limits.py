@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 
 import grpc
 import pytest
@@ -55,18 +55,20 @@ def bcrypt_checks(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
 
 def login(
     auth: AuthEndpoint, email: str, password: str = "wrong password", address: str | None = None
-) -> object:
+) -> grpc.aio.UnaryUnaryCall[pb.LoginRequest, pb.LoginResponse]:
     metadata = (("x-forwarded-for", address),) if address else ()
     return auth.stub.Login(pb.LoginRequest(email=email, password=password), metadata=metadata)
 
 
-async def refused_login(auth: AuthEndpoint, email: str, address: str | None = None) -> tuple[str, str | None]:
-    error = await expect_error(login(auth, email, address=address), grpc.StatusCode.UNAUTHENTICATED)  # type: ignore[arg-type]
+async def refused_login(
+    auth: AuthEndpoint, email: str, address: str | None = None
+) -> tuple[str | None, str | None]:
+    error = await expect_error(login(auth, email, address=address), grpc.StatusCode.UNAUTHENTICATED)
     return error.details(), error_reason(error)
 
 
-async def limited(call: object) -> grpc.aio.AioRpcError:
-    error = await expect_error(call, LIMITED)  # type: ignore[arg-type]
+async def limited(call: Awaitable[object]) -> grpc.aio.AioRpcError:
+    error = await expect_error(call, LIMITED)
     delay = retry_delay(error)
     assert delay is not None and 0 < delay <= 3600, delay
     return error
@@ -85,12 +87,12 @@ async def test_failed_logins_are_limited_per_account_before_bcrypt_runs(
     for email, password in [("ann@example.com", PASSWORD), ("ANN@Example.com", "wrong password")]:
         error = await limited(login(auth, email, password))
         assert error_reason(error) == "TOO_MANY_LOGIN_ATTEMPTS"
-        assert "too many failed logins" in error.details()
+        assert "too many failed logins" in (error.details() or "")
     assert len(bcrypt_checks) == checks
 
     # Another account, from the same address, is not affected.
     await auth.stub.Register(pb.RegisterRequest(email="bob@example.com", password=PASSWORD))
-    assert (await login(auth, "bob@example.com", PASSWORD)).access_token  # type: ignore[attr-defined]
+    assert (await login(auth, "bob@example.com", PASSWORD)).access_token
 
 
 async def test_unknown_emails_are_limited_with_the_same_answers(auth: AuthEndpoint) -> None:
@@ -124,7 +126,7 @@ async def test_the_limit_lifts_when_the_window_ends(auth: AuthEndpoint, auth_db:
     await limited(login(auth, "di@example.com", PASSWORD))
     async with auth_db.transaction() as session:  # the window ends: as if 15 minutes went by
         await session.execute(update(Throttle).values(window_ends_at=utcnow()))
-    assert (await login(auth, "di@example.com", PASSWORD)).access_token  # type: ignore[attr-defined]
+    assert (await login(auth, "di@example.com", PASSWORD)).access_token
 
     # Ended windows are pruned; current ones are kept.
     await refused_login(auth, "di@example.com")
@@ -168,7 +170,7 @@ async def test_concurrent_attempts_cannot_slip_past_the_limit(
 ) -> None:
     await auth.stub.Register(pb.RegisterRequest(email="eve@example.com", password=PASSWORD))
     results = await asyncio.gather(
-        *(login(auth, "eve@example.com", f"guess {n}") for n in range(12)),  # type: ignore[misc]
+        *(login(auth, "eve@example.com", f"guess {n}") for n in range(12)),
         return_exceptions=True,
     )
     codes = sorted(r.code().name for r in results if isinstance(r, grpc.aio.AioRpcError))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import grpc
 import pytest
@@ -29,7 +30,8 @@ from tests.rpc import error_reason, eventually, expect_error
 
 
 def product(**fields: str) -> pb.Product:
-    return pb.Product(**({"sku": "SKU-1", "name": "Widget", "price": "12.50"} | fields))
+    chosen: dict[str, Any] = {"sku": "SKU-1", "name": "Widget", "price": "12.50"} | fields
+    return pb.Product(**chosen)
 
 
 @pytest.fixture
@@ -112,7 +114,7 @@ async def test_invalid_products_are_refused_and_write_nothing(
         ),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
-    assert field in error.details()
+    assert field in (error.details() or "")
     async with products_db.session() as session:
         assert await session.scalar(select(func.count()).select_from(Product)) == 0
 

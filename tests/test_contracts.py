@@ -4,13 +4,14 @@ REST route annotated."""
 from __future__ import annotations
 
 import pytest
-from google.api import annotations_pb2, http_pb2
+from google.api import http_pb2
 from google.protobuf.descriptor import FileDescriptor
 
 from invmesh.auth.v1 import auth_service_pb2
 from invmesh.inventory.v1 import inventory_service_pb2
 from invmesh.products.v1 import products_service_pb2
 from launcher import codegen
+from mesh.options import HTTP
 
 FILES: list[FileDescriptor] = [
     auth_service_pb2.DESCRIPTOR,
@@ -47,9 +48,9 @@ def http_routes() -> dict[tuple[str, str], str]:
         for service in file.services_by_name.values():
             for method in service.methods:
                 options = method.GetOptions()
-                if not options.HasExtension(annotations_pb2.http):
+                if not options.HasExtension(HTTP):
                     continue
-                rule: http_pb2.HttpRule = options.Extensions[annotations_pb2.http]
+                rule: http_pb2.HttpRule = options.Extensions[HTTP]
                 for binding in [rule, *rule.additional_bindings]:
                     verb = binding.WhichOneof("pattern")
                     assert verb is not None

@@ -53,7 +53,7 @@ async def differences(db: Database, service: str, metadata: MetaData) -> list[An
     def compare(connection: Connection) -> list[Any]:
         options = migrations.context_options(service, metadata, connection)
         del options["connection"]
-        return compare_metadata(MigrationContext.configure(connection, opts=options), metadata)
+        return list(compare_metadata(MigrationContext.configure(connection, opts=options), metadata))
 
     async with db.session() as session:
         return await (await session.connection()).run_sync(compare)

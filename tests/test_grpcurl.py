@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, cast
 
 from tests.conftest import SERVICE_SECRET, AuthEndpoint, Mesh
 
@@ -37,11 +39,11 @@ async def test_grpcurl_lists_describes_and_calls_through_reflection(auth: AuthEn
     message = await grpcurl("-plaintext", auth.address, "describe", "invmesh.auth.v1.RegisterRequest")
     assert "string password = 2" in message
 
-    async def call(method: str, body: dict[str, str] | None = None, *headers: str) -> dict[str, object]:
+    async def call(method: str, body: dict[str, str] | None = None, *headers: str) -> dict[str, Any]:
         args = [arg for header in headers for arg in ("-H", header)]
         if body is not None:
             args += ["-d", json.dumps(body)]
-        return json.loads(await grpcurl("-plaintext", *args, auth.address, method))
+        return cast(dict[str, Any], json.loads(await grpcurl("-plaintext", *args, auth.address, method)))
 
     assert await call("grpc.health.v1.Health/Check") == {"status": "SERVING"}
     credentials = {"email": "ops@example.com", "password": "operator-pass"}
@@ -50,22 +52,23 @@ async def test_grpcurl_lists_describes_and_calls_through_reflection(auth: AuthEn
     me = await call(
         "invmesh.auth.v1.AuthService/GetMe", None, f"authorization: Bearer {login['access_token']}"
     )
-    assert {k: v for k, v in me["user"].items() if k not in ("id", "created_at")} == registered["user"]  # type: ignore[union-attr]
+    assert {k: v for k, v in me["user"].items() if k not in ("id", "created_at")} == registered["user"]
 
 
 async def test_grpcurl_calls_every_products_and_inventory_rpc(mesh: Mesh) -> None:
     async def call(
-        address: str, method: str, body: dict[str, object], token: str = mesh.verified_token
-    ) -> dict[str, object]:
+        address: str, method: str, body: Mapping[str, object], token: str = mesh.verified_token
+    ) -> dict[str, Any]:
         bearer = f"authorization: Bearer {token}"
-        return json.loads(await grpcurl("-plaintext", "-H", bearer, "-d", json.dumps(body), address, method))
+        reply = await grpcurl("-plaintext", "-H", bearer, "-d", json.dumps(body), address, method)
+        return cast(dict[str, Any], json.loads(reply))
 
     products, inventory = mesh.settings.products_addr, mesh.settings.inventory_addr
     p, i = "invmesh.products.v1.ProductsService/", "invmesh.inventory.v1.InventoryService/"
     created = await call(
         products, p + "CreateProduct", {"product": {"sku": "G-1", "name": "Gear", "price": "2.50"}}
     )
-    pid = created["product"]["id"]  # type: ignore[index]
+    pid = created["product"]["id"]
     calls: list[tuple[str, str, dict[str, object]]] = [
         (products, p + "GetProduct", {"id": pid}),
         (products, p + "ListProducts", {"page_size": 5, "q": "gear"}),
@@ -92,7 +95,7 @@ async def test_grpcurl_calls_every_products_and_inventory_rpc(mesh: Mesh) -> Non
     credentials = {"client_id": "products", "client_secret": SERVICE_SECRET}
     issued = await call(mesh.settings.auth_addr, "invmesh.auth.v1.AuthService/IssueServiceToken", credentials)
     await call(inventory, i + "DeleteInventoryItem", {"product_id": pid}, token=str(issued["access_token"]))
-    assert replies["GetInventoryItem"]["item"]["quantity"] == 3  # type: ignore[index]
-    assert [m["type"] for m in replies["ListMovements"]["movements"]] == ["ADJUSTMENT", "IN"]  # type: ignore[index]
+    assert replies["GetInventoryItem"]["item"]["quantity"] == 3
+    assert [m["type"] for m in replies["ListMovements"]["movements"]] == ["ADJUSTMENT", "IN"]
     described = await grpcurl("-plaintext", inventory, "describe", "invmesh.inventory.v1.InventoryService")
     assert "rpc RecordMovement" in described

@@ -17,7 +17,7 @@ from auth.keys import Key, KeyStore, Schedule, thumbprint
 from invmesh.auth.v1 import auth_service_pb2 as auth_pb
 from invmesh.inventory.v1 import inventory_service_pb2 as inventory_pb
 from invmesh.products.v1 import products_service_pb2 as products_pb
-from launcher.cli import rotate_keys
+from launcher.admin import rotate_keys
 from mesh.config import Settings
 from mesh.db import Database, utcnow
 from tests.conftest import Mesh

@@ -92,4 +92,4 @@ async def test_without_smtp_mail_is_written_to_the_outbox_folder(settings: Setti
     (path,) = outbox.glob("*.eml")
     message = email.message_from_bytes(path.read_bytes(), policy=email.policy.SMTP)
     assert message["To"] == "outbox@example.com"
-    assert link_token(message, settings.public_url)  # type: ignore[arg-type]
+    assert link_token(message, settings.public_url)

@@ -164,7 +164,7 @@ class Call:
 
 async def timed(
     http: httpx.AsyncClient, method: str, path: str, **kwargs: Any
-) -> tuple[float, int, dict[str, Any]]:
+) -> tuple[float, float, int, dict[str, Any]]:
     """When the request started, how long it took, its status and JSON body."""
     started = time.monotonic()
     try:

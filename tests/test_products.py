@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import pytest
@@ -45,7 +46,8 @@ class Products:
 
 
 def product(**fields: str) -> pb.Product:
-    return pb.Product(**({"sku": "SKU-1", "name": "Widget", "price": "12.50"} | fields))
+    chosen: dict[str, Any] = {"sku": "SKU-1", "name": "Widget", "price": "12.50"} | fields
+    return pb.Product(**chosen)
 
 
 def bearer(token: str) -> Metadata:
@@ -99,7 +101,7 @@ async def test_prices_are_stored_exactly_as_minor_units(
 
 async def test_prices_from_1e14_are_refused(products: Products) -> None:
     error = await expect_error(products.create(price="100000000000000"), grpc.StatusCode.INVALID_ARGUMENT)
-    assert "price" in error.details() and error_reason(error) == "INVALID_PRICE"
+    assert "price" in (error.details() or "") and error_reason(error) == "INVALID_PRICE"
     assert await products.count() == 0
 
 
@@ -131,7 +133,7 @@ async def test_forged_page_tokens_are_invalid_arguments(products: Products, posi
         ),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
-    assert "page_token" in error.details()
+    assert "page_token" in (error.details() or "")
 
 
 async def test_with_inventory_down_writes_and_reads_answer_with_the_stock_last_reported(

@@ -22,7 +22,7 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from auth.service import running as running_auth
 from invmesh.auth.v1 import auth_service_pb2_grpc
@@ -32,7 +32,7 @@ from invmesh.products.v1 import products_service_pb2 as products_pb
 from invmesh.products.v1 import products_service_pb2_grpc
 from launcher.cli import main as invmesh
 from mesh import migrations
-from mesh.clients import grpc_target, open_channel
+from mesh.clients import grpc_target, health_stub, open_channel
 from mesh.config import Settings
 from mesh.db import Database
 from tests.conftest import SmtpServer, free_port, user_token
@@ -43,7 +43,7 @@ REPLICAS = 2
 
 async def wait_serving(address: str, timeout: float = 30) -> None:
     async with grpc.aio.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
+        stub = health_stub(channel)
         deadline = time.monotonic() + timeout
         while True:
             with contextlib.suppress(grpc.aio.AioRpcError):
@@ -243,7 +243,7 @@ class Operation:
             return (await mesh.inventory.SetStock(count, metadata=mesh.user)).movement
         move = pb.RecordMovementRequest(
             product_id=self.product_id,
-            type=pb.MovementType.Value(self.kind),
+            type=self.kind,
             quantity=quantity,
             request_id=self.request_id,
         )

@@ -15,6 +15,7 @@ import pytest
 from invmesh.products.v1 import products_service_pb2 as pb
 from invmesh.products.v1 import products_service_pb2_grpc
 from mesh.clients import CHANNEL_OPTIONS, channel
+from mesh.interceptors import ServicerContext
 from tests.conftest import free_port
 
 
@@ -29,7 +30,7 @@ class FakeProducts(products_service_pb2_grpc.ProductsServiceServicer):
         self.delay = 0.0
         self.in_flight = 0
 
-    async def _serve(self, method: str, context: grpc.aio.ServicerContext) -> pb.Product:
+    async def _serve(self, method: str, context: ServicerContext) -> pb.Product:
         self.attempts[method] += 1
         if self.failures[method] > 0:
             self.failures[method] -= 1
@@ -41,17 +42,19 @@ class FakeProducts(products_service_pb2_grpc.ProductsServiceServicer):
             self.in_flight -= 1
         return pb.Product(id="p1", sku="SKU", name=self.name, price="1.00")
 
-    async def GetProduct(self, request: pb.GetProductRequest, context: grpc.aio.ServicerContext) -> object:
+    async def GetProduct(
+        self, request: pb.GetProductRequest, context: ServicerContext
+    ) -> pb.GetProductResponse:
         return pb.GetProductResponse(product=await self._serve("GetProduct", context))
 
     async def ListProducts(
-        self, request: pb.ListProductsRequest, context: grpc.aio.ServicerContext
-    ) -> object:
+        self, request: pb.ListProductsRequest, context: ServicerContext
+    ) -> pb.ListProductsResponse:
         return pb.ListProductsResponse(products=[await self._serve("ListProducts", context)])
 
     async def CreateProduct(
-        self, request: pb.CreateProductRequest, context: grpc.aio.ServicerContext
-    ) -> object:
+        self, request: pb.CreateProductRequest, context: ServicerContext
+    ) -> pb.CreateProductResponse:
         return pb.CreateProductResponse(product=await self._serve("CreateProduct", context))
 
 
@@ -71,7 +74,7 @@ async def fake_products(name: str = "fake") -> AsyncIterator[tuple[str, FakeProd
 
 
 def test_reads_and_idempotent_writes_have_the_retry_policy_and_nothing_else_does() -> None:
-    config = json.loads(dict(CHANNEL_OPTIONS)["grpc.service_config"])
+    config = json.loads(str(dict(CHANNEL_OPTIONS)["grpc.service_config"]))
     assert config["loadBalancingConfig"] == [{"round_robin": {}}]
     assert config["retryThrottling"] == {"maxTokens": 10, "tokenRatio": 0.1}
     (retried,) = config["methodConfig"]

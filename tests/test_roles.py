@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from collections.abc import Awaitable
 
 import grpc
 import pytest
@@ -25,8 +26,8 @@ def settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"admin_emails": ["boss@example.com"]})
 
 
-async def denied(call: object, reason: str = "ROLE_REQUIRED") -> None:
-    error = await expect_error(call, grpc.StatusCode.PERMISSION_DENIED)  # type: ignore[arg-type]
+async def denied(call: Awaitable[object], reason: str = "ROLE_REQUIRED") -> None:
+    error = await expect_error(call, grpc.StatusCode.PERMISSION_DENIED)
     assert error_reason(error) == reason, error.details()
 
 

@@ -15,11 +15,12 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from auth.service import running
 from invmesh.auth.v1 import auth_service_pb2 as pb
 from invmesh.auth.v1 import auth_service_pb2_grpc
+from mesh.clients import health_stub
 from mesh.config import Settings
 from mesh.server import ListenError
 from tests.conftest import free_port
@@ -97,7 +98,7 @@ async def test_invmesh_up_serves_until_sigterm(tmp_path: Path) -> None:
             while b"all healthy" not in (line := await process.stderr.readline()):
                 assert line, "invmesh up exited before its services were healthy"
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            health = await health_pb2_grpc.HealthStub(channel).Check(
+            health = await health_stub(channel).Check(
                 health_pb2.HealthCheckRequest(service="invmesh.auth.v1.AuthService")
             )
             assert health.status == health_pb2.HealthCheckResponse.SERVING

@@ -14,14 +14,15 @@ from typing import cast
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from invmesh.inventory.v1 import inventory_service_pb2 as pb
 from invmesh.products.v1 import products_service_pb2 as products_pb
 from invmesh.products.v1 import products_service_pb2_grpc
 from mesh import access
-from mesh.clients import channel
+from mesh.clients import channel, health_stub
 from mesh.config import Settings
+from mesh.interceptors import ServicerContext
 from mesh.server import MeshServer, Servicer
 from mesh.tokens import TokenVerifier
 from tests.conftest import SmtpServer
@@ -37,7 +38,7 @@ async def watch_health(address: str) -> list[int]:
     statuses: list[int] = []
     async with grpc.aio.insecure_channel(address) as channel:
         try:
-            async for reply in health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest()):
+            async for reply in health_stub(channel).Watch(health_pb2.HealthCheckRequest()):
                 statuses.append(reply.status)
         except grpc.aio.AioRpcError:
             pass  # the server went away
@@ -50,7 +51,7 @@ class Sleeper(products_service_pb2_grpc.ProductsServiceServicer):
     running = 0
 
     async def GetProduct(
-        self, request: products_pb.GetProductRequest, context: grpc.aio.ServicerContext
+        self, request: products_pb.GetProductRequest, context: ServicerContext
     ) -> products_pb.GetProductResponse:
         self.running += 1
         try:
@@ -99,7 +100,7 @@ class Stamper(products_service_pb2_grpc.ProductsServiceServicer):
         self.arrivals: list[float] = []
 
     async def GetProduct(
-        self, request: products_pb.GetProductRequest, context: grpc.aio.ServicerContext
+        self, request: products_pb.GetProductRequest, context: ServicerContext
     ) -> products_pb.GetProductResponse:
         self.arrivals.append(time.monotonic())
         await asyncio.sleep(0.005)

@@ -10,6 +10,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import jwt
@@ -184,7 +185,7 @@ async def test_get_me_needs_a_bearer_token(auth: AuthEndpoint, header: str | Non
     error = await expect_error(
         auth.stub.GetMe(pb.GetMeRequest(), metadata=metadata), grpc.StatusCode.UNAUTHENTICATED
     )
-    assert "Bearer" in error.details()
+    assert "Bearer" in (error.details() or "")
 
 
 async def test_signing_key_is_generated_once_and_persisted(settings: Settings) -> None:
@@ -297,7 +298,7 @@ def decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     seen: list[str] = []
     decode = jwt.decode
 
-    def counted(token: str, *args: object, **kwargs: object) -> object:
+    def counted(token: str, *args: Any, **kwargs: Any) -> object:
         seen.append(token)
         return decode(token, *args, **kwargs)
 

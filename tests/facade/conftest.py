@@ -75,6 +75,7 @@ def settings(settings: Settings) -> Settings:
 @pytest.fixture
 async def web(mesh: Mesh) -> AsyncIterator[Web]:
     port = urlsplit(mesh.settings.public_url).port
+    assert port is not None
     async with (
         serving(create_app(mesh.settings), port) as url,
         httpx.AsyncClient(base_url=url, timeout=10) as http,

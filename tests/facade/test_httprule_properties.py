@@ -85,13 +85,13 @@ class Generated:
 
 def _render(part: Part, canonical: bool = False) -> str:
     if part[0] == "lit":
-        return part[1]
+        return str(part[1])
     if part[0] == "star":
         return "*"
     if part[0] == "dstar":
         return "**"
     pattern = part[2] or ([("star",)] if canonical else None)
-    return "{" + part[1] + ("=" + "/".join(_render(p) for p in pattern) if pattern else "") + "}"
+    return "{" + str(part[1]) + ("=" + "/".join(_render(p) for p in pattern) if pattern else "") + "}"
 
 
 literals = st.text(LITERAL_CHARS, min_size=1, max_size=6)
@@ -208,7 +208,7 @@ def built_paths(draw: st.DrawFn, template: Generated) -> Built:
 
 def _literal_rx(literal: str) -> str:
     def char(c: str) -> str:
-        hi, lo = f"{ord(c):02X}"
+        hi, lo = list(f"{ord(c):02X}")
         return f"(?:{re.escape(c)}|%[{hi}{hi.lower()}][{lo}{lo.lower()}])"
 
     return "".join(char(c) for c in literal)

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urljoin
 
 import httpx
 import pytest
-from google.api import annotations_pb2, field_behavior_pb2, http_pb2
+from google.api import field_behavior_pb2, http_pb2
 from google.protobuf import descriptor_pb2, descriptor_pool
 from openapi_spec_validator import validate
 from starlette.applications import Starlette
@@ -23,6 +23,7 @@ from facade.transcoding import bindings
 from invmesh.auth.v1 import auth_service_pb2
 from mesh.access import is_public
 from mesh.config import Settings
+from mesh.options import FIELD_BEHAVIOR, HTTP
 from tests.facade.conftest import serving
 
 # The routes the issue and the README document, with their success status.
@@ -73,7 +74,7 @@ async def document(http: httpx.AsyncClient) -> dict[str, Any]:
     response = await http.get("/openapi.json")
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/json"
-    return response.json()
+    return cast(dict[str, Any], response.json())
 
 
 def router(app: Starlette) -> TranscodedRoutes:
@@ -215,7 +216,7 @@ async def test_request_bodies_and_responses_follow_the_http_rules(document: dict
         return deref(document, ops[key]["requestBody"]["content"]["application/json"]["schema"])
 
     def reply(key: tuple[str, str], status: str) -> dict[str, Any]:
-        return ops[key]["responses"][status]
+        return cast(dict[str, Any], ops[key]["responses"][status])
 
     # body "*": the request minus the path's fields, unknown fields refused.
     movement = body(("POST", "/inventory"))
@@ -283,7 +284,7 @@ def _test_service() -> Any:
             field.type_name = type_name
         field.json_name = re.sub(r"_(\w)", lambda m: m.group(1).upper(), name)
         if name == "must":
-            field.options.Extensions[field_behavior_pb2.field_behavior].append(field_behavior_pb2.REQUIRED)
+            field.options.Extensions[FIELD_BEHAVIOR].append(field_behavior_pb2.REQUIRED)
     file.message_type.add(name="ShapeResponse")
     service = file.service.add(name="ShapeService")
     rules = {
@@ -300,12 +301,13 @@ def _test_service() -> Any:
             input_type=".invmesh_tests.openapi.ShapeRequest",
             output_type=".invmesh_tests.openapi.ShapeResponse",
         )
-        method.options.Extensions[annotations_pb2.http].CopyFrom(rule)
+        method.options.Extensions[HTTP].CopyFrom(rule)
     pool = descriptor_pool.Default()
     try:
         found = pool.FindFileByName(file.name)
     except KeyError:
-        found = pool.Add(file)
+        pool.Add(file)
+        found = pool.FindFileByName(file.name)
     return found.services_by_name["ShapeService"]
 
 

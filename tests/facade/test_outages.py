@@ -11,12 +11,13 @@ from contextlib import asynccontextmanager
 
 import grpc
 import httpx
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from auth.service import running as running_auth
 from facade.app import Backend, create_app
 from invmesh.auth.v1 import auth_service_pb2_grpc
 from invmesh.products.v1 import products_service_pb2
+from mesh.clients import health_stub
 from mesh.config import Settings
 from products.service import running as running_products
 from tests.conftest import SmtpServer, free_port, mesh_settings, user_token
@@ -46,7 +47,7 @@ async def service_process(
     try:
         address = getattr(settings, f"{name}_addr")
         async with asyncio.timeout(30), grpc.aio.insecure_channel(address) as channel:
-            health = health_pb2_grpc.HealthStub(channel)
+            health = health_stub(channel)
             while True:
                 try:
                     reply = await health.Check(

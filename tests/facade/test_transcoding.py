@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -62,7 +62,7 @@ async def bound(
     assert response.status_code == status, response.text
     reply = response.json()
     assert reply["method"] == rpc
-    return reply["request"]
+    return cast(dict[str, Any], reply["request"])
 
 
 def with_zero(**fields: Any) -> dict[str, Any]:

@@ -149,9 +149,21 @@ json_values = st.recursive(
 
 
 # Numbers beyond every range or of no JSON at all, and values of the wrong shape.
-EDGES = [10**400, -(10**400), math.inf, -math.inf, math.nan, 2**64, -(2**63) - 1, 2**31, 1.5, -0.0, 1e308]
+EDGES: list[object] = [
+    10**400,
+    -(10**400),
+    math.inf,
+    -math.inf,
+    math.nan,
+    2**64,
+    -(2**63) - 1,
+    2**31,
+    1.5,
+    -0.0,
+    1e308,
+]
 EDGES += ["1e400", "NaN", "nan", "Infinity", "1_000", ""]
-SHAPES = [True, None, [], {}, [[]], {"a": 1}, "COLOR_BLUE"]
+SHAPES: list[object] = [True, None, [], {}, [[]], {"a": 1}, "COLOR_BLUE"]
 hostile_values = st.one_of(st.sampled_from(EDGES), st.sampled_from(SHAPES), numbers, json_values)
 
 
@@ -375,7 +387,9 @@ def test_a_field_body_beside_the_query(data: st.DataObject) -> None:
 @PROPERTIES
 @given(INT32, st.booleans(), st.sampled_from([0, 1, 2]), st.data())
 def test_typed_path_variables(count: int, flag: bool, color: int, data: st.DataObject) -> None:
-    named = EchoRequest.DESCRIPTOR.fields_by_name["color"].enum_type.values_by_number[color].name
+    colors = EchoRequest.DESCRIPTOR.fields_by_name["color"].enum_type
+    assert colors is not None
+    named = colors.values_by_number[color].name
     values = {
         "count": str(count),
         "flag": "true" if flag else "false",
