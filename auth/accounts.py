@@ -35,6 +35,7 @@ from mesh.errors import (
     NotFound,
     ResourceExhausted,
     Unauthenticated,
+    Violations,
 )
 
 log = logging.getLogger(__name__)
@@ -107,13 +108,16 @@ class Accounts:
         account, the answer is the same and its owner is mailed a notice instead, so the
         answer tells no one which addresses are registered (the same work is done either way:
         a bcrypt hash, a counted attempt, a queued mail). Limited per client address."""
-        address = normalize_email(email)
-        name = name.strip()
+        problems = Violations()
+        address, name, password_bytes = "", name.strip(), b""
+        with problems.collect():
+            address = normalize_email(email)
         if len(name) > MAX_NAME_CHARS:
-            raise InvalidArgument(
-                f"name must be at most {MAX_NAME_CHARS} characters", field="name", reason="INVALID_NAME"
-            )
-        password_hash = await self._hasher.hash(check_new_password(password))
+            problems.add("name", f"name must be at most {MAX_NAME_CHARS} characters", "INVALID_NAME")
+        with problems.collect():
+            password_bytes = check_new_password(password)
+        problems.check()
+        password_hash = await self._hasher.hash(password_bytes)
         user = User(
             id=str(uuid.uuid4()),
             email=address,

@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from mesh import paging
 from mesh.context import require_verified_email
 from mesh.db import Database, utcnow
-from mesh.errors import AlreadyExists, InvalidArgument, NotFound
+from mesh.errors import AlreadyExists, InvalidArgument, NotFound, Violations
 from mesh.outbox import OutboxRelay
 from products.models import Product, ProductChange, RetiredProduct, StockLevel
 
@@ -89,26 +89,35 @@ def format_price(price_minor: int, currency: str) -> str:
 
 
 def validate(draft: Draft) -> Fields:
-    sku, name, description, price = draft.sku.strip(), draft.name.strip(), draft.description, draft.price
+    """The draft's fields, checked; otherwise one INVALID_ARGUMENT naming every bad field."""
+    sku, name, description = draft.sku.strip(), draft.name.strip(), draft.description
     currency = draft.currency.strip().upper() or "USD"
+    problems = Violations()
     if not 1 <= len(sku) <= MAX_SKU_CHARS:
-        raise InvalidArgument(
-            f"sku is required, 1 to {MAX_SKU_CHARS} characters", field="sku", reason="INVALID_SKU"
-        )
+        problems.add("sku", f"sku is required, 1 to {MAX_SKU_CHARS} characters", "INVALID_SKU")
     if not 1 <= len(name) <= MAX_NAME_CHARS:
-        raise InvalidArgument(
-            f"name is required, 1 to {MAX_NAME_CHARS} characters", field="name", reason="INVALID_NAME"
-        )
+        problems.add("name", f"name is required, 1 to {MAX_NAME_CHARS} characters", "INVALID_NAME")
     if len(description) > MAX_DESCRIPTION_CHARS:
-        raise InvalidArgument(
+        problems.add(
+            "description",
             f"description must be at most {MAX_DESCRIPTION_CHARS} characters",
-            field="description",
-            reason="INVALID_DESCRIPTION",
+            "INVALID_DESCRIPTION",
         )
-    digits = minor_digits(currency)
+    digits = None
+    with problems.collect():
+        digits = minor_digits(currency)
+    price_minor = 0
+    with problems.collect():
+        price_minor = _price_in_minor_units(draft.price, currency, digits)
+    problems.check()
+    return Fields(sku, name, description, price_minor, currency)
+
+
+def _price_in_minor_units(price: str, currency: str, digits: int | None) -> int:
+    """The price in minor units; with no `digits` (the currency is unknown), only its form is checked."""
+    decimals = f" with at most {digits} decimals for {currency}" if digits is not None else ""
     bad_price = InvalidArgument(
-        f"price must be a non-negative decimal string with at most {digits} decimals for {currency}, "
-        'like "12.50"',
+        f'price must be a non-negative decimal string{decimals}, like "12.50"',
         field="price",
         reason="INVALID_PRICE",
     )
@@ -119,11 +128,11 @@ def validate(draft: Draft) -> Fields:
         amount = Decimal(price)
     except InvalidOperation:
         raise bad_price from None
-    if -amount.as_tuple().exponent > digits:  # type: ignore[operator]
+    if digits is not None and -amount.as_tuple().exponent > digits:  # type: ignore[operator]
         raise bad_price
     if amount >= MAX_PRICE:
         raise InvalidArgument(f"price must be below {MAX_PRICE:f}", field="price", reason="INVALID_PRICE")
-    return Fields(sku, name, description, int(amount.scaleb(digits)), currency)
+    return int(amount.scaleb(digits or 0))
 
 
 class Catalog:
@@ -201,8 +210,7 @@ class Catalog:
     async def list(self, *, page_size: int, page_token: str, q: str) -> tuple[list[ProductRow], str]:
         """A page of products with their stock, from memory if this process read it lately:
         kept as GetProduct's rows are, and all dropped at any change to any product."""
-        size = paging.page_size(page_size)
-        after = paging.decode_token(page_token, query=q)
+        size, after = paging.page_request(page_size, page_token, query=q)
         key = (size, page_token, q)
         if self._pages is not None and (page := self._pages.get(key)) is not None:
             return page

@@ -25,7 +25,7 @@ from products import change_watch
 from products.models import Product, ProductChange
 from products.service import running as running_products
 from tests.conftest import SERVICE_SECRET, Mesh, SmtpServer, free_port, mesh_settings, user_token
-from tests.rpc import error_reason, eventually, expect_error
+from tests.rpc import error_reason, eventually, expect_error, field_violations
 
 
 def product(**fields: str) -> pb.Product:
@@ -115,6 +115,32 @@ async def test_invalid_products_are_refused_and_write_nothing(
     assert field in error.details()
     async with products_db.session() as session:
         assert await session.scalar(select(func.count()).select_from(Product)) == 0
+
+
+async def test_every_bad_field_is_named_at_once(mesh: Mesh, products_db: Database) -> None:
+    bad = pb.Product(sku="", name="", price="abc", currency="XYZ", description="d" * 5001)
+    error = await expect_error(
+        mesh.products.CreateProduct(pb.CreateProductRequest(product=bad), metadata=mesh.as_user()),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert field_violations(error) == {
+        "sku": "INVALID_SKU",
+        "name": "INVALID_NAME",
+        "description": "INVALID_DESCRIPTION",
+        "currency": "INVALID_CURRENCY",
+        "price": "INVALID_PRICE",
+    }
+    assert error_reason(error) == "INVALID_FIELDS"
+    for limit in ("1 to 64 characters", "1 to 200 characters", "at most 5000 characters", "'XYZ'"):
+        assert limit in error.details()
+    async with products_db.session() as session:
+        assert await session.scalar(select(func.count()).select_from(Product)) == 0
+
+
+async def test_one_bad_field_keeps_its_own_reason(mesh: Mesh) -> None:
+    error = await expect_error(create(mesh, price="1.5", currency="JPY"), grpc.StatusCode.INVALID_ARGUMENT)
+    assert field_violations(error) == {"price": "INVALID_PRICE"} and error_reason(error) == "INVALID_PRICE"
+    assert "at most 0 decimals for JPY" in error.details()
 
 
 @pytest.mark.parametrize(
