@@ -24,7 +24,7 @@ from mesh.config import Settings
 from mesh.db import Database
 from products.service import running as running_products
 from tests.conftest import SERVICE_SECRET, Mesh, SmtpServer, mesh_settings, user_token
-from tests.rpc import error_reason, eventually, expect_error
+from tests.rpc import error_reason, eventually, expect_error, field_violations
 
 
 async def new_product(mesh: Mesh, sku: str = "SKU-1") -> str:
@@ -131,7 +131,7 @@ async def test_the_stock_stays_within_its_bounds_at_the_extremes(mesh: Mesh) -> 
             mesh.inventory.RecordMovement(move(pid, kind, quantity), metadata=mesh.as_user()),
             grpc.StatusCode.INVALID_ARGUMENT,
         )
-        assert error_reason(error) == "INVALID_QUANTITY"
+        assert error_reason(error) == "INVALID_QUANTITY" and f"maximum of {most}" in error.details()
     emptied = await mesh.inventory.RecordMovement(move(pid, pb.OUT, most), metadata=mesh.as_user())
     assert emptied.item.quantity == 0 and emptied.movement.quantity == -most
     error = await expect_error(
@@ -168,6 +168,43 @@ async def test_bad_movements_are_refused_and_write_nothing(
     assert field in error.details()
     async with inventory_db.session() as session:
         assert await session.scalar(select(func.count()).select_from(Movement)) == 0
+
+
+async def test_every_bad_field_of_a_movement_is_named_at_once(mesh: Mesh, inventory_db: Database) -> None:
+    request = pb.RecordMovementRequest(
+        product_id="", quantity=0, reason="r" * 501, reference="x" * 201, request_id="has spaces"
+    )
+    error = await expect_error(
+        mesh.inventory.RecordMovement(request, metadata=mesh.as_user()), grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert field_violations(error) == {
+        "type": "INVALID_MOVEMENT_TYPE",
+        "product_id": "MISSING_PRODUCT_ID",
+        "quantity": "INVALID_QUANTITY",
+        "reason": "INVALID_REASON",
+        "reference": "INVALID_REFERENCE",
+        "request_id": "INVALID_REQUEST_ID",
+    }
+    for limit in ("quantity must be 1 to 2147483647", "at most 500 characters", "at most 200 characters"):
+        assert limit in error.details()
+    count = pb.SetStockRequest(product_id="", quantity=-1, reason="r" * 501)
+    error = await expect_error(
+        mesh.inventory.SetStock(count, metadata=mesh.as_user()), grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert set(field_violations(error)) == {"product_id", "quantity", "reason"}
+    assert "quantity must be 0 to 2147483647" in error.details()
+    async with inventory_db.session() as session:
+        assert await session.scalar(select(func.count()).select_from(Movement)) == 0
+
+
+async def test_page_requests_name_both_bad_fields_and_the_limits(mesh: Mesh) -> None:
+    pid = await new_product(mesh)
+    request = pb.ListMovementsRequest(product_id=pid, page_size=-1, page_token="forged")
+    error = await expect_error(
+        mesh.inventory.ListMovements(request, metadata=mesh.as_user()), grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert field_violations(error) == {"page_size": "INVALID_PAGE_SIZE", "page_token": "INVALID_PAGE_TOKEN"}
+    assert "0 asks for 50, and at most 500 are returned" in error.details()
 
 
 async def test_unknown_products_and_negative_counts(mesh: Mesh) -> None:
