@@ -31,13 +31,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from inventory.models import Item, Movement
 from inventory.product_check import ProductCheck, not_found
+from invmesh.api.v1 import access_pb2
 from mesh import paging
+from mesh.access import holds_role
 from mesh.context import current_identity, require_verified_email
 from mesh.db import Database, UtcDateTime, utcnow
 from mesh.errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
+    NotFound,
     TransactionConflict,
     Violations,
 )
@@ -126,6 +129,15 @@ class Stock:
     product_id: str
     quantity: int
     updated_at: dt.datetime | None  # None if it never moved
+
+
+@dataclass(frozen=True, slots=True)
+class Ledger:
+    """A page of a product's movements."""
+
+    movements: list[Movement]
+    next_page_token: str
+    retired: bool  # the product was deleted: the ledger is kept for audit
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,13 +318,24 @@ class Inventory:
         token = paging.encode_token([items[size - 1].product_id], query="items") if len(items) > size else ""
         return [_stock(item, item.product_id) for item in items[:size]], token
 
-    async def movements(
-        self, *, product_id: str, page_size: int, page_token: str
-    ) -> tuple[list[Movement], str]:
-        """The ledger of a product, newest first."""
-        _require_product_id(product_id)
-        size, after = paging.page_request(page_size, page_token, query=product_id)
-        await self._products.confirm(product_id)
+    async def movements(self, *, product_id: str, page_size: int, page_token: str) -> Ledger:
+        """A page of the product's ledger, newest first. A deleted product's ledger stays
+        readable to staff and admins, for audit, once inventory has retired its item; viewers
+        are told it does not exist, as they are by every other read."""
+        problems = Violations()
+        with problems.collect():
+            _require_product_id(product_id)
+        with problems.collect():
+            size, after = paging.page_request(page_size, page_token, query=product_id)
+        problems.check()
+        auditor = holds_role(current_identity(), access_pb2.ROLE_STAFF)
+        deleted = False
+        try:
+            await self._products.confirm(product_id)
+        except NotFound:
+            if not auditor:
+                raise
+            deleted = True
         query = (
             select(Movement)
             .where(Movement.product_id == product_id)
@@ -322,11 +345,14 @@ class Inventory:
         if after is not None:
             query = query.where(Movement.id < _position(after, int))
         async with self._db.session() as session:
-            if await session.scalar(_RETIRED_AT, {"pid": product_id}):
-                raise not_found(product_id)  # retired since this replica last confirmed it
+            retired = await session.scalar(_RETIRED_AT, {"pid": product_id}) is not None
+            # A viewer is refused a product retired since this replica last confirmed it; a
+            # deleted product is not yet retired while its retirement is on its way.
+            if (retired and not auditor) or (deleted and not retired):
+                raise not_found(product_id)
             rows = list(await session.scalars(query))
         token = paging.encode_token([rows[size - 1].id], query=product_id) if len(rows) > size else ""
-        return rows[:size], token
+        return Ledger(rows[:size], token, retired)
 
     async def retire(self, product_id: str) -> None:
         """The product was deleted: take its item out of reads, refuse new movements, keep the ledger.

@@ -284,7 +284,7 @@ async def test_reads_need_a_token_and_writes_a_verified_email(mesh: Mesh) -> Non
 async def test_reads_carry_the_stock_inventory_reports(mesh: Mesh) -> None:
     created = await create(mesh)
     await mesh.inventory.RecordMovement(
-        inventory_pb.RecordMovementRequest(product_id=created.id, type=inventory_pb.IN, quantity=8),
+        inventory_pb.RecordMovementRequest(product_id=created.id, type=inventory_pb.RecordMovementRequest.IN, quantity=8),
         metadata=mesh.as_user(),
     )
     listed = await eventually(
@@ -342,7 +342,7 @@ async def test_replicas_serve_reads_from_memory_and_show_each_others_changes_at_
 
         # Inventory's feed reports to the first replica only.
         await mesh.inventory.RecordMovement(
-            inventory_pb.RecordMovementRequest(product_id=pid, type=inventory_pb.IN, quantity=7),
+            inventory_pb.RecordMovementRequest(product_id=pid, type=inventory_pb.RecordMovementRequest.IN, quantity=7),
             metadata=mesh.as_user(),
         )
         await shown_on_other(lambda p: p.stock == 7)
@@ -515,7 +515,7 @@ async def test_stock_reaches_products_after_it_was_down(settings: Settings, smtp
 
             def move(quantity: int) -> Awaitable[inventory_pb.RecordMovementResponse]:
                 request = inventory_pb.RecordMovementRequest(
-                    product_id=pid, type=inventory_pb.IN, quantity=quantity
+                    product_id=pid, type=inventory_pb.RecordMovementRequest.IN, quantity=quantity
                 )
                 return inventory.RecordMovement(request, metadata=metadata)
 

@@ -285,6 +285,33 @@ async def test_deleting_a_product_retires_its_item_and_keeps_the_ledger(
         assert await session.scalar(select(func.count()).where(Movement.product_id == pid)) == 1
 
 
+async def test_a_deleted_products_ledger_stays_readable_to_staff_and_admins_only(mesh: Mesh) -> None:
+    pid = await new_product(mesh)
+    await mesh.inventory.RecordMovement(move(pid, pb.IN, 7, reason="delivery"), metadata=mesh.as_user())
+    staff = await user_token(mesh.auth, "clerk@example.com", None, mesh.settings, role="staff")
+    viewer = await user_token(mesh.auth, "viewer@example.com", None, mesh.settings, role="viewer")
+    request = pb.ListMovementsRequest(product_id=pid)
+    live = await mesh.inventory.ListMovements(request, metadata=mesh.as_user(viewer))
+    assert [m.quantity for m in live.movements] == [7] and live.retired is False
+
+    await mesh.products.DeleteProduct(products_pb.DeleteProductRequest(id=pid), metadata=mesh.as_user())
+    for auditor in (mesh.verified_token, staff):  # an admin and a staff member
+        kept = await mesh.inventory.ListMovements(request, metadata=mesh.as_user(auditor))
+        assert kept.retired is True
+        assert [(m.quantity, m.reason) for m in kept.movements] == [(7, "delivery")]
+    error = await expect_error(
+        mesh.inventory.ListMovements(request, metadata=mesh.as_user(viewer)), grpc.StatusCode.NOT_FOUND
+    )
+    assert error_reason(error) == "PRODUCT_NOT_FOUND"
+    # Retired is not unknown: a product that never existed has no ledger to audit.
+    await expect_error(
+        mesh.inventory.ListMovements(
+            pb.ListMovementsRequest(product_id="no-such-product"), metadata=mesh.as_user()
+        ),
+        grpc.StatusCode.NOT_FOUND,
+    )
+
+
 async def test_tokens_and_verified_email(mesh: Mesh) -> None:
     pid = await new_product(mesh)
     await expect_error(

@@ -45,7 +45,7 @@ async def test_each_role_may_do_what_it_includes_and_no_more(mesh: Mesh, smtp: S
     update = products_pb.UpdateProductRequest(
         product=products_pb.Product(id=pid, sku="ROLE-1", name="R", price="2")
     )
-    movement = pb.RecordMovementRequest(product_id=pid, type=pb.IN, quantity=5)
+    movement = pb.RecordMovementRequest(product_id=pid, type=pb.RecordMovementRequest.IN, quantity=5)
     count = pb.SetStockRequest(product_id=pid, quantity=3)
     delete = products_pb.DeleteProductRequest(id=pid)
 

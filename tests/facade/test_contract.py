@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 
+from tests.conftest import user_token
 from tests.facade.conftest import Web
 
 
@@ -56,3 +57,63 @@ async def test_a_movement_with_several_bad_fields_names_them_all_and_the_limits(
     assert refused.status_code == 400, refused.text
     assert violated_fields(refused) == ["quantity", "request_id"]
     assert "quantity must be 1 to 2147483647" in refused.json()["message"]
+
+
+async def test_movement_types_read_the_same_in_the_schema_the_json_and_the_errors(web: Web) -> None:
+    product = await create_product(web)
+    document = (await web.http.get("/openapi.json")).json()
+    body = document["paths"]["/inventory"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    schema = document["components"]["schemas"][body["$ref"].rsplit("/", 1)[1]] if "$ref" in body else body
+    assert schema["properties"]["type"]["enum"] == ["IN", "OUT"]
+    moved = await web.http.post(
+        "/inventory", headers=web.staff, json={"product_id": product["id"], "type": "IN", "quantity": 3}
+    )
+    assert moved.status_code == 201, moved.text
+    assert moved.json()["movement"]["type"] == "IN"
+    # A count is a PUT; the movement it records reads ADJUSTMENT, a type a POST does not take.
+    counted = await web.http.put(f"/inventory/{product['id']}", headers=web.staff, json={"quantity": 1})
+    assert counted.json()["movement"]["type"] == "ADJUSTMENT"
+    for refused_type in ("ADJUSTMENT", "in", "MOVEMENT_TYPE_UNSPECIFIED"):
+        refused = await web.http.post(
+            "/inventory",
+            headers=web.staff,
+            json={"product_id": product["id"], "type": refused_type, "quantity": 1},
+        )
+        assert refused.status_code == 400, refused_type
+        assert refused.json()["message"] == "'type' must be one of IN, OUT"
+    # The zero value and a number are proto3 JSON too: the service says the same.
+    for unnamed in ("DIRECTION_UNSPECIFIED", 3):
+        refused = await web.http.post(
+            "/inventory",
+            headers=web.staff,
+            json={"product_id": product["id"], "type": unnamed, "quantity": 1},
+        )
+        assert refused.status_code == 400, unnamed
+        assert refused.json()["message"].startswith("type must be IN or OUT")
+        assert reason(refused) == "INVALID_MOVEMENT_TYPE"
+
+
+async def test_a_deleted_products_ledger_is_kept_for_staff_and_gone_for_viewers(web: Web) -> None:
+    product = await create_product(web)
+    movements = f"/inventory/{product['id']}/movements"
+    moved = await web.http.post(
+        "/inventory", headers=web.staff, json={"product_id": product["id"], "type": "IN", "quantity": 4}
+    )
+    assert moved.status_code == 201, moved.text
+    viewer_token = await user_token(
+        web.mesh.auth, "viewer@example.com", None, web.mesh.settings, role="viewer"
+    )
+    viewer = {"authorization": f"Bearer {viewer_token}"}
+    live = await web.http.get(movements, headers=viewer)
+    assert live.status_code == 200 and live.json()["retired"] is False
+
+    deleted = await web.http.delete(f"/products/{product['id']}", headers=web.staff)
+    assert deleted.status_code == 204, deleted.text
+    kept = await web.http.get(movements, headers=web.staff)
+    assert kept.status_code == 200, kept.text
+    assert kept.json()["retired"] is True
+    assert [m["quantity"] for m in kept.json()["movements"]] == [4]
+    gone = await web.http.get(movements, headers=viewer)
+    assert gone.status_code == 404 and reason(gone) == "PRODUCT_NOT_FOUND"
+    item = await web.http.get(f"/inventory/{product['id']}", headers=web.staff)
+    assert item.status_code == 404  # the item itself has left every read
