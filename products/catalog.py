@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -45,6 +45,8 @@ MAX_SKU_CHARS = 64
 MAX_NAME_CHARS = 200
 MAX_DESCRIPTION_CHARS = 5000
 MAX_PRICE = Decimal("1e14")  # so minor units (up to 4 digits) fit a signed 64-bit integer
+EDITABLE_FIELDS = ("sku", "name", "description", "price", "currency")  # a Draft's, for update masks
+_IGNORED_IN_MASK = frozenset({"id", "stock", "created_at", "updated_at"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +88,36 @@ def minor_digits(currency: str) -> int:
 def format_price(price_minor: int, currency: str) -> str:
     """Minor units as a decimal string with exactly the currency's minor digits: 1250 USD is "12.50"."""
     return f"{Decimal(price_minor).scaleb(-minor_digits(currency)):f}"
+
+
+def fields_in_mask(mask: Sequence[str] | None) -> tuple[str, ...]:
+    """The editable fields an update mask names: all of them for no mask or "*". The id and
+    output-only fields are ignored, so a product read back can be sent as it is (AIP-203);
+    any other path is INVALID_ARGUMENT, naming each."""
+    if mask is None or "*" in mask:
+        return EDITABLE_FIELDS
+    problems = Violations()
+    for path in mask:
+        if path not in EDITABLE_FIELDS and path not in _IGNORED_IN_MASK:
+            problems.add(
+                "update_mask",
+                f"update_mask names {path!r}, which is not an editable field of a product "
+                f"({', '.join(EDITABLE_FIELDS)})",
+                "INVALID_UPDATE_MASK",
+            )
+    problems.check()
+    return tuple(name for name in EDITABLE_FIELDS if name in mask)
+
+
+def _draft_of(product: Product) -> Draft:
+    """The product's editable fields as a client would send them."""
+    return Draft(
+        sku=product.sku,
+        name=product.name,
+        description=product.description,
+        price=format_price(product.price_minor, product.currency),
+        currency=product.currency,
+    )
 
 
 def validate(draft: Draft) -> Fields:
@@ -247,19 +279,26 @@ class Catalog:
             self._pages[key] = page
         return page
 
-    async def update(self, product_id: str, draft: Draft) -> tuple[Product, int | None]:
-        """The product as updated, and its stock."""
+    async def update(
+        self, product_id: str, draft: Draft, *, mask: Sequence[str] | None = None
+    ) -> tuple[Product, int | None]:
+        """The product as updated, and its stock: the fields `mask` names take the draft's
+        values, the others keep theirs (AIP-134); without a mask, all take the draft's."""
         require_verified_email()
-        fields = validate(draft)
+        updating = fields_in_mask(mask)
         try:
             async with self._db.transaction() as session:
                 product = await session.get(Product, product_id, with_for_update=True)
                 if product is None:
                     raise _not_found(product_id)
+                stock = await session.scalar(_STOCK_OF, {"id": product_id})
+                if not updating:
+                    return product, stock
+                kept = _draft_of(product)
+                fields = validate(replace(kept, **{name: getattr(draft, name) for name in updating}))
                 product.sku, product.name, product.description = fields.sku, fields.name, fields.description
                 product.price_minor, product.currency = fields.price_minor, fields.currency
                 product.updated_at = utcnow()
-                stock = await session.scalar(_STOCK_OF, {"id": product_id})
                 session.add(self._logged(product_id))
         except IntegrityError:
             raise _sku_taken(fields.sku) from None

@@ -93,6 +93,42 @@ async def test_movement_types_read_the_same_in_the_schema_the_json_and_the_error
         assert reason(refused) == "INVALID_MOVEMENT_TYPE"
 
 
+async def test_patch_updates_only_the_fields_sent_and_put_replaces(web: Web) -> None:
+    product = await create_product(web, description="LED", currency="EUR")
+    url = f"/products/{product['id']}"
+    patched = await web.http.patch(url, headers=web.staff, json={"price": "19.90"})
+    assert patched.status_code == 200, patched.text
+    assert {k: patched.json()[k] for k in ("price", "name", "description", "currency")} == {
+        "price": "19.90",
+        "name": "Desk lamp",
+        "description": "LED",
+        "currency": "EUR",
+    }
+    # A product read back, output-only fields and all, can be sent as it is.
+    read_back = patched.json() | {"name": "Floor lamp"}
+    again = await web.http.patch(url, headers=web.staff, json=read_back)
+    assert again.status_code == 200, again.text
+    assert again.json()["name"] == "Floor lamp" and again.json()["created_at"] == product["created_at"]
+    # The update_mask query parameter says which of the body's fields count.
+    masked = await web.http.patch(
+        url, headers=web.staff, params={"update_mask": "description"}, json={"description": "", "name": "x"}
+    )
+    assert (masked.json()["description"], masked.json()["name"]) == ("", "Floor lamp")
+    unknown = await web.http.patch(url, headers=web.staff, params={"update_mask": "colour"}, json={})
+    assert unknown.status_code == 400 and "'colour'" in unknown.json()["message"]
+    assert violated_fields(unknown) == ["update_mask"] and reason(unknown) == "INVALID_UPDATE_MASK"
+    invalid = await web.http.patch(url, headers=web.staff, json={"name": "", "price": "-1"})
+    assert invalid.status_code == 400 and violated_fields(invalid) == ["name", "price"]
+    # PUT replaces every editable field: those left out are emptied, or refused if required.
+    replaced = await web.http.put(
+        url, headers=web.staff, json={"sku": "LAMP-1", "name": "Lamp", "price": "5"}
+    )
+    assert replaced.status_code == 200, replaced.text
+    assert (replaced.json()["description"], replaced.json()["currency"]) == ("", "USD")
+    refused = await web.http.put(url, headers=web.staff, json={"price": "7"})
+    assert refused.status_code == 400 and violated_fields(refused) == ["sku", "name"]
+
+
 async def test_a_deleted_products_ledger_is_kept_for_staff_and_gone_for_viewers(web: Web) -> None:
     product = await create_product(web)
     movements = f"/inventory/{product['id']}/movements"
