@@ -374,7 +374,8 @@ class Accounts:
                 "the access token was issued before your admin role was withdrawn; sign in again",
                 reason="TOKEN_REVOKED",
             )
-        if admin.email == normalize_email(email) and role != "admin":
+        address, role = _role_grant(email, role)
+        if admin.email == address and role != "admin":
             raise FailedPrecondition(
                 "an admin cannot take its own admin role away; another admin can",
                 field="role",
@@ -437,10 +438,22 @@ class Accounts:
 
 async def grant_role(db: Database, *, email: str, role: str) -> User:
     """Gives the account with `email` the role `role` (its only one: each includes the lower)."""
-    address, role = normalize_email(email), role_named(role)
+    address, role = _role_grant(email, role)
     async with db.transaction() as session:
         user = await session.scalar(select(User).where(User.email == address).with_for_update())
         if user is None:
             raise NotFound("no account has this email", field="email", reason="USER_NOT_FOUND")
         user.roles = [role]
     return user
+
+
+def _role_grant(email: str, role: str) -> tuple[str, str]:
+    """The normalized address and the role of a grant; one INVALID_ARGUMENT naming both if both are bad."""
+    problems = Violations()
+    address = ""
+    with problems.collect():
+        address = normalize_email(email)
+    with problems.collect():
+        role = role_named(role)
+    problems.check()
+    return address, role

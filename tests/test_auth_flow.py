@@ -124,7 +124,9 @@ async def test_register_names_every_bad_field_at_once(auth: AuthEndpoint, auth_d
         "name": "INVALID_NAME",
     }
     assert error_reason(error) == "INVALID_FIELDS"
-    assert "at least 8 characters" in error.details() and "at most 200 characters" in error.details()
+    assert "at least 8 characters" in str(error.details()) and "at most 200 characters" in str(
+        error.details()
+    )
     assert await count(auth_db, User) == 0
 
 

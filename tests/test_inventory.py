@@ -8,11 +8,14 @@ import random
 
 import grpc
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from auth.service import running as running_auth
 from inventory.models import Item, Movement
 from inventory.service import running as running_inventory
+from inventory.stock import MAX_STOCK, balances_allowing, next_balance
 from invmesh.auth.v1 import auth_service_pb2 as auth_pb
 from invmesh.auth.v1 import auth_service_pb2_grpc
 from invmesh.inventory.v1 import inventory_service_pb2 as pb
@@ -22,6 +25,7 @@ from invmesh.products.v1 import products_service_pb2_grpc
 from mesh import paging
 from mesh.config import Settings
 from mesh.db import Database
+from mesh.errors import FailedPrecondition, InvalidArgument
 from products.service import running as running_products
 from tests.conftest import SERVICE_SECRET, Mesh, SmtpServer, mesh_settings, user_token
 from tests.rpc import error_reason, eventually, expect_error, field_violations
@@ -131,7 +135,7 @@ async def test_the_stock_stays_within_its_bounds_at_the_extremes(mesh: Mesh) -> 
             mesh.inventory.RecordMovement(move(pid, kind, quantity), metadata=mesh.as_user()),
             grpc.StatusCode.INVALID_ARGUMENT,
         )
-        assert error_reason(error) == "INVALID_QUANTITY" and f"maximum of {most}" in error.details()
+        assert error_reason(error) == "INVALID_QUANTITY" and f"maximum of {most}" in str(error.details())
     emptied = await mesh.inventory.RecordMovement(move(pid, pb.OUT, most), metadata=mesh.as_user())
     assert emptied.item.quantity == 0 and emptied.movement.quantity == -most
     error = await expect_error(
@@ -186,13 +190,13 @@ async def test_every_bad_field_of_a_movement_is_named_at_once(mesh: Mesh, invent
         "request_id": "INVALID_REQUEST_ID",
     }
     for limit in ("quantity must be 1 to 2147483647", "at most 500 characters", "at most 200 characters"):
-        assert limit in error.details()
+        assert limit in str(error.details())
     count = pb.SetStockRequest(product_id="", quantity=-1, reason="r" * 501)
     error = await expect_error(
         mesh.inventory.SetStock(count, metadata=mesh.as_user()), grpc.StatusCode.INVALID_ARGUMENT
     )
     assert set(field_violations(error)) == {"product_id", "quantity", "reason"}
-    assert "quantity must be 0 to 2147483647" in error.details()
+    assert "quantity must be 0 to 2147483647" in str(error.details())
     async with inventory_db.session() as session:
         assert await session.scalar(select(func.count()).select_from(Movement)) == 0
 
@@ -204,7 +208,26 @@ async def test_page_requests_name_both_bad_fields_and_the_limits(mesh: Mesh) -> 
         mesh.inventory.ListMovements(request, metadata=mesh.as_user()), grpc.StatusCode.INVALID_ARGUMENT
     )
     assert field_violations(error) == {"page_size": "INVALID_PAGE_SIZE", "page_token": "INVALID_PAGE_TOKEN"}
-    assert "0 asks for 50, and at most 500 are returned" in error.details()
+    assert "0 asks for 50, and at most 500 are returned" in str(error.details())
+
+
+@given(balance=st.integers(0, MAX_STOCK), delta=st.integers(-MAX_STOCK, MAX_STOCK))
+@example(balance=5, delta=-5)  # each side of each bound
+@example(balance=4, delta=-5)
+@example(balance=MAX_STOCK - 1, delta=1)
+@example(balance=MAX_STOCK, delta=1)
+@example(balance=1, delta=MAX_STOCK)
+@example(balance=MAX_STOCK, delta=-MAX_STOCK)
+def test_the_conditional_update_moves_exactly_the_balances_the_stock_rule_allows(
+    balance: int, delta: int
+) -> None:
+    lowest, highest = balances_allowing(delta)
+    try:
+        moved: int | None = next_balance(balance, delta)
+    except (FailedPrecondition, InvalidArgument):
+        moved = None
+    assert (moved is not None) == (lowest <= balance <= highest)
+    assert moved is None or 0 <= moved <= MAX_STOCK
 
 
 async def test_unknown_products_and_negative_counts(mesh: Mesh) -> None:

@@ -109,6 +109,11 @@ async def test_admins_manage_roles_and_the_new_role_arrives_with_the_next_token(
         (auth_pb.SetUserRoleRequest(email="nobody@example.com", role="staff"), "NOT_FOUND", "USER_NOT_FOUND"),
         (auth_pb.SetUserRoleRequest(email="not an email", role="staff"), "INVALID_ARGUMENT", "INVALID_EMAIL"),
         (
+            auth_pb.SetUserRoleRequest(email="not an email", role="owner"),
+            "INVALID_ARGUMENT",
+            "INVALID_FIELDS",
+        ),
+        (
             auth_pb.SetUserRoleRequest(email="staff@example.com", role="viewer"),
             "FAILED_PRECONDITION",
             "SELF_DEMOTION",
