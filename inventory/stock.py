@@ -1,10 +1,12 @@
 """The rules of stock: movements, counts, the ledger, and retiring a deleted product.
 
 A change locks the product's balance row (SELECT … FOR UPDATE; on SQLite the write
-transaction is BEGIN IMMEDIATE), checks the rule, updates the balance and appends the
-movement in one transaction. The product's existence is confirmed with the products
-service (`inventory.product_check`, which remembers confirmations for a while) before that
-transaction opens, so no lock is ever held across a remote call.
+transaction is BEGIN IMMEDIATE), checks the stock rule (`next_balance`), updates the balance
+and appends the movement in one transaction; an IN or OUT first tries a conditional UPDATE
+whose bounds (`balances_allowing`) admit exactly the balances that rule accepts. The
+product's existence is confirmed with the products service (`inventory.product_check`, which
+remembers confirmations for a while) before that transaction opens, so no lock is ever held
+across a remote call.
 
 Two races end in a rolled-back transaction that is simply run again: a concurrent first
 movement of the same product, or a retry of the same request, loses on a unique key
@@ -212,8 +214,8 @@ def _checked_change(
 ) -> Change:
     """The request as a Change; otherwise one INVALID_ARGUMENT naming every bad field, those
     the caller found (`problems`) included."""
-    if not product_id:
-        problems.add("product_id", "product_id is required", "MISSING_PRODUCT_ID")
+    with problems.collect():
+        _require_product_id(product_id)
     lowest = 0 if kind == ADJUSTMENT else 1
     if not lowest <= units <= MAX_STOCK:
         problems.add("quantity", f"quantity must be {lowest} to {MAX_STOCK}", "INVALID_QUANTITY")
