@@ -322,8 +322,8 @@ class Inventory:
 
     async def movements(self, *, product_id: str, page_size: int, page_token: str) -> Ledger:
         """A page of the product's ledger, newest first. A deleted product's ledger stays
-        readable to staff and admins, for audit, once inventory has retired its item; viewers
-        are told it does not exist, as they are by every other read."""
+        readable to staff and admins, for audit, marked retired; viewers are told it does not
+        exist, as they are by every other read."""
         problems = Violations()
         with problems.collect():
             _require_product_id(product_id)
@@ -347,10 +347,12 @@ class Inventory:
         if after is not None:
             query = query.where(Movement.id < _position(after, int))
         async with self._db.session() as session:
-            retired = await session.scalar(_RETIRED_AT, {"pid": product_id}) is not None
-            # A viewer is refused a product retired since this replica last confirmed it; a
-            # deleted product is not yet retired while its retirement is on its way.
-            if (retired and not auditor) or (deleted and not retired):
+            item = (await session.execute(_RETIRED_AT, {"pid": product_id})).first()
+            # An item whose product the products service no longer knows had a product, deleted
+            # since: its retirement may still be on its way. Without an item, it never moved.
+            retired = deleted or (item is not None and item.retired_at is not None)
+            # A viewer is refused a product retired since this replica last confirmed it.
+            if (retired and not auditor) or (deleted and item is None):
                 raise not_found(product_id)
             rows = list(await session.scalars(query))
         token = paging.encode_token([rows[size - 1].id], query=product_id) if len(rows) > size else ""

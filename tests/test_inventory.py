@@ -10,7 +10,7 @@ import grpc
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from auth.service import running as running_auth
 from inventory.models import Item, Movement
@@ -308,7 +308,9 @@ async def test_deleting_a_product_retires_its_item_and_keeps_the_ledger(
         assert await session.scalar(select(func.count()).where(Movement.product_id == pid)) == 1
 
 
-async def test_a_deleted_products_ledger_stays_readable_to_staff_and_admins_only(mesh: Mesh) -> None:
+async def test_a_deleted_products_ledger_stays_readable_to_staff_and_admins_only(
+    mesh: Mesh, inventory_db: Database
+) -> None:
     pid = await new_product(mesh)
     await mesh.inventory.RecordMovement(move(pid, pb.IN, 7, reason="delivery"), metadata=mesh.as_user())
     staff = await user_token(mesh.auth, "clerk@example.com", None, mesh.settings, role="staff")
@@ -326,6 +328,15 @@ async def test_a_deleted_products_ledger_stays_readable_to_staff_and_admins_only
         mesh.inventory.ListMovements(request, metadata=mesh.as_user(viewer)), grpc.StatusCode.NOT_FOUND
     )
     assert error_reason(error) == "PRODUCT_NOT_FOUND"
+    # As it was before the retirement arrived (had inventory been down at the delete): the
+    # products service no longer knows the product, so its ledger reads as retired already.
+    async with inventory_db.transaction() as session:
+        await session.execute(update(Item).where(Item.product_id == pid).values(retired_at=None))
+    on_its_way = await mesh.inventory.ListMovements(request, metadata=mesh.as_user(staff))
+    assert on_its_way.retired is True and len(on_its_way.movements) == 1
+    await expect_error(
+        mesh.inventory.ListMovements(request, metadata=mesh.as_user(viewer)), grpc.StatusCode.NOT_FOUND
+    )
     # Retired is not unknown: a product that never existed has no ledger to audit.
     await expect_error(
         mesh.inventory.ListMovements(
