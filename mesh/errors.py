@@ -20,7 +20,8 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 ERROR_DOMAIN = "invmesh"
-# The ErrorInfo reason of a refusal naming several fields; each violation carries its own.
+# The ErrorInfo reason of a refusal naming fields wrong in different ways; each violation
+# carries its own.
 INVALID_FIELDS = "INVALID_FIELDS"
 
 
@@ -83,11 +84,14 @@ class InvalidArgument(DomainError):
     @classmethod
     def of(cls, violations: Sequence[FieldViolation]) -> InvalidArgument:
         """One refusal naming every violation: one alone keeps its own message and reason;
-        several are joined into the message, under the reason INVALID_FIELDS."""
+        several are joined into the message, under their reason if they share one and
+        INVALID_FIELDS if not."""
         if len(violations) == 1:
             (only,) = violations
             return cls(only.description, field=only.field, reason=only.reason)
-        error = cls("; ".join(v.description for v in violations), reason=INVALID_FIELDS)
+        reasons = {v.reason for v in violations}
+        reason = reasons.pop() if len(reasons) == 1 else INVALID_FIELDS
+        error = cls("; ".join(v.description for v in violations), reason=reason)
         error.violations = list(violations)
         return error
 

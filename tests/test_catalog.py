@@ -116,6 +116,7 @@ async def test_a_masked_update_is_checked_whole_and_refused_whole(mesh: Mesh) ->
     )
     assert "'colour'" in str(error.details()) and "'product.name'" in str(error.details())
     assert field_violations(error) == {"update_mask": "INVALID_UPDATE_MASK"}  # the mask, before the fields
+    assert error_reason(error) == "INVALID_UPDATE_MASK"  # the reason both violations share
     got = await mesh.products.GetProduct(pb.GetProductRequest(id=created.id), metadata=mesh.as_user())
     assert got.product == created
     await expect_error(patch(mesh, pb.Product(id="gone"), ["name"]), grpc.StatusCode.NOT_FOUND)
