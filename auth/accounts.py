@@ -35,6 +35,7 @@ from mesh.errors import (
     NotFound,
     ResourceExhausted,
     Unauthenticated,
+    Violations,
 )
 
 log = logging.getLogger(__name__)
@@ -107,13 +108,16 @@ class Accounts:
         account, the answer is the same and its owner is mailed a notice instead, so the
         answer tells no one which addresses are registered (the same work is done either way:
         a bcrypt hash, a counted attempt, a queued mail). Limited per client address."""
-        address = normalize_email(email)
-        name = name.strip()
+        problems = Violations()
+        address, name, password_bytes = "", name.strip(), b""
+        with problems.collect():
+            address = normalize_email(email)
         if len(name) > MAX_NAME_CHARS:
-            raise InvalidArgument(
-                f"name must be at most {MAX_NAME_CHARS} characters", field="name", reason="INVALID_NAME"
-            )
-        password_hash = await self._hasher.hash(check_new_password(password))
+            problems.add("name", f"name must be at most {MAX_NAME_CHARS} characters", "INVALID_NAME")
+        with problems.collect():
+            password_bytes = check_new_password(password)
+        problems.check()
+        password_hash = await self._hasher.hash(password_bytes)
         user = User(
             id=str(uuid.uuid4()),
             email=address,
@@ -363,7 +367,8 @@ class Accounts:
                 "the access token was issued before your admin role was withdrawn; sign in again",
                 reason="TOKEN_REVOKED",
             )
-        if admin.email == normalize_email(email) and role != "admin":
+        address, role = _role_grant(email, role)
+        if admin.email == address and role != "admin":
             raise FailedPrecondition(
                 "an admin cannot take its own admin role away; another admin can",
                 field="role",
@@ -432,7 +437,7 @@ class RoleGrant:
 
 async def grant_role(db: Database, *, email: str, role: str) -> RoleGrant:
     """Gives the account with `email` the role `role` (its only one: each includes the lower)."""
-    address, role = normalize_email(email), role_named(role)
+    address, role = _role_grant(email, role)
     async with db.transaction() as session:
         user = await session.scalar(select(User).where(User.email == address).with_for_update())
         if user is None:
@@ -451,3 +456,15 @@ def account_login_limit(settings: Settings, subject: str) -> throttle.Limit:
         settings.login_failures_per_account,
         dt.timedelta(seconds=settings.login_failure_window_seconds),
     )
+
+
+def _role_grant(email: str, role: str) -> tuple[str, str]:
+    """The normalized address and the role of a grant; one INVALID_ARGUMENT naming both if both are bad."""
+    problems = Violations()
+    address = ""
+    with problems.collect():
+        address = normalize_email(email)
+    with problems.collect():
+        role = role_named(role)
+    problems.check()
+    return address, role

@@ -47,7 +47,13 @@ _SCALARS = {
 _WELL_KNOWN = {
     "google.protobuf.Timestamp": "an RFC 3339 timestamp string",
     "google.protobuf.Duration": 'a duration string such as "1.5s"',
+    "google.protobuf.FieldMask": 'a comma-separated list of field paths such as "name,price"',
 }
+# A FieldMask is a string in JSON, so it may come from the query; and a PATCH that sends none
+# in its `update_mask` field gets one naming the fields its body holds (as grpc-gateway does).
+_FIELD_MASK = "google.protobuf.FieldMask"
+_UPDATE_MASK = "update_mask"
+_SNAKE_SEGMENT = re.compile(r"_([a-z0-9])")
 _INTEGER_TYPES = frozenset(
     {
         FieldDescriptor.CPPTYPE_INT32,
@@ -85,6 +91,9 @@ class Binding:
     request_class: type[Message]
     response_class: type[Message]
     path_fields: frozenset[str] = field(default=frozenset())
+    # The body's message, for a PATCH of one beside a FieldMask `update_mask`: that mask, when
+    # the request sets none, names the fields of the body. None for any other binding.
+    masked_body: Descriptor | None = None
 
     @property
     def grpc_path(self) -> str:
@@ -93,6 +102,8 @@ class Binding:
     def request(self, path_values: dict[str, str], query: bytes, body: bytes) -> Message:
         """Builds the request message; raises BadRequest naming what is wrong."""
         values = self._body_values(body)
+        # Read before the path variables join the body: only what the client sent is updated.
+        sent = list(_mask_paths(self.masked_body, values.get(self.body))) if self.masked_body else []
         pairs = _query_pairs(query)
         if pairs and self.body == "*":
             name = pairs[0][0]
@@ -103,7 +114,7 @@ class Binding:
         for name, value in path_values.items():
             _set_path(values, descriptor(self.request_class), name.split("."), value)
         try:
-            return json_format.ParseDict(values, self.request_class())
+            message = json_format.ParseDict(values, self.request_class())
         except json_format.ParseError as exc:
             raise _parse_error(descriptor(self.request_class), str(exc), values, self.body) from None
         except RecursionError:
@@ -111,6 +122,11 @@ class Binding:
         except OverflowError:  # json_format turns ValueError into ParseError, but not this:
             # an integer no double holds given for a double, or ±Infinity for an enum.
             raise BadRequest("a number in the request is out of range") from None
+        if self.masked_body is not None and not message.HasField(_UPDATE_MASK):
+            mask = getattr(message, _UPDATE_MASK)
+            mask.SetInParent()  # an empty body updates nothing, rather than everything
+            mask.paths.extend(sent)
+        return message
 
     def response(self, message: Message) -> dict[str, Any] | list[Any] | Any:
         """The JSON value of the response (or of its `response_body` field)."""
@@ -156,7 +172,7 @@ class Binding:
             canonical = ".".join(path)
             if canonical in self.path_fields or path[0] == self.body:
                 raise BadRequest(f"query parameter {name!r} is bound by the path or body", field=canonical)
-            if leaf.message_type is not None:
+            if leaf.message_type is not None and leaf.message_type.full_name != _FIELD_MASK:
                 raise BadRequest(
                     f"query parameter {name!r} names a message; set its fields instead", field=canonical
                 )
@@ -225,6 +241,16 @@ def _binding(
     status = rest.status or 200
     if not 200 <= status < 300:
         raise RuleError(f"{where}: rest_response.status must be a 2xx status")
+    mask = request.fields_by_name.get(_UPDATE_MASK)
+    body = request.fields_by_name.get(rule.body)
+    infers_update_mask = (
+        http_method == "PATCH"
+        and body is not None
+        and not _is_repeated(body)
+        and mask is not None
+        and mask.message_type is not None
+        and mask.message_type.full_name == _FIELD_MASK
+    )
     return Binding(
         service=service,
         method=method,
@@ -237,6 +263,7 @@ def _binding(
         request_class=GetMessageClass(request),
         response_class=GetMessageClass(method.output_type),
         path_fields=frozenset(v.name for v in template.variables),
+        masked_body=body.message_type if infers_update_mask and body is not None else None,
     )
 
 
@@ -255,7 +282,7 @@ def _leaves(
         dotted = ".".join(path)
         if dotted in binding.path_fields or path[0] == binding.body:
             continue
-        if leaf.message_type is None:
+        if leaf.message_type is None or leaf.message_type.full_name == _FIELD_MASK:
             yield dotted, leaf
         elif (
             not _is_repeated(leaf)
@@ -325,8 +352,35 @@ def _query_pairs(query: bytes) -> list[tuple[str, str]]:
         raise BadRequest("the query string is not valid UTF-8 once decoded") from None
 
 
+def _mask_paths(message: Descriptor, body: Any, prefix: str = "") -> Iterator[str]:
+    """The field paths a JSON object sets, as an update mask names them: into nested messages,
+    where a non-empty object sets only some of their fields; a list, a map, a well-known type or
+    an empty object as a whole. Unknown keys are left out (the parse refuses them)."""
+    if not isinstance(body, dict):
+        return
+    for key, value in body.items():
+        leaf = _field_named(message, key)
+        if leaf is None:
+            continue
+        path = prefix + leaf.name
+        nested = leaf.message_type
+        if (
+            nested is not None
+            and not _is_repeated(leaf)
+            and not nested.full_name.startswith("google.protobuf.")
+            and isinstance(value, dict)
+            and value
+        ):
+            yield from _mask_paths(nested, value, path + ".")
+        else:
+            yield path
+
+
 def _query_scalar(leaf: FieldDescriptor, value: str, name: str, canonical: str) -> Any:
     """A query string value in the form json_format reads for the field's type."""
+    if leaf.message_type is not None:  # a FieldMask: paths in either name form, to JSON's lowerCamelCase
+        paths = (_SNAKE_SEGMENT.sub(lambda m: m.group(1).upper(), path) for path in value.split(","))
+        return ",".join(path for path in paths if path)
     if leaf.type == FieldDescriptor.TYPE_BOOL:
         if value.lower() not in _FALSE_TRUE:
             raise BadRequest(f"query parameter {name!r} must be true or false", field=canonical)

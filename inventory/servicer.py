@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TypedDict
 
+from inventory import stock
 from inventory.models import Movement
 from inventory.stock import Inventory, Recorded, Stock
 from invmesh.inventory.v1 import inventory_service_pb2 as pb
@@ -11,8 +12,8 @@ from invmesh.inventory.v1 import inventory_service_pb2_grpc
 from mesh.interceptors import ServicerContext
 from mesh.messages import timestamp
 
-_TYPE_NAMES = {pb.IN: "IN", pb.OUT: "OUT", pb.ADJUSTMENT: "ADJUSTMENT"}
-_TYPES = {name: value for value, name in _TYPE_NAMES.items()}
+_TYPES = {stock.IN: pb.IN, stock.OUT: pb.OUT, stock.ADJUSTMENT: pb.ADJUSTMENT}
+_DIRECTIONS = {pb.RecordMovementRequest.IN: stock.IN, pb.RecordMovementRequest.OUT: stock.OUT}
 
 
 def item_message(stock: Stock) -> pb.InventoryItem:
@@ -66,7 +67,7 @@ class InventoryServicer(inventory_service_pb2_grpc.InventoryServiceServicer):
     ) -> pb.RecordMovementResponse:
         recorded = await self._inventory.record(
             product_id=request.product_id,
-            kind=_TYPE_NAMES.get(request.type, ""),
+            kind=_DIRECTIONS.get(request.type, ""),
             quantity=request.quantity,
             reason=request.reason,
             reference=request.reference,
@@ -86,10 +87,14 @@ class InventoryServicer(inventory_service_pb2_grpc.InventoryServiceServicer):
     async def ListMovements(
         self, request: pb.ListMovementsRequest, context: ServicerContext
     ) -> pb.ListMovementsResponse:
-        rows, token = await self._inventory.movements(
+        ledger = await self._inventory.movements(
             product_id=request.product_id, page_size=request.page_size, page_token=request.page_token
         )
-        return pb.ListMovementsResponse(movements=[movement_message(m) for m in rows], next_page_token=token)
+        return pb.ListMovementsResponse(
+            movements=[movement_message(m) for m in ledger.movements],
+            next_page_token=ledger.next_page_token,
+            retired=ledger.retired,
+        )
 
     async def DeleteInventoryItem(
         self, request: pb.DeleteInventoryItemRequest, context: ServicerContext

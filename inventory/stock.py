@@ -1,10 +1,12 @@
 """The rules of stock: movements, counts, the ledger, and retiring a deleted product.
 
 A change locks the product's balance row (SELECT … FOR UPDATE; on SQLite the write
-transaction is BEGIN IMMEDIATE), checks the rule, updates the balance and appends the
-movement in one transaction. The product's existence is confirmed with the products
-service (`inventory.product_check`, which remembers confirmations for a while) before that
-transaction opens, so no lock is ever held across a remote call.
+transaction is BEGIN IMMEDIATE), checks the stock rule (`next_balance`), updates the balance
+and appends the movement in one transaction; an IN or OUT first tries a conditional UPDATE
+whose bounds (`balances_allowing`) admit exactly the balances that rule accepts. The
+product's existence is confirmed with the products service (`inventory.product_check`, which
+remembers confirmations for a while) before that transaction opens, so no lock is ever held
+across a remote call.
 
 Two races end in a rolled-back transaction that is simply run again: a concurrent first
 movement of the same product, or a retry of the same request, loses on a unique key
@@ -31,18 +33,22 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from inventory.models import Item, Movement
 from inventory.product_check import ProductCheck, not_found
+from invmesh.api.v1 import access_pb2
 from mesh import paging
+from mesh.access import holds_role
 from mesh.context import current_identity, require_verified_email
 from mesh.db import Database, UtcDateTime, table_of, utcnow
 from mesh.errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
+    NotFound,
     TransactionConflict,
+    Violations,
 )
 
 MAX_BATCH = 500
-MAX_QUANTITY = 2**31 - 1
+MAX_STOCK = 2**31 - 1  # a balance is a signed 32-bit column on every database
 MAX_REASON_CHARS = 500
 MAX_REFERENCE_CHARS = 200
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
@@ -62,9 +68,9 @@ _CHANGED = {"version": _ITEMS.c.version + 1, "unpublished": True}
 _NEW_BALANCE = insert(_ITEMS)  # version 1, unpublished: the columns' defaults
 _SET_BALANCE = update(_ITEMS).where(_ITEM_IS).values(_CHANGED)  # and the columns the parameters name
 _NEW_MOVEMENT = insert(table_of(Movement))
-# An IN or OUT the rule allows, in one statement where the database can return the new balance
-# (PostgreSQL, SQLite): the bounds keep the balance within 0..MAX_QUANTITY and are computed
-# beforehand, so no integer column ever holds an out-of-range sum.
+# An IN or OUT the stock rule allows, in one statement where the database can return the new
+# balance (PostgreSQL, SQLite): `balances_allowing` bounds the current balance, so the UPDATE
+# matches only where `next_balance` would accept, and no column ever holds an out-of-range sum.
 _MOVE_BALANCE = (
     update(_ITEMS)
     .where(
@@ -128,9 +134,22 @@ class Stock:
 
 
 @dataclass(frozen=True, slots=True)
+class Ledger:
+    """A page of a product's movements."""
+
+    movements: list[Movement]
+    next_page_token: str
+    retired: bool  # the product was deleted: the ledger is kept for audit
+
+
+@dataclass(frozen=True, slots=True)
 class Recorded:
     movement: Movement
     stock: Stock
+
+
+# The movement types and what each does to a balance.
+IN, OUT, ADJUSTMENT = "IN", "OUT", "ADJUSTMENT"
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,32 +158,87 @@ class Change:
 
     product_id: str
     kind: str  # IN, OUT or ADJUSTMENT
+    units: int  # moved in (IN) or out (OUT), or counted (ADJUSTMENT)
     reason: str
     reference: str
     request_id: str | None
     fingerprint: str
 
+    @property
+    def fixed_delta(self) -> int | None:
+        """What an IN or OUT adds to any balance; None for a count, whose delta depends on it."""
+        return {IN: self.units, OUT: -self.units}.get(self.kind)
 
-def _change(product_id: str, kind: str, amount: int, reason: str, reference: str, request_id: str) -> Change:
-    if len(reason) > MAX_REASON_CHARS:
-        raise InvalidArgument(
-            f"reason must be at most {MAX_REASON_CHARS} characters", field="reason", reason="INVALID_REASON"
+    def delta_from(self, balance: int) -> int:
+        """What this change adds to `balance`: a count sets it to `units`."""
+        fixed = self.fixed_delta
+        return self.units - balance if fixed is None else fixed
+
+
+# The stock rule, for every write path: a balance stays within 0..MAX_STOCK.
+
+
+def next_balance(balance: int, delta: int) -> int:
+    """`balance` moved by `delta`, or the refusal of the stock rule."""
+    moved = balance + delta
+    if moved < 0:
+        raise FailedPrecondition(
+            f"cannot take out {-delta}: only {balance} in stock",
+            reason="INSUFFICIENT_STOCK",
+            metadata={"available": str(balance), "requested": str(-delta)},
         )
-    if len(reference) > MAX_REFERENCE_CHARS:
+    if moved > MAX_STOCK:
         raise InvalidArgument(
-            f"reference must be at most {MAX_REFERENCE_CHARS} characters",
-            field="reference",
-            reason="INVALID_REFERENCE",
+            f"the stock would be {moved}, above its maximum of {MAX_STOCK}",
+            field="quantity",
+            reason="INVALID_QUANTITY",
+        )
+    return moved
+
+
+def balances_allowing(delta: int) -> tuple[int, int]:
+    """The lowest and highest balance that `next_balance` moves by `delta` without refusing:
+    the bounds of the one-statement conditional UPDATE."""
+    return max(0, -delta), min(MAX_STOCK, MAX_STOCK - delta)
+
+
+def _checked_change(
+    problems: Violations,
+    *,
+    product_id: str,
+    kind: str,
+    units: int,
+    reason: str,
+    reference: str,
+    request_id: str,
+) -> Change:
+    """The request as a Change; otherwise one INVALID_ARGUMENT naming every bad field, those
+    the caller found (`problems`) included."""
+    with problems.collect():
+        _require_product_id(product_id)
+    lowest = 0 if kind == ADJUSTMENT else 1
+    if not lowest <= units <= MAX_STOCK:
+        problems.add("quantity", f"quantity must be {lowest} to {MAX_STOCK}", "INVALID_QUANTITY")
+    if len(reason) > MAX_REASON_CHARS:
+        problems.add("reason", f"reason must be at most {MAX_REASON_CHARS} characters", "INVALID_REASON")
+    if len(reference) > MAX_REFERENCE_CHARS:
+        problems.add(
+            "reference", f"reference must be at most {MAX_REFERENCE_CHARS} characters", "INVALID_REFERENCE"
         )
     if request_id and not _REQUEST_ID.fullmatch(request_id):
-        raise InvalidArgument(
-            "request_id must be 1 to 64 letters, digits or . _ : -",
-            field="request_id",
-            reason="INVALID_REQUEST_ID",
+        problems.add(
+            "request_id", "request_id must be 1 to 64 letters, digits or . _ : -", "INVALID_REQUEST_ID"
         )
-    body = json.dumps([product_id, kind, amount, reason, reference])
+    problems.check()
+    body = json.dumps([product_id, kind, units, reason, reference])
     return Change(
-        product_id, kind, reason, reference, request_id or None, hashlib.sha256(body.encode()).hexdigest()
+        product_id=product_id,
+        kind=kind,
+        units=units,
+        reason=reason,
+        reference=reference,
+        request_id=request_id or None,
+        fingerprint=hashlib.sha256(body.encode()).hexdigest(),
     )
 
 
@@ -185,41 +259,37 @@ class Inventory:
     ) -> Recorded:
         """An entry (IN) or exit (OUT) of `quantity` units."""
         require_verified_email()
-        _require_product_id(product_id)
-        if kind not in ("IN", "OUT"):
-            raise InvalidArgument(
-                "type must be IN or OUT (set a count with PUT /inventory/{product_id})",
-                field="type",
-                reason="INVALID_MOVEMENT_TYPE",
+        problems = Violations()
+        if kind not in (IN, OUT):
+            problems.add(
+                "type",
+                "type must be IN or OUT (a count is set with PUT /inventory/{product_id})",
+                "INVALID_MOVEMENT_TYPE",
             )
-        if not 1 <= quantity <= MAX_QUANTITY:
-            raise InvalidArgument("quantity must be at least 1", field="quantity", reason="INVALID_QUANTITY")
-        change = _change(product_id, kind, quantity, reason, reference, request_id)
-        delta = quantity if kind == "IN" else -quantity
-
-        def apply(current: int) -> int:
-            if current + delta < 0:
-                raise FailedPrecondition(
-                    f"cannot take out {quantity}: only {current} in stock",
-                    reason="INSUFFICIENT_STOCK",
-                    metadata={"available": str(current), "requested": str(quantity)},
-                )
-            if current + delta > MAX_QUANTITY:
-                raise InvalidArgument(
-                    "the stock would exceed its maximum", field="quantity", reason="INVALID_QUANTITY"
-                )
-            return delta
-
-        return await self._change(change, apply, moves_by=delta)
+        change = _checked_change(
+            problems,
+            product_id=product_id,
+            kind=kind,
+            units=quantity,
+            reason=reason,
+            reference=reference,
+            request_id=request_id,
+        )
+        return await self._apply(change)
 
     async def set_count(self, *, product_id: str, quantity: int, reason: str, request_id: str) -> Recorded:
         """Sets the stock to a counted `quantity`, recording the difference as an ADJUSTMENT."""
         require_verified_email()
-        _require_product_id(product_id)
-        if quantity < 0:
-            raise InvalidArgument("quantity must be 0 or more", field="quantity", reason="INVALID_QUANTITY")
-        change = _change(product_id, "ADJUSTMENT", quantity, reason, "", request_id)
-        return await self._change(change, lambda current: quantity - current)
+        change = _checked_change(
+            Violations(),
+            product_id=product_id,
+            kind=ADJUSTMENT,
+            units=quantity,
+            reason=reason,
+            reference="",
+            request_id=request_id,
+        )
+        return await self._apply(change)
 
     async def get(self, product_id: str) -> Stock:
         _require_product_id(product_id)
@@ -241,8 +311,7 @@ class Inventory:
         return [_stock(items.get(pid), pid) for pid in ids]
 
     async def list_items(self, *, page_size: int, page_token: str) -> tuple[list[Stock], str]:
-        size = paging.page_size(page_size)
-        after = paging.decode_token(page_token, query="items")
+        size, after = paging.page_request(page_size, page_token, query="items")
         id_ = _ITEMS.c.product_id
         query = select(*_BALANCE).where(_ITEMS.c.retired_at.is_(None)).order_by(id_).limit(size + 1)
         if after is not None:
@@ -251,14 +320,24 @@ class Inventory:
         token = paging.encode_token([items[size - 1].product_id], query="items") if len(items) > size else ""
         return [_stock(item, item.product_id) for item in items[:size]], token
 
-    async def movements(
-        self, *, product_id: str, page_size: int, page_token: str
-    ) -> tuple[list[Movement], str]:
-        """The ledger of a product, newest first."""
-        _require_product_id(product_id)
-        size = paging.page_size(page_size)
-        after = paging.decode_token(page_token, query=product_id)
-        await self._products.confirm(product_id)
+    async def movements(self, *, product_id: str, page_size: int, page_token: str) -> Ledger:
+        """A page of the product's ledger, newest first. A deleted product's ledger stays
+        readable to staff and admins, for audit, marked retired; viewers are told it does not
+        exist, as they are by every other read."""
+        problems = Violations()
+        with problems.collect():
+            _require_product_id(product_id)
+        with problems.collect():
+            size, after = paging.page_request(page_size, page_token, query=product_id)
+        problems.check()
+        auditor = holds_role(current_identity(), access_pb2.ROLE_STAFF)
+        deleted = False
+        try:
+            await self._products.confirm(product_id)
+        except NotFound:
+            if not auditor:
+                raise
+            deleted = True
         query = (
             select(Movement)
             .where(Movement.product_id == product_id)
@@ -268,11 +347,16 @@ class Inventory:
         if after is not None:
             query = query.where(Movement.id < _position(after, int))
         async with self._db.session() as session:
-            if await session.scalar(_RETIRED_AT, {"pid": product_id}):
-                raise not_found(product_id)  # retired since this replica last confirmed it
+            item = (await session.execute(_RETIRED_AT, {"pid": product_id})).first()
+            # An item whose product the products service no longer knows had a product, deleted
+            # since: its retirement may still be on its way. Without an item, it never moved.
+            retired = deleted or (item is not None and item.retired_at is not None)
+            # A viewer is refused a product retired since this replica last confirmed it.
+            if (retired and not auditor) or (deleted and item is None):
+                raise not_found(product_id)
             rows = list(await session.scalars(query))
         token = paging.encode_token([rows[size - 1].id], query=product_id) if len(rows) > size else ""
-        return rows[:size], token
+        return Ledger(rows[:size], token, retired)
 
     async def retire(self, product_id: str) -> None:
         """The product was deleted: take its item out of reads, refuse new movements, keep the ledger.
@@ -296,9 +380,12 @@ class Inventory:
                     raise
                 await _back_off(attempt)
 
-    async def _change(
-        self, change: Change, delta_for: Callable[[int], int], *, moves_by: int | None = None
-    ) -> Recorded:
+    async def _apply(self, change: Change) -> Recorded:
+        """Applies `change` under the stock rule, by the shortest path the database offers: on
+        PostgreSQL an IN or OUT is one statement without BEGIN (`_move_alone`); on SQLite it is
+        a conditional UPDATE … RETURNING in the write transaction (`_write`); a count, a first
+        movement, whatever those leave undecided, and every change on MariaDB (no UPDATE …
+        RETURNING) take the locked read (`_write`)."""
         actor = current_identity().subject
         for attempt in range(_ATTEMPTS):
             if change.request_id and (replay := await self._replay(actor, change)) is not None:
@@ -307,11 +394,11 @@ class Inventory:
                 await self._products.confirm(change.product_id)
             try:
                 recorded = None
-                if moves_by is not None and self._db.autocommits:
-                    recorded = await self._move_alone(actor, change, moves_by)
+                if change.fixed_delta is not None and self._db.autocommits:
+                    recorded = await self._move_alone(actor, change, change.fixed_delta)
                 if recorded is None:
                     async with self._db.write_connection() as conn:
-                        recorded = await self._apply(conn, actor, change, delta_for, moves_by)
+                        recorded = await self._write(conn, actor, change)
                 self._changed()
                 return recorded
             except _RETRYABLE:
@@ -321,53 +408,40 @@ class Inventory:
                 await _back_off(attempt)
         raise AssertionError("unreachable")
 
-    async def _apply(
-        self,
-        conn: AsyncConnection,
-        actor: str,
-        change: Change,
-        delta_for: Callable[[int], int],
-        moves_by: int | None,
-    ) -> Recorded:
-        """Locks the balance row, checks the rule, writes the balance and the movement: Core
-        statements, since this is every movement's path and the ORM's unit of work costs more.
-        An IN or OUT (`moves_by`) first tries the one-statement conditional update; a first
-        movement, a retired item or a change the rule refuses falls through to the locked read."""
+    async def _write(self, conn: AsyncConnection, actor: str, change: Change) -> Recorded:
+        """Writes the balance and the movement in `conn`'s transaction: Core statements, since
+        this is every movement's path and the ORM's unit of work costs more. An IN or OUT first
+        tries the conditional update; a first movement, a retired item or a change the rule
+        refuses falls through to the locked read, which decides by `next_balance`."""
         product_id, now = change.product_id, utcnow()
+        fixed_delta = change.fixed_delta
         # (Where the database autocommits, `_move_alone` has just tried the conditional update.)
-        if moves_by is not None and conn.dialect.update_returning and not self._db.autocommits:
-            bounds = {"lowest": max(0, -moves_by), "highest": min(MAX_QUANTITY, MAX_QUANTITY - moves_by)}
-            moved = await conn.execute(
-                _MOVE_BALANCE, {"pid": product_id, "delta": moves_by, "now": now, **bounds}
-            )
+        if fixed_delta is not None and conn.dialect.update_returning and not self._db.autocommits:
+            moved = await conn.execute(_MOVE_BALANCE, _move_parameters(product_id, fixed_delta, now))
             if (row := moved.first()) is not None:
-                return await _append(conn, actor, change, moves_by, row.quantity, now)
+                return await _append(conn, actor, change, fixed_delta, row.quantity, now)
         locked = (await conn.execute(_LOCK_BALANCE, {"pid": product_id})).first()
         if locked is not None and locked.retired_at is not None:
             raise not_found(product_id)
-        current = locked.quantity if locked is not None else 0
-        delta = delta_for(current)
-        balance = current + delta
-        state = {"quantity": balance, "updated_at": now}
+        balance = locked.quantity if locked is not None else 0
+        delta = change.delta_from(balance)
+        moved_to = next_balance(balance, delta)
+        state = {"quantity": moved_to, "updated_at": now}
         if locked is None:  # its first movement; a concurrent first one loses on the key, and retries
             await conn.execute(_NEW_BALANCE, {"product_id": product_id, **state})
         else:
             await conn.execute(_SET_BALANCE, {"pid": product_id, **state})
-        return await _append(conn, actor, change, delta, balance, now)
+        return await _append(conn, actor, change, delta, moved_to, now)
 
-    async def _move_alone(self, actor: str, change: Change, moves_by: int) -> Recorded | None:
+    async def _move_alone(self, actor: str, change: Change, delta: int) -> Recorded | None:
         """An IN or OUT as one statement (`_MOVE_AND_APPEND`); None if the conditional update
         matched nothing (a first movement, a retired item, a change the rule refuses), for the
-        locked path to decide."""
+        locked read to decide."""
         now = utcnow()
         rows = await self._db.write_alone(
             _MOVE_AND_APPEND,
             {
-                "pid": change.product_id,
-                "delta": moves_by,
-                "now": now,
-                "lowest": max(0, -moves_by),
-                "highest": min(MAX_QUANTITY, MAX_QUANTITY - moves_by),
+                **_move_parameters(change.product_id, delta, now),
                 "kind": change.kind,
                 "why": change.reason,
                 "ref": change.reference,
@@ -379,7 +453,7 @@ class Inventory:
         if not rows:
             return None
         movement_id, balance = rows[0]
-        values = _movement_values(actor, change, moves_by, balance, now)
+        values = _movement_values(actor, change, delta, balance, now)
         return Recorded(Movement(id=movement_id, **values), Stock(change.product_id, balance, now))
 
     async def _replay(self, actor: str, change: Change) -> Recorded | None:
@@ -397,6 +471,12 @@ class Inventory:
                 reason="REQUEST_ID_REUSED",
             )
         return Recorded(first, Stock(first.product_id, first.balance_after, first.created_at))
+
+
+def _move_parameters(product_id: str, delta: int, now: dt.datetime) -> dict[str, Any]:
+    """The parameters of the conditional update (`_MOVE_BALANCE`) moving a balance by `delta`."""
+    lowest, highest = balances_allowing(delta)
+    return {"pid": product_id, "delta": delta, "now": now, "lowest": lowest, "highest": highest}
 
 
 async def _append(

@@ -75,13 +75,16 @@ def is_public(method_path: str) -> bool:
     return method is not None and declared_access(method).public
 
 
+def holds_role(caller: Identity, needed: access_pb2.Role) -> bool:
+    """Whether one of the caller's roles ranks at least `needed` (or is the service role, if asked)."""
+    if needed == access_pb2.ROLE_SERVICE:
+        return SERVICE in caller.roles
+    return not needed or max((RANKS.get(role, 0) for role in caller.roles), default=0) >= needed
+
+
 def require_role(caller: Identity, needed: access_pb2.Role) -> None:
     """PERMISSION_DENIED unless one of the caller's roles ranks at least `needed`."""
-    if needed == access_pb2.ROLE_SERVICE:
-        allowed = SERVICE in caller.roles
-    else:
-        allowed = not needed or max((RANKS.get(role, 0) for role in caller.roles), default=0) >= needed
-    if not allowed:
+    if not holds_role(caller, needed):
         name = role_name(needed)
         raise PermissionDenied(
             f"this needs the {name} role" + ("" if name == SERVICE else "; ask an admin to grant it"),

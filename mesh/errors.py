@@ -1,14 +1,17 @@
 """Domain errors and their gRPC status, defined once.
 
 Domain code raises these; the server interceptor turns them into a `google.rpc.Status`
-whose details carry an `ErrorInfo` (a machine-readable `reason`, AIP-193) and, for a bad
-field, a `BadRequest` field violation.
+whose details carry an `ErrorInfo` (a machine-readable `reason`, AIP-193) and, for bad
+fields, a `BadRequest` with one field violation each. Validation collects every violation
+of a request (`Violations`) and refuses them together, so a client fixes them in one go.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import ClassVar, cast
 
 import grpc
@@ -18,6 +21,18 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 ERROR_DOMAIN = "invmesh"
+# The ErrorInfo reason of a refusal naming fields wrong in different ways; each violation
+# carries its own.
+INVALID_FIELDS = "INVALID_FIELDS"
+
+
+@dataclass(frozen=True, slots=True)
+class FieldViolation:
+    """One bad field of a request: its path, what is wrong (naming the field), and a reason."""
+
+    field: str
+    description: str
+    reason: str
 
 
 class DomainError(Exception):
@@ -35,18 +50,21 @@ class DomainError(Exception):
         super().__init__(message)
         self.message = message
         self.reason = reason or self.code.name
-        self.field = field
+        self.violations = [FieldViolation(field, message, self.reason)] if field else []
         self.metadata = dict(metadata or {})
         self.retry_after = retry_after  # sent as a RetryInfo: the facade's Retry-After
 
     def to_status(self) -> grpc.Status:
         info = error_details_pb2.ErrorInfo(reason=self.reason, domain=ERROR_DOMAIN, metadata=self.metadata)
         details = [_pack(info)]
-        if self.field:
-            violation = error_details_pb2.BadRequest.FieldViolation(
-                field=self.field, description=self.message, reason=self.reason
-            )
-            details.append(_pack(error_details_pb2.BadRequest(field_violations=[violation])))
+        if self.violations:
+            violations = [
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=v.field, description=v.description, reason=v.reason
+                )
+                for v in self.violations
+            ]
+            details.append(_pack(error_details_pb2.BadRequest(field_violations=violations)))
         if self.retry_after is not None:
             retry = error_details_pb2.RetryInfo()
             retry.retry_delay.FromTimedelta(max(self.retry_after, dt.timedelta(0)))
@@ -63,6 +81,46 @@ def _pack(message: Message) -> any_pb2.Any:
 
 class InvalidArgument(DomainError):
     code = grpc.StatusCode.INVALID_ARGUMENT
+
+    @classmethod
+    def of(cls, violations: Sequence[FieldViolation]) -> InvalidArgument:
+        """One refusal naming every violation: one alone keeps its own message and reason;
+        several are joined into the message, under their reason if they share one and
+        INVALID_FIELDS if not."""
+        if len(violations) == 1:
+            (only,) = violations
+            return cls(only.description, field=only.field, reason=only.reason)
+        reasons = {v.reason for v in violations}
+        reason = reasons.pop() if len(reasons) == 1 else INVALID_FIELDS
+        error = cls("; ".join(v.description for v in violations), reason=reason)
+        error.violations = list(violations)
+        return error
+
+
+class Violations:
+    """A request's field violations, collected so that one INVALID_ARGUMENT names them all."""
+
+    def __init__(self) -> None:
+        self._found: list[FieldViolation] = []
+
+    def add(self, field: str, description: str, reason: str) -> None:
+        self._found.append(FieldViolation(field, description, reason))
+
+    @contextlib.contextmanager
+    def collect(self) -> Iterator[None]:
+        """Keeps the field violations of an InvalidArgument the block raises (a shared check
+        such as a page size's), instead of letting it end the validation."""
+        try:
+            yield
+        except InvalidArgument as error:
+            if not error.violations:
+                raise
+            self._found.extend(error.violations)
+
+    def check(self) -> None:
+        """Raises one INVALID_ARGUMENT for everything collected, if anything was."""
+        if self._found:
+            raise InvalidArgument.of(self._found)
 
 
 class NotFound(DomainError):

@@ -13,7 +13,7 @@ import hashlib
 import json
 from typing import Any
 
-from mesh.errors import InvalidArgument
+from mesh.errors import InvalidArgument, Violations
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
@@ -21,8 +21,26 @@ MAX_PAGE_SIZE = 500
 
 def page_size(requested: int) -> int:
     if requested < 0:
-        raise InvalidArgument("page_size must not be negative", field="page_size", reason="INVALID_PAGE_SIZE")
+        raise InvalidArgument(
+            f"page_size must not be negative: 0 asks for {DEFAULT_PAGE_SIZE}, "
+            f"and at most {MAX_PAGE_SIZE} are returned",
+            field="page_size",
+            reason="INVALID_PAGE_SIZE",
+        )
     return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+def page_request(requested_size: int, token: str, *, query: str = "") -> tuple[int, list[Any] | None]:
+    """The page size and the keyset position to start after; one INVALID_ARGUMENT naming both
+    when both are bad."""
+    problems = Violations()
+    size, position = DEFAULT_PAGE_SIZE, None
+    with problems.collect():
+        size = page_size(requested_size)
+    with problems.collect():
+        position = decode_token(token, query=query)
+    problems.check()
+    return size, position
 
 
 def _fingerprint(query: str) -> str:

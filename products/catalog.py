@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from mesh import paging
 from mesh.context import require_verified_email
 from mesh.db import Database, rowcount, table_of, utcnow
-from mesh.errors import AlreadyExists, InvalidArgument, NotFound
+from mesh.errors import AlreadyExists, InvalidArgument, NotFound, Violations
 from mesh.outbox import OutboxRelay
 from products.models import Product, ProductChange, RetiredProduct, StockLevel
 
@@ -45,6 +45,8 @@ MAX_SKU_CHARS = 64
 MAX_NAME_CHARS = 200
 MAX_DESCRIPTION_CHARS = 5000
 MAX_PRICE = Decimal("1e14")  # so minor units (up to 4 digits) fit a signed 64-bit integer
+EDITABLE_FIELDS = ("sku", "name", "description", "price", "currency")  # a Draft's, for update masks
+_IGNORED_IN_MASK = frozenset({"id", "stock", "created_at", "updated_at"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,27 +90,66 @@ def format_price(price_minor: int, currency: str) -> str:
     return f"{Decimal(price_minor).scaleb(-minor_digits(currency)):f}"
 
 
+def fields_in_mask(mask: Sequence[str] | None) -> tuple[str, ...]:
+    """The editable fields an update mask names: all of them for no mask or "*". The id and
+    output-only fields are ignored, so a product read back can be sent as it is (AIP-203);
+    any other path is INVALID_ARGUMENT, naming each."""
+    if mask is None or "*" in mask:
+        return EDITABLE_FIELDS
+    problems = Violations()
+    for path in mask:
+        if path not in EDITABLE_FIELDS and path not in _IGNORED_IN_MASK:
+            problems.add(
+                "update_mask",
+                f"update_mask names {path!r}, which is not an editable field of a product "
+                f"({', '.join(EDITABLE_FIELDS)})",
+                "INVALID_UPDATE_MASK",
+            )
+    problems.check()
+    return tuple(name for name in EDITABLE_FIELDS if name in mask)
+
+
+def _draft_of(product: Product) -> Draft:
+    """The product's editable fields as a client would send them."""
+    return Draft(
+        sku=product.sku,
+        name=product.name,
+        description=product.description,
+        price=format_price(product.price_minor, product.currency),
+        currency=product.currency,
+    )
+
+
 def validate(draft: Draft) -> Fields:
-    sku, name, description, price = draft.sku.strip(), draft.name.strip(), draft.description, draft.price
+    """The draft's fields, checked; otherwise one INVALID_ARGUMENT naming every bad field."""
+    sku, name, description = draft.sku.strip(), draft.name.strip(), draft.description
     currency = draft.currency.strip().upper() or "USD"
+    problems = Violations()
     if not 1 <= len(sku) <= MAX_SKU_CHARS:
-        raise InvalidArgument(
-            f"sku is required, 1 to {MAX_SKU_CHARS} characters", field="sku", reason="INVALID_SKU"
-        )
+        problems.add("sku", f"sku is required, 1 to {MAX_SKU_CHARS} characters", "INVALID_SKU")
     if not 1 <= len(name) <= MAX_NAME_CHARS:
-        raise InvalidArgument(
-            f"name is required, 1 to {MAX_NAME_CHARS} characters", field="name", reason="INVALID_NAME"
-        )
+        problems.add("name", f"name is required, 1 to {MAX_NAME_CHARS} characters", "INVALID_NAME")
     if len(description) > MAX_DESCRIPTION_CHARS:
-        raise InvalidArgument(
+        problems.add(
+            "description",
             f"description must be at most {MAX_DESCRIPTION_CHARS} characters",
-            field="description",
-            reason="INVALID_DESCRIPTION",
+            "INVALID_DESCRIPTION",
         )
-    digits = minor_digits(currency)
+    digits = None
+    with problems.collect():
+        digits = minor_digits(currency)
+    price_minor = 0
+    with problems.collect():
+        price_minor = _price_in_minor_units(draft.price, currency, digits)
+    problems.check()
+    return Fields(sku, name, description, price_minor, currency)
+
+
+def _price_in_minor_units(price: str, currency: str, digits: int | None) -> int:
+    """The price in minor units; with no `digits` (the currency is unknown), only its form is checked."""
+    decimals = f" with at most {digits} decimals for {currency}" if digits is not None else ""
     bad_price = InvalidArgument(
-        f"price must be a non-negative decimal string with at most {digits} decimals for {currency}, "
-        'like "12.50"',
+        f'price must be a non-negative decimal string{decimals}, like "12.50"',
         field="price",
         reason="INVALID_PRICE",
     )
@@ -119,11 +160,11 @@ def validate(draft: Draft) -> Fields:
         amount = Decimal(price)
     except InvalidOperation:
         raise bad_price from None
-    if -amount.as_tuple().exponent > digits:  # type: ignore[operator]
+    if digits is not None and -amount.as_tuple().exponent > digits:  # type: ignore[operator]
         raise bad_price
     if amount >= MAX_PRICE:
         raise InvalidArgument(f"price must be below {MAX_PRICE:f}", field="price", reason="INVALID_PRICE")
-    return Fields(sku, name, description, int(amount.scaleb(digits)), currency)
+    return int(amount.scaleb(digits or 0))
 
 
 class Catalog:
@@ -201,8 +242,7 @@ class Catalog:
     async def list(self, *, page_size: int, page_token: str, q: str) -> tuple[list[Row[Any]], str]:
         """A page of products with their stock, from memory if this process read it lately:
         kept as GetProduct's rows are, and all dropped at any change to any product."""
-        size = paging.page_size(page_size)
-        after = paging.decode_token(page_token, query=q)
+        size, after = paging.page_request(page_size, page_token, query=q)
         key = (size, page_token, q)
         if self._pages is not None and (page := self._pages.get(key)) is not None:
             return page
@@ -239,19 +279,26 @@ class Catalog:
             self._pages[key] = page
         return page
 
-    async def update(self, product_id: str, draft: Draft) -> tuple[Product, int | None]:
-        """The product as updated, and its stock."""
+    async def update(
+        self, product_id: str, draft: Draft, *, mask: Sequence[str] | None = None
+    ) -> tuple[Product, int | None]:
+        """The product as updated, and its stock: the fields `mask` names take the draft's
+        values, the others keep theirs (AIP-134); without a mask, all take the draft's."""
         require_verified_email()
-        fields = validate(draft)
+        updating = fields_in_mask(mask)
         try:
             async with self._db.transaction() as session:
                 product = await session.get(Product, product_id, with_for_update=True)
                 if product is None:
                     raise _not_found(product_id)
+                stock = await session.scalar(_STOCK_OF, {"id": product_id})
+                if not updating:
+                    return product, stock
+                kept = _draft_of(product)
+                fields = validate(replace(kept, **{name: getattr(draft, name) for name in updating}))
                 product.sku, product.name, product.description = fields.sku, fields.name, fields.description
                 product.price_minor, product.currency = fields.price_minor, fields.currency
                 product.updated_at = utcnow()
-                stock = await session.scalar(_STOCK_OF, {"id": product_id})
                 session.add(self._logged(product_id))
         except IntegrityError:
             raise _sku_taken(fields.sku) from None

@@ -68,7 +68,8 @@ class ProductsServicer(products_service_pb2_grpc.ProductsServiceServicer):
     async def UpdateProduct(
         self, request: pb.UpdateProductRequest, context: ServicerContext
     ) -> pb.UpdateProductResponse:
-        product, stock = await self._catalog.update(request.product.id, _draft(request.product))
+        mask = list(request.update_mask.paths) if request.HasField("update_mask") else None
+        product, stock = await self._catalog.update(request.product.id, _draft(request.product), mask=mask)
         return pb.UpdateProductResponse(product=product_message(product, stock))
 
     async def DeleteProduct(

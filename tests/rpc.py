@@ -37,6 +37,17 @@ def error_reason(error: grpc.aio.AioRpcError) -> str | None:
     return None
 
 
+def field_violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
+    """Each field the BadRequest detail names, with its violation's reason."""
+    status = status_of(error)
+    for detail in status.details if status is not None else ():
+        if detail.Is(descriptor(error_details_pb2.BadRequest)):
+            bad_request = error_details_pb2.BadRequest()
+            detail.Unpack(bad_request)
+            return {v.field: v.reason for v in bad_request.field_violations}
+    return {}
+
+
 def retry_delay(error: grpc.aio.AioRpcError) -> float | None:
     """The seconds of the RetryInfo carried in the status details, if there is one."""
     status = status_of(error)

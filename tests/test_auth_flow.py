@@ -17,7 +17,7 @@ from invmesh.auth.v1 import auth_service_pb2 as pb
 from mesh.db import Database
 from mesh.tokens import JwksCache, TokenVerifier
 from tests.conftest import AuthEndpoint, SmtpServer, link_token
-from tests.rpc import error_reason, expect_error
+from tests.rpc import error_reason, expect_error, field_violations
 
 PASSWORD = "correct horse battery"
 
@@ -113,6 +113,21 @@ async def test_register_rejects_bad_input_and_writes_nothing(
     assert await count(auth_db, User) == 0
     assert await count(auth_db, OutgoingMail) == 0
     assert smtp.inbox.messages == []
+
+
+async def test_register_names_every_bad_field_at_once(auth: AuthEndpoint, auth_db: Database) -> None:
+    request = pb.RegisterRequest(email="not-an-address", password="short", name="n" * 201)
+    error = await expect_error(auth.stub.Register(request), grpc.StatusCode.INVALID_ARGUMENT)
+    assert field_violations(error) == {
+        "email": "INVALID_EMAIL",
+        "password": "PASSWORD_TOO_SHORT",
+        "name": "INVALID_NAME",
+    }
+    assert error_reason(error) == "INVALID_FIELDS"
+    assert "at least 8 characters" in str(error.details()) and "at most 200 characters" in str(
+        error.details()
+    )
+    assert await count(auth_db, User) == 0
 
 
 async def test_password_limit_counts_bytes_not_characters(auth: AuthEndpoint) -> None:

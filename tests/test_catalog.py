@@ -10,6 +10,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import field_mask_pb2
 from sqlalchemy import func, select, update
 
 from auth.service import running as running_auth
@@ -26,7 +27,7 @@ from products import change_watch
 from products.models import Product, ProductChange
 from products.service import running as running_products
 from tests.conftest import SERVICE_SECRET, Mesh, SmtpServer, free_port, mesh_settings, user_token
-from tests.rpc import error_reason, eventually, expect_error
+from tests.rpc import error_reason, eventually, expect_error, field_violations
 
 
 def product(**fields: str) -> pb.Product:
@@ -82,6 +83,47 @@ async def test_create_get_update_list_delete(mesh: Mesh) -> None:
         await expect_error(call, grpc.StatusCode.NOT_FOUND)
 
 
+async def patch(mesh: Mesh, changes: pb.Product, paths: list[str]) -> pb.Product:
+    request = pb.UpdateProductRequest(product=changes, update_mask=field_mask_pb2.FieldMask(paths=paths))
+    reply: pb.UpdateProductResponse = await mesh.products.UpdateProduct(request, metadata=mesh.as_user())
+    return reply.product
+
+
+async def test_an_update_mask_changes_only_the_fields_it_names(mesh: Mesh) -> None:
+    created = await create(mesh, description="A fine widget", currency="EUR")
+    repriced = await patch(mesh, pb.Product(id=created.id, price="9.90", name="ignored"), ["price"])
+    assert (repriced.price, repriced.name, repriced.description) == ("9.90", "Widget", "A fine widget")
+    assert repriced.updated_at.ToDatetime() > created.updated_at.ToDatetime()
+    # The id and output-only fields are ignored, so a product read back can be sent as it is.
+    renamed = pb.Product(id=created.id, name="Gadget", stock=99, created_at=created.updated_at)
+    got = await patch(mesh, renamed, ["name", "id", "stock", "created_at", "updated_at"])
+    assert (got.name, got.price, got.stock, got.created_at) == ("Gadget", "9.90", 0, created.created_at)
+    untouched = await patch(mesh, pb.Product(id=created.id), [])  # an empty mask changes nothing
+    assert untouched == got
+    replaced = await patch(mesh, product(id=created.id, sku="SKU-2"), ["*"])  # "*" is a PUT
+    assert (replaced.sku, replaced.description, replaced.currency) == ("SKU-2", "", "USD")
+
+
+async def test_a_masked_update_is_checked_whole_and_refused_whole(mesh: Mesh) -> None:
+    created = await create(mesh, price="12.50")
+    # A currency alone can make the kept price invalid: the price is named.
+    error = await expect_error(
+        patch(mesh, pb.Product(id=created.id, currency="JPY"), ["currency"]),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert field_violations(error) == {"price": "INVALID_PRICE"}
+    error = await expect_error(
+        patch(mesh, pb.Product(id=created.id, sku=""), ["sku", "colour", "product.name"]),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert "'colour'" in str(error.details()) and "'product.name'" in str(error.details())
+    assert field_violations(error) == {"update_mask": "INVALID_UPDATE_MASK"}  # the mask, before the fields
+    assert error_reason(error) == "INVALID_UPDATE_MASK"  # the reason both violations share
+    got = await mesh.products.GetProduct(pb.GetProductRequest(id=created.id), metadata=mesh.as_user())
+    assert got.product == created
+    await expect_error(patch(mesh, pb.Product(id="gone"), ["name"]), grpc.StatusCode.NOT_FOUND)
+
+
 @pytest.mark.parametrize(
     ("fields", "field"),
     [
@@ -117,6 +159,32 @@ async def test_invalid_products_are_refused_and_write_nothing(
     assert field in (error.details() or "")
     async with products_db.session() as session:
         assert await session.scalar(select(func.count()).select_from(Product)) == 0
+
+
+async def test_every_bad_field_is_named_at_once(mesh: Mesh, products_db: Database) -> None:
+    bad = pb.Product(sku="", name="", price="abc", currency="XYZ", description="d" * 5001)
+    error = await expect_error(
+        mesh.products.CreateProduct(pb.CreateProductRequest(product=bad), metadata=mesh.as_user()),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert field_violations(error) == {
+        "sku": "INVALID_SKU",
+        "name": "INVALID_NAME",
+        "description": "INVALID_DESCRIPTION",
+        "currency": "INVALID_CURRENCY",
+        "price": "INVALID_PRICE",
+    }
+    assert error_reason(error) == "INVALID_FIELDS"
+    for limit in ("1 to 64 characters", "1 to 200 characters", "at most 5000 characters", "'XYZ'"):
+        assert limit in str(error.details())
+    async with products_db.session() as session:
+        assert await session.scalar(select(func.count()).select_from(Product)) == 0
+
+
+async def test_one_bad_field_keeps_its_own_reason(mesh: Mesh) -> None:
+    error = await expect_error(create(mesh, price="1.5", currency="JPY"), grpc.StatusCode.INVALID_ARGUMENT)
+    assert field_violations(error) == {"price": "INVALID_PRICE"} and error_reason(error) == "INVALID_PRICE"
+    assert "at most 0 decimals for JPY" in str(error.details())
 
 
 @pytest.mark.parametrize(
@@ -260,7 +328,9 @@ async def test_reads_need_a_token_and_writes_a_verified_email(mesh: Mesh) -> Non
 async def test_reads_carry_the_stock_inventory_reports(mesh: Mesh) -> None:
     created = await create(mesh)
     await mesh.inventory.RecordMovement(
-        inventory_pb.RecordMovementRequest(product_id=created.id, type=inventory_pb.IN, quantity=8),
+        inventory_pb.RecordMovementRequest(
+            product_id=created.id, type=inventory_pb.RecordMovementRequest.IN, quantity=8
+        ),
         metadata=mesh.as_user(),
     )
     listed = await eventually(
@@ -318,7 +388,9 @@ async def test_replicas_serve_reads_from_memory_and_show_each_others_changes_at_
 
         # Inventory's feed reports to the first replica only.
         await mesh.inventory.RecordMovement(
-            inventory_pb.RecordMovementRequest(product_id=pid, type=inventory_pb.IN, quantity=7),
+            inventory_pb.RecordMovementRequest(
+                product_id=pid, type=inventory_pb.RecordMovementRequest.IN, quantity=7
+            ),
             metadata=mesh.as_user(),
         )
         await shown_on_other(lambda p: p.stock == 7)
@@ -491,7 +563,7 @@ async def test_stock_reaches_products_after_it_was_down(settings: Settings, smtp
 
             def move(quantity: int) -> Awaitable[inventory_pb.RecordMovementResponse]:
                 request = inventory_pb.RecordMovementRequest(
-                    product_id=pid, type=inventory_pb.IN, quantity=quantity
+                    product_id=pid, type=inventory_pb.RecordMovementRequest.IN, quantity=quantity
                 )
                 return inventory.RecordMovement(request, metadata=metadata)
 

@@ -33,6 +33,7 @@ DOCUMENTED_ROUTES = {
     ("GET", "/products/{id}"): "invmesh.products.v1.ProductsService.GetProduct",
     ("POST", "/products"): "invmesh.products.v1.ProductsService.CreateProduct",
     ("PUT", "/products/{product.id}"): "invmesh.products.v1.ProductsService.UpdateProduct",
+    ("PATCH", "/products/{product.id}"): "invmesh.products.v1.ProductsService.UpdateProduct",
     ("DELETE", "/products/{id}"): "invmesh.products.v1.ProductsService.DeleteProduct",
     ("GET", "/inventory"): "invmesh.inventory.v1.InventoryService.ListInventoryItems",
     ("GET", "/inventory/{product_id}"): "invmesh.inventory.v1.InventoryService.GetInventoryItem",

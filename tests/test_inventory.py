@@ -9,11 +9,14 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from sqlalchemy import func, select
+from hypothesis import example, given
+from hypothesis import strategies as st
+from sqlalchemy import func, select, update
 
 from auth.service import running as running_auth
 from inventory.models import Item, Movement
 from inventory.service import running as running_inventory
+from inventory.stock import MAX_STOCK, balances_allowing, next_balance
 from invmesh.auth.v1 import auth_service_pb2 as auth_pb
 from invmesh.auth.v1 import auth_service_pb2_grpc
 from invmesh.inventory.v1 import inventory_service_pb2 as pb
@@ -23,9 +26,10 @@ from invmesh.products.v1 import products_service_pb2_grpc
 from mesh import paging
 from mesh.config import Settings
 from mesh.db import Database
+from mesh.errors import FailedPrecondition, InvalidArgument
 from products.service import running as running_products
 from tests.conftest import SERVICE_SECRET, Mesh, SmtpServer, mesh_settings, user_token
-from tests.rpc import error_reason, eventually, expect_error
+from tests.rpc import error_reason, eventually, expect_error, field_violations
 
 
 async def new_product(mesh: Mesh, sku: str = "SKU-1") -> str:
@@ -132,7 +136,7 @@ async def test_the_stock_stays_within_its_bounds_at_the_extremes(mesh: Mesh) -> 
             mesh.inventory.RecordMovement(move(pid, kind, quantity), metadata=mesh.as_user()),
             grpc.StatusCode.INVALID_ARGUMENT,
         )
-        assert error_reason(error) == "INVALID_QUANTITY"
+        assert error_reason(error) == "INVALID_QUANTITY" and f"maximum of {most}" in str(error.details())
     emptied = await mesh.inventory.RecordMovement(move(pid, pb.OUT, most), metadata=mesh.as_user())
     assert emptied.item.quantity == 0 and emptied.movement.quantity == -most
     error = await expect_error(
@@ -169,6 +173,62 @@ async def test_bad_movements_are_refused_and_write_nothing(
     assert field in (error.details() or "")
     async with inventory_db.session() as session:
         assert await session.scalar(select(func.count()).select_from(Movement)) == 0
+
+
+async def test_every_bad_field_of_a_movement_is_named_at_once(mesh: Mesh, inventory_db: Database) -> None:
+    request = pb.RecordMovementRequest(
+        product_id="", quantity=0, reason="r" * 501, reference="x" * 201, request_id="has spaces"
+    )
+    error = await expect_error(
+        mesh.inventory.RecordMovement(request, metadata=mesh.as_user()), grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert field_violations(error) == {
+        "type": "INVALID_MOVEMENT_TYPE",
+        "product_id": "MISSING_PRODUCT_ID",
+        "quantity": "INVALID_QUANTITY",
+        "reason": "INVALID_REASON",
+        "reference": "INVALID_REFERENCE",
+        "request_id": "INVALID_REQUEST_ID",
+    }
+    for limit in ("quantity must be 1 to 2147483647", "at most 500 characters", "at most 200 characters"):
+        assert limit in str(error.details())
+    count = pb.SetStockRequest(product_id="", quantity=-1, reason="r" * 501)
+    error = await expect_error(
+        mesh.inventory.SetStock(count, metadata=mesh.as_user()), grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert set(field_violations(error)) == {"product_id", "quantity", "reason"}
+    assert "quantity must be 0 to 2147483647" in str(error.details())
+    async with inventory_db.session() as session:
+        assert await session.scalar(select(func.count()).select_from(Movement)) == 0
+
+
+async def test_page_requests_name_both_bad_fields_and_the_limits(mesh: Mesh) -> None:
+    pid = await new_product(mesh)
+    request = pb.ListMovementsRequest(product_id=pid, page_size=-1, page_token="forged")
+    error = await expect_error(
+        mesh.inventory.ListMovements(request, metadata=mesh.as_user()), grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert field_violations(error) == {"page_size": "INVALID_PAGE_SIZE", "page_token": "INVALID_PAGE_TOKEN"}
+    assert "0 asks for 50, and at most 500 are returned" in str(error.details())
+
+
+@given(balance=st.integers(0, MAX_STOCK), delta=st.integers(-MAX_STOCK, MAX_STOCK))
+@example(balance=5, delta=-5)  # each side of each bound
+@example(balance=4, delta=-5)
+@example(balance=MAX_STOCK - 1, delta=1)
+@example(balance=MAX_STOCK, delta=1)
+@example(balance=1, delta=MAX_STOCK)
+@example(balance=MAX_STOCK, delta=-MAX_STOCK)
+def test_the_conditional_update_moves_exactly_the_balances_the_stock_rule_allows(
+    balance: int, delta: int
+) -> None:
+    lowest, highest = balances_allowing(delta)
+    try:
+        moved: int | None = next_balance(balance, delta)
+    except (FailedPrecondition, InvalidArgument):
+        moved = None
+    assert (moved is not None) == (lowest <= balance <= highest)
+    assert moved is None or 0 <= moved <= MAX_STOCK
 
 
 async def test_unknown_products_and_negative_counts(mesh: Mesh) -> None:
@@ -247,6 +307,44 @@ async def test_deleting_a_product_retires_its_item_and_keeps_the_ledger(
     assert pid not in await listed_ids(mesh)
     async with inventory_db.session() as session:
         assert await session.scalar(select(func.count()).where(Movement.product_id == pid)) == 1
+
+
+async def test_a_deleted_products_ledger_stays_readable_to_staff_and_admins_only(
+    mesh: Mesh, inventory_db: Database
+) -> None:
+    pid = await new_product(mesh)
+    await mesh.inventory.RecordMovement(move(pid, pb.IN, 7, reason="delivery"), metadata=mesh.as_user())
+    staff = await user_token(mesh.auth, "clerk@example.com", None, mesh.settings, role="staff")
+    viewer = await user_token(mesh.auth, "viewer@example.com", None, mesh.settings, role="viewer")
+    request = pb.ListMovementsRequest(product_id=pid)
+    live = await mesh.inventory.ListMovements(request, metadata=mesh.as_user(viewer))
+    assert [m.quantity for m in live.movements] == [7] and live.retired is False
+
+    await mesh.products.DeleteProduct(products_pb.DeleteProductRequest(id=pid), metadata=mesh.as_user())
+    for auditor in (mesh.verified_token, staff):  # an admin and a staff member
+        kept = await mesh.inventory.ListMovements(request, metadata=mesh.as_user(auditor))
+        assert kept.retired is True
+        assert [(m.quantity, m.reason) for m in kept.movements] == [(7, "delivery")]
+    error = await expect_error(
+        mesh.inventory.ListMovements(request, metadata=mesh.as_user(viewer)), grpc.StatusCode.NOT_FOUND
+    )
+    assert error_reason(error) == "PRODUCT_NOT_FOUND"
+    # As it was before the retirement arrived (had inventory been down at the delete): the
+    # products service no longer knows the product, so its ledger reads as retired already.
+    async with inventory_db.transaction() as session:
+        await session.execute(update(Item).where(Item.product_id == pid).values(retired_at=None))
+    on_its_way = await mesh.inventory.ListMovements(request, metadata=mesh.as_user(staff))
+    assert on_its_way.retired is True and len(on_its_way.movements) == 1
+    await expect_error(
+        mesh.inventory.ListMovements(request, metadata=mesh.as_user(viewer)), grpc.StatusCode.NOT_FOUND
+    )
+    # Retired is not unknown: a product that never existed has no ledger to audit.
+    await expect_error(
+        mesh.inventory.ListMovements(
+            pb.ListMovementsRequest(product_id="no-such-product"), metadata=mesh.as_user()
+        ),
+        grpc.StatusCode.NOT_FOUND,
+    )
 
 
 async def test_tokens_and_verified_email(mesh: Mesh) -> None:

@@ -92,7 +92,7 @@ async def _send(mesh: Mesh, product_id: str, request: Request, prefix: str) -> A
         return await mesh.inventory.SetStock(message, metadata=mesh.as_user())
     movement = pb.RecordMovementRequest(
         product_id=product_id,
-        type=TYPES[request.kind],
+        type=request.kind,  # "IN" or "OUT": the names are the JSON ones
         quantity=request.quantity,
         reason=request.reason,
         request_id=request_id,

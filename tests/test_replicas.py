@@ -181,13 +181,15 @@ async def test_two_inventory_replicas_never_oversell(
         assert grpc_target(",".join(mesh.addresses["inventory"])).startswith("ipv4:")
         pid = await mesh.new_product("REPLICA-1")
         await mesh.inventory.RecordMovement(
-            pb.RecordMovementRequest(product_id=pid, type=pb.IN, quantity=100), metadata=mesh.user
+            pb.RecordMovementRequest(product_id=pid, type=pb.RecordMovementRequest.IN, quantity=100),
+            metadata=mesh.user,
         )
 
         results = await asyncio.gather(
             *(
                 mesh.inventory.RecordMovement(
-                    pb.RecordMovementRequest(product_id=pid, type=pb.OUT, quantity=1), metadata=mesh.user
+                    pb.RecordMovementRequest(product_id=pid, type=pb.RecordMovementRequest.OUT, quantity=1),
+                    metadata=mesh.user,
                 )
                 for _ in range(400)
             ),

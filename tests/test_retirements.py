@@ -122,7 +122,8 @@ async def test_kill_9_inventory_during_deletes_and_every_retirement_arrives_afte
                 await products.CreateProduct(products_pb.CreateProductRequest(product=draft), metadata=admin)
             ).product.id
             await stock.RecordMovement(
-                pb.RecordMovementRequest(product_id=pid, type=pb.IN, quantity=5), metadata=admin
+                pb.RecordMovementRequest(product_id=pid, type=pb.RecordMovementRequest.IN, quantity=5),
+                metadata=admin,
             )
             ids.append(pid)
 

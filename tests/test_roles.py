@@ -46,7 +46,7 @@ async def test_each_role_may_do_what_it_includes_and_no_more(mesh: Mesh, smtp: S
     update = products_pb.UpdateProductRequest(
         product=products_pb.Product(id=pid, sku="ROLE-1", name="R", price="2")
     )
-    movement = pb.RecordMovementRequest(product_id=pid, type=pb.IN, quantity=5)
+    movement = pb.RecordMovementRequest(product_id=pid, type=pb.RecordMovementRequest.IN, quantity=5)
     count = pb.SetStockRequest(product_id=pid, quantity=3)
     delete = products_pb.DeleteProductRequest(id=pid)
 
@@ -109,6 +109,11 @@ async def test_admins_manage_roles_and_the_new_role_arrives_with_the_next_token(
         ),
         (auth_pb.SetUserRoleRequest(email="nobody@example.com", role="staff"), "NOT_FOUND", "USER_NOT_FOUND"),
         (auth_pb.SetUserRoleRequest(email="not an email", role="staff"), "INVALID_ARGUMENT", "INVALID_EMAIL"),
+        (
+            auth_pb.SetUserRoleRequest(email="not an email", role="owner"),
+            "INVALID_ARGUMENT",
+            "INVALID_FIELDS",
+        ),
         (
             auth_pb.SetUserRoleRequest(email="staff@example.com", role="viewer"),
             "FAILED_PRECONDITION",

@@ -171,7 +171,10 @@ async def test_a_replica_stopped_mid_traffic_finishes_its_calls_and_loses_no_ack
             while not done.is_set():
                 n = next(numbers)
                 request = pb.RecordMovementRequest(
-                    product_id=pid, type=pb.IN, quantity=n % 5 + 1, request_id=f"shutdown-{n}"
+                    product_id=pid,
+                    type=pb.RecordMovementRequest.IN,
+                    quantity=n % 5 + 1,
+                    request_id=f"shutdown-{n}",
                 )
                 sent.append(request)
                 reply = await mesh.inventory.RecordMovement(request, metadata=mesh.user)

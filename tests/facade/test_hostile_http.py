@@ -399,13 +399,13 @@ async def test_wrong_methods_answer_405_with_allow(web: Web, product: str) -> No
     for method, path, allow in [
         ("PATCH", "/products", {"GET", "POST"}),
         ("DELETE", "/products", {"GET", "POST"}),
-        ("POST", f"/products/{product}", {"GET", "PUT", "DELETE"}),
+        ("POST", f"/products/{product}", {"GET", "PUT", "PATCH", "DELETE"}),
         ("PATCH", f"/inventory/{product}", {"GET", "PUT"}),
         ("DELETE", "/inventory", {"GET", "POST"}),
         ("GET", "/users/login", {"POST"}),
         ("PUT", "/users/verify", {"GET", "POST"}),
         ("POST", "/users/me", {"GET"}),
-        ("HEAD", f"/products/{product}", {"GET", "PUT", "DELETE"}),
+        ("HEAD", f"/products/{product}", {"GET", "PUT", "PATCH", "DELETE"}),
         ("OPTIONS", "/products", {"GET", "POST"}),
         ("TRACE", "/products", {"GET", "POST"}),
     ]:

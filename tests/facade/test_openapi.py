@@ -41,6 +41,7 @@ DOCUMENTED = {
     ("POST", "/products", 201),
     ("GET", "/products/{id}", 200),
     ("PUT", "/products/{id}", 200),
+    ("PATCH", "/products/{id}", 200),
     ("DELETE", "/products/{id}", 204),
     ("GET", "/inventory", 200),
     ("POST", "/inventory", 201),
@@ -181,7 +182,7 @@ async def test_errors_share_the_status_shape(document: dict[str, Any]) -> None:
     for (method, _), operation in operations(document).items():
         codes = set(operation["responses"])
         assert {"400", "401", "404", "409", "429", "500", "503", "504"} <= codes
-        assert ("413" in codes) is (method in ("POST", "PUT"))
+        assert ("413" in codes) is (method in ("POST", "PUT", "PATCH"))
         for code in codes - {c for c in codes if c.startswith("2")}:
             response = deref(document, operation["responses"][code])
             schema = response["content"]["application/json"]["schema"]
@@ -222,7 +223,8 @@ async def test_request_bodies_and_responses_follow_the_http_rules(document: dict
     movement = body(("POST", "/inventory"))
     assert movement["required"] == ["product_id", "type", "quantity"]
     assert movement["additionalProperties"] is False
-    assert movement["properties"]["type"]["enum"] == ["IN", "OUT", "ADJUSTMENT"]
+    # A count is PUT /inventory/{product_id}: the movement types a POST records are IN and OUT only.
+    assert movement["properties"]["type"]["enum"] == ["IN", "OUT"]
     stock = body(("PUT", "/inventory/{product_id}"))
     assert "product_id" not in stock["properties"] and stock["additionalProperties"] is False
     # body "product": that field's message; response_body "product".
@@ -236,9 +238,12 @@ async def test_request_bodies_and_responses_follow_the_http_rules(document: dict
     assert "content" not in reply(("DELETE", "/products/{id}"), "204")
     assert all("requestBody" not in op for (m, _), op in ops.items() if m in ("GET", "DELETE"))
     # Path parameters, including the nested product.id of UpdateProduct.
-    (update_id,) = ops[("PUT", "/products/{id}")]["parameters"]
-    assert update_id["in"] == "path" and update_id["required"] is True
-    assert "product.id" in update_id["description"]
+    for method in ("PUT", "PATCH"):
+        update_id, update_mask = ops[(method, "/products/{id}")]["parameters"]
+        assert update_id["in"] == "path" and update_id["required"] is True
+        assert "product.id" in update_id["description"]
+        # The AIP-134 field mask, a string in JSON, is a query parameter.
+        assert update_mask == {"name": "update_mask", "in": "query", "schema": {"type": "string"}}
     # Query parameters: the request's fields that neither the path nor the body binds.
     listing = {p["name"]: p for p in ops[("GET", "/inventory/{product_id}/movements")]["parameters"]}
     assert set(listing) == {"product_id", "page_size", "page_token"}

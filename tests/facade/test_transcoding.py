@@ -545,3 +545,31 @@ async def test_spec_update_with_the_whole_body(settings: Settings) -> None:
     async with facade_of(settings, "MessagingWholeBody") as http:
         response = await http.patch("/v1/messages/123456", json={"text": "Hi!"})
         assert response.json() == {"message_id": "123456", "text": "Hi!"}
+
+
+# --- update masks (AIP-134) ------------------------------------------------------------------------------
+
+
+async def test_a_patch_without_an_update_mask_gets_the_fields_its_body_sets(settings: Settings) -> None:
+    async with facade_of(settings, "MaskedUpdates") as http:
+        body = {"displayName": "Lamp", "nested": {"inner": {"c": "x"}, "b": 2}, "tags": ["a"], "payload": {}}
+        patched = await http.patch("/v1/masked/7", json=body)
+        assert patched.status_code == 200, patched.text
+        # The path's item.id is not the client's to update: it only says which item.
+        assert patched.json()["update_mask"] == "displayName,nested.inner.c,nested.b,tags,payload"
+        assert patched.json()["item"]["id"] == "7"
+        nothing = await http.patch("/v1/masked/7", json={})
+        assert nothing.json()["update_mask"] == ""  # set, and empty: nothing to update
+        replaced = await http.put("/v1/masked/7", json=body)
+        assert "update_mask" not in replaced.json()  # a PUT replaces: no mask
+
+
+async def test_an_update_mask_from_the_query_wins_in_either_name_form(settings: Settings) -> None:
+    async with facade_of(settings, "MaskedUpdates") as http:
+        patched = await http.patch(
+            "/v1/masked/7", params={"update_mask": "display_name,nested.inner.c"}, json={"name": "x"}
+        )
+        assert patched.status_code == 200, patched.text
+        assert patched.json()["update_mask"] == "displayName,nested.inner.c"
+        camel = await http.patch("/v1/masked/7", params={"updateMask": "displayName"}, json={})
+        assert camel.json()["update_mask"] == "displayName"

@@ -101,6 +101,14 @@ class BatchGetInventoryItemsResponse(_message.Message):
 
 class RecordMovementRequest(_message.Message):
     __slots__ = ("product_id", "type", "quantity", "reason", "reference", "request_id")
+    class Direction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        DIRECTION_UNSPECIFIED: _ClassVar[RecordMovementRequest.Direction]
+        IN: _ClassVar[RecordMovementRequest.Direction]
+        OUT: _ClassVar[RecordMovementRequest.Direction]
+    DIRECTION_UNSPECIFIED: RecordMovementRequest.Direction
+    IN: RecordMovementRequest.Direction
+    OUT: RecordMovementRequest.Direction
     PRODUCT_ID_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     QUANTITY_FIELD_NUMBER: _ClassVar[int]
@@ -108,12 +116,12 @@ class RecordMovementRequest(_message.Message):
     REFERENCE_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     product_id: str
-    type: MovementType
+    type: RecordMovementRequest.Direction
     quantity: int
     reason: str
     reference: str
     request_id: str
-    def __init__(self, product_id: _Optional[str] = ..., type: _Optional[_Union[MovementType, str]] = ..., quantity: _Optional[int] = ..., reason: _Optional[str] = ..., reference: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    def __init__(self, product_id: _Optional[str] = ..., type: _Optional[_Union[RecordMovementRequest.Direction, str]] = ..., quantity: _Optional[int] = ..., reason: _Optional[str] = ..., reference: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class RecordMovementResponse(_message.Message):
     __slots__ = ("movement", "item")
@@ -154,12 +162,14 @@ class ListMovementsRequest(_message.Message):
     def __init__(self, product_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListMovementsResponse(_message.Message):
-    __slots__ = ("movements", "next_page_token")
+    __slots__ = ("movements", "next_page_token", "retired")
     MOVEMENTS_FIELD_NUMBER: _ClassVar[int]
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    RETIRED_FIELD_NUMBER: _ClassVar[int]
     movements: _containers.RepeatedCompositeFieldContainer[Movement]
     next_page_token: str
-    def __init__(self, movements: _Optional[_Iterable[_Union[Movement, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+    retired: bool
+    def __init__(self, movements: _Optional[_Iterable[_Union[Movement, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., retired: _Optional[bool] = ...) -> None: ...
 
 class DeleteInventoryItemRequest(_message.Message):
     __slots__ = ("product_id",)

@@ -111,7 +111,9 @@ class InventoryServiceServicer:
 
     def RecordMovement(self, request, context):
         """Records an entry (IN) or exit (OUT) and returns the new balance.
-        Returns INVALID_ARGUMENT for a bad type or a quantity below 1, NOT_FOUND
+        Returns INVALID_ARGUMENT naming every bad field (a type other than IN or
+        OUT, a quantity outside 1 to 2147483647, a stock that would pass
+        2147483647, a reason over 500 or a reference over 200 characters), NOT_FOUND
         for an unknown product, FAILED_PRECONDITION (reason INSUFFICIENT_STOCK)
         for an exit beyond the stock, and ALREADY_EXISTS (reason
         REQUEST_ID_REUSED) for a request_id already used with a different body,
@@ -124,7 +126,8 @@ class InventoryServiceServicer:
 
     def SetStock(self, request, context):
         """Sets a product's stock, recording an ADJUSTMENT movement of the difference.
-        Returns INVALID_ARGUMENT for a negative quantity, NOT_FOUND for an unknown
+        Returns INVALID_ARGUMENT naming every bad field (a quantity outside 0 to
+        2147483647, a reason over 500 characters), NOT_FOUND for an unknown
         product and PERMISSION_DENIED below staff; request_id behaves as in
         RecordMovement.
         """
@@ -133,9 +136,10 @@ class InventoryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListMovements(self, request, context):
-        """Lists a product's movements, newest first. Returns NOT_FOUND for an
-        unknown product and INVALID_ARGUMENT for a negative page_size or a
-        malformed page_token.
+        """Lists a product's movements, newest first. A deleted product's ledger
+        stays readable to staff and admins, for audit, marked `retired`. Returns
+        NOT_FOUND for an unknown product, and to viewers for a deleted one, and
+        INVALID_ARGUMENT for a negative page_size or a malformed page_token.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

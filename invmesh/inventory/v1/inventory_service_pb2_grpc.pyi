@@ -35,7 +35,9 @@ class InventoryServiceStub:
     """
     RecordMovement: _aio.UnaryUnaryMultiCallable[_inventory_service_pb2.RecordMovementRequest, _inventory_service_pb2.RecordMovementResponse]
     """Records an entry (IN) or exit (OUT) and returns the new balance.
-    Returns INVALID_ARGUMENT for a bad type or a quantity below 1, NOT_FOUND
+    Returns INVALID_ARGUMENT naming every bad field (a type other than IN or
+    OUT, a quantity outside 1 to 2147483647, a stock that would pass
+    2147483647, a reason over 500 or a reference over 200 characters), NOT_FOUND
     for an unknown product, FAILED_PRECONDITION (reason INSUFFICIENT_STOCK)
     for an exit beyond the stock, and ALREADY_EXISTS (reason
     REQUEST_ID_REUSED) for a request_id already used with a different body,
@@ -44,14 +46,16 @@ class InventoryServiceStub:
     """
     SetStock: _aio.UnaryUnaryMultiCallable[_inventory_service_pb2.SetStockRequest, _inventory_service_pb2.SetStockResponse]
     """Sets a product's stock, recording an ADJUSTMENT movement of the difference.
-    Returns INVALID_ARGUMENT for a negative quantity, NOT_FOUND for an unknown
+    Returns INVALID_ARGUMENT naming every bad field (a quantity outside 0 to
+    2147483647, a reason over 500 characters), NOT_FOUND for an unknown
     product and PERMISSION_DENIED below staff; request_id behaves as in
     RecordMovement.
     """
     ListMovements: _aio.UnaryUnaryMultiCallable[_inventory_service_pb2.ListMovementsRequest, _inventory_service_pb2.ListMovementsResponse]
-    """Lists a product's movements, newest first. Returns NOT_FOUND for an
-    unknown product and INVALID_ARGUMENT for a negative page_size or a
-    malformed page_token.
+    """Lists a product's movements, newest first. A deleted product's ledger
+    stays readable to staff and admins, for audit, marked `retired`. Returns
+    NOT_FOUND for an unknown product, and to viewers for a deleted one, and
+    INVALID_ARGUMENT for a negative page_size or a malformed page_token.
     """
     DeleteInventoryItem: _aio.UnaryUnaryMultiCallable[_inventory_service_pb2.DeleteInventoryItemRequest, _inventory_service_pb2.DeleteInventoryItemResponse]
     """Retires a deleted product's inventory item: it answers NOT_FOUND from then
@@ -102,7 +106,9 @@ class InventoryServiceServicer:
         context: _aio.ServicerContext[_inventory_service_pb2.RecordMovementRequest, _abc.Awaitable[_inventory_service_pb2.RecordMovementResponse]],
     ) -> _abc.Awaitable[_inventory_service_pb2.RecordMovementResponse]:
         """Records an entry (IN) or exit (OUT) and returns the new balance.
-        Returns INVALID_ARGUMENT for a bad type or a quantity below 1, NOT_FOUND
+        Returns INVALID_ARGUMENT naming every bad field (a type other than IN or
+        OUT, a quantity outside 1 to 2147483647, a stock that would pass
+        2147483647, a reason over 500 or a reference over 200 characters), NOT_FOUND
         for an unknown product, FAILED_PRECONDITION (reason INSUFFICIENT_STOCK)
         for an exit beyond the stock, and ALREADY_EXISTS (reason
         REQUEST_ID_REUSED) for a request_id already used with a different body,
@@ -116,7 +122,8 @@ class InventoryServiceServicer:
         context: _aio.ServicerContext[_inventory_service_pb2.SetStockRequest, _abc.Awaitable[_inventory_service_pb2.SetStockResponse]],
     ) -> _abc.Awaitable[_inventory_service_pb2.SetStockResponse]:
         """Sets a product's stock, recording an ADJUSTMENT movement of the difference.
-        Returns INVALID_ARGUMENT for a negative quantity, NOT_FOUND for an unknown
+        Returns INVALID_ARGUMENT naming every bad field (a quantity outside 0 to
+        2147483647, a reason over 500 characters), NOT_FOUND for an unknown
         product and PERMISSION_DENIED below staff; request_id behaves as in
         RecordMovement.
         """
@@ -126,9 +133,10 @@ class InventoryServiceServicer:
         request: _inventory_service_pb2.ListMovementsRequest,
         context: _aio.ServicerContext[_inventory_service_pb2.ListMovementsRequest, _abc.Awaitable[_inventory_service_pb2.ListMovementsResponse]],
     ) -> _abc.Awaitable[_inventory_service_pb2.ListMovementsResponse]:
-        """Lists a product's movements, newest first. Returns NOT_FOUND for an
-        unknown product and INVALID_ARGUMENT for a negative page_size or a
-        malformed page_token.
+        """Lists a product's movements, newest first. A deleted product's ledger
+        stays readable to staff and admins, for audit, marked `retired`. Returns
+        NOT_FOUND for an unknown product, and to viewers for a deleted one, and
+        INVALID_ARGUMENT for a negative page_size or a malformed page_token.
         """
 
     def DeleteInventoryItem(

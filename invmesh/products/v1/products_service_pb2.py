@@ -26,10 +26,11 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from invmesh.api.v1 import access_pb2 as invmesh_dot_api_dot_v1_dot_access__pb2
 from invmesh.api.v1 import rest_pb2 as invmesh_dot_api_dot_v1_dot_rest__pb2
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*invmesh/products/v1/products_service.proto\x12\x13invmesh.products.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1binvmesh/api/v1/access.proto\x1a\x19invmesh/api/v1/rest.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8e\x02\n\x07Product\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x11\n\x03sku\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\x04name\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x13\n\x05price\x18\x05 \x01(\tB\x04\xe2\x41\x01\x02\x12\x10\n\x08\x63urrency\x18\x06 \x01(\t\x12\x18\n\x05stock\x18\x07 \x01(\x05\x42\x04\xe2\x41\x01\x03H\x00\x88\x01\x01\x12\x34\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x34\n\nupdated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x42\x08\n\x06_stock\"G\n\x13ListProductsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\t\n\x01q\x18\x03 \x01(\t\"_\n\x14ListProductsResponse\x12.\n\x08products\x18\x01 \x03(\x0b\x32\x1c.invmesh.products.v1.Product\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"%\n\x11GetProductRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"C\n\x12GetProductResponse\x12-\n\x07product\x18\x01 \x01(\x0b\x32\x1c.invmesh.products.v1.Product\"&\n\x17\x42\x61tchGetProductsRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\"J\n\x18\x42\x61tchGetProductsResponse\x12.\n\x08products\x18\x01 \x03(\x0b\x32\x1c.invmesh.products.v1.Product\"K\n\x14\x43reateProductRequest\x12\x33\n\x07product\x18\x01 \x01(\x0b\x32\x1c.invmesh.products.v1.ProductB\x04\xe2\x41\x01\x02\"F\n\x15\x43reateProductResponse\x12-\n\x07product\x18\x01 \x01(\x0b\x32\x1c.invmesh.products.v1.Product\"K\n\x14UpdateProductRequest\x12\x33\n\x07product\x18\x01 \x01(\x0b\x32\x1c.invmesh.products.v1.ProductB\x04\xe2\x41\x01\x02\"F\n\x15UpdateProductResponse\x12-\n\x07product\x18\x01 \x01(\x0b\x32\x1c.invmesh.products.v1.Product\"(\n\x14\x44\x65leteProductRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x17\n\x15\x44\x65leteProductResponse\"O\n\nStockLevel\x12\x18\n\nproduct_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x10\n\x08quantity\x18\x02 \x01(\x05\x12\x15\n\x07version\x18\x03 \x01(\x03\x42\x04\xe2\x41\x01\x02\"K\n\x18UpdateStockLevelsRequest\x12/\n\x06levels\x18\x01 \x03(\x0b\x32\x1f.invmesh.products.v1.StockLevel\"\x1b\n\x19UpdateStockLevelsResponse2\xd0\x07\n\x0fProductsService\x12v\n\x0cListProducts\x12(.invmesh.products.v1.ListProductsRequest\x1a).invmesh.products.v1.ListProductsResponse\"\x11\x82\xd3\xe4\x93\x02\x0b\x12\t/products\x12~\n\nGetProduct\x12&.invmesh.products.v1.GetProductRequest\x1a\'.invmesh.products.v1.GetProductResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x0e/products/{id}b\x07product\x12o\n\x10\x42\x61tchGetProducts\x12,.invmesh.products.v1.BatchGetProductsRequest\x1a-.invmesh.products.v1.BatchGetProductsResponse\x12\xa8\x01\n\rCreateProduct\x12).invmesh.products.v1.CreateProductRequest\x1a*.invmesh.products.v1.CreateProductResponse\"@\xc2\xf3\x18\x13\x08\xc9\x01\x12\x0e/products/{id}\xca\xf3\x18\x02\x08\x02\x82\xd3\xe4\x93\x02\x1d\"\t/products:\x07productb\x07product\x12\x9e\x01\n\rUpdateProduct\x12).invmesh.products.v1.UpdateProductRequest\x1a*.invmesh.products.v1.UpdateProductResponse\"6\xca\xf3\x18\x02\x08\x02\x82\xd3\xe4\x93\x02*\x1a\x16/products/{product.id}:\x07productb\x07product\x12\x8b\x01\n\rDeleteProduct\x12).invmesh.products.v1.DeleteProductRequest\x1a*.invmesh.products.v1.DeleteProductResponse\"#\xc2\xf3\x18\x03\x08\xcc\x01\xca\xf3\x18\x02\x08\x03\x82\xd3\xe4\x93\x02\x10*\x0e/products/{id}\x12z\n\x11UpdateStockLevels\x12-.invmesh.products.v1.UpdateStockLevelsRequest\x1a..invmesh.products.v1.UpdateStockLevelsResponse\"\x06\xca\xf3\x18\x02\x08\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*invmesh/products/v1/products_service.proto\x12\x13invmesh.products.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1binvmesh/api/v1/access.proto\x1a\x19invmesh/api/v1/rest.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8e\x02\n\x07Product\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x11\n\x03sku\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\x04name\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x13\n\x05price\x18\x05 \x01(\tB\x04\xe2\x41\x01\x02\x12\x10\n\x08\x63urrency\x18\x06 \x01(\t\x12\x18\n\x05stock\x18\x07 \x01(\x05\x42\x04\xe2\x41\x01\x03H\x00\x88\x01\x01\x12\x34\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x34\n\nupdated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x42\x08\n\x06_stock\"G\n\x13ListProductsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\t\n\x01q\x18\x03 \x01(\t\"_\n\x14ListProductsResponse\x12.\n\x08products\x18\x01 \x03(\x0b\x32\x1c.invmesh.products.v1.Product\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"%\n\x11GetProductRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"C\n\x12GetProductResponse\x12-\n\x07product\x18\x01 \x01(\x0b\x32\x1c.invmesh.products.v1.Product\"&\n\x17\x42\x61tchGetProductsRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\"J\n\x18\x42\x61tchGetProductsResponse\x12.\n\x08products\x18\x01 \x03(\x0b\x32\x1c.invmesh.products.v1.Product\"K\n\x14\x43reateProductRequest\x12\x33\n\x07product\x18\x01 \x01(\x0b\x32\x1c.invmesh.products.v1.ProductB\x04\xe2\x41\x01\x02\"F\n\x15\x43reateProductResponse\x12-\n\x07product\x18\x01 \x01(\x0b\x32\x1c.invmesh.products.v1.Product\"|\n\x14UpdateProductRequest\x12\x33\n\x07product\x18\x01 \x01(\x0b\x32\x1c.invmesh.products.v1.ProductB\x04\xe2\x41\x01\x02\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"F\n\x15UpdateProductResponse\x12-\n\x07product\x18\x01 \x01(\x0b\x32\x1c.invmesh.products.v1.Product\"(\n\x14\x44\x65leteProductRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x17\n\x15\x44\x65leteProductResponse\"O\n\nStockLevel\x12\x18\n\nproduct_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x10\n\x08quantity\x18\x02 \x01(\x05\x12\x15\n\x07version\x18\x03 \x01(\x03\x42\x04\xe2\x41\x01\x02\"K\n\x18UpdateStockLevelsRequest\x12/\n\x06levels\x18\x01 \x03(\x0b\x32\x1f.invmesh.products.v1.StockLevel\"\x1b\n\x19UpdateStockLevelsResponse2\xfc\x07\n\x0fProductsService\x12v\n\x0cListProducts\x12(.invmesh.products.v1.ListProductsRequest\x1a).invmesh.products.v1.ListProductsResponse\"\x11\x82\xd3\xe4\x93\x02\x0b\x12\t/products\x12~\n\nGetProduct\x12&.invmesh.products.v1.GetProductRequest\x1a\'.invmesh.products.v1.GetProductResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x0e/products/{id}b\x07product\x12o\n\x10\x42\x61tchGetProducts\x12,.invmesh.products.v1.BatchGetProductsRequest\x1a-.invmesh.products.v1.BatchGetProductsResponse\x12\xa8\x01\n\rCreateProduct\x12).invmesh.products.v1.CreateProductRequest\x1a*.invmesh.products.v1.CreateProductResponse\"@\xc2\xf3\x18\x13\x08\xc9\x01\x12\x0e/products/{id}\xca\xf3\x18\x02\x08\x02\x82\xd3\xe4\x93\x02\x1d\"\t/products:\x07productb\x07product\x12\xca\x01\n\rUpdateProduct\x12).invmesh.products.v1.UpdateProductRequest\x1a*.invmesh.products.v1.UpdateProductResponse\"b\xca\xf3\x18\x02\x08\x02\x82\xd3\xe4\x93\x02V\x1a\x16/products/{product.id}:\x07productZ*2\x16/products/{product.id}:\x07productb\x07productb\x07product\x12\x8b\x01\n\rDeleteProduct\x12).invmesh.products.v1.DeleteProductRequest\x1a*.invmesh.products.v1.DeleteProductResponse\"#\xc2\xf3\x18\x03\x08\xcc\x01\xca\xf3\x18\x02\x08\x03\x82\xd3\xe4\x93\x02\x10*\x0e/products/{id}\x12z\n\x11UpdateStockLevels\x12-.invmesh.products.v1.UpdateStockLevelsRequest\x1a..invmesh.products.v1.UpdateStockLevelsResponse\"\x06\xca\xf3\x18\x02\x08\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -69,43 +70,43 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PRODUCTSSERVICE'].methods_by_name['CreateProduct']._loaded_options = None
   _globals['_PRODUCTSSERVICE'].methods_by_name['CreateProduct']._serialized_options = b'\302\363\030\023\010\311\001\022\016/products/{id}\312\363\030\002\010\002\202\323\344\223\002\035\"\t/products:\007productb\007product'
   _globals['_PRODUCTSSERVICE'].methods_by_name['UpdateProduct']._loaded_options = None
-  _globals['_PRODUCTSSERVICE'].methods_by_name['UpdateProduct']._serialized_options = b'\312\363\030\002\010\002\202\323\344\223\002*\032\026/products/{product.id}:\007productb\007product'
+  _globals['_PRODUCTSSERVICE'].methods_by_name['UpdateProduct']._serialized_options = b'\312\363\030\002\010\002\202\323\344\223\002V\032\026/products/{product.id}:\007productZ*2\026/products/{product.id}:\007productb\007productb\007product'
   _globals['_PRODUCTSSERVICE'].methods_by_name['DeleteProduct']._loaded_options = None
   _globals['_PRODUCTSSERVICE'].methods_by_name['DeleteProduct']._serialized_options = b'\302\363\030\003\010\314\001\312\363\030\002\010\003\202\323\344\223\002\020*\016/products/{id}'
   _globals['_PRODUCTSSERVICE'].methods_by_name['UpdateStockLevels']._loaded_options = None
   _globals['_PRODUCTSSERVICE'].methods_by_name['UpdateStockLevels']._serialized_options = b'\312\363\030\002\010\004'
-  _globals['_PRODUCT']._serialized_start=220
-  _globals['_PRODUCT']._serialized_end=490
-  _globals['_LISTPRODUCTSREQUEST']._serialized_start=492
-  _globals['_LISTPRODUCTSREQUEST']._serialized_end=563
-  _globals['_LISTPRODUCTSRESPONSE']._serialized_start=565
-  _globals['_LISTPRODUCTSRESPONSE']._serialized_end=660
-  _globals['_GETPRODUCTREQUEST']._serialized_start=662
-  _globals['_GETPRODUCTREQUEST']._serialized_end=699
-  _globals['_GETPRODUCTRESPONSE']._serialized_start=701
-  _globals['_GETPRODUCTRESPONSE']._serialized_end=768
-  _globals['_BATCHGETPRODUCTSREQUEST']._serialized_start=770
-  _globals['_BATCHGETPRODUCTSREQUEST']._serialized_end=808
-  _globals['_BATCHGETPRODUCTSRESPONSE']._serialized_start=810
-  _globals['_BATCHGETPRODUCTSRESPONSE']._serialized_end=884
-  _globals['_CREATEPRODUCTREQUEST']._serialized_start=886
-  _globals['_CREATEPRODUCTREQUEST']._serialized_end=961
-  _globals['_CREATEPRODUCTRESPONSE']._serialized_start=963
-  _globals['_CREATEPRODUCTRESPONSE']._serialized_end=1033
-  _globals['_UPDATEPRODUCTREQUEST']._serialized_start=1035
-  _globals['_UPDATEPRODUCTREQUEST']._serialized_end=1110
-  _globals['_UPDATEPRODUCTRESPONSE']._serialized_start=1112
-  _globals['_UPDATEPRODUCTRESPONSE']._serialized_end=1182
-  _globals['_DELETEPRODUCTREQUEST']._serialized_start=1184
-  _globals['_DELETEPRODUCTREQUEST']._serialized_end=1224
-  _globals['_DELETEPRODUCTRESPONSE']._serialized_start=1226
-  _globals['_DELETEPRODUCTRESPONSE']._serialized_end=1249
-  _globals['_STOCKLEVEL']._serialized_start=1251
-  _globals['_STOCKLEVEL']._serialized_end=1330
-  _globals['_UPDATESTOCKLEVELSREQUEST']._serialized_start=1332
-  _globals['_UPDATESTOCKLEVELSREQUEST']._serialized_end=1407
-  _globals['_UPDATESTOCKLEVELSRESPONSE']._serialized_start=1409
-  _globals['_UPDATESTOCKLEVELSRESPONSE']._serialized_end=1436
-  _globals['_PRODUCTSSERVICE']._serialized_start=1439
-  _globals['_PRODUCTSSERVICE']._serialized_end=2415
+  _globals['_PRODUCT']._serialized_start=254
+  _globals['_PRODUCT']._serialized_end=524
+  _globals['_LISTPRODUCTSREQUEST']._serialized_start=526
+  _globals['_LISTPRODUCTSREQUEST']._serialized_end=597
+  _globals['_LISTPRODUCTSRESPONSE']._serialized_start=599
+  _globals['_LISTPRODUCTSRESPONSE']._serialized_end=694
+  _globals['_GETPRODUCTREQUEST']._serialized_start=696
+  _globals['_GETPRODUCTREQUEST']._serialized_end=733
+  _globals['_GETPRODUCTRESPONSE']._serialized_start=735
+  _globals['_GETPRODUCTRESPONSE']._serialized_end=802
+  _globals['_BATCHGETPRODUCTSREQUEST']._serialized_start=804
+  _globals['_BATCHGETPRODUCTSREQUEST']._serialized_end=842
+  _globals['_BATCHGETPRODUCTSRESPONSE']._serialized_start=844
+  _globals['_BATCHGETPRODUCTSRESPONSE']._serialized_end=918
+  _globals['_CREATEPRODUCTREQUEST']._serialized_start=920
+  _globals['_CREATEPRODUCTREQUEST']._serialized_end=995
+  _globals['_CREATEPRODUCTRESPONSE']._serialized_start=997
+  _globals['_CREATEPRODUCTRESPONSE']._serialized_end=1067
+  _globals['_UPDATEPRODUCTREQUEST']._serialized_start=1069
+  _globals['_UPDATEPRODUCTREQUEST']._serialized_end=1193
+  _globals['_UPDATEPRODUCTRESPONSE']._serialized_start=1195
+  _globals['_UPDATEPRODUCTRESPONSE']._serialized_end=1265
+  _globals['_DELETEPRODUCTREQUEST']._serialized_start=1267
+  _globals['_DELETEPRODUCTREQUEST']._serialized_end=1307
+  _globals['_DELETEPRODUCTRESPONSE']._serialized_start=1309
+  _globals['_DELETEPRODUCTRESPONSE']._serialized_end=1332
+  _globals['_STOCKLEVEL']._serialized_start=1334
+  _globals['_STOCKLEVEL']._serialized_end=1413
+  _globals['_UPDATESTOCKLEVELSREQUEST']._serialized_start=1415
+  _globals['_UPDATESTOCKLEVELSREQUEST']._serialized_end=1490
+  _globals['_UPDATESTOCKLEVELSRESPONSE']._serialized_start=1492
+  _globals['_UPDATESTOCKLEVELSRESPONSE']._serialized_end=1519
+  _globals['_PRODUCTSSERVICE']._serialized_start=1522
+  _globals['_PRODUCTSSERVICE']._serialized_end=2542
 # @@protoc_insertion_point(module_scope)

@@ -113,7 +113,7 @@ class ProductsServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreateProduct(self, request, context):
-        """Creates a product. Returns INVALID_ARGUMENT naming the first invalid field,
+        """Creates a product. Returns INVALID_ARGUMENT naming every invalid field,
         ALREADY_EXISTS if the sku is taken and PERMISSION_DENIED below staff.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -121,9 +121,11 @@ class ProductsServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateProduct(self, request, context):
-        """Replaces a product's editable fields. Returns NOT_FOUND if it does not
-        exist, INVALID_ARGUMENT naming the first invalid field, ALREADY_EXISTS if
-        the new sku is taken and PERMISSION_DENIED below staff.
+        """Updates a product's editable fields: those `update_mask` names (PATCH,
+        AIP-134), or all of them without a mask (PUT, a full replacement).
+        Returns NOT_FOUND if it does not exist, INVALID_ARGUMENT naming every
+        invalid field or unknown mask path, ALREADY_EXISTS if the new sku is taken
+        and PERMISSION_DENIED below staff.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -34,13 +34,15 @@ class ProductsServiceStub:
     500 ids.
     """
     CreateProduct: _aio.UnaryUnaryMultiCallable[_products_service_pb2.CreateProductRequest, _products_service_pb2.CreateProductResponse]
-    """Creates a product. Returns INVALID_ARGUMENT naming the first invalid field,
+    """Creates a product. Returns INVALID_ARGUMENT naming every invalid field,
     ALREADY_EXISTS if the sku is taken and PERMISSION_DENIED below staff.
     """
     UpdateProduct: _aio.UnaryUnaryMultiCallable[_products_service_pb2.UpdateProductRequest, _products_service_pb2.UpdateProductResponse]
-    """Replaces a product's editable fields. Returns NOT_FOUND if it does not
-    exist, INVALID_ARGUMENT naming the first invalid field, ALREADY_EXISTS if
-    the new sku is taken and PERMISSION_DENIED below staff.
+    """Updates a product's editable fields: those `update_mask` names (PATCH,
+    AIP-134), or all of them without a mask (PUT, a full replacement).
+    Returns NOT_FOUND if it does not exist, INVALID_ARGUMENT naming every
+    invalid field or unknown mask path, ALREADY_EXISTS if the new sku is taken
+    and PERMISSION_DENIED below staff.
     """
     DeleteProduct: _aio.UnaryUnaryMultiCallable[_products_service_pb2.DeleteProductRequest, _products_service_pb2.DeleteProductResponse]
     """Deletes a product. Its inventory item is retired before the answer when
@@ -97,7 +99,7 @@ class ProductsServiceServicer:
         request: _products_service_pb2.CreateProductRequest,
         context: _aio.ServicerContext[_products_service_pb2.CreateProductRequest, _abc.Awaitable[_products_service_pb2.CreateProductResponse]],
     ) -> _abc.Awaitable[_products_service_pb2.CreateProductResponse]:
-        """Creates a product. Returns INVALID_ARGUMENT naming the first invalid field,
+        """Creates a product. Returns INVALID_ARGUMENT naming every invalid field,
         ALREADY_EXISTS if the sku is taken and PERMISSION_DENIED below staff.
         """
 
@@ -106,9 +108,11 @@ class ProductsServiceServicer:
         request: _products_service_pb2.UpdateProductRequest,
         context: _aio.ServicerContext[_products_service_pb2.UpdateProductRequest, _abc.Awaitable[_products_service_pb2.UpdateProductResponse]],
     ) -> _abc.Awaitable[_products_service_pb2.UpdateProductResponse]:
-        """Replaces a product's editable fields. Returns NOT_FOUND if it does not
-        exist, INVALID_ARGUMENT naming the first invalid field, ALREADY_EXISTS if
-        the new sku is taken and PERMISSION_DENIED below staff.
+        """Updates a product's editable fields: those `update_mask` names (PATCH,
+        AIP-134), or all of them without a mask (PUT, a full replacement).
+        Returns NOT_FOUND if it does not exist, INVALID_ARGUMENT naming every
+        invalid field or unknown mask path, ALREADY_EXISTS if the new sku is taken
+        and PERMISSION_DENIED below staff.
         """
 
     def DeleteProduct(
