@@ -105,7 +105,8 @@ def create_app(settings: Settings, backends: Mapping[ServiceDescriptor, Backend]
 
 
 async def _http_exception(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals: an unknown route, or a method the route does not take."""
     assert isinstance(exc, HTTPException)
-    if exc.status_code == 404:
-        return errors.http_error(404, f"no route for {request.method} {request.url.path}")
-    return errors.http_error(exc.status_code, exc.detail, headers=exc.headers)
+    if exc.status_code == 405:
+        return errors.method_not_allowed(request.method, (exc.headers or {})["Allow"])
+    return errors.no_route(request)

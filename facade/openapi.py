@@ -100,6 +100,7 @@ _ERRORS = {
     404: ("NotFound", "No such resource or route (`NOT_FOUND`)."),
     409: ("Conflict", "A conflict with the current state (`ALREADY_EXISTS`, `ABORTED`)."),
     413: ("PayloadTooLarge", "The request body is over the size limit."),
+    415: ("UnsupportedMediaType", "The request body is declared as something other than JSON."),
     429: ("TooManyRequests", "Too many requests, or a quota is spent (`RESOURCE_EXHAUSTED`)."),
     500: ("InternalError", "An internal error; no detail is disclosed."),
     503: ("Unavailable", "The backend service is unavailable; try again shortly (`UNAVAILABLE`)."),
@@ -369,7 +370,7 @@ def _error_responses(binding: Binding, public: bool) -> dict[str, Any]:
     if not public:
         statuses.append(403)
     if binding.body:
-        statuses.append(413)
+        statuses.extend((413, 415))
     return {
         str(status): {"$ref": "#/components/responses/" + _ERRORS[status][0]} for status in sorted(statuses)
     }

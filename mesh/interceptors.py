@@ -20,8 +20,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from mesh import access, context
 from mesh.db import translate
-from mesh.errors import DomainError, Unauthenticated, internal_status
-from mesh.tokens import TokenVerifier
+from mesh.errors import DomainError, internal_status
+from mesh.tokens import TokenVerifier, bearer_token
 
 log = logging.getLogger("mesh.rpc")
 
@@ -172,14 +172,7 @@ class AuthInterceptor(_UnaryWrapper):
         needed = access.required_role(method)
 
         async def call(request: Any, ctx: grpc.aio.ServicerContext) -> Any:
-            header = metadata_value(ctx, "authorization") or ""
-            scheme, _, token = header.partition(" ")
-            if scheme.lower() != "bearer" or not token.strip():
-                raise Unauthenticated(
-                    "this call needs an access token: send `authorization: Bearer <token>` metadata",
-                    reason="MISSING_TOKEN",
-                )
-            token = token.strip()
+            token = bearer_token(metadata_value(ctx, "authorization") or "")
             caller = await self._verifier.verify(token)
             access.require_role(caller, needed)
             context.identity.set(caller)
