@@ -32,6 +32,7 @@ from typing import Any
 
 from google.api import annotations_pb2, field_behavior_pb2
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor, MethodDescriptor
+from google.rpc import error_details_pb2
 
 from facade import httprule
 from facade.transcoding import HTTP_METHODS, Binding, query_fields
@@ -90,6 +91,9 @@ _WELL_KNOWN: dict[str, dict[str, Any]] = {
 }
 _WELL_KNOWN.update({name: _SCALARS[kind] for name, kind in _WRAPPERS.items()})
 _REQUEST_ID_REF = "#/components/headers/X-Request-Id"
+_TYPE_URL = "type.googleapis.com/"
+# The detail types of our errors (mesh.errors and facade.errors send no others).
+_DETAILS = (error_details_pb2.ErrorInfo, error_details_pb2.BadRequest, error_details_pb2.RetryInfo)
 _ERRORS = {
     400: (
         "BadRequest",
@@ -403,8 +407,9 @@ class _Schemas:
     """components/schemas, filled as operations reference messages."""
 
     def __init__(self) -> None:
-        self._defined: dict[str, dict[str, Any]] = {STATUS_SCHEMA: _status_schema()}
+        self._defined: dict[str, dict[str, Any]] = {}
         self._names: dict[str, str] = {}  # message full name -> short name in use
+        self._defined[STATUS_SCHEMA] = _status_schema([self._error_detail(d.DESCRIPTOR) for d in _DETAILS])
 
     def components(self) -> dict[str, Any]:
         return dict(sorted(self._defined.items()))
@@ -421,6 +426,15 @@ class _Schemas:
         if name not in self._defined:
             self._defined[name] = {}  # reserved first: messages may be recursive
             self._defined[name] = self._object(message, request=request, leave_out=frozenset())
+        return {"$ref": _REF + name}
+
+    def _error_detail(self, message: Descriptor) -> dict[str, Any]:
+        """A detail of an error: the message packed in a `google.protobuf.Any`, printed as resources are."""
+        name = self._component_name(message)
+        schema = self._object(message, request=False, leave_out=frozenset())
+        schema["properties"] = {"@type": {"const": _TYPE_URL + message.full_name}, **schema["properties"]}
+        schema["required"] = ["@type", *schema.get("required", [])]
+        self._defined[name] = schema
         return {"$ref": _REF + name}
 
     def field(self, leaf: FieldDescriptor, *, request: bool) -> dict[str, Any]:
@@ -486,21 +500,18 @@ def _enum_schema(enum: EnumDescriptor, *, request: bool) -> dict[str, Any]:
     return {"type": "string", "enum": names}
 
 
-def _status_schema() -> dict[str, Any]:
+def _status_schema(details: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "type": "object",
-        "description": "An error (`google.rpc.Status`): the gRPC code, a message and typed details.",
+        "description": (
+            "An error (`google.rpc.Status`): the gRPC code, a message and typed details. The details "
+            "always hold an `ErrorInfo` (domain `invmesh`) whose `reason` names the error; a `BadRequest` "
+            "names the fields at fault; a `RetryInfo` says when to retry (also sent as `Retry-After`)."
+        ),
         "properties": {
             "code": {"type": "integer", "format": "int32", "description": "The `google.rpc.Code`."},
             "message": {"type": "string"},
-            "details": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "properties": {"@type": {"type": "string"}},
-                    "required": ["@type"],
-                },
-            },
+            "details": {"type": "array", "items": {"oneOf": details}},
         },
         "required": ["code", "message", "details"],
         "additionalProperties": False,

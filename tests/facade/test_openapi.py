@@ -176,11 +176,20 @@ async def test_bearer_security_everywhere_but_the_public_methods(document: dict[
 async def test_errors_share_the_status_shape(document: dict[str, Any]) -> None:
     status = document["components"]["schemas"]["Status"]
     assert status["required"] == ["code", "message", "details"]
-    assert status["properties"]["details"]["items"]["required"] == ["@type"]
+    details = [deref(document, d) for d in status["properties"]["details"]["items"]["oneOf"]]
+    assert [d["properties"]["@type"]["const"].rsplit("/", 1)[1] for d in details] == [
+        "google.rpc.ErrorInfo",
+        "google.rpc.BadRequest",
+        "google.rpc.RetryInfo",
+    ]
+    # Snake_case, as the facade prints them.
+    assert details[0]["required"] == ["@type", "reason", "domain", "metadata"]
+    assert list(details[1]["properties"]) == ["@type", "field_violations"]
+    assert list(details[2]["properties"]) == ["@type", "retry_delay"]
     for (method, _), operation in operations(document).items():
         codes = set(operation["responses"])
         assert {"400", "401", "404", "409", "429", "500", "503", "504"} <= codes
-        assert ("413" in codes) is (method in ("POST", "PUT"))
+        assert ("413" in codes) is ("415" in codes) is (method in ("POST", "PUT"))
         for code in codes - {c for c in codes if c.startswith("2")}:
             response = deref(document, operation["responses"][code])
             schema = response["content"]["application/json"]["schema"]
