@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from facade import docs, errors
+from facade import docs, errors, verify_page
 from facade.middleware import RequestIdMiddleware
 from facade.openapi import openapi_document
 from facade.routing import TranscodedRoutes
@@ -48,6 +48,7 @@ def create_app(settings: Settings, backends: Mapping[ServiceDescriptor, Backend]
         default_timeout=settings.facade_timeout_seconds,
         max_timeout=settings.facade_max_timeout_seconds,
         max_body_bytes=settings.facade_max_body_bytes,
+        pages={("GET", verify_page.METHOD.full_name): verify_page.render},
     )
     document = openapi_document(transcoded.bindings)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,10 @@ _ALLOW = "invmesh.allow"
 _PATH_ERROR = "invmesh.path_error"
 
 
+# The answer to send for a JSON answer, given the request's Accept header.
+Page = Callable[[Response, str | None], Response]
+
+
 @dataclass(frozen=True, slots=True)
 class _Template:
     template: httprule.PathTemplate
@@ -55,7 +59,10 @@ class TranscodedRoutes(BaseRoute):
         default_timeout: float,
         max_timeout: float,
         max_body_bytes: int,
+        pages: Mapping[tuple[str, str], Page] | None = None,
     ) -> None:
+        """`pages`: for (HTTP method, RPC full name), what turns the JSON answer into a page for a
+        client that asks for one."""
         grouped: dict[tuple[object, ...], dict[str, Binding]] = defaultdict(dict)
         templates: dict[tuple[object, ...], httprule.PathTemplate] = {}
         for binding in bindings:
@@ -76,6 +83,7 @@ class TranscodedRoutes(BaseRoute):
         self._default_timeout = default_timeout
         self._max_timeout = max_timeout
         self._max_body_bytes = max_body_bytes
+        self._pages = dict(pages or {})
 
     @property
     def bindings(self) -> list[Binding]:
@@ -114,7 +122,11 @@ class TranscodedRoutes(BaseRoute):
         elif _ALLOW in scope:
             response = errors.method_not_allowed(scope["method"], ", ".join(scope[_ALLOW]))
         else:
-            response = await self._call(scope, receive, scope[_BINDING], scope[_VALUES])
+            binding = scope[_BINDING]
+            response = await self._call(scope, receive, binding, scope[_VALUES])
+            page = self._pages.get((binding.http_method, binding.method.full_name))
+            if page is not None:
+                response = page(response, _headers(scope).get("accept"))
         await response(scope, receive, send)
 
     async def _call(
