@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from facade import docs, errors, verify_page
 from facade.middleware import RequestIdMiddleware
-from facade.openapi import openapi_document
+from facade.openapi import contract_comments, openapi_document
 from facade.routing import TranscodedRoutes
 from facade.transcoding import bindings
 from mesh.clients import CHANNEL_OPTIONS, grpc_target
@@ -50,7 +50,7 @@ def create_app(settings: Settings, backends: Mapping[ServiceDescriptor, Backend]
         max_body_bytes=settings.facade_max_body_bytes,
         pages={("GET", verify_page.METHOD.full_name): verify_page.render},
     )
-    document = openapi_document(transcoded.bindings)
+    document = openapi_document(transcoded.bindings, comments=contract_comments())
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, object]]:

@@ -21,17 +21,30 @@ Conventions, matching what the facade does:
   named `_N` after its segment position. Templates that differ only in variable names share one
   OpenAPI path, named after the first binding, as they share one route.
 - Errors are one `Status` schema, `{"code", "message", "details"}`.
+- Descriptions are the protos' comments (`invmesh/comments.json`, written by `make protos`), as
+  protoc-gen-openapiv2 uses them: an operation's `summary` is the first sentence of its RPC's
+  comment and its `description` the whole comment; services describe their tags, messages their
+  schemas, and fields their properties and parameters.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from collections import Counter
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any
 
 from google.api import annotations_pb2, field_behavior_pb2
-from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor, MethodDescriptor
+from google.protobuf.descriptor import (
+    Descriptor,
+    EnumDescriptor,
+    FieldDescriptor,
+    MethodDescriptor,
+    ServiceDescriptor,
+)
 from google.rpc import error_details_pb2
 
 from facade import httprule
@@ -91,6 +104,9 @@ _WELL_KNOWN: dict[str, dict[str, Any]] = {
 }
 _WELL_KNOWN.update({name: _SCALARS[kind] for name, kind in _WRAPPERS.items()})
 _REQUEST_ID_REF = "#/components/headers/X-Request-Id"
+COMMENTS_FILE = "comments.json"  # in the generated `invmesh` package
+_SENTENCE = re.compile(r"(.+?[.!?])(?=\s|$)")
+_Described = ServiceDescriptor | MethodDescriptor | Descriptor | FieldDescriptor
 _TYPE_URL = "type.googleapis.com/"
 # The detail types of our errors (mesh.errors and facade.errors send no others).
 _DETAILS = (error_details_pb2.ErrorInfo, error_details_pb2.BadRequest, error_details_pb2.RetryInfo)
@@ -117,17 +133,26 @@ def openapi_path(template: httprule.PathTemplate) -> str:
     return _PathShape.of(template).path
 
 
+def contract_comments() -> dict[str, str]:
+    """The protos' comments by full name, as `make protos` wrote them beside the generated code."""
+    text = resources.files("invmesh").joinpath(COMMENTS_FILE).read_text(encoding="utf-8")
+    found: dict[str, str] = json.loads(text)
+    return found
+
+
 def openapi_document(
     bindings: Sequence[Binding],
     *,
+    comments: Mapping[str, str] | None = None,
     title: str = "invmesh",
     version: str = "1",
 ) -> dict[str, Any]:
-    """The OpenAPI 3.1 document describing every binding."""
-    schemas = _Schemas()
+    """The OpenAPI 3.1 document describing every binding, with `comments` (full name → the
+    proto comment) as descriptions."""
+    schemas = _Schemas(comments or {})
     paths: dict[str, dict[str, Any]] = {}
     shapes = _path_shapes(bindings)
-    tags: dict[str, None] = {}
+    tags: dict[str, dict[str, str]] = {}
     for binding in bindings:
         shape = shapes[binding.template.shape]
         item = paths.setdefault(shape.path, {})
@@ -135,7 +160,9 @@ def openapi_document(
         if method not in HTTP_METHODS:
             raise ValueError(f"{binding.method.full_name}: {binding.http_method} cannot be described")
         item[method] = _operation(binding, shape, schemas)
-        tags.setdefault(binding.service.name)
+        tags.setdefault(
+            binding.service.name, schemas.described({"name": binding.service.name}, binding.service)
+        )
     return {
         "openapi": OPENAPI_VERSION,
         "info": {
@@ -147,7 +174,7 @@ def openapi_document(
                 "lowerCamelCase. 64-bit integers are strings. Every error is a `Status`."
             ),
         },
-        "tags": [{"name": name} for name in tags],
+        "tags": list(tags.values()),
         "paths": paths,
         "components": {
             "schemas": schemas.components(),
@@ -241,10 +268,13 @@ def _wildcard_ordinal(template: httprule.PathTemplate, variable: httprule.Variab
 def _operation(binding: Binding, shape: _PathShape, schemas: _Schemas) -> dict[str, Any]:
     method = binding.method
     public = is_public(binding.grpc_path)
+    comment = schemas.comment(method)
     operation: dict[str, Any] = {
         "operationId": _operation_id(binding),
-        "summary": method.name,
-        "description": f"Calls `{method.full_name}`." + _role_note(method),
+        "summary": _first_sentence(comment) or method.name,
+        "description": (f"{comment}\n\n" if comment else "")
+        + f"Calls `{method.full_name}`."
+        + _role_note(method),
         "tags": [binding.service.name],
         "parameters": [
             *_path_parameters(binding, shape, schemas),
@@ -293,6 +323,7 @@ def _path_parameters(binding: Binding, shape: _PathShape, schemas: _Schemas) -> 
         if variable is None:
             schema: dict[str, Any] = {"type": "string"}
             text = "Any value; bound to no field."
+            comment = ""
         else:
             leaf = _field_at(request, variable.field_path)
             schema = schemas.scalar(leaf, request=True)
@@ -302,11 +333,14 @@ def _path_parameters(binding: Binding, shape: _PathShape, schemas: _Schemas) -> 
             )
             text = f"Sets `{variable.name}`"
             text += "." if value == "{" + wildcard.name + "}" else f" to `{value}`."
+            comment = schemas.comment(leaf)
             if schema.get("type") == "string":
                 schema = {**schema, "minLength": 1}
         if wildcard.double:
             schema = {k: v for k, v in schema.items() if k != "pattern"}
             text += " Spans the rest of the path: send its `/` unescaped."
+        if comment:
+            text += f" {comment}"
         parameters.append(
             {"name": wildcard.name, "in": "path", "required": True, "description": text, "schema": schema}
         )
@@ -316,11 +350,8 @@ def _path_parameters(binding: Binding, shape: _PathShape, schemas: _Schemas) -> 
 def _query_parameters(binding: Binding, schemas: _Schemas) -> list[dict[str, Any]]:
     parameters = []
     for dotted, leaf in query_fields(binding):
-        parameter: dict[str, Any] = {
-            "name": dotted,
-            "in": "query",
-            "schema": schemas.field(leaf, request=True),
-        }
+        parameter: dict[str, Any] = schemas.described({"name": dotted, "in": "query"}, leaf)
+        parameter["schema"] = schemas.field(leaf, request=True)
         if leaf.is_repeated:
             parameter.update(style="form", explode=True)
         if "." not in dotted and _REQUIRED in _behaviors(leaf):
@@ -406,7 +437,8 @@ def _error_components() -> dict[str, Any]:
 class _Schemas:
     """components/schemas, filled as operations reference messages."""
 
-    def __init__(self) -> None:
+    def __init__(self, comments: Mapping[str, str]) -> None:
+        self._comments = comments
         self._defined: dict[str, dict[str, Any]] = {}
         self._names: dict[str, str] = {}  # message full name -> short name in use
         self._defined[STATUS_SCHEMA] = _status_schema([self._error_detail(d.DESCRIPTOR) for d in _DETAILS])
@@ -427,6 +459,15 @@ class _Schemas:
             self._defined[name] = {}  # reserved first: messages may be recursive
             self._defined[name] = self._object(message, request=request, leave_out=frozenset())
         return {"$ref": _REF + name}
+
+    def comment(self, element: _Described | None) -> str:
+        """The proto comment of a service, method, message or field ("" for none)."""
+        return self._comments.get(element.full_name, "") if element is not None else ""
+
+    def described(self, node: dict[str, Any], element: _Described | None) -> dict[str, Any]:
+        """`node` with the element's comment as its description, if it has one."""
+        comment = self.comment(element)
+        return _annotate(node, description=comment) if comment else node
 
     def _error_detail(self, message: Descriptor) -> dict[str, Any]:
         """A detail of an error: the message packed in a `google.protobuf.Any`, printed as resources are."""
@@ -468,13 +509,14 @@ class _Schemas:
             behaviors = _behaviors(leaf)
             if _OUTPUT_ONLY in behaviors:
                 schema = _annotate(schema, readOnly=True)
-            properties[leaf.name] = schema
+            properties[leaf.name] = self.described(schema, leaf)
             if request:
                 if _REQUIRED in behaviors:
                     required.append(leaf.name)
             elif not leaf.has_presence:
                 required.append(leaf.name)
-        schema: dict[str, Any] = {"type": "object", "properties": properties}
+        schema: dict[str, Any] = self.described({"type": "object"}, message)
+        schema["properties"] = properties
         if required:
             schema["required"] = required
         schema["additionalProperties"] = False
@@ -488,6 +530,13 @@ class _Schemas:
         name = message.name if message.name not in taken else message.full_name
         self._names[message.full_name] = name
         return name
+
+
+def _first_sentence(comment: str) -> str:
+    """The first sentence of a comment's first paragraph, on one line."""
+    paragraph = " ".join(comment.split("\n\n")[0].split())
+    sentence = _SENTENCE.match(paragraph)
+    return sentence.group(1) if sentence else paragraph
 
 
 def _annotate(schema: dict[str, Any], **keywords: Any) -> dict[str, Any]:
