@@ -41,6 +41,7 @@ UNSUPPORTED_MEDIA_TYPE = "UNSUPPORTED_MEDIA_TYPE"  # a body declared as somethin
 BODY_TOO_LARGE = "BODY_TOO_LARGE"
 HEADER_TOO_LARGE = "HEADER_TOO_LARGE"
 CLIENT_DISCONNECTED = "CLIENT_DISCONNECTED"
+INTERNAL = "INTERNAL"  # a failure whose detail is not disclosed
 NO_ROUTE = "NO_ROUTE"
 METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
 INVALID_TOKEN = "INVALID_TOKEN"  # as the services name a token they cannot read
@@ -204,7 +205,7 @@ def _generic_reason(code: grpc.StatusCode) -> str:
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
         return BACKEND_TIMEOUT
     if code in _HIDDEN:
-        return grpc.StatusCode.INTERNAL.name
+        return INTERNAL
     return code.name
 
 

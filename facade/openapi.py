@@ -144,11 +144,13 @@ def openapi_document(
     bindings: Sequence[Binding],
     *,
     comments: Mapping[str, str] | None = None,
+    pages: Collection[tuple[str, str]] = (),
     title: str = "invmesh",
     version: str = "1",
 ) -> dict[str, Any]:
     """The OpenAPI 3.1 document describing every binding, with `comments` (full name → the
-    proto comment) as descriptions."""
+    proto comment) as descriptions; `pages` are the (HTTP method, RPC) whose answers a browser
+    gets as an HTML page."""
     schemas = _Schemas(comments or {})
     paths: dict[str, dict[str, Any]] = {}
     shapes = _path_shapes(bindings)
@@ -160,6 +162,8 @@ def openapi_document(
         if method not in HTTP_METHODS:
             raise ValueError(f"{binding.method.full_name}: {binding.http_method} cannot be described")
         item[method] = _operation(binding, shape, schemas)
+        if (binding.http_method, binding.method.full_name) in pages:
+            _add_html_page(item[method])
         tags.setdefault(
             binding.service.name, schemas.described({"name": binding.service.name}, binding.service)
         )
@@ -290,6 +294,22 @@ def _operation(binding: Binding, shape: _PathShape, schemas: _Schemas) -> dict[s
         **_error_responses(binding, public),
     }
     return operation
+
+
+def _add_html_page(operation: dict[str, Any]) -> None:
+    """Every answer of `operation` may also be a `text/html` page, for a client that prefers one."""
+    operation["description"] += (
+        " A client that prefers `text/html` to JSON (a browser opening a link) gets a small HTML page "
+        "instead, with the same status."
+    )
+    html = {"text/html": {"schema": {"type": "string"}}}
+    for status, response in operation["responses"].items():
+        if "$ref" in response:  # a shared error response: this one's is its own
+            name = response["$ref"].rsplit("/", 1)[1]
+            response = {**_error_components()[name]}
+        if "content" in response:  # not a 204
+            response["content"] = {**response["content"], **html}
+        operation["responses"][status] = response
 
 
 def _role_note(method: MethodDescriptor) -> str:

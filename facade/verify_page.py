@@ -86,8 +86,9 @@ def render(answer: Response, accept: str | None) -> Response:
         title, text = _refused(answer.status_code, body)
     page = _PAGE.format(title=html.escape(title), text=html.escape(text), style=_STYLE)
     headers = dict(HEADERS)
-    if "retry-after" in answer.headers:
-        headers["retry-after"] = answer.headers["retry-after"]
+    for name in ("retry-after", "www-authenticate"):
+        if name in answer.headers:
+            headers[name] = answer.headers[name]
     return Response(
         page, status_code=answer.status_code, headers=headers, media_type="text/html; charset=utf-8"
     )

@@ -14,11 +14,13 @@ from typing import Any
 import grpc
 import httpx
 import pytest
+from starlette.requests import Request
+from starlette.responses import Response
 
-from facade.app import Backend
+from facade.app import Backend, create_app
 from invmesh.auth.v1 import auth_service_pb2 as auth_pb
 from mesh.config import Settings
-from tests.facade.conftest import Web, facade_client
+from tests.facade.conftest import Web, facade_client, serving
 from tests.facade.protos import echo_server, service
 from tests.facade.test_hostile_http import head, raw
 from tests.rpc import error_reason, expect_error
@@ -183,3 +185,15 @@ async def test_an_authorization_that_is_not_bearer_has_its_own_reason(web: Web) 
     assert error_reason(refused_rpc) == "UNSUPPORTED_AUTH_SCHEME"
     missing = await expect_error(get_me(auth_pb.GetMeRequest()), grpc.StatusCode.UNAUTHENTICATED)
     assert error_reason(missing) == "MISSING_TOKEN"
+
+
+async def test_a_bug_in_the_facade_is_a_status_that_discloses_nothing(settings: Settings) -> None:
+    async def broken(request: Request) -> Response:
+        raise RuntimeError("secret detail")
+
+    app = create_app(settings, {service("EchoService"): Backend("testing", "127.0.0.1:1")})
+    app.add_route("/broken", broken)
+    async with serving(app) as url, httpx.AsyncClient(base_url=url) as http:
+        response = await http.get("/broken")
+    assert response.status_code == 500
+    assert response.json() == facade_error(code=13, message="internal error", reason="INTERNAL")

@@ -431,3 +431,16 @@ async def test_docs_serve_swagger_ui_from_local_assets(http: httpx.AsyncClient) 
     assert kinds & {"text/javascript", "application/javascript"}
     assert (await http.get("/docs/assets/index.html")).status_code == 404  # only what the page needs
     assert (await http.get("/docs/assets/..%2Fswagger-ui.css")).status_code == 404
+
+
+async def test_the_verification_link_documents_its_html_page(document: dict[str, Any]) -> None:
+    ops = operations(document)
+    link = ops[("GET", "/users/verify")]
+    assert "text/html" in link["description"]
+    for status in ("200", "400", "503"):
+        assert set(link["responses"][status]["content"]) == {"application/json", "text/html"}, status
+    # The shared error responses stay JSON only, as does the POST.
+    assert "text/html" not in document["components"]["responses"]["BadRequest"]["content"]
+    posted = deref(document, ops[("POST", "/users/verify")]["responses"]["400"])
+    assert set(posted["content"]) == {"application/json"}
+    assert set(ops[("POST", "/users/verify")]["responses"]["200"]["content"]) == {"application/json"}
