@@ -14,6 +14,8 @@ from typing import Any
 import grpc
 import httpx
 import pytest
+from google.rpc import code_pb2, status_pb2
+from grpc_status import rpc_status
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -197,3 +199,26 @@ async def test_a_bug_in_the_facade_is_a_status_that_discloses_nothing(settings: 
         response = await http.get("/broken")
     assert response.status_code == 500
     assert response.json() == facade_error(code=13, message="internal error", reason="INTERNAL")
+
+
+async def test_a_backend_status_without_a_reason_gets_its_codes_name(settings: Settings) -> None:
+    # A service that is not ours may attach a Status with no ErrorInfo: the facade adds one.
+    async def refuse(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> None:
+        status = rpc_status.to_status(status_pb2.Status(code=code_pb2.NOT_FOUND, message="no such item"))
+        await context.abort(status.code, status.details, status.trailing_metadata)
+
+    echo = service("EchoService")
+    server = grpc.aio.server()
+    handler: grpc.RpcMethodHandler[bytes, bytes] = grpc.unary_unary_rpc_method_handler(refuse)
+    server.add_generic_rpc_handlers(
+        [grpc.method_handlers_generic_handler(echo.full_name, {"GetItem": handler})]
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with facade_client(settings, {echo: Backend("testing", f"127.0.0.1:{port}")}) as http:
+            response = await http.get("/v1/items/x")
+    finally:
+        await server.stop(None)
+    assert response.status_code == 404
+    assert response.json() == facade_error(code=5, message="no such item", reason="NOT_FOUND")
