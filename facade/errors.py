@@ -75,6 +75,8 @@ _HTTP_CODES: Mapping[int, grpc.StatusCode] = {
     413: grpc.StatusCode.RESOURCE_EXHAUSTED,
     431: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
+# Requests that carry no bearer token, for which RFC 6750 §3.1 gives no error code.
+_NO_CREDENTIALS = frozenset({"MISSING_TOKEN", "UNSUPPORTED_AUTH_SCHEME"})
 _HIDDEN = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.DATA_LOSS}
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
@@ -94,7 +96,7 @@ def error_response(
             field=field, description=message, reason=reason
         )
         details.append(error_details_pb2.BadRequest(field_violations=[violation]))
-    return _response(code, message, [_detail_json(_pack(d)) for d in details], headers)
+    return _response(code, message, reason, [_detail_json(_pack(d)) for d in details], headers)
 
 
 def bad_request(message: str, *, reason: str, field: str | None = None) -> Response:
@@ -130,32 +132,40 @@ def from_rpc_error(error: grpc.aio.AioRpcError, backend: str) -> Response:
         return error_response(code, _generic_message(code, backend), reason=_generic_reason(code))
     details = []
     retry_after = None
-    has_reason = False
+    reason = None
     for packed in status.details:
         if packed.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            info = error_details_pb2.RetryInfo()
+            retry = error_details_pb2.RetryInfo()
+            packed.Unpack(retry)
+            retry_after = math.ceil(retry.retry_delay.ToTimedelta().total_seconds())
+        elif packed.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
             packed.Unpack(info)
-            retry_after = math.ceil(info.retry_delay.ToTimedelta().total_seconds())
-        has_reason = has_reason or packed.Is(error_details_pb2.ErrorInfo.DESCRIPTOR)
+            reason = info.reason
         try:
             details.append(_detail_json(packed))
         except (TypeError, KeyError, json_format.Error):
             continue  # a detail type the facade does not know cannot be rendered: leave it out
-    if not has_reason:  # as mesh.errors names a reason it is not given: after the code
+    if reason is None:  # as mesh.errors names a reason it is not given: after the code
+        reason = code.name
         details.insert(
-            0, _detail_json(_pack(error_details_pb2.ErrorInfo(reason=code.name, domain=ERROR_DOMAIN)))
+            0, _detail_json(_pack(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN)))
         )
     headers = {"retry-after": str(max(retry_after, 0))} if retry_after is not None else None
-    return _response(code, status.message, details, headers)
+    return _response(code, status.message, reason, details, headers)
 
 
 def _response(
-    code: grpc.StatusCode, message: str, details: list[dict[str, Any]], headers: Mapping[str, str] | None
+    code: grpc.StatusCode,
+    message: str,
+    reason: str,
+    details: list[dict[str, Any]],
+    headers: Mapping[str, str] | None,
 ) -> Response:
     body = {"code": code.value[0], "message": message, "details": details}
     all_headers = dict(headers or {})
     if code is grpc.StatusCode.UNAUTHENTICATED:
-        all_headers.setdefault("www-authenticate", _www_authenticate(message))
+        all_headers.setdefault("www-authenticate", _www_authenticate(message, reason))
     return Response(
         json.dumps(body, ensure_ascii=False, separators=(",", ":")),
         status_code=HTTP_STATUS.get(code, 500),
@@ -209,6 +219,9 @@ def _generic_reason(code: grpc.StatusCode) -> str:
     return code.name
 
 
-def _www_authenticate(message: str) -> str:
+def _www_authenticate(message: str, reason: str) -> str:
+    """The bearer challenge (RFC 6750 §3): with no usable credentials at all it names no error."""
+    if reason in _NO_CREDENTIALS:
+        return 'Bearer realm="invmesh"'
     description = message.replace("\\", "").replace('"', "'")
     return f'Bearer realm="invmesh", error="invalid_token", error_description="{description}"'

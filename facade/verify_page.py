@@ -26,7 +26,7 @@ _STYLE = (
     "line-height:1.5;color:#1f2328}h1{font-size:1.5rem}"
 )
 _STYLE_HASH = base64.b64encode(hashlib.sha256(_STYLE.encode()).digest()).decode()
-HEADERS = {
+_HEADERS = {
     "content-security-policy": (
         f"default-src 'none'; style-src 'sha256-{_STYLE_HASH}'; base-uri 'none'; form-action 'none'; "
         "frame-ancestors 'none'"
@@ -85,7 +85,7 @@ def render(answer: Response, accept: str | None) -> Response:
     else:
         title, text = _refused(answer.status_code, body)
     page = _PAGE.format(title=html.escape(title), text=html.escape(text), style=_STYLE)
-    headers = dict(HEADERS)
+    headers = dict(_HEADERS)
     for name in ("retry-after", "www-authenticate"):
         if name in answer.headers:
             headers[name] = answer.headers[name]

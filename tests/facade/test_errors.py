@@ -163,7 +163,8 @@ async def test_a_backends_field_violation_passes_through_in_snake_case(web: Web)
 async def test_an_authorization_that_is_not_bearer_has_its_own_reason(web: Web) -> None:
     def reason(response: httpx.Response) -> str:
         assert response.status_code == 401, response.text
-        assert response.headers["www-authenticate"].startswith("Bearer ")
+        # No token at all: a bare challenge (RFC 6750 §3.1).
+        assert response.headers["www-authenticate"] == 'Bearer realm="invmesh"'
         return str(response.json()["details"][0]["reason"])
 
     basic = {"authorization": "Basic dXNlcjpwYXNz"}
@@ -178,6 +179,9 @@ async def test_an_authorization_that_is_not_bearer_has_its_own_reason(web: Web) 
     assert (
         await web.http.get("/users/me", headers={"authorization": "bearer " + web.mesh.verified_token})
     ).is_success
+    invalid = await web.http.get("/users/me", headers={"authorization": "Bearer not.a.jwt"})
+    assert invalid.status_code == 401 and invalid.json()["details"][0]["reason"] == "INVALID_TOKEN"
+    assert invalid.headers["www-authenticate"].startswith('Bearer realm="invmesh", error="invalid_token"')
 
     # Over gRPC, the same reasons.
     get_me = web.mesh.auth.GetMe
