@@ -22,8 +22,8 @@ from starlette.types import Receive, Scope, Send
 
 from facade import errors, httprule
 from facade.transcoding import BadRequest, Binding, RuleError
+from mesh.authorization import bearer_token
 from mesh.errors import Unauthenticated
-from mesh.tokens import bearer_token
 
 _GRPC_TIMEOUT = re.compile(r"([0-9]{1,8})([HMSmun])")
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}

@@ -19,9 +19,10 @@ import grpc
 from sqlalchemy.exc import SQLAlchemyError
 
 from mesh import access, context
+from mesh.authorization import bearer_token
 from mesh.db import translate
 from mesh.errors import DomainError, internal_status
-from mesh.tokens import TokenVerifier, bearer_token
+from mesh.tokens import TokenVerifier
 
 log = logging.getLogger("mesh.rpc")
 

@@ -152,24 +152,6 @@ def _identity(claims: Mapping[str, Any]) -> Identity:
     )
 
 
-def bearer_token(authorization: str) -> str:
-    """The token of an `authorization` value `Bearer <token>` (the scheme in any case); else
-    Unauthenticated: MISSING_TOKEN for no token, UNSUPPORTED_AUTH_SCHEME for another scheme."""
-    scheme, _, token = authorization.strip().partition(" ")
-    if scheme and scheme.lower() != "bearer":
-        # Not echoed: a "scheme" may be a bare token sent without one.
-        raise Unauthenticated(
-            "unsupported authorization scheme; use Authorization: Bearer <token>",
-            reason="UNSUPPORTED_AUTH_SCHEME",
-        )
-    if not token.strip():
-        raise Unauthenticated(
-            "this call needs an access token: send `authorization: Bearer <token>` metadata",
-            reason="MISSING_TOKEN",
-        )
-    return token.strip()
-
-
 def _invalid(message: str) -> Unauthenticated:
     return Unauthenticated(message, reason="INVALID_TOKEN")
 
