@@ -16,14 +16,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from facade import docs, errors
+from facade import docs, errors, verify_page
 from facade.middleware import RequestIdMiddleware
-from facade.openapi import openapi_document
-from facade.routing import TranscodedRoutes
+from facade.openapi import contract_comments, openapi_document
+from facade.routing import Page, TranscodedRoutes
 from facade.transcoding import bindings
 from mesh.clients import CHANNEL_OPTIONS, grpc_target
 from mesh.config import Settings
 from mesh.services import SERVICES
+
+# The routes that answer a browser with a page: (HTTP method, RPC) → the page of a JSON answer.
+PAGES: Mapping[tuple[str, str], Page] = {("GET", verify_page.METHOD.full_name): verify_page.render}
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,8 +51,9 @@ def create_app(settings: Settings, backends: Mapping[ServiceDescriptor, Backend]
         default_timeout=settings.facade_timeout_seconds,
         max_timeout=settings.facade_max_timeout_seconds,
         max_body_bytes=settings.facade_max_body_bytes,
+        pages=PAGES,
     )
-    document = openapi_document(transcoded.bindings)
+    document = openapi_document(transcoded.bindings, comments=contract_comments(), pages=PAGES)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, object]]:
@@ -97,7 +101,7 @@ def create_app(settings: Settings, backends: Mapping[ServiceDescriptor, Backend]
             transcoded,
         ],
         middleware=middleware,
-        exception_handlers={HTTPException: _http_exception},
+        exception_handlers={HTTPException: _http_exception, Exception: _internal_error},
         lifespan=lifespan,
     )
     app.router.redirect_slashes = False  # `/healthz/` is an unknown route (404), not a redirect
@@ -105,7 +109,13 @@ def create_app(settings: Settings, backends: Mapping[ServiceDescriptor, Backend]
 
 
 async def _http_exception(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals: an unknown route, or a method the route does not take."""
     assert isinstance(exc, HTTPException)
-    if exc.status_code == 404:
-        return errors.http_error(404, f"no route for {request.method} {request.url.path}")
-    return errors.http_error(exc.status_code, exc.detail, headers=exc.headers)
+    if exc.status_code == 405:
+        return errors.method_not_allowed(request.method, (exc.headers or {})["Allow"])
+    return errors.no_route(request)
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    """A bug: the client gets the one error shape and nothing of the bug (uvicorn logs it)."""
+    return errors.error_response(grpc.StatusCode.INTERNAL, "internal error", reason=errors.INTERNAL)

@@ -76,7 +76,7 @@ def routes() -> list[BaseRoute]:
     async def asset(request: Request) -> Response:
         name = request.path_params["name"]
         if name not in ASSET_FILES:
-            return errors.http_error(404, f"no route for {request.method} {request.url.path}")
+            return errors.no_route(request)
         return FileResponse(ASSETS / name, headers={"cache-control": "public, max-age=86400"})
 
     return [

@@ -21,17 +21,31 @@ Conventions, matching what the facade does:
   named `_N` after its segment position. Templates that differ only in variable names share one
   OpenAPI path, named after the first binding, as they share one route.
 - Errors are one `Status` schema, `{"code", "message", "details"}`.
+- Descriptions are the protos' comments (`invmesh/comments.json`, written by `make protos`), as
+  protoc-gen-openapiv2 uses them: an operation's `summary` is the first sentence of its RPC's
+  comment and its `description` the whole comment; services describe their tags, messages their
+  schemas, and fields their properties and parameters.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from collections import Counter
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any
 
 from google.api import field_behavior_pb2
-from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor, MethodDescriptor
+from google.protobuf.descriptor import (
+    Descriptor,
+    EnumDescriptor,
+    FieldDescriptor,
+    MethodDescriptor,
+    ServiceDescriptor,
+)
+from google.rpc import error_details_pb2
 
 from facade import httprule
 from facade.transcoding import HTTP_METHODS, Binding, query_fields
@@ -92,6 +106,12 @@ _WELL_KNOWN: dict[str, dict[str, Any]] = {
 }
 _WELL_KNOWN.update({name: _SCALARS[kind] for name, kind in _WRAPPERS.items()})
 _REQUEST_ID_REF = "#/components/headers/X-Request-Id"
+COMMENTS_FILE = "comments.json"  # in the generated `invmesh` package
+_SENTENCE = re.compile(r"(.+?[.!?])(?=\s|$)")
+_Described = ServiceDescriptor | MethodDescriptor | Descriptor | FieldDescriptor
+_TYPE_URL = "type.googleapis.com/"
+# The detail types of our errors (mesh.errors and facade.errors send no others).
+_DETAILS = (error_details_pb2.ErrorInfo, error_details_pb2.BadRequest, error_details_pb2.RetryInfo)
 _ERRORS = {
     400: (
         "BadRequest",
@@ -102,6 +122,7 @@ _ERRORS = {
     404: ("NotFound", "No such resource or route (`NOT_FOUND`)."),
     409: ("Conflict", "A conflict with the current state (`ALREADY_EXISTS`, `ABORTED`)."),
     413: ("PayloadTooLarge", "The request body is over the size limit."),
+    415: ("UnsupportedMediaType", "The request body is declared as something other than JSON."),
     429: ("TooManyRequests", "Too many requests, or a quota is spent (`RESOURCE_EXHAUSTED`)."),
     500: ("InternalError", "An internal error; no detail is disclosed."),
     503: ("Unavailable", "The backend service is unavailable; try again shortly (`UNAVAILABLE`)."),
@@ -114,17 +135,28 @@ def openapi_path(template: httprule.PathTemplate) -> str:
     return _PathShape.of(template).path
 
 
+def contract_comments() -> dict[str, str]:
+    """The protos' comments by full name, as `make protos` wrote them beside the generated code."""
+    text = resources.files("invmesh").joinpath(COMMENTS_FILE).read_text(encoding="utf-8")
+    found: dict[str, str] = json.loads(text)
+    return found
+
+
 def openapi_document(
     bindings: Sequence[Binding],
     *,
+    comments: Mapping[str, str] | None = None,
+    pages: Collection[tuple[str, str]] = (),
     title: str = "invmesh",
     version: str = "1",
 ) -> dict[str, Any]:
-    """The OpenAPI 3.1 document describing every binding."""
-    schemas = _Schemas()
+    """The OpenAPI 3.1 document describing every binding, with `comments` (full name → the
+    proto comment) as descriptions; `pages` are the (HTTP method, RPC) whose answers a browser
+    gets as an HTML page."""
+    schemas = _Schemas(comments or {})
     paths: dict[str, dict[str, Any]] = {}
     shapes = _path_shapes(bindings)
-    tags: dict[str, None] = {}
+    tags: dict[str, dict[str, str]] = {}
     for binding in bindings:
         shape = shapes[binding.template.shape]
         item = paths.setdefault(shape.path, {})
@@ -132,7 +164,11 @@ def openapi_document(
         if method not in HTTP_METHODS:
             raise ValueError(f"{binding.method.full_name}: {binding.http_method} cannot be described")
         item[method] = _operation(binding, shape, schemas)
-        tags.setdefault(binding.service.name)
+        if (binding.http_method, binding.method.full_name) in pages:
+            _add_html_page(item[method])
+        tags.setdefault(
+            binding.service.name, schemas.described({"name": binding.service.name}, binding.service)
+        )
     return {
         "openapi": OPENAPI_VERSION,
         "info": {
@@ -144,7 +180,7 @@ def openapi_document(
                 "lowerCamelCase. 64-bit integers are strings. Every error is a `Status`."
             ),
         },
-        "tags": [{"name": name} for name in tags],
+        "tags": list(tags.values()),
         "paths": paths,
         "components": {
             "schemas": schemas.components(),
@@ -238,10 +274,13 @@ def _wildcard_ordinal(template: httprule.PathTemplate, variable: httprule.Variab
 def _operation(binding: Binding, shape: _PathShape, schemas: _Schemas) -> dict[str, Any]:
     method = binding.method
     public = is_public(binding.grpc_path)
+    comment = schemas.comment(method)
     operation: dict[str, Any] = {
         "operationId": _operation_id(binding),
-        "summary": method.name,
-        "description": f"Calls `{method.full_name}`." + _role_note(method),
+        "summary": _first_sentence(comment) or method.name,
+        "description": (f"{comment}\n\n" if comment else "")
+        + f"Calls `{method.full_name}`."
+        + _role_note(method),
         "tags": [binding.service.name],
         "parameters": [
             *_path_parameters(binding, shape, schemas),
@@ -257,6 +296,22 @@ def _operation(binding: Binding, shape: _PathShape, schemas: _Schemas) -> dict[s
         **_error_responses(binding, public),
     }
     return operation
+
+
+def _add_html_page(operation: dict[str, Any]) -> None:
+    """Every answer of `operation` may also be a `text/html` page, for a client that prefers one."""
+    operation["description"] += (
+        " A client that prefers `text/html` to JSON (a browser opening a link) gets a small HTML page "
+        "instead, with the same status."
+    )
+    html = {"text/html": {"schema": {"type": "string"}}}
+    for status, response in operation["responses"].items():
+        if "$ref" in response:  # a shared error response: this one's is its own
+            name = response["$ref"].rsplit("/", 1)[1]
+            response = {**_error_components()[name]}
+        if "content" in response:  # not a 204
+            response["content"] = {**response["content"], **html}
+        operation["responses"][status] = response
 
 
 def _role_note(method: MethodDescriptor) -> str:
@@ -290,6 +345,7 @@ def _path_parameters(binding: Binding, shape: _PathShape, schemas: _Schemas) -> 
         if variable is None:
             schema: dict[str, Any] = {"type": "string"}
             text = "Any value; bound to no field."
+            comment = ""
         else:
             leaf = _field_at(request, variable.field_path)
             schema = schemas.scalar(leaf, request=True)
@@ -299,11 +355,14 @@ def _path_parameters(binding: Binding, shape: _PathShape, schemas: _Schemas) -> 
             )
             text = f"Sets `{variable.name}`"
             text += "." if value == "{" + wildcard.name + "}" else f" to `{value}`."
+            comment = schemas.comment(leaf)
             if schema.get("type") == "string":
                 schema = {**schema, "minLength": 1}
         if wildcard.double:
             schema = {k: v for k, v in schema.items() if k != "pattern"}
             text += " Spans the rest of the path: send its `/` unescaped."
+        if comment:
+            text += f" {comment}"
         parameters.append(
             {"name": wildcard.name, "in": "path", "required": True, "description": text, "schema": schema}
         )
@@ -313,11 +372,8 @@ def _path_parameters(binding: Binding, shape: _PathShape, schemas: _Schemas) -> 
 def _query_parameters(binding: Binding, schemas: _Schemas) -> list[dict[str, Any]]:
     parameters = []
     for dotted, leaf in query_fields(binding):
-        parameter: dict[str, Any] = {
-            "name": dotted,
-            "in": "query",
-            "schema": schemas.field(leaf, request=True),
-        }
+        parameter: dict[str, Any] = schemas.described({"name": dotted, "in": "query"}, leaf)
+        parameter["schema"] = schemas.field(leaf, request=True)
         if leaf.is_repeated:
             parameter.update(style="form", explode=True)
         if "." not in dotted and _REQUIRED in _behaviors(leaf):
@@ -371,7 +427,7 @@ def _error_responses(binding: Binding, public: bool) -> dict[str, Any]:
     if not public:
         statuses.append(403)
     if binding.body:
-        statuses.append(413)
+        statuses.extend((413, 415))
     return {
         str(status): {"$ref": "#/components/responses/" + _ERRORS[status][0]} for status in sorted(statuses)
     }
@@ -403,9 +459,11 @@ def _error_components() -> dict[str, Any]:
 class _Schemas:
     """components/schemas, filled as operations reference messages."""
 
-    def __init__(self) -> None:
-        self._defined: dict[str, dict[str, Any]] = {STATUS_SCHEMA: _status_schema()}
+    def __init__(self, comments: Mapping[str, str]) -> None:
+        self._comments = comments
+        self._defined: dict[str, dict[str, Any]] = {}
         self._names: dict[str, str] = {}  # message full name -> short name in use
+        self._defined[STATUS_SCHEMA] = _status_schema([self._error_detail(descriptor(d)) for d in _DETAILS])
 
     def components(self) -> dict[str, Any]:
         return dict(sorted(self._defined.items()))
@@ -422,6 +480,24 @@ class _Schemas:
         if name not in self._defined:
             self._defined[name] = {}  # reserved first: messages may be recursive
             self._defined[name] = self._object(message, request=request, leave_out=frozenset())
+        return {"$ref": _REF + name}
+
+    def comment(self, element: _Described | None) -> str:
+        """The proto comment of a service, method, message or field ("" for none)."""
+        return self._comments.get(element.full_name, "") if element is not None else ""
+
+    def described(self, node: dict[str, Any], element: _Described | None) -> dict[str, Any]:
+        """`node` with the element's comment as its description, if it has one."""
+        comment = self.comment(element)
+        return _annotate(node, description=comment) if comment else node
+
+    def _error_detail(self, message: Descriptor) -> dict[str, Any]:
+        """A detail of an error: the message packed in a `google.protobuf.Any`, printed as resources are."""
+        name = self._component_name(message)
+        schema = self._object(message, request=False, leave_out=frozenset())
+        schema["properties"] = {"@type": {"const": _TYPE_URL + message.full_name}, **schema["properties"]}
+        schema["required"] = ["@type", *schema.get("required", [])]
+        self._defined[name] = schema
         return {"$ref": _REF + name}
 
     def field(self, leaf: FieldDescriptor, *, request: bool) -> dict[str, Any]:
@@ -455,17 +531,18 @@ class _Schemas:
             behaviors = _behaviors(leaf)
             if _OUTPUT_ONLY in behaviors:
                 schema = _annotate(schema, readOnly=True)
-            properties[leaf.name] = schema
+            properties[leaf.name] = self.described(schema, leaf)
             if request:
                 if _REQUIRED in behaviors:
                     required.append(leaf.name)
             elif not leaf.has_presence:
                 required.append(leaf.name)
-        schema = {"type": "object", "properties": properties}
+        shape: dict[str, Any] = self.described({"type": "object"}, message)
+        shape["properties"] = properties
         if required:
-            schema["required"] = required
-        schema["additionalProperties"] = False
-        return schema
+            shape["required"] = required
+        shape["additionalProperties"] = False
+        return shape
 
     def _component_name(self, message: Descriptor) -> str:
         known = self._names.get(message.full_name)
@@ -475,6 +552,13 @@ class _Schemas:
         name = message.name if message.name not in taken else message.full_name
         self._names[message.full_name] = name
         return name
+
+
+def _first_sentence(comment: str) -> str:
+    """The first sentence of a comment's first paragraph, on one line."""
+    paragraph = " ".join(comment.split("\n\n")[0].split())
+    sentence = _SENTENCE.match(paragraph)
+    return sentence.group(1) if sentence else paragraph
 
 
 def _annotate(schema: dict[str, Any], **keywords: Any) -> dict[str, Any]:
@@ -487,21 +571,18 @@ def _enum_schema(enum: EnumDescriptor, *, request: bool) -> dict[str, Any]:
     return {"type": "string", "enum": names}
 
 
-def _status_schema() -> dict[str, Any]:
+def _status_schema(details: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "type": "object",
-        "description": "An error (`google.rpc.Status`): the gRPC code, a message and typed details.",
+        "description": (
+            "An error (`google.rpc.Status`): the gRPC code, a message and typed details. The details "
+            "always hold an `ErrorInfo` (domain `invmesh`) whose `reason` names the error; a `BadRequest` "
+            "names the fields at fault; a `RetryInfo` says when to retry (also sent as `Retry-After`)."
+        ),
         "properties": {
             "code": {"type": "integer", "format": "int32", "description": "The `google.rpc.Code`."},
             "message": {"type": "string"},
-            "details": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "properties": {"@type": {"type": "string"}},
-                    "required": ["@type"],
-                },
-            },
+            "details": {"type": "array", "items": {"oneOf": details}},
         },
         "required": ["code", "message", "details"],
         "additionalProperties": False,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,16 +22,24 @@ from starlette.types import Receive, Scope, Send
 
 from facade import errors, httprule
 from facade.transcoding import BadRequest, Binding, RuleError
+from mesh.authorization import bearer_token
+from mesh.errors import Unauthenticated
 
 _GRPC_TIMEOUT = re.compile(r"([0-9]{1,8})([HMSmun])")
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 # gRPC refuses metadata over 8 KiB with RESOURCE_EXHAUSTED, which would read as a 429 (retry later).
 _MAX_AUTHORIZATION = 4096
 _METADATA_VALUE = re.compile(r"[\x20-\x7e]*")  # what gRPC accepts in an ASCII metadata value
+_JSON_AS = frozenset({"application/json", "application/x-www-form-urlencoded", "text/plain"})
+_CHARSET = re.compile(r"""charset\s*=\s*"?([^";\s]+)""", re.IGNORECASE)
 _BINDING = "invmesh.binding"
 _VALUES = "invmesh.path_values"
 _ALLOW = "invmesh.allow"
 _PATH_ERROR = "invmesh.path_error"
+
+
+# The answer to send for a JSON answer, given the request's Accept header.
+Page = Callable[[Response, str | None], Response]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +59,10 @@ class TranscodedRoutes(BaseRoute):
         default_timeout: float,
         max_timeout: float,
         max_body_bytes: int,
+        pages: Mapping[tuple[str, str], Page] | None = None,
     ) -> None:
+        """`pages`: for (HTTP method, RPC full name), what turns the JSON answer into a page for a
+        client that asks for one."""
         grouped: dict[tuple[object, ...], dict[str, Binding]] = defaultdict(dict)
         templates: dict[tuple[object, ...], httprule.PathTemplate] = {}
         for binding in bindings:
@@ -72,6 +83,7 @@ class TranscodedRoutes(BaseRoute):
         self._default_timeout = default_timeout
         self._max_timeout = max_timeout
         self._max_body_bytes = max_body_bytes
+        self._pages = dict(pages or {})
 
     @property
     def bindings(self) -> list[Binding]:
@@ -106,14 +118,15 @@ class TranscodedRoutes(BaseRoute):
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         if _PATH_ERROR in scope:
-            response = errors.bad_request(scope[_PATH_ERROR])
+            response = errors.bad_request(scope[_PATH_ERROR], reason=errors.INVALID_PATH)
         elif _ALLOW in scope:
-            allow = ", ".join(scope[_ALLOW])
-            response = errors.http_error(
-                405, f"{scope['method']} is not allowed here; use {allow}", headers={"allow": allow}
-            )
+            response = errors.method_not_allowed(scope["method"], ", ".join(scope[_ALLOW]))
         else:
-            response = await self._call(scope, receive, scope[_BINDING], scope[_VALUES])
+            binding = scope[_BINDING]
+            response = await self._call(scope, receive, binding, scope[_VALUES])
+            page = self._pages.get((binding.http_method, binding.method.full_name))
+            if page is not None:
+                response = page(response, _headers(scope).get("accept"))
         await response(scope, receive, send)
 
     async def _call(
@@ -123,30 +136,36 @@ class TranscodedRoutes(BaseRoute):
         timeout = self._timeout(headers.get("grpc-timeout"))
         if timeout is None:
             return errors.bad_request(
-                "the Grpc-Timeout header must be a positive number of 1 to 8 digits and a unit (H M S m u n)"
+                "the Grpc-Timeout header must be a positive number of 1 to 8 digits and a unit (H M S m u n)",
+                reason=errors.INVALID_TIMEOUT,
             )
         body = b""
-        # Bodies are read as JSON whatever their declared type (`curl -d` says form-urlencoded).
         if binding.body or headers.get("content-length", "0") != "0" or "transfer-encoding" in headers:
             body_or_error = await _read_body(receive, headers.get("content-length"), self._max_body_bytes)
             if not isinstance(body_or_error, bytes):
                 return body_or_error
             body = body_or_error
+            if body.strip() and not _readable_as_json(headers.get("content-type")):
+                return errors.http_error(
+                    415,
+                    "the request body must be JSON (UTF-8): send Content-Type: application/json",
+                    reason=errors.UNSUPPORTED_MEDIA_TYPE,
+                )
         try:
             message = binding.request(values, scope.get("query_string", b""), body)
         except BadRequest as exc:
-            return errors.bad_request(str(exc), field=exc.field)
+            return errors.bad_request(str(exc), reason=exc.reason, field=exc.field)
         metadata: list[tuple[str, str]] = [("x-request-id", scope["invmesh.request_id"])]
         # The client's address, for auth's abuse limits (auth believes it from trusted proxies only).
         if (client := scope.get("client")) and _METADATA_VALUE.fullmatch(client[0]):
             metadata.append(("x-forwarded-for", client[0]))
         if authorization := headers.get("authorization"):
             if len(authorization) > _MAX_AUTHORIZATION:
-                return errors.http_error(431, "the Authorization header is too long")
-            if not _METADATA_VALUE.fullmatch(authorization):  # gRPC would refuse it: a 500, not a 401
-                return errors.error_response(
-                    grpc.StatusCode.UNAUTHENTICATED, "the Authorization header holds characters no token has"
+                return errors.http_error(
+                    431, "the Authorization header is too long", reason=errors.HEADER_TOO_LARGE
                 )
+            if not _METADATA_VALUE.fullmatch(authorization):  # gRPC would refuse it: a 500, not a 401
+                return _unusable_authorization(authorization)
             metadata.append(("authorization", authorization))
         call = scope["state"]["calls"][binding.grpc_path]
         try:
@@ -178,6 +197,21 @@ def _dumps(payload: Any) -> bytes:
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
 
 
+def _readable_as_json(content_type: str | None) -> bool:
+    """Whether a body of this declared type may be read as JSON: JSON itself, no type, or the
+    types clients send JSON as by default (`curl -d` says form-urlencoded, `fetch` text/plain)."""
+    if content_type is None:
+        return True
+    media_type, _, parameters = content_type.partition(";")
+    media_type = media_type.strip().lower()
+    if not (
+        media_type in _JSON_AS or (media_type.startswith("application/") and media_type.endswith("+json"))
+    ):
+        return False
+    charset = _CHARSET.search(parameters)
+    return charset is None or charset.group(1).lower() in ("utf-8", "utf8")
+
+
 def _headers(scope: Scope) -> dict[str, str]:
     return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
 
@@ -185,18 +219,39 @@ def _headers(scope: Scope) -> dict[str, str]:
 async def _read_body(receive: Receive, length: str | None, limit: int) -> bytes | Response:
     if length is not None and (not length.isdigit() or int(length) > limit):
         if not length.isdigit():
-            return errors.bad_request("the Content-Length header is not a number")
-        return errors.http_error(413, f"the request body is over the {limit} byte limit")
+            return errors.bad_request(
+                "the Content-Length header is not a number", reason=errors.INVALID_CONTENT_LENGTH
+            )
+        return _too_large(limit)
     chunks = []
     size = 0
     while True:
         event = await receive()
         if event["type"] == "http.disconnect":
-            return errors.http_error(400, "the client went away")
+            return errors.http_error(400, "the client went away", reason=errors.CLIENT_DISCONNECTED)
         chunk = event.get("body", b"")
         size += len(chunk)
         if size > limit:
-            return errors.http_error(413, f"the request body is over the {limit} byte limit")
+            return _too_large(limit)
         chunks.append(chunk)
         if not event.get("more_body", False):
             return b"".join(chunks)
+
+
+def _unusable_authorization(authorization: str) -> Response:
+    """The 401 for a header gRPC cannot carry, with the reason the services would give."""
+    try:
+        bearer_token(authorization)
+    except Unauthenticated as exc:
+        return errors.error_response(grpc.StatusCode.UNAUTHENTICATED, exc.message, reason=exc.reason)
+    return errors.error_response(
+        grpc.StatusCode.UNAUTHENTICATED,
+        "the Authorization header holds characters no token has",
+        reason=errors.INVALID_TOKEN,
+    )
+
+
+def _too_large(limit: int) -> Response:
+    return errors.http_error(
+        413, f"the request body is over the {limit} byte limit", reason=errors.BODY_TOO_LARGE
+    )

@@ -21,7 +21,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescri
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
-from facade import httprule
+from facade import errors, httprule
 from invmesh.api.v1 import rest_pb2
 from mesh.messages import descriptor
 from mesh.options import HTTP, REST_RESPONSE
@@ -67,8 +67,9 @@ _INTEGER_TYPES = frozenset(
 class BadRequest(ValueError):
     """The HTTP request cannot become the RPC's request message; the text says why."""
 
-    def __init__(self, message: str, *, field: str | None = None) -> None:
+    def __init__(self, message: str, *, reason: str = "INVALID_ARGUMENT", field: str | None = None) -> None:
         super().__init__(message)
+        self.reason = reason  # the ErrorInfo reason (facade/errors.py); the default is mesh.errors'
         self.field = field
 
 
@@ -108,7 +109,9 @@ class Binding:
         if pairs and self.body == "*":
             name = pairs[0][0]
             raise BadRequest(
-                f"unknown query parameter {name!r}: this route reads its fields from the body", field=name
+                f"unknown query parameter {name!r}: this route reads its fields from the body",
+                reason=errors.INVALID_QUERY,
+                field=name,
             )
         self._merge_query(values, pairs)
         for name, value in path_values.items():
@@ -118,10 +121,10 @@ class Binding:
         except json_format.ParseError as exc:
             raise _parse_error(descriptor(self.request_class), str(exc), values, self.body) from None
         except RecursionError:
-            raise BadRequest("the body nests too deeply") from None
+            raise BadRequest("the body nests too deeply", reason=errors.INVALID_JSON) from None
         except OverflowError:  # json_format turns ValueError into ParseError, but not this:
             # an integer no double holds given for a double, or ±Infinity for an enum.
-            raise BadRequest("a number in the request is out of range") from None
+            raise BadRequest("a number in the request is out of range", reason=errors.INVALID_VALUE) from None
         if self.masked_body is not None and not message.HasField(_UPDATE_MASK):
             mask = getattr(message, _UPDATE_MASK)
             mask.SetInParent()  # an empty body updates nothing, rather than everything
@@ -145,21 +148,24 @@ class Binding:
     def _body_values(self, body: bytes) -> dict[str, Any]:
         if not self.body:
             if body.strip():
-                raise BadRequest(f"{self.http_method} {self.template.text} takes no request body")
+                raise BadRequest(
+                    f"{self.http_method} {self.template.text} takes no request body",
+                    reason=errors.INVALID_BODY,
+                )
             return {}
         if not body.strip():
             return {}  # no body leaves the body field unset, as the RPC would see it over gRPC
         try:
             parsed = json.loads(body)
         except (ValueError, RecursionError):
-            raise BadRequest("the request body is not valid JSON") from None
+            raise BadRequest("the request body is not valid JSON", reason=errors.INVALID_JSON) from None
         if self.body == "*":
             if not isinstance(parsed, dict):
-                raise BadRequest("the request body must be a JSON object")
+                raise BadRequest("the request body must be a JSON object", reason=errors.INVALID_BODY)
             return parsed
         target = descriptor(self.request_class).fields_by_name[self.body]
         if target.message_type is not None and not _is_repeated(target) and not isinstance(parsed, dict):
-            raise BadRequest("the request body must be a JSON object")
+            raise BadRequest("the request body must be a JSON object", reason=errors.INVALID_BODY)
         return {self.body: parsed}
 
     def _merge_query(self, values: dict[str, Any], pairs: list[tuple[str, str]]) -> None:
@@ -167,14 +173,20 @@ class Binding:
         for name, value in pairs:
             path, leaf = _resolve(descriptor(self.request_class), name)
             if path is None or leaf is None:
-                raise BadRequest(f"unknown query parameter {name!r}", field=name)
+                raise BadRequest(f"unknown query parameter {name!r}", reason=errors.UNKNOWN_FIELD, field=name)
             # Messages quote the parameter as the client wrote it; details name the proto field.
             canonical = ".".join(path)
             if canonical in self.path_fields or path[0] == self.body:
-                raise BadRequest(f"query parameter {name!r} is bound by the path or body", field=canonical)
+                raise BadRequest(
+                    f"query parameter {name!r} is bound by the path or body",
+                    reason=errors.INVALID_QUERY,
+                    field=canonical,
+                )
             if leaf.message_type is not None and leaf.message_type.full_name != _FIELD_MASK:
                 raise BadRequest(
-                    f"query parameter {name!r} names a message; set its fields instead", field=canonical
+                    f"query parameter {name!r} names a message; set its fields instead",
+                    reason=errors.INVALID_QUERY,
+                    field=canonical,
                 )
             scalar = _query_scalar(leaf, value, name, canonical)
             holder = values
@@ -183,7 +195,11 @@ class Binding:
             if _is_repeated(leaf):
                 holder.setdefault(path[-1], []).append(scalar)
             elif canonical in seen:
-                raise BadRequest(f"query parameter {name!r} is given more than once", field=canonical)
+                raise BadRequest(
+                    f"query parameter {name!r} is given more than once",
+                    reason=errors.INVALID_QUERY,
+                    field=canonical,
+                )
             else:
                 seen.add(canonical)
                 holder[path[-1]] = scalar
@@ -345,11 +361,13 @@ def _query_pairs(query: bytes) -> list[tuple[str, str]]:
     text = query.decode("latin-1")
     # parse_qsl would keep "%zz" as is; the path refuses it, so the query does too.
     if _BAD_ESCAPE.search(text):
-        raise BadRequest("the query string holds a malformed percent-escape")
+        raise BadRequest("the query string holds a malformed percent-escape", reason=errors.INVALID_QUERY)
     try:
         return parse_qsl(text, keep_blank_values=True, encoding="utf-8", errors="strict")
     except UnicodeDecodeError:
-        raise BadRequest("the query string is not valid UTF-8 once decoded") from None
+        raise BadRequest(
+            "the query string is not valid UTF-8 once decoded", reason=errors.INVALID_QUERY
+        ) from None
 
 
 def _mask_paths(message: Descriptor, body: Any, prefix: str = "") -> Iterator[str]:
@@ -383,10 +401,16 @@ def _query_scalar(leaf: FieldDescriptor, value: str, name: str, canonical: str) 
         return ",".join(path for path in paths if path)
     if leaf.type == FieldDescriptor.TYPE_BOOL:
         if value.lower() not in _FALSE_TRUE:
-            raise BadRequest(f"query parameter {name!r} must be true or false", field=canonical)
+            raise BadRequest(
+                f"query parameter {name!r} must be true or false",
+                reason=errors.INVALID_VALUE,
+                field=canonical,
+            )
         return _FALSE_TRUE[value.lower()]
     if leaf.cpp_type in _INTEGER_TYPES and not _INTEGER.fullmatch(value):
-        raise BadRequest(f"query parameter {name!r} must be an integer", field=canonical)
+        raise BadRequest(
+            f"query parameter {name!r} must be an integer", reason=errors.INVALID_VALUE, field=canonical
+        )
     return value
 
 
@@ -398,7 +422,7 @@ def _set_path(values: dict[str, Any], message: Descriptor, path: list[str], valu
         nested = holder.pop(leaf.json_name, None) if leaf.json_name != name else None
         holder = holder.setdefault(name, nested if isinstance(nested, dict) else {})
         if not isinstance(holder, dict):
-            raise BadRequest(f"{name!r} must be a JSON object")
+            raise BadRequest(f"{name!r} must be a JSON object", reason=errors.INVALID_VALUE, field=name)
         assert leaf.message_type is not None  # the binding checked that the path's fields are messages
         message = leaf.message_type
     leaf = message.fields_by_name[path[-1]]
@@ -427,13 +451,13 @@ def _parse_error(message: Descriptor, text: str, values: dict[str, Any], body: s
     names = [f.name for f in fields]
     if unknown and len(fields) == len(raw):
         name = _in_body([*names, unknown.group(1)], body)
-        return BadRequest(f"unknown field {name!r}", field=name)
+        return BadRequest(f"unknown field {name!r}", reason=errors.UNKNOWN_FIELD, field=name)
     name = _in_body(names, body)
     if not fields:
-        return BadRequest("the request does not match the expected JSON shape")
+        return BadRequest("the request does not match the expected JSON shape", reason=errors.INVALID_BODY)
     if "out of range" in text:
-        return BadRequest(f"{name!r} is out of range", field=name)
-    return BadRequest(f"{name!r} must be {_expected(fields[-1])}", field=name)
+        return BadRequest(f"{name!r} is out of range", reason=errors.INVALID_VALUE, field=name)
+    return BadRequest(f"{name!r} must be {_expected(fields[-1])}", reason=errors.INVALID_VALUE, field=name)
 
 
 def _in_body(names: list[str], body: str) -> str:

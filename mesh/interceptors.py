@@ -19,8 +19,9 @@ import grpc
 from sqlalchemy.exc import SQLAlchemyError
 
 from mesh import access, context
+from mesh.authorization import bearer_token
 from mesh.db import translate
-from mesh.errors import DomainError, Unauthenticated, internal_status
+from mesh.errors import DomainError, internal_status
 from mesh.tokens import TokenVerifier
 
 log = logging.getLogger("mesh.rpc")
@@ -182,14 +183,7 @@ class AuthInterceptor(_UnaryWrapper):
         needed = access.required_role(method)
 
         async def call(request: Any, ctx: ServicerContext) -> Any:
-            header = metadata_value(ctx, "authorization") or ""
-            scheme, _, token = header.partition(" ")
-            if scheme.lower() != "bearer" or not token.strip():
-                raise Unauthenticated(
-                    "this call needs an access token: send `authorization: Bearer <token>` metadata",
-                    reason="MISSING_TOKEN",
-                )
-            token = token.strip()
+            token = bearer_token(metadata_value(ctx, "authorization") or "")
             caller = await self._verifier.verify(token)
             access.require_role(caller, needed)
             context.identity.set(caller)

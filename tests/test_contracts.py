@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 from google.api import http_pb2
-from google.protobuf.descriptor import FileDescriptor
+from google.protobuf.descriptor import Descriptor, FileDescriptor
 
+from facade.openapi import contract_comments
 from invmesh.auth.v1 import auth_service_pb2
 from invmesh.inventory.v1 import inventory_service_pb2
 from invmesh.products.v1 import products_service_pb2
@@ -94,3 +95,31 @@ def test_json_contract_types() -> None:
         "OUT",
         "ADJUSTMENT",
     ]
+
+
+def test_the_protos_comments_are_written_beside_the_generated_code() -> None:
+    # buf lint's COMMENTS rules make every service, RPC, message, enum and value carry one;
+    # the generated modules lose them, invmesh/comments.json keeps them by full name.
+    comments = contract_comments()
+    named: list[str] = []
+
+    def walk(message: Descriptor) -> None:
+        named.append(message.full_name)
+        for nested in message.nested_types:
+            if not nested.GetOptions().map_entry:
+                walk(nested)
+        for enum in message.enum_types:
+            named.extend([enum.full_name, *(f"{message.full_name}.{v.name}" for v in enum.values)])
+
+    for file in FILES:
+        for service in file.services_by_name.values():
+            named.extend([service.full_name, *(m.full_name for m in service.methods)])
+        for message in file.message_types_by_name.values():
+            walk(message)
+        for enum in file.enum_types_by_name.values():
+            named.extend([enum.full_name, *(f"{file.package}.{v.name}" for v in enum.values)])
+    assert [name for name in named if not comments.get(name)] == []
+    price = products_service_pb2.Product.DESCRIPTOR.fields_by_name["price"]
+    assert comments[price.full_name].startswith('Unit price as a decimal string such as "12.50";')
+    assert "\n" in comments[price.full_name]  # its two lines, as written, without the `// `
+    assert not any(line.startswith((" ", "//")) for text in comments.values() for line in text.split("\n"))

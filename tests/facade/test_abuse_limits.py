@@ -31,6 +31,10 @@ async def test_too_many_failed_logins_from_one_client_is_a_429_with_retry_after(
     assert body["code"] == 8 and body["message"] == "too many failed logins; try again later"
     assert {"@type": "type.googleapis.com/google.rpc.ErrorInfo"}.items() <= body["details"][0].items()
     assert body["details"][0]["reason"] == "TOO_MANY_LOGIN_ATTEMPTS"
+    # The RetryInfo too, in snake_case, its delay the Retry-After's.
+    (retry,) = [d for d in body["details"] if d["@type"] == "type.googleapis.com/google.rpc.RetryInfo"]
+    assert set(retry) == {"@type", "retry_delay"}
+    assert 0 < float(retry["retry_delay"].removesuffix("s")) <= int(limited.headers["retry-after"])
 
     # Another client is not held back by the first one's failures.
     other = await web.http.post(

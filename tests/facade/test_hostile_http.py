@@ -206,8 +206,8 @@ async def test_wrong_types_name_the_field(web: Web, product: str) -> None:
         answer = of(response)
         problem = answer.problem(f"{method} {url} {body}", 400)
         if problem is None:
-            violations = [d for d in answer.error["details"] if "fieldViolations" in d]
-            named = violations[0]["fieldViolations"][0]["field"] if violations else None
+            violations = [d for d in answer.error["details"] if "field_violations" in d]
+            named = violations[0]["field_violations"][0]["field"] if violations else None
             if named != field:
                 problem = f"{method} {url} {body}: names {named!r}, not {field!r}"
         problems.append(problem)
@@ -456,14 +456,19 @@ async def test_an_oversized_authorization_header(web: Web) -> None:
         assert_all_refused([answer.problem(f"Authorization of {size} bytes", 431)])
 
 
-async def test_content_types_do_not_matter(web: Web) -> None:
-    # Bodies are JSON whatever their declared type, so an odd one is no error by itself.
+async def test_bodies_declared_as_what_json_cannot_be_are_415(web: Web) -> None:
+    # JSON, and what clients send JSON as by default (curl -d, fetch), is read as JSON.
     problems = []
-    for content_type in ["application/xml", "text/plain; charset=latin-1", "multipart/form-data", "x"]:
+    for content_type in ["application/json", "application/x-www-form-urlencoded", "text/plain;charset=UTF-8"]:
         response = await web.http.post(
             "/products", headers={**web.staff, "content-type": content_type}, content=b"<a/>"
         )
         problems.append(of(response).problem(content_type, 400))
+    for content_type in ["application/xml", "text/plain; charset=latin-1", "multipart/form-data", "x"]:
+        response = await web.http.post(
+            "/products", headers={**web.staff, "content-type": content_type}, content=b"<a/>"
+        )
+        problems.append(of(response).problem(content_type, 415))
     assert_all_refused(problems)
 
 

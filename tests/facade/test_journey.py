@@ -144,7 +144,7 @@ async def test_errors_share_one_shape_and_status_table(web: Web) -> None:
     )
     assert bad_price.status_code == 400
     violations = [d for d in bad_price.json()["details"] if d["@type"].endswith("BadRequest")]
-    assert violations and violations[0]["fieldViolations"][0]["field"]
+    assert violations and violations[0]["field_violations"][0]["field"]
 
     await web.http.post("/products", headers=web.staff, json={"sku": "DUP", "name": "A", "price": "1"})
     duplicate = await web.http.post(

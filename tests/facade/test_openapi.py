@@ -100,6 +100,10 @@ def deref(document: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
     return node
 
 
+def undescribed(node: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in node.items() if key != "description"}
+
+
 def concrete(path: str) -> str:
     """A request path for an OpenAPI path: each parameter filled with a sample value."""
     return re.sub(r"\{[^}]+\}", "sample-1", path)
@@ -178,11 +182,20 @@ async def test_bearer_security_everywhere_but_the_public_methods(document: dict[
 async def test_errors_share_the_status_shape(document: dict[str, Any]) -> None:
     status = document["components"]["schemas"]["Status"]
     assert status["required"] == ["code", "message", "details"]
-    assert status["properties"]["details"]["items"]["required"] == ["@type"]
+    details = [deref(document, d) for d in status["properties"]["details"]["items"]["oneOf"]]
+    assert [d["properties"]["@type"]["const"].rsplit("/", 1)[1] for d in details] == [
+        "google.rpc.ErrorInfo",
+        "google.rpc.BadRequest",
+        "google.rpc.RetryInfo",
+    ]
+    # Snake_case, as the facade prints them.
+    assert details[0]["required"] == ["@type", "reason", "domain", "metadata"]
+    assert list(details[1]["properties"]) == ["@type", "field_violations"]
+    assert list(details[2]["properties"]) == ["@type", "retry_delay"]
     for (method, _), operation in operations(document).items():
         codes = set(operation["responses"])
         assert {"400", "401", "404", "409", "429", "500", "503", "504"} <= codes
-        assert ("413" in codes) is (method in ("POST", "PUT", "PATCH"))
+        assert ("413" in codes) is ("415" in codes) is (method in ("POST", "PUT", "PATCH"))
         for code in codes - {c for c in codes if c.startswith("2")}:
             response = deref(document, operation["responses"][code])
             schema = response["content"]["application/json"]["schema"]
@@ -199,12 +212,20 @@ async def test_schemas_use_the_facades_json_names_and_types(document: dict[str, 
     assert product["additionalProperties"] is False
     # Printed always, except a field with presence: `optional int32 stock` and the timestamps.
     assert product["required"] == ["id", "sku", "name", "description", "price", "currency"]
-    assert product["properties"]["stock"] == {"type": "integer", "format": "int32", "readOnly": True}
+    assert undescribed(product["properties"]["stock"]) == {
+        "type": "integer",
+        "format": "int32",
+        "readOnly": True,
+    }
     assert product["properties"]["created_at"] == {"type": "string", "format": "date-time", "readOnly": True}
     # As a request: field_behavior REQUIRED.
     assert schemas["ProductInput"]["required"] == ["sku", "name", "price"]
     user = schemas["User"]
-    assert user["properties"]["roles"] == {"type": "array", "items": {"type": "string"}, "readOnly": True}
+    assert undescribed(user["properties"]["roles"]) == {
+        "type": "array",
+        "items": {"type": "string"},
+        "readOnly": True,
+    }
     assert user["properties"]["email_verified"]["type"] == "boolean"
     movement = schemas["Movement"]["properties"]["type"]
     assert movement == {"type": "string", "enum": ["MOVEMENT_TYPE_UNSPECIFIED", "IN", "OUT", "ADJUSTMENT"]}
@@ -247,13 +268,52 @@ async def test_request_bodies_and_responses_follow_the_http_rules(document: dict
     # Query parameters: the request's fields that neither the path nor the body binds.
     listing = {p["name"]: p for p in ops[("GET", "/inventory/{product_id}/movements")]["parameters"]}
     assert set(listing) == {"product_id", "page_size", "page_token"}
-    assert listing["page_size"] == {
+    assert undescribed(listing["page_size"]) == {
         "name": "page_size",
         "in": "query",
         "schema": {"type": "integer", "format": "int32"},
     }
     verify = {p["name"] for p in ops[("GET", "/users/verify")]["parameters"]}
     assert verify == {"email", "token"}
+
+
+async def test_operations_carry_the_comments_of_their_rpcs(document: dict[str, Any]) -> None:
+    ops = operations(document)
+    for (method, path), operation in ops.items():
+        summary, description = operation["summary"], operation["description"]
+        # The summary is the comment's first sentence, the description the whole comment and what
+        # the facade adds: every RPC is commented (buf lint COMMENT_RPC), so none goes without.
+        assert summary.endswith(".") and "\n" not in summary, (method, path, summary)
+        assert " ".join(description.split()).startswith(summary), (method, path)
+        assert "Calls `invmesh." in description
+    get_product = ops[("GET", "/products/{id}")]
+    assert get_product["summary"] == "Gets a product."
+    assert get_product["description"].startswith(
+        "Gets a product. Returns NOT_FOUND if it does not exist or was deleted.\n\n"
+    )
+    verify = ops[("GET", "/users/verify")]
+    assert verify["summary"].startswith("With `email`, re-sends the verification mail;")
+    assert "Returns INVALID_ARGUMENT if neither is set" in verify["description"]
+    tags = {tag["name"]: tag["description"] for tag in document["tags"]}
+    assert tags["ProductsService"].startswith("The product catalog.")
+
+
+async def test_schemas_and_parameters_carry_the_comments_of_their_fields(document: dict[str, Any]) -> None:
+    schemas = document["components"]["schemas"]
+    assert schemas["Product"]["description"] == "A catalog entry."
+    assert (
+        schemas["Product"]["properties"]["sku"]["description"]
+        == "Stock-keeping unit: 1 to 64 characters, unique."
+    )
+    assert "decimal string" in schemas["ProductInput"]["properties"]["price"]["description"]
+    ops = operations(document)
+    token = {p["name"]: p for p in ops[("GET", "/users/verify")]["parameters"]}["token"]
+    assert token["description"] == "Confirm the address with the token from the verification mail."
+    movements = {p["name"]: p for p in ops[("GET", "/inventory/{product_id}/movements")]["parameters"]}
+    assert movements["page_size"]["description"] == "At most this many movements; 50 when 0, capped at 500."
+    # A path parameter says what it sets, then what the field is.
+    (product_id,) = [p for p in ops[("PUT", "/products/{id}")]["parameters"] if p["in"] == "path"]
+    assert product_id["description"] == "Sets `product.id`. Opaque product id."
 
 
 def _test_service() -> Any:
@@ -378,3 +438,16 @@ async def test_docs_serve_swagger_ui_from_local_assets(http: httpx.AsyncClient) 
     assert kinds & {"text/javascript", "application/javascript"}
     assert (await http.get("/docs/assets/index.html")).status_code == 404  # only what the page needs
     assert (await http.get("/docs/assets/..%2Fswagger-ui.css")).status_code == 404
+
+
+async def test_the_verification_link_documents_its_html_page(document: dict[str, Any]) -> None:
+    ops = operations(document)
+    link = ops[("GET", "/users/verify")]
+    assert "text/html" in link["description"]
+    for status in ("200", "400", "503"):
+        assert set(link["responses"][status]["content"]) == {"application/json", "text/html"}, status
+    # The shared error responses stay JSON only, as does the POST.
+    assert "text/html" not in document["components"]["responses"]["BadRequest"]["content"]
+    posted = deref(document, ops[("POST", "/users/verify")]["responses"]["400"])
+    assert set(posted["content"]) == {"application/json"}
+    assert set(ops[("POST", "/users/verify")]["responses"]["200"]["content"]) == {"application/json"}

@@ -69,6 +69,13 @@ def with_zero(**fields: Any) -> dict[str, Any]:
     return {**ZERO, **fields}
 
 
+def violated_field(response: httpx.Response) -> str:
+    """The field the BadRequest detail of an error names."""
+    (bad_request,) = [d for d in response.json()["details"] if d["@type"].endswith("google.rpc.BadRequest")]
+    (violation,) = bad_request["field_violations"]
+    return str(violation["field"])
+
+
 # --- path templates --------------------------------------------------------------------------------------
 
 
@@ -157,7 +164,7 @@ async def test_path_values_of_other_types(http: httpx.AsyncClient) -> None:
 async def test_path_values_of_the_wrong_type(http: httpx.AsyncClient, path: str, field: str) -> None:
     response = await http.post(path)
     assert response.status_code == 400, response.text
-    assert response.json()["details"][0]["fieldViolations"][0]["field"] == field
+    assert violated_field(response) == field
 
 
 # --- query parameters ------------------------------------------------------------------------------------
@@ -236,7 +243,7 @@ async def test_bad_numbers_and_values_in_the_query(http: httpx.AsyncClient, quer
     assert response.status_code == 400, response.text
     body = response.json()
     assert body["code"] == 3
-    assert body["details"][0]["fieldViolations"][0]["field"] == field, body
+    assert violated_field(response) == field, body
 
 
 @pytest.mark.parametrize(
@@ -255,7 +262,7 @@ async def test_bad_numbers_and_values_in_the_query(http: httpx.AsyncClient, quer
 async def test_query_parameters_that_cannot_be_bound(http: httpx.AsyncClient, query: str, named: str) -> None:
     response = await http.get(f"/v1/items/x?{query}")
     assert response.status_code == 400, response.text
-    assert response.json()["details"][0]["fieldViolations"][0]["field"] == named
+    assert violated_field(response) == named
 
 
 async def test_no_query_parameters_when_the_body_is_star(http: httpx.AsyncClient) -> None:
@@ -350,7 +357,7 @@ async def test_a_scalar_field_body(http: httpx.AsyncClient) -> None:
 async def test_field_bodies_of_the_wrong_type(http: httpx.AsyncClient, url: str, body: object) -> None:
     response = await http.put(url, json=body)
     assert response.status_code == 400, response.text
-    assert response.json()["details"][0]["fieldViolations"][0]["field"] == url.rsplit("/", 1)[1]
+    assert violated_field(response) == url.rsplit("/", 1)[1]
 
 
 @pytest.mark.parametrize(
@@ -382,7 +389,7 @@ async def test_body_fields_of_the_wrong_type_are_named(
 ) -> None:
     response = await http.post("/v1/items", json=body)
     assert response.status_code == 400, response.text
-    assert response.json()["details"][0]["fieldViolations"][0]["field"] == field
+    assert violated_field(response) == field
 
 
 async def test_no_body_where_the_rule_has_none(http: httpx.AsyncClient) -> None:
@@ -445,7 +452,18 @@ async def test_a_custom_method(http: httpx.AsyncClient) -> None:
 async def test_unknown_routes_are_404(http: httpx.AsyncClient, path: str) -> None:
     response = await http.get(path)
     assert response.status_code == 404, response.text
-    assert response.json() == {"code": 5, "message": f"no route for GET {path}", "details": []}
+    assert response.json() == {
+        "code": 5,
+        "message": f"no route for GET {path}",
+        "details": [
+            {
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": "NO_ROUTE",
+                "domain": "invmesh",
+                "metadata": {},
+            }
+        ],
+    }
 
 
 async def test_a_wrong_method_lists_every_method_of_every_matching_template(http: httpx.AsyncClient) -> None:
@@ -455,7 +473,7 @@ async def test_a_wrong_method_lists_every_method_of_every_matching_template(http
     assert sorted(response.headers["allow"].split(", ")) == ["DELETE", "GET", "OPTIONS", "PATCH", "PUT"]
     body = response.json()
     assert body["code"] == 12
-    assert body["details"] == []
+    assert [d["reason"] for d in body["details"]] == ["METHOD_NOT_ALLOWED"]
     # /v1/items/search is a literal (GET) but /v1/items/{id} and /v1/{name}/{id} match it too.
     response = await http.post("/v1/items/search", json={})
     assert sorted(response.headers["allow"].split(", ")) == ["DELETE", "GET", "OPTIONS", "PATCH", "PUT"]

@@ -1,0 +1,123 @@
+"""The page a browser gets for the verification link of the mail (`GET /users/verify?token=…`).
+
+A mail client opens the link in a browser, which asks for HTML; it gets a small page saying
+the address is confirmed, or why not. The page is only a rendering of the JSON answer of the
+same call (AuthService.VerifyEmail, through the usual route), so it holds none of its rules.
+Everything is inline, allowed by a Content-Security-Policy that permits nothing else; the
+page sends no referrer (its URL holds the token) and is never cached.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import json
+from typing import Any
+
+from starlette.responses import Response
+
+from invmesh.auth.v1 import auth_service_pb2
+
+METHOD = auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"].methods_by_name["VerifyEmail"]
+
+_STYLE = (
+    "body{font-family:system-ui,sans-serif;max-width:34rem;margin:4rem auto;padding:0 1rem;"
+    "line-height:1.5;color:#1f2328}h1{font-size:1.5rem}"
+)
+_STYLE_HASH = base64.b64encode(hashlib.sha256(_STYLE.encode()).digest()).decode()
+_HEADERS = {
+    "content-security-policy": (
+        f"default-src 'none'; style-src 'sha256-{_STYLE_HASH}'; base-uri 'none'; form-action 'none'; "
+        "frame-ancestors 'none'"
+    ),
+    "referrer-policy": "no-referrer",
+    "x-content-type-options": "nosniff",
+    "cache-control": "no-store",
+    "vary": "Accept",
+}
+_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title>
+<style>{style}</style>
+</head>
+<body>
+<main>
+<h1>{title}</h1>
+<p>{text}</p>
+</main>
+</body>
+</html>
+"""
+
+
+def wants_html(accept: str | None) -> bool:
+    """Whether the client prefers HTML to JSON, as a browser does; `*/*` alone means JSON."""
+    weights = {"text/html": 0.0, "application/json": 0.0}
+    for part in (accept or "").split(","):
+        media_type, *parameters = (p.strip() for p in part.split(";"))
+        if media_type.lower() not in weights:
+            continue
+        quality = 1.0
+        for parameter in parameters:
+            name, _, value = parameter.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        weights[media_type.lower()] = quality
+    return weights["text/html"] > weights["application/json"]
+
+
+def render(answer: Response, accept: str | None) -> Response:
+    """The page for the facade's JSON `answer` to the call, with the same status, if the client
+    prefers HTML; else `answer`."""
+    if not wants_html(accept):
+        answer.headers["vary"] = "Accept"
+        return answer
+    body = json.loads(bytes(answer.body))  # a JSON object: the response message, or a Status
+    if answer.status_code < 300:
+        title, text = _confirmed(body)
+    else:
+        title, text = _refused(answer.status_code, body)
+    page = _PAGE.format(title=html.escape(title), text=html.escape(text), style=_STYLE)
+    headers = dict(_HEADERS)
+    for name in ("retry-after", "www-authenticate"):
+        if name in answer.headers:
+            headers[name] = answer.headers[name]
+    return Response(
+        page, status_code=answer.status_code, headers=headers, media_type="text/html; charset=utf-8"
+    )
+
+
+def _confirmed(body: dict[str, Any]) -> tuple[str, str]:
+    user = body.get("user")
+    if user is None:  # `?email=`: a new mail was asked for
+        return "Check your mail", "If this address has an account, a new verification mail is on its way."
+    return "Address confirmed", f"Thank you: {user['email']} is confirmed. You can sign in now."
+
+
+def _refused(status: int, body: dict[str, Any]) -> tuple[str, str]:
+    if "INVALID_VERIFICATION_TOKEN" in {detail.get("reason") for detail in body["details"]}:
+        return (
+            "This link no longer works",
+            "The verification link is unknown, expired or already used. If you confirmed your address "
+            "already, you can sign in; otherwise ask for a new verification mail.",
+        )
+    if status == 429:
+        return "Too many attempts", "Please open the link again in a few minutes."
+    if status in (503, 504):
+        return (
+            "The service is unavailable",
+            "Your address could not be confirmed just now. Please open the link again in a few minutes.",
+        )
+    if status < 500:
+        return (
+            "This link is incomplete",
+            "The link is incomplete or altered. Open it exactly as the mail gives it.",
+        )
+    return "Something went wrong", "Your address could not be confirmed. Please try again later."
