@@ -238,15 +238,13 @@ class Accounts:
 
     async def resend_verification(self, email: str, *, client: str) -> None:
         """Mails a fresh link if the address has an unverified account; silent otherwise.
-        Limited per address typed and per client, whether or not the account exists."""
-        try:
-            address: str | None = normalize_email(email)
-        except InvalidArgument:
-            address = None
+        Limited per address typed and per client, whether or not the account exists. An
+        empty or malformed address is INVALID_ARGUMENT, as anywhere else: no account has one."""
+        address = normalize_email(email)
         limits = (
             throttle.Limit(
                 "resend-account",
-                address or email.strip().lower(),
+                address,
                 self._settings.verification_resends_per_account,
                 self._resend_window,
             ),
@@ -262,10 +260,9 @@ class Accounts:
                 reason="TOO_MANY_VERIFICATION_MAILS",
                 doing="verification mails requested",
             )
-        if address is not None:
-            # The answer does not wait for the lookup and the new link: its timing would tell
-            # an address with an account from one without.
-            self._in_background(self._resend_to(address), "verification-resend")
+        # The answer does not wait for the lookup and the new link: its timing would tell
+        # an address with an account from one without.
+        self._in_background(self._resend_to(address), "verification-resend")
 
     async def _resend_to(self, address: str) -> None:
         async with self._db.transaction() as session:

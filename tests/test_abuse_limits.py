@@ -182,7 +182,7 @@ async def test_verification_resends_are_limited_alike_for_unknown_emails(
     await auth.stub.Register(pb.RegisterRequest(email="fay@example.com", password=PASSWORD))
     await smtp.inbox.wait_for(1)
     answers = {}
-    for n, email in enumerate(("fay@example.com", "nobody@example.com", "not an email")):
+    for n, email in enumerate(("fay@example.com", "nobody@example.com")):
         client = (("x-forwarded-for", f"192.0.2.{n}"),)
         request = pb.VerifyEmailRequest(email=email)
         replies = [await auth.stub.VerifyEmail(request, metadata=client) for _ in range(2)]
