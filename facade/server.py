@@ -5,14 +5,16 @@ from __future__ import annotations
 import socket
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from facade.app import create_app
+from facade.limits import ConnectionLimits, guarded_protocol
 from mesh.config import Settings
 
 
 def bind(host: str, ports: list[int]) -> list[socket.socket]:
     """Listening sockets, bound before uvicorn starts so a taken port fails loudly and early."""
-    sockets = []
+    sockets: list[socket.socket] = []
     for port in ports:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets it knows are TCP.
@@ -30,13 +32,17 @@ def bind(host: str, ports: list[int]) -> list[socket.socket]:
     return sockets
 
 
-def run(settings: Settings) -> None:
-    """Serves until SIGINT or SIGTERM, then lets in-flight requests finish."""
-    sockets = bind(settings.facade_host, settings.facade_ports)
-    config = uvicorn.Config(
-        create_app(settings),
+def uvicorn_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
+    """How uvicorn serves the facade: httptools with the limits of facade.limits."""
+    limits = ConnectionLimits(
+        max_head_bytes=settings.facade_max_head_bytes,
+        head_timeout_seconds=settings.facade_head_timeout_seconds,
+        max_connections=settings.facade_max_connections,
+    )
+    return uvicorn.Config(
+        app,
         loop="uvloop",
-        http="httptools",
+        http=guarded_protocol(limits),
         lifespan="on",
         access_log=False,  # RequestIdMiddleware writes the access log, with the request id
         log_config=None,  # keep the process's own logging setup
@@ -44,6 +50,11 @@ def run(settings: Settings) -> None:
         # The client address (which auth's abuse limits count) from a load balancer's
         # X-Forwarded-For, when the load balancer is one of TRUSTED_PROXIES.
         forwarded_allow_ips=settings.trusted_proxies,
-        timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+        timeout_graceful_shutdown=settings.shutdown_grace_seconds,  # type: ignore[arg-type]  # a float works
     )
-    uvicorn.Server(config).run(sockets=sockets)
+
+
+def run(settings: Settings) -> None:
+    """Serves until SIGINT or SIGTERM, then lets in-flight requests finish."""
+    sockets = bind(settings.facade_host, settings.facade_ports)
+    uvicorn.Server(uvicorn_config(create_app(settings), settings)).run(sockets=sockets)

@@ -206,6 +206,26 @@ class Settings(BaseSettings):
     facade_max_body_bytes: int = Field(
         1 << 20, ge=1024, description="Largest request body the facade reads; a larger one gets 413."
     )
+    facade_max_head_bytes: int = Field(
+        32 * 1024,
+        ge=1024,
+        description="Largest request head (request line and headers together) the facade reads; "
+        "past it the facade answers 431 and closes the connection, before the head is parsed further.",
+    )
+    facade_head_timeout_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="How long a client may take to send a request head, from its first byte (or from "
+        "opening the connection); then the facade answers 408 and closes the connection. A connection "
+        "that sent nothing is closed without an answer.",
+    )
+    facade_max_connections: int = Field(
+        500,
+        ge=1,
+        description="Open connections each facade process keeps, over all its ports; one more is "
+        "answered 503 with `Retry-After` and closed. Keep it below the process's open-file limit "
+        "(`ulimit -n`).",
+    )
     facade_cors_origins: Annotated[list[str], NoDecode] = Field(
         [],
         description="Origins allowed to call the facade from a browser, comma-separated, or `*`. "
