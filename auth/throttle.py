@@ -8,9 +8,8 @@ window ends; its transaction rolls back, so refused attempts are not counted. A 
 turns out right gives its attempts back (`clear`, `give_back`). The counters live in the
 database, so every replica sees the same ones.
 
-The client address is the gRPC peer's, or, when the peer is a trusted proxy (TRUSTED_PROXIES,
-loopback by default: the facade of `invmesh up`), the nearest untrusted address its
-`x-forwarded-for` metadata names. The facade sends the address of its HTTP client there.
+The client address is the gRPC peer's, or the address in `x-forwarded-for` metadata when the
+caller proves it is the facade (mesh.forwarding), which sends its HTTP client's address there.
 """
 
 from __future__ import annotations
@@ -35,7 +34,6 @@ from mesh.errors import ResourceExhausted
 
 log = logging.getLogger(__name__)
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
@@ -141,30 +139,16 @@ async def prune_every(db: Database, interval: float) -> None:
         await asyncio.sleep(interval)
 
 
-def networks(entries: Sequence[str]) -> list[Network]:
-    return [ipaddress.ip_network(entry, strict=False) for entry in entries]
-
-
-def client_address(peer: str | None, forwarded_for: str | None, trusted: Sequence[Network]) -> str:
-    """The caller's address: the gRPC peer's, or, if that is a trusted proxy, the nearest
-    address in `forwarded_for` (read right to left) that is not; the peer as given if it is
-    not an IP peer (a Unix socket)."""
+def client_address(peer: str | None, forwarded: str | None = None) -> str:
+    """The caller's address: `forwarded` (an address the facade proved it sent, see
+    mesh.forwarding) if it is an IP address, else the gRPC peer's IP, or the peer as given if
+    it is not an IP peer (a Unix socket)."""
+    if forwarded and (named := _ip(forwarded.strip().strip("[]"))) is not None:
+        return str(named)
     address = _peer_ip(peer)
     if address is None:
         return peer or "unknown"
-    if forwarded_for and _trusted(address, trusted):
-        for entry in reversed(forwarded_for.split(",")):
-            hop = _ip(entry.strip().strip("[]"))
-            if hop is None:
-                break  # a malformed hop: believe no further
-            address = hop
-            if not _trusted(hop, trusted):
-                break
     return str(address)
-
-
-def _trusted(address: Address, trusted: Sequence[Network]) -> bool:
-    return any(address in network for network in trusted)
 
 
 def _peer_ip(peer: str | None) -> Address | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
@@ -24,6 +25,8 @@ from facade.transcoding import bindings
 from mesh.clients import CHANNEL_OPTIONS, grpc_target
 from mesh.config import Settings
 from mesh.services import SERVICES
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +51,7 @@ def create_app(settings: Settings, backends: Mapping[ServiceDescriptor, Backend]
         default_timeout=settings.facade_timeout_seconds,
         max_timeout=settings.facade_max_timeout_seconds,
         max_body_bytes=settings.facade_max_body_bytes,
+        forwarder_secret=forwarder_secret(settings),
     )
     document = openapi_document(transcoded.bindings)
 
@@ -102,6 +106,17 @@ def create_app(settings: Settings, backends: Mapping[ServiceDescriptor, Backend]
     )
     app.router.redirect_slashes = False  # `/healthz/` is an unknown route (404), not a redirect
     return app
+
+
+def forwarder_secret(settings: Settings) -> bytes | None:
+    """The facade's client secret, which proves to auth the client addresses it passes on."""
+    if settings.service_secret is None:
+        log.warning(
+            "SERVICE_SECRET is not set: auth cannot tell the facade's clients apart and counts "
+            "every login attempt against the facade's own address"
+        )
+        return None
+    return settings.service_secret.get_secret_value().encode()
 
 
 async def _http_exception(request: Request, exc: Exception) -> Response:

@@ -22,6 +22,7 @@ from starlette.types import Receive, Scope, Send
 
 from facade import errors, httprule
 from facade.transcoding import BadRequest, Binding, RuleError
+from mesh import forwarding
 
 _GRPC_TIMEOUT = re.compile(r"([0-9]{1,8})([HMSmun])")
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
@@ -51,6 +52,7 @@ class TranscodedRoutes(BaseRoute):
         default_timeout: float,
         max_timeout: float,
         max_body_bytes: int,
+        forwarder_secret: bytes | None = None,
     ) -> None:
         grouped: dict[tuple[object, ...], dict[str, Binding]] = defaultdict(dict)
         templates: dict[tuple[object, ...], httprule.PathTemplate] = {}
@@ -72,6 +74,7 @@ class TranscodedRoutes(BaseRoute):
         self._default_timeout = default_timeout
         self._max_timeout = max_timeout
         self._max_body_bytes = max_body_bytes
+        self._forwarder_secret = forwarder_secret
 
     @property
     def bindings(self) -> list[Binding]:
@@ -137,9 +140,9 @@ class TranscodedRoutes(BaseRoute):
         except BadRequest as exc:
             return errors.bad_request(str(exc), field=exc.field)
         metadata: list[tuple[str, str]] = [("x-request-id", scope["invmesh.request_id"])]
-        # The client's address, for auth's abuse limits (auth believes it from trusted proxies only).
+        # The client's address, for auth's abuse limits, with the facade's proof (mesh.forwarding).
         if (client := scope.get("client")) and _METADATA_VALUE.fullmatch(client[0]):
-            metadata.append(("x-forwarded-for", client[0]))
+            metadata.extend(forwarding.metadata(client[0], self._forwarder_secret))
         if authorization := headers.get("authorization"):
             if len(authorization) > _MAX_AUTHORIZATION:
                 return errors.http_error(431, "the Authorization header is too long")

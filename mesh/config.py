@@ -271,9 +271,12 @@ class Settings(BaseSettings):
     )
     service_secrets: SecretStr | None = Field(
         None,
-        description="Auth only: the services' client credentials, `products:SECRET,inventory:SECRET` "
-        "(each secret 16 characters or more). `IssueServiceToken` gives a service with a listed "
-        "secret a token with the `service` role; any other is `INVALID_CLIENT`. Unset: `invmesh up` "
+        description="Auth only: the services' client credentials, "
+        "`products:SECRET,inventory:SECRET,facade:SECRET` (each secret 16 characters or more). "
+        "`IssueServiceToken` gives a service with a listed secret a token with the `service` role; "
+        "any other is `INVALID_CLIENT`. The facade's secret only proves the client addresses it "
+        "passes on (it gets no token); without it, every login through the facade counts against "
+        "the facade's own address. Unset: `invmesh up` "
         "makes fresh ones at each start. When set, `invmesh up` makes none, and each service needs "
         "its `SERVICE_SECRET`.",
     )
@@ -282,7 +285,8 @@ class Settings(BaseSettings):
         description="This process's own secret among `SERVICE_SECRETS` (its service name is the "
         "client id); `invmesh up` makes it when `SERVICE_SECRETS` is unset. Products needs it to "
         "retire a deleted product's stock; without it, retirements wait in the outbox and the relay "
-        "logs that `SERVICE_SECRET` is not set.",
+        "logs that `SERVICE_SECRET` is not set. The facade needs it to pass on its clients' "
+        "addresses to auth (its client id is `facade`).",
     )
     service_token_ttl_seconds: int = Field(
         300,
@@ -341,14 +345,12 @@ class Settings(BaseSettings):
         3600, ge=1, description="The window of both re-send limits."
     )
     trusted_proxies: Annotated[list[str], NoDecode] = Field(
-        ["127.0.0.0/8", "::1"],
-        description="Addresses or networks whose `X-Forwarded-For` is believed, comma-separated. The "
-        "auth service takes the client address for its limits from the gRPC peer, or, when the peer "
-        "is one of these (the facade), from the `x-forwarded-for` metadata the facade sends (its HTTP "
-        "client's address). The facade in turn believes a load balancer's `X-Forwarded-For` when the "
-        "load balancer is one of these. Anything else is counted as the client: list the facade's "
-        "hosts here when it runs on another machine than auth, or every user shares the facade's "
-        "address.",
+        [],
+        description="Facade only: addresses or networks of load balancers in front of the facade, "
+        "comma-separated, whose `X-Forwarded-For` names the client (for auth's per-address limits). "
+        "Unset: no forwarding header is believed, from loopback neither. Auth believes a client "
+        "address only from the facade, which proves itself with its `SERVICE_SECRET` "
+        "(`facade:…` in auth's `SERVICE_SECRETS`).",
     )
 
     public_url: str = Field(
