@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from mesh.config import Settings
+from mesh.config import Settings, load_settings
 from tests.facade.conftest import Web
 
 
@@ -29,7 +29,7 @@ def settings(settings: Settings, trusted_proxies: list[str]) -> Settings:
 async def test_by_default_a_rotating_x_forwarded_for_from_loopback_hits_the_per_address_limit(
     web: Web,
 ) -> None:
-    assert Settings().trusted_proxies == []
+    assert load_settings().trusted_proxies == []
     for n in range(3):
         refused = await web.http.post(
             "/users/login",
