@@ -15,11 +15,13 @@ caller proves it is the facade (mesh.forwarding), which sends its HTTP client's 
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime as dt
 import hashlib
 import ipaddress
 import logging
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -55,9 +57,11 @@ class Limit:
 
 async def take(
     session: AsyncSession, limits: Sequence[Limit], *, now: dt.datetime, reason: str, doing: str
-) -> None:
+) -> int:
     """Counts one attempt against every limit in `session`'s transaction; raises
-    ResourceExhausted (which must roll that transaction back) if any limit is passed."""
+    ResourceExhausted (which must roll that transaction back) if any limit is passed. Returns
+    the most attempts any of the limits now holds in its window, this one included (1: no
+    other attempt is counted, neither a failure nor one in flight)."""
     rows = sorted(
         ({"key": limit.key, "attempts": 1, "window_ends_at": now + limit.window} for limit in limits),
         key=lambda row: row["key"],  # one lock order for every caller: no deadlocks between them
@@ -81,6 +85,7 @@ async def take(
         # exists is the one for an account that does not.
         wait = dt.timedelta(seconds=math.ceil((max(ends) - now).total_seconds()))
         raise ResourceExhausted(f"too many {doing}; try again later", reason=reason, retry_after=wait)
+    return max((attempts for attempts, _ in counted.values()), default=1)
 
 
 def _count(dialect: str, rows: list[dict[str, object]], now: dt.datetime) -> Insert:
@@ -137,6 +142,30 @@ async def prune_every(db: Database, interval: float) -> None:
         except Exception as exc:
             log.warning("could not prune the abuse counters: %s", describe_error(exc))
         await asyncio.sleep(interval)
+
+
+class RecentFailures:
+    """Client addresses that failed a login lately, in this process's memory: a hint that lets
+    a login from one be refused for a full bcrypt queue before it costs a database write. The
+    counters in the database stay the rule; at most `size` addresses are kept."""
+
+    def __init__(self, ttl_seconds: float, size: int = 10_000) -> None:
+        self._ttl = ttl_seconds
+        self._size = size
+        self._seen: collections.OrderedDict[str, float] = collections.OrderedDict()
+
+    def add(self, address: str) -> None:
+        self._seen[address] = time.monotonic()
+        self._seen.move_to_end(address)
+        while len(self._seen) > self._size:
+            self._seen.popitem(last=False)
+
+    def discard(self, address: str) -> None:
+        self._seen.pop(address, None)
+
+    def __contains__(self, address: str) -> bool:
+        seen = self._seen.get(address)
+        return seen is not None and time.monotonic() - seen < self._ttl
 
 
 def client_address(peer: str | None, forwarded: str | None = None) -> str:

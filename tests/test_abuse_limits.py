@@ -7,6 +7,7 @@ import asyncio
 import datetime as dt
 import time
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -46,9 +47,9 @@ def bcrypt_checks(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     checks: list[str] = []
     verify = PasswordHasher.verify
 
-    async def counted(self: PasswordHasher, password: str, hashed: str | None) -> bool:
+    async def counted(self: PasswordHasher, password: str, hashed: str | None, **kwargs: Any) -> bool:
         checks.append(password)
-        return await verify(self, password, hashed)
+        return await verify(self, password, hashed, **kwargs)
 
     monkeypatch.setattr(PasswordHasher, "verify", counted)
     yield checks
