@@ -89,11 +89,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_timer()
-        if self._refused:
-            self.connections.discard(self)
-            if not self.transport.is_closing():
-                self.transport.close()
-            return
         super().connection_lost(exc)
 
     def eof_received(self) -> None:
@@ -173,6 +168,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_timer = None
         if self._refused or self.transport.is_closing() or not self._reading_head:
             return
+        if self._responding:
+            # A pipelined head behind a request still being answered: it waits for its turn.
+            self._arm_head_timer()
+            return
         if self._received == 0:
             self.transport.close()  # no request begun: nothing to answer
             return
@@ -190,11 +189,19 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             )
         )
 
+    @property
+    def _responding(self) -> bool:
+        return self.cycle is not None and not self.cycle.response_complete
+
     def _refuse(self, response: Response) -> None:
         """Sends `response` with `Connection: close`, then lingers and closes."""
         self._refused = True
         self._disarm_head_timer()
         self._unset_keepalive_if_required()
+        if self._responding:
+            # Behind a request still being answered: no answer could go out in order.
+            self.transport.abort()
+            return
         head = [STATUS_LINE[response.status_code]]
         head.extend(name + b": " + value + b"\r\n" for name, value in response.raw_headers)
         head.append(b"connection: close\r\n\r\n")
