@@ -91,7 +91,7 @@ class BcryptQueue:
         if expected > budget:
             wait = max(1, math.ceil(expected - budget))
             raise ResourceExhausted(
-                "too many sign-ins at once; try again shortly",
+                "too many password checks at once; try again shortly",
                 reason="TOO_MANY_CONCURRENT_LOGINS",
                 retry_after=dt.timedelta(seconds=wait),
             )
