@@ -15,12 +15,13 @@ from sqlalchemy import delete, func, select, update
 
 from auth import throttle
 from auth.models import OutgoingMail, Throttle
-from auth.passwords import PasswordHasher
+from auth.passwords import BcryptQueue, Lane, PasswordHasher
 from invmesh.auth.v1 import auth_service_pb2 as pb
 from launcher.supervisor import _provision_service_secrets
 from mesh import forwarding
 from mesh.config import Settings, load_settings, parse_service_secrets
 from mesh.db import Database, utcnow
+from mesh.errors import ResourceExhausted
 from tests.conftest import SERVICE_SECRET, AuthEndpoint, SmtpServer
 from tests.rpc import error_reason, expect_error, retry_delay
 
@@ -191,6 +192,40 @@ def test_invmesh_up_gives_the_facade_a_secret_that_auth_lists() -> None:
     listed = parse_service_secrets(provisioned["auth"]["SERVICE_SECRETS"])
     assert listed["facade"] == provisioned["facade"]["SERVICE_SECRET"].encode()
     assert set(listed) == {"products", "inventory", "facade"}
+
+
+async def test_with_the_shared_bcrypt_lane_full_a_client_that_failed_lately_is_refused_before_any_write(
+    auth: AuthEndpoint, auth_db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await refused_login(auth, "first@example.com", address="203.0.113.5")
+    check = BcryptQueue.check
+
+    def shared_lane_full(self: BcryptQueue, lane: Lane) -> None:
+        if lane is Lane.SHARED:
+            raise ResourceExhausted(
+                "full", reason="TOO_MANY_CONCURRENT_LOGINS", retry_after=dt.timedelta(seconds=2)
+            )
+        check(self, lane)
+
+    monkeypatch.setattr(BcryptQueue, "check", shared_lane_full)
+    counted = []
+    take = throttle.take
+
+    async def counting_take(*args: Any, **kwargs: Any) -> int:
+        counted.append(args)
+        return await take(*args, **kwargs)
+
+    monkeypatch.setattr(throttle, "take", counting_take)
+    error = await limited(login(auth, "second@example.com", address="203.0.113.5"))
+    assert error_reason(error) == "TOO_MANY_CONCURRENT_LOGINS"
+    assert counted == [], "the refusal went through the database"
+    address_key = throttle.Limit("login-address", "203.0.113.5", 1, dt.timedelta(1)).key
+    account_key = throttle.Limit("login-account", "second@example.com", 1, dt.timedelta(1)).key
+    async with auth_db.session() as session:
+        assert await session.scalar(select(Throttle.attempts).where(Throttle.key == address_key)) == 1
+        assert await session.scalar(select(Throttle.attempts).where(Throttle.key == account_key)) is None
+    # A client and an account with nothing counted take the clean lane: still checked.
+    await refused_login(auth, "third@example.com", address="203.0.113.6")
 
 
 async def test_concurrent_attempts_cannot_slip_past_the_limit(
