@@ -67,6 +67,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._reading_head = True  # from a connection's start or a request's end to a head's end
         self._received = 0  # bytes received while reading the head (body bytes may be among them)
         self._head_size = 0  # the parsed head's size: request line and headers
+        self._head_begun = False  # the parser has seen a request's first byte
         self._head_timer: asyncio.TimerHandle | None = None
         self._refused = False
 
@@ -125,6 +126,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._reading_head = True
+        self._head_begun = True
         self._head_size = 0
         if self._head_timer is None:
             self._arm_head_timer()
@@ -140,6 +142,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._disarm_head_timer()
         self._reading_head = False
+        self._head_begun = False
         self._received = 0
         super().on_headers_complete()
 
@@ -172,7 +175,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             # A pipelined head behind a request still being answered: it waits for its turn.
             self._arm_head_timer()
             return
-        if self._received == 0:
+        if not self._head_begun and self._received == 0:
             self.transport.close()  # no request begun: nothing to answer
             return
         response = errors.error_response(

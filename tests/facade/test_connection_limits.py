@@ -11,10 +11,12 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from facade.app import create_app
+from facade.app import Backend, create_app
+from invmesh.products.v1 import products_service_pb2
 from mesh.config import Settings
 from tests.facade.conftest import serving
 from tests.facade.test_hostile_http import Answer, assert_all_refused, parse_answer
+from tests.test_retries import fake_products
 
 MIB = 1024 * 1024
 
@@ -140,3 +142,26 @@ async def test_connections_over_the_limit_get_503_until_one_closes(facade: str) 
                 if (await client.get("/healthz")).status_code == 200:
                     break
             await asyncio.sleep(0.05)
+
+
+async def test_a_pipelined_head_waits_while_the_request_ahead_is_answered(limited: Settings) -> None:
+    # The head timer (1 s here) of a pipelined, unfinished head runs out while the request ahead
+    # (2 s at the backend) is being answered: that answer goes out whole, then the 408.
+    products = products_service_pb2.DESCRIPTOR.services_by_name["ProductsService"]
+    async with (
+        fake_products() as (address, backend, _),
+        serving(create_app(limited, {products: Backend("products", address)}), settings=limited) as url,
+    ):
+        backend.delay = 2
+        reader, writer = await connect(url)
+        writer.write(b"GET /products/p1 HTTP/1.1\r\nHost: t\r\n\r\nGET /healthz HTTP/1.1\r\nHo")
+        try:
+            async with asyncio.timeout(10):
+                first = await reader.readuntil(b"\r\n\r\n")
+                assert first.startswith(b"HTTP/1.1 200 "), first
+                length = int(parse_answer(first).headers["content-length"])
+                assert b'"id":"p1"' in await reader.readexactly(length)
+                second = parse_answer(await reader.read())
+        finally:
+            writer.close()
+        assert_all_refused([second.problem("the pipelined head", 408)])
