@@ -24,7 +24,7 @@ from auth import throttle
 from auth.keys import KeyStore
 from auth.mail import MailRelay, account_exists_mail, verification_mail
 from auth.models import OutgoingMail, RefreshToken, User, VerificationToken
-from auth.passwords import PasswordHasher, check_new_password
+from auth.passwords import Lane, PasswordHasher, check_new_password
 from mesh.access import role_named
 from mesh.config import Settings
 from mesh.context import current_identity
@@ -101,6 +101,7 @@ class Accounts:
         self._verification_ttl = dt.timedelta(seconds=settings.verification_token_ttl_seconds)
         self._login_window = dt.timedelta(seconds=settings.login_failure_window_seconds)
         self._resend_window = dt.timedelta(seconds=settings.verification_resend_window_seconds)
+        self._recent_failures = throttle.RecentFailures(settings.login_failure_window_seconds)
         self._background: set[asyncio.Task[None]] = set()  # held until done: the loop keeps weak references
 
     async def register(self, *, email: str, password: str, name: str, client: str) -> Registration:
@@ -192,14 +193,29 @@ class Accounts:
                 "login-address", client, self._settings.login_failures_per_address, self._login_window
             ),
         )
-        async with self._db.transaction() as session:
-            await throttle.take(
-                session, limits, now=utcnow(), reason="TOO_MANY_LOGIN_ATTEMPTS", doing="failed logins"
-            )
-            user = await session.scalar(select(User).where(User.email == address)) if address else None
-        # Unknown emails run a bcrypt check too, so the answer's timing tells nothing.
-        if not await self._hasher.verify(password, user.password_hash if user else None) or user is None:
+        if client in self._recent_failures:
+            # Its attempt would go to the shared lane: if that is full, refuse before the
+            # database write that would tell so.
+            self._hasher.queue.check(Lane.SHARED)
+        ticket = None
+        try:
+            async with self._db.transaction() as session:
+                attempts = await throttle.take(
+                    session, limits, now=utcnow(), reason="TOO_MANY_LOGIN_ATTEMPTS", doing="failed logins"
+                )
+                # A place for the bcrypt check, or RESOURCE_EXHAUSTED now, which rolls the count
+                # back: a refused attempt is not counted. Clean attempts have workers of their own.
+                ticket = self._hasher.queue.admit(Lane.CLEAN if attempts == 1 else Lane.SHARED)
+                user = await session.scalar(select(User).where(User.email == address)) if address else None
+            # Unknown emails run a bcrypt check too, so the answer's timing tells nothing.
+            matched = await self._hasher.verify(password, user.password_hash if user else None, ticket=ticket)
+        finally:
+            if ticket is not None:
+                ticket.release()  # unless the check spent it
+        if not matched or user is None:
+            self._recent_failures.add(client)
             raise Unauthenticated(_INVALID_CREDENTIALS, reason="INVALID_CREDENTIALS")
+        self._recent_failures.discard(client)
         await self._keys.refresh_if_due()  # a rotation may have made another key current
         async with self._db.transaction() as session:
             per_account, per_address = limits
@@ -242,15 +258,13 @@ class Accounts:
 
     async def resend_verification(self, email: str, *, client: str) -> None:
         """Mails a fresh link if the address has an unverified account; silent otherwise.
-        Limited per address typed and per client, whether or not the account exists."""
-        try:
-            address: str | None = normalize_email(email)
-        except InvalidArgument:
-            address = None
+        Limited per address typed and per client, whether or not the account exists. An
+        empty or malformed address is INVALID_ARGUMENT, as anywhere else: no account has one."""
+        address = normalize_email(email)
         limits = (
             throttle.Limit(
                 "resend-account",
-                address or email.strip().lower(),
+                address,
                 self._settings.verification_resends_per_account,
                 self._resend_window,
             ),
@@ -266,10 +280,9 @@ class Accounts:
                 reason="TOO_MANY_VERIFICATION_MAILS",
                 doing="verification mails requested",
             )
-        if address is not None:
-            # The answer does not wait for the lookup and the new link: its timing would tell
-            # an address with an account from one without.
-            self._in_background(self._resend_to(address), "verification-resend")
+        # The answer does not wait for the lookup and the new link: its timing would tell
+        # an address with an account from one without.
+        self._in_background(self._resend_to(address), "verification-resend")
 
     async def _resend_to(self, address: str) -> None:
         async with self._db.transaction() as session:

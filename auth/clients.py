@@ -14,6 +14,7 @@ import secrets
 from collections.abc import Mapping
 
 from auth.keys import KeyStore
+from mesh import forwarding
 from mesh.access import SERVICE
 from mesh.config import Settings, parse_service_secrets
 from mesh.db import utcnow
@@ -35,10 +36,17 @@ class ServiceClients:
         configured = settings.service_secrets
         return cls(parse_service_secrets(configured.get_secret_value()) if configured else {}, keys, settings)
 
+    def secret_of(self, client_id: str) -> bytes | None:
+        return self._secrets.get(client_id)
+
     async def issue(self, client_id: str, client_secret: str) -> tuple[str, int]:
         """A signed access token for the service and its lifetime in seconds."""
         expected = self._secrets.get(client_id, _NO_SECRET)
-        if not hmac.compare_digest(expected, client_secret.encode()) or client_id not in self._secrets:
+        if (
+            not hmac.compare_digest(expected, client_secret.encode())
+            or client_id not in self._secrets
+            or client_id == forwarding.FORWARDER  # its secret only vouches for client addresses
+        ):
             raise Unauthenticated("the client credentials are not known", reason="INVALID_CLIENT")
         claims = {
             "iss": self._settings.jwt_issuer,

@@ -66,7 +66,6 @@ async def running(settings: Settings, *, address: str | None = None) -> AsyncIte
                 accounts,
                 keys,
                 ServiceClients.from_settings(keys, settings),
-                trusted_proxies=settings.trusted_proxies,
             ),
         )
         yield await MeshServer(

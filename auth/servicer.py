@@ -11,6 +11,7 @@ from auth.keys import KeyStore
 from auth.models import User
 from invmesh.auth.v1 import auth_service_pb2 as pb
 from invmesh.auth.v1 import auth_service_pb2_grpc
+from mesh import forwarding
 from mesh.errors import InvalidArgument
 from mesh.interceptors import ServicerContext, metadata_value
 from mesh.messages import timestamp
@@ -28,12 +29,11 @@ def user_message(user: User) -> pb.User:
 
 
 class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
-    def __init__(
-        self, accounts: Accounts, keys: KeyStore, clients: ServiceClients, *, trusted_proxies: list[str]
-    ) -> None:
+    def __init__(self, accounts: Accounts, keys: KeyStore, clients: ServiceClients) -> None:
         self._accounts = accounts
         self._clients = clients
-        self._trusted = throttle.networks(trusted_proxies)
+        # Only the facade's client secret vouches for a client address (mesh.forwarding).
+        self._forwarder_secret = clients.secret_of(forwarding.FORWARDER)
         self._keys = keys
         self._jwks = pb.GetJwksResponse()
 
@@ -91,9 +91,14 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
         return pb.ChangePasswordResponse(**_token_fields(tokens))
 
     def _client(self, context: ServicerContext) -> str:
-        """The caller's address, for the abuse limits (see auth.throttle)."""
-        forwarded_for = metadata_value(context, "x-forwarded-for")
-        return throttle.client_address(context.peer(), forwarded_for, self._trusted)
+        """The caller's address, for the abuse limits: the peer's, or the facade's client's
+        when the facade proves it sent it (mesh.forwarding)."""
+        forwarded = forwarding.proven_address(
+            metadata_value(context, forwarding.ADDRESS_KEY),
+            metadata_value(context, forwarding.PROOF_KEY),
+            self._forwarder_secret,
+        )
+        return throttle.client_address(context.peer(), forwarded)
 
     async def IssueServiceToken(
         self, request: pb.IssueServiceTokenRequest, context: ServicerContext

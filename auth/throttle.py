@@ -8,19 +8,20 @@ window ends; its transaction rolls back, so refused attempts are not counted. A 
 turns out right gives its attempts back (`clear`, `give_back`). The counters live in the
 database, so every replica sees the same ones.
 
-The client address is the gRPC peer's, or, when the peer is a trusted proxy (TRUSTED_PROXIES,
-loopback by default: the facade of `invmesh up`), the nearest untrusted address its
-`x-forwarded-for` metadata names. The facade sends the address of its HTTP client there.
+The client address is the gRPC peer's, or the address in `x-forwarded-for` metadata when the
+caller proves it is the facade (mesh.forwarding), which sends its HTTP client's address there.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime as dt
 import hashlib
 import ipaddress
 import logging
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -35,7 +36,6 @@ from mesh.errors import ResourceExhausted
 
 log = logging.getLogger(__name__)
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
@@ -57,9 +57,11 @@ class Limit:
 
 async def take(
     session: AsyncSession, limits: Sequence[Limit], *, now: dt.datetime, reason: str, doing: str
-) -> None:
+) -> int:
     """Counts one attempt against every limit in `session`'s transaction; raises
-    ResourceExhausted (which must roll that transaction back) if any limit is passed."""
+    ResourceExhausted (which must roll that transaction back) if any limit is passed. Returns
+    the most attempts any of the limits now holds in its window, this one included (1: no
+    other attempt is counted, neither a failure nor one in flight)."""
     rows = sorted(
         ({"key": limit.key, "attempts": 1, "window_ends_at": now + limit.window} for limit in limits),
         key=lambda row: str(row["key"]),  # one lock order for every caller: no deadlocks between them
@@ -83,6 +85,7 @@ async def take(
         # exists is the one for an account that does not.
         wait = dt.timedelta(seconds=math.ceil((max(ends) - now).total_seconds()))
         raise ResourceExhausted(f"too many {doing}; try again later", reason=reason, retry_after=wait)
+    return max((attempts for attempts, _ in counted.values()), default=1)
 
 
 def _count(dialect: str, rows: list[dict[str, object]], now: dt.datetime) -> Insert:
@@ -141,30 +144,40 @@ async def prune_every(db: Database, interval: float) -> None:
         await asyncio.sleep(interval)
 
 
-def networks(entries: Sequence[str]) -> list[Network]:
-    return [ipaddress.ip_network(entry, strict=False) for entry in entries]
+class RecentFailures:
+    """Client addresses that failed a login lately, in this process's memory: a hint that lets
+    a login from one be refused for a full bcrypt queue before it costs a database write. The
+    counters in the database stay the rule; at most `size` addresses are kept."""
+
+    def __init__(self, ttl_seconds: float, size: int = 10_000) -> None:
+        self._ttl = ttl_seconds
+        self._size = size
+        self._seen: collections.OrderedDict[str, float] = collections.OrderedDict()
+
+    def add(self, address: str) -> None:
+        self._seen[address] = time.monotonic()
+        self._seen.move_to_end(address)
+        while len(self._seen) > self._size:
+            self._seen.popitem(last=False)
+
+    def discard(self, address: str) -> None:
+        self._seen.pop(address, None)
+
+    def __contains__(self, address: str) -> bool:
+        seen = self._seen.get(address)
+        return seen is not None and time.monotonic() - seen < self._ttl
 
 
-def client_address(peer: str | None, forwarded_for: str | None, trusted: Sequence[Network]) -> str:
-    """The caller's address: the gRPC peer's, or, if that is a trusted proxy, the nearest
-    address in `forwarded_for` (read right to left) that is not; the peer as given if it is
-    not an IP peer (a Unix socket)."""
+def client_address(peer: str | None, forwarded: str | None = None) -> str:
+    """The caller's address: `forwarded` (an address the facade proved it sent, see
+    mesh.forwarding) if it is an IP address, else the gRPC peer's IP, or the peer as given if
+    it is not an IP peer (a Unix socket)."""
+    if forwarded and (named := _ip(forwarded.strip().strip("[]"))) is not None:
+        return str(named)
     address = _peer_ip(peer)
     if address is None:
         return peer or "unknown"
-    if forwarded_for and _trusted(address, trusted):
-        for entry in reversed(forwarded_for.split(",")):
-            hop = _ip(entry.strip().strip("[]"))
-            if hop is None:
-                break  # a malformed hop: believe no further
-            address = hop
-            if not _trusted(hop, trusted):
-                break
     return str(address)
-
-
-def _trusted(address: Address, trusted: Sequence[Network]) -> bool:
-    return any(address in network for network in trusted)
 
 
 def _peer_ip(peer: str | None) -> Address | None:

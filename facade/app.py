@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
@@ -28,6 +29,8 @@ from mesh.services import SERVICES
 # The routes that answer a browser with a page: (HTTP method, RPC) → the page of a JSON answer.
 PAGES: Mapping[tuple[str, str], Page] = {("GET", verify_page.METHOD.full_name): verify_page.render}
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True, slots=True)
 class Backend:
@@ -52,6 +55,7 @@ def create_app(settings: Settings, backends: Mapping[ServiceDescriptor, Backend]
         max_timeout=settings.facade_max_timeout_seconds,
         max_body_bytes=settings.facade_max_body_bytes,
         pages=PAGES,
+        forwarder_secret=forwarder_secret(settings),
     )
     document = openapi_document(transcoded.bindings, comments=contract_comments(), pages=PAGES)
 
@@ -106,6 +110,17 @@ def create_app(settings: Settings, backends: Mapping[ServiceDescriptor, Backend]
     )
     app.router.redirect_slashes = False  # `/healthz/` is an unknown route (404), not a redirect
     return app
+
+
+def forwarder_secret(settings: Settings) -> bytes | None:
+    """The facade's client secret, which proves to auth the client addresses it passes on."""
+    if settings.service_secret is None:
+        log.warning(
+            "SERVICE_SECRET is not set: auth cannot tell the facade's clients apart and counts "
+            "every login attempt against the facade's own address"
+        )
+        return None
+    return settings.service_secret.get_secret_value().encode()
 
 
 async def _http_exception(request: Request, exc: Exception) -> Response:

@@ -22,6 +22,7 @@ from starlette.types import Receive, Scope, Send
 
 from facade import errors, httprule
 from facade.transcoding import BadRequest, Binding, RuleError
+from mesh import forwarding
 from mesh.authorization import bearer_token
 from mesh.errors import Unauthenticated
 
@@ -60,6 +61,7 @@ class TranscodedRoutes(BaseRoute):
         max_timeout: float,
         max_body_bytes: int,
         pages: Mapping[tuple[str, str], Page] | None = None,
+        forwarder_secret: bytes | None = None,
     ) -> None:
         """`pages`: for (HTTP method, RPC full name), what turns the JSON answer into a page for a
         client that asks for one."""
@@ -84,6 +86,7 @@ class TranscodedRoutes(BaseRoute):
         self._max_timeout = max_timeout
         self._max_body_bytes = max_body_bytes
         self._pages = dict(pages or {})
+        self._forwarder_secret = forwarder_secret
 
     @property
     def bindings(self) -> list[Binding]:
@@ -156,9 +159,9 @@ class TranscodedRoutes(BaseRoute):
         except BadRequest as exc:
             return errors.bad_request(str(exc), reason=exc.reason, field=exc.field)
         metadata: list[tuple[str, str]] = [("x-request-id", scope["invmesh.request_id"])]
-        # The client's address, for auth's abuse limits (auth believes it from trusted proxies only).
+        # The client's address, for auth's abuse limits, with the facade's proof (mesh.forwarding).
         if (client := scope.get("client")) and _METADATA_VALUE.fullmatch(client[0]):
-            metadata.append(("x-forwarded-for", client[0]))
+            metadata.extend(forwarding.metadata(client[0], self._forwarder_secret))
         if authorization := headers.get("authorization"):
             if len(authorization) > _MAX_AUTHORIZATION:
                 return errors.http_error(

@@ -5,8 +5,10 @@ from __future__ import annotations
 import socket
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from facade.app import create_app
+from facade.limits import ConnectionLimits, guarded_protocol
 from mesh.config import Settings
 
 
@@ -30,13 +32,17 @@ def bind(host: str, ports: list[int]) -> list[socket.socket]:
     return sockets
 
 
-def run(settings: Settings) -> None:
-    """Serves until SIGINT or SIGTERM, then lets in-flight requests finish."""
-    sockets = bind(settings.facade_host, settings.facade_ports)
-    config = uvicorn.Config(
-        create_app(settings),
+def uvicorn_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
+    """How uvicorn serves the facade: httptools with the limits of facade.limits."""
+    limits = ConnectionLimits(
+        max_head_bytes=settings.facade_max_head_bytes,
+        head_timeout_seconds=settings.facade_head_timeout_seconds,
+        max_connections=settings.facade_max_connections,
+    )
+    return uvicorn.Config(
+        app,
         loop="uvloop",
-        http="httptools",
+        http=guarded_protocol(limits),
         lifespan="on",
         access_log=False,  # RequestIdMiddleware writes the access log, with the request id
         log_config=None,  # keep the process's own logging setup
@@ -47,4 +53,9 @@ def run(settings: Settings) -> None:
         # uvicorn waits any number of seconds; its hint says int
         timeout_graceful_shutdown=settings.shutdown_grace_seconds,  # type: ignore[arg-type]
     )
-    uvicorn.Server(config).run(sockets=sockets)
+
+
+def run(settings: Settings) -> None:
+    """Serves until SIGINT or SIGTERM, then lets in-flight requests finish."""
+    sockets = bind(settings.facade_host, settings.facade_ports)
+    uvicorn.Server(uvicorn_config(create_app(settings), settings)).run(sockets=sockets)

@@ -156,7 +156,13 @@ class Binding:
         if not body.strip():
             return {}  # no body leaves the body field unset, as the RPC would see it over gRPC
         try:
-            parsed = json.loads(body)
+            parsed = json.loads(body, object_pairs_hook=_object_without_duplicates)
+        except _DuplicateKey as exc:
+            raise BadRequest(
+                f"the key {exc.key!r} appears more than once in an object",
+                reason=errors.DUPLICATE_KEY,
+                field=exc.key,
+            ) from None
         except (ValueError, RecursionError):
             raise BadRequest("the request body is not valid JSON", reason=errors.INVALID_JSON) from None
         if self.body == "*":
@@ -203,6 +209,24 @@ class Binding:
             else:
                 seen.add(canonical)
                 holder[path[-1]] = scalar
+
+
+class _DuplicateKey(Exception):  # not a ValueError, which json.loads's callers read as "not JSON"
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object as a dict, refusing a key given twice (JSON parsers disagree on which wins)."""
+    built = dict(pairs)
+    if len(built) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return built
 
 
 def bindings(services: Iterable[ServiceDescriptor]) -> list[Binding]:

@@ -109,7 +109,8 @@ def _provision_service_secrets(settings: Settings) -> dict[str, dict[str, str]]:
     list for auth, each service its own secret (environment by process name)."""
     if settings.service_secrets is not None:
         return {}
-    own = {name: secrets.token_urlsafe(32) for name in SERVICES if name != "auth"}
+    # The facade's secret proves to auth the client addresses it passes on (mesh.forwarding).
+    own = {name: secrets.token_urlsafe(32) for name in [*SERVICES, FACADE] if name != "auth"}
     listed = ",".join(f"{name}:{secret}" for name, secret in own.items())
     return {"auth": {"SERVICE_SECRETS": listed}} | {
         name: {"SERVICE_SECRET": secret} for name, secret in own.items()

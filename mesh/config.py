@@ -274,6 +274,26 @@ class Settings(BaseSettings):
     facade_max_body_bytes: int = Field(
         1 << 20, ge=1024, description="Largest request body the facade reads; a larger one gets 413."
     )
+    facade_max_head_bytes: int = Field(
+        32 * 1024,
+        ge=1024,
+        description="Largest request head (request line and headers together) the facade reads; "
+        "past it the facade answers 431 and closes the connection, before the head is parsed further.",
+    )
+    facade_head_timeout_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="How long a client may take to send a request head, from its first byte (or from "
+        "opening the connection); then the facade answers 408 and closes the connection. A connection "
+        "that sent nothing is closed without an answer.",
+    )
+    facade_max_connections: int = Field(
+        500,
+        ge=1,
+        description="Open connections each facade process keeps, over all its ports; one more is "
+        "answered 503 with `Retry-After` and closed. Keep it below the process's open-file limit "
+        "(`ulimit -n`).",
+    )
     facade_cors_origins: Annotated[list[str], NoDecode] = Field(
         [],
         description="Origins allowed to call the facade from a browser, comma-separated, or `*`. "
@@ -319,9 +339,12 @@ class Settings(BaseSettings):
     )
     service_secrets: SecretStr | None = Field(
         None,
-        description="Auth only: the services' client credentials, `products:SECRET,inventory:SECRET` "
-        "(each secret 16 characters or more). `IssueServiceToken` gives a service with a listed "
-        "secret a token with the `service` role; any other is `INVALID_CLIENT`. Unset: `invmesh up` "
+        description="Auth only: the services' client credentials, "
+        "`products:SECRET,inventory:SECRET,facade:SECRET` (each secret 16 characters or more). "
+        "`IssueServiceToken` gives a service with a listed secret a token with the `service` role; "
+        "any other is `INVALID_CLIENT`. The facade's secret only proves the client addresses it "
+        "passes on (it gets no token); without it, every login through the facade counts against "
+        "the facade's own address. Unset: `invmesh up` "
         "makes fresh ones at each start. When set, `invmesh up` makes none, and each service needs "
         "its `SERVICE_SECRET`.",
     )
@@ -330,7 +353,8 @@ class Settings(BaseSettings):
         description="This process's own secret among `SERVICE_SECRETS` (its service name is the "
         "client id); `invmesh up` makes it when `SERVICE_SECRETS` is unset. Products needs it to "
         "retire a deleted product's stock; without it, retirements wait in the outbox and the relay "
-        "logs that `SERVICE_SECRET` is not set.",
+        "logs that `SERVICE_SECRET` is not set. The facade needs it to pass on its clients' "
+        "addresses to auth (its client id is `facade`).",
     )
     service_token_ttl_seconds: int = Field(
         300,
@@ -389,14 +413,12 @@ class Settings(BaseSettings):
         3600, ge=1, description="The window of both re-send limits."
     )
     trusted_proxies: Annotated[list[str], NoDecode] = Field(
-        ["127.0.0.0/8", "::1"],
-        description="Addresses or networks whose `X-Forwarded-For` is believed, comma-separated. The "
-        "auth service takes the client address for its limits from the gRPC peer, or, when the peer "
-        "is one of these (the facade), from the `x-forwarded-for` metadata the facade sends (its HTTP "
-        "client's address). The facade in turn believes a load balancer's `X-Forwarded-For` when the "
-        "load balancer is one of these. Anything else is counted as the client: list the facade's "
-        "hosts here when it runs on another machine than auth, or every user shares the facade's "
-        "address.",
+        [],
+        description="Facade only: addresses or networks of load balancers in front of the facade, "
+        "comma-separated, whose `X-Forwarded-For` names the client (for auth's per-address limits). "
+        "Unset: no forwarding header is believed, from loopback neither. Auth believes a client "
+        "address only from the facade, which proves itself with its `SERVICE_SECRET` "
+        "(`facade:…` in auth's `SERVICE_SECRETS`).",
     )
 
     public_url: str = Field(

@@ -220,7 +220,7 @@ def settings(
         outbox_retry_initial_seconds=0.05,
         outbox_retry_max_seconds=0.5,
         # Every service runs in this process with these settings, so all share one secret.
-        service_secrets=f"products:{SERVICE_SECRET},inventory:{SERVICE_SECRET}",
+        service_secrets=f"products:{SERVICE_SECRET},inventory:{SERVICE_SECRET},facade:{SERVICE_SECRET}",
         service_secret=SERVICE_SECRET,
         **database_urls,
     )

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 from collections.abc import AsyncIterator, Awaitable, Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -13,13 +15,14 @@ from sqlalchemy import delete, func, select, update
 
 from auth import throttle
 from auth.models import OutgoingMail, Throttle
-from auth.passwords import PasswordHasher
-from auth.service import running
+from auth.passwords import BcryptQueue, Lane, PasswordHasher
 from invmesh.auth.v1 import auth_service_pb2 as pb
-from invmesh.auth.v1 import auth_service_pb2_grpc
-from mesh.config import Settings
+from launcher.supervisor import _provision_service_secrets
+from mesh import forwarding
+from mesh.config import Settings, load_settings, parse_service_secrets
 from mesh.db import Database, utcnow
-from tests.conftest import AuthEndpoint, SmtpServer
+from mesh.errors import ResourceExhausted
+from tests.conftest import SERVICE_SECRET, AuthEndpoint, SmtpServer
 from tests.rpc import error_reason, expect_error, retry_delay
 
 PASSWORD = "correct horse battery"
@@ -45,18 +48,23 @@ def bcrypt_checks(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     checks: list[str] = []
     verify = PasswordHasher.verify
 
-    async def counted(self: PasswordHasher, password: str, hashed: str | None) -> bool:
+    async def counted(self: PasswordHasher, password: str, hashed: str | None, **kwargs: Any) -> bool:
         checks.append(password)
-        return await verify(self, password, hashed)
+        return await verify(self, password, hashed, **kwargs)
 
     monkeypatch.setattr(PasswordHasher, "verify", counted)
     yield checks
 
 
+def as_facade(address: str, secret: str = SERVICE_SECRET) -> list[tuple[str, str]]:
+    """Metadata naming `address` as the client, proven with the facade's secret (as the facade sends it)."""
+    return forwarding.metadata(address, secret.encode())
+
+
 def login(
     auth: AuthEndpoint, email: str, password: str = "wrong password", address: str | None = None
 ) -> grpc.aio.UnaryUnaryCall[pb.LoginRequest, pb.LoginResponse]:
-    metadata = (("x-forwarded-for", address),) if address else ()
+    metadata = as_facade(address) if address else ()
     return auth.stub.Login(pb.LoginRequest(email=email, password=password), metadata=metadata)
 
 
@@ -141,28 +149,85 @@ async def test_the_limit_lifts_when_the_window_ends(auth: AuthEndpoint, auth_db:
 
 
 async def test_failed_logins_are_limited_per_client_address(auth: AuthEndpoint) -> None:
-    # The test's calls come from 127.0.0.1, a trusted proxy by default: like the facade, it
-    # names the client in x-forwarded-for. Eight failures on eight accounts from one client...
+    # Like the facade, the test names the client in x-forwarded-for, with the facade's proof.
+    # Eight failures on eight accounts from one client...
     for n in range(8):
         await refused_login(auth, f"spray{n}@example.com", address="203.0.113.7")
     # ...and the ninth account is refused too, from that client only.
     error = await limited(login(auth, "spray9@example.com", address="203.0.113.7"))
     assert error_reason(error) == "TOO_MANY_LOGIN_ATTEMPTS"
     await refused_login(auth, "spray9@example.com", address="203.0.113.8")
-    # A proxy may append its own address after the client's: the nearest untrusted one counts.
-    await limited(login(auth, "spray9@example.com", address="203.0.113.7, 127.0.0.1"))
 
 
-async def test_an_untrusted_peer_cannot_name_another_address(settings: Settings) -> None:
-    distrustful = settings.model_copy(update={"trusted_proxies": ["10.0.0.0/8"]})
-    async with (
-        running(distrustful, address="127.0.0.1:0") as server,
-        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+async def test_a_loopback_caller_without_the_facades_proof_cannot_name_another_address(
+    auth: AuthEndpoint,
+) -> None:
+    stale = forwarding.metadata("192.0.2.250", SERVICE_SECRET.encode(), now=time.time() - 3600)
+    for n, metadata in enumerate(
+        [
+            [("x-forwarded-for", "192.0.2.1")],  # no proof at all
+            forwarding.metadata("192.0.2.2", b"not-the-facade-secret-0123456789"),
+            [("x-forwarded-for", "192.0.2.3"), as_facade("192.0.2.99")[1]],  # another address's proof
+            [("x-forwarded-for", "192.0.2.4"), stale[1]],  # an old proof
+            [("x-forwarded-for", "192.0.2.5"), ("x-invmesh-forwarder", "1.")],
+            [("x-forwarded-for", "192.0.2.6"), ("x-invmesh-forwarder", "garbage")],
+            [("x-forwarded-for", "192.0.2.7")],
+            [("x-forwarded-for", "192.0.2.8")],
+        ]
     ):
-        auth = AuthEndpoint(server.port, auth_service_pb2_grpc.AuthServiceStub(channel), distrustful)
-        for n in range(8):  # a new made-up address each time: all counted against 127.0.0.1
-            await refused_login(auth, f"spray{n}@example.com", address=f"192.0.2.{n}")
-        await limited(login(auth, "spray9@example.com", address="192.0.2.200"))
+        # A new made-up address each time, from 127.0.0.1: all counted against 127.0.0.1.
+        request = pb.LoginRequest(email=f"spray{n}@example.com", password="wrong password")
+        await expect_error(auth.stub.Login(request, metadata=metadata), grpc.StatusCode.UNAUTHENTICATED)
+    await limited(auth.stub.Login(pb.LoginRequest(email="spray9@example.com", password="x"), metadata=[]))
+    # The facade's own client, proven, is another client.
+    await refused_login(auth, "spray9@example.com", address="192.0.2.200")
+
+
+async def test_the_facades_secret_gets_no_service_token(auth: AuthEndpoint) -> None:
+    request = pb.IssueServiceTokenRequest(client_id="facade", client_secret=SERVICE_SECRET)
+    error = await expect_error(auth.stub.IssueServiceToken(request), grpc.StatusCode.UNAUTHENTICATED)
+    assert error_reason(error) == "INVALID_CLIENT"
+
+
+def test_invmesh_up_gives_the_facade_a_secret_that_auth_lists() -> None:
+    provisioned = _provision_service_secrets(load_settings(service_secrets=None))
+    listed = parse_service_secrets(provisioned["auth"]["SERVICE_SECRETS"])
+    assert listed["facade"] == provisioned["facade"]["SERVICE_SECRET"].encode()
+    assert set(listed) == {"products", "inventory", "facade"}
+
+
+async def test_with_the_shared_bcrypt_lane_full_a_client_that_failed_lately_is_refused_before_any_write(
+    auth: AuthEndpoint, auth_db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await refused_login(auth, "first@example.com", address="203.0.113.5")
+    check = BcryptQueue.check
+
+    def shared_lane_full(self: BcryptQueue, lane: Lane) -> None:
+        if lane is Lane.SHARED:
+            raise ResourceExhausted(
+                "full", reason="TOO_MANY_CONCURRENT_LOGINS", retry_after=dt.timedelta(seconds=2)
+            )
+        check(self, lane)
+
+    monkeypatch.setattr(BcryptQueue, "check", shared_lane_full)
+    counted = []
+    take = throttle.take
+
+    async def counting_take(*args: Any, **kwargs: Any) -> int:
+        counted.append(args)
+        return await take(*args, **kwargs)
+
+    monkeypatch.setattr(throttle, "take", counting_take)
+    error = await limited(login(auth, "second@example.com", address="203.0.113.5"))
+    assert error_reason(error) == "TOO_MANY_CONCURRENT_LOGINS"
+    assert counted == [], "the refusal went through the database"
+    address_key = throttle.Limit("login-address", "203.0.113.5", 1, dt.timedelta(1)).key
+    account_key = throttle.Limit("login-account", "second@example.com", 1, dt.timedelta(1)).key
+    async with auth_db.session() as session:
+        assert await session.scalar(select(Throttle.attempts).where(Throttle.key == address_key)) == 1
+        assert await session.scalar(select(Throttle.attempts).where(Throttle.key == account_key)) is None
+    # A client and an account with nothing counted take the clean lane: still checked.
+    await refused_login(auth, "third@example.com", address="203.0.113.6")
 
 
 async def test_concurrent_attempts_cannot_slip_past_the_limit(
@@ -184,8 +249,8 @@ async def test_verification_resends_are_limited_alike_for_unknown_emails(
     await auth.stub.Register(pb.RegisterRequest(email="fay@example.com", password=PASSWORD))
     await smtp.inbox.wait_for(1)
     answers = {}
-    for n, email in enumerate(("fay@example.com", "nobody@example.com", "not an email")):
-        client = (("x-forwarded-for", f"192.0.2.{n}"),)
+    for n, email in enumerate(("fay@example.com", "nobody@example.com")):
+        client = as_facade(f"192.0.2.{n}")
         request = pb.VerifyEmailRequest(email=email)
         replies = [await auth.stub.VerifyEmail(request, metadata=client) for _ in range(2)]
         assert replies == [pb.VerifyEmailResponse()] * 2
@@ -193,7 +258,7 @@ async def test_verification_resends_are_limited_alike_for_unknown_emails(
         assert error_reason(error) == "TOO_MANY_VERIFICATION_MAILS"
         answers[email] = (error.code(), error.details(), error_reason(error))
         # The limit is per address typed, from any client.
-        await limited(auth.stub.VerifyEmail(request, metadata=(("x-forwarded-for", f"198.51.100.{n}"),)))
+        await limited(auth.stub.VerifyEmail(request, metadata=as_facade(f"198.51.100.{n}")))
     assert len(set(answers.values())) == 1
     messages = await smtp.inbox.wait_for(3)
     assert [m["To"] for m in messages] == ["fay@example.com"] * 3  # the first mail and two re-sends
@@ -208,24 +273,33 @@ async def test_verification_resends_are_limited_per_client_address(auth: AuthEnd
 
 
 @pytest.mark.parametrize(
-    ("peer", "forwarded_for", "client"),
+    ("peer", "forwarded", "client"),
     [
         ("ipv4:203.0.113.5:40000", None, "203.0.113.5"),
-        ("ipv4:203.0.113.5:40000", "192.0.2.1", "203.0.113.5"),  # not a trusted proxy: ignored
         ("ipv4:127.0.0.1:40000", "192.0.2.1", "192.0.2.1"),
         ("ipv6:[::1]:40000", "2001:db8::1", "2001:db8::1"),
-        ("ipv6:[::ffff:127.0.0.1]:40000", "192.0.2.1", "192.0.2.1"),
-        ("ipv4:127.0.0.1:40000", "192.0.2.1, 198.51.100.2, 127.0.0.1", "198.51.100.2"),
-        ("ipv4:127.0.0.1:40000", "192.0.2.1, not-an-ip", "127.0.0.1"),  # a bad hop: stop there
+        ("ipv6:[::ffff:127.0.0.1]:40000", None, "127.0.0.1"),
+        ("ipv4:127.0.0.1:40000", "::ffff:192.0.2.1", "192.0.2.1"),
         ("ipv4:127.0.0.1:40000", "[2001:db8::2]", "2001:db8::2"),
+        ("ipv4:127.0.0.1:40000", "not-an-ip", "127.0.0.1"),
         ("ipv4:127.0.0.1:40000", "", "127.0.0.1"),
-        ("unix:/run/auth.sock", "192.0.2.1", "unix:/run/auth.sock"),
+        ("unix:/run/auth.sock", None, "unix:/run/auth.sock"),
         (None, None, "unknown"),
     ],
 )
-def test_client_address(peer: str | None, forwarded_for: str | None, client: str) -> None:
-    trusted = throttle.networks(["127.0.0.0/8", "::1"])
-    assert throttle.client_address(peer, forwarded_for, trusted) == client
+def test_client_address(peer: str | None, forwarded: str | None, client: str) -> None:
+    assert throttle.client_address(peer, forwarded) == client
+
+
+def test_a_forwarding_proof_holds_for_its_address_secret_and_time_only() -> None:
+    secret, now = b"the-facade-secret-0123456789", 1_800_000_000.0
+    (_, (_, proof)) = forwarding.metadata("192.0.2.1", secret, now=now)
+    assert forwarding.proven_address("192.0.2.1", proof, secret, now=now + 60) == "192.0.2.1"
+    assert forwarding.proven_address("192.0.2.2", proof, secret, now=now) is None
+    assert forwarding.proven_address("192.0.2.1", proof, b"another-secret-0123456789", now=now) is None
+    assert forwarding.proven_address("192.0.2.1", proof, None, now=now) is None
+    assert forwarding.proven_address("192.0.2.1", proof, secret, now=now + 301) is None
+    assert forwarding.proven_address("192.0.2.1", None, secret, now=now) is None
 
 
 @pytest.fixture

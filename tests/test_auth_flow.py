@@ -237,10 +237,19 @@ async def test_resend_answers_the_same_for_unknown_addresses(auth: AuthEndpoint,
     await smtp.inbox.wait_for(1)
     known = await auth.stub.VerifyEmail(pb.VerifyEmailRequest(email="j@example.com"))
     unknown = await auth.stub.VerifyEmail(pb.VerifyEmailRequest(email="nobody@example.com"))
-    malformed = await auth.stub.VerifyEmail(pb.VerifyEmailRequest(email="nonsense"))
-    assert known == unknown == malformed == pb.VerifyEmailResponse()
+    assert known == unknown == pb.VerifyEmailResponse()
     await smtp.inbox.wait_for(2)
     assert [m["To"] for m in smtp.inbox.messages] == ["j@example.com", "j@example.com"]
+
+
+@pytest.mark.parametrize("email", ["", "   ", "nonsense", "a@", "@example.com", "a b@example.com"])
+async def test_resend_to_an_empty_or_malformed_address_is_invalid_argument(
+    auth: AuthEndpoint, email: str
+) -> None:
+    error = await expect_error(
+        auth.stub.VerifyEmail(pb.VerifyEmailRequest(email=email)), grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert (error.details() or "").startswith("email ")
 
 
 async def test_verify_needs_an_email_or_a_token(auth: AuthEndpoint) -> None:

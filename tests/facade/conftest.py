@@ -15,16 +15,22 @@ from google.protobuf.descriptor import ServiceDescriptor
 from starlette.types import ASGIApp
 
 from facade.app import Backend, create_app
-from facade.server import bind
+from facade.server import bind, uvicorn_config
 from mesh.config import Settings
 from tests.conftest import Mesh, free_port
 
 
 @asynccontextmanager
-async def serving(app: ASGIApp, port: int = 0) -> AsyncIterator[str]:
-    """Serves `app` over real HTTP on `port` (a free one by default); yields its base URL."""
+async def serving(app: ASGIApp, port: int = 0, settings: Settings | None = None) -> AsyncIterator[str]:
+    """Serves `app` over real HTTP on `port` (a free one by default); yields its base URL.
+    With `settings`, uvicorn is configured as `invmesh up` configures it (facade.server)."""
     (sock,) = bind("127.0.0.1", [port])
-    server = uvicorn.Server(uvicorn.Config(app, lifespan="on", log_config=None, access_log=False))
+    config = (
+        uvicorn_config(app, settings)
+        if settings is not None
+        else uvicorn.Config(app, lifespan="on", log_config=None, access_log=False)
+    )
+    server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         async with asyncio.timeout(10):
@@ -44,7 +50,7 @@ async def facade_client(
     settings: Settings, backends: Mapping[ServiceDescriptor, Backend] | None = None
 ) -> AsyncIterator[httpx.AsyncClient]:
     async with (
-        serving(create_app(settings, backends)) as url,
+        serving(create_app(settings, backends), settings=settings) as url,
         httpx.AsyncClient(base_url=url, timeout=10) as client,
     ):
         yield client
@@ -77,7 +83,7 @@ async def web(mesh: Mesh) -> AsyncIterator[Web]:
     port = urlsplit(mesh.settings.public_url).port
     assert port is not None
     async with (
-        serving(create_app(mesh.settings), port) as url,
+        serving(create_app(mesh.settings), port, mesh.settings) as url,
         httpx.AsyncClient(base_url=url, timeout=10) as http,
     ):
         yield Web(http, mesh)
