@@ -47,6 +47,7 @@ from launcher.layout import (
     replica_addresses,
     settings_or_exit,
 )
+from launcher.lifetime import stop_with_supervisor
 from launcher.ports import listen_problem
 from launcher.supervisor import up
 from mesh.logs import configure_logging
@@ -55,6 +56,7 @@ from mesh.services import SERVICES
 
 
 def serve(name: str, listen: str | None = None) -> None:
+    stop_with_supervisor()
     settings = settings_or_exit()
     configure_logging(name, settings.log_level, settings.log_format)
     if name == FACADE:

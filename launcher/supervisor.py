@@ -27,6 +27,7 @@ from grpc_health.v1 import health_pb2
 
 from launcher.admin import migrate
 from launcher.layout import FACADE, REPLICA_PORT_STEP, listen_address, replica_addresses, settings_or_exit
+from launcher.lifetime import SUPERVISOR_PID
 from launcher.ports import listen_problem, port_holder
 from mesh.config import Settings, join_host_port, parse_host_port
 from mesh.services import SERVICES
@@ -123,6 +124,7 @@ def _components(settings: Settings, names: list[str], replicas: dict[str, int]) 
     }
     # Every process is told of all replicas of a service, so that its calls spread over them.
     env = dict(os.environ) | {f"{s.upper()}_ADDR": ",".join(a) for s, a in addresses.items()}
+    env[SUPERVISOR_PID] = str(os.getpid())  # so a child stops should up die (launcher.cli)
     service_secrets = _provision_service_secrets(settings)
     serve = [sys.executable, "-m", "launcher", "serve"]
     components = []

@@ -170,6 +170,33 @@ def test_a_minute_healthy_restarts_the_backoff() -> None:
     assert policy.after_exit(301, healthy_since=None) == 1
 
 
+async def test_the_children_stop_when_up_is_killed(tmp_path: Path) -> None:
+    """SIGKILL leaves up no time to stop its children: they stop by themselves, freeing their
+    ports, rather than live on as orphans that the next `invmesh up` finds in the way."""
+    async with invmesh_up(up_env(tmp_path)) as up:
+        await up.line("all healthy")
+        children = [
+            child_pid(up.process.pid, "serve", name) for name in ("auth", "products", "inventory", "facade")
+        ]
+        up.process.kill()
+        try:
+            async with asyncio.timeout(30):
+                while [pid for pid in children if Path(f"/proc/{pid}").exists() and not _zombie(pid)]:
+                    await asyncio.sleep(0.1)
+        finally:  # orphans would hold up's stderr open, and this test's reader with it
+            for pid in children:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        for name in ("auth", "products", "inventory"):
+            assert listen_problem(up.address(name)) is None, name
+
+
+def _zombie(pid: int) -> bool:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    return False
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("replicas", [0, 2], ids=["one process", "replicas"])
 async def test_a_killed_service_is_restarted_while_the_others_serve(tmp_path: Path, replicas: int) -> None:
