@@ -17,7 +17,7 @@ from starlette.types import ASGIApp
 from facade.app import Backend, create_app
 from facade.server import bind
 from mesh.config import Settings
-from tests.conftest import Mesh, free_port
+from tests.conftest import Mesh
 
 
 @asynccontextmanager
@@ -67,13 +67,8 @@ class Web:
 
 
 @pytest.fixture
-def settings(settings: Settings) -> Settings:
-    """The mesh's settings, with mail links pointing at the facade `web` serves."""
-    return settings.model_copy(update={"public_url": f"http://127.0.0.1:{free_port()}"})
-
-
-@pytest.fixture
 async def web(mesh: Mesh) -> AsyncIterator[Web]:
+    """The facade on the port of PUBLIC_URL (`public_url`), so mail links lead to it."""
     port = urlsplit(mesh.settings.public_url).port
     async with (
         serving(create_app(mesh.settings), port) as url,
