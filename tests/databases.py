@@ -138,6 +138,9 @@ class ServiceDatabases:
             await replace_rows(url, service)
 
 
+_HAS_SQLITE_SEQUENCE = text("SELECT count(*) FROM sqlite_master WHERE name = 'sqlite_sequence'")
+
+
 async def read_rows(url: str, service: str) -> Rows:
     """Every row of `service`'s tables in the database at `url`."""
     engine = create_async_engine(url, poolclass=NullPool)
@@ -160,6 +163,10 @@ async def replace_rows(url: str, service: str, rows: Rows | None = None) -> None
             tables = METADATA[service].sorted_tables
             for table in reversed(tables):
                 await conn.execute(delete(table))
+            if conn.dialect.name == "sqlite" and await conn.scalar(_HAS_SQLITE_SEQUENCE):
+                # AUTOINCREMENT keys start from 1 again, as in a new file (a server's sequences
+                # go on, as they did before the shared mesh).
+                await conn.execute(text("DELETE FROM sqlite_sequence"))
             for table in tables:
                 if kept := (rows or {}).get(table.name):
                     await conn.execute(insert(table), kept)
