@@ -503,44 +503,54 @@ async def shared_mesh(
 @pytest.fixture
 def shared_mesh_of_test(request: pytest.FixtureRequest) -> SharedMesh | None:
     """The shared mesh, whose SMTP server, databases and settings a test gets when it uses the
-    mesh (`mesh`, or a fixture that does, such as `web`) unless marked `own_mesh`; None
-    otherwise: the test gets a folder, databases and an SMTP server of its own."""
-    if "mesh" not in request.fixturenames or request.node.get_closest_marker("own_mesh"):
+    mesh's users (`mesh_users`, or a fixture that does, such as `mesh` and `web`) unless marked
+    `own_mesh`; None otherwise: the test gets a folder, databases and an SMTP server of its own."""
+    if "mesh_users" not in request.fixturenames or request.node.get_closest_marker("own_mesh"):
         return None
     shared = request.getfixturevalue("shared_mesh")
     assert isinstance(shared, SharedMesh)
     return shared
 
 
+@dataclass
+class MeshUsers:
+    """Auth running, with the mesh's two users signed in."""
+
+    settings: Settings  # auth's address, and free ones for products and inventory to start on
+    verified_token: str
+    unverified_token: str
+
+
 @pytest.fixture
-async def mesh(
+async def mesh_users(
     settings: Settings, smtp: SmtpServer, shared_mesh_of_test: SharedMesh | None
-) -> AsyncIterator[Mesh]:
-    """The shared mesh when the test's settings are the shared ones; else servers of its own,
-    started with its settings (on the shared mesh's databases, which it gives way to)."""
+) -> AsyncIterator[MeshUsers]:
+    """The shared mesh's auth and users when the test's settings are the shared ones; else an
+    auth service of its own, started with its settings (on the shared mesh's databases, which
+    it gives way to), and the users signed up there."""
     shared = shared_mesh_of_test
     if shared is not None and settings == shared.settings:
         verified_token, unverified_token = await shared.reset()
-        settings = shared.settings_for_test()
-        async with running_products(settings), running_inventory(settings):
-            async with mesh_clients(settings, verified_token, unverified_token) as shared_one:
-                yield shared_one
+        yield MeshUsers(shared.settings_for_test(), verified_token, unverified_token)
         return
     if shared is not None:
         await shared.make_way()
     settings = mesh_settings(settings)
-    async with running(settings), running_products(settings), running_inventory(settings):
-        async with grpc.aio.insecure_channel(settings.auth_addr) as channel:
-            auth = auth_service_pb2_grpc.AuthServiceStub(channel)
-            verified_token = await user_token(auth, "staff@example.com", smtp.inbox, settings, role="admin")
-            unverified_token = await user_token(auth, "visitor@example.com", None, settings)
-        async with mesh_clients(settings, verified_token, unverified_token) as own:
-            yield own
+    async with running(settings), grpc.aio.insecure_channel(settings.auth_addr) as channel:
+        auth = auth_service_pb2_grpc.AuthServiceStub(channel)
+        yield MeshUsers(
+            settings,
+            verified_token=await user_token(auth, "staff@example.com", smtp.inbox, settings, role="admin"),
+            unverified_token=await user_token(auth, "visitor@example.com", None, settings),
+        )
 
 
-@contextlib.asynccontextmanager
-async def mesh_clients(settings: Settings, verified_token: str, unverified_token: str) -> AsyncIterator[Mesh]:
+@pytest.fixture
+async def mesh(mesh_users: MeshUsers) -> AsyncIterator[Mesh]:
+    settings = mesh_users.settings
     async with (
+        running_products(settings),
+        running_inventory(settings),
         grpc.aio.insecure_channel(settings.auth_addr) as auth_channel,
         grpc.aio.insecure_channel(settings.products_addr) as products_channel,
         grpc.aio.insecure_channel(settings.inventory_addr) as inventory_channel,
@@ -550,6 +560,6 @@ async def mesh_clients(settings: Settings, verified_token: str, unverified_token
             auth=auth_service_pb2_grpc.AuthServiceStub(auth_channel),
             products=products_service_pb2_grpc.ProductsServiceStub(products_channel),
             inventory=inventory_service_pb2_grpc.InventoryServiceStub(inventory_channel),
-            verified_token=verified_token,
-            unverified_token=unverified_token,
+            verified_token=mesh_users.verified_token,
+            unverified_token=mesh_users.unverified_token,
         )
