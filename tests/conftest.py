@@ -1,6 +1,11 @@
-"""Real parts on ephemeral ports: the auth service in-process, an aiosmtpd SMTP server, and
-the databases of the kind INVMESH_TEST_DATABASE names (tests/databases.py): SQLite files in a
-temporary folder by default, or fresh PostgreSQL or MariaDB databases."""
+"""Real parts on ephemeral ports: the services in-process, an aiosmtpd SMTP server, and the
+databases of the kind INVMESH_TEST_DATABASE names (tests/databases.py): SQLite files in a
+temporary folder by default, or fresh PostgreSQL or MariaDB databases.
+
+Every test runs on the run's event loop, so that servers can outlive a test: the tests that
+use the mesh with the usual settings share one (`SharedMesh`), the others get a folder,
+databases and an SMTP server of their own. A test that needs the mesh to start under its eyes
+(to watch its logs, say) is marked `own_mesh`."""
 
 from __future__ import annotations
 
@@ -185,6 +190,10 @@ class SmtpServer:
     def url(self) -> str:
         return f"smtp://127.0.0.1:{self.port}"
 
+    @property
+    def is_serving(self) -> bool:
+        return self._server is not None and self._server.is_serving()
+
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
 
@@ -224,10 +233,16 @@ def signing_key() -> ec.EllipticCurvePrivateKey:
 
 
 @pytest.fixture(scope="session")
-def public_url() -> str:
+def public_url() -> Iterator[str]:
     """Where mail links point: the facade `web` serves (tests/facade/conftest.py). One port for
-    the run, as the shared mesh's auth service writes the links of all its tests."""
-    return f"http://127.0.0.1:{free_port()}"
+    the run, as the shared mesh's auth service writes the links of all its tests; a socket
+    keeps it bound, not listening, so that no other process takes it between two tests (the
+    facade binds it beside that socket, with SO_REUSEADDR)."""
+    port = free_port()
+    with socket.socket() as placeholder:
+        placeholder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        placeholder.bind(("127.0.0.1", port))
+        yield f"http://127.0.0.1:{port}"
 
 
 SERVICE_SECRET = "test-service-secret-0123456789"
@@ -381,10 +396,11 @@ class SharedMesh:
             else {}
         )
         self.settings = settings_for(data_dir, self.smtp.url, signing_key, self.database_urls, public_url)
-        self._auth_addr = f"127.0.0.1:{free_port()}"
+        self._auth_addr = ""  # a new port at each start: another process may take a port left free
         self._data_dir = data_dir
         self._migrated_sqlite = migrated_sqlite
         self._opened = False
+        self._databases: dict[str, Database] = {}  # kept open: a test's reset reuses the connections
         self._auth: contextlib.AsyncExitStack | None = None
         self._users: dict[str, databases.Rows] | None = None  # the rows `sign_in` left, by service
         self._tokens = ("", "")
@@ -404,8 +420,11 @@ class SharedMesh:
         if self._auth is not None and not await self._mail_delivered():
             await self._stop_auth()  # so no late mail of the last test reaches the next one's inbox
         await self._restore(self._users or {})
+        if not self.smtp.is_serving:  # a test stopped it
+            await self.smtp.start()
         self.smtp.inbox.clear()
         if self._auth is None:
+            self._auth_addr = f"127.0.0.1:{free_port()}"
             self._auth = contextlib.AsyncExitStack()
             await self._auth.enter_async_context(running(self.settings_for_test()))
         # Access tokens expire (ACCESS_TOKEN_TTL_SECONDS): sign in again well before.
@@ -426,6 +445,8 @@ class SharedMesh:
 
     async def close(self) -> None:
         await self._stop_auth()
+        for db in self._databases.values():
+            await db.dispose()
         if self._opened:
             await self.smtp.stop()
             if self._on_server is not None:
@@ -440,6 +461,9 @@ class SharedMesh:
             await self._on_server.create()
         elif self._migrated_sqlite is not None:
             databases.copy_sqlite(self._migrated_sqlite, self._data_dir)
+        self._databases = {
+            service: Database(self.settings.database_url(service)) for service in databases.METADATA
+        }
 
     async def _sign_in(self) -> None:
         settings = self.settings_for_test()
@@ -459,28 +483,26 @@ class SharedMesh:
         self._signed_in_at = time.monotonic()
         if not await self._mail_delivered():
             raise RuntimeError("the shared mesh's auth service did not send the users' mail")
-        self._users = {
-            service: await databases.read_rows(self.settings.database_url(service), service)
-            for service in databases.METADATA
-        }
+        users = {}
+        for service, db in self._databases.items():
+            async with db.engine.connect() as conn:
+                users[service] = await databases.read_rows(conn, service)
+        self._users = users
 
     async def _mail_delivered(self, within: float = 10) -> bool:
         """Whether auth's relay sent all the mail queued, within `within` seconds."""
         queued = select(func.count()).select_from(OutgoingMail)
-        db = Database(self.settings.database_url("auth"))
-        try:
-            deadline = time.monotonic() + within
-            while (await db.fetch(queued))[0][0]:
-                if time.monotonic() > deadline:
-                    return False
-                await asyncio.sleep(0.01)
-            return True
-        finally:
-            await db.dispose()
+        deadline = time.monotonic() + within
+        while (await self._databases["auth"].fetch(queued))[0][0]:
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
 
     async def _restore(self, rows: dict[str, databases.Rows]) -> None:
-        for service in databases.METADATA:
-            await databases.replace_rows(self.settings.database_url(service), service, rows.get(service))
+        for service, db in self._databases.items():
+            async with db.write_connection() as conn:
+                await databases.replace_rows(conn, service, rows.get(service))
 
     async def _stop_auth(self) -> None:
         if self._auth is not None:

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import MetaData, delete, insert, select, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from auth.models import Base as AuthBase
@@ -135,43 +135,38 @@ class ServiceDatabases:
 
     async def empty(self) -> None:
         for service, url in self.urls.items():
-            await replace_rows(url, service)
+            engine = create_async_engine(url, poolclass=NullPool)
+            try:
+                async with engine.begin() as conn:
+                    await replace_rows(conn, service)
+            finally:
+                await engine.dispose()
 
 
 _HAS_SQLITE_SEQUENCE = text("SELECT count(*) FROM sqlite_master WHERE name = 'sqlite_sequence'")
 
 
-async def read_rows(url: str, service: str) -> Rows:
-    """Every row of `service`'s tables in the database at `url`."""
-    engine = create_async_engine(url, poolclass=NullPool)
-    try:
-        async with engine.connect() as conn:
-            return {
-                table.name: [dict(row) for row in (await conn.execute(select(table))).mappings()]
-                for table in METADATA[service].sorted_tables
-            }
-    finally:
-        await engine.dispose()
+async def read_rows(conn: AsyncConnection, service: str) -> Rows:
+    """Every row of `service`'s tables."""
+    return {
+        table.name: [dict(row) for row in (await conn.execute(select(table))).mappings()]
+        for table in METADATA[service].sorted_tables
+    }
 
 
-async def replace_rows(url: str, service: str, rows: Rows | None = None) -> None:
+async def replace_rows(conn: AsyncConnection, service: str, rows: Rows | None = None) -> None:
     """Deletes every row of `service`'s tables (children first; faster than TRUNCATE for the few
-    rows a test leaves), then inserts `rows` (parents first), in one transaction."""
-    engine = create_async_engine(url, poolclass=NullPool)
-    try:
-        async with engine.begin() as conn:
-            tables = METADATA[service].sorted_tables
-            for table in reversed(tables):
-                await conn.execute(delete(table))
-            if conn.dialect.name == "sqlite" and await conn.scalar(_HAS_SQLITE_SEQUENCE):
-                # AUTOINCREMENT keys start from 1 again, as in a new file (a server's sequences
-                # go on, as they did before the shared mesh).
-                await conn.execute(text("DELETE FROM sqlite_sequence"))
-            for table in tables:
-                if kept := (rows or {}).get(table.name):
-                    await conn.execute(insert(table), kept)
-    finally:
-        await engine.dispose()
+    rows a test leaves), then inserts `rows` (parents first), in the transaction of `conn`."""
+    tables = METADATA[service].sorted_tables
+    for table in reversed(tables):
+        await conn.execute(delete(table))
+    if conn.dialect.name == "sqlite" and await conn.scalar(_HAS_SQLITE_SEQUENCE):
+        # AUTOINCREMENT keys start from 1 again, as in a new file (a server's sequences go on,
+        # as they did before the shared mesh).
+        await conn.execute(text("DELETE FROM sqlite_sequence"))
+    for table in tables:
+        if kept := (rows or {}).get(table.name):
+            await conn.execute(insert(table), kept)
 
 
 async def migrated_sqlite(folder: Path) -> None:
