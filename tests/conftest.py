@@ -109,7 +109,7 @@ async def database_urls(
 ) -> dict[str, str]:
     """`<service>_database_url` settings for a test: empty on SQLite (files in its data folder)."""
     if shared_mesh_of_test is not None:
-        return shared_mesh_of_test.database_urls  # `mesh` resets them
+        return shared_mesh_of_test.database_urls  # `mesh_users` resets them
     if service_databases is None:
         return {}
     await service_databases.empty()
@@ -216,7 +216,7 @@ class SmtpServer:
 
 @pytest.fixture
 async def smtp(shared_mesh_of_test: SharedMesh | None) -> AsyncIterator[SmtpServer]:
-    """The SMTP server the settings name: the shared mesh's for a test that uses it (`mesh`
+    """The SMTP server the settings name: the shared mesh's for a test that uses it (`mesh_users`
     empties its inbox), else one of the test's own."""
     if shared_mesh_of_test is not None:
         yield await shared_mesh_of_test.started_smtp()
