@@ -1,10 +1,16 @@
-"""Real parts on ephemeral ports: the auth service in-process, an aiosmtpd SMTP server, and
-the databases of the kind INVMESH_TEST_DATABASE names (tests/databases.py): SQLite files in a
-temporary folder by default, or fresh PostgreSQL or MariaDB databases."""
+"""Real parts on ephemeral ports: the services in-process, an aiosmtpd SMTP server, and the
+databases of the kind INVMESH_TEST_DATABASE names (tests/databases.py): SQLite files in a
+temporary folder by default, or fresh PostgreSQL or MariaDB databases.
+
+Every test runs on the run's event loop, so that servers can outlive a test: the tests that
+use the mesh with the usual settings share one (`SharedMesh`), the others get a folder,
+databases and an SMTP server of their own. A test that needs the mesh to start under its eyes
+(to watch its logs, say) is marked `own_mesh`."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email
 import email.policy
 import itertools
@@ -12,6 +18,7 @@ import os
 import random
 import re
 import socket
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -24,8 +31,10 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import SecretStr
+from sqlalchemy import func, select
 
 from auth.accounts import grant_role
+from auth.models import OutgoingMail
 from auth.service import running
 from inventory.service import running as running_inventory
 from invmesh.auth.v1 import auth_service_pb2 as auth_pb
@@ -84,9 +93,23 @@ def service_databases() -> Iterator[databases.ServiceDatabases | None]:
         databases.run_sync(created.drop())
 
 
+@pytest.fixture(scope="session")
+async def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path | None:
+    """On SQLite, the services' files migrated once, copied into each test's folder; None on a server."""
+    if databases.SERVER is not None:
+        return None
+    folder = tmp_path_factory.mktemp("migrated")
+    await databases.migrated_sqlite(folder)
+    return folder
+
+
 @pytest.fixture
-async def database_urls(service_databases: databases.ServiceDatabases | None) -> dict[str, str]:
-    """`<service>_database_url` settings for a test: empty on SQLite (files in tmp_path)."""
+async def database_urls(
+    service_databases: databases.ServiceDatabases | None, shared_mesh_of_test: SharedMesh | None
+) -> dict[str, str]:
+    """`<service>_database_url` settings for a test: empty on SQLite (files in its data folder)."""
+    if shared_mesh_of_test is not None:
+        return shared_mesh_of_test.database_urls  # `mesh_users` resets them
     if service_databases is None:
         return {}
     await service_databases.empty()
@@ -136,6 +159,9 @@ class Inbox:
         self.arrived.set()
         return "250 OK"
 
+    def clear(self) -> None:
+        self.messages.clear()
+
     async def wait_for(self, count: int, timeout: float = 10.0) -> list[EmailMessage]:
         async with asyncio.timeout(timeout):
             while len(self.messages) < count:
@@ -164,6 +190,10 @@ class SmtpServer:
     def url(self) -> str:
         return f"smtp://127.0.0.1:{self.port}"
 
+    @property
+    def is_serving(self) -> bool:
+        return self._server is not None and self._server.is_serving()
+
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
 
@@ -185,33 +215,55 @@ class SmtpServer:
 
 
 @pytest.fixture
-async def smtp() -> AsyncIterator[SmtpServer]:
+async def smtp(shared_mesh_of_test: SharedMesh | None) -> AsyncIterator[SmtpServer]:
+    """The SMTP server the settings name: the shared mesh's for a test that uses it (`mesh_users`
+    empties its inbox), else one of the test's own."""
+    if shared_mesh_of_test is not None:
+        yield await shared_mesh_of_test.started_smtp()
+        return
     server = SmtpServer(free_port())
     await server.start()
     yield server
     await server.stop()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def signing_key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
+
+
+@pytest.fixture(scope="session")
+def public_url() -> Iterator[str]:
+    """Where mail links point: the facade `web` serves (tests/facade/conftest.py). One port for
+    the run, as the shared mesh's auth service writes the links of all its tests; a socket
+    keeps it bound, not listening, so that no other process takes it between two tests (the
+    facade binds it beside that socket, with SO_REUSEADDR)."""
+    port = free_port()
+    with socket.socket() as placeholder:
+        placeholder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        placeholder.bind(("127.0.0.1", port))
+        yield f"http://127.0.0.1:{port}"
 
 
 SERVICE_SECRET = "test-service-secret-0123456789"
 
 
-@pytest.fixture
-def settings(
-    tmp_path: Path, smtp: SmtpServer, signing_key: ec.EllipticCurvePrivateKey, database_urls: dict[str, str]
+def settings_for(
+    data_dir: Path,
+    smtp_url: str,
+    signing_key: ec.EllipticCurvePrivateKey,
+    database_urls: dict[str, str],
+    public_url: str,
 ) -> Settings:
     pem = signing_key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     ).decode()
     return load_settings(
-        invmesh_data_dir=tmp_path,
+        invmesh_data_dir=data_dir,
         bcrypt_rounds=4,
-        smtp_url=smtp.url,
+        smtp_url=smtp_url,
         jwt_private_key=pem,
+        public_url=public_url,
         shutdown_grace_seconds=1,
         shutdown_lame_duck_seconds=0,  # every test stops its servers; the shutdown tests set one
         mail_retry_initial_seconds=0.05,
@@ -224,6 +276,23 @@ def settings(
         service_secret=SERVICE_SECRET,
         **database_urls,
     )
+
+
+@pytest.fixture
+def settings(
+    tmp_path: Path,
+    smtp: SmtpServer,
+    signing_key: ec.EllipticCurvePrivateKey,
+    database_urls: dict[str, str],
+    public_url: str,
+    migrated_sqlite: Path | None,
+    shared_mesh_of_test: SharedMesh | None,
+) -> Settings:
+    if shared_mesh_of_test is not None:
+        return shared_mesh_of_test.settings
+    if migrated_sqlite is not None:
+        databases.copy_sqlite(migrated_sqlite, tmp_path)
+    return settings_for(tmp_path, smtp.url, signing_key, database_urls, public_url)
 
 
 @dataclass
@@ -302,23 +371,217 @@ async def user_token(
     return reply.access_token
 
 
+class SharedMesh:
+    """The mesh of every test that uses it with the usual settings (`shared_mesh_of_test`): its
+    SMTP server and auth service, holding the two users, run from the first such test to the
+    end of the run, on databases of their own; before each test, `reset` puts back the rows
+    the users left and nothing else, and empties the inbox. Products and inventory start for
+    each test, on those databases: their caches (GetProduct's rows and pages, the products
+    confirmed) and the change log's cursor would otherwise carry a test's reads into the next.
+    auth keeps no such state: its throttles and keys are rows, and its token cache is keyed by
+    the token."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        signing_key: ec.EllipticCurvePrivateKey,
+        public_url: str,
+        migrated_sqlite: Path | None,
+    ) -> None:
+        self.smtp = SmtpServer(free_port())
+        self._on_server = databases.ServiceDatabases(databases.SERVER, "_mesh") if databases.SERVER else None
+        self.database_urls = (
+            {f"{service}_database_url": url for service, url in self._on_server.urls.items()}
+            if self._on_server
+            else {}
+        )
+        self.settings = settings_for(data_dir, self.smtp.url, signing_key, self.database_urls, public_url)
+        self._auth_addr = ""  # a new port at each start: another process may take a port left free
+        self._data_dir = data_dir
+        self._migrated_sqlite = migrated_sqlite
+        self._opened = False
+        self._databases: dict[str, Database] = {}  # kept open: a test's reset reuses the connections
+        self._auth: contextlib.AsyncExitStack | None = None
+        self._users: dict[str, databases.Rows] | None = None  # the rows `sign_in` left, by service
+        self._tokens = ("", "")
+        self._signed_in_at = 0.0
+
+    async def started_smtp(self) -> SmtpServer:
+        await self._open()
+        return self.smtp
+
+    def settings_for_test(self) -> Settings:
+        """The settings with the shared auth's address and new ones for products and inventory."""
+        return mesh_settings(self.settings).model_copy(update={"auth_addr": self._auth_addr})
+
+    async def reset(self) -> tuple[str, str]:
+        """Auth up, the databases holding the users' rows alone, an empty inbox; the users' tokens."""
+        await self._open()
+        if self._auth is not None and not await self._mail_delivered():
+            await self._stop_auth()  # so no late mail of the last test reaches the next one's inbox
+        await self._restore(self._users or {})
+        if not self.smtp.is_serving:  # a test stopped it
+            await self.smtp.start()
+        self.smtp.inbox.clear()
+        if self._auth is None:
+            self._auth_addr = f"127.0.0.1:{free_port()}"
+            self._auth = contextlib.AsyncExitStack()
+            await self._auth.enter_async_context(running(self.settings_for_test()))
+        # Access tokens expire (ACCESS_TOKEN_TTL_SECONDS): sign in again well before.
+        if (
+            self._users is None
+            or time.monotonic() - self._signed_in_at > self.settings.access_token_ttl_seconds / 3
+        ):
+            await self._sign_in()
+            self.smtp.inbox.clear()
+        return self._tokens
+
+    async def make_way(self) -> None:
+        """Stops auth and empties the databases and the inbox, for a test that runs servers of
+        its own on them, with other settings."""
+        await self._stop_auth()
+        await self._restore({})
+        self.smtp.inbox.clear()
+
+    async def close(self) -> None:
+        await self._stop_auth()
+        for db in self._databases.values():
+            await db.dispose()
+        if self._opened:
+            await self.smtp.stop()
+            if self._on_server is not None:
+                await self._on_server.drop()
+
+    async def _open(self) -> None:
+        if self._opened:
+            return
+        self._opened = True
+        await self.smtp.start()
+        if self._on_server is not None:
+            await self._on_server.create()
+        elif self._migrated_sqlite is not None:
+            databases.copy_sqlite(self._migrated_sqlite, self._data_dir)
+        self._databases = {
+            service: Database(self.settings.database_url(service)) for service in databases.METADATA
+        }
+
+    async def _sign_in(self) -> None:
+        settings = self.settings_for_test()
+        async with grpc.aio.insecure_channel(settings.auth_addr) as channel:
+            stub = auth_service_pb2_grpc.AuthServiceStub(channel)
+            if self._users is None:
+                self._tokens = (
+                    await user_token(stub, "staff@example.com", self.smtp.inbox, settings, role="admin"),
+                    await user_token(stub, "visitor@example.com", None, settings),
+                )
+            else:
+                staff, visitor = [
+                    await stub.Login(auth_pb.LoginRequest(email=email, password="mesh-password"))
+                    for email in ("staff@example.com", "visitor@example.com")
+                ]
+                self._tokens = (staff.access_token, visitor.access_token)
+        self._signed_in_at = time.monotonic()
+        if not await self._mail_delivered():
+            raise RuntimeError("the shared mesh's auth service did not send the users' mail")
+        users = {}
+        for service, db in self._databases.items():
+            async with db.engine.connect() as conn:
+                users[service] = await databases.read_rows(conn, service)
+        self._users = users
+
+    async def _mail_delivered(self, within: float = 10) -> bool:
+        """Whether auth's relay sent all the mail queued, within `within` seconds."""
+        queued = select(func.count()).select_from(OutgoingMail)
+        deadline = time.monotonic() + within
+        while (await self._databases["auth"].fetch(queued))[0][0]:
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
+    async def _restore(self, rows: dict[str, databases.Rows]) -> None:
+        for service, db in self._databases.items():
+            async with db.write_connection() as conn:
+                await databases.replace_rows(conn, service, rows.get(service))
+
+    async def _stop_auth(self) -> None:
+        if self._auth is not None:
+            auth, self._auth = self._auth, None
+            await auth.aclose()
+
+
+@pytest.fixture(scope="session")
+async def shared_mesh(
+    tmp_path_factory: pytest.TempPathFactory,
+    signing_key: ec.EllipticCurvePrivateKey,
+    public_url: str,
+    migrated_sqlite: Path | None,
+) -> AsyncIterator[SharedMesh]:
+    shared = SharedMesh(tmp_path_factory.mktemp("shared-mesh"), signing_key, public_url, migrated_sqlite)
+    yield shared
+    await shared.close()
+
+
 @pytest.fixture
-async def mesh(settings: Settings, smtp: SmtpServer) -> AsyncIterator[Mesh]:
+def shared_mesh_of_test(request: pytest.FixtureRequest) -> SharedMesh | None:
+    """The shared mesh, whose SMTP server, databases and settings a test gets when it uses the
+    mesh's users (`mesh_users`, or a fixture that does, such as `mesh` and `web`) unless marked
+    `own_mesh`; None otherwise: the test gets a folder, databases and an SMTP server of its own."""
+    if "mesh_users" not in request.fixturenames or request.node.get_closest_marker("own_mesh"):
+        return None
+    shared = request.getfixturevalue("shared_mesh")
+    assert isinstance(shared, SharedMesh)
+    return shared
+
+
+@dataclass
+class MeshUsers:
+    """Auth running, with the mesh's two users signed in."""
+
+    settings: Settings  # auth's address, and free ones for products and inventory to start on
+    verified_token: str
+    unverified_token: str
+
+
+@pytest.fixture
+async def mesh_users(
+    settings: Settings, smtp: SmtpServer, shared_mesh_of_test: SharedMesh | None
+) -> AsyncIterator[MeshUsers]:
+    """The shared mesh's auth and users when the test's settings are the shared ones; else an
+    auth service of its own, started with its settings (on the shared mesh's databases, which
+    it gives way to), and the users signed up there."""
+    shared = shared_mesh_of_test
+    if shared is not None and settings == shared.settings:
+        verified_token, unverified_token = await shared.reset()
+        yield MeshUsers(shared.settings_for_test(), verified_token, unverified_token)
+        return
+    if shared is not None:
+        await shared.make_way()
     settings = mesh_settings(settings)
+    async with running(settings), grpc.aio.insecure_channel(settings.auth_addr) as channel:
+        auth = auth_service_pb2_grpc.AuthServiceStub(channel)
+        yield MeshUsers(
+            settings,
+            verified_token=await user_token(auth, "staff@example.com", smtp.inbox, settings, role="admin"),
+            unverified_token=await user_token(auth, "visitor@example.com", None, settings),
+        )
+
+
+@pytest.fixture
+async def mesh(mesh_users: MeshUsers) -> AsyncIterator[Mesh]:
+    settings = mesh_users.settings
     async with (
-        running(settings),
         running_products(settings),
         running_inventory(settings),
         grpc.aio.insecure_channel(settings.auth_addr) as auth_channel,
         grpc.aio.insecure_channel(settings.products_addr) as products_channel,
         grpc.aio.insecure_channel(settings.inventory_addr) as inventory_channel,
     ):
-        auth = auth_service_pb2_grpc.AuthServiceStub(auth_channel)
         yield Mesh(
             settings=settings,
-            auth=auth,
+            auth=auth_service_pb2_grpc.AuthServiceStub(auth_channel),
             products=products_service_pb2_grpc.ProductsServiceStub(products_channel),
             inventory=inventory_service_pb2_grpc.InventoryServiceStub(inventory_channel),
-            verified_token=await user_token(auth, "staff@example.com", smtp.inbox, settings, role="admin"),
-            unverified_token=await user_token(auth, "visitor@example.com", None, settings),
+            verified_token=mesh_users.verified_token,
+            unverified_token=mesh_users.unverified_token,
         )

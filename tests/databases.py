@@ -1,11 +1,12 @@
 """The database kind the suite runs on: INVMESH_TEST_DATABASE=sqlite (the default), postgresql
 or mariadb.
 
-SQLite needs nothing: every test gets its own files in a temporary folder. On a server, the
-run creates one database per service, with a random suffix, migrates each to head once,
-empties their tables before each test that asks for settings, and drops them at the end.
-Tests that need a database of their own (migrations, startup checks) get a fresh one from
-`fresh_database`.
+SQLite needs nothing: every test gets its own files in a temporary folder, copied from files
+the run migrated once (`migrated_sqlite`). On a server, the run creates one database per
+service, with a random suffix, migrates each to head once, empties their tables before each
+test that asks for settings, and drops them at the end; the shared mesh (tests/conftest.py)
+has a second set of its own. Tests that need a database of their own (migrations, startup
+checks) get a fresh one from `fresh_database`.
 """
 
 from __future__ import annotations
@@ -13,15 +14,16 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import shutil
 from collections.abc import AsyncIterator, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import MetaData, delete, text
+from sqlalchemy import MetaData, delete, insert, select, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from auth.models import Base as AuthBase
@@ -31,6 +33,8 @@ from mesh.db import Database
 from products.models import Base as ProductsBase
 
 T = TypeVar("T")
+Rows = dict[str, list[dict[str, Any]]]
+"""A service's rows, by table name."""
 
 KIND = os.environ.get("INVMESH_TEST_DATABASE", "sqlite").strip().lower() or "sqlite"
 SERVER_URLS = {
@@ -112,9 +116,9 @@ SERVER = Server(KIND) if KIND != "sqlite" else None
 class ServiceDatabases:
     """The run's database per service on a server: created and migrated once, emptied per test."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Server, label: str = "") -> None:
         self.server = server
-        self.names = {service: f"{RUN_PREFIX}_{service}" for service in METADATA}
+        self.names = {service: f"{RUN_PREFIX}{label}_{service}" for service in METADATA}
         self.urls = {service: server.url(name) for service, name in self.names.items()}
 
     async def create(self) -> None:
@@ -130,22 +134,64 @@ class ServiceDatabases:
         await self.server.drop(*self.names.values())
 
     async def empty(self) -> None:
-        """Deletes every row (children first); faster than TRUNCATE for the few rows a test leaves."""
-        for service, metadata in METADATA.items():
-            engine = create_async_engine(self.urls[service], poolclass=NullPool)
+        for service, url in self.urls.items():
+            engine = create_async_engine(url, poolclass=NullPool)
             try:
                 async with engine.begin() as conn:
-                    for table in reversed(metadata.sorted_tables):
-                        await conn.execute(delete(table))
+                    await replace_rows(conn, service)
             finally:
                 await engine.dispose()
+
+
+_HAS_SQLITE_SEQUENCE = text("SELECT count(*) FROM sqlite_master WHERE name = 'sqlite_sequence'")
+
+
+async def read_rows(conn: AsyncConnection, service: str) -> Rows:
+    """Every row of `service`'s tables."""
+    return {
+        table.name: [dict(row) for row in (await conn.execute(select(table))).mappings()]
+        for table in METADATA[service].sorted_tables
+    }
+
+
+async def replace_rows(conn: AsyncConnection, service: str, rows: Rows | None = None) -> None:
+    """Deletes every row of `service`'s tables (children first; faster than TRUNCATE for the few
+    rows a test leaves), then inserts `rows` (parents first), in the transaction of `conn`."""
+    tables = METADATA[service].sorted_tables
+    for table in reversed(tables):
+        await conn.execute(delete(table))
+    if conn.dialect.name == "sqlite" and await conn.scalar(_HAS_SQLITE_SEQUENCE):
+        # AUTOINCREMENT keys start from 1 again, as in a new file (a server's sequences go on,
+        # as they did before the shared mesh).
+        await conn.execute(text("DELETE FROM sqlite_sequence"))
+    for table in tables:
+        if kept := (rows or {}).get(table.name):
+            await conn.execute(insert(table), kept)
+
+
+async def migrated_sqlite(folder: Path) -> None:
+    """Creates each service's SQLite file in `folder`, migrated to head, for `copy_sqlite`."""
+    for service in METADATA:
+        db = Database(f"sqlite+aiosqlite:///{folder / f'{service}.db'}")
+        try:
+            await migrations.upgrade(db, service)
+        finally:
+            await db.dispose()
+
+
+def copy_sqlite(migrated: Path, data_dir: Path) -> None:
+    """Puts the migrated files into `data_dir`: a service starting there finds its schema at
+    head and skips Alembic, which costs more than the copy."""
+    for file in migrated.iterdir():
+        shutil.copyfile(file, data_dir / file.name)
 
 
 @asynccontextmanager
 async def fresh_database(tmp_path: Path, label: str) -> AsyncIterator[str]:
     """The URL of a new, empty database of the run's kind; dropped afterwards."""
     if SERVER is None:
-        yield f"sqlite+aiosqlite:///{tmp_path / f'{label}.db'}"
+        # Not `<service>.db`: the settings' own files in tmp_path have those names.
+        yield f"sqlite+aiosqlite:///{tmp_path / f'fresh-{label}.db'}"
         return
     name = f"{RUN_PREFIX}_{label}_{secrets.token_hex(3)}"
     url = await SERVER.create(name)

@@ -26,7 +26,9 @@ async def register_once(settings: Settings, email_address: str) -> None:
 
 async def test_mail_survives_smtp_down_and_a_restart(settings: Settings) -> None:
     smtp = SmtpServer(free_port())  # nothing listens there yet
-    settings = with_smtp(settings, smtp.url)
+    # A delivery attempt the stop cuts short keeps the mail leased for twice the SMTP timeout
+    # before another process may take it: 2 s here, well inside the inbox's wait (10 s).
+    settings = with_smtp(settings, smtp.url).model_copy(update={"smtp_timeout_seconds": 1})
     await register_once(settings, "down@example.com")  # succeeds; delivery fails and is kept
 
     await smtp.start()

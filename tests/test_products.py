@@ -14,16 +14,13 @@ import grpc
 import pytest
 from sqlalchemy import func, select
 
-from auth.service import running as running_auth
-from invmesh.auth.v1 import auth_service_pb2_grpc
 from invmesh.products.v1 import products_service_pb2 as pb
 from invmesh.products.v1 import products_service_pb2_grpc
-from mesh.config import Settings
 from mesh.db import Database
 from mesh.paging import encode_token
 from products.models import Product
 from products.service import running as running_products
-from tests.conftest import SmtpServer, mesh_settings, user_token
+from tests.conftest import MeshUsers
 from tests.rpc import error_reason, expect_error
 
 Metadata = tuple[tuple[str, str], ...]
@@ -55,24 +52,16 @@ def bearer(token: str) -> Metadata:
 
 
 @pytest.fixture
-async def products(settings: Settings, smtp: SmtpServer) -> AsyncIterator[Products]:
-    settings = mesh_settings(settings)  # inventory's free port stays free: inventory is down
-    async with (
-        running_auth(settings),
-        running_products(settings),
-        grpc.aio.insecure_channel(settings.auth_addr) as auth_channel,
-        grpc.aio.insecure_channel(settings.products_addr) as channel,
-    ):
-        auth = auth_service_pb2_grpc.AuthServiceStub(auth_channel)
+async def products(mesh_users: MeshUsers) -> AsyncIterator[Products]:
+    settings = mesh_users.settings  # inventory's free port stays free: inventory is down
+    async with running_products(settings), grpc.aio.insecure_channel(settings.products_addr) as channel:
         db = Database(settings.database_url("products"))
         try:
             yield Products(
                 stub=products_service_pb2_grpc.ProductsServiceStub(channel),
                 db=db,
-                verified=bearer(
-                    await user_token(auth, "staff@example.com", smtp.inbox, settings, role="admin")
-                ),
-                unverified=bearer(await user_token(auth, "visitor@example.com", None, settings)),
+                verified=bearer(mesh_users.verified_token),
+                unverified=bearer(mesh_users.unverified_token),
             )
         finally:
             await db.dispose()

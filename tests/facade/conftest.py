@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -17,7 +18,27 @@ from starlette.types import ASGIApp
 from facade.app import Backend, create_app
 from facade.server import bind, uvicorn_config
 from mesh.config import Settings
-from tests.conftest import Mesh, free_port
+from tests.conftest import Mesh
+
+
+class PromptServer(uvicorn.Server):
+    """uvicorn's server, which stops when `stop` is called rather than at its next tick, up
+    to 0.1 s later: a test serves the facade, and stops it, many times over."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        self.should_exit = True
+        self._stopping.set()
+
+    async def main_loop(self) -> None:
+        counter = 0
+        while not await self.on_tick(counter):  # the ticks keep their work (signals, the Date header)
+            counter = (counter + 1) % 864_000
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), 0.1)
 
 
 @asynccontextmanager
@@ -30,7 +51,7 @@ async def serving(app: ASGIApp, port: int = 0, settings: Settings | None = None)
         if settings is not None
         else uvicorn.Config(app, lifespan="on", log_config=None, access_log=False)
     )
-    server = uvicorn.Server(config)
+    server = PromptServer(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         async with asyncio.timeout(10):
@@ -40,7 +61,7 @@ async def serving(app: ASGIApp, port: int = 0, settings: Settings | None = None)
                 await asyncio.sleep(0.01)
         yield f"http://127.0.0.1:{sock.getsockname()[1]}"
     finally:
-        server.should_exit = True
+        server.stop()
         await task
         sock.close()
 
@@ -73,13 +94,8 @@ class Web:
 
 
 @pytest.fixture
-def settings(settings: Settings) -> Settings:
-    """The mesh's settings, with mail links pointing at the facade `web` serves."""
-    return settings.model_copy(update={"public_url": f"http://127.0.0.1:{free_port()}"})
-
-
-@pytest.fixture
 async def web(mesh: Mesh) -> AsyncIterator[Web]:
+    """The facade on the port of PUBLIC_URL (`public_url`), so mail links lead to it."""
     port = urlsplit(mesh.settings.public_url).port
     assert port is not None
     async with (

@@ -54,6 +54,7 @@ def debug_logs() -> Iterator[Records]:
     root.setLevel(level)
 
 
+@pytest.mark.own_mesh  # the mesh starting, and its users signing up, log too
 async def test_no_secret_reaches_a_log_record_at_debug(
     debug_logs: Records, web: Web, smtp: SmtpServer
 ) -> None:

@@ -9,10 +9,12 @@ from typing import Any, cast
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey
 
 from facade.app import Backend, create_app
 from facade.transcoding import RuleError
 from mesh.config import Settings
+from tests.conftest import settings_for
 from tests.facade.conftest import facade_client
 from tests.facade.protos import echo_server, service
 
@@ -48,8 +50,14 @@ async def facade_of(settings: Settings, *names: str) -> AsyncIterator[httpx.Asyn
             yield client
 
 
-@pytest.fixture
-async def http(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+@pytest.fixture(scope="module")
+async def http(
+    tmp_path_factory: pytest.TempPathFactory, signing_key: EllipticCurvePrivateKey, public_url: str
+) -> AsyncIterator[httpx.AsyncClient]:
+    """One facade and echo server for the module: neither keeps anything from a request to the
+    next, and stopping uvicorn takes 0.1 s."""
+    folder = tmp_path_factory.mktemp("transcoding")
+    settings = settings_for(folder, "smtp://127.0.0.1:1", signing_key, {}, public_url)  # sends no mail
     async with facade_of(settings, "EchoService") as client:
         yield client
 
