@@ -35,6 +35,7 @@ from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
+from itertools import combinations
 from typing import Any
 
 from google.api import field_behavior_pb2
@@ -51,7 +52,7 @@ from facade import httprule
 from facade.transcoding import HTTP_METHODS, Binding, query_fields
 from mesh.access import declared_role, is_public, role_name
 from mesh.messages import descriptor
-from mesh.options import FIELD_BEHAVIOR, HTTP
+from mesh.options import FIELD_BEHAVIOR, HTTP, LIMITS
 
 OPENAPI_VERSION = "3.1.0"
 SECURITY_SCHEME = "bearer"
@@ -519,7 +520,8 @@ class _Schemas:
             return _enum_schema(leaf.enum_type, request=request)
         if leaf.message_type is not None:
             return self.message(leaf.message_type, request=request)
-        return dict(_SCALARS[leaf.type])
+        schema = dict(_SCALARS[leaf.type])
+        return {**schema, **_limits(leaf)} if request else schema
 
     def _object(self, message: Descriptor, *, request: bool, leave_out: frozenset[str]) -> dict[str, Any]:
         properties: dict[str, Any] = {}
@@ -533,7 +535,7 @@ class _Schemas:
                 schema = _annotate(schema, readOnly=True)
             properties[leaf.name] = self.described(schema, leaf)
             if request:
-                if _REQUIRED in behaviors:
+                if _REQUIRED in behaviors and leaf.containing_oneof is None:
                     required.append(leaf.name)
             elif not leaf.has_presence:
                 required.append(leaf.name)
@@ -541,6 +543,8 @@ class _Schemas:
         shape["properties"] = properties
         if required:
             shape["required"] = required
+        if request:
+            shape.update(_oneof_rules(message, leave_out))
         shape["additionalProperties"] = False
         return shape
 
@@ -587,6 +591,45 @@ def _status_schema(details: list[dict[str, Any]]) -> dict[str, Any]:
         "required": ["code", "message", "details"],
         "additionalProperties": False,
     }
+
+
+def _oneof_rules(message: Descriptor, leave_out: frozenset[str]) -> dict[str, Any]:
+    """A request sets at most one member of each oneof (proto3 JSON refuses two); a oneof whose
+    members are REQUIRED needs exactly one."""
+    rules: list[dict[str, Any]] = []
+    for oneof in message.oneofs:
+        members = [f for f in oneof.fields if f.name not in leave_out]
+        names = [f.name for f in members]
+        if any(_REQUIRED in _behaviors(f) for f in members):
+            rules.append({"oneOf": [{"required": [name]} for name in names]})
+        elif len(names) > 1:
+            pairs = combinations(names, 2)
+            rules.append({"not": {"anyOf": [{"required": list(pair)} for pair in pairs]}})
+    if len(rules) > 1:
+        return {"allOf": rules}
+    return rules[0] if rules else {}
+
+
+def _limits(leaf: FieldDescriptor) -> dict[str, Any]:
+    """The JSON Schema keywords of the field's `invmesh.api.v1.limits`: what its service accepts."""
+    limits = leaf.GetOptions().Extensions[LIMITS]
+    keywords: dict[str, Any] = {}
+    for name, keyword in _LIMIT_KEYWORDS.items():
+        if limits.HasField(name):
+            keywords[keyword] = getattr(limits, name)
+    if limits.pattern:
+        keywords["pattern"] = limits.pattern
+    if limits.format:
+        keywords["format"] = limits.format
+    return keywords
+
+
+_LIMIT_KEYWORDS = {
+    "min_length": "minLength",
+    "max_length": "maxLength",
+    "minimum": "minimum",
+    "maximum": "maximum",
+}
 
 
 def _behaviors(leaf: FieldDescriptor) -> Collection[int]:

@@ -277,7 +277,7 @@ async def test_request_bodies_and_responses_follow_the_http_rules(document: dict
     assert undescribed(listing["page_size"]) == {
         "name": "page_size",
         "in": "query",
-        "schema": {"type": "integer", "format": "int32"},
+        "schema": {"type": "integer", "format": "int32", "minimum": 0},
     }
     verify = {p["name"] for p in ops[("GET", "/users/verify")]["parameters"]}
     assert verify == {"email", "token"}
@@ -457,3 +457,31 @@ async def test_the_verification_link_documents_its_html_page(document: dict[str,
     posted = deref(document, ops[("POST", "/users/verify")]["responses"]["400"])
     assert set(posted["content"]) == {"application/json"}
     assert set(ops[("POST", "/users/verify")]["responses"]["200"]["content"]) == {"application/json"}
+
+
+def test_request_schemas_carry_the_limits_the_services_enforce(document: dict[str, Any]) -> None:
+    """`invmesh.api.v1.limits` becomes JSON Schema keywords on requests; responses stay unbounded,
+    as they print what is stored."""
+    schemas = document["components"]["schemas"]
+    movement = schemas["RecordMovementRequestInput"]["properties"]
+    assert (movement["quantity"]["minimum"], movement["quantity"]["maximum"]) == (1, 2**31 - 1)
+    assert movement["request_id"]["pattern"] == "^[A-Za-z0-9._:-]*$"
+    assert movement["request_id"]["maxLength"] == 64
+    product = schemas["ProductInput"]["properties"]
+    assert (product["sku"]["maxLength"], product["name"]["maxLength"]) == (64, 200)
+    assert product["description"]["maxLength"] == 5000
+    register = schemas["RegisterRequestInput"]["properties"]
+    assert register["password"] | {"description": ""} == {
+        "type": "string",
+        "minLength": 8,
+        "maxLength": 72,
+        "description": "",
+    }
+    assert register["email"]["format"] == "email"
+    assert "maxLength" not in schemas["Product"]["properties"]["sku"]
+
+
+def test_verify_takes_exactly_one_of_email_or_token(document: dict[str, Any]) -> None:
+    verify = document["components"]["schemas"]["VerifyEmailRequestInput"]
+    assert verify["oneOf"] == [{"required": ["email"]}, {"required": ["token"]}]
+    assert "required" not in verify
