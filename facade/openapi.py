@@ -49,7 +49,7 @@ from google.protobuf.descriptor import (
 from google.rpc import error_details_pb2
 
 from facade import httprule
-from facade.transcoding import HTTP_METHODS, Binding, query_fields
+from facade.transcoding import HTTP_METHODS, Binding, is_required, query_fields
 from mesh.access import declared_role, is_public, role_name
 from mesh.messages import descriptor
 from mesh.options import FIELD_BEHAVIOR, HTTP, LIMITS
@@ -58,7 +58,6 @@ OPENAPI_VERSION = "3.1.0"
 SECURITY_SCHEME = "bearer"
 STATUS_SCHEMA = "Status"
 _REF = "#/components/schemas/"
-_REQUIRED = field_behavior_pb2.REQUIRED
 _OUTPUT_ONLY = field_behavior_pb2.OUTPUT_ONLY
 _INT64_PATTERN = "^-?[0-9]+$"
 _UINT64_PATTERN = "^[0-9]+$"
@@ -377,7 +376,7 @@ def _query_parameters(binding: Binding, schemas: _Schemas) -> list[dict[str, Any
         parameter["schema"] = schemas.field(leaf, request=True)
         if leaf.is_repeated:
             parameter.update(style="form", explode=True)
-        if "." not in dotted and _REQUIRED in _behaviors(leaf):
+        if "." not in dotted and is_required(leaf):
             parameter["required"] = True
         parameters.append(parameter)
     return parameters
@@ -388,11 +387,11 @@ def _request_body(binding: Binding, schemas: _Schemas) -> dict[str, Any]:
     if binding.body == "*":
         top = {path.split(".")[0] for path in binding.path_fields if "." not in path}
         schema = schemas.message(request, request=True, leave_out=frozenset(top))
-        required = any(_REQUIRED in _behaviors(f) for f in request.fields if f.name not in top)
+        required = any(is_required(f) for f in request.fields if f.name not in top)
     else:
         leaf = request.fields_by_name[binding.body]
         schema = schemas.field(leaf, request=True)
-        required = _REQUIRED in _behaviors(leaf)
+        required = is_required(leaf)
     return {"required": required, "content": {"application/json": {"schema": schema}}}
 
 
@@ -533,12 +532,14 @@ class _Schemas:
             behaviors = _behaviors(leaf)
             if _OUTPUT_ONLY in behaviors:
                 schema = _annotate(schema, readOnly=True)
-            properties[leaf.name] = self.described(schema, leaf)
             if request:
-                if _REQUIRED in behaviors and leaf.containing_oneof is None:
+                if is_required(leaf) and leaf.containing_oneof is None:
                     required.append(leaf.name)
+                else:  # proto3 JSON reads null as the default, which such a field may keep
+                    schema = _nullable(schema)
             elif not leaf.has_presence:
                 required.append(leaf.name)
+            properties[leaf.name] = self.described(schema, leaf)
         shape: dict[str, Any] = self.described({"type": "object"}, message)
         shape["properties"] = properties
         if required:
@@ -600,14 +601,30 @@ def _oneof_rules(message: Descriptor, leave_out: frozenset[str]) -> dict[str, An
     for oneof in message.oneofs:
         members = [f for f in oneof.fields if f.name not in leave_out]
         names = [f.name for f in members]
-        if any(_REQUIRED in _behaviors(f) for f in members):
-            rules.append({"oneOf": [{"required": [name]} for name in names]})
+        if any(is_required(f) for f in members):
+            rules.append({"oneOf": [_set(name) for name in names]})
         elif len(names) > 1:
-            pairs = combinations(names, 2)
-            rules.append({"not": {"anyOf": [{"required": list(pair)} for pair in pairs]}})
+            rules.append({"not": {"anyOf": [_set(*pair) for pair in combinations(names, 2)]}})
     if len(rules) > 1:
         return {"allOf": rules}
     return rules[0] if rules else {}
+
+
+def _set(*names: str) -> dict[str, Any]:
+    """The fields are set: present and not null (a null member leaves its oneof unset)."""
+    return {"required": list(names), "properties": {name: {"not": {"type": "null"}} for name in names}}
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    """`schema`, or null."""
+    if "$ref" in schema:
+        return {"anyOf": [schema, {"type": "null"}]}
+    if "type" not in schema:  # google.protobuf.Value: null already
+        return schema
+    nullable = {**schema, "type": [schema["type"], "null"]}
+    if "enum" in schema:
+        nullable["enum"] = [*schema["enum"], None]
+    return nullable
 
 
 def _limits(leaf: FieldDescriptor) -> dict[str, Any]:

@@ -483,5 +483,20 @@ def test_request_schemas_carry_the_limits_the_services_enforce(document: dict[st
 
 def test_verify_takes_exactly_one_of_email_or_token(document: dict[str, Any]) -> None:
     verify = document["components"]["schemas"]["VerifyEmailRequestInput"]
-    assert verify["oneOf"] == [{"required": ["email"]}, {"required": ["token"]}]
+    not_null = {"not": {"type": "null"}}
+    assert verify["oneOf"] == [
+        {"required": ["email"], "properties": {"email": not_null}},
+        {"required": ["token"], "properties": {"token": not_null}},
+    ]
     assert "required" not in verify
+
+
+def test_optional_request_fields_may_be_null_as_proto3_json_reads_them(document: dict[str, Any]) -> None:
+    """null sets the default, which an optional field may keep; a REQUIRED field may not be null."""
+    schemas = document["components"]["schemas"]
+    register = schemas["RegisterRequestInput"]["properties"]
+    assert register["name"]["type"] == ["string", "null"]
+    assert register["email"]["type"] == "string"
+    movement = schemas["RecordMovementRequestInput"]["properties"]
+    assert movement["request_id"]["type"] == ["string", "null"]
+    assert movement["type"]["enum"] == ["IN", "OUT"]  # REQUIRED: neither null nor unspecified
