@@ -517,10 +517,12 @@ class _Schemas:
     def _single(self, leaf: FieldDescriptor, *, request: bool) -> dict[str, Any]:
         if leaf.enum_type is not None:
             return _enum_schema(leaf.enum_type, request=request)
-        if leaf.message_type is not None:
+        if leaf.message_type is not None and leaf.message_type.full_name not in _WELL_KNOWN:
             return self.message(leaf.message_type, request=request)
-        schema = dict(_SCALARS[leaf.type])
-        return {**schema, **_limits(leaf)} if request else schema
+        schema = (
+            self.message(leaf.message_type, request=request) if leaf.message_type else _SCALARS[leaf.type]
+        )
+        return {**schema, **_limits(leaf)} if request else dict(schema)
 
     def _object(self, message: Descriptor, *, request: bool, leave_out: frozenset[str]) -> dict[str, Any]:
         properties: dict[str, Any] = {}

@@ -3,6 +3,7 @@ REST route annotated."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 import pytest
@@ -16,7 +17,7 @@ from invmesh.auth.v1 import auth_service_pb2
 from invmesh.inventory.v1 import inventory_service_pb2
 from invmesh.products.v1 import products_service_pb2
 from launcher import codegen
-from mesh import paging
+from mesh import access, paging
 from mesh.options import HTTP, LIMITS
 from products import catalog
 
@@ -135,6 +136,7 @@ _PASSWORD = {"min_length": passwords.MIN_CHARS, "max_length": passwords.MAX_BYTE
 _EMAIL = {"max_length": accounts.MAX_EMAIL_CHARS, "format": "email"}
 _PAGE_SIZE = {"minimum": 0}  # above paging.MAX_PAGE_SIZE is capped, not refused (AIP-158)
 _REQUEST_ID = {"max_length": 64, "pattern": "^[A-Za-z0-9._:-]*$"}
+_MASK_PATH = "(sku|name|description|price|currency|id|stock|createdAt|updatedAt)"
 # Every field with `invmesh.api.v1.limits`, and the limits its service enforces.
 ENFORCED: dict[str, Mapping[str, object]] = {
     "invmesh.auth.v1.RegisterRequest.email": _EMAIL,
@@ -143,12 +145,16 @@ ENFORCED: dict[str, Mapping[str, object]] = {
     "invmesh.auth.v1.VerifyEmailRequest.email": {"min_length": 1, **_EMAIL},
     "invmesh.auth.v1.VerifyEmailRequest.token": {"min_length": 1},
     "invmesh.auth.v1.SetUserRoleRequest.email": _EMAIL,
+    "invmesh.auth.v1.SetUserRoleRequest.role": {"pattern": f"^({'|'.join(access.RANKS)})$"},
     "invmesh.auth.v1.ChangePasswordRequest.new_password": _PASSWORD,
     "invmesh.products.v1.Product.sku": {"max_length": catalog.MAX_SKU_CHARS, "pattern": r"\S"},
     "invmesh.products.v1.Product.name": {"max_length": catalog.MAX_NAME_CHARS, "pattern": r"\S"},
     "invmesh.products.v1.Product.description": {"max_length": catalog.MAX_DESCRIPTION_CHARS},
     "invmesh.products.v1.Product.price": {"pattern": r"^[0-9]*\.?[0-9]+$|^[0-9]+\.$"},
-    "invmesh.products.v1.Product.currency": {"pattern": r"^\s*([A-Za-z]{3}\s*)?$"},
+    "invmesh.products.v1.Product.currency": {"format": "iso-4217"},
+    "invmesh.products.v1.UpdateProductRequest.update_mask": {
+        "pattern": f"^([*]|{_MASK_PATH}(,{_MASK_PATH})*)?$"
+    },
     "invmesh.products.v1.ListProductsRequest.page_size": _PAGE_SIZE,
     "invmesh.inventory.v1.ListInventoryItemsRequest.page_size": _PAGE_SIZE,
     "invmesh.inventory.v1.ListMovementsRequest.page_size": _PAGE_SIZE,
@@ -182,3 +188,5 @@ def test_the_protos_limits_are_the_ones_the_services_enforce() -> None:
     assert declared == ENFORCED
     assert paging.MAX_PAGE_SIZE == 500  # the proto comments' "capped at 500"
     assert stock._REQUEST_ID.pattern == "[A-Za-z0-9._:-]{1,64}"
+    mask_paths = {re.sub(r"[A-Z]", lambda m: "_" + m.group().lower(), p) for p in _MASK_PATH[1:-1].split("|")}
+    assert mask_paths == {*catalog.EDITABLE_FIELDS, *catalog._IGNORED_IN_MASK}

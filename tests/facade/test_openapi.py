@@ -264,12 +264,15 @@ async def test_request_bodies_and_responses_follow_the_http_rules(document: dict
         assert update_id["in"] == "path" and update_id["required"] is True
         assert "product.id" in update_id["description"]
         # The AIP-134 field mask, a string in JSON, is a query parameter.
-        assert {**update_mask, "description": ""} == {
+        assert {**update_mask, "description": "", "schema": {}} == {
             "name": "update_mask",
             "in": "query",
-            "schema": {"type": "string"},
+            "schema": {},
             "description": "",
         }
+        assert update_mask["schema"]["type"] == "string"
+        assert re.fullmatch(update_mask["schema"]["pattern"], "sku,createdAt")  # JSON names: lowerCamelCase
+        assert not re.fullmatch(update_mask["schema"]["pattern"], "sku,nickname")
         assert "The fields of `product` to update" in update_mask["description"]  # the proto's comment
     # Query parameters: the request's fields that neither the path nor the body binds.
     listing = {p["name"]: p for p in ops[("GET", "/inventory/{product_id}/movements")]["parameters"]}
