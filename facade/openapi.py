@@ -390,7 +390,8 @@ def _request_body(binding: Binding, schemas: _Schemas) -> dict[str, Any]:
         required = any(is_required(f) for f in request.fields if f.name not in top)
     else:
         leaf = request.fields_by_name[binding.body]
-        schema = schemas.field(leaf, request=True)
+        patched = binding.masked_body
+        schema = schemas.patch(patched) if patched else schemas.field(leaf, request=True)
         required = is_required(leaf)
     return {"required": required, "content": {"application/json": {"schema": schema}}}
 
@@ -480,6 +481,14 @@ class _Schemas:
         if name not in self._defined:
             self._defined[name] = {}  # reserved first: messages may be recursive
             self._defined[name] = self._object(message, request=request, leave_out=frozenset())
+        return {"$ref": _REF + name}
+
+    def patch(self, message: Descriptor) -> dict[str, Any]:
+        """A PATCH body: any of the message's fields, each replacing its value; the rest stay."""
+        name = self._component_name(message) + "Patch"
+        if name not in self._defined:
+            self._defined[name] = self._object(message, request=True, leave_out=frozenset())
+            self._defined[name].pop("required", None)
         return {"$ref": _REF + name}
 
     def comment(self, element: _Described | None) -> str:

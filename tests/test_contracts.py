@@ -150,7 +150,7 @@ ENFORCED: dict[str, Mapping[str, object]] = {
     "invmesh.products.v1.Product.sku": {"max_length": catalog.MAX_SKU_CHARS, "pattern": r"\S"},
     "invmesh.products.v1.Product.name": {"max_length": catalog.MAX_NAME_CHARS, "pattern": r"\S"},
     "invmesh.products.v1.Product.description": {"max_length": catalog.MAX_DESCRIPTION_CHARS},
-    "invmesh.products.v1.Product.price": {"pattern": r"^[0-9]*\.?[0-9]+$|^[0-9]+\.$"},
+    "invmesh.products.v1.Product.price": {"pattern": r"^0*([0-9]{1,14}(\.[0-9]{0,2})?|\.[0-9]{1,2})$"},
     "invmesh.products.v1.Product.currency": {"format": "iso-4217"},
     "invmesh.products.v1.UpdateProductRequest.update_mask": {
         "pattern": f"^([*]|{_MASK_PATH}(,{_MASK_PATH})*)?$"
@@ -188,5 +188,6 @@ def test_the_protos_limits_are_the_ones_the_services_enforce() -> None:
     assert declared == ENFORCED
     assert paging.MAX_PAGE_SIZE == 500  # the proto comments' "capped at 500"
     assert stock._REQUEST_ID.pattern == "[A-Za-z0-9._:-]{1,64}"
+    assert catalog.MAX_PRICE == 10**14  # the price pattern's 14 integer digits
     mask_paths = {re.sub(r"[A-Z]", lambda m: "_" + m.group().lower(), p) for p in _MASK_PATH[1:-1].split("|")}
     assert mask_paths == {*catalog.EDITABLE_FIELDS, *catalog._IGNORED_IN_MASK}

@@ -503,3 +503,18 @@ def test_optional_request_fields_may_be_null_as_proto3_json_reads_them(document:
     movement = schemas["RecordMovementRequestInput"]["properties"]
     assert movement["request_id"]["type"] == ["string", "null"]
     assert movement["type"]["enum"] == ["IN", "OUT"]  # REQUIRED: neither null nor unspecified
+
+
+def test_a_patch_body_may_hold_any_of_the_fields_it_changes(document: dict[str, Any]) -> None:
+    """PATCH updates the fields its body holds, so none is required; PUT replaces, so they are."""
+    paths = document["paths"]["/products/{id}"]
+    patch = paths["patch"]["requestBody"]["content"]["application/json"]["schema"]
+    put = paths["put"]["requestBody"]["content"]["application/json"]["schema"]
+    schemas = document["components"]["schemas"]
+    assert (patch, put) == (
+        {"$ref": "#/components/schemas/ProductPatch"},
+        {"$ref": "#/components/schemas/ProductInput"},
+    )
+    assert "required" not in schemas["ProductPatch"]
+    assert schemas["ProductInput"]["required"] == ["sku", "name", "price"]
+    assert schemas["ProductPatch"]["properties"] == schemas["ProductInput"]["properties"]
