@@ -11,6 +11,9 @@ Conventions, matching what the facade does:
   `optional` fields, singular messages and oneof members may be absent. OUTPUT_ONLY fields are
   `readOnly`. Request schemas are separate (`<Message>Input`): `required` follows
   `google.api.field_behavior = REQUIRED`, and unknown fields are refused (`additionalProperties: false`).
+  They carry the field's `invmesh.api.v1.limits` as JSON Schema keywords; an optional field may be
+  null (proto3 JSON's default), a oneof whose members are REQUIRED takes exactly one (`oneOf`), and
+  a PATCH that infers its update mask takes any of the body's fields (`<Message>Patch`).
 - 64-bit integers are strings (proto3 JSON), enums are their value names.
 - Path templates: literal segments stay literal and each wildcard segment (`*` or `**`) is one
   path parameter. `{id}` is `{id}`, `{product.id}` a parameter named `product.id`. A variable
