@@ -177,3 +177,30 @@ async def test_schemathesis_catches_a_document_that_drifted(web: Web, tmp_path: 
     assert "Response violates schema" in output and '"nickname" is a required property' in output, output[
         -5000:
     ]
+
+
+async def test_schemathesis_catches_a_limit_the_document_left_out(web: Web, tmp_path: Path) -> None:
+    """The data checks can fail: without `minimum: 0`, a negative page_size is schema-valid, and
+    the service's 400 for it is caught."""
+    document = copy.deepcopy((await web.http.get("/openapi.json")).json())
+    listing = document["paths"]["/products"]["get"]["parameters"]
+    page_size = next(p for p in listing if p["name"] == "page_size")
+    del page_size["schema"]["minimum"]
+    async with serving(WrongDocument(create_app(web.mesh.settings), document)) as url:
+        code, output = await schemathesis(
+            *run_args(
+                url,
+                web.staff["authorization"],
+                "--checks",
+                "positive_data_acceptance",
+                "--include-operation-id",
+                "ProductsService_ListProducts",
+                "--phases",
+                "coverage",
+                "--mode",
+                "positive",
+            ),
+            cwd=tmp_path,
+        )
+    assert code == 1, output[-5000:]
+    assert "Schema-valid request rejected" in output and "INVALID_PAGE_SIZE" in output, output[-5000:]
