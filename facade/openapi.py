@@ -529,12 +529,13 @@ class _Schemas:
     def _single(self, leaf: FieldDescriptor, *, request: bool) -> dict[str, Any]:
         if leaf.enum_type is not None:
             return _enum_schema(leaf.enum_type, request=request)
-        if leaf.message_type is not None and leaf.message_type.full_name not in _WELL_KNOWN:
+        if leaf.message_type is None:
+            schema = dict(_SCALARS[leaf.type])
+        elif leaf.message_type.full_name in _WELL_KNOWN:  # a JSON scalar, such as a FieldMask's string
+            schema = self.message(leaf.message_type, request=request)
+        else:
             return self.message(leaf.message_type, request=request)
-        schema = (
-            self.message(leaf.message_type, request=request) if leaf.message_type else _SCALARS[leaf.type]
-        )
-        return {**schema, **_limits(leaf)} if request else dict(schema)
+        return {**schema, **_limits(leaf)} if request else schema
 
     def _object(self, message: Descriptor, *, request: bool, leave_out: frozenset[str]) -> dict[str, Any]:
         properties: dict[str, Any] = {}
