@@ -31,7 +31,7 @@ from mesh.messages import descriptor
 
 # The reasons of what the facade refuses itself (the backends' reasons pass through).
 INVALID_JSON = "INVALID_JSON"  # the body is not JSON, or nests too deeply
-INVALID_BODY = "INVALID_BODY"  # JSON, but not the shape the route takes (or a body where it takes none)
+INVALID_BODY = "INVALID_BODY"  # JSON, but not the shape the route takes; a body where none goes, or none
 UNKNOWN_FIELD = "UNKNOWN_FIELD"  # a body field or query parameter the request message does not have
 INVALID_VALUE = "INVALID_VALUE"  # a value of the wrong type, or out of range (body, query or path)
 INVALID_QUERY = "INVALID_QUERY"  # a malformed query string, or a parameter the query cannot set

@@ -11,6 +11,9 @@ Conventions, matching what the facade does:
   `optional` fields, singular messages and oneof members may be absent. OUTPUT_ONLY fields are
   `readOnly`. Request schemas are separate (`<Message>Input`): `required` follows
   `google.api.field_behavior = REQUIRED`, and unknown fields are refused (`additionalProperties: false`).
+  They carry the field's `invmesh.api.v1.limits` as JSON Schema keywords; an optional field may be
+  null (proto3 JSON's default), a oneof whose members are REQUIRED takes exactly one (`oneOf`), and
+  a PATCH that infers its update mask takes any of the body's fields (`<Message>Patch`).
 - 64-bit integers are strings (proto3 JSON), enums are their value names.
 - Path templates: literal segments stay literal and each wildcard segment (`*` or `**`) is one
   path parameter. `{id}` is `{id}`, `{product.id}` a parameter named `product.id`. A variable
@@ -35,6 +38,7 @@ from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
+from itertools import combinations
 from typing import Any
 
 from google.api import field_behavior_pb2
@@ -48,16 +52,15 @@ from google.protobuf.descriptor import (
 from google.rpc import error_details_pb2
 
 from facade import httprule
-from facade.transcoding import HTTP_METHODS, Binding, query_fields
+from facade.transcoding import HTTP_METHODS, Binding, is_required, query_fields
 from mesh.access import declared_role, is_public, role_name
 from mesh.messages import descriptor
-from mesh.options import FIELD_BEHAVIOR, HTTP
+from mesh.options import FIELD_BEHAVIOR, HTTP, LIMITS
 
 OPENAPI_VERSION = "3.1.0"
 SECURITY_SCHEME = "bearer"
 STATUS_SCHEMA = "Status"
 _REF = "#/components/schemas/"
-_REQUIRED = field_behavior_pb2.REQUIRED
 _OUTPUT_ONLY = field_behavior_pb2.OUTPUT_ONLY
 _INT64_PATTERN = "^-?[0-9]+$"
 _UINT64_PATTERN = "^[0-9]+$"
@@ -376,7 +379,7 @@ def _query_parameters(binding: Binding, schemas: _Schemas) -> list[dict[str, Any
         parameter["schema"] = schemas.field(leaf, request=True)
         if leaf.is_repeated:
             parameter.update(style="form", explode=True)
-        if "." not in dotted and _REQUIRED in _behaviors(leaf):
+        if "." not in dotted and is_required(leaf):
             parameter["required"] = True
         parameters.append(parameter)
     return parameters
@@ -387,11 +390,12 @@ def _request_body(binding: Binding, schemas: _Schemas) -> dict[str, Any]:
     if binding.body == "*":
         top = {path.split(".")[0] for path in binding.path_fields if "." not in path}
         schema = schemas.message(request, request=True, leave_out=frozenset(top))
-        required = any(_REQUIRED in _behaviors(f) for f in request.fields if f.name not in top)
+        required = any(is_required(f) for f in request.fields if f.name not in top)
     else:
         leaf = request.fields_by_name[binding.body]
-        schema = schemas.field(leaf, request=True)
-        required = _REQUIRED in _behaviors(leaf)
+        patched = binding.masked_body
+        schema = schemas.patch(patched) if patched else schemas.field(leaf, request=True)
+        required = is_required(leaf)
     return {"required": required, "content": {"application/json": {"schema": schema}}}
 
 
@@ -482,6 +486,14 @@ class _Schemas:
             self._defined[name] = self._object(message, request=request, leave_out=frozenset())
         return {"$ref": _REF + name}
 
+    def patch(self, message: Descriptor) -> dict[str, Any]:
+        """A PATCH body: any of the message's fields, each replacing its value; the rest stay."""
+        name = self._component_name(message) + "Patch"
+        if name not in self._defined:
+            self._defined[name] = self._object(message, request=True, leave_out=frozenset())
+            self._defined[name].pop("required", None)
+        return {"$ref": _REF + name}
+
     def comment(self, element: _Described | None) -> str:
         """The proto comment of a service, method, message or field ("" for none)."""
         return self._comments.get(element.full_name, "") if element is not None else ""
@@ -517,9 +529,13 @@ class _Schemas:
     def _single(self, leaf: FieldDescriptor, *, request: bool) -> dict[str, Any]:
         if leaf.enum_type is not None:
             return _enum_schema(leaf.enum_type, request=request)
-        if leaf.message_type is not None:
+        if leaf.message_type is None:
+            schema = dict(_SCALARS[leaf.type])
+        elif leaf.message_type.full_name in _WELL_KNOWN:  # a JSON scalar, such as a FieldMask's string
+            schema = self.message(leaf.message_type, request=request)
+        else:
             return self.message(leaf.message_type, request=request)
-        return dict(_SCALARS[leaf.type])
+        return {**schema, **_limits(leaf)} if request else schema
 
     def _object(self, message: Descriptor, *, request: bool, leave_out: frozenset[str]) -> dict[str, Any]:
         properties: dict[str, Any] = {}
@@ -531,16 +547,20 @@ class _Schemas:
             behaviors = _behaviors(leaf)
             if _OUTPUT_ONLY in behaviors:
                 schema = _annotate(schema, readOnly=True)
-            properties[leaf.name] = self.described(schema, leaf)
             if request:
-                if _REQUIRED in behaviors:
+                if is_required(leaf) and leaf.containing_oneof is None:
                     required.append(leaf.name)
+                else:  # proto3 JSON reads null as the default, which such a field may keep
+                    schema = _nullable(schema)
             elif not leaf.has_presence:
                 required.append(leaf.name)
+            properties[leaf.name] = self.described(schema, leaf)
         shape: dict[str, Any] = self.described({"type": "object"}, message)
         shape["properties"] = properties
         if required:
             shape["required"] = required
+        if request:
+            shape.update(_oneof_rules(message, leave_out))
         shape["additionalProperties"] = False
         return shape
 
@@ -587,6 +607,61 @@ def _status_schema(details: list[dict[str, Any]]) -> dict[str, Any]:
         "required": ["code", "message", "details"],
         "additionalProperties": False,
     }
+
+
+def _oneof_rules(message: Descriptor, leave_out: frozenset[str]) -> dict[str, Any]:
+    """A request sets at most one member of each oneof (proto3 JSON refuses two); a oneof whose
+    members are REQUIRED needs exactly one."""
+    rules: list[dict[str, Any]] = []
+    for oneof in message.oneofs:
+        members = [f for f in oneof.fields if f.name not in leave_out]
+        names = [f.name for f in members]
+        if any(is_required(f) for f in members):
+            rules.append({"oneOf": [_set(name) for name in names]})
+        elif len(names) > 1:
+            rules.append({"not": {"anyOf": [_set(*pair) for pair in combinations(names, 2)]}})
+    if len(rules) > 1:
+        return {"allOf": rules}
+    return rules[0] if rules else {}
+
+
+def _set(*names: str) -> dict[str, Any]:
+    """The fields are set: present and not null (a null member leaves its oneof unset)."""
+    return {"required": list(names), "properties": {name: {"not": {"type": "null"}} for name in names}}
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    """`schema`, or null."""
+    if "$ref" in schema:
+        return {"anyOf": [schema, {"type": "null"}]}
+    if "type" not in schema:  # google.protobuf.Value: null already
+        return schema
+    nullable = {**schema, "type": [schema["type"], "null"]}
+    if "enum" in schema:
+        nullable["enum"] = [*schema["enum"], None]
+    return nullable
+
+
+def _limits(leaf: FieldDescriptor) -> dict[str, Any]:
+    """The JSON Schema keywords of the field's `invmesh.api.v1.limits`: what its service accepts."""
+    limits = leaf.GetOptions().Extensions[LIMITS]
+    keywords: dict[str, Any] = {}
+    for name, keyword in _LIMIT_KEYWORDS.items():
+        if limits.HasField(name):
+            keywords[keyword] = getattr(limits, name)
+    if limits.pattern:
+        keywords["pattern"] = limits.pattern
+    if limits.format:
+        keywords["format"] = limits.format
+    return keywords
+
+
+_LIMIT_KEYWORDS = {
+    "min_length": "minLength",
+    "max_length": "maxLength",
+    "minimum": "minimum",
+    "maximum": "maximum",
+}
 
 
 def _behaviors(leaf: FieldDescriptor) -> Collection[int]:

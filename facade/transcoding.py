@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, quote
 
-from google.api import http_pb2
+from google.api import field_behavior_pb2, http_pb2
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
@@ -24,7 +24,7 @@ from google.protobuf.message_factory import GetMessageClass
 from facade import errors, httprule
 from invmesh.api.v1 import rest_pb2
 from mesh.messages import descriptor
-from mesh.options import HTTP, REST_RESPONSE
+from mesh.options import FIELD_BEHAVIOR, HTTP, REST_RESPONSE
 
 # The methods an OpenAPI path item can describe; a `custom` rule may use any of them.
 HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
@@ -154,6 +154,12 @@ class Binding:
                 )
             return {}
         if not body.strip():
+            if self.body != "*" and is_required(descriptor(self.request_class).fields_by_name[self.body]):
+                raise BadRequest(
+                    f"{self.http_method} {self.template.text} needs a body: `{self.body}` is required",
+                    reason=errors.INVALID_BODY,
+                    field=self.body,
+                )
             return {}  # no body leaves the body field unset, as the RPC would see it over gRPC
         try:
             parsed = json.loads(body, object_pairs_hook=_object_without_duplicates)
@@ -336,6 +342,11 @@ def _to_json(message: Message) -> dict[str, Any]:
     return json_format.MessageToDict(
         message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
+
+
+def is_required(leaf: FieldDescriptor) -> bool:
+    """Whether the field is `google.api.field_behavior = REQUIRED`."""
+    return field_behavior_pb2.REQUIRED in leaf.GetOptions().Extensions[FIELD_BEHAVIOR]
 
 
 def _is_repeated(leaf: FieldDescriptor) -> bool:

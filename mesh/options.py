@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, cast
 from google.api import annotations_pb2, field_behavior_pb2, http_pb2
 from google.protobuf.descriptor_pb2 import FieldOptions, MethodOptions
 
-from invmesh.api.v1 import access_pb2, rest_pb2
+from invmesh.api.v1 import access_pb2, limits_pb2, rest_pb2
 
 if TYPE_CHECKING:
     from google.protobuf.internal.containers import RepeatedScalarFieldContainer
@@ -27,3 +27,4 @@ FIELD_BEHAVIOR = cast(
     "_ExtensionFieldDescriptor[FieldOptions, RepeatedScalarFieldContainer[field_behavior_pb2.FieldBehavior]]",
     field_behavior_pb2.field_behavior,
 )
+LIMITS = cast("_ExtensionFieldDescriptor[FieldOptions, limits_pb2.FieldLimits]", limits_pb2.limits)

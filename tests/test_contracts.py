@@ -3,16 +3,23 @@ REST route annotated."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
+
 import pytest
 from google.api import http_pb2
 from google.protobuf.descriptor import Descriptor, FileDescriptor
 
+from auth import accounts, passwords
 from facade.openapi import contract_comments
+from inventory import stock
 from invmesh.auth.v1 import auth_service_pb2
 from invmesh.inventory.v1 import inventory_service_pb2
 from invmesh.products.v1 import products_service_pb2
 from launcher import codegen
-from mesh.options import HTTP
+from mesh import access, paging
+from mesh.options import HTTP, LIMITS
+from products import catalog
 
 FILES: list[FileDescriptor] = [
     auth_service_pb2.DESCRIPTOR,
@@ -123,3 +130,64 @@ def test_the_protos_comments_are_written_beside_the_generated_code() -> None:
     assert comments[price.full_name].startswith('Unit price as a decimal string such as "12.50";')
     assert "\n" in comments[price.full_name]  # its two lines, as written, without the `// `
     assert not any(line.startswith((" ", "//")) for text in comments.values() for line in text.split("\n"))
+
+
+_PASSWORD = {"min_length": passwords.MIN_CHARS, "max_length": passwords.MAX_BYTES}
+_EMAIL = {"max_length": accounts.MAX_EMAIL_CHARS, "format": "email"}
+_PAGE_SIZE = {"minimum": 0}  # above paging.MAX_PAGE_SIZE is capped, not refused (AIP-158)
+_REQUEST_ID = {"max_length": 64, "pattern": "^[A-Za-z0-9._:-]*$"}
+_MASK_PATH = "(sku|name|description|price|currency|id|stock|createdAt|updatedAt)"
+# Every field with `invmesh.api.v1.limits`, and the limits its service enforces.
+ENFORCED: dict[str, Mapping[str, object]] = {
+    "invmesh.auth.v1.RegisterRequest.email": _EMAIL,
+    "invmesh.auth.v1.RegisterRequest.password": _PASSWORD,
+    "invmesh.auth.v1.RegisterRequest.name": {"max_length": accounts.MAX_NAME_CHARS},
+    "invmesh.auth.v1.VerifyEmailRequest.email": {"min_length": 1, **_EMAIL},
+    "invmesh.auth.v1.VerifyEmailRequest.token": {"min_length": 1},
+    "invmesh.auth.v1.SetUserRoleRequest.email": _EMAIL,
+    "invmesh.auth.v1.SetUserRoleRequest.role": {"pattern": f"^({'|'.join(access.RANKS)})$"},
+    "invmesh.auth.v1.ChangePasswordRequest.new_password": _PASSWORD,
+    "invmesh.products.v1.Product.sku": {"max_length": catalog.MAX_SKU_CHARS, "pattern": r"\S"},
+    "invmesh.products.v1.Product.name": {"max_length": catalog.MAX_NAME_CHARS, "pattern": r"\S"},
+    "invmesh.products.v1.Product.description": {"max_length": catalog.MAX_DESCRIPTION_CHARS},
+    "invmesh.products.v1.Product.price": {"pattern": r"^0*([0-9]{1,14}(\.[0-9]{0,2})?|\.[0-9]{1,2})$"},
+    "invmesh.products.v1.Product.currency": {"format": "iso-4217"},
+    "invmesh.products.v1.UpdateProductRequest.update_mask": {
+        "pattern": f"^([*]|{_MASK_PATH}(,{_MASK_PATH})*)?$"
+    },
+    "invmesh.products.v1.ListProductsRequest.page_size": _PAGE_SIZE,
+    "invmesh.inventory.v1.ListInventoryItemsRequest.page_size": _PAGE_SIZE,
+    "invmesh.inventory.v1.ListMovementsRequest.page_size": _PAGE_SIZE,
+    "invmesh.inventory.v1.RecordMovementRequest.quantity": {"minimum": 1, "maximum": stock.MAX_STOCK},
+    "invmesh.inventory.v1.RecordMovementRequest.reason": {"max_length": stock.MAX_REASON_CHARS},
+    "invmesh.inventory.v1.RecordMovementRequest.reference": {"max_length": stock.MAX_REFERENCE_CHARS},
+    "invmesh.inventory.v1.RecordMovementRequest.request_id": _REQUEST_ID,
+    "invmesh.inventory.v1.SetStockRequest.quantity": {"minimum": 0, "maximum": stock.MAX_STOCK},
+    "invmesh.inventory.v1.SetStockRequest.reason": {"max_length": stock.MAX_REASON_CHARS},
+    "invmesh.inventory.v1.SetStockRequest.request_id": _REQUEST_ID,
+}
+
+
+def _declared_limits(message: Descriptor) -> dict[str, dict[str, object]]:
+    found: dict[str, dict[str, object]] = {}
+    for field in message.fields:
+        declared = {f.name: value for f, value in field.GetOptions().Extensions[LIMITS].ListFields()}
+        if declared:
+            found[field.full_name] = declared
+    for nested in message.nested_types:
+        found.update(_declared_limits(nested))
+    return found
+
+
+def test_the_protos_limits_are_the_ones_the_services_enforce() -> None:
+    """The document's limits come from the protos; the services check their own constants."""
+    declared: dict[str, dict[str, object]] = {}
+    for file in FILES:
+        for message in file.message_types_by_name.values():
+            declared.update(_declared_limits(message))
+    assert declared == ENFORCED
+    assert paging.MAX_PAGE_SIZE == 500  # the proto comments' "capped at 500"
+    assert stock._REQUEST_ID.pattern == "[A-Za-z0-9._:-]{1,64}"
+    assert catalog.MAX_PRICE == 10**14  # the price pattern's 14 integer digits
+    mask_paths = {re.sub(r"[A-Z]", lambda m: "_" + m.group().lower(), p) for p in _MASK_PATH[1:-1].split("|")}
+    assert mask_paths == {*catalog.EDITABLE_FIELDS, *catalog._IGNORED_IN_MASK}

@@ -264,12 +264,15 @@ async def test_request_bodies_and_responses_follow_the_http_rules(document: dict
         assert update_id["in"] == "path" and update_id["required"] is True
         assert "product.id" in update_id["description"]
         # The AIP-134 field mask, a string in JSON, is a query parameter.
-        assert {**update_mask, "description": ""} == {
+        assert {**update_mask, "description": "", "schema": {}} == {
             "name": "update_mask",
             "in": "query",
-            "schema": {"type": "string"},
+            "schema": {},
             "description": "",
         }
+        assert update_mask["schema"]["type"] == "string"
+        assert re.fullmatch(update_mask["schema"]["pattern"], "sku,createdAt")  # JSON names: lowerCamelCase
+        assert not re.fullmatch(update_mask["schema"]["pattern"], "sku,nickname")
         assert "The fields of `product` to update" in update_mask["description"]  # the proto's comment
     # Query parameters: the request's fields that neither the path nor the body binds.
     listing = {p["name"]: p for p in ops[("GET", "/inventory/{product_id}/movements")]["parameters"]}
@@ -277,7 +280,7 @@ async def test_request_bodies_and_responses_follow_the_http_rules(document: dict
     assert undescribed(listing["page_size"]) == {
         "name": "page_size",
         "in": "query",
-        "schema": {"type": "integer", "format": "int32"},
+        "schema": {"type": "integer", "format": "int32", "minimum": 0},
     }
     verify = {p["name"] for p in ops[("GET", "/users/verify")]["parameters"]}
     assert verify == {"email", "token"}
@@ -457,3 +460,61 @@ async def test_the_verification_link_documents_its_html_page(document: dict[str,
     posted = deref(document, ops[("POST", "/users/verify")]["responses"]["400"])
     assert set(posted["content"]) == {"application/json"}
     assert set(ops[("POST", "/users/verify")]["responses"]["200"]["content"]) == {"application/json"}
+
+
+def test_request_schemas_carry_the_limits_the_services_enforce(document: dict[str, Any]) -> None:
+    """`invmesh.api.v1.limits` becomes JSON Schema keywords on requests; responses stay unbounded,
+    as they print what is stored."""
+    schemas = document["components"]["schemas"]
+    movement = schemas["RecordMovementRequestInput"]["properties"]
+    assert (movement["quantity"]["minimum"], movement["quantity"]["maximum"]) == (1, 2**31 - 1)
+    assert movement["request_id"]["pattern"] == "^[A-Za-z0-9._:-]*$"
+    assert movement["request_id"]["maxLength"] == 64
+    product = schemas["ProductInput"]["properties"]
+    assert (product["sku"]["maxLength"], product["name"]["maxLength"]) == (64, 200)
+    assert product["description"]["maxLength"] == 5000
+    register = schemas["RegisterRequestInput"]["properties"]
+    assert register["password"] | {"description": ""} == {
+        "type": "string",
+        "minLength": 8,
+        "maxLength": 72,
+        "description": "",
+    }
+    assert register["email"]["format"] == "email"
+    assert "maxLength" not in schemas["Product"]["properties"]["sku"]
+
+
+def test_verify_takes_exactly_one_of_email_or_token(document: dict[str, Any]) -> None:
+    verify = document["components"]["schemas"]["VerifyEmailRequestInput"]
+    not_null = {"not": {"type": "null"}}
+    assert verify["oneOf"] == [
+        {"required": ["email"], "properties": {"email": not_null}},
+        {"required": ["token"], "properties": {"token": not_null}},
+    ]
+    assert "required" not in verify
+
+
+def test_optional_request_fields_may_be_null_as_proto3_json_reads_them(document: dict[str, Any]) -> None:
+    """null sets the default, which an optional field may keep; a REQUIRED field may not be null."""
+    schemas = document["components"]["schemas"]
+    register = schemas["RegisterRequestInput"]["properties"]
+    assert register["name"]["type"] == ["string", "null"]
+    assert register["email"]["type"] == "string"
+    movement = schemas["RecordMovementRequestInput"]["properties"]
+    assert movement["request_id"]["type"] == ["string", "null"]
+    assert movement["type"]["enum"] == ["IN", "OUT"]  # REQUIRED: neither null nor unspecified
+
+
+def test_a_patch_body_may_hold_any_of_the_fields_it_changes(document: dict[str, Any]) -> None:
+    """PATCH updates the fields its body holds, so none is required; PUT replaces, so they are."""
+    paths = document["paths"]["/products/{id}"]
+    patch = paths["patch"]["requestBody"]["content"]["application/json"]["schema"]
+    put = paths["put"]["requestBody"]["content"]["application/json"]["schema"]
+    schemas = document["components"]["schemas"]
+    assert (patch, put) == (
+        {"$ref": "#/components/schemas/ProductPatch"},
+        {"$ref": "#/components/schemas/ProductInput"},
+    )
+    assert "required" not in schemas["ProductPatch"]
+    assert schemas["ProductInput"]["required"] == ["sku", "name", "price"]
+    assert schemas["ProductPatch"]["properties"] == schemas["ProductInput"]["properties"]

@@ -59,3 +59,21 @@ async def test_resending_verification_answers_alike_for_known_and_unknown_addres
     known = await web.http.post("/users/verify", json={"email": "staff@example.com"})
     unknown = await web.http.post("/users/verify", json={"email": "nobody-here@example.com"})
     assert (known.status_code, known.content) == (unknown.status_code, unknown.content) == (200, b"{}")
+
+
+@pytest.mark.parametrize("method", ["PUT", "PATCH"])
+async def test_an_update_without_a_body_is_refused_rather_than_changing_nothing(
+    web: Web, method: str
+) -> None:
+    """`product` is REQUIRED: no body at all is a 400, even beside an empty update_mask."""
+    created = await web.http.post(
+        "/products", headers=web.staff, json={"sku": f"NOBODY-{method}", "name": "Kept", "price": "5"}
+    )
+    assert created.status_code == 201, created.text
+    refused = await web.http.request(
+        method, f"/products/{created.json()['id']}?update_mask=", headers=web.staff
+    )
+    assert refused.status_code == 400, refused.text
+    error = refused.json()
+    assert error["details"][0]["reason"] == "INVALID_BODY", error
+    assert "`product` is required" in error["message"], error

@@ -26,10 +26,11 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from invmesh.api.v1 import access_pb2 as invmesh_dot_api_dot_v1_dot_access__pb2
+from invmesh.api.v1 import limits_pb2 as invmesh_dot_api_dot_v1_dot_limits__pb2
 from invmesh.api.v1 import rest_pb2 as invmesh_dot_api_dot_v1_dot_rest__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"invmesh/auth/v1/auth_service.proto\x12\x0finvmesh.auth.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1binvmesh/api/v1/access.proto\x1a\x19invmesh/api/v1/rest.proto\"\x9e\x01\n\x04User\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x1c\n\x0e\x65mail_verified\x18\x04 \x01(\x08\x42\x04\xe2\x41\x01\x03\x12\x13\n\x05roles\x18\x05 \x03(\tB\x04\xe2\x41\x01\x03\x12\x34\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"L\n\x0fRegisterRequest\x12\x13\n\x05\x65mail\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08password\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0c\n\x04name\x18\x03 \x01(\t\"7\n\x10RegisterResponse\x12#\n\x04user\x18\x01 \x01(\x0b\x32\x15.invmesh.auth.v1.User\";\n\x0cLoginRequest\x12\x13\n\x05\x65mail\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08password\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"d\n\rLoginResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x05\x12\x15\n\rrefresh_token\x18\x04 \x01(\t\"@\n\x12VerifyEmailRequest\x12\x0f\n\x05\x65mail\x18\x01 \x01(\tH\x00\x12\x0f\n\x05token\x18\x02 \x01(\tH\x00\x42\x08\n\x06\x61\x63tion\":\n\x13VerifyEmailResponse\x12#\n\x04user\x18\x01 \x01(\x0b\x32\x15.invmesh.auth.v1.User\"2\n\x13RefreshTokenRequest\x12\x1b\n\rrefresh_token\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"k\n\x14RefreshTokenResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x05\x12\x15\n\rrefresh_token\x18\x04 \x01(\t\"\x0e\n\x0cGetMeRequest\"4\n\rGetMeResponse\x12#\n\x04user\x18\x01 \x01(\x0b\x32\x15.invmesh.auth.v1.User\"=\n\x12SetUserRoleRequest\x12\x13\n\x05\x65mail\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\x04role\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\":\n\x13SetUserRoleResponse\x12#\n\x04user\x18\x01 \x01(\x0b\x32\x15.invmesh.auth.v1.User\"S\n\x15\x43hangePasswordRequest\x12\x1e\n\x10\x63urrent_password\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1a\n\x0cnew_password\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"m\n\x16\x43hangePasswordResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x05\x12\x15\n\rrefresh_token\x18\x04 \x01(\t\"P\n\x18IssueServiceTokenRequest\x12\x17\n\tclient_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\rclient_secret\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"Y\n\x19IssueServiceTokenResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x05\"\x10\n\x0eGetJwksRequest\"5\n\x0fGetJwksResponse\x12\"\n\x04keys\x18\x01 \x03(\x0b\x32\x14.invmesh.auth.v1.Jwk\"\\\n\x03Jwk\x12\x0b\n\x03kty\x18\x01 \x01(\t\x12\x0b\n\x03\x63rv\x18\x02 \x01(\t\x12\t\n\x01x\x18\x03 \x01(\t\x12\t\n\x01y\x18\x04 \x01(\t\x12\x0b\n\x03kid\x18\x05 \x01(\t\x12\x0b\n\x03\x61lg\x18\x06 \x01(\t\x12\x0b\n\x03use\x18\x07 \x01(\t2\xd1\x08\n\x0b\x41uthService\x12~\n\x08Register\x12 .invmesh.auth.v1.RegisterRequest\x1a!.invmesh.auth.v1.RegisterResponse\"-\xc2\xf3\x18\x03\x08\xca\x01\xca\xf3\x18\x02\x10\x01\x82\xd3\xe4\x93\x02\x1a\"\x0f/users/register:\x01*b\x04user\x12\x65\n\x05Login\x12\x1d.invmesh.auth.v1.LoginRequest\x1a\x1e.invmesh.auth.v1.LoginResponse\"\x1d\xca\xf3\x18\x02\x10\x01\x82\xd3\xe4\x93\x02\x11\"\x0c/users/login:\x01*\x12\x89\x01\n\x0bVerifyEmail\x12#.invmesh.auth.v1.VerifyEmailRequest\x1a$.invmesh.auth.v1.VerifyEmailResponse\"/\xca\xf3\x18\x02\x10\x01\x82\xd3\xe4\x93\x02#\"\r/users/verify:\x01*Z\x0f\x12\r/users/verify\x12|\n\x0cRefreshToken\x12$.invmesh.auth.v1.RefreshTokenRequest\x1a%.invmesh.auth.v1.RefreshTokenResponse\"\x1f\xca\xf3\x18\x02\x10\x01\x82\xd3\xe4\x93\x02\x13\"\x0e/users/refresh:\x01*\x12_\n\x05GetMe\x12\x1d.invmesh.auth.v1.GetMeRequest\x1a\x1e.invmesh.auth.v1.GetMeResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\t/users/meb\x04user\x12\x7f\n\x0bSetUserRole\x12#.invmesh.auth.v1.SetUserRoleRequest\x1a$.invmesh.auth.v1.SetUserRoleResponse\"%\xca\xf3\x18\x02\x08\x03\x82\xd3\xe4\x93\x02\x19\"\x0e/users:setRole:\x01*b\x04user\x12\x86\x01\n\x0e\x43hangePassword\x12&.invmesh.auth.v1.ChangePasswordRequest\x1a\'.invmesh.auth.v1.ChangePasswordResponse\"#\x82\xd3\xe4\x93\x02\x1d\"\x18/users/me:changePassword:\x01*\x12r\n\x11IssueServiceToken\x12).invmesh.auth.v1.IssueServiceTokenRequest\x1a*.invmesh.auth.v1.IssueServiceTokenResponse\"\x06\xca\xf3\x18\x02\x10\x01\x12r\n\x07GetJwks\x12\x1f.invmesh.auth.v1.GetJwksRequest\x1a .invmesh.auth.v1.GetJwksResponse\"$\xca\xf3\x18\x02\x10\x01\x82\xd3\xe4\x93\x02\x18\x12\x16/.well-known/jwks.jsonb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"invmesh/auth/v1/auth_service.proto\x12\x0finvmesh.auth.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1binvmesh/api/v1/access.proto\x1a\x1binvmesh/api/v1/limits.proto\x1a\x19invmesh/api/v1/rest.proto\"\x9e\x01\n\x04User\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x1c\n\x0e\x65mail_verified\x18\x04 \x01(\x08\x42\x04\xe2\x41\x01\x03\x12\x13\n\x05roles\x18\x05 \x03(\tB\x04\xe2\x41\x01\x03\x12\x34\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"k\n\x0fRegisterRequest\x12!\n\x05\x65mail\x18\x01 \x01(\tB\x12\xe2\x41\x01\x02\xd2\xf3\x18\n\x10\xc0\x02\x32\x05\x65mail\x12\x1e\n\x08password\x18\x02 \x01(\tB\x0c\xe2\x41\x01\x02\xd2\xf3\x18\x04\x08\x08\x10H\x12\x15\n\x04name\x18\x03 \x01(\tB\x07\xd2\xf3\x18\x03\x10\xc8\x01\"7\n\x10RegisterResponse\x12#\n\x04user\x18\x01 \x01(\x0b\x32\x15.invmesh.auth.v1.User\";\n\x0cLoginRequest\x12\x13\n\x05\x65mail\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08password\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"d\n\rLoginResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x05\x12\x15\n\rrefresh_token\x18\x04 \x01(\t\"b\n\x12VerifyEmailRequest\x12%\n\x05\x65mail\x18\x01 \x01(\tB\x14\xe2\x41\x01\x02\xd2\xf3\x18\x0c\x08\x01\x10\xc0\x02\x32\x05\x65mailH\x00\x12\x1b\n\x05token\x18\x02 \x01(\tB\n\xe2\x41\x01\x02\xd2\xf3\x18\x02\x08\x01H\x00\x42\x08\n\x06\x61\x63tion\":\n\x13VerifyEmailResponse\x12#\n\x04user\x18\x01 \x01(\x0b\x32\x15.invmesh.auth.v1.User\"2\n\x13RefreshTokenRequest\x12\x1b\n\rrefresh_token\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"k\n\x14RefreshTokenResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x05\x12\x15\n\rrefresh_token\x18\x04 \x01(\t\"\x0e\n\x0cGetMeRequest\"4\n\rGetMeResponse\x12#\n\x04user\x18\x01 \x01(\x0b\x32\x15.invmesh.auth.v1.User\"g\n\x12SetUserRoleRequest\x12!\n\x05\x65mail\x18\x01 \x01(\tB\x12\xe2\x41\x01\x02\xd2\xf3\x18\n\x10\xc0\x02\x32\x05\x65mail\x12.\n\x04role\x18\x02 \x01(\tB \xe2\x41\x01\x02\xd2\xf3\x18\x18*\x16^(viewer|staff|admin)$\":\n\x13SetUserRoleResponse\x12#\n\x04user\x18\x01 \x01(\x0b\x32\x15.invmesh.auth.v1.User\"[\n\x15\x43hangePasswordRequest\x12\x1e\n\x10\x63urrent_password\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\"\n\x0cnew_password\x18\x02 \x01(\tB\x0c\xe2\x41\x01\x02\xd2\xf3\x18\x04\x08\x08\x10H\"m\n\x16\x43hangePasswordResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x05\x12\x15\n\rrefresh_token\x18\x04 \x01(\t\"P\n\x18IssueServiceTokenRequest\x12\x17\n\tclient_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\rclient_secret\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"Y\n\x19IssueServiceTokenResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x05\"\x10\n\x0eGetJwksRequest\"5\n\x0fGetJwksResponse\x12\"\n\x04keys\x18\x01 \x03(\x0b\x32\x14.invmesh.auth.v1.Jwk\"\\\n\x03Jwk\x12\x0b\n\x03kty\x18\x01 \x01(\t\x12\x0b\n\x03\x63rv\x18\x02 \x01(\t\x12\t\n\x01x\x18\x03 \x01(\t\x12\t\n\x01y\x18\x04 \x01(\t\x12\x0b\n\x03kid\x18\x05 \x01(\t\x12\x0b\n\x03\x61lg\x18\x06 \x01(\t\x12\x0b\n\x03use\x18\x07 \x01(\t2\xd1\x08\n\x0b\x41uthService\x12~\n\x08Register\x12 .invmesh.auth.v1.RegisterRequest\x1a!.invmesh.auth.v1.RegisterResponse\"-\xc2\xf3\x18\x03\x08\xca\x01\xca\xf3\x18\x02\x10\x01\x82\xd3\xe4\x93\x02\x1a\"\x0f/users/register:\x01*b\x04user\x12\x65\n\x05Login\x12\x1d.invmesh.auth.v1.LoginRequest\x1a\x1e.invmesh.auth.v1.LoginResponse\"\x1d\xca\xf3\x18\x02\x10\x01\x82\xd3\xe4\x93\x02\x11\"\x0c/users/login:\x01*\x12\x89\x01\n\x0bVerifyEmail\x12#.invmesh.auth.v1.VerifyEmailRequest\x1a$.invmesh.auth.v1.VerifyEmailResponse\"/\xca\xf3\x18\x02\x10\x01\x82\xd3\xe4\x93\x02#\"\r/users/verify:\x01*Z\x0f\x12\r/users/verify\x12|\n\x0cRefreshToken\x12$.invmesh.auth.v1.RefreshTokenRequest\x1a%.invmesh.auth.v1.RefreshTokenResponse\"\x1f\xca\xf3\x18\x02\x10\x01\x82\xd3\xe4\x93\x02\x13\"\x0e/users/refresh:\x01*\x12_\n\x05GetMe\x12\x1d.invmesh.auth.v1.GetMeRequest\x1a\x1e.invmesh.auth.v1.GetMeResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\t/users/meb\x04user\x12\x7f\n\x0bSetUserRole\x12#.invmesh.auth.v1.SetUserRoleRequest\x1a$.invmesh.auth.v1.SetUserRoleResponse\"%\xca\xf3\x18\x02\x08\x03\x82\xd3\xe4\x93\x02\x19\"\x0e/users:setRole:\x01*b\x04user\x12\x86\x01\n\x0e\x43hangePassword\x12&.invmesh.auth.v1.ChangePasswordRequest\x1a\'.invmesh.auth.v1.ChangePasswordResponse\"#\x82\xd3\xe4\x93\x02\x1d\"\x18/users/me:changePassword:\x01*\x12r\n\x11IssueServiceToken\x12).invmesh.auth.v1.IssueServiceTokenRequest\x1a*.invmesh.auth.v1.IssueServiceTokenResponse\"\x06\xca\xf3\x18\x02\x10\x01\x12r\n\x07GetJwks\x12\x1f.invmesh.auth.v1.GetJwksRequest\x1a .invmesh.auth.v1.GetJwksResponse\"$\xca\xf3\x18\x02\x10\x01\x82\xd3\xe4\x93\x02\x18\x12\x16/.well-known/jwks.jsonb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,23 +46,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_USER'].fields_by_name['created_at']._loaded_options = None
   _globals['_USER'].fields_by_name['created_at']._serialized_options = b'\342A\001\003'
   _globals['_REGISTERREQUEST'].fields_by_name['email']._loaded_options = None
-  _globals['_REGISTERREQUEST'].fields_by_name['email']._serialized_options = b'\342A\001\002'
+  _globals['_REGISTERREQUEST'].fields_by_name['email']._serialized_options = b'\342A\001\002\322\363\030\n\020\300\0022\005email'
   _globals['_REGISTERREQUEST'].fields_by_name['password']._loaded_options = None
-  _globals['_REGISTERREQUEST'].fields_by_name['password']._serialized_options = b'\342A\001\002'
+  _globals['_REGISTERREQUEST'].fields_by_name['password']._serialized_options = b'\342A\001\002\322\363\030\004\010\010\020H'
+  _globals['_REGISTERREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_REGISTERREQUEST'].fields_by_name['name']._serialized_options = b'\322\363\030\003\020\310\001'
   _globals['_LOGINREQUEST'].fields_by_name['email']._loaded_options = None
   _globals['_LOGINREQUEST'].fields_by_name['email']._serialized_options = b'\342A\001\002'
   _globals['_LOGINREQUEST'].fields_by_name['password']._loaded_options = None
   _globals['_LOGINREQUEST'].fields_by_name['password']._serialized_options = b'\342A\001\002'
+  _globals['_VERIFYEMAILREQUEST'].fields_by_name['email']._loaded_options = None
+  _globals['_VERIFYEMAILREQUEST'].fields_by_name['email']._serialized_options = b'\342A\001\002\322\363\030\014\010\001\020\300\0022\005email'
+  _globals['_VERIFYEMAILREQUEST'].fields_by_name['token']._loaded_options = None
+  _globals['_VERIFYEMAILREQUEST'].fields_by_name['token']._serialized_options = b'\342A\001\002\322\363\030\002\010\001'
   _globals['_REFRESHTOKENREQUEST'].fields_by_name['refresh_token']._loaded_options = None
   _globals['_REFRESHTOKENREQUEST'].fields_by_name['refresh_token']._serialized_options = b'\342A\001\002'
   _globals['_SETUSERROLEREQUEST'].fields_by_name['email']._loaded_options = None
-  _globals['_SETUSERROLEREQUEST'].fields_by_name['email']._serialized_options = b'\342A\001\002'
+  _globals['_SETUSERROLEREQUEST'].fields_by_name['email']._serialized_options = b'\342A\001\002\322\363\030\n\020\300\0022\005email'
   _globals['_SETUSERROLEREQUEST'].fields_by_name['role']._loaded_options = None
-  _globals['_SETUSERROLEREQUEST'].fields_by_name['role']._serialized_options = b'\342A\001\002'
+  _globals['_SETUSERROLEREQUEST'].fields_by_name['role']._serialized_options = b'\342A\001\002\322\363\030\030*\026^(viewer|staff|admin)$'
   _globals['_CHANGEPASSWORDREQUEST'].fields_by_name['current_password']._loaded_options = None
   _globals['_CHANGEPASSWORDREQUEST'].fields_by_name['current_password']._serialized_options = b'\342A\001\002'
   _globals['_CHANGEPASSWORDREQUEST'].fields_by_name['new_password']._loaded_options = None
-  _globals['_CHANGEPASSWORDREQUEST'].fields_by_name['new_password']._serialized_options = b'\342A\001\002'
+  _globals['_CHANGEPASSWORDREQUEST'].fields_by_name['new_password']._serialized_options = b'\342A\001\002\322\363\030\004\010\010\020H'
   _globals['_ISSUESERVICETOKENREQUEST'].fields_by_name['client_id']._loaded_options = None
   _globals['_ISSUESERVICETOKENREQUEST'].fields_by_name['client_id']._serialized_options = b'\342A\001\002'
   _globals['_ISSUESERVICETOKENREQUEST'].fields_by_name['client_secret']._loaded_options = None
@@ -84,46 +91,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AUTHSERVICE'].methods_by_name['IssueServiceToken']._serialized_options = b'\312\363\030\002\020\001'
   _globals['_AUTHSERVICE'].methods_by_name['GetJwks']._loaded_options = None
   _globals['_AUTHSERVICE'].methods_by_name['GetJwks']._serialized_options = b'\312\363\030\002\020\001\202\323\344\223\002\030\022\026/.well-known/jwks.json'
-  _globals['_USER']._serialized_start=208
-  _globals['_USER']._serialized_end=366
-  _globals['_REGISTERREQUEST']._serialized_start=368
-  _globals['_REGISTERREQUEST']._serialized_end=444
-  _globals['_REGISTERRESPONSE']._serialized_start=446
-  _globals['_REGISTERRESPONSE']._serialized_end=501
-  _globals['_LOGINREQUEST']._serialized_start=503
-  _globals['_LOGINREQUEST']._serialized_end=562
-  _globals['_LOGINRESPONSE']._serialized_start=564
-  _globals['_LOGINRESPONSE']._serialized_end=664
-  _globals['_VERIFYEMAILREQUEST']._serialized_start=666
-  _globals['_VERIFYEMAILREQUEST']._serialized_end=730
-  _globals['_VERIFYEMAILRESPONSE']._serialized_start=732
-  _globals['_VERIFYEMAILRESPONSE']._serialized_end=790
-  _globals['_REFRESHTOKENREQUEST']._serialized_start=792
-  _globals['_REFRESHTOKENREQUEST']._serialized_end=842
-  _globals['_REFRESHTOKENRESPONSE']._serialized_start=844
-  _globals['_REFRESHTOKENRESPONSE']._serialized_end=951
-  _globals['_GETMEREQUEST']._serialized_start=953
-  _globals['_GETMEREQUEST']._serialized_end=967
-  _globals['_GETMERESPONSE']._serialized_start=969
-  _globals['_GETMERESPONSE']._serialized_end=1021
-  _globals['_SETUSERROLEREQUEST']._serialized_start=1023
-  _globals['_SETUSERROLEREQUEST']._serialized_end=1084
-  _globals['_SETUSERROLERESPONSE']._serialized_start=1086
-  _globals['_SETUSERROLERESPONSE']._serialized_end=1144
-  _globals['_CHANGEPASSWORDREQUEST']._serialized_start=1146
-  _globals['_CHANGEPASSWORDREQUEST']._serialized_end=1229
-  _globals['_CHANGEPASSWORDRESPONSE']._serialized_start=1231
-  _globals['_CHANGEPASSWORDRESPONSE']._serialized_end=1340
-  _globals['_ISSUESERVICETOKENREQUEST']._serialized_start=1342
-  _globals['_ISSUESERVICETOKENREQUEST']._serialized_end=1422
-  _globals['_ISSUESERVICETOKENRESPONSE']._serialized_start=1424
-  _globals['_ISSUESERVICETOKENRESPONSE']._serialized_end=1513
-  _globals['_GETJWKSREQUEST']._serialized_start=1515
-  _globals['_GETJWKSREQUEST']._serialized_end=1531
-  _globals['_GETJWKSRESPONSE']._serialized_start=1533
-  _globals['_GETJWKSRESPONSE']._serialized_end=1586
-  _globals['_JWK']._serialized_start=1588
-  _globals['_JWK']._serialized_end=1680
-  _globals['_AUTHSERVICE']._serialized_start=1683
-  _globals['_AUTHSERVICE']._serialized_end=2788
+  _globals['_USER']._serialized_start=237
+  _globals['_USER']._serialized_end=395
+  _globals['_REGISTERREQUEST']._serialized_start=397
+  _globals['_REGISTERREQUEST']._serialized_end=504
+  _globals['_REGISTERRESPONSE']._serialized_start=506
+  _globals['_REGISTERRESPONSE']._serialized_end=561
+  _globals['_LOGINREQUEST']._serialized_start=563
+  _globals['_LOGINREQUEST']._serialized_end=622
+  _globals['_LOGINRESPONSE']._serialized_start=624
+  _globals['_LOGINRESPONSE']._serialized_end=724
+  _globals['_VERIFYEMAILREQUEST']._serialized_start=726
+  _globals['_VERIFYEMAILREQUEST']._serialized_end=824
+  _globals['_VERIFYEMAILRESPONSE']._serialized_start=826
+  _globals['_VERIFYEMAILRESPONSE']._serialized_end=884
+  _globals['_REFRESHTOKENREQUEST']._serialized_start=886
+  _globals['_REFRESHTOKENREQUEST']._serialized_end=936
+  _globals['_REFRESHTOKENRESPONSE']._serialized_start=938
+  _globals['_REFRESHTOKENRESPONSE']._serialized_end=1045
+  _globals['_GETMEREQUEST']._serialized_start=1047
+  _globals['_GETMEREQUEST']._serialized_end=1061
+  _globals['_GETMERESPONSE']._serialized_start=1063
+  _globals['_GETMERESPONSE']._serialized_end=1115
+  _globals['_SETUSERROLEREQUEST']._serialized_start=1117
+  _globals['_SETUSERROLEREQUEST']._serialized_end=1220
+  _globals['_SETUSERROLERESPONSE']._serialized_start=1222
+  _globals['_SETUSERROLERESPONSE']._serialized_end=1280
+  _globals['_CHANGEPASSWORDREQUEST']._serialized_start=1282
+  _globals['_CHANGEPASSWORDREQUEST']._serialized_end=1373
+  _globals['_CHANGEPASSWORDRESPONSE']._serialized_start=1375
+  _globals['_CHANGEPASSWORDRESPONSE']._serialized_end=1484
+  _globals['_ISSUESERVICETOKENREQUEST']._serialized_start=1486
+  _globals['_ISSUESERVICETOKENREQUEST']._serialized_end=1566
+  _globals['_ISSUESERVICETOKENRESPONSE']._serialized_start=1568
+  _globals['_ISSUESERVICETOKENRESPONSE']._serialized_end=1657
+  _globals['_GETJWKSREQUEST']._serialized_start=1659
+  _globals['_GETJWKSREQUEST']._serialized_end=1675
+  _globals['_GETJWKSRESPONSE']._serialized_start=1677
+  _globals['_GETJWKSRESPONSE']._serialized_end=1730
+  _globals['_JWK']._serialized_start=1732
+  _globals['_JWK']._serialized_end=1824
+  _globals['_AUTHSERVICE']._serialized_start=1827
+  _globals['_AUTHSERVICE']._serialized_end=2932
 # @@protoc_insertion_point(module_scope)

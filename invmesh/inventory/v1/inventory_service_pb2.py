@@ -26,16 +26,19 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from invmesh.api.v1 import access_pb2 as invmesh_dot_api_dot_v1_dot_access__pb2
+from invmesh.api.v1 import limits_pb2 as invmesh_dot_api_dot_v1_dot_limits__pb2
 from invmesh.api.v1 import rest_pb2 as invmesh_dot_api_dot_v1_dot_rest__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,invmesh/inventory/v1/inventory_service.proto\x12\x14invmesh.inventory.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1binvmesh/api/v1/access.proto\x1a\x19invmesh/api/v1/rest.proto\"e\n\rInventoryItem\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x05\x12.\n\nupdated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xfb\x01\n\x08Movement\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nproduct_id\x18\x02 \x01(\t\x12\x30\n\x04type\x18\x03 \x01(\x0e\x32\".invmesh.inventory.v1.MovementType\x12\x10\n\x08quantity\x18\x04 \x01(\x05\x12\x15\n\rbalance_after\x18\x05 \x01(\x05\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x11\n\treference\x18\x07 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x08 \x01(\t\x12\x12\n\nrequest_id\x18\t \x01(\t\x12.\n\ncreated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"B\n\x19ListInventoryItemsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"i\n\x1aListInventoryItemsResponse\x12\x32\n\x05items\x18\x01 \x03(\x0b\x32#.invmesh.inventory.v1.InventoryItem\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"3\n\x17GetInventoryItemRequest\x12\x18\n\nproduct_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"M\n\x18GetInventoryItemResponse\x12\x31\n\x04item\x18\x01 \x01(\x0b\x32#.invmesh.inventory.v1.InventoryItem\"4\n\x1d\x42\x61tchGetInventoryItemsRequest\x12\x13\n\x0bproduct_ids\x18\x01 \x03(\t\"T\n\x1e\x42\x61tchGetInventoryItemsResponse\x12\x32\n\x05items\x18\x01 \x03(\x0b\x32#.invmesh.inventory.v1.InventoryItem\"\x84\x02\n\x15RecordMovementRequest\x12\x18\n\nproduct_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12I\n\x04type\x18\x02 \x01(\x0e\x32\x35.invmesh.inventory.v1.RecordMovementRequest.DirectionB\x04\xe2\x41\x01\x02\x12\x16\n\x08quantity\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x02\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x11\n\treference\x18\x05 \x01(\t\x12\x12\n\nrequest_id\x18\x06 \x01(\t\"7\n\tDirection\x12\x19\n\x15\x44IRECTION_UNSPECIFIED\x10\x00\x12\x06\n\x02IN\x10\x01\x12\x07\n\x03OUT\x10\x02\"}\n\x16RecordMovementResponse\x12\x30\n\x08movement\x18\x01 \x01(\x0b\x32\x1e.invmesh.inventory.v1.Movement\x12\x31\n\x04item\x18\x02 \x01(\x0b\x32#.invmesh.inventory.v1.InventoryItem\"a\n\x0fSetStockRequest\x12\x18\n\nproduct_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x10\n\x08quantity\x18\x02 \x01(\x05\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"w\n\x10SetStockResponse\x12\x30\n\x08movement\x18\x01 \x01(\x0b\x32\x1e.invmesh.inventory.v1.Movement\x12\x31\n\x04item\x18\x02 \x01(\x0b\x32#.invmesh.inventory.v1.InventoryItem\"W\n\x14ListMovementsRequest\x12\x18\n\nproduct_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"t\n\x15ListMovementsResponse\x12\x31\n\tmovements\x18\x01 \x03(\x0b\x32\x1e.invmesh.inventory.v1.Movement\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x0f\n\x07retired\x18\x03 \x01(\x08\"6\n\x1a\x44\x65leteInventoryItemRequest\x12\x18\n\nproduct_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x1d\n\x1b\x44\x65leteInventoryItemResponse*N\n\x0cMovementType\x12\x1d\n\x19MOVEMENT_TYPE_UNSPECIFIED\x10\x00\x12\x06\n\x02IN\x10\x01\x12\x07\n\x03OUT\x10\x02\x12\x0e\n\nADJUSTMENT\x10\x03\x32\xf4\x07\n\x10InventoryService\x12\x8b\x01\n\x12ListInventoryItems\x12/.invmesh.inventory.v1.ListInventoryItemsRequest\x1a\x30.invmesh.inventory.v1.ListInventoryItemsResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/inventory\x12\x98\x01\n\x10GetInventoryItem\x12-.invmesh.inventory.v1.GetInventoryItemRequest\x1a..invmesh.inventory.v1.GetInventoryItemResponse\"%\x82\xd3\xe4\x93\x02\x1f\x12\x17/inventory/{product_id}b\x04item\x12\x83\x01\n\x16\x42\x61tchGetInventoryItems\x12\x33.invmesh.inventory.v1.BatchGetInventoryItemsRequest\x1a\x34.invmesh.inventory.v1.BatchGetInventoryItemsResponse\x12\x8f\x01\n\x0eRecordMovement\x12+.invmesh.inventory.v1.RecordMovementRequest\x1a,.invmesh.inventory.v1.RecordMovementResponse\"\"\xc2\xf3\x18\x03\x08\xc9\x01\xca\xf3\x18\x02\x08\x02\x82\xd3\xe4\x93\x02\x0f\"\n/inventory:\x01*\x12\x83\x01\n\x08SetStock\x12%.invmesh.inventory.v1.SetStockRequest\x1a&.invmesh.inventory.v1.SetStockResponse\"(\xca\xf3\x18\x02\x08\x02\x82\xd3\xe4\x93\x02\x1c\x1a\x17/inventory/{product_id}:\x01*\x12\x93\x01\n\rListMovements\x12*.invmesh.inventory.v1.ListMovementsRequest\x1a+.invmesh.inventory.v1.ListMovementsResponse\")\x82\xd3\xe4\x93\x02#\x12!/inventory/{product_id}/movements\x12\x82\x01\n\x13\x44\x65leteInventoryItem\x12\x30.invmesh.inventory.v1.DeleteInventoryItemRequest\x1a\x31.invmesh.inventory.v1.DeleteInventoryItemResponse\"\x06\xca\xf3\x18\x02\x08\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,invmesh/inventory/v1/inventory_service.proto\x12\x14invmesh.inventory.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1binvmesh/api/v1/access.proto\x1a\x1binvmesh/api/v1/limits.proto\x1a\x19invmesh/api/v1/rest.proto\"e\n\rInventoryItem\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x05\x12.\n\nupdated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xfb\x01\n\x08Movement\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nproduct_id\x18\x02 \x01(\t\x12\x30\n\x04type\x18\x03 \x01(\x0e\x32\".invmesh.inventory.v1.MovementType\x12\x10\n\x08quantity\x18\x04 \x01(\x05\x12\x15\n\rbalance_after\x18\x05 \x01(\x05\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x11\n\treference\x18\x07 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x08 \x01(\t\x12\x12\n\nrequest_id\x18\t \x01(\t\x12.\n\ncreated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"J\n\x19ListInventoryItemsRequest\x12\x19\n\tpage_size\x18\x01 \x01(\x05\x42\x06\xd2\xf3\x18\x02\x18\x00\x12\x12\n\npage_token\x18\x02 \x01(\t\"i\n\x1aListInventoryItemsResponse\x12\x32\n\x05items\x18\x01 \x03(\x0b\x32#.invmesh.inventory.v1.InventoryItem\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"3\n\x17GetInventoryItemRequest\x12\x18\n\nproduct_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"M\n\x18GetInventoryItemResponse\x12\x31\n\x04item\x18\x01 \x01(\x0b\x32#.invmesh.inventory.v1.InventoryItem\"4\n\x1d\x42\x61tchGetInventoryItemsRequest\x12\x13\n\x0bproduct_ids\x18\x01 \x03(\t\"T\n\x1e\x42\x61tchGetInventoryItemsResponse\x12\x32\n\x05items\x18\x01 \x03(\x0b\x32#.invmesh.inventory.v1.InventoryItem\"\xbe\x02\n\x15RecordMovementRequest\x12\x18\n\nproduct_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12I\n\x04type\x18\x02 \x01(\x0e\x32\x35.invmesh.inventory.v1.RecordMovementRequest.DirectionB\x04\xe2\x41\x01\x02\x12\"\n\x08quantity\x18\x03 \x01(\x05\x42\x10\xe2\x41\x01\x02\xd2\xf3\x18\x08\x18\x01 \xff\xff\xff\xff\x07\x12\x17\n\x06reason\x18\x04 \x01(\tB\x07\xd2\xf3\x18\x03\x10\xf4\x03\x12\x1a\n\treference\x18\x05 \x01(\tB\x07\xd2\xf3\x18\x03\x10\xc8\x01\x12.\n\nrequest_id\x18\x06 \x01(\tB\x1a\xd2\xf3\x18\x16\x10@*\x12^[A-Za-z0-9._:-]*$\"7\n\tDirection\x12\x19\n\x15\x44IRECTION_UNSPECIFIED\x10\x00\x12\x06\n\x02IN\x10\x01\x12\x07\n\x03OUT\x10\x02\"}\n\x16RecordMovementResponse\x12\x30\n\x08movement\x18\x01 \x01(\x0b\x32\x1e.invmesh.inventory.v1.Movement\x12\x31\n\x04item\x18\x02 \x01(\x0b\x32#.invmesh.inventory.v1.InventoryItem\"\x94\x01\n\x0fSetStockRequest\x12\x18\n\nproduct_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1e\n\x08quantity\x18\x02 \x01(\x05\x42\x0c\xd2\xf3\x18\x08\x18\x00 \xff\xff\xff\xff\x07\x12\x17\n\x06reason\x18\x03 \x01(\tB\x07\xd2\xf3\x18\x03\x10\xf4\x03\x12.\n\nrequest_id\x18\x04 \x01(\tB\x1a\xd2\xf3\x18\x16\x10@*\x12^[A-Za-z0-9._:-]*$\"w\n\x10SetStockResponse\x12\x30\n\x08movement\x18\x01 \x01(\x0b\x32\x1e.invmesh.inventory.v1.Movement\x12\x31\n\x04item\x18\x02 \x01(\x0b\x32#.invmesh.inventory.v1.InventoryItem\"_\n\x14ListMovementsRequest\x12\x18\n\nproduct_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\tpage_size\x18\x02 \x01(\x05\x42\x06\xd2\xf3\x18\x02\x18\x00\x12\x12\n\npage_token\x18\x03 \x01(\t\"t\n\x15ListMovementsResponse\x12\x31\n\tmovements\x18\x01 \x03(\x0b\x32\x1e.invmesh.inventory.v1.Movement\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x0f\n\x07retired\x18\x03 \x01(\x08\"6\n\x1a\x44\x65leteInventoryItemRequest\x12\x18\n\nproduct_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x1d\n\x1b\x44\x65leteInventoryItemResponse*N\n\x0cMovementType\x12\x1d\n\x19MOVEMENT_TYPE_UNSPECIFIED\x10\x00\x12\x06\n\x02IN\x10\x01\x12\x07\n\x03OUT\x10\x02\x12\x0e\n\nADJUSTMENT\x10\x03\x32\xf4\x07\n\x10InventoryService\x12\x8b\x01\n\x12ListInventoryItems\x12/.invmesh.inventory.v1.ListInventoryItemsRequest\x1a\x30.invmesh.inventory.v1.ListInventoryItemsResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/inventory\x12\x98\x01\n\x10GetInventoryItem\x12-.invmesh.inventory.v1.GetInventoryItemRequest\x1a..invmesh.inventory.v1.GetInventoryItemResponse\"%\x82\xd3\xe4\x93\x02\x1f\x12\x17/inventory/{product_id}b\x04item\x12\x83\x01\n\x16\x42\x61tchGetInventoryItems\x12\x33.invmesh.inventory.v1.BatchGetInventoryItemsRequest\x1a\x34.invmesh.inventory.v1.BatchGetInventoryItemsResponse\x12\x8f\x01\n\x0eRecordMovement\x12+.invmesh.inventory.v1.RecordMovementRequest\x1a,.invmesh.inventory.v1.RecordMovementResponse\"\"\xc2\xf3\x18\x03\x08\xc9\x01\xca\xf3\x18\x02\x08\x02\x82\xd3\xe4\x93\x02\x0f\"\n/inventory:\x01*\x12\x83\x01\n\x08SetStock\x12%.invmesh.inventory.v1.SetStockRequest\x1a&.invmesh.inventory.v1.SetStockResponse\"(\xca\xf3\x18\x02\x08\x02\x82\xd3\xe4\x93\x02\x1c\x1a\x17/inventory/{product_id}:\x01*\x12\x93\x01\n\rListMovements\x12*.invmesh.inventory.v1.ListMovementsRequest\x1a+.invmesh.inventory.v1.ListMovementsResponse\")\x82\xd3\xe4\x93\x02#\x12!/inventory/{product_id}/movements\x12\x82\x01\n\x13\x44\x65leteInventoryItem\x12\x30.invmesh.inventory.v1.DeleteInventoryItemRequest\x1a\x31.invmesh.inventory.v1.DeleteInventoryItemResponse\"\x06\xca\xf3\x18\x02\x08\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'invmesh.inventory.v1.inventory_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_LISTINVENTORYITEMSREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTINVENTORYITEMSREQUEST'].fields_by_name['page_size']._serialized_options = b'\322\363\030\002\030\000'
   _globals['_GETINVENTORYITEMREQUEST'].fields_by_name['product_id']._loaded_options = None
   _globals['_GETINVENTORYITEMREQUEST'].fields_by_name['product_id']._serialized_options = b'\342A\001\002'
   _globals['_RECORDMOVEMENTREQUEST'].fields_by_name['product_id']._loaded_options = None
@@ -43,11 +46,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RECORDMOVEMENTREQUEST'].fields_by_name['type']._loaded_options = None
   _globals['_RECORDMOVEMENTREQUEST'].fields_by_name['type']._serialized_options = b'\342A\001\002'
   _globals['_RECORDMOVEMENTREQUEST'].fields_by_name['quantity']._loaded_options = None
-  _globals['_RECORDMOVEMENTREQUEST'].fields_by_name['quantity']._serialized_options = b'\342A\001\002'
+  _globals['_RECORDMOVEMENTREQUEST'].fields_by_name['quantity']._serialized_options = b'\342A\001\002\322\363\030\010\030\001 \377\377\377\377\007'
+  _globals['_RECORDMOVEMENTREQUEST'].fields_by_name['reason']._loaded_options = None
+  _globals['_RECORDMOVEMENTREQUEST'].fields_by_name['reason']._serialized_options = b'\322\363\030\003\020\364\003'
+  _globals['_RECORDMOVEMENTREQUEST'].fields_by_name['reference']._loaded_options = None
+  _globals['_RECORDMOVEMENTREQUEST'].fields_by_name['reference']._serialized_options = b'\322\363\030\003\020\310\001'
+  _globals['_RECORDMOVEMENTREQUEST'].fields_by_name['request_id']._loaded_options = None
+  _globals['_RECORDMOVEMENTREQUEST'].fields_by_name['request_id']._serialized_options = b'\322\363\030\026\020@*\022^[A-Za-z0-9._:-]*$'
   _globals['_SETSTOCKREQUEST'].fields_by_name['product_id']._loaded_options = None
   _globals['_SETSTOCKREQUEST'].fields_by_name['product_id']._serialized_options = b'\342A\001\002'
+  _globals['_SETSTOCKREQUEST'].fields_by_name['quantity']._loaded_options = None
+  _globals['_SETSTOCKREQUEST'].fields_by_name['quantity']._serialized_options = b'\322\363\030\010\030\000 \377\377\377\377\007'
+  _globals['_SETSTOCKREQUEST'].fields_by_name['reason']._loaded_options = None
+  _globals['_SETSTOCKREQUEST'].fields_by_name['reason']._serialized_options = b'\322\363\030\003\020\364\003'
+  _globals['_SETSTOCKREQUEST'].fields_by_name['request_id']._loaded_options = None
+  _globals['_SETSTOCKREQUEST'].fields_by_name['request_id']._serialized_options = b'\322\363\030\026\020@*\022^[A-Za-z0-9._:-]*$'
   _globals['_LISTMOVEMENTSREQUEST'].fields_by_name['product_id']._loaded_options = None
   _globals['_LISTMOVEMENTSREQUEST'].fields_by_name['product_id']._serialized_options = b'\342A\001\002'
+  _globals['_LISTMOVEMENTSREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTMOVEMENTSREQUEST'].fields_by_name['page_size']._serialized_options = b'\322\363\030\002\030\000'
   _globals['_DELETEINVENTORYITEMREQUEST'].fields_by_name['product_id']._loaded_options = None
   _globals['_DELETEINVENTORYITEMREQUEST'].fields_by_name['product_id']._serialized_options = b'\342A\001\002'
   _globals['_INVENTORYSERVICE'].methods_by_name['ListInventoryItems']._loaded_options = None
@@ -62,42 +79,42 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INVENTORYSERVICE'].methods_by_name['ListMovements']._serialized_options = b'\202\323\344\223\002#\022!/inventory/{product_id}/movements'
   _globals['_INVENTORYSERVICE'].methods_by_name['DeleteInventoryItem']._loaded_options = None
   _globals['_INVENTORYSERVICE'].methods_by_name['DeleteInventoryItem']._serialized_options = b'\312\363\030\002\010\004'
-  _globals['_MOVEMENTTYPE']._serialized_start=1930
-  _globals['_MOVEMENTTYPE']._serialized_end=2008
-  _globals['_INVENTORYITEM']._serialized_start=222
-  _globals['_INVENTORYITEM']._serialized_end=323
-  _globals['_MOVEMENT']._serialized_start=326
-  _globals['_MOVEMENT']._serialized_end=577
-  _globals['_LISTINVENTORYITEMSREQUEST']._serialized_start=579
-  _globals['_LISTINVENTORYITEMSREQUEST']._serialized_end=645
-  _globals['_LISTINVENTORYITEMSRESPONSE']._serialized_start=647
-  _globals['_LISTINVENTORYITEMSRESPONSE']._serialized_end=752
-  _globals['_GETINVENTORYITEMREQUEST']._serialized_start=754
-  _globals['_GETINVENTORYITEMREQUEST']._serialized_end=805
-  _globals['_GETINVENTORYITEMRESPONSE']._serialized_start=807
-  _globals['_GETINVENTORYITEMRESPONSE']._serialized_end=884
-  _globals['_BATCHGETINVENTORYITEMSREQUEST']._serialized_start=886
-  _globals['_BATCHGETINVENTORYITEMSREQUEST']._serialized_end=938
-  _globals['_BATCHGETINVENTORYITEMSRESPONSE']._serialized_start=940
-  _globals['_BATCHGETINVENTORYITEMSRESPONSE']._serialized_end=1024
-  _globals['_RECORDMOVEMENTREQUEST']._serialized_start=1027
-  _globals['_RECORDMOVEMENTREQUEST']._serialized_end=1287
-  _globals['_RECORDMOVEMENTREQUEST_DIRECTION']._serialized_start=1232
-  _globals['_RECORDMOVEMENTREQUEST_DIRECTION']._serialized_end=1287
-  _globals['_RECORDMOVEMENTRESPONSE']._serialized_start=1289
-  _globals['_RECORDMOVEMENTRESPONSE']._serialized_end=1414
-  _globals['_SETSTOCKREQUEST']._serialized_start=1416
-  _globals['_SETSTOCKREQUEST']._serialized_end=1513
-  _globals['_SETSTOCKRESPONSE']._serialized_start=1515
-  _globals['_SETSTOCKRESPONSE']._serialized_end=1634
-  _globals['_LISTMOVEMENTSREQUEST']._serialized_start=1636
-  _globals['_LISTMOVEMENTSREQUEST']._serialized_end=1723
-  _globals['_LISTMOVEMENTSRESPONSE']._serialized_start=1725
-  _globals['_LISTMOVEMENTSRESPONSE']._serialized_end=1841
-  _globals['_DELETEINVENTORYITEMREQUEST']._serialized_start=1843
-  _globals['_DELETEINVENTORYITEMREQUEST']._serialized_end=1897
-  _globals['_DELETEINVENTORYITEMRESPONSE']._serialized_start=1899
-  _globals['_DELETEINVENTORYITEMRESPONSE']._serialized_end=1928
-  _globals['_INVENTORYSERVICE']._serialized_start=2011
-  _globals['_INVENTORYSERVICE']._serialized_end=3023
+  _globals['_MOVEMENTTYPE']._serialized_start=2085
+  _globals['_MOVEMENTTYPE']._serialized_end=2163
+  _globals['_INVENTORYITEM']._serialized_start=251
+  _globals['_INVENTORYITEM']._serialized_end=352
+  _globals['_MOVEMENT']._serialized_start=355
+  _globals['_MOVEMENT']._serialized_end=606
+  _globals['_LISTINVENTORYITEMSREQUEST']._serialized_start=608
+  _globals['_LISTINVENTORYITEMSREQUEST']._serialized_end=682
+  _globals['_LISTINVENTORYITEMSRESPONSE']._serialized_start=684
+  _globals['_LISTINVENTORYITEMSRESPONSE']._serialized_end=789
+  _globals['_GETINVENTORYITEMREQUEST']._serialized_start=791
+  _globals['_GETINVENTORYITEMREQUEST']._serialized_end=842
+  _globals['_GETINVENTORYITEMRESPONSE']._serialized_start=844
+  _globals['_GETINVENTORYITEMRESPONSE']._serialized_end=921
+  _globals['_BATCHGETINVENTORYITEMSREQUEST']._serialized_start=923
+  _globals['_BATCHGETINVENTORYITEMSREQUEST']._serialized_end=975
+  _globals['_BATCHGETINVENTORYITEMSRESPONSE']._serialized_start=977
+  _globals['_BATCHGETINVENTORYITEMSRESPONSE']._serialized_end=1061
+  _globals['_RECORDMOVEMENTREQUEST']._serialized_start=1064
+  _globals['_RECORDMOVEMENTREQUEST']._serialized_end=1382
+  _globals['_RECORDMOVEMENTREQUEST_DIRECTION']._serialized_start=1327
+  _globals['_RECORDMOVEMENTREQUEST_DIRECTION']._serialized_end=1382
+  _globals['_RECORDMOVEMENTRESPONSE']._serialized_start=1384
+  _globals['_RECORDMOVEMENTRESPONSE']._serialized_end=1509
+  _globals['_SETSTOCKREQUEST']._serialized_start=1512
+  _globals['_SETSTOCKREQUEST']._serialized_end=1660
+  _globals['_SETSTOCKRESPONSE']._serialized_start=1662
+  _globals['_SETSTOCKRESPONSE']._serialized_end=1781
+  _globals['_LISTMOVEMENTSREQUEST']._serialized_start=1783
+  _globals['_LISTMOVEMENTSREQUEST']._serialized_end=1878
+  _globals['_LISTMOVEMENTSRESPONSE']._serialized_start=1880
+  _globals['_LISTMOVEMENTSRESPONSE']._serialized_end=1996
+  _globals['_DELETEINVENTORYITEMREQUEST']._serialized_start=1998
+  _globals['_DELETEINVENTORYITEMREQUEST']._serialized_end=2052
+  _globals['_DELETEINVENTORYITEMRESPONSE']._serialized_start=2054
+  _globals['_DELETEINVENTORYITEMRESPONSE']._serialized_end=2083
+  _globals['_INVENTORYSERVICE']._serialized_start=2166
+  _globals['_INVENTORYSERVICE']._serialized_end=3178
 # @@protoc_insertion_point(module_scope)

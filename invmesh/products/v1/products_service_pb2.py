@@ -25,12 +25,13 @@ _sym_db = _symbol_database.Default()
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from invmesh.api.v1 import access_pb2 as invmesh_dot_api_dot_v1_dot_access__pb2
+from invmesh.api.v1 import limits_pb2 as invmesh_dot_api_dot_v1_dot_limits__pb2
 from invmesh.api.v1 import rest_pb2 as invmesh_dot_api_dot_v1_dot_rest__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*invmesh/products/v1/products_service.proto\x12\x13invmesh.products.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1binvmesh/api/v1/access.proto\x1a\x19invmesh/api/v1/rest.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8e\x02\n\x07Product\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x11\n\x03sku\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\x04name\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x13\n\x05price\x18\x05 \x01(\tB\x04\xe2\x41\x01\x02\x12\x10\n\x08\x63urrency\x18\x06 \x01(\t\x12\x18\n\x05stock\x18\x07 \x01(\x05\x42\x04\xe2\x41\x01\x03H\x00\x88\x01\x01\x12\x34\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x34\n\nupdated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x42\x08\n\x06_stock\"G\n\x13ListProductsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\t\n\x01q\x18\x03 \x01(\t\"_\n\x14ListProductsResponse\x12.\n\x08products\x18\x01 \x03(\x0b\x32\x1c.invmesh.products.v1.Product\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"%\n\x11GetProductRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"C\n\x12GetProductResponse\x12-\n\x07product\x18\x01 \x01(\x0b\x32\x1c.invmesh.products.v1.Product\"&\n\x17\x42\x61tchGetProductsRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\"J\n\x18\x42\x61tchGetProductsResponse\x12.\n\x08products\x18\x01 \x03(\x0b\x32\x1c.invmesh.products.v1.Product\"K\n\x14\x43reateProductRequest\x12\x33\n\x07product\x18\x01 \x01(\x0b\x32\x1c.invmesh.products.v1.ProductB\x04\xe2\x41\x01\x02\"F\n\x15\x43reateProductResponse\x12-\n\x07product\x18\x01 \x01(\x0b\x32\x1c.invmesh.products.v1.Product\"|\n\x14UpdateProductRequest\x12\x33\n\x07product\x18\x01 \x01(\x0b\x32\x1c.invmesh.products.v1.ProductB\x04\xe2\x41\x01\x02\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"F\n\x15UpdateProductResponse\x12-\n\x07product\x18\x01 \x01(\x0b\x32\x1c.invmesh.products.v1.Product\"(\n\x14\x44\x65leteProductRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x17\n\x15\x44\x65leteProductResponse\"O\n\nStockLevel\x12\x18\n\nproduct_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x10\n\x08quantity\x18\x02 \x01(\x05\x12\x15\n\x07version\x18\x03 \x01(\x03\x42\x04\xe2\x41\x01\x02\"K\n\x18UpdateStockLevelsRequest\x12/\n\x06levels\x18\x01 \x03(\x0b\x32\x1f.invmesh.products.v1.StockLevel\"\x1b\n\x19UpdateStockLevelsResponse2\xfc\x07\n\x0fProductsService\x12v\n\x0cListProducts\x12(.invmesh.products.v1.ListProductsRequest\x1a).invmesh.products.v1.ListProductsResponse\"\x11\x82\xd3\xe4\x93\x02\x0b\x12\t/products\x12~\n\nGetProduct\x12&.invmesh.products.v1.GetProductRequest\x1a\'.invmesh.products.v1.GetProductResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x0e/products/{id}b\x07product\x12o\n\x10\x42\x61tchGetProducts\x12,.invmesh.products.v1.BatchGetProductsRequest\x1a-.invmesh.products.v1.BatchGetProductsResponse\x12\xa8\x01\n\rCreateProduct\x12).invmesh.products.v1.CreateProductRequest\x1a*.invmesh.products.v1.CreateProductResponse\"@\xc2\xf3\x18\x13\x08\xc9\x01\x12\x0e/products/{id}\xca\xf3\x18\x02\x08\x02\x82\xd3\xe4\x93\x02\x1d\"\t/products:\x07productb\x07product\x12\xca\x01\n\rUpdateProduct\x12).invmesh.products.v1.UpdateProductRequest\x1a*.invmesh.products.v1.UpdateProductResponse\"b\xca\xf3\x18\x02\x08\x02\x82\xd3\xe4\x93\x02V\x1a\x16/products/{product.id}:\x07productZ*2\x16/products/{product.id}:\x07productb\x07productb\x07product\x12\x8b\x01\n\rDeleteProduct\x12).invmesh.products.v1.DeleteProductRequest\x1a*.invmesh.products.v1.DeleteProductResponse\"#\xc2\xf3\x18\x03\x08\xcc\x01\xca\xf3\x18\x02\x08\x03\x82\xd3\xe4\x93\x02\x10*\x0e/products/{id}\x12z\n\x11UpdateStockLevels\x12-.invmesh.products.v1.UpdateStockLevelsRequest\x1a..invmesh.products.v1.UpdateStockLevelsResponse\"\x06\xca\xf3\x18\x02\x08\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*invmesh/products/v1/products_service.proto\x12\x13invmesh.products.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1binvmesh/api/v1/access.proto\x1a\x1binvmesh/api/v1/limits.proto\x1a\x19invmesh/api/v1/rest.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xef\x02\n\x07Product\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x1b\n\x03sku\x18\x02 \x01(\tB\x0e\xe2\x41\x01\x02\xd2\xf3\x18\x06\x10@*\x02\\S\x12\x1d\n\x04name\x18\x03 \x01(\tB\x0f\xe2\x41\x01\x02\xd2\xf3\x18\x07\x10\xc8\x01*\x02\\S\x12\x1c\n\x0b\x64\x65scription\x18\x04 \x01(\tB\x07\xd2\xf3\x18\x03\x10\x88\'\x12\x46\n\x05price\x18\x05 \x01(\tB7\xe2\x41\x01\x02\xd2\xf3\x18/*-^0*([0-9]{1,14}(\\.[0-9]{0,2})?|\\.[0-9]{1,2})$\x12 \n\x08\x63urrency\x18\x06 \x01(\tB\x0e\xd2\xf3\x18\n2\x08iso-4217\x12\x18\n\x05stock\x18\x07 \x01(\x05\x42\x04\xe2\x41\x01\x03H\x00\x88\x01\x01\x12\x34\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x34\n\nupdated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x42\x08\n\x06_stock\"O\n\x13ListProductsRequest\x12\x19\n\tpage_size\x18\x01 \x01(\x05\x42\x06\xd2\xf3\x18\x02\x18\x00\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\t\n\x01q\x18\x03 \x01(\t\"_\n\x14ListProductsResponse\x12.\n\x08products\x18\x01 \x03(\x0b\x32\x1c.invmesh.products.v1.Product\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"%\n\x11GetProductRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"C\n\x12GetProductResponse\x12-\n\x07product\x18\x01 \x01(\x0b\x32\x1c.invmesh.products.v1.Product\"&\n\x17\x42\x61tchGetProductsRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\"J\n\x18\x42\x61tchGetProductsResponse\x12.\n\x08products\x18\x01 \x03(\x0b\x32\x1c.invmesh.products.v1.Product\"K\n\x14\x43reateProductRequest\x12\x33\n\x07product\x18\x01 \x01(\x0b\x32\x1c.invmesh.products.v1.ProductB\x04\xe2\x41\x01\x02\"F\n\x15\x43reateProductResponse\x12-\n\x07product\x18\x01 \x01(\x0b\x32\x1c.invmesh.products.v1.Product\"\x99\x02\n\x14UpdateProductRequest\x12\x33\n\x07product\x18\x01 \x01(\x0b\x32\x1c.invmesh.products.v1.ProductB\x04\xe2\x41\x01\x02\x12\xcb\x01\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x99\x01\xd2\xf3\x18\x94\x01*\x91\x01^([*]|(sku|name|description|price|currency|id|stock|createdAt|updatedAt)(,(sku|name|description|price|currency|id|stock|createdAt|updatedAt))*)?$\"F\n\x15UpdateProductResponse\x12-\n\x07product\x18\x01 \x01(\x0b\x32\x1c.invmesh.products.v1.Product\"(\n\x14\x44\x65leteProductRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x17\n\x15\x44\x65leteProductResponse\"O\n\nStockLevel\x12\x18\n\nproduct_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x10\n\x08quantity\x18\x02 \x01(\x05\x12\x15\n\x07version\x18\x03 \x01(\x03\x42\x04\xe2\x41\x01\x02\"K\n\x18UpdateStockLevelsRequest\x12/\n\x06levels\x18\x01 \x03(\x0b\x32\x1f.invmesh.products.v1.StockLevel\"\x1b\n\x19UpdateStockLevelsResponse2\xfc\x07\n\x0fProductsService\x12v\n\x0cListProducts\x12(.invmesh.products.v1.ListProductsRequest\x1a).invmesh.products.v1.ListProductsResponse\"\x11\x82\xd3\xe4\x93\x02\x0b\x12\t/products\x12~\n\nGetProduct\x12&.invmesh.products.v1.GetProductRequest\x1a\'.invmesh.products.v1.GetProductResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x0e/products/{id}b\x07product\x12o\n\x10\x42\x61tchGetProducts\x12,.invmesh.products.v1.BatchGetProductsRequest\x1a-.invmesh.products.v1.BatchGetProductsResponse\x12\xa8\x01\n\rCreateProduct\x12).invmesh.products.v1.CreateProductRequest\x1a*.invmesh.products.v1.CreateProductResponse\"@\xc2\xf3\x18\x13\x08\xc9\x01\x12\x0e/products/{id}\xca\xf3\x18\x02\x08\x02\x82\xd3\xe4\x93\x02\x1d\"\t/products:\x07productb\x07product\x12\xca\x01\n\rUpdateProduct\x12).invmesh.products.v1.UpdateProductRequest\x1a*.invmesh.products.v1.UpdateProductResponse\"b\xca\xf3\x18\x02\x08\x02\x82\xd3\xe4\x93\x02V\x1a\x16/products/{product.id}:\x07productZ*2\x16/products/{product.id}:\x07productb\x07productb\x07product\x12\x8b\x01\n\rDeleteProduct\x12).invmesh.products.v1.DeleteProductRequest\x1a*.invmesh.products.v1.DeleteProductResponse\"#\xc2\xf3\x18\x03\x08\xcc\x01\xca\xf3\x18\x02\x08\x03\x82\xd3\xe4\x93\x02\x10*\x0e/products/{id}\x12z\n\x11UpdateStockLevels\x12-.invmesh.products.v1.UpdateStockLevelsRequest\x1a..invmesh.products.v1.UpdateStockLevelsResponse\"\x06\xca\xf3\x18\x02\x08\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,23 +41,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PRODUCT'].fields_by_name['id']._loaded_options = None
   _globals['_PRODUCT'].fields_by_name['id']._serialized_options = b'\342A\001\010'
   _globals['_PRODUCT'].fields_by_name['sku']._loaded_options = None
-  _globals['_PRODUCT'].fields_by_name['sku']._serialized_options = b'\342A\001\002'
+  _globals['_PRODUCT'].fields_by_name['sku']._serialized_options = b'\342A\001\002\322\363\030\006\020@*\002\\S'
   _globals['_PRODUCT'].fields_by_name['name']._loaded_options = None
-  _globals['_PRODUCT'].fields_by_name['name']._serialized_options = b'\342A\001\002'
+  _globals['_PRODUCT'].fields_by_name['name']._serialized_options = b'\342A\001\002\322\363\030\007\020\310\001*\002\\S'
+  _globals['_PRODUCT'].fields_by_name['description']._loaded_options = None
+  _globals['_PRODUCT'].fields_by_name['description']._serialized_options = b'\322\363\030\003\020\210\''
   _globals['_PRODUCT'].fields_by_name['price']._loaded_options = None
-  _globals['_PRODUCT'].fields_by_name['price']._serialized_options = b'\342A\001\002'
+  _globals['_PRODUCT'].fields_by_name['price']._serialized_options = b'\342A\001\002\322\363\030/*-^0*([0-9]{1,14}(\\.[0-9]{0,2})?|\\.[0-9]{1,2})$'
+  _globals['_PRODUCT'].fields_by_name['currency']._loaded_options = None
+  _globals['_PRODUCT'].fields_by_name['currency']._serialized_options = b'\322\363\030\n2\010iso-4217'
   _globals['_PRODUCT'].fields_by_name['stock']._loaded_options = None
   _globals['_PRODUCT'].fields_by_name['stock']._serialized_options = b'\342A\001\003'
   _globals['_PRODUCT'].fields_by_name['created_at']._loaded_options = None
   _globals['_PRODUCT'].fields_by_name['created_at']._serialized_options = b'\342A\001\003'
   _globals['_PRODUCT'].fields_by_name['updated_at']._loaded_options = None
   _globals['_PRODUCT'].fields_by_name['updated_at']._serialized_options = b'\342A\001\003'
+  _globals['_LISTPRODUCTSREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTPRODUCTSREQUEST'].fields_by_name['page_size']._serialized_options = b'\322\363\030\002\030\000'
   _globals['_GETPRODUCTREQUEST'].fields_by_name['id']._loaded_options = None
   _globals['_GETPRODUCTREQUEST'].fields_by_name['id']._serialized_options = b'\342A\001\002'
   _globals['_CREATEPRODUCTREQUEST'].fields_by_name['product']._loaded_options = None
   _globals['_CREATEPRODUCTREQUEST'].fields_by_name['product']._serialized_options = b'\342A\001\002'
   _globals['_UPDATEPRODUCTREQUEST'].fields_by_name['product']._loaded_options = None
   _globals['_UPDATEPRODUCTREQUEST'].fields_by_name['product']._serialized_options = b'\342A\001\002'
+  _globals['_UPDATEPRODUCTREQUEST'].fields_by_name['update_mask']._loaded_options = None
+  _globals['_UPDATEPRODUCTREQUEST'].fields_by_name['update_mask']._serialized_options = b'\322\363\030\224\001*\221\001^([*]|(sku|name|description|price|currency|id|stock|createdAt|updatedAt)(,(sku|name|description|price|currency|id|stock|createdAt|updatedAt))*)?$'
   _globals['_DELETEPRODUCTREQUEST'].fields_by_name['id']._loaded_options = None
   _globals['_DELETEPRODUCTREQUEST'].fields_by_name['id']._serialized_options = b'\342A\001\002'
   _globals['_STOCKLEVEL'].fields_by_name['product_id']._loaded_options = None
@@ -75,38 +84,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PRODUCTSSERVICE'].methods_by_name['DeleteProduct']._serialized_options = b'\302\363\030\003\010\314\001\312\363\030\002\010\003\202\323\344\223\002\020*\016/products/{id}'
   _globals['_PRODUCTSSERVICE'].methods_by_name['UpdateStockLevels']._loaded_options = None
   _globals['_PRODUCTSSERVICE'].methods_by_name['UpdateStockLevels']._serialized_options = b'\312\363\030\002\010\004'
-  _globals['_PRODUCT']._serialized_start=254
-  _globals['_PRODUCT']._serialized_end=524
-  _globals['_LISTPRODUCTSREQUEST']._serialized_start=526
-  _globals['_LISTPRODUCTSREQUEST']._serialized_end=597
-  _globals['_LISTPRODUCTSRESPONSE']._serialized_start=599
-  _globals['_LISTPRODUCTSRESPONSE']._serialized_end=694
-  _globals['_GETPRODUCTREQUEST']._serialized_start=696
-  _globals['_GETPRODUCTREQUEST']._serialized_end=733
-  _globals['_GETPRODUCTRESPONSE']._serialized_start=735
-  _globals['_GETPRODUCTRESPONSE']._serialized_end=802
-  _globals['_BATCHGETPRODUCTSREQUEST']._serialized_start=804
-  _globals['_BATCHGETPRODUCTSREQUEST']._serialized_end=842
-  _globals['_BATCHGETPRODUCTSRESPONSE']._serialized_start=844
-  _globals['_BATCHGETPRODUCTSRESPONSE']._serialized_end=918
-  _globals['_CREATEPRODUCTREQUEST']._serialized_start=920
-  _globals['_CREATEPRODUCTREQUEST']._serialized_end=995
-  _globals['_CREATEPRODUCTRESPONSE']._serialized_start=997
-  _globals['_CREATEPRODUCTRESPONSE']._serialized_end=1067
-  _globals['_UPDATEPRODUCTREQUEST']._serialized_start=1069
-  _globals['_UPDATEPRODUCTREQUEST']._serialized_end=1193
-  _globals['_UPDATEPRODUCTRESPONSE']._serialized_start=1195
-  _globals['_UPDATEPRODUCTRESPONSE']._serialized_end=1265
-  _globals['_DELETEPRODUCTREQUEST']._serialized_start=1267
-  _globals['_DELETEPRODUCTREQUEST']._serialized_end=1307
-  _globals['_DELETEPRODUCTRESPONSE']._serialized_start=1309
-  _globals['_DELETEPRODUCTRESPONSE']._serialized_end=1332
-  _globals['_STOCKLEVEL']._serialized_start=1334
-  _globals['_STOCKLEVEL']._serialized_end=1413
-  _globals['_UPDATESTOCKLEVELSREQUEST']._serialized_start=1415
-  _globals['_UPDATESTOCKLEVELSREQUEST']._serialized_end=1490
-  _globals['_UPDATESTOCKLEVELSRESPONSE']._serialized_start=1492
-  _globals['_UPDATESTOCKLEVELSRESPONSE']._serialized_end=1519
-  _globals['_PRODUCTSSERVICE']._serialized_start=1522
-  _globals['_PRODUCTSSERVICE']._serialized_end=2542
+  _globals['_PRODUCT']._serialized_start=283
+  _globals['_PRODUCT']._serialized_end=650
+  _globals['_LISTPRODUCTSREQUEST']._serialized_start=652
+  _globals['_LISTPRODUCTSREQUEST']._serialized_end=731
+  _globals['_LISTPRODUCTSRESPONSE']._serialized_start=733
+  _globals['_LISTPRODUCTSRESPONSE']._serialized_end=828
+  _globals['_GETPRODUCTREQUEST']._serialized_start=830
+  _globals['_GETPRODUCTREQUEST']._serialized_end=867
+  _globals['_GETPRODUCTRESPONSE']._serialized_start=869
+  _globals['_GETPRODUCTRESPONSE']._serialized_end=936
+  _globals['_BATCHGETPRODUCTSREQUEST']._serialized_start=938
+  _globals['_BATCHGETPRODUCTSREQUEST']._serialized_end=976
+  _globals['_BATCHGETPRODUCTSRESPONSE']._serialized_start=978
+  _globals['_BATCHGETPRODUCTSRESPONSE']._serialized_end=1052
+  _globals['_CREATEPRODUCTREQUEST']._serialized_start=1054
+  _globals['_CREATEPRODUCTREQUEST']._serialized_end=1129
+  _globals['_CREATEPRODUCTRESPONSE']._serialized_start=1131
+  _globals['_CREATEPRODUCTRESPONSE']._serialized_end=1201
+  _globals['_UPDATEPRODUCTREQUEST']._serialized_start=1204
+  _globals['_UPDATEPRODUCTREQUEST']._serialized_end=1485
+  _globals['_UPDATEPRODUCTRESPONSE']._serialized_start=1487
+  _globals['_UPDATEPRODUCTRESPONSE']._serialized_end=1557
+  _globals['_DELETEPRODUCTREQUEST']._serialized_start=1559
+  _globals['_DELETEPRODUCTREQUEST']._serialized_end=1599
+  _globals['_DELETEPRODUCTRESPONSE']._serialized_start=1601
+  _globals['_DELETEPRODUCTRESPONSE']._serialized_end=1624
+  _globals['_STOCKLEVEL']._serialized_start=1626
+  _globals['_STOCKLEVEL']._serialized_end=1705
+  _globals['_UPDATESTOCKLEVELSREQUEST']._serialized_start=1707
+  _globals['_UPDATESTOCKLEVELSREQUEST']._serialized_end=1782
+  _globals['_UPDATESTOCKLEVELSRESPONSE']._serialized_start=1784
+  _globals['_UPDATESTOCKLEVELSRESPONSE']._serialized_end=1811
+  _globals['_PRODUCTSSERVICE']._serialized_start=1814
+  _globals['_PRODUCTSSERVICE']._serialized_end=2834
 # @@protoc_insertion_point(module_scope)

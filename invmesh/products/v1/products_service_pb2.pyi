@@ -3,6 +3,7 @@ import datetime
 from google.api import annotations_pb2 as _annotations_pb2
 from google.api import field_behavior_pb2 as _field_behavior_pb2
 from invmesh.api.v1 import access_pb2 as _access_pb2
+from invmesh.api.v1 import limits_pb2 as _limits_pb2
 from invmesh.api.v1 import rest_pb2 as _rest_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
