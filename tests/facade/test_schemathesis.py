@@ -31,7 +31,7 @@ from tests.conftest import SmtpServer, user_token
 from tests.facade import schemathesis_hooks
 from tests.facade.conftest import Web, serving
 
-MAX_EXAMPLES = 25
+MAX_EXAMPLES = 12
 SEED = "20240601"
 HERE = Path(__file__).parent
 ROOT = HERE.parents[1]
