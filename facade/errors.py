@@ -75,6 +75,7 @@ HTTP_STATUS: Mapping[grpc.StatusCode, int] = {
 # The gRPC code of a routing or protocol error, which keeps its own HTTP status.
 _HTTP_CODES: Mapping[int, grpc.StatusCode] = {
     404: grpc.StatusCode.NOT_FOUND,
+    408: grpc.StatusCode.DEADLINE_EXCEEDED,
     405: grpc.StatusCode.UNIMPLEMENTED,
     413: grpc.StatusCode.RESOURCE_EXHAUSTED,
     431: grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -110,7 +111,7 @@ def bad_request(message: str, *, reason: str, field: str | None = None) -> Respo
 def http_error(
     status: int, message: str, *, reason: str, headers: Mapping[str, str] | None = None
 ) -> Response:
-    """A routing or protocol error (400, 404, 405, 413, 415, 431) in the same JSON shape."""
+    """A routing or protocol error (400, 404, 405, 408, 413, 415, 431) in the same JSON shape."""
     code = _HTTP_CODES.get(status, grpc.StatusCode.INVALID_ARGUMENT)
     response = error_response(code, message, reason=reason, headers=headers)
     response.status_code = status

@@ -179,12 +179,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if not self._head_begun and self._received == 0:
             self.transport.close()  # no request begun: nothing to answer
             return
-        response = errors.error_response(
-            grpc.StatusCode.DEADLINE_EXCEEDED,
+        response = errors.http_error(
+            408,
             f"the request head did not arrive within {self.limits.head_timeout_seconds:g} seconds",
             reason=errors.HEAD_TIMEOUT,
         )
-        response.status_code = 408
         self._refuse(response)
 
     def _refuse_head(self) -> None:
