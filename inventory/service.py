@@ -54,4 +54,6 @@ async def running(settings: Settings, *, address: str | None = None) -> AsyncIte
             verifier=verifier_via_auth(auth, settings),
             grace_seconds=settings.shutdown_grace_seconds,
             lame_duck_seconds=settings.shutdown_lame_duck_seconds,
+            max_connection_age_seconds=settings.grpc_max_connection_age_seconds,
+            max_connection_age_grace_seconds=settings.grpc_max_connection_age_grace_seconds,
         ).start_in(stack)
