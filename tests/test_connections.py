@@ -1,12 +1,15 @@
-"""Connections of the mesh's channels: a server recycles its connections at their maximum
-age (gRFC A9) without failing a call."""
+"""Connections of the mesh's channels: a replica that comes back on its address gets calls
+within about a second of reporting SERVING (the channels' reconnect backoff), and a server
+recycles its connections at their maximum age (gRFC A9) without failing a call."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import cast
 
 import grpc
+import pytest
 
 from invmesh.products.v1 import products_service_pb2 as products_pb
 from invmesh.products.v1 import products_service_pb2_grpc
@@ -15,12 +18,13 @@ from mesh.clients import channel
 from mesh.interceptors import ServicerContext
 from mesh.server import MeshServer, Servicer
 from mesh.tokens import TokenVerifier
+from tests.test_shutdown import Stamper
 
 NAME = products_pb.DESCRIPTOR.services_by_name["ProductsService"].full_name
 CLIENTS = 4
 # The restarted replica is away this long: past gRPC's default fourth reconnect attempt
-# (1 + 1.6 + 2.56 + 4.1 s = 9.3 s, ± 0.6 s of jitter) and well before its fifth (15.8 s),
-# so a channel without the mesh's backoff settings would leave it idle for some 5 s more.
+# (1 + 1.6 + 2.56 + 4.1 s = 9.3 s, ± 0.6 s of jitter) and before its fifth (15.8 s), so a
+# channel with gRPC's default backoff leaves it idle for seconds (3.2 s and 5.0 s in two runs here).
 AWAY_SECONDS = 10.5
 
 
@@ -40,6 +44,44 @@ def products_server(
         lame_duck_seconds=0.5,
         **options,
     )
+
+
+@pytest.mark.slow
+async def test_a_restarted_replica_gets_calls_within_a_second_and_a_half_of_serving() -> None:
+    first, other = Stamper(), Stamper()
+    servers = [products_server(first), products_server(other)]
+    for server in servers:
+        await server.start()
+    port = servers[0].port
+    done = asyncio.Event()
+    async with channel(",".join(f"127.0.0.1:{s.port}" for s in servers)) as balanced:
+        stub = products_service_pb2_grpc.ProductsServiceStub(balanced)
+
+        async def client() -> None:  # any failed call fails the test
+            while not done.is_set():
+                await stub.GetProduct(products_pb.GetProductRequest(id="x"))
+
+        clients = [asyncio.create_task(client()) for _ in range(CLIENTS)]
+        try:
+            while len(first.arrivals) < 20:
+                await asyncio.sleep(0.01)
+            await servers[0].stop()
+            await asyncio.sleep(AWAY_SECONDS)
+            back = Stamper()
+            servers[0] = products_server(back, address=f"127.0.0.1:{port}")
+            await servers[0].start()  # it reports SERVING as start() returns
+            serving = time.monotonic()
+            async with asyncio.timeout(15):
+                while not back.arrivals:
+                    await asyncio.sleep(0.01)
+            waited = back.arrivals[0] - serving
+            print(f"the restarted replica's first call came {waited:.3f} s after it reported SERVING")
+            assert waited < 1.5
+        finally:
+            done.set()
+            await asyncio.gather(*clients)
+            for server in servers:
+                await server.stop()
 
 
 class Peers(products_service_pb2_grpc.ProductsServiceServicer):
