@@ -165,6 +165,7 @@ def _components(
     # Every process is told of all replicas of a service, so that its calls spread over them.
     env = dict(os.environ) | {f"{s.upper()}_ADDR": ",".join(a) for s, a in addresses.items()}
     env[SUPERVISOR_PID] = str(os.getpid())  # so a child stops should up die (launcher.cli)
+    env.pop("GRPC_PROBE_ADDR", None)  # one address for one process (a container's), not for each
     service_secrets = _provision_service_secrets(settings)
     serve = [sys.executable, "-m", "launcher", "serve"]
     components = []
@@ -397,6 +398,8 @@ async def up(names: list[str], replicas: dict[str, int] | None = None, tls_dir: 
             # Verification links lead to the facade, which now speaks HTTPS only.
             https = "https://" + settings.public_url.removeprefix("http://")
             tls_env = {name: env | {"PUBLIC_URL": https} for name, env in tls_env.items()}
+    if settings.grpc_probe_addr:
+        print("invmesh: GRPC_PROBE_ADDR is for one process (a container); up ignores it", file=sys.stderr)
     components = _components(settings, names, replicas or {}, tls_env)
     if problems := _listen_problems(_listeners(settings, components)):
         print("\n".join(problems), file=sys.stderr)

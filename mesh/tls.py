@@ -115,14 +115,14 @@ class _Watched:
         """The files' new contents if they changed since they were read (and make a good
         pair); None if not."""
         stamp = _stamp(self._paths)
-        if stamp == self._stamp or stamp is None:
+        if stamp is None or stamp in (self._stamp, self._failed_stamp):  # stat before reading
             return None
         try:
             loaded = self._load()
         except ValueError as exc:
-            if stamp != self._failed_stamp:  # say it once for each state of the files
-                self._failed_stamp = stamp
-                log.warning("%s: keeping the certificate in use: %s", self._what, exc)
+            # Read again only once the files change again (the rest of a renewal, say).
+            self._failed_stamp = stamp
+            log.warning("%s: keeping the certificate in use: %s", self._what, exc)
             return None
         self._stamp, self.loaded = stamp, loaded
         renewed = self.pair.cert_path

@@ -240,6 +240,23 @@ async def test_a_renewed_certificate_is_served_to_new_connections_without_a_rest
             assert (await health_stub(kept).Check(health_pb2.HealthCheckRequest())).status == SERVING
 
 
+async def test_a_half_written_renewal_keeps_the_certificate_in_use(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A new certificate beside the old key (a renewal written file by file) is not used:
+    the server goes on with the last good pair until the key arrives too."""
+    certs.init(tmp_path)
+    ca, own = tmp_path / "ca.crt", tmp_path / "auth"
+    async with health_only(server_pair(tmp_path)) as server:
+        first = await asyncio.to_thread(served_serial, server.port, ca)
+        certificate, key = certs.issue(certs.load_authority(tmp_path), "auth")
+        (own / "tls.crt").write_bytes(certs.pem(certificate))
+        assert await asyncio.to_thread(served_serial, server.port, ca) == first
+        assert "keeping the certificate in use: the key" in caplog.text
+        certs.write_private(own / "tls.key", certs.key_pem(key))
+        assert await asyncio.to_thread(served_serial, server.port, ca) == certificate.serial_number
+
+
 async def test_the_probe_listener_answers_plaintext_health_checks_while_the_main_port_is_tls(
     tls_dir: Path,
 ) -> None:
