@@ -258,8 +258,10 @@ class Settings(BaseSettings):
         None,
         description="A PEM certificate (chain) for this process's gRPC servers; with "
         "`GRPC_TLS_KEY_FILE`, every gRPC server of the process serves TLS with it, and its gRPC "
-        "clients present it to servers that ask for one (mTLS). Renewed files are used from the next "
-        "connection on, without a restart. Unset: the servers speak plaintext.",
+        "clients present it to servers that ask for one (mTLS). The servers use renewed files from the "
+        "next connection on, without a restart; the clients present what they read at startup until "
+        "the next. Every TLS file setting is checked at startup (it exists, is PEM, the key fits). "
+        "Unset: the servers speak plaintext.",
     )
     grpc_tls_key_file: Path | None = Field(
         None,
