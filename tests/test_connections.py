@@ -32,7 +32,8 @@ def products_server(
     servicer: products_service_pb2_grpc.ProductsServiceServicer,
     *,
     address: str = "127.0.0.1:0",
-    **options: float,
+    max_connection_age_seconds: float = 300.0,
+    max_connection_age_grace_seconds: float = 30.0,
 ) -> MeshServer:
     """A MeshServer of `servicer` on `address`, every method public."""
     return MeshServer(
@@ -42,7 +43,8 @@ def products_server(
         is_public=lambda method: method.startswith(f"/{NAME}/") or access.is_public(method),
         grace_seconds=1,
         lame_duck_seconds=0.5,
-        **options,
+        max_connection_age_seconds=max_connection_age_seconds,
+        max_connection_age_grace_seconds=max_connection_age_grace_seconds,
     )
 
 
