@@ -49,7 +49,7 @@ make_base() {
         return
     fi
     say "making $LOCAL_BASE with mmdebstrap"
-    local dir
+    local dir start=$SECONDS
     dir=$(mktemp -d)
     # shellcheck disable=SC2064  # the folder is known now, and the trap must remove this one
     trap "rm -rf '$dir'" RETURN
@@ -62,6 +62,7 @@ make_base() {
         --dpkgopt='path-exclude=/usr/share/locale/*' \
         bookworm "$dir/base.tar"
     "${PODMAN[@]}" import "$dir/base.tar" "$LOCAL_BASE" >/dev/null
+    say "made $LOCAL_BASE in $((SECONDS - start)) s"
 }
 
 # The project's dependencies (and its build backend, for the build inside the image) as wheels
@@ -85,6 +86,7 @@ PY
         return
     fi
     say "building the dependency wheels into $WHEELS"
+    local start=$SECONDS
     printf '%s\n' "$wanted" >"$WHEELS/requirements.in"
     "$PYTHON" -m pip wheel --quiet --wheel-dir "$WHEELS" -r "$WHEELS/requirements.in"
     if command -v strip >/dev/null; then
@@ -93,6 +95,7 @@ PY
         say "no strip (binutils): the extensions keep their debug information, some 50 MB"
     fi
     mv "$WHEELS/requirements.in" "$WHEELS/requirements.txt"
+    say "built the wheels in $((SECONDS - start)) s"
 }
 
 install_tools

@@ -74,7 +74,8 @@ async def image() -> str:
         str(ROOT / "deploy/image/build.sh"), env={"PYTHON": sys.executable}, timeout=900
     )
     assert status == 0, f"deploy/image/build.sh failed:\n{output[-4000:]}"
-    print(f"image built in {time.monotonic() - started:.0f} s")
+    _, size = await command(*PODMAN, "image", "inspect", "--format", "{{.Size}}", IMAGE)
+    print(f"{IMAGE}: built in {time.monotonic() - started:.0f} s, {int(size) / 1e6:.0f} MB")
     return IMAGE
 
 
@@ -223,6 +224,7 @@ async def journey(http: httpx.AsyncClient, smtp: SmtpServer, public_url: str) ->
 async def stopped_promptly(made: Containers, names: Sequence[str]) -> None:
     for name in names:
         status, elapsed = await made.stop(name)
+        print(f"{name}: exit {status} {elapsed:.1f} s after podman stop")
         assert (status, elapsed < STOP_WITHIN) == (0, True), f"{name}: exit {status} after {elapsed:.1f} s"
 
 
