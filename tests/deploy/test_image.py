@@ -2,8 +2,9 @@
 podman as on these machines: `invmesh migrate` on fresh PostgreSQL databases, each role in a
 container of its own with a read-only root filesystem and the image's non-root user, each
 reaching SERVING; the register → verify → login → product → movement journey through the
-containerised facade; and `podman stop` ending every role at once with status 0 (and a
-migration with 143, not the SIGKILL after the grace period)."""
+containerised facade; `invmesh up` (the whole system, on SQLite) in one container; and
+`podman stop` ending every role at once with status 0 (and a migration with 143, not the
+SIGKILL after the grace period)."""
 
 from __future__ import annotations
 
@@ -39,12 +40,9 @@ ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "localhost/invmesh:latest"
 # crun fails here (cgroups in hybrid mode); runc cannot apply podman's default ulimits.
 PODMAN = ("podman", "--runtime", "runc", "--cgroup-manager=cgroupfs")
-RUN = (
-    *("--ulimit", "nofile=4096:4096", "--ulimit", "nproc=4096:4096"),
-    *("--network", "host"),  # the host's PostgreSQL and SMTP server on 127.0.0.1
-    "--read-only",
-    *("--tmpfs", "/tmp", "--tmpfs", "/var/lib/invmesh"),  # TMPDIR and INVMESH_DATA_DIR
-)
+LIMITS = ("--ulimit", "nofile=4096:4096", "--ulimit", "nproc=4096:4096")
+# TMPDIR and INVMESH_DATA_DIR; `U`: the latter owned by the image's user, as the image's folder is.
+WRITABLE = ("--read-only", "--tmpfs", "/tmp", "--tmpfs", "/var/lib/invmesh:rw,U")
 SERVICES = ("auth", "products", "inventory")
 STOP_WITHIN = 5.0  # seconds: lame duck (0.5 s) and an idle drain, far from podman's 10 s
 
@@ -89,20 +87,22 @@ class Containers:
         self.prefix = f"invmesh-test-{secrets.token_hex(3)}"
         self.names: list[str] = []
 
-    def _run_args(self, name: str, extra_env: dict[str, str]) -> list[str]:
+    def _run_args(self, name: str, extra_env: dict[str, str], network: str = "host") -> list[str]:
         names = sorted(self.env.keys() | extra_env.keys())
         self.names.append(name)
-        return [*PODMAN, "run", "--name", name, *RUN, *(a for n in names for a in ("-e", n)), self.image]
+        run = [*PODMAN, "run", "--name", name, *LIMITS, *WRITABLE, "--network", network]
+        return [*run, *(a for n in names for a in ("-e", n)), self.image]
 
     async def run(self, role: str, *args: str, **extra_env: str) -> tuple[int, str]:
         """Runs `invmesh ARGS` in a container to its end."""
         name = f"{self.prefix}-{role}"
         return await command(*self._run_args(name, extra_env), *args, env=self.env | extra_env)
 
-    async def start(self, role: str, *args: str, **extra_env: str) -> str:
-        """Starts `invmesh ARGS` in a detached container; its name."""
+    async def start(self, role: str, *args: str, network: str = "host", **extra_env: str) -> str:
+        """Starts `invmesh ARGS` in a detached container (on the host's network, where the
+        PostgreSQL and SMTP servers are, by default); its name."""
         name = f"{self.prefix}-{role}"
-        run = self._run_args(name, extra_env)
+        run = self._run_args(name, extra_env, network)
         status, output = await command(*run[:-1], "--detach", run[-1], *args, env=self.env | extra_env)
         assert status == 0, output
         return name
@@ -270,3 +270,21 @@ async def test_a_migration_stops_at_once(image: str) -> None:
             await asyncio.sleep(2)  # connecting
             status, elapsed = await made.stop(name)
             assert (status, elapsed < STOP_WITHIN) == (143, True), f"exit {status} after {elapsed:.1f} s"
+
+
+async def test_the_whole_system_runs_in_one_container_on_sqlite(image: str) -> None:
+    """`invmesh up`, as `make run` does, with its SQLite files and outbox in the data folder (a
+    tmpfs, the root filesystem read-only) and a network of its own; stopped with status 0."""
+    async with containers(image, {}) as made:
+        name = await made.start("up", "up", network="none")
+        async with asyncio.timeout(60):
+            while "all healthy" not in (await command(*PODMAN, "logs", name))[1]:
+                await asyncio.sleep(0.5)
+        probe = (
+            "import urllib.request as r; print(r.urlopen('http://127.0.0.1:8000/healthz').read().decode())"
+        )
+        status, output = await command(*PODMAN, "exec", name, "python3", "-c", probe)
+        assert (status, output.strip()) == (0, '{"status":"SERVING"}')
+        status, output = await command(*PODMAN, "exec", name, "ls", "/var/lib/invmesh")
+        assert {"auth.db", "products.db", "inventory.db"} <= set(output.split()), output
+        await stopped_promptly(made, [name])
