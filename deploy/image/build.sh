@@ -49,10 +49,9 @@ make_base() {
         return
     fi
     say "making $LOCAL_BASE with mmdebstrap"
-    local dir start=$SECONDS
-    dir=$(mktemp -d)
-    # shellcheck disable=SC2064  # the folder is known now, and the trap must remove this one
-    trap "rm -rf '$dir'" RETURN
+    local start=$SECONDS
+    base_folder=$(mktemp -d)
+    trap 'rm -rf "$base_folder"' EXIT
     # /usr merged by mmdebstrap's hook rather than by the usrmerge package, which would bring
     # perl (50 MB); no documentation, manual pages or translations, but the copyright files.
     mmdebstrap --quiet --variant=minbase --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
@@ -60,8 +59,8 @@ make_base() {
         --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
         --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/info/*' \
         --dpkgopt='path-exclude=/usr/share/locale/*' \
-        bookworm "$dir/base.tar"
-    "${PODMAN[@]}" import "$dir/base.tar" "$LOCAL_BASE" >/dev/null
+        bookworm "$base_folder/base.tar"
+    "${PODMAN[@]}" import "$base_folder/base.tar" "$LOCAL_BASE" >/dev/null
     say "made $LOCAL_BASE in $((SECONDS - start)) s"
 }
 
