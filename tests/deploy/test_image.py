@@ -44,7 +44,8 @@ LIMITS = ("--ulimit", "nofile=4096:4096", "--ulimit", "nproc=4096:4096")
 # TMPDIR and INVMESH_DATA_DIR; `U`: the latter owned by the image's user, as the image's folder is.
 WRITABLE = ("--read-only", "--tmpfs", "/tmp", "--tmpfs", "/var/lib/invmesh:rw,U")
 SERVICES = ("auth", "products", "inventory")
-STOP_WITHIN = 5.0  # seconds: lame duck (0.5 s) and an idle drain, far from podman's 10 s
+# Seconds: lame duck (0.5 s) and an idle drain take 1-4 s on a busy machine; SIGKILL comes at 10.
+STOP_WITHIN = 8.0
 
 
 async def command(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> tuple[int, str]:
