@@ -13,7 +13,7 @@ BENCH_QUICK ?=
 BENCH_ARGS ?=
 BENCH_FLAGS := $(if $(filter 1 yes true,$(BENCH_QUICK)),--quick) $(BENCH_ARGS)
 
-.PHONY: run test protos protos-check docs lint bench bench-quick clean
+.PHONY: run test protos protos-check docs lint image bench bench-quick clean
 
 ## run: install, generate code if the protos changed, start every service (Ctrl-C stops them)
 run: $(VENV)/.installed $(VENV)/.generated
@@ -36,12 +36,21 @@ protos-check: $(VENV)/.installed
 docs: $(VENV)/.installed
 	$(BIN)/python -m launcher.settings_doc
 
-## lint: ruff (lint and format), mypy --strict (pyproject.toml) and buf lint
+## lint: ruff (lint and format), mypy --strict (pyproject.toml), buf lint, hadolint (the Containerfile)
+##       and shellcheck (the shell scripts)
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/python -m launcher.codegen --lint
+	$(BIN)/hadolint deploy/image/Containerfile
+	$(BIN)/shellcheck deploy/image/build.sh .ci/run
+
+## image: build the OCI image localhost/invmesh:<version> (and :latest) with podman
+##        (deploy/image/build.sh: installs podman, runc and mmdebstrap from Debian when missing
+##        and run as root, makes the base image, builds the wheels on the host, builds offline)
+image: $(VENV)/.installed $(VENV)/.generated
+	deploy/image/build.sh
 
 ## bench: reads, movements and logins side by side with the FastAPI peer, on SQLite and PostgreSQL
 ##        (bench/README.md); needs PostgreSQL on 127.0.0.1:5432 and wrk (installed from Debian when

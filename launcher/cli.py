@@ -54,7 +54,7 @@ from launcher.layout import (
     replica_addresses,
     settings_or_exit,
 )
-from launcher.lifetime import stop_with_supervisor
+from launcher.lifetime import stop_on_sigterm, stop_with_supervisor
 from launcher.ports import listen_problem
 from launcher.supervisor import up
 from mesh.logs import configure_logging
@@ -196,6 +196,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.command is None:
         parser.print_help()
         sys.exit(0)
+    if args.command in ("keys", "users", "migrate"):
+        stop_on_sigterm()
     if args.command == "keys":
         # Only errors: the command says itself what it did, or why it could not.
         configure_logging("keys", "ERROR", "text")

@@ -9,6 +9,8 @@ import json
 import os
 import re
 import shlex
+import signal
+import socket
 import sys
 from dataclasses import dataclass
 from importlib import metadata
@@ -248,3 +250,26 @@ async def test_an_unreachable_auth_database_is_named_without_its_password(scheme
         f"invmesh: cannot reach the auth database {scheme}://ops:***@127.0.0.1:{port}/auth: "
     )
     assert "pw-s3cret" not in run.err and "Traceback" not in run.err
+
+
+@pytest.mark.parametrize("command", [["migrate", "auth"], ["users", "list"]])
+async def test_a_one_shot_command_ends_on_sigterm_at_once(command: list[str]) -> None:
+    """As on Ctrl-C, status 143: the handler is what makes a migration stoppable as PID 1 of a
+    container (tests/deploy/test_image.py), where a signal without one is ignored."""
+    with socket.socket() as silent:  # accepts connections (the backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"postgresql+asyncpg://postgres@127.0.0.1:{silent.getsockname()[1]}/auth"
+        process = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "launcher", *command),
+            env=cli_env(AUTH_DATABASE_URL=url, DB_CONNECT_TIMEOUT_SECONDS="60"),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        await asyncio.sleep(2)  # started, and waiting for the database
+        assert process.returncode is None
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(5):
+            _, err = await process.communicate()
+    assert process.returncode == 143
+    assert err.decode().strip().endswith("invmesh: stopped by SIGTERM")
