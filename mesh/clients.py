@@ -15,6 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mesh import context
 from mesh.errors import DeadlineExceeded
+from mesh.metrics import ClientMetrics
 from mesh.services import SERVICES
 
 RETRY_POLICY = {
@@ -136,7 +137,10 @@ class ForwardCallerContext(grpc.aio.UnaryUnaryClientInterceptor):
 def channel(target: str, *, default_timeout: float = 3.0) -> grpc.aio.Channel:
     """A long-lived channel to `target` (see `grpc_target`)."""
     return grpc.aio.insecure_channel(
-        grpc_target(target), options=CHANNEL_OPTIONS, interceptors=[ForwardCallerContext(default_timeout)]
+        grpc_target(target),
+        options=CHANNEL_OPTIONS,
+        # ClientMetrics inside: a call the caller's deadline stops before it starts is not counted.
+        interceptors=[ForwardCallerContext(default_timeout), ClientMetrics()],
     )
 
 

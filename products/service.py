@@ -62,4 +62,5 @@ async def running(settings: Settings, *, address: str | None = None) -> AsyncIte
             lame_duck_seconds=settings.shutdown_lame_duck_seconds,
             max_connection_age_seconds=settings.grpc_max_connection_age_seconds,
             max_connection_age_grace_seconds=settings.grpc_max_connection_age_grace_seconds,
+            metrics=settings.metrics_address("products") is not None,
         ).start_in(stack)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import cast
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -32,7 +32,7 @@ def products_server(
     servicer: products_service_pb2_grpc.ProductsServiceServicer,
     *,
     address: str = "127.0.0.1:0",
-    **options: float,
+    **options: Any,
 ) -> MeshServer:
     """A MeshServer of `servicer` on `address`, every method public."""
     return MeshServer(
