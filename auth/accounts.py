@@ -16,6 +16,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 
 from email_validator import EmailNotValidError, validate_email
+from prometheus_client import Counter
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -43,6 +44,11 @@ log = logging.getLogger(__name__)
 MAX_NAME_CHARS = 200
 MAX_EMAIL_CHARS = 320
 _INVALID_CREDENTIALS = "the email or password is incorrect"
+# Logins that passed or failed the password check; those refused before it, throttled, are
+# invmesh_refusals_total{reason="TOO_MANY_LOGIN_ATTEMPTS"} (mesh.metrics).
+LOGINS = Counter("invmesh_logins_total", "Logins by result (ok, invalid_credentials).", ["result"])
+_LOGINS_OK = LOGINS.labels("ok")
+_LOGINS_FAILED = LOGINS.labels("invalid_credentials")
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +219,7 @@ class Accounts:
             if ticket is not None:
                 ticket.release()  # unless the check spent it
         if not matched or user is None:
+            _LOGINS_FAILED.inc()
             self._recent_failures.add(client)
             raise Unauthenticated(_INVALID_CREDENTIALS, reason="INVALID_CREDENTIALS")
         self._recent_failures.discard(client)
@@ -221,7 +228,9 @@ class Accounts:
             per_account, per_address = limits
             await throttle.clear(session, per_account)
             await throttle.give_back(session, per_address)
-            return self._issue(session, user, family_id=str(uuid.uuid4()))
+            tokens = self._issue(session, user, family_id=str(uuid.uuid4()))
+        _LOGINS_OK.inc()
+        return tokens
 
     async def refresh(self, refresh_token: str) -> Tokens:
         await self._keys.refresh_if_due()

@@ -214,6 +214,18 @@ async def serving(service: AbstractAsyncContextManager[T], address: str | None) 
         yield await stack.enter_async_context(service)
 
 
+# The domain and the machinery. A refusal's reason is its ErrorInfo reason, one of a fixed set
+# (`NOT_FOUND`, `INSUFFICIENT_STOCK`, `TOO_MANY_LOGIN_ATTEMPTS`…): throttled logins are counted there.
+REFUSALS = Counter(
+    "invmesh_refusals_total", "Calls refused with a domain error, by its ErrorInfo reason.", ["reason"]
+)
+OUTBOX_DELIVERIES = Counter(
+    "invmesh_outbox_deliveries_total",
+    "Outbox rows delivered or failed (to be retried), by relay (mail, retirement).",
+    ["relay", "result"],
+)
+
+
 def client_method(full_method: str) -> MethodMetrics:
     """The `grpc_client_*` children of a method, for a caller that records its calls itself."""
     return MethodMetrics(CLIENT, full_method)

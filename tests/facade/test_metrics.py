@@ -205,3 +205,26 @@ async def test_serve_names_a_taken_metrics_port(tmp_path: Path) -> None:
     assert stderr.decode().splitlines()[-1] == (
         f"invmesh: products: cannot serve metrics on {taken} (PRODUCTS_METRICS_ADDR): Address already in use"
     )
+
+
+async def test_movements_refusals_and_logins_are_counted(web: Web, scrape: httpx.AsyncClient) -> None:
+    created = await web.http.post(
+        "/products", headers=web.staff, json={"sku": "MET-2", "name": "Dial", "price": "1.00"}
+    )
+    product_id = created.json()["id"]
+    _, before = await scraped(scrape)
+    entry = {"product_id": product_id, "type": "IN", "quantity": 5, "request_id": "met-in-1"}
+    for _ in range(2):  # the second is the first again: nothing written
+        assert (await web.http.post("/inventory", headers=web.staff, json=entry)).status_code in (200, 201)
+    exit_ = {"product_id": product_id, "type": "OUT", "quantity": 50}
+    refused = await web.http.post("/inventory", headers=web.staff, json=exit_)
+    assert refused.status_code == 400  # FAILED_PRECONDITION
+    wrong = {"email": "staff@example.com", "password": "not the password"}
+    assert (await web.http.post("/users/login", json=wrong)).status_code == 401
+    text, after = await scraped(scrape)
+    assert deltas(before, after, "invmesh_movements_total", type="IN") == 1
+    assert deltas(before, after, "invmesh_movements_total", type="OUT") == 0
+    assert deltas(before, after, "invmesh_refusals_total", reason="INSUFFICIENT_STOCK") == 1
+    assert deltas(before, after, "invmesh_refusals_total", reason="INVALID_CREDENTIALS") == 1
+    assert deltas(before, after, "invmesh_logins_total", result="invalid_credentials") == 1
+    assert product_id not in text and "met-in-1" not in text
