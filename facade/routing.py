@@ -8,6 +8,7 @@ exact duplicates refused at startup.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -192,6 +193,10 @@ class TranscodedRoutes(BaseRoute):
             if counted is not None:
                 counted.handled(exc.code(), time.perf_counter() - started)
             return errors.from_rpc_error(exc, self._backend_names[binding.service.full_name])
+        except asyncio.CancelledError:  # the HTTP client went away: the call is cancelled with it
+            if counted is not None:
+                counted.handled(grpc.StatusCode.CANCELLED, time.perf_counter() - started)
+            raise
         if counted is not None:
             counted.handled(grpc.StatusCode.OK, time.perf_counter() - started)
         return _success(binding, reply)

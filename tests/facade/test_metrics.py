@@ -18,8 +18,13 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from auth.service import running as running_auth
+from invmesh.auth.v1 import auth_service_pb2 as auth_pb
+from invmesh.auth.v1 import auth_service_pb2_grpc
 from invmesh.products.v1 import products_service_pb2 as pb
 from mesh import metrics
+from mesh.config import Settings
+from tests.conftest import SmtpServer
 from tests.facade.conftest import Web
 from tests.test_supervisor import invmesh_up, up_env
 
@@ -228,3 +233,30 @@ async def test_movements_refusals_and_logins_are_counted(web: Web, scrape: httpx
     assert deltas(before, after, "invmesh_refusals_total", reason="INVALID_CREDENTIALS") == 1
     assert deltas(before, after, "invmesh_logins_total", result="invalid_credentials") == 1
     assert product_id not in text and "met-in-1" not in text
+
+
+async def test_throttled_logins_and_delivered_mail_are_counted(
+    settings: Settings, smtp: SmtpServer, scrape: httpx.AsyncClient
+) -> None:
+    strict = settings.model_copy(update={"login_failures_per_account": 1})
+    async with running_auth(strict, address="127.0.0.1:0") as server:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = auth_service_pb2_grpc.AuthServiceStub(channel)
+            _, before = await scraped(scrape)
+            await stub.Register(auth_pb.RegisterRequest(email="met@example.com", password="met-password"))
+            await smtp.inbox.mail_to("met@example.com")
+            codes = []
+            for _ in range(2):  # the first fails, the second is over the limit of one
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await stub.Login(auth_pb.LoginRequest(email="met@example.com", password="wrong-password"))
+                codes.append(refused.value.code())
+            assert codes == [grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.RESOURCE_EXHAUSTED]
+            text, after = await scraped(scrape)
+    assert deltas(before, after, "invmesh_logins_total", result="invalid_credentials") == 1
+    assert deltas(before, after, "invmesh_logins_total", result="throttled") == 1
+    assert deltas(before, after, "invmesh_refusals_total", reason="TOO_MANY_LOGIN_ATTEMPTS") == 1
+    delivered = deltas(before, after, "invmesh_outbox_deliveries_total", relay="mail", result="delivered")
+    assert delivered == 1
+    login = grpc_labels("invmesh.auth.v1.AuthService", "Login", grpc_code="ResourceExhausted")
+    assert deltas(before, after, "grpc_server_handled_total", **login) == 1
+    assert "met@example.com" not in text
