@@ -104,6 +104,10 @@ async def test_one_found_and_one_missing_product_count_once_each_on_every_hop(
         assert deltas(before, after, f"grpc_{side}_started_total", **started) == 2, side
         assert deltas(before, after, f"grpc_{side}_handling_seconds_count", **started) == 2, side
 
+    # products verified the token at POST /products: both reads found it in its cache.
+    assert deltas(before, after, "invmesh_token_cache_total", result="hit") == 2
+    assert deltas(before, after, "invmesh_token_cache_total", result="miss") == 0
+
     # No id, email or token in any label.
     for secret in (product_id, missing, web.mesh.verified_token, "staff@example.com", "no/such"):
         assert secret not in text
