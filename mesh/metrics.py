@@ -5,7 +5,7 @@ default registry, which also holds the `process_*` and `python_*` collectors; so
 multiprocess mode. `grpc_server_*` come from `ServerMetrics`, the outermost server
 interceptor (it sees the status `RequestInterceptor` made of a domain error, an abort or a
 crash), and `grpc_client_*` from `ClientMetrics` on every channel of `mesh.clients` (the facade
-records its own calls, `ClientMethod`). Labels are the call's type, service, method and
+counts its own calls, with `client_method()`). Labels are the call's type, service, method and
 code: never an id, an address or a token. Only unary calls are counted: the streams (health
 Watch, reflection) are not. Each method's label children are bound once and cached, so a call
 costs two clock reads, two counter increments and one histogram observation.

@@ -236,6 +236,11 @@ async def test_movements_refusals_and_logins_are_counted(web: Web, scrape: httpx
     assert deltas(before, after, "invmesh_refusals_total", reason="INSUFFICIENT_STOCK") == 1
     assert deltas(before, after, "invmesh_refusals_total", reason="INVALID_CREDENTIALS") == 1
     assert deltas(before, after, "invmesh_logins_total", result="invalid_credentials") == 1
+    # inventory asked products once whether the product exists (then it remembers), over a channel
+    # of mesh.clients: the same call counted by both sides.
+    check = grpc_labels(PRODUCTS, "BatchGetProducts", grpc_code="OK")
+    assert deltas(before, after, "grpc_client_handled_total", **check) == 1
+    assert deltas(before, after, "grpc_server_handled_total", **check) == 1
     assert product_id not in text and "met-in-1" not in text
 
 
