@@ -26,12 +26,16 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeAlias, TypeVar, cast
 
 import grpc
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.exposition import choose_encoder
 
 from mesh.config import join_host_port
 
 log = logging.getLogger(__name__)
+
+# One series a counter and a histogram's buckets, sum and count, as go-grpc-prometheus exports:
+# no `*_created` series beside each (prometheus-client's default, a switch for the whole process).
+disable_created_metrics()  # type: ignore[no-untyped-call]  # prometheus-client leaves it unannotated
 
 # go's codes.Code.String(): the grpc_code label as go-grpc-prometheus writes it.
 GO_CODE_NAMES = {
