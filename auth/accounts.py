@@ -16,6 +16,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 
 from email_validator import EmailNotValidError, validate_email
+from prometheus_client import Counter
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -43,6 +44,12 @@ log = logging.getLogger(__name__)
 MAX_NAME_CHARS = 200
 MAX_EMAIL_CHARS = 320
 _INVALID_CREDENTIALS = "the email or password is incorrect"
+# Logins by result: the password matched or not, or the attempt was refused before bcrypt ran
+# (the limits of auth/throttle.py, or bcrypt's queue full: RESOURCE_EXHAUSTED).
+LOGINS = Counter("invmesh_logins_total", "Logins by result (ok, invalid_credentials, throttled).", ["result"])
+_LOGINS_OK = LOGINS.labels("ok")
+_LOGINS_FAILED = LOGINS.labels("invalid_credentials")
+_LOGINS_THROTTLED = LOGINS.labels("throttled")
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,12 +200,12 @@ class Accounts:
                 "login-address", client, self._settings.login_failures_per_address, self._login_window
             ),
         )
-        if client in self._recent_failures:
-            # Its attempt would go to the shared lane: if that is full, refuse before the
-            # database write that would tell so.
-            self._hasher.queue.check(Lane.SHARED)
         ticket = None
         try:
+            if client in self._recent_failures:
+                # Its attempt would go to the shared lane: if that is full, refuse before the
+                # database write that would tell so.
+                self._hasher.queue.check(Lane.SHARED)
             async with self._db.transaction() as session:
                 attempts = await throttle.take(
                     session, limits, now=utcnow(), reason="TOO_MANY_LOGIN_ATTEMPTS", doing="failed logins"
@@ -209,10 +216,14 @@ class Accounts:
                 user = await session.scalar(select(User).where(User.email == address)) if address else None
             # Unknown emails run a bcrypt check too, so the answer's timing tells nothing.
             matched = await self._hasher.verify(password, user.password_hash if user else None, ticket=ticket)
+        except ResourceExhausted:
+            _LOGINS_THROTTLED.inc()
+            raise
         finally:
             if ticket is not None:
                 ticket.release()  # unless the check spent it
         if not matched or user is None:
+            _LOGINS_FAILED.inc()
             self._recent_failures.add(client)
             raise Unauthenticated(_INVALID_CREDENTIALS, reason="INVALID_CREDENTIALS")
         self._recent_failures.discard(client)
@@ -221,7 +232,9 @@ class Accounts:
             per_account, per_address = limits
             await throttle.clear(session, per_account)
             await throttle.give_back(session, per_address)
-            return self._issue(session, user, family_id=str(uuid.uuid4()))
+            tokens = self._issue(session, user, family_id=str(uuid.uuid4()))
+        _LOGINS_OK.inc()
+        return tokens
 
     async def refresh(self, refresh_token: str) -> Tokens:
         await self._keys.refresh_if_due()

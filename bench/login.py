@@ -90,6 +90,7 @@ def auth_service(rounds: int) -> Iterator[str]:
             **os.environ,
             "INVMESH_DATA_DIR": data_dir,
             "AUTH_ADDR": address,
+            "AUTH_METRICS_ADDR": f"127.0.0.1:{free_port()}",
             "LOG_LEVEL": "WARNING",
             "BCRYPT_ROUNDS": str(rounds),
             # Never touch a configured database or send real mail from a benchmark.

@@ -108,6 +108,11 @@ def invmesh(
     env = {
         **os.environ,
         **{f"{service.upper()}_ADDR": address for service, address in addresses.items()},
+        # Metrics on, as deployed, on ports of their own (replica k: + 10*k, as `up` gives them).
+        **{
+            f"{name}_METRICS_ADDR": f"127.0.0.1:{free_port()}"
+            for name in ("FACADE", "AUTH", "PRODUCTS", "INVENTORY")
+        },
         **database_env,  # blank: SQLite files in data_dir, never a configured database
         "DB_AUTO_MIGRATE": "true",
         "INVMESH_DATA_DIR": str(data_dir),

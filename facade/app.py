@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
@@ -18,11 +19,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from facade import docs, errors, verify_page
-from facade.middleware import RequestIdMiddleware
+from facade.middleware import HttpMetricsMiddleware, RequestIdMiddleware
 from facade.openapi import contract_comments, openapi_document
 from facade.readiness import Checked, Readiness, readyz
 from facade.routing import Page, TranscodedRoutes
 from facade.transcoding import bindings
+from mesh import metrics
 from mesh.clients import channel, channel_credentials
 from mesh.config import Settings
 from mesh.services import SERVICES
@@ -44,10 +46,18 @@ def default_backends(settings: Settings) -> dict[ServiceDescriptor, Backend]:
     return {spec.descriptor: Backend(name, settings.address(name)) for name, spec in SERVICES.items()}
 
 
-def create_app(settings: Settings, backends: Mapping[ServiceDescriptor, Backend] | None = None) -> Starlette:
+def create_app(
+    settings: Settings,
+    backends: Mapping[ServiceDescriptor, Backend] | None = None,
+    *,
+    metrics_socket: socket.socket | None = None,
+) -> Starlette:
     """The facade for `backends` (default: the three services). Every route comes from
-    the services' google.api.http rules; a rule that cannot be served fails here."""
+    the services' google.api.http rules; a rule that cannot be served fails here. Requests and
+    calls are counted unless FACADE_METRICS_ADDR is empty; the lifespan serves the metrics on
+    `metrics_socket` when given (facade.server binds it)."""
     backends = dict(backends or default_backends(settings))
+    counted = settings.metrics_address("facade") is not None
     found = bindings(backends)
     transcoded = TranscodedRoutes(
         found,
@@ -57,6 +67,7 @@ def create_app(settings: Settings, backends: Mapping[ServiceDescriptor, Backend]
         max_body_bytes=settings.facade_max_body_bytes,
         pages=PAGES,
         forwarder_secret=forwarder_secret(settings),
+        count_calls=counted,
     )
     document = openapi_document(transcoded.bindings, comments=contract_comments(), pages=PAGES)
 
@@ -82,7 +93,10 @@ def create_app(settings: Settings, backends: Mapping[ServiceDescriptor, Backend]
             ]
         )
         try:
-            yield {"calls": calls, "readiness": readiness}
+            async with contextlib.AsyncExitStack() as stack:
+                if metrics_socket is not None:
+                    await stack.enter_async_context(metrics.endpoint(metrics_socket))
+                yield {"calls": calls, "readiness": readiness}
         finally:
             await readiness.close()
             for opened in channels.values():
@@ -94,7 +108,8 @@ def create_app(settings: Settings, backends: Mapping[ServiceDescriptor, Backend]
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "SERVING"})
 
-    middleware = [Middleware(RequestIdMiddleware)]
+    middleware = [Middleware(HttpMetricsMiddleware)] if counted else []
+    middleware.append(Middleware(RequestIdMiddleware))
     if settings.facade_cors_origins:
         middleware.append(
             Middleware(

@@ -8,8 +8,10 @@ exact duplicates refused at startup.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,7 +24,7 @@ from starlette.types import Receive, Scope, Send
 
 from facade import errors, httprule
 from facade.transcoding import BadRequest, Binding, RuleError
-from mesh import forwarding
+from mesh import forwarding, metrics
 from mesh.authorization import bearer_token
 from mesh.errors import Unauthenticated
 
@@ -37,6 +39,8 @@ _BINDING = "invmesh.binding"
 _VALUES = "invmesh.path_values"
 _ALLOW = "invmesh.allow"
 _PATH_ERROR = "invmesh.path_error"
+# The route template a request matched, for the `handler` label of the HTTP metrics.
+TEMPLATE = "invmesh.template"
 
 
 # The answer to send for a JSON answer, given the request's Accept header.
@@ -62,9 +66,11 @@ class TranscodedRoutes(BaseRoute):
         max_body_bytes: int,
         pages: Mapping[tuple[str, str], Page] | None = None,
         forwarder_secret: bytes | None = None,
+        count_calls: bool = False,
     ) -> None:
         """`pages`: for (HTTP method, RPC full name), what turns the JSON answer into a page for a
-        client that asks for one."""
+        client that asks for one. `count_calls`: count the calls to the services in
+        `grpc_client_*` (mesh.metrics)."""
         grouped: dict[tuple[object, ...], dict[str, Binding]] = defaultdict(dict)
         templates: dict[tuple[object, ...], httprule.PathTemplate] = {}
         for binding in bindings:
@@ -87,6 +93,9 @@ class TranscodedRoutes(BaseRoute):
         self._max_body_bytes = max_body_bytes
         self._pages = dict(pages or {})
         self._forwarder_secret = forwarder_secret
+        self._counted = (
+            {b.grpc_path: metrics.client_method(b.grpc_path) for b in bindings} if count_calls else {}
+        )
 
     @property
     def bindings(self) -> list[Binding]:
@@ -100,6 +109,7 @@ class TranscodedRoutes(BaseRoute):
         try:
             httprule.check_escapes(path)
             allowed: list[str] = []
+            first = ""  # the first template that matched, by another method
             for entry in self._table:
                 values = entry.template.match(path)
                 if values is None:
@@ -108,12 +118,14 @@ class TranscodedRoutes(BaseRoute):
                 if binding is not None:
                     if binding.template is not entry.template:  # same shape, its own variable names
                         values = binding.template.match(path) or {}
-                    return Match.FULL, {_BINDING: binding, _VALUES: values}
+                    return Match.FULL, {_BINDING: binding, _VALUES: values, TEMPLATE: binding.template.text}
+                if not allowed:
+                    first = entry.template.text
                 allowed.extend(m for m in entry.by_method if m not in allowed)
         except httprule.PathError as exc:
             return Match.FULL, {_PATH_ERROR: str(exc)}
         if allowed:
-            return Match.PARTIAL, {_ALLOW: allowed}
+            return Match.PARTIAL, {_ALLOW: allowed, TEMPLATE: first}
         return Match.NONE, {}
 
     def url_path_for(self, name: str, /, **path_params: Any) -> Any:
@@ -171,10 +183,22 @@ class TranscodedRoutes(BaseRoute):
                 return _unusable_authorization(authorization)
             metadata.append(("authorization", authorization))
         call = scope["state"]["calls"][binding.grpc_path]
+        counted = self._counted.get(binding.grpc_path)
+        if counted is not None:
+            counted.started()
+        started = time.perf_counter()
         try:
             reply = await call(message, metadata=metadata, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
+            if counted is not None:
+                counted.handled(exc.code(), time.perf_counter() - started)
             return errors.from_rpc_error(exc, self._backend_names[binding.service.full_name])
+        except asyncio.CancelledError:  # the HTTP client went away: the call is cancelled with it
+            if counted is not None:
+                counted.handled(grpc.StatusCode.CANCELLED, time.perf_counter() - started)
+            raise
+        if counted is not None:
+            counted.handled(grpc.StatusCode.OK, time.perf_counter() - started)
         return _success(binding, reply)
 
     def _timeout(self, header: str | None) -> float | None:

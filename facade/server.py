@@ -10,7 +10,7 @@ from starlette.types import ASGIApp
 
 from facade.app import create_app
 from facade.limits import ConnectionLimits, guarded_protocol
-from mesh.config import Settings
+from mesh.config import Settings, parse_host_port
 from mesh.tls import ReloadingSslContext
 
 
@@ -32,6 +32,21 @@ def bind(host: str, ports: list[int]) -> list[socket.socket]:
         sock.set_inheritable(True)
         sockets.append(sock)
     return sockets
+
+
+def bind_metrics(address: str) -> socket.socket:
+    """The metrics endpoint's socket (FACADE_METRICS_ADDR), bound before anything starts."""
+    host, port = parse_host_port(address)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise SystemExit(
+            f"invmesh: the facade cannot serve metrics on {address} (FACADE_METRICS_ADDR): {exc.strerror}"
+        ) from None
+    return sock
 
 
 def uvicorn_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
@@ -71,4 +86,12 @@ def uvicorn_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
 def run(settings: Settings) -> None:
     """Serves until SIGINT or SIGTERM, then lets in-flight requests finish."""
     sockets = bind(settings.facade_host, settings.facade_ports)
-    uvicorn.Server(uvicorn_config(create_app(settings), settings)).run(sockets=sockets)
+    address = settings.metrics_address("facade")
+    try:
+        metrics_socket = bind_metrics(address) if address else None
+    except SystemExit:
+        for opened in sockets:
+            opened.close()
+        raise
+    app = create_app(settings, metrics_socket=metrics_socket)
+    uvicorn.Server(uvicorn_config(app, settings)).run(sockets=sockets)

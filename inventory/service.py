@@ -59,4 +59,5 @@ async def running(settings: Settings, *, address: str | None = None) -> AsyncIte
             max_connection_age_grace_seconds=settings.grpc_max_connection_age_grace_seconds,
             tls=settings.grpc_server_tls,
             probe_address=settings.grpc_probe_addr,
+            metrics=settings.metrics_address("inventory") is not None,
         ).start_in(stack)

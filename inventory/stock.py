@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
+from prometheus_client import Counter
 from sqlalchemy import Integer, Row, String, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -150,6 +151,9 @@ class Recorded:
 
 # The movement types and what each does to a balance.
 IN, OUT, ADJUSTMENT = "IN", "OUT", "ADJUSTMENT"
+# Movements written (a request_id sent again writes none), by type; label children bound once.
+MOVEMENTS_TOTAL = Counter("invmesh_movements_total", "Stock movements recorded, by type.", ["type"])
+_MOVEMENTS_WRITTEN = {kind: MOVEMENTS_TOTAL.labels(kind) for kind in (IN, OUT, ADJUSTMENT)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -400,6 +404,7 @@ class Inventory:
                     async with self._db.write_connection() as conn:
                         recorded = await self._write(conn, actor, change)
                 self._changed()
+                _MOVEMENTS_WRITTEN[change.kind].inc()
                 return recorded
             except _RETRYABLE:
                 # Another transaction created this item, or stored this request_id, first: look again.

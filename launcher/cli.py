@@ -52,6 +52,7 @@ from launcher.layout import (
     parse_listen,
     parse_replicas,
     replica_addresses,
+    replica_metrics_address,
     settings_or_exit,
 )
 from launcher.lifetime import stop_on_sigterm, stop_with_supervisor
@@ -73,6 +74,7 @@ def serve(name: str, listen: str | None = None) -> None:
         return
     # Only a service process needs the database and the gRPC server: the facade's stays smaller.
     from mesh.db import StartupError
+    from mesh.metrics import serving
     from mesh.server import ListenError, serve_until_signalled
 
     module = importlib.import_module(SERVICES[name].module)
@@ -81,9 +83,15 @@ def serve(name: str, listen: str | None = None) -> None:
     # Before the database is opened (and maybe migrated): a taken port is the likelier mistake.
     if problem := listen_problem(address):
         sys.exit(f"invmesh: {name}: cannot listen on {address}: {problem.strerror}")
+    metrics_address = settings.metrics_address(name)
+    if metrics_address and (problem := listen_problem(metrics_address)):
+        sys.exit(
+            f"invmesh: {name}: cannot serve metrics on {metrics_address} "
+            f"({name.upper()}_METRICS_ADDR): {problem.strerror}"
+        )
     try:
         # uvloop, as the facade under uvicorn: grpc.aio runs on it, and its loop costs less per call.
-        uvloop.run(serve_until_signalled(running(settings, address=address)))
+        uvloop.run(serve_until_signalled(serving(running(settings, address=address), metrics_address)))
     # An outdated schema or an unreachable database: say what to do. A port taken since the
     # check above: gRPC has logged why.
     except (StartupError, ListenError) as exc:
@@ -240,6 +248,11 @@ def main(argv: list[str] | None = None) -> None:
                 replica_addresses(settings.address(service), count)
             except ValueError as exc:
                 up_parser.error(f"--replicas {service}: {service.upper()}_ADDR {exc}")
+            if metrics := settings.metrics_address(service):
+                try:
+                    replica_metrics_address(metrics, count - 1)
+                except ValueError as exc:
+                    up_parser.error(f"--replicas {service}: {service.upper()}_METRICS_ADDR {exc}")
     tls_dir = None
     if args.tls == "":
         tls_dir = settings_or_exit().data_dir / "tls"

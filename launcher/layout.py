@@ -46,6 +46,14 @@ def replica_addresses(address: str, count: int) -> list[str]:
     return [join_host_port(host, port + REPLICA_PORT_STEP * k) for k in range(count)]
 
 
+def replica_metrics_address(address: str, k: int) -> str:
+    """Where replica k serves its metrics: the port of its `<SERVICE>_METRICS_ADDR` + 10*k."""
+    host, port = parse_host_port(address)
+    if (moved := port + REPLICA_PORT_STEP * k) > 65535:
+        raise ValueError(f"{address!r} leaves no room for replica {k}: it would need port {moved}")
+    return join_host_port(host, moved)
+
+
 def parse_replicas(text: str) -> dict[str, int]:
     """`inventory=2,products=2` -> {"inventory": 2, "products": 2} (argparse type)."""
     counts: dict[str, int] = {}

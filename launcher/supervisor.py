@@ -34,6 +34,7 @@ from launcher.layout import (
     REPLICA_PORT_STEP,
     listen_address,
     replica_addresses,
+    replica_metrics_address,
     settings_or_exit,
 )
 from launcher.lifetime import SUPERVISOR_PID
@@ -135,6 +136,8 @@ class Component:
     env: dict[str, str]
     listen: str | None  # where a service listens; None for the facade
     setting: str  # what configures where it listens, such as "INVENTORY_ADDR + 10"
+    metrics: str | None = None  # where it serves its metrics, if it does
+    metrics_setting: str = ""  # what configures that, such as "INVENTORY_METRICS_ADDR + 10"
 
 
 class Listener(NamedTuple):
@@ -171,16 +174,36 @@ def _components(
     components = []
     for name in names:
         child_env = env | service_secrets.get(name, {}) | tls_env.get(name, {})
+        metrics, metrics_setting = settings.metrics_address(name), f"{name.upper()}_METRICS_ADDR"
         if name == FACADE:
-            components.append(Component(name, [*serve, name], child_env, None, "FACADE_PORTS"))
+            components.append(
+                Component(name, [*serve, name], child_env, None, "FACADE_PORTS", metrics, metrics_setting)
+            )
         elif name in addresses:
             for k, address in enumerate(addresses[name]):
-                setting = f"{name.upper()}_ADDR" + (f" + {REPLICA_PORT_STEP * k}" if k else "")
+                step = f" + {REPLICA_PORT_STEP * k}" if k else ""
                 argv = [*serve, name, "--listen", address]
-                components.append(Component(f"{name}[{k}]", argv, child_env, address, setting))
+                # Each replica serves its metrics on a port of its own, as it listens on one.
+                moved = replica_metrics_address(metrics, k) if metrics else None
+                replica_env = child_env | ({metrics_setting: moved} if moved else {})
+                components.append(
+                    Component(
+                        f"{name}[{k}]",
+                        argv,
+                        replica_env,
+                        address,
+                        f"{name.upper()}_ADDR{step}",
+                        moved,
+                        metrics_setting + step,
+                    )
+                )
         else:
             address = listen_address(settings.address(name))
-            components.append(Component(name, [*serve, name], child_env, address, f"{name.upper()}_ADDR"))
+            components.append(
+                Component(
+                    name, [*serve, name], child_env, address, f"{name.upper()}_ADDR", metrics, metrics_setting
+                )
+            )
     return components
 
 
@@ -194,6 +217,8 @@ def _listeners(settings: Settings, components: list[Component]) -> list[Listener
                 Listener(join_host_port(settings.facade_host, port), component.label, component.setting)
                 for port in settings.facade_ports
             ]
+        if component.metrics is not None:
+            listeners.append(Listener(component.metrics, component.label, component.metrics_setting))
     return listeners
 
 

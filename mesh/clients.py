@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mesh import context, tls
 from mesh.config import Settings, parse_host_port
 from mesh.errors import DeadlineExceeded
+from mesh.metrics import ClientMetrics
 from mesh.services import SERVICES
 
 RETRY_POLICY = {
@@ -171,7 +172,8 @@ def channel(
     """A long-lived channel to `target` (see `grpc_target`), over TLS with `credentials`
     (`channel_credentials`); plaintext without. With `forward_context`, every call carries
     the caller's request id, token and deadline (`ForwardCallerContext`)."""
-    interceptors = [ForwardCallerContext(default_timeout)] if forward_context else None
+    # ClientMetrics inside: a call the caller's deadline stops before it starts is not counted.
+    interceptors = [ForwardCallerContext(default_timeout), ClientMetrics()] if forward_context else None
     if credentials is None:
         return grpc.aio.insecure_channel(
             grpc_target(target), options=CHANNEL_OPTIONS, interceptors=interceptors

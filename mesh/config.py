@@ -213,6 +213,22 @@ class Settings(BaseSettings):
         description="As `AUTH_DATABASE_URL`, for the inventory database. "
         "Unset: `sqlite+aiosqlite:///<INVMESH_DATA_DIR>/inventory.db`.",
     )
+    facade_metrics_addr: str = Field(
+        "127.0.0.1:9100",
+        description="Where the facade serves its Prometheus metrics, at `http://<address>/metrics` "
+        "(`host:port`); empty: no metrics, and none are counted. Each process serves its own: "
+        "`AUTH_METRICS_ADDR`, `PRODUCTS_METRICS_ADDR` and `INVENTORY_METRICS_ADDR` likewise. "
+        "`invmesh up --replicas` gives replica k the port + 10*k, as it does their gRPC ports.",
+    )
+    auth_metrics_addr: str = Field(
+        "127.0.0.1:9101", description="Where auth serves its metrics (`/metrics`); empty: none."
+    )
+    products_metrics_addr: str = Field(
+        "127.0.0.1:9102", description="Where products serves its metrics (`/metrics`); empty: none."
+    )
+    inventory_metrics_addr: str = Field(
+        "127.0.0.1:9103", description="Where inventory serves its metrics (`/metrics`); empty: none."
+    )
     db_pool_size: int = Field(
         10,
         ge=1,
@@ -619,6 +635,15 @@ class Settings(BaseSettings):
             return None
         return tls.KeyPair(self.facade_tls_cert_file, self.facade_tls_key_file)
 
+    @field_validator(
+        "facade_metrics_addr", "auth_metrics_addr", "products_metrics_addr", "inventory_metrics_addr"
+    )
+    @classmethod
+    def _metrics_address(cls, value: str) -> str:
+        if value.strip():
+            join_host_port(*parse_host_port(value))
+        return value.strip()
+
     @field_validator("trusted_proxies")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
@@ -687,6 +712,11 @@ class Settings(BaseSettings):
         """`<SERVICE>_ADDR`: one `host:port`, a comma list of replicas, or a gRPC target."""
         address: str = getattr(self, SERVICES[service].address_setting)
         return address
+
+    def metrics_address(self, component: str) -> str | None:
+        """`<COMPONENT>_METRICS_ADDR` of a service or the facade; None when metrics are off."""
+        address: str = getattr(self, f"{component}_metrics_addr")
+        return address or None
 
     def auto_migrate(self, service: str) -> bool:
         """Whether `service` migrates its own schema at startup (DB_AUTO_MIGRATE, else only on SQLite)."""

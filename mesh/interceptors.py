@@ -22,6 +22,7 @@ from mesh import access, context
 from mesh.authorization import bearer_token
 from mesh.db import translate
 from mesh.errors import DomainError, internal_status
+from mesh.metrics import REFUSALS
 from mesh.tokens import TokenVerifier
 
 log = logging.getLogger("mesh.rpc")
@@ -136,6 +137,7 @@ class RequestInterceptor(_UnaryWrapper):
                 await ctx.abort(code, "the server is shutting down; try again")
             except DomainError as error:
                 code = error.code
+                REFUSALS.labels(error.reason).inc()
                 status = error.to_status()
                 await ctx.abort(status.code, status.details, status.trailing_metadata)
             except (grpc.aio.AbortError, grpc.aio.UsageError):  # from ctx.abort() in a handler
@@ -146,6 +148,7 @@ class RequestInterceptor(_UnaryWrapper):
                 translated = translate(error) if isinstance(error, SQLAlchemyError) else error
                 if isinstance(translated, DomainError):
                     code = translated.code
+                    REFUSALS.labels(translated.reason).inc()
                     status = translated.to_status()
                 else:
                     code = grpc.StatusCode.INTERNAL

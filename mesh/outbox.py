@@ -23,6 +23,7 @@ from sqlalchemy.orm import InstrumentedAttribute
 from mesh.background import BackgroundLoop
 from mesh.db import Database, rowcount, utcnow
 from mesh.errors import describe
+from mesh.metrics import OUTBOX_DELIVERIES
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,8 @@ class OutboxRelay(BackgroundLoop, Generic[Row]):
         self._deliver_row = deliver
         self._name = name
         self._lease = dt.timedelta(seconds=lease)
+        self._delivered = OUTBOX_DELIVERIES.labels(name, "delivered")
+        self._failed = OUTBOX_DELIVERIES.labels(name, "failed")
 
     def held_for_writer(self) -> dt.datetime:
         """The `next_attempt_at` of a row that its writer delivers itself (`deliver_now`): no
@@ -123,6 +126,7 @@ class OutboxRelay(BackgroundLoop, Generic[Row]):
         except Exception as exc:
             backoff = self.backoff(attempts)
             problem = describe(exc)
+            self._failed.inc()
             log.warning(
                 "%s delivery failed (attempt %d), retrying in %.1fs: %s",
                 self._name,
@@ -140,5 +144,6 @@ class OutboxRelay(BackgroundLoop, Generic[Row]):
             return False
         async with self._db.transaction() as session:
             await session.execute(delete(table).where(table.id == row_id))
+        self._delivered.inc()
         log.info("%s delivered", self._name, extra={"attempts": attempts + 1})
         return True

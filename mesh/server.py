@@ -35,6 +35,7 @@ from grpc_reflection.v1alpha import reflection
 
 from mesh import access
 from mesh.interceptors import AuthInterceptor, RequestInterceptor
+from mesh.metrics import ServerMetrics
 from mesh.tls import KeyPair, ServerCredentialsSource
 from mesh.tokens import TokenVerifier
 
@@ -115,7 +116,9 @@ class MeshServer:
         max_connection_age_grace_seconds: float = 30.0,
         tls: KeyPair | None = None,
         probe_address: str = "",
+        metrics: bool = True,
     ) -> None:
+        """`metrics`: count every call in `grpc_server_*` (mesh.metrics)."""
         self._servicers = servicers
         self._address = address
         # Read now: a bad file fails the start, before any port opens.
@@ -126,8 +129,14 @@ class MeshServer:
         self._lame_duck = lame_duck_seconds
         self._health = health.aio.HealthServicer()
         self._requests = RequestInterceptor()
+        interceptors: list[grpc.aio.ServerInterceptor] = [
+            self._requests,
+            AuthInterceptor(verifier, is_public),
+        ]
+        if metrics:  # outermost: it counts the status RequestInterceptor made of an error
+            interceptors.insert(0, ServerMetrics())
         self._server = grpc.aio.server(
-            interceptors=[self._requests, AuthInterceptor(verifier, is_public)],
+            interceptors=interceptors,
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

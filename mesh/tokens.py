@@ -21,6 +21,7 @@ import grpc
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
 from google.protobuf import json_format
+from prometheus_client import Counter
 
 from invmesh.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
 from mesh.config import Settings
@@ -53,6 +54,14 @@ class Identity:
 class KeySource(Protocol):
     async def public_key(self, kid: str) -> EllipticCurvePublicKey | None:
         """The key that `kid` names, or None if the auth service does not publish it."""
+
+
+# The verified-token cache: a hit skips the ES256 check. Every call with a token is one or the other.
+TOKEN_CACHE = Counter(
+    "invmesh_token_cache_total", "Access tokens looked up in the verified-token cache, by result.", ["result"]
+)
+_CACHE_HITS = TOKEN_CACHE.labels("hit")
+_CACHE_MISSES = TOKEN_CACHE.labels("miss")
 
 
 class TokenVerifier:
@@ -93,8 +102,10 @@ class TokenVerifier:
             # entry too.
             unexpired = time.time() < identity.expires_at + self._clock_skew
             if unexpired and await self._keys.public_key(kid) is key:
+                _CACHE_HITS.inc()
                 return identity
             self._verified.pop(digest, None)
+        _CACHE_MISSES.inc()
         identity, kid, key = await self._verify(token)
         if len(self._verified) >= self._cache_size:
             self._verified.popitem(last=False)

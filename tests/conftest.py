@@ -246,6 +246,9 @@ def public_url() -> Iterator[str]:
 
 
 SERVICE_SECRET = "test-service-secret-0123456789"
+# For the environment of a process a test starts: it serves no metrics, so that processes started
+# side by side do not all want the default ports (tests that scrape set ports of their own).
+METRICS_OFF = {f"{name}_METRICS_ADDR": "" for name in ("FACADE", "AUTH", "PRODUCTS", "INVENTORY")}
 
 
 def settings_for(

@@ -26,7 +26,7 @@ from mesh import migrations
 from mesh.config import Settings
 from mesh.db import Database
 from tests import databases
-from tests.conftest import AuthEndpoint, SmtpServer, free_port, link_token
+from tests.conftest import METRICS_OFF, AuthEndpoint, SmtpServer, free_port, link_token
 from tests.rpc import expect_error
 
 PASSWORD = "cli-password"
@@ -49,7 +49,7 @@ def cli_env(**variables: str) -> dict[str, str]:
     """This environment without any invmesh database or key setting, plus `variables`."""
     own = ("INVMESH_DATA_DIR", "DB_AUTO_MIGRATE", "JWT_PRIVATE_KEY", "LOGIN_FAILURES_PER_ACCOUNT")
     inherited = {k: v for k, v in os.environ.items() if not k.endswith("_DATABASE_URL") and k not in own}
-    return inherited | variables
+    return inherited | METRICS_OFF | variables
 
 
 def env_of(settings: Settings, **variables: str) -> dict[str, str]:

@@ -33,7 +33,7 @@ from mesh.config import Settings
 from mesh.db import Database, StartupError
 from products.service import running as running_products
 from tests import databases
-from tests.conftest import SmtpServer, free_port, mesh_settings, user_token
+from tests.conftest import METRICS_OFF, SmtpServer, free_port, mesh_settings, user_token
 from tests.rpc import error_reason, expect_error
 
 SERVICES = list(databases.METADATA)
@@ -82,7 +82,13 @@ def test_each_history_is_numbered_as_startup_reads_it(service: str) -> None:
 def test_a_service_on_a_current_schema_never_loads_alembic(tmp_path: Path) -> None:
     """Alembic, with Mako and Pygments, would stay in the process's memory (about 10 MiB):
     `invmesh up` migrates before it starts the services, which then only check."""
-    env = {**os.environ, "INVMESH_DATA_DIR": str(tmp_path), "PRODUCTS_DATABASE_URL": "", "LOG_LEVEL": "ERROR"}
+    env = {
+        **os.environ,
+        **METRICS_OFF,
+        "INVMESH_DATA_DIR": str(tmp_path),
+        "PRODUCTS_DATABASE_URL": "",
+        "LOG_LEVEL": "ERROR",
+    }
     opened = (
         "import asyncio, contextlib, sys\n"
         "from mesh.config import load_settings\n"
@@ -226,7 +232,7 @@ def _cli_env(**variables: str) -> dict[str, str]:
         for k, v in os.environ.items()
         if not k.endswith("_DATABASE_URL") and k not in ("DB_AUTO_MIGRATE", "INVMESH_DATA_DIR")
     }
-    return inherited | variables
+    return inherited | METRICS_OFF | variables
 
 
 async def _invmesh(*args: str, env: dict[str, str]) -> tuple[int, str]:

@@ -35,7 +35,7 @@ from mesh import migrations
 from mesh.clients import grpc_target, health_stub, open_channel
 from mesh.config import Settings
 from mesh.db import Database
-from tests.conftest import SmtpServer, free_port, user_token
+from tests.conftest import METRICS_OFF, SmtpServer, free_port, user_token
 from tests.rpc import error_reason
 
 REPLICAS = 2
@@ -68,6 +68,7 @@ async def replicas(
         for k, v in os.environ.items()
         if k not in ("SMTP_URL", "JWT_PRIVATE_KEY") and not k.endswith(("_DATABASE_URL", "_ADDR"))
     } | {
+        **METRICS_OFF,
         "INVMESH_DATA_DIR": str(settings.data_dir),
         "AUTH_ADDR": settings.auth_addr,
         "PRODUCTS_ADDR": ",".join(addresses["products"]),
@@ -324,6 +325,7 @@ async def test_invmesh_up_starts_replicas_on_port_steps_of_ten(tmp_path: Path) -
         for k, v in os.environ.items()
         if k not in ("SMTP_URL", "JWT_PRIVATE_KEY") and not k.endswith(("_DATABASE_URL", "_ADDR"))
     } | {
+        **METRICS_OFF,
         "INVMESH_DATA_DIR": str(tmp_path),
         "AUTH_ADDR": f"127.0.0.1:{auth}",
         "PRODUCTS_ADDR": f"127.0.0.1:{products}",

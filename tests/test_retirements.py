@@ -28,7 +28,7 @@ from mesh.config import Settings
 from mesh.db import Database
 from products.models import RetiredProduct
 from products.service import running as running_products
-from tests.conftest import SERVICE_SECRET, Mesh, SmtpServer, mesh_settings, user_token
+from tests.conftest import METRICS_OFF, SERVICE_SECRET, Mesh, SmtpServer, mesh_settings, user_token
 from tests.rpc import error_reason, expect_error
 from tests.test_replicas import wait_serving
 
@@ -54,6 +54,7 @@ class InventoryProcess:
             for k, v in os.environ.items()
             if k not in ("SMTP_URL", "JWT_PRIVATE_KEY") and not k.endswith(("_DATABASE_URL", "_ADDR"))
         } | {
+            **METRICS_OFF,
             "INVMESH_DATA_DIR": str(settings.data_dir),
             "AUTH_ADDR": settings.auth_addr,
             "PRODUCTS_ADDR": settings.products_addr,

@@ -23,7 +23,7 @@ from invmesh.auth.v1 import auth_service_pb2_grpc
 from mesh.clients import health_stub
 from mesh.config import Settings
 from mesh.server import ListenError
-from tests.conftest import free_port
+from tests.conftest import METRICS_OFF, free_port
 
 
 async def test_stop_lets_in_flight_calls_finish(settings: Settings) -> None:
@@ -71,14 +71,18 @@ def service_env(tmp_path: Path, port: int) -> dict[str, str]:
         for k, v in os.environ.items()
         if k not in ("SMTP_URL", "JWT_PRIVATE_KEY") and not k.endswith("_DATABASE_URL")
     }
-    return env | {
-        "INVMESH_DATA_DIR": str(tmp_path),
-        "AUTH_ADDR": f"127.0.0.1:{port}",
-        "PRODUCTS_ADDR": f"127.0.0.1:{free_port()}",
-        "INVENTORY_ADDR": f"127.0.0.1:{free_port()}",
-        "BCRYPT_ROUNDS": "4",
-        "LOG_LEVEL": "WARNING",
-    }
+    return (
+        env
+        | METRICS_OFF
+        | {
+            "INVMESH_DATA_DIR": str(tmp_path),
+            "AUTH_ADDR": f"127.0.0.1:{port}",
+            "PRODUCTS_ADDR": f"127.0.0.1:{free_port()}",
+            "INVENTORY_ADDR": f"127.0.0.1:{free_port()}",
+            "BCRYPT_ROUNDS": "4",
+            "LOG_LEVEL": "WARNING",
+        }
+    )
 
 
 async def test_invmesh_up_serves_until_sigterm(tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ from launcher.ports import listen_problem
 from launcher.supervisor import RestartPolicy
 from tests.conftest import free_port
 
+SERVICE_NAMES = ("AUTH", "PRODUCTS", "INVENTORY")
 ADMIN = {"email": "admin@example.com", "password": "password1"}
 
 
@@ -42,6 +43,7 @@ def up_env(data_dir: Path) -> dict[str, str]:
     return env | {
         "INVMESH_DATA_DIR": str(data_dir),
         **{f"{name}_ADDR": f"127.0.0.1:{free_port()}" for name in ("AUTH", "PRODUCTS", "INVENTORY")},
+        **{f"{name}_METRICS_ADDR": f"127.0.0.1:{free_port()}" for name in ("FACADE", *SERVICE_NAMES)},
         "FACADE_PORTS": str(facade),
         "PUBLIC_URL": f"http://127.0.0.1:{facade}",
         "ADMIN_EMAILS": ADMIN["email"],
@@ -295,17 +297,20 @@ async def test_a_second_up_exits_naming_the_taken_ports_and_starts_nothing(tmp_p
         said = stderr.decode().splitlines()
         taken = []
         for name in ("auth", "products", "inventory"):
-            port = first.address(name).rsplit(":", 1)[1]
             pid = child_pid(first.process.pid, "serve", name)
-            taken.append(
-                f"invmesh: port {port} ({name}, {name.upper()}_ADDR) is taken, probably by pid {pid}: "
-                f"python -m launcher serve {name} — is another invmesh up running?"
-            )
+            for setting in (f"{name.upper()}_ADDR", f"{name.upper()}_METRICS_ADDR"):
+                port = env[setting].rsplit(":", 1)[1]
+                taken.append(
+                    f"invmesh: port {port} ({name}, {setting}) is taken, probably by pid {pid}: "
+                    f"python -m launcher serve {name} — is another invmesh up running?"
+                )
         facade_pid = child_pid(first.process.pid, "serve", "facade")
-        taken.append(
-            f"invmesh: port {env['FACADE_PORTS']} (facade, FACADE_PORTS) is taken, probably by pid "
-            f"{facade_pid}: python -m launcher serve facade — is another invmesh up running?"
-        )
+        for setting in ("FACADE_PORTS", "FACADE_METRICS_ADDR"):
+            port = env[setting].rsplit(":", 1)[-1]
+            taken.append(
+                f"invmesh: port {port} (facade, {setting}) is taken, probably by pid "
+                f"{facade_pid}: python -m launcher serve facade — is another invmesh up running?"
+            )
         assert said == taken
         assert not second_dir.exists(), "the second up migrated (created) its databases"
 
