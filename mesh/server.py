@@ -33,7 +33,7 @@ from google.protobuf.descriptor import FileDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from mesh import access
+from mesh import access, tracing
 from mesh.interceptors import AuthInterceptor, RequestInterceptor
 from mesh.tls import KeyPair, ServerCredentialsSource
 from mesh.tokens import TokenVerifier
@@ -127,7 +127,12 @@ class MeshServer:
         self._health = health.aio.HealthServicer()
         self._requests = RequestInterceptor()
         self._server = grpc.aio.server(
-            interceptors=[self._requests, AuthInterceptor(verifier, is_public)],
+            # The trace's span first, so the others' log lines and error mapping run inside it.
+            interceptors=[
+                *tracing.server_interceptors(),
+                self._requests,
+                AuthInterceptor(verifier, is_public),
+            ],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
