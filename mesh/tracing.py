@@ -63,21 +63,25 @@ def active() -> bool:
     return _provider is not None
 
 
-def configure(component: str, environ: Mapping[str, str] = os.environ) -> bool:
+def configure(component: str) -> bool:
     """Installs the process's TracerProvider if the environment asks for traces; True if it did.
     Called once, by the process's entry point, before its servers, channels and app are made."""
     global _provider
-    if _provider is not None or not requested(environ):
+    if _provider is not None or not requested():
         return _provider is not None
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    name = environ.get("OTEL_SERVICE_NAME", "").strip() or component
+    # OTEL_SERVICE_NAME, else a service.name in OTEL_RESOURCE_ATTRIBUTES, else the component.
+    resource = Resource.create()
+    if str(resource.attributes.get(SERVICE_NAME, "unknown_service")).startswith("unknown_service"):
+        resource = resource.merge(Resource({SERVICE_NAME: component}))
+    name = resource.attributes[SERVICE_NAME]
     # The sampler comes from OTEL_TRACES_SAMPLER(_ARG): parentbased_always_on by default.
-    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: name}))
-    timeout = None if any(environ.get(v) for v in TIMEOUT_VARIABLES) else EXPORT_TIMEOUT
+    provider = TracerProvider(resource=resource)
+    timeout = None if any(os.environ.get(v) for v in TIMEOUT_VARIABLES) else EXPORT_TIMEOUT
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(timeout=timeout)))
     trace.set_tracer_provider(provider)
     _provider = provider

@@ -312,3 +312,33 @@ def test_a_dead_collector_delays_a_shutdown_by_seconds_at_most(tmp_path: Path) -
     )
     assert float(out.stdout) < 5, out
     assert time.monotonic() - started < 15
+
+
+_ONE_SPAN = """
+from opentelemetry import trace
+from mesh import tracing
+assert tracing.configure("auth")
+with trace.get_tracer("t").start_as_current_span("one"):
+    pass
+tracing.shutdown()
+"""
+
+
+@pytest.mark.parametrize(
+    ("settings", "received"),
+    [
+        ({}, [("auth", "one")]),  # the component's name
+        ({"OTEL_SERVICE_NAME": "stockroom"}, [("stockroom", "one")]),
+        ({"OTEL_RESOURCE_ATTRIBUTES": "service.name=depot,deployment.environment=test"}, [("depot", "one")]),
+        ({"OTEL_TRACES_SAMPLER": "always_off"}, []),
+        ({"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0"}, []),
+    ],
+)
+def test_the_standard_variables_name_the_service_and_sample(
+    settings: dict[str, str], received: list[tuple[str, str]]
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    with OtlpReceiver() as receiver:
+        env |= {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"{receiver.endpoint}/v1/traces", **settings}
+        subprocess.run([sys.executable, "-c", _ONE_SPAN], env=env, check=True, timeout=30)
+    assert [(s.service, s.name) for s in receiver.spans] == received
