@@ -16,7 +16,8 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
+from starlette.types import Scope
 
 from facade import docs, errors, verify_page
 from facade.middleware import HttpMetricsMiddleware, RequestIdMiddleware
@@ -24,7 +25,7 @@ from facade.openapi import contract_comments, openapi_document
 from facade.readiness import Checked, Readiness, readyz
 from facade.routing import Page, TranscodedRoutes
 from facade.transcoding import bindings
-from mesh import metrics
+from mesh import metrics, tracing
 from mesh.clients import channel, channel_credentials
 from mesh.config import Settings
 from mesh.services import SERVICES
@@ -134,6 +135,19 @@ def create_app(
         lifespan=lifespan,
     )
     app.router.redirect_slashes = False  # `/healthz/` is an unknown route (404), not a redirect
+
+    def route_template(scope: Scope) -> str | None:
+        for route in app.routes:
+            match, child_scope = route.matches(scope)
+            if match is Match.FULL:
+                return (
+                    transcoded.template_of(child_scope)
+                    if route is transcoded
+                    else getattr(route, "path", None)
+                )
+        return None
+
+    tracing.instrument_app(app, route_template)  # when tracing is on; before the app starts
     return app
 
 

@@ -128,6 +128,12 @@ class TranscodedRoutes(BaseRoute):
             return Match.PARTIAL, {_ALLOW: allowed, TEMPLATE: first}
         return Match.NONE, {}
 
+    @staticmethod
+    def template_of(child_scope: Scope) -> str | None:
+        """The path template of the binding a FULL `matches` found, e.g. `/products/{id}`."""
+        binding: Binding | None = child_scope.get(_BINDING)
+        return binding.template.text if binding is not None else None
+
     def url_path_for(self, name: str, /, **path_params: Any) -> Any:
         raise NotImplementedError("transcoded routes have no names")
 

@@ -22,6 +22,7 @@ from sqlalchemy import bindparam, select, update
 
 from inventory.models import Item
 from invmesh.products.v1 import products_service_pb2, products_service_pb2_grpc
+from mesh import tracing
 from mesh.background import BackgroundLoop
 from mesh.db import Database, table_of
 from mesh.service_token import ServiceToken
@@ -60,7 +61,8 @@ class StockFeed(BackgroundLoop):
         """Reports every marked item to products; returns how many it reported."""
         reported = 0
         while True:
-            rows = await self._db.fetch(_UNPUBLISHED)
+            with tracing.untraced():
+                rows = await self._db.fetch(_UNPUBLISHED)
             if not rows:
                 return reported
             levels = [
@@ -69,12 +71,13 @@ class StockFeed(BackgroundLoop):
                 )
                 for r in rows
             ]
-            await self._products.UpdateStockLevels(
-                products_service_pb2.UpdateStockLevelsRequest(levels=levels),
-                metadata=await self._identity.metadata(),
-            )
-            async with self._db.write_connection() as conn:
-                await conn.execute(_PUBLISHED, [{"pid": r.product_id, "sent": r.version} for r in rows])
+            with tracing.background_span("stock-feed publish", self._causes, **{"invmesh.items": len(rows)}):
+                await self._products.UpdateStockLevels(
+                    products_service_pb2.UpdateStockLevelsRequest(levels=levels),
+                    metadata=await self._identity.metadata(),
+                )
+                async with self._db.write_connection() as conn:
+                    await conn.execute(_PUBLISHED, [{"pid": r.product_id, "sent": r.version} for r in rows])
             reported += len(rows)
             if len(rows) < BATCH:
                 return reported

@@ -58,6 +58,8 @@ from launcher.layout import (
 from launcher.lifetime import stop_on_sigterm, stop_with_supervisor
 from launcher.ports import listen_problem
 from launcher.supervisor import up
+from mesh import tracing
+from mesh.config import Settings
 from mesh.logs import configure_logging
 from mesh.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from mesh.services import SERVICES
@@ -67,6 +69,15 @@ def serve(name: str, listen: str | None = None) -> None:
     stop_with_supervisor()
     settings = settings_or_exit()
     configure_logging(name, settings.log_level, settings.log_format)
+    # Before any server, channel or engine is made; the spans left are sent once it has stopped.
+    tracing.configure(name)
+    try:
+        _serve(name, settings, listen)
+    finally:
+        tracing.shutdown()
+
+
+def _serve(name: str, settings: Settings, listen: str | None) -> None:
     if name == FACADE:
         from facade.server import run  # only the facade process needs uvicorn and starlette
 

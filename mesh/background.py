@@ -1,6 +1,10 @@
 """Work a service does beside its RPCs: a task that loops until the service stops and that a
 commit can wake early, retrying failures with backoff (the outbox relays, inventory's stock
-feed). Subclasses write `_run`, which loops while `_stopping` is false."""
+feed). Subclasses write `_run`, which loops while `_stopping` is false.
+
+Traces: a round that does work is a span of its own trace (`mesh.tracing.background_span`),
+linked to the requests whose commits woke the loop (`_causes`); the polls that find nothing
+make no spans."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import contextlib
 import logging
 import random
 
+from mesh import tracing
 from mesh.errors import describe
 
 
@@ -20,6 +25,7 @@ class BackgroundLoop:
         self._wake = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
+        self._causes = tracing.Causes()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=self._task_name)
@@ -36,6 +42,7 @@ class BackgroundLoop:
 
     def wake(self) -> None:
         """Work was committed: do it now rather than at the next poll."""
+        self._causes.add()
         self._wake.set()
 
     def backoff(self, failures: int) -> float:

@@ -13,7 +13,7 @@ import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from mesh import context, tls
+from mesh import context, tls, tracing
 from mesh.config import Settings, parse_host_port
 from mesh.errors import DeadlineExceeded
 from mesh.metrics import ClientMetrics
@@ -171,18 +171,22 @@ def channel(
 ) -> grpc.aio.Channel:
     """A long-lived channel to `target` (see `grpc_target`), over TLS with `credentials`
     (`channel_credentials`); plaintext without. With `forward_context`, every call carries
-    the caller's request id, token and deadline (`ForwardCallerContext`)."""
-    # ClientMetrics inside: a call the caller's deadline stops before it starts is not counted.
-    interceptors = [ForwardCallerContext(default_timeout), ClientMetrics()] if forward_context else None
+    the caller's request id, token and deadline (`ForwardCallerContext`), and is counted
+    (`ClientMetrics`). When tracing is on, every call is a span whose context goes along in
+    the metadata (mesh.tracing)."""
+    interceptors = tracing.client_interceptors()  # a new list: empty when tracing is off
+    if forward_context:
+        # ClientMetrics inside: a call the caller's deadline stops before it starts is not counted.
+        interceptors += [ForwardCallerContext(default_timeout), ClientMetrics()]
     if credentials is None:
         return grpc.aio.insecure_channel(
-            grpc_target(target), options=CHANNEL_OPTIONS, interceptors=interceptors
+            grpc_target(target), options=CHANNEL_OPTIONS, interceptors=interceptors or None
         )
     return grpc.aio.secure_channel(
         grpc_target(target),
         credentials,
         options=[*CHANNEL_OPTIONS, *_authority(target)],
-        interceptors=interceptors,
+        interceptors=interceptors or None,
     )
 
 

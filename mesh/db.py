@@ -43,7 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionm
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.types import TypeEngine
 
-from mesh import revisions
+from mesh import revisions, tracing
 from mesh.errors import DatabaseUnavailable, InvalidArgument, TransactionConflict
 
 if TYPE_CHECKING:
@@ -155,6 +155,7 @@ class Database:
                 **_connect_options(parsed, connect_timeout),
             }
         self.engine = create_async_engine(parsed, **options)
+        tracing.instrument_engine(self.engine)  # a span per statement, when tracing is on
         event.listen(self.engine.sync_engine, "before_cursor_execute", _refuse_nul)
         if self.is_sqlite:
             _sqlite_transactions(self.engine.sync_engine)

@@ -1,5 +1,6 @@
 """One structured logging setup: logfmt text or JSON lines, each with the service and
-the request id, and with anything that looks like a credential redacted."""
+the request id (and, within a span of a trace, its trace_id and span_id), and with anything
+that looks like a credential redacted."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import sys
 import time
 from typing import Literal
 
-from mesh import context
+from mesh import context, tracing
 
 # Bearer tokens, JWTs and `token=`/`password=` pairs, should one ever be formatted into a message.
 _SECRETS = re.compile(
@@ -23,6 +24,8 @@ _STANDARD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {
     "asctime",
     "request_id",
     "service",
+    "trace_id",
+    "span_id",
 }
 
 
@@ -56,8 +59,10 @@ class LogFormatter(logging.Formatter):
             "service": self._service,
             "logger": record.name,
             "request_id": context.request_id.get(),
-            "msg": redact(record.getMessage()),
         }
+        if (ids := tracing.log_ids()) is not None:
+            fields["trace_id"], fields["span_id"] = ids
+        fields["msg"] = redact(record.getMessage())
         fields.update((k, v) for k, v in record.__dict__.items() if k not in _STANDARD_ATTRS)
         if record.exc_info:
             fields["error"] = redact(self.formatException(record.exc_info))

@@ -20,6 +20,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import InstrumentedAttribute
 
+from mesh import tracing
 from mesh.background import BackgroundLoop
 from mesh.db import Database, rowcount, utcnow
 from mesh.errors import describe
@@ -72,8 +73,10 @@ class OutboxRelay(BackgroundLoop, Generic[Row]):
     async def deliver_now(self, row_id: object) -> None:
         """Delivers a row just committed, in the caller's own time, so its effect is there
         before the caller answers whenever the receiver is up; a failure leaves it to the relay."""
-        if not await self._deliver(row_id, 0):
-            self._wake.set()
+        with tracing.background_span(f"{self._task_name} deliver"):  # in the caller's trace
+            delivered = await self._deliver(row_id, 0)
+        if not delivered:
+            self.wake()  # the relay's retry links to the caller's trace
 
     async def _run(self) -> None:
         while not self._stopping:
@@ -90,6 +93,22 @@ class OutboxRelay(BackgroundLoop, Generic[Row]):
     async def deliver_due(self) -> float:
         """Delivers every row that is due; returns the seconds until the next one is."""
         table = self._table
+        with tracing.untraced():
+            due = await self._due()
+        for row_id, attempts in due:
+            with tracing.background_span(f"{self._task_name} deliver", self._causes):
+                await self._deliver(row_id, attempts)
+        if len(due) == BATCH:
+            return 0.0
+        with tracing.untraced():
+            async with self._db.session() as session:
+                upcoming: dt.datetime | None = await session.scalar(select(func.min(table.next_attempt_at)))
+        if upcoming is None:
+            return self._retry_max
+        return min(max((upcoming - utcnow()).total_seconds(), 0.0), self._retry_max)
+
+    async def _due(self) -> list[tuple[object, int]]:
+        table = self._table
         async with self._db.session() as session:
             due = (
                 await session.execute(
@@ -99,15 +118,7 @@ class OutboxRelay(BackgroundLoop, Generic[Row]):
                     .limit(BATCH)
                 )
             ).all()
-        for row_id, attempts in due:
-            await self._deliver(row_id, attempts)
-        if len(due) == BATCH:
-            return 0.0
-        async with self._db.session() as session:
-            upcoming: dt.datetime | None = await session.scalar(select(func.min(table.next_attempt_at)))
-        if upcoming is None:
-            return self._retry_max
-        return min(max((upcoming - utcnow()).total_seconds(), 0.0), self._retry_max)
+        return [(row_id, attempts) for row_id, attempts in due]
 
     async def _deliver(self, row_id: object, attempts: int) -> bool:
         """Claims, delivers and deletes the row; False if it is not delivered (yet)."""

@@ -33,7 +33,7 @@ from google.protobuf.descriptor import FileDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from mesh import access
+from mesh import access, tracing
 from mesh.interceptors import AuthInterceptor, RequestInterceptor
 from mesh.metrics import ServerMetrics
 from mesh.tls import KeyPair, ServerCredentialsSource
@@ -133,8 +133,10 @@ class MeshServer:
             self._requests,
             AuthInterceptor(verifier, is_public),
         ]
-        if metrics:  # outermost: it counts the status RequestInterceptor made of an error
+        if metrics:  # outside them: it counts the status RequestInterceptor made of an error
             interceptors.insert(0, ServerMetrics())
+        # The trace's span first, so the others' log lines and error mapping run inside it.
+        interceptors[:0] = tracing.server_interceptors()
         self._server = grpc.aio.server(
             interceptors=interceptors,
             options=[

@@ -23,6 +23,7 @@ from typing import TypeVar
 
 from sqlalchemy import bindparam, delete, func, select
 
+from mesh import tracing
 from mesh.background import BackgroundLoop
 from mesh.db import Database, table_of
 from products.models import ProductChange
@@ -110,7 +111,8 @@ class ChangeWatch(BackgroundLoop):
         read_then, prune_at = self._cursor.after, time.monotonic() + self._retention
         while not self._stopping:
             try:
-                await self.poll()
+                with tracing.untraced():  # a poll every POLL seconds: a trace each would be noise
+                    await self.poll()
                 if time.monotonic() >= prune_at:
                     # Rows this process read a retention period ago; a replica that has not
                     # read them by now has had longer than its cache's time to fail to.
