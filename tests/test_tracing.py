@@ -266,7 +266,8 @@ async def main():
     await db.dispose()
     sdk = ("opentelemetry.sdk", "opentelemetry.instrumentation")
     loaded = sorted(m for m in sys.modules if m.startswith(sdk))
-    print(type(trace.get_tracer_provider()).__name__, len(app.user_middleware), loaded)
+    traced = [m for m in app.user_middleware if m.cls.__module__.startswith("opentelemetry")]
+    print(type(trace.get_tracer_provider()).__name__, len(traced), loaded)
 
 asyncio.run(main())
 """
@@ -277,11 +278,11 @@ def test_without_an_endpoint_no_sdk_is_loaded_and_nothing_is_instrumented(tmp_pa
         "INVMESH_DATA_DIR": str(tmp_path)
     }
     out = subprocess.run([sys.executable, "-c", _OFF], env=env, capture_output=True, text=True, check=True)
-    # The API's proxy provider (no SDK), the facade's own middleware only, no instrumentation.
-    assert out.stdout.split() == ["ProxyTracerProvider", "1", "[]"], out
+    # The API's proxy provider (no SDK), none of OpenTelemetry's middleware, no instrumentation.
+    assert out.stdout.split() == ["ProxyTracerProvider", "0", "[]"], out
     on = env | {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1", "OTEL_SDK_DISABLED": "true"}
     out = subprocess.run([sys.executable, "-c", _OFF], env=on, capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["ProxyTracerProvider", "1", "[]"], out
+    assert out.stdout.split() == ["ProxyTracerProvider", "0", "[]"], out
 
 
 _DEAD_ENDPOINT = """
