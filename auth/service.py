@@ -17,6 +17,7 @@ from auth.servicer import AuthServicer
 from invmesh.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
 from mesh.config import Settings
 from mesh.db import open_database
+from mesh.health import DatabaseWatch
 from mesh.server import MeshServer, Servicer
 from mesh.tokens import TokenVerifier
 
@@ -83,6 +84,7 @@ async def running(settings: Settings, *, address: str | None = None) -> AsyncIte
             max_connection_age_grace_seconds=settings.grpc_max_connection_age_grace_seconds,
             tls=settings.grpc_server_tls,
             probe_address=settings.grpc_probe_addr,
+            database_watch=DatabaseWatch.from_settings(db, settings),
         ).start_in(stack)
 
 
