@@ -100,20 +100,28 @@ def _channel(address: str, credentials: grpc.ChannelCredentials | None) -> grpc.
     return grpc.aio.secure_channel(address, credentials, options=_HEALTH_POLL_OPTIONS)
 
 
-async def _wait_healthy(address: str, deadline: float, credentials: grpc.ChannelCredentials | None) -> bool:
+async def _wait_healthy(
+    address: str, deadline: float, credentials: grpc.ChannelCredentials | None, service: str = ""
+) -> bool:
+    """Whether `service`'s health at `address` turned SERVING before `deadline`: a service's
+    own name is its readiness (its database answers too), "" the server's liveness."""
     async with _channel(address, credentials) as channel:
         check = _health_check(channel)
         while time.monotonic() < deadline:
             with contextlib.suppress(grpc.aio.AioRpcError):
-                reply = await check(health_pb2.HealthCheckRequest(), timeout=1, wait_for_ready=True)
+                request = health_pb2.HealthCheckRequest(service=service)
+                reply = await check(request, timeout=1, wait_for_ready=True)
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     return True
             await asyncio.sleep(0.1)
     return False
 
 
-async def _wait_http_healthy(host: str, port: int, deadline: float, context: ssl.SSLContext | None) -> bool:
-    request = f"GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+async def _wait_http_healthy(
+    host: str, port: int, deadline: float, context: ssl.SSLContext | None, path: str = "/healthz"
+) -> bool:
+    """Whether `path` answered 200 before `deadline`: `/readyz` once every backend serves."""
+    request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError):  # ssl.SSLError is one
             reader, writer = await asyncio.open_connection(host, port, ssl=context)
@@ -135,6 +143,8 @@ class Component:
     env: dict[str, str]
     listen: str | None  # where a service listens; None for the facade
     setting: str  # what configures where it listens, such as "INVENTORY_ADDR + 10"
+    # The health a service is ready by (its service's full name); "" for the facade.
+    health_service: str = ""
 
 
 class Listener(NamedTuple):
@@ -171,16 +181,19 @@ def _components(
     components = []
     for name in names:
         child_env = env | service_secrets.get(name, {}) | tls_env.get(name, {})
+        ready_by = SERVICES[name].descriptor.full_name if name in SERVICES else ""
         if name == FACADE:
             components.append(Component(name, [*serve, name], child_env, None, "FACADE_PORTS"))
         elif name in addresses:
             for k, address in enumerate(addresses[name]):
                 setting = f"{name.upper()}_ADDR" + (f" + {REPLICA_PORT_STEP * k}" if k else "")
                 argv = [*serve, name, "--listen", address]
-                components.append(Component(f"{name}[{k}]", argv, child_env, address, setting))
+                components.append(Component(f"{name}[{k}]", argv, child_env, address, setting, ready_by))
         else:
             address = listen_address(settings.address(name))
-            components.append(Component(name, [*serve, name], child_env, address, f"{name.upper()}_ADDR"))
+            components.append(
+                Component(name, [*serve, name], child_env, address, f"{name.upper()}_ADDR", ready_by)
+            )
     return components
 
 
@@ -270,6 +283,8 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         # Whether each became healthy the first time, once known: what `up` announces.
         self._first_health = {c: loop.create_future() for c in components}
+        # Set once a service is given up: the facade, which calls it, cannot become ready then.
+        self._gave_up_a_service = asyncio.Event()
 
     async def run(self, started: float) -> int:
         loop = asyncio.get_running_loop()
@@ -313,6 +328,8 @@ class Supervisor:
                 )
                 if not self._first_health[component].done():
                     self._first_health[component].set_result(False)
+                if component.listen is not None:
+                    self._gave_up_a_service.set()
                 return True
             print(f"invmesh: {component.label} {how}; restarting it in {delay:g}s", file=sys.stderr)
             stopped, _ = await asyncio.wait([stop_requested], timeout=delay)
@@ -321,17 +338,14 @@ class Supervisor:
             restarted = True
 
     async def _watch_health(self, component: Component, *, restarted: bool) -> float | None:
-        """When the started component answered its health check (time.monotonic()); None if
-        it did not within STARTUP_SECONDS."""
+        """When the started component became ready (time.monotonic()): a service's own health
+        SERVING, the facade's `/readyz` 200; None if it did not within STARTUP_SECONDS."""
         deadline = time.monotonic() + STARTUP_SECONDS
         if component.listen is not None:
-            healthy = await _wait_healthy(component.listen, deadline, self._checks.credentials)
+            credentials = self._checks.credentials
+            healthy = await _wait_healthy(component.listen, deadline, credentials, component.health_service)
         else:
-            host, ports = self._settings.facade_host, self._settings.facade_ports
-            context = self._checks.facade_ssl
-            healthy = all(
-                await asyncio.gather(*(_wait_http_healthy(host, p, deadline, context) for p in ports))
-            )
+            healthy = await self._facade_ready(deadline)
         first = self._first_health[component]
         if not first.done():
             first.set_result(healthy)
@@ -339,6 +353,28 @@ class Supervisor:
             again = "is serving again on" if healthy else "did not become healthy again on"
             print(f"invmesh: {component.label} {again} {self._shown(component)}", file=sys.stderr)
         return time.monotonic() if healthy else None
+
+    async def _facade_ready(self, deadline: float) -> bool:
+        """Whether every facade port answered `/readyz` 200 (every backend serving) before
+        `deadline`; False at once when a service is given up, as the facade cannot be ready then."""
+        host, ports = self._settings.facade_host, self._settings.facade_ports
+        context = self._checks.facade_ssl
+
+        async def every_port_ready() -> bool:
+            waits = (_wait_http_healthy(host, p, deadline, context, "/readyz") for p in ports)
+            return all(await asyncio.gather(*waits))
+
+        async def a_service_given_up() -> bool:
+            await self._gave_up_a_service.wait()
+            return False
+
+        checks = [asyncio.ensure_future(every_port_ready()), asyncio.ensure_future(a_service_given_up())]
+        try:
+            done, _ = await asyncio.wait(checks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for check in checks:
+                check.cancel()
+        return all(check.result() for check in done)
 
     async def _announce(self, started: float) -> None:
         healthy = await asyncio.gather(*self._first_health.values())
