@@ -283,8 +283,6 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         # Whether each became healthy the first time, once known: what `up` announces.
         self._first_health = {c: loop.create_future() for c in components}
-        # Set once a service is given up: the facade, which calls it, cannot become ready then.
-        self._gave_up_a_service = asyncio.Event()
 
     async def run(self, started: float) -> int:
         loop = asyncio.get_running_loop()
@@ -328,8 +326,6 @@ class Supervisor:
                 )
                 if not self._first_health[component].done():
                     self._first_health[component].set_result(False)
-                if component.listen is not None:
-                    self._gave_up_a_service.set()
                 return True
             print(f"invmesh: {component.label} {how}; restarting it in {delay:g}s", file=sys.stderr)
             stopped, _ = await asyncio.wait([stop_requested], timeout=delay)
@@ -356,25 +352,18 @@ class Supervisor:
 
     async def _facade_ready(self, deadline: float) -> bool:
         """Whether every facade port answered `/readyz` 200 (every backend serving) before
-        `deadline`; False at once when a service is given up, as the facade cannot be ready then."""
+        `deadline`. It is asked once the services `up` runs are ready, so that the facade's
+        channels connect at the first try rather than after reconnect backoffs; False at once if
+        one of them did not become ready, as the facade cannot be ready then."""
+        services = [first for component, first in self._first_health.items() if component.listen is not None]
+        if services:
+            await asyncio.wait(services)  # not gather: cancelling this must not cancel them
+            if not all(first.result() for first in services):
+                return False
         host, ports = self._settings.facade_host, self._settings.facade_ports
         context = self._checks.facade_ssl
-
-        async def every_port_ready() -> bool:
-            waits = (_wait_http_healthy(host, p, deadline, context, "/readyz") for p in ports)
-            return all(await asyncio.gather(*waits))
-
-        async def a_service_given_up() -> bool:
-            await self._gave_up_a_service.wait()
-            return False
-
-        checks = [asyncio.ensure_future(every_port_ready()), asyncio.ensure_future(a_service_given_up())]
-        try:
-            done, _ = await asyncio.wait(checks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for check in checks:
-                check.cancel()
-        return all(check.result() for check in done)
+        waits = (_wait_http_healthy(host, p, deadline, context, "/readyz") for p in ports)
+        return all(await asyncio.gather(*waits))
 
     async def _announce(self, started: float) -> None:
         healthy = await asyncio.gather(*self._first_health.values())

@@ -250,14 +250,15 @@ class Settings(BaseSettings):
     health_db_timeout_seconds: float = Field(
         1.0,
         gt=0,
-        description="How long a health ping of the database may take, a free connection included; "
-        "a slower one counts as failed.",
+        description="How long a health ping of the database may take, waiting for a free pooled "
+        "connection included; a slower one counts as failed (so a pool that stays exhausted longer "
+        "than this also turns readiness off).",
     )
     health_db_failures: int = Field(
         3,
         ge=1,
         description="Failed database pings in a row that turn a service's readiness NOT_SERVING. "
-        "With the defaults: 2 to 4 s after its database stops answering.",
+        "With the defaults: about 2 to 4 s after its database stops answering.",
     )
     health_db_successes: int = Field(
         2,
