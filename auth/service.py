@@ -17,6 +17,7 @@ from auth.servicer import AuthServicer
 from invmesh.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
 from mesh.config import Settings
 from mesh.db import open_database
+from mesh.health import DatabaseWatch
 from mesh.server import MeshServer, Servicer
 from mesh.tokens import TokenVerifier
 
@@ -84,6 +85,7 @@ async def running(settings: Settings, *, address: str | None = None) -> AsyncIte
             tls=settings.grpc_server_tls,
             probe_address=settings.grpc_probe_addr,
             metrics=settings.metrics_address("auth") is not None,
+            database_watch=DatabaseWatch.from_settings(db, settings),
         ).start_in(stack)
 
 

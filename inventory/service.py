@@ -15,6 +15,7 @@ from invmesh.products.v1 import products_service_pb2_grpc
 from mesh.clients import channel_credentials, open_channel
 from mesh.config import Settings
 from mesh.db import open_database
+from mesh.health import DatabaseWatch
 from mesh.server import MeshServer, Servicer
 from mesh.service_token import ServiceToken
 from mesh.tokens import verifier_via_auth
@@ -60,4 +61,5 @@ async def running(settings: Settings, *, address: str | None = None) -> AsyncIte
             tls=settings.grpc_server_tls,
             probe_address=settings.grpc_probe_addr,
             metrics=settings.metrics_address("inventory") is not None,
+            database_watch=DatabaseWatch.from_settings(db, settings),
         ).start_in(stack)

@@ -101,20 +101,28 @@ def _channel(address: str, credentials: grpc.ChannelCredentials | None) -> grpc.
     return grpc.aio.secure_channel(address, credentials, options=_HEALTH_POLL_OPTIONS)
 
 
-async def _wait_healthy(address: str, deadline: float, credentials: grpc.ChannelCredentials | None) -> bool:
+async def _wait_healthy(
+    address: str, deadline: float, credentials: grpc.ChannelCredentials | None, service: str = ""
+) -> bool:
+    """Whether `service`'s health at `address` turned SERVING before `deadline`: a service's
+    own name is its readiness (its database answers too), "" the server's liveness."""
     async with _channel(address, credentials) as channel:
         check = _health_check(channel)
         while time.monotonic() < deadline:
             with contextlib.suppress(grpc.aio.AioRpcError):
-                reply = await check(health_pb2.HealthCheckRequest(), timeout=1, wait_for_ready=True)
+                request = health_pb2.HealthCheckRequest(service=service)
+                reply = await check(request, timeout=1, wait_for_ready=True)
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     return True
             await asyncio.sleep(0.1)
     return False
 
 
-async def _wait_http_healthy(host: str, port: int, deadline: float, context: ssl.SSLContext | None) -> bool:
-    request = f"GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+async def _wait_http_healthy(
+    host: str, port: int, deadline: float, context: ssl.SSLContext | None, path: str = "/healthz"
+) -> bool:
+    """Whether `path` answered 200 before `deadline`: `/readyz` once every backend serves."""
+    request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError):  # ssl.SSLError is one
             reader, writer = await asyncio.open_connection(host, port, ssl=context)
@@ -138,6 +146,8 @@ class Component:
     setting: str  # what configures where it listens, such as "INVENTORY_ADDR + 10"
     metrics: str | None = None  # where it serves its metrics, if it does
     metrics_setting: str = ""  # what configures that, such as "INVENTORY_METRICS_ADDR + 10"
+    # The health a service is ready by (its service's full name); "" for the facade.
+    health_service: str = ""
 
 
 class Listener(NamedTuple):
@@ -175,6 +185,7 @@ def _components(
     for name in names:
         child_env = env | service_secrets.get(name, {}) | tls_env.get(name, {})
         metrics, metrics_setting = settings.metrics_address(name), f"{name.upper()}_METRICS_ADDR"
+        ready_by = SERVICES[name].descriptor.full_name if name in SERVICES else ""
         if name == FACADE:
             components.append(
                 Component(name, [*serve, name], child_env, None, "FACADE_PORTS", metrics, metrics_setting)
@@ -193,15 +204,23 @@ def _components(
                         replica_env,
                         address,
                         f"{name.upper()}_ADDR{step}",
-                        moved,
-                        metrics_setting + step,
+                        metrics=moved,
+                        metrics_setting=metrics_setting + step,
+                        health_service=ready_by,
                     )
                 )
         else:
             address = listen_address(settings.address(name))
             components.append(
                 Component(
-                    name, [*serve, name], child_env, address, f"{name.upper()}_ADDR", metrics, metrics_setting
+                    name,
+                    [*serve, name],
+                    child_env,
+                    address,
+                    f"{name.upper()}_ADDR",
+                    metrics=metrics,
+                    metrics_setting=metrics_setting,
+                    health_service=ready_by,
                 )
             )
     return components
@@ -346,17 +365,14 @@ class Supervisor:
             restarted = True
 
     async def _watch_health(self, component: Component, *, restarted: bool) -> float | None:
-        """When the started component answered its health check (time.monotonic()); None if
-        it did not within STARTUP_SECONDS."""
+        """When the started component became ready (time.monotonic()): a service's own health
+        SERVING, the facade's `/readyz` 200; None if it did not within STARTUP_SECONDS."""
         deadline = time.monotonic() + STARTUP_SECONDS
         if component.listen is not None:
-            healthy = await _wait_healthy(component.listen, deadline, self._checks.credentials)
+            credentials = self._checks.credentials
+            healthy = await _wait_healthy(component.listen, deadline, credentials, component.health_service)
         else:
-            host, ports = self._settings.facade_host, self._settings.facade_ports
-            context = self._checks.facade_ssl
-            healthy = all(
-                await asyncio.gather(*(_wait_http_healthy(host, p, deadline, context) for p in ports))
-            )
+            healthy = await self._facade_ready(deadline)
         first = self._first_health[component]
         if not first.done():
             first.set_result(healthy)
@@ -364,6 +380,21 @@ class Supervisor:
             again = "is serving again on" if healthy else "did not become healthy again on"
             print(f"invmesh: {component.label} {again} {self._shown(component)}", file=sys.stderr)
         return time.monotonic() if healthy else None
+
+    async def _facade_ready(self, deadline: float) -> bool:
+        """Whether every facade port answered `/readyz` 200 (every backend serving) before
+        `deadline`. It is asked once the services `up` runs are ready, so that the facade's
+        channels connect at the first try rather than after reconnect backoffs; False at once if
+        one of them did not become ready, as the facade cannot be ready then."""
+        services = [first for component, first in self._first_health.items() if component.listen is not None]
+        if services:
+            await asyncio.wait(services)  # not gather: cancelling this must not cancel them
+            if not all(first.result() for first in services):
+                return False
+        host, ports = self._settings.facade_host, self._settings.facade_ports
+        context = self._checks.facade_ssl
+        waits = (_wait_http_healthy(host, p, deadline, context, "/readyz") for p in ports)
+        return all(await asyncio.gather(*waits))
 
     async def _announce(self, started: float) -> None:
         healthy = await asyncio.gather(*self._first_health.values())

@@ -253,6 +253,35 @@ class Settings(BaseSettings):
         description="How long opening a connection may take, handshake included; a server that is "
         "down or silent gives `UNAVAILABLE` after at most this.",
     )
+    health_db_check_seconds: float = Field(
+        1.0,
+        ge=0,
+        description="How often each service pings its database (`SELECT 1`) for its readiness: the "
+        "health of its own service name (`invmesh.inventory.v1.InventoryService`) turns NOT_SERVING "
+        "after `HEALTH_DB_FAILURES` failed pings in a row and SERVING again after "
+        '`HEALTH_DB_SUCCESSES` answered ones. The server\'s overall health (`""`, liveness) does not '
+        "follow the database. A call failing with `DATABASE_UNAVAILABLE` brings the next ping "
+        "forward. 0: no pings, the service stays SERVING whatever its database does.",
+    )
+    health_db_timeout_seconds: float = Field(
+        1.0,
+        gt=0,
+        description="How long a health ping of the database may take, waiting for a free pooled "
+        "connection included; a slower one counts as failed (so a pool that stays exhausted longer "
+        "than this also turns readiness off).",
+    )
+    health_db_failures: int = Field(
+        3,
+        ge=1,
+        description="Failed database pings in a row that turn a service's readiness NOT_SERVING. "
+        "With the defaults: about 2 to 4 s after its database stops answering.",
+    )
+    health_db_successes: int = Field(
+        2,
+        ge=1,
+        description="Answered database pings in a row that turn a service's readiness SERVING "
+        "again (1 to 2 s after its database is back, with the defaults).",
+    )
     db_auto_migrate: bool | None = Field(
         None,
         description="`true`: a service whose database schema is older than its code migrates it at "

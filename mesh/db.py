@@ -30,7 +30,7 @@ import contextlib
 import datetime as dt
 import importlib
 import logging
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -174,6 +174,7 @@ class Database:
         self._writer: asyncio.Lock | contextlib.nullcontext[None] = (
             asyncio.Lock() if self.is_sqlite else contextlib.nullcontext()
         )
+        self._when_unavailable: list[Callable[[], None]] = []
 
     @classmethod
     def for_service(cls, settings: Settings, service: str) -> Database:
@@ -189,7 +190,7 @@ class Database:
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
         """A session for reads (it may write too, but on SQLite it takes the lock late)."""
-        with _translated():
+        with self._translated():
             async with self._read() as session:
                 yield session
 
@@ -218,7 +219,7 @@ class Database:
         self, statement: Executable, parameters: Mapping[str, Any] | None
     ) -> Sequence[Row[*tuple[Any, ...]]]:
         """The rows of one statement on a connection that sends no BEGIN (`_one_statement`)."""
-        with _translated():
+        with self._translated():
             async with self._one_statement.connect() as conn:
                 return (await conn.execute(statement, parameters)).all()
 
@@ -226,7 +227,7 @@ class Database:
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """A write transaction: committed when the block ends, rolled back if it raises."""
         async with self._writer:
-            with _translated():
+            with self._translated():
                 async with self._write() as session, session.begin():
                     yield session
 
@@ -235,9 +236,25 @@ class Database:
         """A connection in a write transaction, for Core writes on a hot path and for schema
         changes: committed when the block ends, rolled back if it raises."""
         async with self._writer:
-            with _translated():
+            with self._translated():
                 async with self._write_engine.begin() as conn:
                     yield conn
+
+    def when_unavailable(self, callback: Callable[[], None]) -> None:
+        """Calls `callback` whenever a statement fails with `DatabaseUnavailable` (mesh.health's
+        watch then pings at once)."""
+        self._when_unavailable.append(callback)
+
+    @contextmanager
+    def _translated(self) -> Iterator[None]:
+        """`_translated()`, telling `when_unavailable`'s callbacks of an unavailable database."""
+        try:
+            with _translated():
+                yield
+        except DatabaseUnavailable:
+            for callback in self._when_unavailable:
+                callback()
+            raise
 
     async def dispose(self) -> None:
         await self.engine.dispose()

@@ -15,6 +15,11 @@ certificate again at a handshake once the files changed (mesh.tls); with a clien
 (GRPC_TLS_CLIENT_CA_FILE) it accepts only clients presenting a certificate the CA signed.
 A probe address (GRPC_PROBE_ADDR) adds a plaintext listener serving the same health states
 and nothing else, for probes that cannot speak TLS, such as kubelet's gRPC probe.
+
+Health has two meanings here. The server's overall health ("") is liveness: SERVING from start
+to shutdown. Each service's own name (`invmesh.inventory.v1.InventoryService`) is readiness:
+it also turns NOT_SERVING while the service's database does not answer (a `DatabaseWatch`,
+mesh/health.py). Shutdown's NOT_SERVING is final: nothing turns a stopping server SERVING.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from mesh import access, tracing
+from mesh.health import DatabaseWatch
 from mesh.interceptors import AuthInterceptor, RequestInterceptor
 from mesh.metrics import ServerMetrics
 from mesh.tls import KeyPair, ServerCredentialsSource
@@ -117,6 +123,7 @@ class MeshServer:
         tls: KeyPair | None = None,
         probe_address: str = "",
         metrics: bool = True,
+        database_watch: DatabaseWatch | None = None,
     ) -> None:
         """`metrics`: count every call in `grpc_server_*` (mesh.metrics)."""
         self._servicers = servicers
@@ -128,6 +135,8 @@ class MeshServer:
         self._grace = grace_seconds
         self._lame_duck = lame_duck_seconds
         self._health = health.aio.HealthServicer()
+        self._database_watch = database_watch
+        self._stopping = False
         self._requests = RequestInterceptor()
         interceptors: list[grpc.aio.ServerInterceptor] = [
             self._requests,
@@ -174,6 +183,8 @@ class MeshServer:
         await self._server.start()
         for name in ["", *names]:  # "" is the server as a whole
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if self._database_watch is not None:
+            self._database_watch.start_reporting(self._follow_database)
         scheme = "plaintext" if self._credentials is None else "TLS"
         log.info(
             "serving %s on %s (%s)",
@@ -199,6 +210,18 @@ class MeshServer:
         where = self._probe_address.rsplit(":", 1)[0] + f":{self.probe_port}"
         log.info("serving health checks in plaintext on %s (GRPC_PROBE_ADDR)", where)
 
+    async def _follow_database(self, reachable: bool) -> None:
+        """The services' own names (readiness) follow the database; "" (liveness) does not."""
+        if self._stopping:
+            return
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if reachable
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for servicer in self._servicers:
+            await self._health.set(servicer.name, status)
+
     async def start_in(self, stack: AsyncExitStack) -> MeshServer:
         """Starts serving; `stack` stops the server when it closes."""
         await self.start()
@@ -206,7 +229,10 @@ class MeshServer:
         return self
 
     async def stop(self) -> None:
+        self._stopping = True
         await self._health.enter_graceful_shutdown()
+        if self._database_watch is not None:
+            await self._database_watch.stop()
         # Calls a server stops taking can fail (UNAVAILABLE, or CANCELLED when grpc.aio had
         # read them but not yet run them): first let the watching clients go elsewhere.
         await asyncio.sleep(self._lame_duck)

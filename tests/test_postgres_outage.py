@@ -126,6 +126,14 @@ def why_postgres_cannot_run() -> str | None:
 
 @pytest.fixture
 async def postgres() -> AsyncIterator[PostgresServer]:
+    async with own_postgres() as server:
+        yield server
+
+
+@contextlib.asynccontextmanager
+async def own_postgres() -> AsyncIterator[PostgresServer]:
+    """A running PostgreSQL cluster of the test's own, removed at the end (tests/test_health.py
+    uses it too); skips the test where it cannot run, or fails it under CI."""
     if problem := why_postgres_cannot_run():
         message = f"cannot run a PostgreSQL server of the test's own: {problem}"
         if os.environ.get("CI") == "true":
