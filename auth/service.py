@@ -79,6 +79,8 @@ async def running(settings: Settings, *, address: str | None = None) -> AsyncIte
             ),
             grace_seconds=settings.shutdown_grace_seconds,
             lame_duck_seconds=settings.shutdown_lame_duck_seconds,
+            tls=settings.grpc_server_tls,
+            probe_address=settings.grpc_probe_addr,
         ).start_in(stack)
 
 

@@ -22,7 +22,7 @@ from facade.middleware import RequestIdMiddleware
 from facade.openapi import contract_comments, openapi_document
 from facade.routing import Page, TranscodedRoutes
 from facade.transcoding import bindings
-from mesh.clients import CHANNEL_OPTIONS, grpc_target
+from mesh.clients import channel, channel_credentials
 from mesh.config import Settings
 from mesh.services import SERVICES
 
@@ -61,8 +61,9 @@ def create_app(settings: Settings, backends: Mapping[ServiceDescriptor, Backend]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, object]]:
+        credentials = channel_credentials(settings)
         channels = {
-            service.full_name: grpc.aio.insecure_channel(grpc_target(backend.target), options=CHANNEL_OPTIONS)
+            service.full_name: channel(backend.target, credentials=credentials, forward_context=False)
             for service, backend in backends.items()
         }
         calls = {
@@ -76,8 +77,8 @@ def create_app(settings: Settings, backends: Mapping[ServiceDescriptor, Backend]
         try:
             yield {"calls": calls}
         finally:
-            for channel in channels.values():
-                await channel.close()
+            for opened in channels.values():
+                await opened.close()
 
     async def openapi(request: Request) -> Response:
         return JSONResponse(document)

@@ -12,7 +12,7 @@ from inventory.stock import Inventory
 from inventory.stock_feed import StockFeed
 from invmesh.inventory.v1 import inventory_service_pb2, inventory_service_pb2_grpc
 from invmesh.products.v1 import products_service_pb2_grpc
-from mesh.clients import open_channel
+from mesh.clients import channel_credentials, open_channel
 from mesh.config import Settings
 from mesh.db import open_database
 from mesh.server import MeshServer, Servicer
@@ -28,9 +28,10 @@ async def running(settings: Settings, *, address: str | None = None) -> AsyncIte
     async with AsyncExitStack() as stack:
         db = await open_database(stack, settings, "inventory")
         timeout = settings.peer_timeout_seconds
-        auth = open_channel(stack, settings.auth_addr, default_timeout=timeout)
+        credentials = channel_credentials(settings)
+        auth = open_channel(stack, settings.auth_addr, default_timeout=timeout, credentials=credentials)
         products = products_service_pb2_grpc.ProductsServiceStub(
-            open_channel(stack, settings.products_addr, default_timeout=timeout)
+            open_channel(stack, settings.products_addr, default_timeout=timeout, credentials=credentials)
         )
         check = ProductCheck(products, ttl=settings.product_check_cache_seconds)
         feed = StockFeed(
@@ -54,4 +55,6 @@ async def running(settings: Settings, *, address: str | None = None) -> AsyncIte
             verifier=verifier_via_auth(auth, settings),
             grace_seconds=settings.shutdown_grace_seconds,
             lame_duck_seconds=settings.shutdown_lame_duck_seconds,
+            tls=settings.grpc_server_tls,
+            probe_address=settings.grpc_probe_addr,
         ).start_in(stack)

@@ -13,7 +13,8 @@ import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from mesh import context
+from mesh import context, tls
+from mesh.config import Settings, parse_host_port
 from mesh.errors import DeadlineExceeded
 from mesh.services import SERVICES
 
@@ -122,16 +123,65 @@ class ForwardCallerContext(grpc.aio.UnaryUnaryClientInterceptor):
         return await continuation(details, request)
 
 
-def channel(target: str, *, default_timeout: float = 3.0) -> grpc.aio.Channel:
-    """A long-lived channel to `target` (see `grpc_target`)."""
-    return grpc.aio.insecure_channel(
-        grpc_target(target), options=CHANNEL_OPTIONS, interceptors=[ForwardCallerContext(default_timeout)]
+def channel_credentials(settings: Settings) -> grpc.ChannelCredentials | None:
+    """How every gRPC client of the process speaks to servers: TLS, verifying them against
+    GRPC_TLS_CA_FILE, and presenting GRPC_TLS_CERT_FILE when it is set (mTLS); None when
+    GRPC_TLS_CA_FILE is unset (plaintext).
+
+    The files are read here, once: gRPC Python has no client credentials that read them again,
+    so a channel keeps presenting the certificate it was made with, and a renewed client
+    certificate or CA is used from the next start."""
+    if settings.grpc_tls_ca_file is None:
+        return None
+    pair = settings.grpc_server_tls
+    return grpc.ssl_channel_credentials(
+        root_certificates=tls.read_pem(settings.grpc_tls_ca_file, tls.CERTIFICATE),
+        private_key=tls.read_pem(pair.key_path, tls.PRIVATE_KEY) if pair else None,
+        certificate_chain=tls.read_pem(pair.cert_path, tls.CERTIFICATE) if pair else None,
     )
 
 
-def open_channel(stack: AsyncExitStack, target: str, *, default_timeout: float) -> grpc.aio.Channel:
+def _authority(address: str) -> list[tuple[str, str]]:
+    """For a comma list of replicas, which becomes an `ipv4:` list, the host name its first
+    replica gives, so that TLS checks the server certificate for a name rather than the list."""
+    if "," not in address:
+        return []
+    host, _ = parse_host_port(address.split(",")[0])
+    return [("grpc.default_authority", host)]
+
+
+def channel(
+    target: str,
+    *,
+    default_timeout: float = 3.0,
+    credentials: grpc.ChannelCredentials | None = None,
+    forward_context: bool = True,
+) -> grpc.aio.Channel:
+    """A long-lived channel to `target` (see `grpc_target`), over TLS with `credentials`
+    (`channel_credentials`); plaintext without. With `forward_context`, every call carries
+    the caller's request id, token and deadline (`ForwardCallerContext`)."""
+    interceptors = [ForwardCallerContext(default_timeout)] if forward_context else None
+    if credentials is None:
+        return grpc.aio.insecure_channel(
+            grpc_target(target), options=CHANNEL_OPTIONS, interceptors=interceptors
+        )
+    return grpc.aio.secure_channel(
+        grpc_target(target),
+        credentials,
+        options=[*CHANNEL_OPTIONS, *_authority(target)],
+        interceptors=interceptors,
+    )
+
+
+def open_channel(
+    stack: AsyncExitStack,
+    target: str,
+    *,
+    default_timeout: float,
+    credentials: grpc.ChannelCredentials | None = None,
+) -> grpc.aio.Channel:
     """`channel(target)`, closed when `stack` closes."""
-    opened = channel(target, default_timeout=default_timeout)
+    opened = channel(target, default_timeout=default_timeout, credentials=credentials)
     stack.push_async_callback(opened.close)
     return opened
 

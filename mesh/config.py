@@ -16,6 +16,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from mesh import tls
 from mesh.services import SERVICES
 
 
@@ -253,6 +254,38 @@ class Settings(BaseSettings):
         "was logged.",
     )
 
+    grpc_tls_cert_file: Path | None = Field(
+        None,
+        description="A PEM certificate (chain) for this process's gRPC servers; with "
+        "`GRPC_TLS_KEY_FILE`, every gRPC server of the process serves TLS with it, and its gRPC "
+        "clients present it to servers that ask for one (mTLS). Renewed files are used from the next "
+        "connection on, without a restart. Unset: the servers speak plaintext.",
+    )
+    grpc_tls_key_file: Path | None = Field(
+        None,
+        description="The unencrypted PEM private key of `GRPC_TLS_CERT_FILE`; set both or neither.",
+    )
+    grpc_tls_client_ca_file: Path | None = Field(
+        None,
+        description="A PEM CA certificate: the gRPC servers accept only clients presenting a "
+        "certificate it signed (mTLS). Needs `GRPC_TLS_CERT_FILE`. Re-read when it changes, as the "
+        "certificate is.",
+    )
+    grpc_tls_ca_file: Path | None = Field(
+        None,
+        description="A PEM CA certificate: every gRPC client of the process (calls between services, "
+        "the facade's calls, `invmesh up`'s health checks) uses TLS and accepts only servers whose "
+        "certificate it signed, for the host name of their address. Read when a channel opens (at "
+        "startup): a client certificate or CA renewed on disk is used after a restart. Unset: the "
+        "clients speak plaintext.",
+    )
+    grpc_probe_addr: str = Field(
+        "",
+        description="`host:port` of an extra plaintext listener serving only `grpc.health.v1.Health` "
+        "(the same states as the main server, which it stops with), for probes that cannot speak TLS "
+        "such as kubelet's gRPC probe: `0.0.0.0:8086` in Kubernetes. Empty: none.",
+    )
+
     facade_host: str = Field(
         "127.0.0.1", description="Where the REST facade listens (`0.0.0.0` for every interface)."
     )
@@ -261,6 +294,14 @@ class Settings(BaseSettings):
         min_length=1,
         description="The facade's ports, comma-separated, distinct, each 1-65535; it serves every route on "
         "each. 8000 is the one to use; 8001 and 8002 keep clients of the original layout working.",
+    )
+    facade_tls_cert_file: Path | None = Field(
+        None,
+        description="A PEM certificate (chain): with `FACADE_TLS_KEY_FILE`, the facade serves HTTPS "
+        "on every port. Renewed files are used from the next connection on, without a restart.",
+    )
+    facade_tls_key_file: Path | None = Field(
+        None, description="The unencrypted PEM private key of `FACADE_TLS_CERT_FILE`; set both or neither."
     )
     facade_timeout_seconds: float = Field(
         10.0,
@@ -490,6 +531,75 @@ class Settings(BaseSettings):
     def _service_address(cls, value: str) -> str:
         service_endpoints(value)
         return value.strip()
+
+    @field_validator(
+        "grpc_tls_cert_file",
+        "grpc_tls_key_file",
+        "grpc_tls_client_ca_file",
+        "grpc_tls_ca_file",
+        "facade_tls_cert_file",
+        "facade_tls_key_file",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator(
+        "grpc_tls_cert_file", "grpc_tls_client_ca_file", "grpc_tls_ca_file", "facade_tls_cert_file"
+    )
+    @classmethod
+    def _pem_certificate(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            tls.read_pem(value, tls.CERTIFICATE)
+        return value
+
+    @field_validator("grpc_tls_key_file", "facade_tls_key_file")
+    @classmethod
+    def _pem_key(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            tls.read_pem(value, tls.PRIVATE_KEY)
+        return value
+
+    @field_validator("grpc_probe_addr")
+    @classmethod
+    def _probe_address(cls, value: str) -> str:
+        if value.strip():
+            parse_host_port(value)
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _tls_pairs(self) -> Settings:
+        for prefix in ("GRPC", "FACADE"):
+            cert, key = (getattr(self, f"{prefix.lower()}_tls_{part}_file") for part in ("cert", "key"))
+            if (cert is None) != (key is None):
+                given, missing = ("CERT", "KEY") if key is None else ("KEY", "CERT")
+                raise ValueError(
+                    f"{prefix}_TLS_{given}_FILE is set without {prefix}_TLS_{missing}_FILE; "
+                    "set both or neither"
+                )
+            if cert is not None:
+                tls.check_pair(cert.read_bytes(), key.read_bytes(), cert, key)
+        if self.grpc_tls_client_ca_file is not None and self.grpc_tls_cert_file is None:
+            raise ValueError(
+                "GRPC_TLS_CLIENT_CA_FILE (mTLS) needs the servers' own certificate: "
+                "GRPC_TLS_CERT_FILE and GRPC_TLS_KEY_FILE"
+            )
+        return self
+
+    @property
+    def grpc_server_tls(self) -> tls.KeyPair | None:
+        """The gRPC servers' key pair and client CA, when they serve TLS."""
+        if self.grpc_tls_cert_file is None or self.grpc_tls_key_file is None:
+            return None
+        return tls.KeyPair(self.grpc_tls_cert_file, self.grpc_tls_key_file, self.grpc_tls_client_ca_file)
+
+    @property
+    def facade_tls(self) -> tls.KeyPair | None:
+        """The facade's HTTPS key pair, when it serves HTTPS."""
+        if self.facade_tls_cert_file is None or self.facade_tls_key_file is None:
+            return None
+        return tls.KeyPair(self.facade_tls_cert_file, self.facade_tls_key_file)
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -8,6 +8,12 @@ channels that watch its health send their calls to other replicas (mesh/clients.
 new calls are refused, and in-flight calls get the grace period to finish; any still running
 fail with UNAVAILABLE, and `stop()` returns once their handlers have ended.
 `serve_until_signalled` runs a service until SIGTERM or SIGINT.
+
+With a key pair (GRPC_TLS_CERT_FILE, GRPC_TLS_KEY_FILE) the server speaks TLS, and reads its
+certificate again at a handshake once the files changed (mesh.tls); with a client CA
+(GRPC_TLS_CLIENT_CA_FILE) it accepts only clients presenting a certificate the CA signed.
+A probe address (GRPC_PROBE_ADDR) adds a plaintext listener serving the same health states
+and nothing else, for probes that cannot speak TLS, such as kubelet's gRPC probe.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from grpc_reflection.v1alpha import reflection
 
 from mesh import access
 from mesh.interceptors import AuthInterceptor, RequestInterceptor
+from mesh.tls import KeyPair, ServerCredentialsSource
 from mesh.tokens import TokenVerifier
 
 log = logging.getLogger(__name__)
@@ -87,9 +94,15 @@ class MeshServer:
         is_public: Callable[[str], bool] = access.is_public,
         grace_seconds: float = 10.0,
         lame_duck_seconds: float = 0.0,
+        tls: KeyPair | None = None,
+        probe_address: str = "",
     ) -> None:
         self._servicers = servicers
         self._address = address
+        # Read now: a bad file fails the start, before any port opens.
+        self._credentials = ServerCredentialsSource(tls) if tls is not None else None
+        self._probe_address = probe_address
+        self._probe: grpc.aio.Server | None = None
         self._grace = grace_seconds
         self._lame_duck = lame_duck_seconds
         self._health = health.aio.HealthServicer()
@@ -105,6 +118,7 @@ class MeshServer:
             ],
         )
         self.port = 0
+        self.probe_port = 0
 
     async def start(self) -> None:
         for servicer in self._servicers:
@@ -117,13 +131,41 @@ class MeshServer:
             pool=cast(descriptor_pool.DescriptorPool, _MethodAwarePool()),
         )
         try:
-            self.port = self._server.add_insecure_port(self._address)
+            if self._credentials is not None:
+                self.port = self._server.add_secure_port(self._address, self._credentials.credentials())
+            else:
+                self.port = self._server.add_insecure_port(self._address)
         except RuntimeError:  # gRPC has logged its reason, such as "Address already in use"
             raise ListenError(f"cannot listen on {self._address}") from None
+        if self._probe_address:
+            await self._start_probe()
         await self._server.start()
         for name in ["", *names]:  # "" is the server as a whole
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("serving %s on %s", ", ".join(names), self._address.rsplit(":", 1)[0] + f":{self.port}")
+        scheme = "plaintext" if self._credentials is None else "TLS"
+        log.info(
+            "serving %s on %s (%s)",
+            ", ".join(names),
+            self._address.rsplit(":", 1)[0] + f":{self.port}",
+            scheme + (", client certificates required" if self._mtls else ""),
+        )
+
+    @property
+    def _mtls(self) -> bool:
+        return self._credentials is not None and self._credentials.requires_client_certificates
+
+    async def _start_probe(self) -> None:
+        """The plaintext listener for probes that cannot speak TLS (kubelet's gRPC probe): the
+        same HealthServicer, so it turns NOT_SERVING with the main server, and nothing else."""
+        self._probe = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._probe)
+        try:
+            self.probe_port = self._probe.add_insecure_port(self._probe_address)
+        except RuntimeError:
+            raise ListenError(f"cannot listen on {self._probe_address} (GRPC_PROBE_ADDR)") from None
+        await self._probe.start()
+        where = self._probe_address.rsplit(":", 1)[0] + f":{self.probe_port}"
+        log.info("serving health checks in plaintext on %s (GRPC_PROBE_ADDR)", where)
 
     async def start_in(self, stack: AsyncExitStack) -> MeshServer:
         """Starts serving; `stack` stops the server when it closes."""
@@ -142,6 +184,8 @@ class MeshServer:
         await self._requests.drain(self._grace)
         await self._server.stop(0)  # what is left, such as health watches, ends now
         await stopping
+        if self._probe is not None:
+            await self._probe.stop(0)
         log.info("stopped")
 
 
