@@ -81,6 +81,8 @@ async def running(settings: Settings, *, address: str | None = None) -> AsyncIte
             lame_duck_seconds=settings.shutdown_lame_duck_seconds,
             tls=settings.grpc_server_tls,
             probe_address=settings.grpc_probe_addr,
+            max_connection_age_seconds=settings.grpc_max_connection_age_seconds,
+            max_connection_age_grace_seconds=settings.grpc_max_connection_age_grace_seconds,
         ).start_in(stack)
 
 

@@ -20,6 +20,7 @@ from starlette.routing import Route
 from facade import docs, errors, verify_page
 from facade.middleware import RequestIdMiddleware
 from facade.openapi import contract_comments, openapi_document
+from facade.readiness import Checked, Readiness, readyz
 from facade.routing import Page, TranscodedRoutes
 from facade.transcoding import bindings
 from mesh.clients import channel, channel_credentials
@@ -74,9 +75,16 @@ def create_app(settings: Settings, backends: Mapping[ServiceDescriptor, Backend]
             )
             for binding in found
         }
+        readiness = Readiness(
+            [
+                Checked(backend.name, service.full_name, channels[service.full_name])
+                for service, backend in backends.items()
+            ]
+        )
         try:
-            yield {"calls": calls}
+            yield {"calls": calls, "readiness": readiness}
         finally:
+            await readiness.close()
             for opened in channels.values():
                 await opened.close()
 
@@ -102,6 +110,7 @@ def create_app(settings: Settings, backends: Mapping[ServiceDescriptor, Backend]
         routes=[
             Route("/openapi.json", openapi, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
             *docs.routes(),
             transcoded,
         ],

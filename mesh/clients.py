@@ -64,9 +64,20 @@ SERVICE_CONFIG = {
     "retryThrottling": RETRY_THROTTLING,
 }
 CHANNEL_OPTIONS = [
+    # Servers take a ping every 10 s or less often (mesh/server.py): 30 s is never too_many_pings.
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
+    # A replica that went away is tried again 0.1 s later, then at growing intervals (x1.6, ±20%)
+    # of at most 1 s, not gRPC's 1 s to 120 s: one that comes back gets calls about a second
+    # after it serves. Each attempt may take 2 s to connect (gRPC's "min_reconnect_backoff" is
+    # that timeout, 20 s by default), so an address whose pod is gone soon counts as failed.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1_000),
+    ("grpc.min_reconnect_backoff_ms", 2_000),
+    # A failed or recycled connection has a dns:/// target resolved again: at most once a
+    # second rather than every 30 s, so replicas added or moved are found as soon.
+    ("grpc.dns_min_time_between_resolutions_ms", 1_000),
     ("grpc.service_config", json.dumps(SERVICE_CONFIG)),
 ]
 

@@ -160,6 +160,22 @@ class Settings(BaseSettings):
         "so that clients watching its health (every channel of the mesh and of the facade) send their "
         "calls to other replicas first, and a rolling restart fails no call.",
     )
+    grpc_max_connection_age_seconds: float = Field(
+        300.0,
+        ge=0,
+        description="How long a service keeps a client's connection before asking the client to "
+        "reconnect (an HTTP/2 GOAWAY, gRFC A9; gRPC varies it by up to 10% either way). Each "
+        "reconnect makes the client resolve its target again, so a `dns:///` target finds replicas "
+        "added since it connected (a scale-up) and spreads its calls over them. New calls go over "
+        "the new connection; calls in flight finish on the old one. 0: never.",
+    )
+    grpc_max_connection_age_grace_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="How long calls already running on a connection that reached its age may go on "
+        "(new calls go over the client's new connection); any still running then fail with "
+        "`UNAVAILABLE`. 0: no limit.",
+    )
 
     auth_addr: str = Field(
         "127.0.0.1:50051",

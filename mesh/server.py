@@ -6,7 +6,8 @@ logging, errors, and the token check for every method not listed as public), the
 health goes NOT_SERVING, and the server goes on serving for a lame-duck period while the
 channels that watch its health send their calls to other replicas (mesh/clients.py); then
 new calls are refused, and in-flight calls get the grace period to finish; any still running
-fail with UNAVAILABLE, and `stop()` returns once their handlers have ended.
+fail with UNAVAILABLE, and `stop()` returns once their handlers have ended. A connection that
+reaches its maximum age is asked to go away, so clients resolve their target again (gRFC A9).
 `serve_until_signalled` runs a service until SIGTERM or SIGINT.
 
 With a key pair (GRPC_TLS_CERT_FILE, GRPC_TLS_KEY_FILE) the server speaks TLS, and reads its
@@ -84,6 +85,22 @@ class _MethodAwarePool:
         return getattr(self._pool, name)
 
 
+def connection_age_options(age_seconds: float, grace_seconds: float) -> list[tuple[str, int]]:
+    """gRFC A9: a connection `age_seconds` old (give or take 10%) is asked to go away; its
+    client reconnects, resolving its target again, and so finds new replicas. Calls running
+    on it get `grace_seconds` more. 0 is no limit, gRPC's default."""
+    options = []
+    if age_seconds > 0:
+        options.append(("grpc.max_connection_age_ms", _milliseconds(age_seconds)))
+        if grace_seconds > 0:
+            options.append(("grpc.max_connection_age_grace_ms", _milliseconds(grace_seconds)))
+    return options
+
+
+def _milliseconds(seconds: float) -> int:
+    return min(round(seconds * 1000), 2**31 - 1)  # a C int: 2**31 - 1 is gRPC's "no limit"
+
+
 class MeshServer:
     def __init__(
         self,
@@ -96,6 +113,8 @@ class MeshServer:
         lame_duck_seconds: float = 0.0,
         tls: KeyPair | None = None,
         probe_address: str = "",
+        max_connection_age_seconds: float = 300.0,
+        max_connection_age_grace_seconds: float = 30.0,
     ) -> None:
         self._servicers = servicers
         self._address = address
@@ -113,8 +132,10 @@ class MeshServer:
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 0),  # a second server on a taken port must fail, not share it
+                # Clients ping every 30 s (mesh/clients.py); more often than this is too_many_pings.
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+                *connection_age_options(max_connection_age_seconds, max_connection_age_grace_seconds),
             ],
         )
         self.port = 0
