@@ -162,6 +162,11 @@ def check_hardened(rendered: Rendered, workload: Obj, settings: dict[str, str]) 
     volumes = {volume["name"]: volume for volume in spec["volumes"]}
     mounts = {mount["mountPath"]: volumes[mount["name"]] for mount in box["volumeMounts"]}
     assert "emptyDir" in mounts["/tmp"], name
+    for variable in box.get("env", []):
+        if variable["name"].endswith("_FILE"):  # a file of a mounted volume
+            assert any(variable["value"].startswith(path + "/") for path in mounts), variable
+    for key in settings:
+        assert not key.endswith("_FILE"), f"{key}: a file exists where its volume is mounted, not everywhere"
     if workload["kind"] == "Deployment":
         assert "emptyDir" in mounts[settings["INVMESH_DATA_DIR"]], name
         tls = mounts["/etc/invmesh/tls"]["secret"]

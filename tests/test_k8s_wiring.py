@@ -516,11 +516,11 @@ def wrong_caller_target(config_map: Obj) -> None:
 @pytest.mark.parametrize(
     ("kind", "name", "change", "symptom"),
     [
-        ("Deployment", "products", wrong_probe_port, r"not ready: products \(UNAVAILABLE"),
+        ("Deployment", "products", wrong_probe_port, r"not ready: .*products \(UNAVAILABLE"),
         ("Deployment", "products", misspelt_env_name, r"products exited with status 1"),
         ("Deployment", "inventory", wrong_secret_key, r"CreateContainerConfigError.*inventory-secret"),
-        ("Deployment", "inventory", wrong_listen_port, r"inventory|facade"),
-        ("ConfigMap", "invmesh-settings", wrong_caller_target, r"not ready: facade"),
+        ("Deployment", "inventory", wrong_listen_port, r"not ready: facade \(HTTP 503"),
+        ("ConfigMap", "invmesh-settings", wrong_caller_target, r"not ready: .*facade \(HTTP 503"),
     ],
     ids=["probe-port", "env-name", "secret-key", "listen-port", "caller-target"],
 )
