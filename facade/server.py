@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from typing import Any
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -10,6 +11,7 @@ from starlette.types import ASGIApp
 from facade.app import create_app
 from facade.limits import ConnectionLimits, guarded_protocol
 from mesh.config import Settings
+from mesh.tls import ReloadingSslContext
 
 
 def bind(host: str, ports: list[int]) -> list[socket.socket]:
@@ -33,12 +35,22 @@ def bind(host: str, ports: list[int]) -> list[socket.socket]:
 
 
 def uvicorn_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
-    """How uvicorn serves the facade: httptools with the limits of facade.limits."""
+    """How uvicorn serves the facade: httptools with the limits of facade.limits, over HTTPS
+    when FACADE_TLS_CERT_FILE and FACADE_TLS_KEY_FILE are set."""
     limits = ConnectionLimits(
         max_head_bytes=settings.facade_max_head_bytes,
         head_timeout_seconds=settings.facade_head_timeout_seconds,
         max_connections=settings.facade_max_connections,
     )
+    https: dict[str, Any] = {}
+    if (pair := settings.facade_tls) is not None:
+        # A context whose certificate is read again once its files change (mesh.tls): uvicorn's
+        # own would keep the first one until a restart.
+        https = {
+            "ssl_certfile": pair.cert_path,
+            "ssl_keyfile": pair.key_path,
+            "ssl_context_factory": lambda config, default: ReloadingSslContext(pair, default).context,
+        }
     return uvicorn.Config(
         app,
         loop="uvloop",
@@ -52,6 +64,7 @@ def uvicorn_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
         forwarded_allow_ips=settings.trusted_proxies,
         # uvicorn waits any number of seconds; its hint says int
         timeout_graceful_shutdown=settings.shutdown_grace_seconds,  # type: ignore[arg-type]
+        **https,
     )
 
 

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from launcher.layout import COMPONENTS
+from launcher.layout import COMPONENTS, FACADE
 
 DEFAULT_NAMESPACE = "invmesh"
 DEFAULT_DAYS = 365
@@ -171,7 +171,8 @@ def init(
     """Writes the CA and every component's certificate into `directory`; the files written.
     FileExistsError naming the files there already, unless `force`."""
     if not force and (existing := [path for path in files(directory) if path.exists()]):
-        raise FileExistsError(", ".join(str(path) for path in existing))
+        others = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
+        raise FileExistsError(f"{existing[0]}{others}")
     directory.mkdir(parents=True, exist_ok=True)
     authority = make_authority(max(days, CA_DAYS))
     write_private(directory / "ca.key", key_pem(authority.key))
@@ -186,6 +187,42 @@ def load_authority(directory: Path) -> Authority:
     key = serialization.load_pem_private_key((directory / "ca.key").read_bytes(), password=None)
     assert isinstance(key, ec.EllipticCurvePrivateKey)
     return Authority(x509.load_pem_x509_certificate((directory / "ca.crt").read_bytes()), key)
+
+
+def settings_of(directory: Path, name: str) -> dict[str, Path]:
+    """The TLS settings of component `name` with its files in `directory` (what `invmesh up
+    --tls` gives it): a service serves mTLS and calls the others over TLS with its own
+    certificate; the facade calls them with its own, and serves HTTPS with the same."""
+    own = directory / name
+    files = {
+        "grpc_tls_cert_file": own / "tls.crt",
+        "grpc_tls_key_file": own / "tls.key",
+        "grpc_tls_ca_file": own / "ca.crt",
+    }
+    if name == FACADE:
+        return files | {"facade_tls_cert_file": own / "tls.crt", "facade_tls_key_file": own / "tls.key"}
+    return files | {"grpc_tls_client_ca_file": own / "ca.crt"}
+
+
+def component_env(directory: Path, name: str) -> dict[str, str]:
+    """`settings_of` as environment variables."""
+    return {setting.upper(): str(path) for setting, path in settings_of(directory, name).items()}
+
+
+def ensure(directory: Path) -> bool:
+    """Makes the files of `init` in `directory` if none is there (True), leaves them if all
+    are (False); FileNotFoundError naming the missing ones if only some are."""
+    present = [path.exists() for path in files(directory)]
+    if all(present):
+        return False
+    if any(present):
+        missing = [str(path) for path, there in zip(files(directory), present, strict=True) if not there]
+        raise FileNotFoundError(
+            f"{directory} lacks {', '.join(missing)}; "
+            f"`invmesh certs init {directory} --force` makes them all anew"
+        )
+    init(directory)
+    return True
 
 
 def run_init(directory: Path, namespace: str, days: int, force: bool) -> int:

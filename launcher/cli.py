@@ -8,6 +8,9 @@ invmesh up --replicas inventory=2,products=2
                        the same with several processes of a service: replica k listens on
                        the port of its `<SERVICE>_ADDR` + 10*k, and every process is given
                        the comma list of all replicas as that `<SERVICE>_ADDR`
+invmesh up --tls [DIR]  the same over TLS: every gRPC hop mTLS, the facade HTTPS, each
+                       component with its own certificate from DIR (default
+                       <INVMESH_DATA_DIR>/tls), made by `certs init` first if DIR has none
 invmesh serve NAME [--listen HOST:PORT]
                        one service (or the facade) in this process; a service listens on
                        HOST:PORT (default: the first address of its `<SERVICE>_ADDR`)
@@ -21,6 +24,9 @@ invmesh users show EMAIL [--json]
 invmesh users grant EMAIL ROLE
                        give an account the role viewer, staff or admin, straight in the
                        auth database (how the first admin is made without ADMIN_EMAILS)
+invmesh certs init DIR [--namespace NS] [--days N] [--force]
+                       a development CA and a certificate for each component, in
+                       cert-manager's Secret layout (DIR/<name>/tls.crt, tls.key, ca.crt)
 invmesh --version      the installed version; `invmesh` alone lists the commands
 """
 
@@ -33,6 +39,7 @@ import sys
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import uvloop
@@ -97,6 +104,13 @@ def page_size(text: str) -> int:
     return int(text)
 
 
+def days(text: str) -> int:
+    """argparse type of --days: a whole number of days, 1 or more."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of days, 1 or more, not {text!r}")
+    return int(text)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="invmesh", description="Run the invmesh services and administer them."
@@ -112,6 +126,14 @@ def main(argv: list[str] | None = None) -> None:
         type=parse_replicas,
         metavar="SERVICE=N[,…]",
         help="run N processes of a service; replica k listens on the port of <SERVICE>_ADDR + 10*k",
+    )
+    up_parser.add_argument(
+        "--tls",
+        nargs="?",
+        const="",  # --tls alone: the folder is known once the settings are read
+        metavar="DIR",
+        help="TLS on every hop, with the certificates in DIR (default: <INVMESH_DATA_DIR>/tls; "
+        "made if there are none); name the services before --tls, or write --tls=DIR",
     )
     serve_parser = commands.add_parser("serve", help="run one service in this process")
     serve_parser.add_argument("service", choices=COMPONENTS)
@@ -150,6 +172,26 @@ def main(argv: list[str] | None = None) -> None:
     grant_parser = users_commands.add_parser("grant", help="give an account a role")
     grant_parser.add_argument("email", metavar="EMAIL")
     grant_parser.add_argument("role", choices=["viewer", "staff", "admin"])
+    certs_parser = commands.add_parser("certs", help="development TLS certificates (certs init DIR)")
+    certs_commands = certs_parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    init_parser = certs_commands.add_parser(
+        "init", help="a development CA and a certificate for each component, in DIR"
+    )
+    init_parser.add_argument("directory", type=Path, metavar="DIR")
+    init_parser.add_argument(
+        "--namespace",
+        default="invmesh",
+        metavar="NS",
+        help="the Kubernetes namespace in the certificates' Service names (default: invmesh)",
+    )
+    init_parser.add_argument(
+        "--days",
+        type=days,
+        default=365,
+        metavar="N",
+        help="how long the certificates are valid (default: 365)",
+    )
+    init_parser.add_argument("--force", action="store_true", help="replace the files that are there")
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
@@ -165,6 +207,10 @@ def main(argv: list[str] | None = None) -> None:
         if args.action == "show":
             sys.exit(asyncio.run(show_user(args.email, as_json=args.json)))
         sys.exit(asyncio.run(grant(args.email, args.role)))
+    if args.command == "certs":
+        from launcher.certs import run_init  # cryptography, which only this command needs
+
+        sys.exit(run_init(args.directory, args.namespace, args.days, args.force))
     if args.command == "serve":
         if args.listen is not None and args.service == FACADE:
             serve_parser.error(
@@ -192,4 +238,13 @@ def main(argv: list[str] | None = None) -> None:
                 replica_addresses(settings.address(service), count)
             except ValueError as exc:
                 up_parser.error(f"--replicas {service}: {service.upper()}_ADDR {exc}")
-    sys.exit(asyncio.run(up(names, args.replicas)))
+    tls_dir = None
+    if args.tls == "":
+        tls_dir = settings_or_exit().data_dir / "tls"
+    elif args.tls is not None:
+        tls_dir = Path(args.tls)
+        if args.tls in COMPONENTS and not tls_dir.exists():
+            up_parser.error(
+                f"--tls took {args.tls} for its folder; name the services before --tls, or write --tls=DIR"
+            )
+    sys.exit(asyncio.run(up(names, args.replicas, tls_dir)))

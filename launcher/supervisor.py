@@ -16,20 +16,30 @@ import errno
 import os
 import secrets
 import signal
+import ssl
 import sys
 import time
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 import grpc
 from grpc_health.v1 import health_pb2
 
 from launcher.admin import migrate
-from launcher.layout import FACADE, REPLICA_PORT_STEP, listen_address, replica_addresses, settings_or_exit
+from launcher.layout import (
+    COMPONENTS,
+    FACADE,
+    REPLICA_PORT_STEP,
+    listen_address,
+    replica_addresses,
+    settings_or_exit,
+)
 from launcher.lifetime import SUPERVISOR_PID
 from launcher.ports import listen_problem, port_holder
-from mesh.config import Settings, join_host_port, parse_host_port
+from mesh.clients import channel_credentials
+from mesh.config import ConfigError, Settings, join_host_port, load_settings, parse_host_port
 from mesh.services import SERVICES
 
 RESTART_DELAY_FIRST_SECONDS = 0.5
@@ -62,8 +72,36 @@ def _health_check(
     )
 
 
-async def _wait_healthy(address: str, deadline: float) -> bool:
-    async with grpc.aio.insecure_channel(address, options=_HEALTH_POLL_OPTIONS) as channel:
+@dataclass(frozen=True)
+class HealthChecks:
+    """How `up` checks its children: gRPC credentials for the services (None: plaintext), and
+    an SSL context for the facade when it serves HTTPS (None: HTTP)."""
+
+    credentials: grpc.ChannelCredentials | None = None
+    facade_ssl: ssl.SSLContext | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, ca: Path | None = None) -> HealthChecks:
+        """The checks for children configured like `settings`; `ca` verifies the facade's
+        certificate (without it, the facade's HTTPS is used unverified: the check only asks
+        whether the child that up started answers)."""
+        facade_ssl = None
+        if settings.facade_tls is not None or ca is not None:
+            facade_ssl = ssl.create_default_context(cafile=ca)
+            facade_ssl.check_hostname = False  # FACADE_HOST may be 0.0.0.0, in no certificate
+            if ca is None:
+                facade_ssl.verify_mode = ssl.CERT_NONE
+        return cls(channel_credentials(settings), facade_ssl)
+
+
+def _channel(address: str, credentials: grpc.ChannelCredentials | None) -> grpc.aio.Channel:
+    if credentials is None:
+        return grpc.aio.insecure_channel(address, options=_HEALTH_POLL_OPTIONS)
+    return grpc.aio.secure_channel(address, credentials, options=_HEALTH_POLL_OPTIONS)
+
+
+async def _wait_healthy(address: str, deadline: float, credentials: grpc.ChannelCredentials | None) -> bool:
+    async with _channel(address, credentials) as channel:
         check = _health_check(channel)
         while time.monotonic() < deadline:
             with contextlib.suppress(grpc.aio.AioRpcError):
@@ -74,11 +112,11 @@ async def _wait_healthy(address: str, deadline: float) -> bool:
     return False
 
 
-async def _wait_http_healthy(host: str, port: int, deadline: float) -> bool:
+async def _wait_http_healthy(host: str, port: int, deadline: float, context: ssl.SSLContext | None) -> bool:
     request = f"GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
     while time.monotonic() < deadline:
-        with contextlib.suppress(OSError):
-            reader, writer = await asyncio.open_connection(host, port)
+        with contextlib.suppress(OSError):  # ssl.SSLError is one
+            reader, writer = await asyncio.open_connection(host, port, ssl=context)
             writer.write(request)
             status_line = await reader.readline()
             writer.close()
@@ -118,7 +156,9 @@ def _provision_service_secrets(settings: Settings) -> dict[str, dict[str, str]]:
     }
 
 
-def _components(settings: Settings, names: list[str], replicas: dict[str, int]) -> list[Component]:
+def _components(
+    settings: Settings, names: list[str], replicas: dict[str, int], tls_env: dict[str, dict[str, str]]
+) -> list[Component]:
     addresses = {
         service: replica_addresses(settings.address(service), count) for service, count in replicas.items()
     }
@@ -129,7 +169,7 @@ def _components(settings: Settings, names: list[str], replicas: dict[str, int]) 
     serve = [sys.executable, "-m", "launcher", "serve"]
     components = []
     for name in names:
-        child_env = env | service_secrets.get(name, {})
+        child_env = env | service_secrets.get(name, {}) | tls_env.get(name, {})
         if name == FACADE:
             components.append(Component(name, [*serve, name], child_env, None, "FACADE_PORTS"))
         elif name in addresses:
@@ -221,9 +261,10 @@ class RestartPolicy:
 class Supervisor:
     """Runs the components, restarts those that exit, and stops them all on SIGTERM or SIGINT."""
 
-    def __init__(self, settings: Settings, components: list[Component]) -> None:
+    def __init__(self, settings: Settings, components: list[Component], checks: HealthChecks) -> None:
         self._settings = settings
         self._components = components
+        self._checks = checks
         self._stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
         # Whether each became healthy the first time, once known: what `up` announces.
@@ -283,10 +324,13 @@ class Supervisor:
         it did not within STARTUP_SECONDS."""
         deadline = time.monotonic() + STARTUP_SECONDS
         if component.listen is not None:
-            healthy = await _wait_healthy(component.listen, deadline)
+            healthy = await _wait_healthy(component.listen, deadline, self._checks.credentials)
         else:
             host, ports = self._settings.facade_host, self._settings.facade_ports
-            healthy = all(await asyncio.gather(*(_wait_http_healthy(host, p, deadline) for p in ports)))
+            context = self._checks.facade_ssl
+            healthy = all(
+                await asyncio.gather(*(_wait_http_healthy(host, p, deadline, context) for p in ports))
+            )
         first = self._first_health[component]
         if not first.done():
             first.set_result(healthy)
@@ -307,7 +351,8 @@ class Supervisor:
         if component.listen is not None:
             return component.listen
         host = self._settings.facade_host
-        return ", ".join(f"http://{join_host_port(host, port)}" for port in self._settings.facade_ports)
+        scheme = "http" if self._checks.facade_ssl is None else "https"
+        return ", ".join(f"{scheme}://{join_host_port(host, port)}" for port in self._settings.facade_ports)
 
     async def _stop(self, process: asyncio.subprocess.Process) -> bool:
         """SIGTERM, then SIGKILL if the process outlives its lame duck and grace; True if it
@@ -328,10 +373,31 @@ class Supervisor:
             return False
 
 
-async def up(names: list[str], replicas: dict[str, int] | None = None) -> int:
+async def up(names: list[str], replicas: dict[str, int] | None = None, tls_dir: Path | None = None) -> int:
+    """Runs the components; with `tls_dir` (`--tls`), each over TLS with its own certificate
+    from there (made first if there are none)."""
     settings = settings_or_exit()
     started = time.monotonic()
-    components = _components(settings, names, replicas or {})
+    checks = HealthChecks.from_settings(settings)
+    tls_env: dict[str, dict[str, str]] = {}
+    if tls_dir is not None:
+        from launcher import certs  # cryptography, which only --tls needs
+
+        try:
+            if certs.ensure(tls_dir):
+                print(f"invmesh: made a development CA and certificates in {tls_dir}", file=sys.stderr)
+            # up checks the services as the facade calls them, with the facade's certificate.
+            as_facade = load_settings(**certs.settings_of(tls_dir, FACADE))
+        except (OSError, ConfigError) as exc:
+            print(f"invmesh: --tls: {exc}", file=sys.stderr)
+            return 1
+        checks = HealthChecks.from_settings(as_facade, tls_dir / "ca.crt")
+        tls_env = {name: certs.component_env(tls_dir, name) for name in COMPONENTS}
+        if "PUBLIC_URL" not in os.environ and settings.public_url.startswith("http://"):
+            # Verification links lead to the facade, which now speaks HTTPS only.
+            https = "https://" + settings.public_url.removeprefix("http://")
+            tls_env = {name: env | {"PUBLIC_URL": https} for name, env in tls_env.items()}
+    components = _components(settings, names, replicas or {}, tls_env)
     if problems := _listen_problems(_listeners(settings, components)):
         print("\n".join(problems), file=sys.stderr)
         return 1
@@ -340,4 +406,4 @@ async def up(names: list[str], replicas: dict[str, int] | None = None) -> int:
     migrating = [name for name in names if name in SERVICES and settings.auto_migrate(name)]
     if migrating and await migrate(migrating, tell_current=False):
         return 1
-    return await Supervisor(settings, components).run(started)
+    return await Supervisor(settings, components, checks).run(started)

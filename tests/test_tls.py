@@ -5,6 +5,7 @@ plaintext probe listener answers health checks only, and grpcurl speaks to an mT
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import socket
@@ -15,19 +16,26 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import cast
+from urllib.parse import urlsplit
 
 import grpc
+import httpx
 import pytest
 from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
+from facade.app import create_app
 from launcher import certs
+from launcher.cli import main as invmesh
 from mesh.clients import channel, channel_credentials, health_stub
 from mesh.config import ConfigError, Settings, load_settings
 from mesh.server import MeshServer
 from mesh.tls import KeyPair
 from mesh.tokens import TokenVerifier
+from tests.facade.conftest import serving
+from tests.test_supervisor import admin_token, invmesh_up, up_env
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -274,3 +282,156 @@ async def test_a_comma_list_of_tls_replicas_is_checked_for_its_host_name(tls_dir
         for host in ("127.0.0.1", "localhost"):
             replicas = f"{host}:{first.port},{host}:{second.port}"
             assert await check(replicas, credentials) == SERVING
+
+
+# --- invmesh up --tls: every hop ---
+
+
+@pytest.mark.slow
+async def test_up_with_tls_serves_the_journey_over_https_and_mtls(tmp_path: Path) -> None:
+    """`invmesh up --tls` makes the certificates, and the whole system serves over them: an
+    HTTPS client → the facade → mTLS gRPC → the services (and between them)."""
+    env = up_env(tmp_path / "data")
+    env["PUBLIC_URL"] = env["PUBLIC_URL"].replace("http://", "https://")
+    tls = tmp_path / "data" / "tls"
+    async with invmesh_up(env, "--tls") as up:
+        await up.line("all healthy")
+        facade = await up.line("facade is serving on")
+        assert f"https://127.0.0.1:{env['FACADE_PORTS']}" in facade
+        assert any(f"made a development CA and certificates in {tls}" in line for line in up.said)
+        for name in ("auth", "products", "inventory"):
+            mode = (tls / name / "tls.key").stat().st_mode & 0o777
+            assert mode == 0o600, name
+            # The services refuse plaintext, and clients without a certificate.
+            with pytest.raises(grpc.aio.AioRpcError):
+                await kubelet_check(up.address(name))
+            with pytest.raises(grpc.aio.AioRpcError):
+                await check(up.address(name), channel_credentials(client_settings(tls / "ca.crt")))
+        base = f"https://127.0.0.1:{env['FACADE_PORTS']}"
+        verified = ssl.create_default_context(cafile=tls / "ca.crt")
+        async with httpx.AsyncClient(base_url=base, verify=verified, timeout=10) as http:
+            token = await admin_token(http, tmp_path / "data" / "outbox")
+            staff = {"authorization": f"Bearer {token}"}
+            product = {"sku": "TLS-1", "name": "Sealed", "price": "1.50"}
+            created = await http.post("/products", json=product, headers=staff)
+            assert created.status_code == 201, created.text
+            pid = created.json()["id"]
+            # inventory checks the product with products: a call between services, over mTLS
+            movement = {"product_id": pid, "type": "IN", "quantity": 5}
+            moved = await http.post("/inventory", json=movement, headers=staff)
+            assert moved.status_code == 201, moved.text
+            # and reports the stock to products, another
+            async with asyncio.timeout(10):
+                while (await http.get(f"/products/{pid}", headers=staff)).json().get("stock") != 5:
+                    await asyncio.sleep(0.1)
+        with pytest.raises(httpx.HTTPError):  # HTTPS only
+            async with httpx.AsyncClient(timeout=5) as plain:
+                await plain.get(f"http://127.0.0.1:{env['FACADE_PORTS']}/healthz")
+
+
+# --- the facade's HTTPS ---
+
+
+async def test_the_facade_serves_https_and_a_renewed_certificate_without_a_restart(tmp_path: Path) -> None:
+    certs.init(tmp_path)
+    ca = tmp_path / "ca.crt"
+    settings = load_settings(
+        invmesh_data_dir=tmp_path,
+        facade_tls_cert_file=tmp_path / "facade" / "tls.crt",
+        facade_tls_key_file=tmp_path / "facade" / "tls.key",
+        facade_max_head_bytes=4096,
+    )
+    async with serving(create_app(settings), settings=settings) as url:
+        port = urlsplit(url).port
+        assert port is not None
+        verified = ssl.create_default_context(cafile=ca)
+        async with httpx.AsyncClient(base_url=f"https://localhost:{port}", verify=verified) as http:
+            assert (await http.get("/healthz")).json() == {"status": "SERVING"}
+            # facade.limits' protocol keeps its limits under TLS: a head too large gets 431.
+            refused = await http.get("/healthz", headers={"x-big": "x" * 8192})
+            assert refused.status_code == 431
+        with pytest.raises(httpx.HTTPError):
+            async with httpx.AsyncClient() as plain:
+                await plain.get(f"http://127.0.0.1:{port}/healthz")
+        first = x509.load_pem_x509_certificate((tmp_path / "facade" / "tls.crt").read_bytes())
+        assert await asyncio.to_thread(served_serial, port, ca) == first.serial_number
+        renewed = renew(tmp_path, "facade")
+        assert await asyncio.to_thread(served_serial, port, ca) == renewed
+        async with httpx.AsyncClient(base_url=f"https://127.0.0.1:{port}", verify=verified) as http:
+            assert (await http.get("/healthz")).status_code == 200
+
+
+# --- operators ---
+
+
+async def grpcurl(*args: str) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        str(GRPCURL), *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    output, _ = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, output.decode()
+
+
+async def test_grpcurl_lists_and_checks_health_with_a_client_certificate(tls_dir: Path) -> None:
+    async with health_only(server_pair(tls_dir, mtls=True)) as server:
+        address = f"127.0.0.1:{server.port}"
+        tls = ["-cacert", str(tls_dir / "ca.crt")]
+        mtls = [
+            *tls,
+            "-cert",
+            str(tls_dir / "facade" / "tls.crt"),
+            "-key",
+            str(tls_dir / "facade" / "tls.key"),
+        ]
+        status, listed = await grpcurl(*mtls, address, "list")
+        assert status == 0, listed
+        assert {"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= set(listed.split())
+        status, checked = await grpcurl(*mtls, address, "grpc.health.v1.Health/Check")
+        assert status == 0 and json.loads(checked) == {"status": "SERVING"}, checked
+        for refused in (tls, ["-plaintext"]):  # no client certificate; no TLS
+            status, said = await grpcurl(*refused, "-connect-timeout", "2", address, "list")
+            assert status != 0, said
+
+
+def test_certs_init_writes_the_secret_layout_and_refuses_to_overwrite(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as done:
+        invmesh(["certs", "init", str(tmp_path), "--namespace", "shop", "--days", "30"])
+    assert done.value.code == 0
+    said = capsys.readouterr().out
+    ca = x509.load_pem_x509_certificate((tmp_path / "ca.crt").read_bytes())
+    assert (tmp_path / "ca.key").stat().st_mode & 0o777 == 0o600
+    for name in ("auth", "products", "inventory", "facade"):
+        for leaf in ("tls.crt", "tls.key", "ca.crt"):
+            assert f"wrote {tmp_path / name / leaf}" in said
+        assert (tmp_path / name / "tls.key").stat().st_mode & 0o777 == 0o600
+        assert (tmp_path / name / "ca.crt").read_bytes() == (tmp_path / "ca.crt").read_bytes()
+        certificate = x509.load_pem_x509_certificate((tmp_path / name / "tls.crt").read_bytes())
+        certificate.verify_directly_issued_by(ca)
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert set(names.get_values_for_type(x509.DNSName)) == {
+            "localhost",
+            name,
+            f"{name}-headless",
+            f"{name}.shop.svc",
+            f"{name}.shop.svc.cluster.local",
+            f"{name}-headless.shop.svc",
+            f"{name}-headless.shop.svc.cluster.local",
+        }
+        assert {str(ip) for ip in names.get_values_for_type(x509.IPAddress)} == {"127.0.0.1", "::1"}
+        usages = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        assert set(usages) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
+        lifetime = certificate.not_valid_after_utc - certificate.not_valid_before_utc
+        assert 30 <= lifetime.days <= 31
+    before = (tmp_path / "auth" / "tls.crt").read_bytes()
+    with pytest.raises(SystemExit) as again:
+        invmesh(["certs", "init", str(tmp_path)])
+    assert again.value.code == 1
+    assert "--force replaces them" in capsys.readouterr().err
+    assert (tmp_path / "auth" / "tls.crt").read_bytes() == before
+    with pytest.raises(SystemExit) as forced:
+        invmesh(["certs", "init", str(tmp_path), "--force"])
+    assert forced.value.code == 0
+    assert (tmp_path / "auth" / "tls.crt").read_bytes() != before
