@@ -10,7 +10,9 @@ That the manifests wire up (the right env names, ports and Secret keys) is tests
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,12 +24,14 @@ from mesh.config import parse_host_port
 from tests.k8s import (
     BIN,
     COMPONENTS,
+    K8S,
     OVERLAYS,
     ROOT,
     WORKLOADS,
     Obj,
     Rendered,
     container,
+    kustomize,
     pod_spec,
     render,
     render_with_component,
@@ -272,6 +276,23 @@ def test_the_migration_job_is_named_after_the_release(renders: dict[str, Rendere
         assert container(job)["args"] == ["migrate"]
         for deployment in renders[overlay].of_kind("Deployment"):
             assert container(deployment)["image"] == image
+
+
+def test_a_new_release_gets_a_new_migration_job(tmp_path: Path) -> None:
+    """The tag an overlay sets (`kustomize edit set image`) names the Job, and the base's tag is
+    the project's version."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    base = yaml.safe_load((K8S / "base" / "kustomization.yaml").read_text())
+    assert base["images"] == [{"name": "invmesh", "newTag": project}]
+    copy = tmp_path / "k8s"
+    shutil.copytree(K8S, copy)
+    for overlay in OVERLAYS:
+        kustomization = copy / "overlays" / overlay / "kustomization.yaml"
+        image = "  - name: invmesh\n"
+        kustomization.write_text(kustomization.read_text().replace(image, f"{image}    newTag: 9.8.7\n"))
+        (job,) = (obj for obj in kustomize(copy / "overlays" / overlay) if obj["kind"] == "Job")
+        assert job["metadata"]["name"] == "invmesh-migrate-9.8.7"
+        assert container(job)["image"].endswith("/invmesh:9.8.7")
 
 
 def selects(selector: Obj, labels: dict[str, str]) -> bool:
