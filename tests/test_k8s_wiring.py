@@ -29,6 +29,7 @@ import ipaddress
 import os
 import random
 import re
+import shutil
 import signal
 import ssl
 import subprocess
@@ -360,6 +361,27 @@ async def wait_ready(pods: list[Pod], deadline: float) -> None:
             raise WiringError(f"{pod.name}'s liveness probe fails: {alive}")
 
 
+async def refused_before_the_job(cluster: Cluster) -> None:
+    """kubectl apply starts everything at once: a service that finds the schema older than its
+    code (here: none) must exit, not migrate, so the kubelet restarts it until the Job is done."""
+    for deployment in cluster.rendered.of_kind("Deployment"):
+        if deployment["metadata"]["name"] == "facade":
+            continue  # it has no database
+        early = cluster.pod(deployment)
+        done = await asyncio.to_thread(
+            subprocess.run,
+            early.argv,
+            env=early.env,
+            cwd=cluster.root,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if done.returncode == 0 or f"invmesh migrate {early.name}" not in done.stderr:
+            raise WiringError(f"{early.name} did not refuse an unmigrated database:\n{done.stderr[-1500:]}")
+        shutil.rmtree(cluster.root / early.name)  # the volumes of a pod that is gone
+
+
 @asynccontextmanager
 async def running(
     objects: list[Obj],
@@ -367,6 +389,7 @@ async def running(
     root: Path,
     smtp_servers: list[SmtpServer],
     deadline: float = PROBE_DEADLINE,
+    before_the_job: bool = False,
 ) -> AsyncIterator[Cluster]:
     """The overlay's workloads as processes: the Job to the end, then the Deployments, ready."""
     cluster = Cluster(objects, certificates, root)
@@ -384,6 +407,8 @@ async def running(
         smtp_servers.append(smtp)
 
         (job,) = cluster.rendered.of_kind("Job")
+        if before_the_job:
+            await refused_before_the_job(cluster)
         migrate = cluster.pod(job)
         done = await asyncio.to_thread(
             subprocess.run,
@@ -469,7 +494,7 @@ def certificates(tmp_path_factory: pytest.TempPathFactory) -> list[Obj]:
 
 async def test_the_dev_overlay_wires_up(dev: list[Obj], certificates: list[Obj], tmp_path: Path) -> None:
     smtp: list[SmtpServer] = []
-    async with running(dev, certificates, tmp_path, smtp) as cluster:
+    async with running(dev, certificates, tmp_path, smtp, before_the_job=True) as cluster:
         await journey(cluster, smtp[0])
         # Pods stop within their terminationGracePeriodSeconds when the kubelet says so: the
         # services with status 0, the facade as uvicorn does, by the SIGTERM it re-raises (143).
