@@ -374,3 +374,25 @@ def test_cert_manager_makes_the_mounted_secrets(renders: dict[str, Rendered]) ->
             rendered.get("Certificate", "invmesh-ca")["spec"]["secretName"]
             == issuer["spec"]["ca"]["secretName"]
         )
+
+
+def test_certs_init_and_cert_manager_issue_the_same_names(
+    renders: dict[str, Rendered], tmp_path: Path
+) -> None:
+    """Secrets made by hand (`invmesh certs init`) and by the component are interchangeable."""
+    from cryptography import x509
+
+    made = subprocess.run(
+        [str(BIN / "invmesh"), "certs", "init", str(tmp_path / "certs")],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert made.returncode == 0, made.stderr
+    for name in WORKLOADS:
+        assert {p.name for p in (tmp_path / "certs" / name).iterdir()} == {"tls.crt", "tls.key", "ca.crt"}
+        cert = x509.load_pem_x509_certificate((tmp_path / "certs" / name / "tls.crt").read_bytes())
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        spec = renders["cert-manager"].get("Certificate", f"invmesh-{name}")["spec"]
+        assert set(names.get_values_for_type(x509.DNSName)) == set(spec["dnsNames"])
+        assert {str(ip) for ip in names.get_values_for_type(x509.IPAddress)} == set(spec["ipAddresses"])
