@@ -180,7 +180,8 @@ class Inbox:
 
 
 class SmtpServer:
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
+        self.host = host
         self.port = port
         self.inbox = Inbox()
         self._server: asyncio.Server | None = None
@@ -188,7 +189,7 @@ class SmtpServer:
 
     @property
     def url(self) -> str:
-        return f"smtp://127.0.0.1:{self.port}"
+        return f"smtp://{self.host}:{self.port}"
 
     @property
     def is_serving(self) -> bool:
@@ -201,7 +202,7 @@ class SmtpServer:
             self._sessions.append(SMTP(self.inbox, loop=loop))
             return self._sessions[-1]
 
-        self._server = await loop.create_server(session, "127.0.0.1", self.port)
+        self._server = await loop.create_server(session, self.host, self.port)
 
     async def stop(self) -> None:
         if self._server is not None:
