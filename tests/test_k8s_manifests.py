@@ -126,6 +126,11 @@ def test_each_workload_is_probed_hardened_and_sized(renders: dict[str, Rendered]
     for name, deployment in deployments(rendered).items():
         box = container(deployment)
         ports = {port["name"]: port["containerPort"] for port in box["ports"]}
+        # Each process serves /metrics where its <NAME>_METRICS_ADDR says, and the pod says so.
+        (_, metrics_port) = parse_host_port(settings[f"{name.upper()}_METRICS_ADDR"])
+        assert ports.pop("metrics") == metrics_port
+        annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/port"] == str(metrics_port)
         if name == "facade":
             assert box["livenessProbe"]["httpGet"]["path"] == "/healthz"
             assert box["readinessProbe"]["httpGet"]["path"] == "/readyz"

@@ -481,6 +481,25 @@ async def journey(cluster: Cluster, smtp: SmtpServer) -> None:
                 await asyncio.sleep(0.1)
 
 
+async def scraped(cluster: Cluster) -> None:
+    """Prometheus finds each pod's metrics where the pod declares them: its `metrics` port and
+    its prometheus.io annotations, after the journey's traffic."""
+    expected = {"facade": 'http_requests_total{handler="/products",method="POST",status="201"}'}
+    async with httpx.AsyncClient(timeout=5) as http:
+        for deployment in cluster.rendered.of_kind("Deployment"):
+            name = deployment["metadata"]["name"]
+            pod = next(p for p in cluster.pods if p.name == name)
+            annotations = deployment["spec"]["template"]["metadata"].get("annotations", {})
+            if annotations.get("prometheus.io/scrape") != "true":
+                raise WiringError(f"{name}: no prometheus.io/scrape annotation")
+            port = pod.port(int(annotations["prometheus.io/port"]))
+            if port != pod.port("metrics"):
+                raise WiringError(f"{name}: prometheus.io/port {port} is not its metrics port")
+            reply = await http.get(f"http://{pod.ip}:{port}{annotations['prometheus.io/path']}")
+            assert reply.status_code == 200, (name, reply.text)
+            assert expected.get(name, 'grpc_server_handled_total{grpc_code="OK"') in reply.text, name
+
+
 @pytest.fixture(scope="module")
 def dev() -> list[Obj]:
     return render("dev")
@@ -496,6 +515,7 @@ async def test_the_dev_overlay_wires_up(dev: list[Obj], certificates: list[Obj],
     smtp: list[SmtpServer] = []
     async with running(dev, certificates, tmp_path, smtp, before_the_job=True) as cluster:
         await journey(cluster, smtp[0])
+        await scraped(cluster)
         # Pods stop within their terminationGracePeriodSeconds when the kubelet says so: the
         # services with status 0, the facade as uvicorn does, by the SIGTERM it re-raises (143).
         statuses = await asyncio.to_thread(cluster.stop_all, True)
