@@ -165,6 +165,11 @@ def settings_env(
     env = {
         **urls,
         **{f"{service.upper()}_ADDR": address for service, address in listen.items()},
+        # Each role's metrics on a free port of the host's network, not on the machine's 9100-9103.
+        **{
+            f"{name}_METRICS_ADDR": f"127.0.0.1:{free_port()}"
+            for name in ("FACADE", "AUTH", "PRODUCTS", "INVENTORY")
+        },
         "FACADE_HOST": "127.0.0.1",  # the host's network: not every interface of the machine
         "FACADE_PORTS": str(facade_port),
         "PUBLIC_URL": f"http://127.0.0.1:{facade_port}",
