@@ -110,6 +110,7 @@ def test_promtool_checks_and_tests_the_rules() -> None:
         if os.environ.get("CI"):
             pytest.fail("promtool missing: deploy/observability/check.sh installs it")
         pytest.skip("promtool missing: run deploy/observability/check.sh as root")
-    for args in (["check", "rules", "alerts.yaml"], ["test", "rules", "alerts.test.yaml"]):
+    checks = [["check", "config", "prometheus.yml"], ["check", "rules", "alerts.yaml"]]
+    for args in [*checks, ["test", "rules", "alerts.test.yaml"]]:
         result = subprocess.run(["promtool", *args], cwd=HERE, capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stdout + result.stderr

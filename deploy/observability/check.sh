@@ -15,5 +15,6 @@ if ! command -v promtool >/dev/null; then
         systemctl disable --now prometheus
     fi
 fi
+promtool check config prometheus.yml
 promtool check rules alerts.yaml
 promtool test rules alerts.test.yaml
