@@ -44,7 +44,7 @@ lint: $(VENV)/.installed
 	$(BIN)/mypy
 	$(BIN)/python -m launcher.codegen --lint
 	$(BIN)/hadolint deploy/image/Containerfile
-	$(BIN)/shellcheck deploy/image/build.sh .ci/run
+	$(BIN)/shellcheck deploy/image/build.sh deploy/observability/check.sh .ci/run
 
 ## image: build the OCI image localhost/invmesh:<version> (and :latest) with podman
 ##        (deploy/image/build.sh: installs podman, runc and mmdebstrap from Debian when missing
