@@ -14,7 +14,10 @@ import pytest
 import yaml
 from prometheus_client import REGISTRY
 
-HERE = Path(__file__).resolve().parent.parent / "deploy" / "observability"
+from tests.test_docs import _anchors
+
+ROOT = Path(__file__).resolve().parent.parent
+HERE = ROOT / "deploy" / "observability"
 
 # Modules whose import registers invmesh's metrics in the default registry.
 METRIC_MODULES = ["mesh.metrics", "mesh.tokens", "facade.middleware", "auth.accounts", "inventory.stock"]
@@ -95,6 +98,7 @@ def test_dashboard_uses_only_registered_metrics() -> None:
 
 def test_rules_use_only_registered_metrics_and_carry_runbooks() -> None:
     records = {r["record"] for r in rules() if "record" in r}
+    operations_anchors = _anchors((ROOT / "docs" / "operations.md").read_text())
     known = registered() | NOT_YET_REGISTERED | PROMETHEUS_SERIES | records
     for rule in rules():
         assert metric_names(rule["expr"]) - known == set(), rule
@@ -102,6 +106,7 @@ def test_rules_use_only_registered_metrics_and_carry_runbooks() -> None:
             assert rule["for"] and rule["labels"]["severity"] in {"critical", "warning", "info"}
             anchor = "alert-" + rule["alert"].lower()
             assert rule["annotations"]["runbook"] == f"docs/operations.md#{anchor}"
+            assert anchor in operations_anchors, f"docs/operations.md has no heading for {anchor}"
             assert rule["annotations"]["summary"] and rule["annotations"]["description"]
 
 
