@@ -17,7 +17,6 @@ from auth.servicer import AuthServicer
 from invmesh.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
 from mesh.config import Settings
 from mesh.db import open_database
-from mesh.health import DatabaseWatch
 from mesh.server import MeshServer, Servicer
 from mesh.tokens import TokenVerifier
 
@@ -69,8 +68,10 @@ async def running(settings: Settings, *, address: str | None = None) -> AsyncIte
                 ServiceClients.from_settings(keys, settings),
             ),
         )
-        yield await MeshServer(
-            [servicer],
+        yield await MeshServer.of_service(
+            "auth",
+            servicer,
+            settings,
             address=address or settings.auth_addr,
             verifier=TokenVerifier(
                 keys,
@@ -78,14 +79,7 @@ async def running(settings: Settings, *, address: str | None = None) -> AsyncIte
                 audience=settings.jwt_audience,
                 clock_skew=settings.token_clock_skew_seconds,
             ),
-            grace_seconds=settings.shutdown_grace_seconds,
-            lame_duck_seconds=settings.shutdown_lame_duck_seconds,
-            max_connection_age_seconds=settings.grpc_max_connection_age_seconds,
-            max_connection_age_grace_seconds=settings.grpc_max_connection_age_grace_seconds,
-            tls=settings.grpc_server_tls,
-            probe_address=settings.grpc_probe_addr,
-            metrics=settings.metrics_address("auth") is not None,
-            database_watch=DatabaseWatch.from_settings(db, settings),
+            database=db,
         ).start_in(stack)
 
 

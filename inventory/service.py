@@ -15,7 +15,6 @@ from invmesh.products.v1 import products_service_pb2_grpc
 from mesh.clients import channel_credentials, open_channel
 from mesh.config import Settings
 from mesh.db import open_database
-from mesh.health import DatabaseWatch
 from mesh.server import MeshServer, Servicer
 from mesh.service_token import ServiceToken
 from mesh.tokens import verifier_via_auth
@@ -50,16 +49,11 @@ async def running(settings: Settings, *, address: str | None = None) -> AsyncIte
             inventory_service_pb2_grpc.add_InventoryServiceServicer_to_server,
             InventoryServicer(inventory),
         )
-        yield await MeshServer(
-            [servicer],
+        yield await MeshServer.of_service(
+            "inventory",
+            servicer,
+            settings,
             address=address or settings.inventory_addr,
             verifier=verifier_via_auth(auth, settings),
-            grace_seconds=settings.shutdown_grace_seconds,
-            lame_duck_seconds=settings.shutdown_lame_duck_seconds,
-            max_connection_age_seconds=settings.grpc_max_connection_age_seconds,
-            max_connection_age_grace_seconds=settings.grpc_max_connection_age_grace_seconds,
-            tls=settings.grpc_server_tls,
-            probe_address=settings.grpc_probe_addr,
-            metrics=settings.metrics_address("inventory") is not None,
-            database_watch=DatabaseWatch.from_settings(db, settings),
+            database=db,
         ).start_in(stack)

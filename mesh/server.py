@@ -39,6 +39,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from mesh import access, tracing
+from mesh.config import Settings
+from mesh.db import Database
 from mesh.health import DatabaseWatch
 from mesh.interceptors import AuthInterceptor, RequestInterceptor
 from mesh.metrics import ServerMetrics
@@ -160,6 +162,34 @@ class MeshServer:
         )
         self.port = 0
         self.probe_port = 0
+
+    @classmethod
+    def of_service(
+        cls,
+        name: str,
+        servicer: Servicer[Any],
+        settings: Settings,
+        *,
+        address: str,
+        verifier: TokenVerifier,
+        database: Database,
+    ) -> MeshServer:
+        """The server of the service `name` (`auth`, `products`, `inventory`) as the settings
+        configure it: shutdown, connection age, TLS, the probe listener, metrics, and readiness
+        following `database`."""
+        return cls(
+            [servicer],
+            address=address,
+            verifier=verifier,
+            grace_seconds=settings.shutdown_grace_seconds,
+            lame_duck_seconds=settings.shutdown_lame_duck_seconds,
+            max_connection_age_seconds=settings.grpc_max_connection_age_seconds,
+            max_connection_age_grace_seconds=settings.grpc_max_connection_age_grace_seconds,
+            tls=settings.grpc_server_tls,
+            probe_address=settings.grpc_probe_addr,
+            metrics=settings.metrics_address(name) is not None,
+            database_watch=DatabaseWatch.from_settings(database, settings),
+        )
 
     async def start(self) -> None:
         for servicer in self._servicers:
