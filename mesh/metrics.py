@@ -26,7 +26,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeAlias, TypeVar, cast
 
 import grpc
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, disable_created_metrics
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.exposition import choose_encoder
 
 from mesh.config import join_host_port
@@ -227,6 +227,15 @@ OUTBOX_DELIVERIES = Counter(
     "invmesh_outbox_deliveries_total",
     "Outbox rows delivered or failed (to be retried), by relay (mail, retirement).",
     ["relay", "result"],
+)
+
+OUTBOX_BACKLOG = Gauge(
+    "invmesh_outbox_backlog", "Outbox rows waiting for delivery, by relay (mail, retirement).", ["relay"]
+)
+OUTBOX_OLDEST_AGE = Gauge(
+    "invmesh_outbox_oldest_age_seconds",
+    "Age of the oldest outbox row waiting for delivery (0 when none), by relay.",
+    ["relay"],
 )
 
 

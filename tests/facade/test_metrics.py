@@ -269,3 +269,28 @@ async def test_throttled_logins_and_delivered_mail_are_counted(
     login = grpc_labels("invmesh.auth.v1.AuthService", "Login", grpc_code="ResourceExhausted")
     assert deltas(before, after, "grpc_server_handled_total", **login) == 1
     assert "met@example.com" not in text
+
+
+async def test_the_mail_outbox_backlog_and_its_age_while_smtp_is_down(
+    settings: Settings, smtp: SmtpServer, scrape: httpx.AsyncClient
+) -> None:
+    """SMTP down: the welcome mail waits, backlog 1 and an age that grows; SMTP back: both 0."""
+    quick = settings.model_copy(update={"mail_retry_initial_seconds": 0.1, "mail_retry_max_seconds": 0.3})
+    async with running_auth(quick, address="127.0.0.1:0") as server:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = auth_service_pb2_grpc.AuthServiceStub(channel)
+            await smtp.stop()
+            await stub.Register(auth_pb.RegisterRequest(email="lag@example.com", password="lag-password"))
+            async with asyncio.timeout(10):
+                while value((await scraped(scrape))[1], "invmesh_outbox_backlog", relay="mail") != 1:
+                    await asyncio.sleep(0.1)
+            first = value((await scraped(scrape))[1], "invmesh_outbox_oldest_age_seconds", relay="mail")
+            await asyncio.sleep(0.5)
+            later = value((await scraped(scrape))[1], "invmesh_outbox_oldest_age_seconds", relay="mail")
+            assert 0 < first < later
+            await smtp.start()
+            await smtp.inbox.mail_to("lag@example.com")
+            async with asyncio.timeout(10):
+                while value((await scraped(scrape))[1], "invmesh_outbox_backlog", relay="mail") != 0:
+                    await asyncio.sleep(0.1)
+            assert value((await scraped(scrape))[1], "invmesh_outbox_oldest_age_seconds", relay="mail") == 0
