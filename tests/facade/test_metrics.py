@@ -17,6 +17,7 @@ import grpc
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import text as sql
 
 from auth.service import running as running_auth
 from invmesh.auth.v1 import auth_service_pb2 as auth_pb
@@ -24,6 +25,7 @@ from invmesh.auth.v1 import auth_service_pb2_grpc
 from invmesh.products.v1 import products_service_pb2 as pb
 from mesh import metrics
 from mesh.config import Settings
+from mesh.db import Database
 from tests.conftest import SmtpServer
 from tests.facade.conftest import Web
 from tests.test_supervisor import invmesh_up, up_env
@@ -294,3 +296,25 @@ async def test_the_mail_outbox_backlog_and_its_age_while_smtp_is_down(
                 while value((await scraped(scrape))[1], "invmesh_outbox_backlog", relay="mail") != 0:
                     await asyncio.sleep(0.1)
             assert value((await scraped(scrape))[1], "invmesh_outbox_oldest_age_seconds", relay="mail") == 0
+
+
+async def test_the_pool_gauges_show_a_connection_held_by_an_open_transaction(
+    settings: Settings, scrape: httpx.AsyncClient
+) -> None:
+    """A transaction held open is one connection in use; once it ends, the connection is idle."""
+    db = Database.for_service(settings, "auth")
+    try:
+        async with db.session() as warm:  # one connection made, so the pool holds it after
+            await warm.execute(sql("SELECT 1"))
+        _, before = await scraped(scrape)
+        async with db.transaction() as session:
+            await session.execute(sql("SELECT 1"))
+            _, during = await scraped(scrape)
+        _, after = await scraped(scrape)
+    finally:
+        await db.dispose()
+    assert deltas(before, during, "invmesh_db_pool_in_use") == 1
+    assert deltas(before, during, "invmesh_db_pool_idle") == -1
+    assert deltas(before, after, "invmesh_db_pool_in_use") == 0
+    assert deltas(before, after, "invmesh_db_pool_idle") == 0
+    assert value(during, "invmesh_db_pool_overflow") == 0
