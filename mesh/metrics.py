@@ -238,6 +238,14 @@ OUTBOX_OLDEST_AGE = Gauge(
     ["relay"],
 )
 
+STOCK_FEED_BACKLOG = Gauge(
+    "invmesh_stock_feed_backlog", "Inventory items whose stock products has not yet been told."
+)
+STOCK_FEED_LAG = Gauge(
+    "invmesh_stock_feed_lag_seconds",
+    "Age of the oldest stock change products has not yet been told (0 when caught up).",
+)
+
 
 def client_method(full_method: str) -> MethodMetrics:
     """The `grpc_client_*` children of a method, for a caller that records its calls itself."""
