@@ -246,6 +246,12 @@ STOCK_FEED_LAG = Gauge(
     "Age of the oldest stock change products has not yet been told (0 when caught up).",
 )
 
+CHANGE_LOG_LAG = Gauge(
+    "invmesh_change_log_lag_seconds",
+    "Seconds since this products process's cache invalidation last read to the end of the product "
+    "change log (0 when caught up).",
+)
+
 
 def client_method(full_method: str) -> MethodMetrics:
     """The `grpc_client_*` children of a method, for a caller that records its calls itself."""

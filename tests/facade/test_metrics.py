@@ -26,7 +26,10 @@ from invmesh.products.v1 import products_service_pb2 as pb
 from mesh import metrics
 from mesh.config import Settings
 from mesh.db import Database
-from tests.conftest import SmtpServer
+from mesh.errors import DatabaseUnavailable
+from products.change_watch import ChangeWatch
+from products.service import running as running_products
+from tests.conftest import SmtpServer, free_port
 from tests.facade.conftest import Web
 from tests.test_supervisor import invmesh_up, up_env
 
@@ -318,3 +321,30 @@ async def test_the_pool_gauges_show_a_connection_held_by_an_open_transaction(
     assert deltas(before, after, "invmesh_db_pool_in_use") == 0
     assert deltas(before, after, "invmesh_db_pool_idle") == 0
     assert value(during, "invmesh_db_pool_overflow") == 0
+
+
+async def test_the_change_log_lag_grows_while_the_log_cannot_be_read(
+    settings: Settings, scrape: httpx.AsyncClient
+) -> None:
+    """A watch whose database is unreachable falls behind, by a lag that grows; one that reads
+    to the end of the log is caught up, 0."""
+    lag = "invmesh_change_log_lag_seconds"
+    async with running_products(settings, address="127.0.0.1:0"):  # migrates its database
+        pass
+    unreachable = Database(f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/none", connect_timeout=1)
+    reachable = Database.for_service(settings, "products")
+
+    def watch(db: Database) -> ChangeWatch:
+        return ChangeWatch(db, lambda _: None, own_writer="w", retention=60, retry_initial=1, retry_max=1)
+
+    try:
+        with pytest.raises(DatabaseUnavailable):
+            await watch(unreachable).poll()
+        first = value((await scraped(scrape))[1], lag)
+        await asyncio.sleep(0.3)
+        assert 0 < first < value((await scraped(scrape))[1], lag)
+        await watch(reachable).poll()
+        assert value((await scraped(scrape))[1], lag) == 0
+    finally:
+        await unreachable.dispose()
+        await reachable.dispose()
