@@ -44,7 +44,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import URL, Connection, Dialect, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker, create_async_engine
-from sqlalchemy.pool import ConnectionPoolEntry, QueuePool
+from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, QueuePool
 from sqlalchemy.types import TypeEngine
 
 from mesh import revisions, tracing
@@ -151,6 +151,7 @@ class Database:
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         else:
             options = {
+                "poolclass": _CountedPool,
                 "pool_pre_ping": True,
                 "pool_size": pool_size,
                 "max_overflow": max_overflow,
@@ -269,6 +270,20 @@ class Database:
         return self.engine.url.render_as_string(hide_password=True)
 
 
+class _CountedPool(AsyncAdaptedQueuePool):
+    """SQLAlchemy's pool for asyncio, counting the calls inside a checkout: those waiting for
+    a connection to be returned, or to be made (SQLAlchemy has no such figure)."""
+
+    waiting = 0
+
+    def _do_get(self) -> ConnectionPoolEntry:
+        self.waiting += 1
+        try:
+            return super()._do_get()
+        finally:
+            self.waiting -= 1
+
+
 class _PoolCollector(Collector):
     """`invmesh_db_pool_*`, read from the pools of this process's databases at scrape time:
     no work per request. Only a queue pool (PostgreSQL, MariaDB, and SQLite files, which
@@ -288,6 +303,13 @@ class _PoolCollector(Collector):
             idle.add_metric([], sum(pool.checkedin() for pool in queued))
             overflow.add_metric([], sum(max(pool.overflow(), 0) for pool in queued))
             yield from (in_use, idle, overflow)
+        counted = [pool for pool in pools if isinstance(pool, _CountedPool)]
+        if counted:
+            yield GaugeMetricFamily(
+                "invmesh_db_pool_waiting",
+                "Calls waiting for a database connection (to be returned to the pool, or made).",
+                value=sum(pool.waiting for pool in counted),
+            )
 
 
 _POOLS: weakref.WeakSet[Database] = weakref.WeakSet()

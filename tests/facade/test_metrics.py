@@ -348,3 +348,24 @@ async def test_the_change_log_lag_grows_while_the_log_cannot_be_read(
     finally:
         await unreachable.dispose()
         await reachable.dispose()
+
+
+async def test_the_pool_counts_a_call_waiting_for_its_only_connection(
+    settings: Settings, scrape: httpx.AsyncClient
+) -> None:
+    """A pool of one held by a transaction: a second call waits, counted; then none does."""
+    if settings.database_url("auth").startswith("sqlite"):
+        pytest.skip("SQLite has no queue of connections to wait in")
+    db = Database(settings.database_url("auth"), pool_size=1, max_overflow=0, pool_timeout=10)
+    try:
+        async with db.transaction() as session:
+            await session.execute(sql("SELECT 1"))
+            second = asyncio.create_task(db.fetch(sql("SELECT 1")))
+            await asyncio.sleep(0.3)
+            _, during = await scraped(scrape)
+        await second
+        _, after = await scraped(scrape)
+    finally:
+        await db.dispose()
+    assert value(during, "invmesh_db_pool_waiting") == 1
+    assert value(after, "invmesh_db_pool_waiting") == 0
