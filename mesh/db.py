@@ -30,17 +30,21 @@ import contextlib
 import datetime as dt
 import importlib
 import logging
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from prometheus_client import REGISTRY
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 from sqlalchemy import BigInteger, DateTime, Executable, Integer, Row, Select, TypeDecorator, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import URL, Connection, Dialect, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker, create_async_engine
-from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, QueuePool
 from sqlalchemy.types import TypeEngine
 
 from mesh import revisions, tracing
@@ -147,6 +151,7 @@ class Database:
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         else:
             options = {
+                "poolclass": _CountedPool,
                 "pool_pre_ping": True,
                 "pool_size": pool_size,
                 "max_overflow": max_overflow,
@@ -175,6 +180,7 @@ class Database:
             asyncio.Lock() if self.is_sqlite else contextlib.nullcontext()
         )
         self._when_unavailable: list[Callable[[], None]] = []
+        _POOLS.add(self)
 
     @classmethod
     def for_service(cls, settings: Settings, service: str) -> Database:
@@ -262,6 +268,52 @@ class Database:
     def describe(self) -> str:
         """The URL with any password hidden, for logs."""
         return self.engine.url.render_as_string(hide_password=True)
+
+
+class _CountedPool(AsyncAdaptedQueuePool):
+    """SQLAlchemy's pool for asyncio, counting the calls inside a checkout: those waiting for
+    a connection to be returned, or to be made (SQLAlchemy has no such figure)."""
+
+    waiting = 0
+
+    def _do_get(self) -> ConnectionPoolEntry:
+        self.waiting += 1
+        try:
+            return super()._do_get()
+        finally:
+            self.waiting -= 1
+
+
+class _PoolCollector(Collector):
+    """`invmesh_db_pool_*`, read from the pools of this process's databases at scrape time:
+    no work per request. Only a queue pool (PostgreSQL, MariaDB, and SQLite files, which
+    SQLAlchemy 2 pools the same way) has these figures; a database without one (SQLite in
+    memory, a static pool) adds nothing rather than zeros that would not be true."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        in_use = GaugeMetricFamily("invmesh_db_pool_in_use", "Database connections checked out of the pool.")
+        idle = GaugeMetricFamily("invmesh_db_pool_idle", "Database connections idle in the pool.")
+        overflow = GaugeMetricFamily(
+            "invmesh_db_pool_overflow", "Database connections open beyond the pool's size (max_overflow)."
+        )
+        pools = [db.engine.pool for db in list(_POOLS)]
+        queued = [pool for pool in pools if isinstance(pool, QueuePool)]
+        if queued:
+            in_use.add_metric([], sum(pool.checkedout() for pool in queued))
+            idle.add_metric([], sum(pool.checkedin() for pool in queued))
+            overflow.add_metric([], sum(max(pool.overflow(), 0) for pool in queued))
+            yield from (in_use, idle, overflow)
+        counted = [pool for pool in pools if isinstance(pool, _CountedPool)]
+        if counted:
+            yield GaugeMetricFamily(
+                "invmesh_db_pool_waiting",
+                "Calls waiting for a database connection (to be returned to the pool, or made).",
+                value=sum(pool.waiting for pool in counted),
+            )
+
+
+_POOLS: weakref.WeakSet[Database] = weakref.WeakSet()
+REGISTRY.register(_PoolCollector())
 
 
 def translate(error: Exception) -> Exception:

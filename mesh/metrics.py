@@ -26,7 +26,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeAlias, TypeVar, cast
 
 import grpc
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, disable_created_metrics
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.exposition import choose_encoder
 
 from mesh.config import join_host_port
@@ -227,6 +227,29 @@ OUTBOX_DELIVERIES = Counter(
     "invmesh_outbox_deliveries_total",
     "Outbox rows delivered or failed (to be retried), by relay (mail, retirement).",
     ["relay", "result"],
+)
+
+OUTBOX_BACKLOG = Gauge(
+    "invmesh_outbox_backlog", "Outbox rows waiting for delivery, by relay (mail, retirement).", ["relay"]
+)
+OUTBOX_OLDEST_AGE = Gauge(
+    "invmesh_outbox_oldest_age_seconds",
+    "Age of the oldest outbox row waiting for delivery (0 when none), by relay.",
+    ["relay"],
+)
+
+STOCK_FEED_BACKLOG = Gauge(
+    "invmesh_stock_feed_backlog", "Inventory items whose stock products has not yet been told."
+)
+STOCK_FEED_LAG = Gauge(
+    "invmesh_stock_feed_lag_seconds",
+    "Age of the oldest stock change products has not yet been told (0 when caught up).",
+)
+
+CHANGE_LOG_LAG = Gauge(
+    "invmesh_change_log_lag_seconds",
+    "Seconds since this products process's cache invalidation last read to the end of the product "
+    "change log (0 when caught up).",
 )
 
 

@@ -24,7 +24,7 @@ from mesh import tracing
 from mesh.background import BackgroundLoop
 from mesh.db import Database, rowcount, utcnow
 from mesh.errors import describe
-from mesh.metrics import OUTBOX_DELIVERIES
+from mesh.metrics import OUTBOX_BACKLOG, OUTBOX_DELIVERIES, OUTBOX_OLDEST_AGE
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ class OutboxTable(Protocol):
     attempts: InstrumentedAttribute[int]
     next_attempt_at: InstrumentedAttribute[dt.datetime]
     last_error: InstrumentedAttribute[str | None]
+    created_at: InstrumentedAttribute[dt.datetime]
 
 
 Row = TypeVar("Row")
@@ -63,6 +64,15 @@ class OutboxRelay(BackgroundLoop, Generic[Row]):
         self._lease = dt.timedelta(seconds=lease)
         self._delivered = OUTBOX_DELIVERIES.labels(name, "delivered")
         self._failed = OUTBOX_DELIVERIES.labels(name, "failed")
+        # Measured by each round of the relay (the query it makes anyway, with two aggregates
+        # more); the age is computed at scrape time from the oldest row's creation.
+        self._backlog = OUTBOX_BACKLOG.labels(name)
+        self._oldest: dt.datetime | None = None
+        OUTBOX_OLDEST_AGE.labels(name).set_function(self._oldest_age)
+
+    def _oldest_age(self) -> float:
+        oldest = self._oldest
+        return 0.0 if oldest is None else max((utcnow() - oldest).total_seconds(), 0.0)
 
     def held_for_writer(self) -> dt.datetime:
         """The `next_attempt_at` of a row that its writer delivers itself (`deliver_now`): no
@@ -102,10 +112,17 @@ class OutboxRelay(BackgroundLoop, Generic[Row]):
             return 0.0
         with tracing.untraced():
             async with self._db.session() as session:
-                upcoming: dt.datetime | None = await session.scalar(select(func.min(table.next_attempt_at)))
+                upcoming, waiting, oldest = (
+                    await session.execute(
+                        select(func.min(table.next_attempt_at), func.count(), func.min(table.created_at))
+                    )
+                ).one()
+        self._backlog.set(waiting)
+        self._oldest = oldest
         if upcoming is None:
             return self._retry_max
-        return min(max((upcoming - utcnow()).total_seconds(), 0.0), self._retry_max)
+        due_in: float = (upcoming - utcnow()).total_seconds()
+        return min(max(due_in, 0.0), self._retry_max)
 
     async def _due(self) -> list[tuple[object, int]]:
         table = self._table

@@ -26,6 +26,7 @@ from sqlalchemy import bindparam, delete, func, select
 from mesh import tracing
 from mesh.background import BackgroundLoop
 from mesh.db import Database, table_of
+from mesh.metrics import CHANGE_LOG_LAG
 from products.models import ProductChange
 
 POLL = 0.1  # seconds between reads of the log
@@ -91,6 +92,20 @@ class ChangeWatch(BackgroundLoop):
         self._own_writer = own_writer
         self._retention = max(retention, MIN_RETENTION)
         self._cursor = ChangeCursor(0)
+        # Since when the watch has not read to the end of the log (None: it has): a read that
+        # failed or that filled a whole batch. The lag is computed from it at scrape time.
+        self._behind_since: float | None = None
+        CHANGE_LOG_LAG.set_function(self._lag)
+
+    def _lag(self) -> float:
+        behind_since = self._behind_since
+        return 0.0 if behind_since is None else time.monotonic() - behind_since
+
+    def _behind(self, behind: bool) -> None:
+        if not behind:
+            self._behind_since = None
+        elif self._behind_since is None:
+            self._behind_since = time.monotonic()
 
     async def start_at_end(self) -> None:
         """Starts reading after the last change logged: the cache is empty, so nothing before
@@ -100,7 +115,12 @@ class ChangeWatch(BackgroundLoop):
 
     async def poll(self) -> int:
         """Forgets the products changed since the last poll; returns how many changes it read."""
-        rows = await self._db.fetch(_AFTER, {"after": self._cursor.after})
+        try:
+            rows = await self._db.fetch(_AFTER, {"after": self._cursor.after})
+        except Exception:
+            self._behind(True)
+            raise
+        self._behind(len(rows) == BATCH)
         fresh = self._cursor.read(((r.id, r) for r in rows), time.monotonic())
         if others := [r.product_id for r in fresh if r.writer != self._own_writer]:
             self._forget(others)

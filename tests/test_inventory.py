@@ -11,6 +11,7 @@ import grpc
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 from sqlalchemy import func, select, update
 
 from auth.service import running as running_auth
@@ -540,3 +541,53 @@ async def test_crafted_page_tokens_are_refused(mesh: Mesh, position: list[object
         # mypy joins the two (request, method) pairs' types, so each request meets both methods
         error = await expect_error(call(request, metadata=mesh.as_user()), grpc.StatusCode.INVALID_ARGUMENT)  # type: ignore[arg-type]
         assert "page_token" in (error.details() or "")
+
+
+async def test_the_stock_feed_gauges_while_products_is_down(settings: Settings, smtp: SmtpServer) -> None:
+    """Products down after a movement it was not told of: feed backlog 1 and a lag that grows;
+    products back: both 0."""
+    settings = mesh_settings(settings).model_copy(
+        update={
+            "product_check_cache_seconds": 60.0,
+            "outbox_retry_initial_seconds": 0.1,
+            "outbox_retry_max_seconds": 0.3,
+        }
+    )
+
+    def gauge(name: str) -> float:
+        return REGISTRY.get_sample_value(name) or 0.0
+
+    async def backlog_becomes(want: float) -> None:
+        async def read() -> float:
+            return gauge("invmesh_stock_feed_backlog")
+
+        assert await eventually(read, lambda got: got == want) == want
+
+    async with running_auth(settings), running_inventory(settings):
+        async with grpc.aio.insecure_channel(settings.auth_addr) as channel:
+            token = await user_token(
+                auth_service_pb2_grpc.AuthServiceStub(channel), "ops@example.com", smtp.inbox, settings
+            )
+        metadata = (("authorization", f"Bearer {token}"),)
+        async with grpc.aio.insecure_channel(settings.inventory_addr) as channel:
+            inventory = inventory_service_pb2_grpc.InventoryServiceStub(channel)
+            async with (
+                running_products(settings),
+                grpc.aio.insecure_channel(settings.products_addr) as products_channel,
+            ):
+                products = products_service_pb2_grpc.ProductsServiceStub(products_channel)
+                product = products_pb.Product(sku="S-1", name="Screw", price="1")
+                created = await products.CreateProduct(
+                    products_pb.CreateProductRequest(product=product), metadata=metadata
+                )
+                pid = created.product.id
+                await inventory.RecordMovement(move(pid, pb.IN, 5), metadata=metadata)
+                await backlog_becomes(0)
+            await inventory.RecordMovement(move(pid, pb.OUT, 2), metadata=metadata)
+            await backlog_becomes(1)
+            first = gauge("invmesh_stock_feed_lag_seconds")
+            await asyncio.sleep(0.3)
+            assert 0 < first < gauge("invmesh_stock_feed_lag_seconds")
+            async with running_products(settings):
+                await backlog_becomes(0)
+                assert gauge("invmesh_stock_feed_lag_seconds") == 0

@@ -17,6 +17,7 @@ import grpc
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import text as sql
 
 from auth.service import running as running_auth
 from invmesh.auth.v1 import auth_service_pb2 as auth_pb
@@ -24,7 +25,11 @@ from invmesh.auth.v1 import auth_service_pb2_grpc
 from invmesh.products.v1 import products_service_pb2 as pb
 from mesh import metrics
 from mesh.config import Settings
-from tests.conftest import SmtpServer
+from mesh.db import Database
+from mesh.errors import DatabaseUnavailable
+from products.change_watch import ChangeWatch
+from products.service import running as running_products
+from tests.conftest import SmtpServer, free_port
 from tests.facade.conftest import Web
 from tests.test_supervisor import invmesh_up, up_env
 
@@ -269,3 +274,100 @@ async def test_throttled_logins_and_delivered_mail_are_counted(
     login = grpc_labels("invmesh.auth.v1.AuthService", "Login", grpc_code="ResourceExhausted")
     assert deltas(before, after, "grpc_server_handled_total", **login) == 1
     assert "met@example.com" not in text
+
+
+async def test_the_mail_outbox_backlog_and_its_age_while_smtp_is_down(
+    settings: Settings, smtp: SmtpServer, scrape: httpx.AsyncClient
+) -> None:
+    """SMTP down: the welcome mail waits, backlog 1 and an age that grows; SMTP back: both 0."""
+    quick = settings.model_copy(update={"mail_retry_initial_seconds": 0.1, "mail_retry_max_seconds": 0.3})
+    async with running_auth(quick, address="127.0.0.1:0") as server:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = auth_service_pb2_grpc.AuthServiceStub(channel)
+            await smtp.stop()
+            await stub.Register(auth_pb.RegisterRequest(email="lag@example.com", password="lag-password"))
+            async with asyncio.timeout(10):
+                while value((await scraped(scrape))[1], "invmesh_outbox_backlog", relay="mail") != 1:
+                    await asyncio.sleep(0.1)
+            first = value((await scraped(scrape))[1], "invmesh_outbox_oldest_age_seconds", relay="mail")
+            await asyncio.sleep(0.5)
+            later = value((await scraped(scrape))[1], "invmesh_outbox_oldest_age_seconds", relay="mail")
+            assert 0 < first < later
+            await smtp.start()
+            await smtp.inbox.mail_to("lag@example.com")
+            async with asyncio.timeout(10):  # both, from the round after the delivery
+                while (
+                    value(now := (await scraped(scrape))[1], "invmesh_outbox_backlog", relay="mail"),
+                    value(now, "invmesh_outbox_oldest_age_seconds", relay="mail"),
+                ) != (0, 0):
+                    await asyncio.sleep(0.1)
+
+
+async def test_the_pool_gauges_show_a_connection_held_by_an_open_transaction(
+    settings: Settings, scrape: httpx.AsyncClient
+) -> None:
+    """A transaction held open is one connection in use; once it ends, the connection is idle."""
+    db = Database.for_service(settings, "auth")
+    try:
+        async with db.session() as warm:  # one connection made, so the pool holds it after
+            await warm.execute(sql("SELECT 1"))
+        _, before = await scraped(scrape)
+        async with db.transaction() as session:
+            await session.execute(sql("SELECT 1"))
+            _, during = await scraped(scrape)
+        _, after = await scraped(scrape)
+    finally:
+        await db.dispose()
+    assert deltas(before, during, "invmesh_db_pool_in_use") == 1
+    assert deltas(before, during, "invmesh_db_pool_idle") == -1
+    assert deltas(before, after, "invmesh_db_pool_in_use") == 0
+    assert deltas(before, after, "invmesh_db_pool_idle") == 0
+    assert value(during, "invmesh_db_pool_overflow") == 0
+
+
+async def test_the_change_log_lag_grows_while_the_log_cannot_be_read(
+    settings: Settings, scrape: httpx.AsyncClient
+) -> None:
+    """A watch whose database is unreachable falls behind, by a lag that grows; one that reads
+    to the end of the log is caught up, 0."""
+    lag = "invmesh_change_log_lag_seconds"
+    async with running_products(settings, address="127.0.0.1:0"):  # migrates its database
+        pass
+    unreachable = Database(f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/none", connect_timeout=1)
+    reachable = Database.for_service(settings, "products")
+
+    def watch(db: Database) -> ChangeWatch:
+        return ChangeWatch(db, lambda _: None, own_writer="w", retention=60, retry_initial=1, retry_max=1)
+
+    try:
+        with pytest.raises(DatabaseUnavailable):
+            await watch(unreachable).poll()
+        first = value((await scraped(scrape))[1], lag)
+        await asyncio.sleep(0.3)
+        assert 0 < first < value((await scraped(scrape))[1], lag)
+        await watch(reachable).poll()
+        assert value((await scraped(scrape))[1], lag) == 0
+    finally:
+        await unreachable.dispose()
+        await reachable.dispose()
+
+
+async def test_the_pool_counts_a_call_waiting_for_its_only_connection(
+    settings: Settings, scrape: httpx.AsyncClient
+) -> None:
+    """A pool of one held by a transaction: a second call waits, counted; then none does."""
+    if settings.database_url("auth").startswith("sqlite"):
+        pytest.skip("SQLite has no queue of connections to wait in")
+    db = Database(settings.database_url("auth"), pool_size=1, max_overflow=0, pool_timeout=10)
+    try:
+        async with db.transaction() as session:
+            await session.execute(sql("SELECT 1"))
+            second = asyncio.create_task(db.fetch(sql("SELECT 1")))
+            await asyncio.sleep(0.3)
+            _, during = await scraped(scrape)
+        await second
+        _, after = await scraped(scrape)
+    finally:
+        await db.dispose()
+    assert value(during, "invmesh_db_pool_waiting") == 1
+    assert value(after, "invmesh_db_pool_waiting") == 0
