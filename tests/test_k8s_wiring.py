@@ -268,9 +268,11 @@ class Cluster:
         home = folder / "home"
         home.mkdir(parents=True)
         process_env = {"PATH": os.environ["PATH"], "HOME": str(home), "PYTHONUNBUFFERED": "1", **env}
-        # The image's entrypoint is `invmesh`; a `command` would replace it.
-        argv = [*box.get("command", [str(BIN / "invmesh")]), *box.get("args", [])]
-        argv = [self.rewrite(arg, ip, mounts) for arg in argv]
+        argv = [self.rewrite(arg, ip, mounts) for arg in [*box.get("command", []), *box.get("args", [])]]
+        # The image's entrypoint is `invmesh`, here the venv's (a path of this machine, not the
+        # pod's, so never rewritten); a `command` would replace it.
+        if "command" not in box:
+            argv = [str(BIN / "invmesh"), *argv]
         return Pod(name, ip, argv, process_env, box)
 
     def start(self, pod: Pod) -> None:
