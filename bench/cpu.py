@@ -5,6 +5,7 @@ it for each version in turn, alternating, and compare the processes' figures.
     .venv/bin/python -m bench.cpu get-product
     .venv/bin/python -m bench.cpu movement --database postgresql --runs 3
     .venv/bin/python -m bench.cpu get-product --repo ../old   # the code of another checkout
+    .venv/bin/python -m bench.cpu get-product --metrics-off   # what counting metrics costs
 
 After a 2 s warm-up, each run is `wrk` at 64 calls in flight for `--duration` seconds; the CPU of
 every process `invmesh up` started is read from /proc before and after it.
@@ -42,12 +43,16 @@ def main() -> None:
     parser.add_argument(
         "--repo", type=Path, default=REPO, help="the checkout whose code runs (default: this)"
     )
+    parser.add_argument(
+        "--metrics-off", action="store_true", help="blank every *_METRICS_ADDR: nothing counted or served"
+    )
     args = parser.parse_args()
     require_wrk()
     scenario = BY_KEY[args.scenario]
     load = Load(connections=64, duration=args.duration, warmup=2)
     with tempfile.TemporaryDirectory() as tmp, databases(args.database, Path(tmp), args.postgres) as dbs:
-        with invmesh(Path(tmp), dbs.invmesh_env, products=args.products, rounds=4, repo=args.repo) as system:
+        with invmesh(Path(tmp), dbs.invmesh_env, products=args.products, rounds=4, repo=args.repo,
+                     metrics=not args.metrics_off) as system:  # fmt: skip
             ids = Path(tmp) / "ids"
             ids.write_text("\n".join(system.product_ids))
             env = {**scenario.env, "IDS_FILE": str(ids), "TOKEN": system.token}

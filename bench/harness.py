@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import random
 import re
@@ -64,6 +65,7 @@ class Figures:
     answered: int = 0  # responses received (wrk: all of the run's), or calls completed in the window (gRPC)
     non_2xx: int = 0
     socket_errors: int = 0  # wrk: connect, read and write errors and timeouts
+    server_cpu: float = 0.0  # CPU seconds the server's processes used for the run, where measured
 
 
 @dataclass(frozen=True)
@@ -220,6 +222,32 @@ def run_wrk(
 
     warmup = once(load.warmup)
     return warmup, [once(load.duration) for _ in range(repeat)]
+
+
+def alternate_wrk(
+    targets: Sequence[tuple[str, dict[str, str], int]], script: str, load: Load, rounds: int
+) -> list[list[Figures]]:
+    """For servers running side by side, each a (url, wrk env, root pid): a warm-up each, then `rounds`
+    rounds in which each runs once, in reverse order every other round (A B, B A, ...), so that a
+    drift of the machine's speed falls on all alike. Returns each target's measured runs, with the
+    CPU its processes used, up to their going idle after wrk stopped: unlike req/s, CPU per call
+    hardly moves with what else runs on the machine."""
+
+    def once(url: str, env: dict[str, str], server: int, seconds: float) -> Figures:
+        pids = process_tree(server)
+        used = _cpu_seconds(pids)
+        figures = parse_wrk(wrk(url, script, env, load, seconds))
+        wait_idle(server)
+        return dataclasses.replace(figures, server_cpu=_cpu_seconds(pids) - used)
+
+    for url, env, server in targets:
+        once(url, env, server, load.warmup)
+    runs: list[list[Figures]] = [[] for _ in targets]
+    for round_ in range(rounds):
+        order = list(enumerate(targets))
+        for i, (url, env, server) in order if round_ % 2 == 0 else reversed(order):
+            runs[i].append(once(url, env, server, load.duration))
+    return runs
 
 
 def wrk(url: str, script: str, env: dict[str, str], load: Load, seconds: float) -> str:

@@ -10,6 +10,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from importlib import metadata
 
+from bench import instrumentation
 from bench.harness import WRK_TIMEOUT, Load, Row, markdown_table
 from bench.scenarios import Scenario
 
@@ -29,6 +30,7 @@ class Processes:
 class Results:
     rows: list[Row] = field(default_factory=list)
     processes: list[Processes] = field(default_factory=list)
+    instrumentation: list[instrumentation.Cost] = field(default_factory=list)  # metrics, traces
     checks: list[str] = field(default_factory=list)  # what was verified, and how it came out
     failures: list[str] = field(default_factory=list)  # invmesh did something wrong: the run fails
     peer_problems: list[str] = field(default_factory=list)  # listed, but the run does not fail for them
@@ -53,6 +55,8 @@ class Setting:
 
 def render(setting: Setting, results: Results, baselines: tuple[str, ...]) -> str:
     parts = [_header(setting), "", markdown_table(results.rows, baselines), "", _scenarios(setting)]
+    if results.instrumentation:
+        parts += ["", "## What metrics and traces cost", "", instrumentation.table(results.instrumentation)]
     parts += ["", "## Checks", "", *(f"- {line}" for line in results.checks or ["none ran"])]
     parts += ["", "## Startup and peak memory", "", _processes(results.processes)]
     problems = [*(f"- invmesh: {line}" for line in results.failures),

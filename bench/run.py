@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
+from bench import instrumentation
 from bench.databases import DATABASES, Databases, databases
 from bench.harness import Figures, Load, Row, require_wrk, run_grpc, run_wrk, wait_idle
 from bench.login import bcrypt_check_seconds
@@ -210,6 +211,11 @@ def run_database(dbs: Databases, plan: Plan, work: Path, results: Results) -> st
             in_rows = sum((counts for _, counts in results.logged[first_row:]), Counter())
             outside = tally(mesh.logged()) - in_rows
             results.logged.append((f"{dbs.name}, {deployment.target}, outside the measured rows", outside))
+    if ids and (
+        costed := [(s, plan.load_for(s)) for s in plan.scenarios if s.key in instrumentation.SCENARIOS]
+    ):
+        rounds = plan.repeat if plan.quick else max(plan.repeat, 4)
+        results.instrumentation += instrumentation.measure(dbs, work, ids, costed, rounds, plan.rounds)
     peer_ids = _write_ids(work / "peer-ids.txt", peer.product_ids)
     for workers, name in ((2, PEER_2), (1, PEER_1)):
         say(f"bench: {dbs.name}: starting the {name}")

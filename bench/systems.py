@@ -23,7 +23,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -97,11 +97,14 @@ def invmesh_label(pid: int, root: bool) -> str:
 @contextlib.contextmanager
 def invmesh(
     workdir: Path, database_env: dict[str, str], *, products: int | list[str], rounds: int,
-    replicas: dict[str, int] | None = None, repo: Path = REPO,
+    replicas: dict[str, int] | None = None, repo: Path = REPO, metrics: bool = True, name: str = "invmesh",
+    extra_env: Mapping[str, str] | None = None,
 ) -> Iterator[Invmesh]:  # fmt: skip
     """`invmesh up` on free ports, all healthy, with a verified admin and products in stock: `products`
     new ones, or the ids of those a previous run made in the same databases. `repo` is the checkout
-    whose code runs (`python -m launcher` there), for comparing versions."""
+    whose code runs (`python -m launcher` there), for comparing versions; `metrics=False` blanks the
+    `*_METRICS_ADDR` settings, so no process counts or serves metrics. It logs to `<name>.log`
+    in `workdir`; `extra_env` adds to (or overrides) its environment."""
     data_dir = workdir / "invmesh"
     facade = f"127.0.0.1:{free_port()}"
     addresses = {service: f"127.0.0.1:{free_port()}" for service in ("auth", "products", "inventory")}
@@ -110,7 +113,7 @@ def invmesh(
         **{f"{service.upper()}_ADDR": address for service, address in addresses.items()},
         # Metrics on, as deployed, on ports of their own (replica k: + 10*k, as `up` gives them).
         **{
-            f"{name}_METRICS_ADDR": f"127.0.0.1:{free_port()}"
+            f"{name}_METRICS_ADDR": f"127.0.0.1:{free_port()}" if metrics else ""
             for name in ("FACADE", "AUTH", "PRODUCTS", "INVENTORY")
         },
         **database_env,  # blank: SQLite files in data_dir, never a configured database
@@ -130,11 +133,13 @@ def invmesh(
         "SHUTDOWN_GRACE_SECONDS": "2",
         "ACCESS_TOKEN_TTL_SECONDS": "3600",  # outlives the run
         "SMTP_URL": "",  # mail goes to the outbox in data_dir
+        **(extra_env or {}),
     }
-    up, log = [sys.executable, "-m", "launcher", "up"], workdir / "invmesh.log"
+    up = [sys.executable, "-m", "launcher", "up"]
+    log = workdir / f"{name}.log"
     if replicas:
         layout = ",".join(f"{service}={count}" for service, count in replicas.items())
-        up, log = [*up, "--replicas", layout], workdir / f"invmesh-{layout}.log"
+        up, log = [*up, "--replicas", layout], workdir / f"{name}-{layout}.log"
     with process_group(up, env=env, cwd=repo, log=log) as process:
         ready = wait_for(lambda: "all healthy in" in log.read_text(errors="replace"), what="invmesh up",
                          process=process, log=log, poll=0.02)  # fmt: skip
