@@ -1,7 +1,8 @@
 """Server interceptors: the cross-cutting work every RPC gets, written once.
 
-`RequestInterceptor` (outermost) binds the request id, logs one line per call, turns
-domain errors into statuses and lets a stopping server drain the calls in flight;
+`RequestInterceptor` (outermost) binds the request id, turns domain errors into statuses,
+logs and counts (`grpc_server_*`) one line per call with the status the client gets, and
+lets a stopping server drain the calls in flight;
 `AuthInterceptor` verifies the bearer token of every method that is not public. Both wrap
 the unary-unary handlers once per method and cache them, so a call pays only for the
 wrapper itself.
@@ -22,7 +23,7 @@ from mesh import access, context
 from mesh.authorization import bearer_token
 from mesh.db import translate
 from mesh.errors import DomainError, internal_status
-from mesh.metrics import REFUSALS
+from mesh.metrics import REFUSALS, SERVER, MethodMetrics
 from mesh.tokens import TokenVerifier
 
 log = logging.getLogger("mesh.rpc")
@@ -76,10 +77,12 @@ class _UnaryWrapper(grpc.aio.ServerInterceptor):
 
 
 class RequestInterceptor(_UnaryWrapper):
-    """Binds the request id (taken from `x-request-id` or made), logs the call, maps errors."""
+    """Binds the request id (taken from `x-request-id` or made), maps errors, logs the call and,
+    with `metrics`, counts and times it."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, metrics: bool = False) -> None:
         super().__init__()
+        self._metrics = metrics
         self._running: set[asyncio.Task[Any]] = set()  # the handlers, to cancel the late ones
         # One future per call until gRPC has sent its status: a handler that has returned has
         # not necessarily answered yet, and a server stopped in between cuts it with CANCELLED.
@@ -108,7 +111,11 @@ class RequestInterceptor(_UnaryWrapper):
             await asyncio.wait(set(self._open), timeout=1)
 
     def _wrap(self, method: str, behavior: Behavior) -> Behavior:
+        counted = MethodMetrics(SERVER, method) if self._metrics else None
+
         async def call(request: Any, ctx: ServicerContext) -> Any:
+            if counted is not None:
+                counted.started()
             task = asyncio.current_task()
             assert task is not None
             self._running.add(task)
@@ -132,6 +139,9 @@ class RequestInterceptor(_UnaryWrapper):
                 return await behavior(request, ctx)
             except asyncio.CancelledError:
                 if not self._draining:  # the client cancelled, or its deadline passed
+                    remaining = ctx.time_remaining()
+                    expired = remaining is not None and remaining <= 0
+                    code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
                     raise
                 code = grpc.StatusCode.UNAVAILABLE
                 await ctx.abort(code, "the server is shutting down; try again")
@@ -157,12 +167,10 @@ class RequestInterceptor(_UnaryWrapper):
                 await ctx.abort(status.code, status.details, status.trailing_metadata)
             finally:
                 self._running.discard(task)
-                log.info(
-                    "rpc %s %s",
-                    method,
-                    code.name,
-                    extra={"ms": round((time.perf_counter() - started) * 1000, 2)},
-                )
+                seconds = time.perf_counter() - started
+                if counted is not None:
+                    counted.handled(code, seconds)
+                log.info("rpc %s %s", method, code.name, extra={"ms": round(seconds * 1000, 2)})
 
         return call
 

@@ -2,9 +2,9 @@
 
 Each process (a service, or the facade) runs alone and keeps its metrics in prometheus-client's
 default registry, which also holds the `process_*` and `python_*` collectors; so no
-multiprocess mode. `grpc_server_*` come from `ServerMetrics`, the outermost server
-interceptor (it sees the status `RequestInterceptor` made of a domain error, an abort or a
-crash), and `grpc_client_*` from `ClientMetrics` on every channel of `mesh.clients` (the facade
+multiprocess mode. `grpc_server_*` come from `mesh.interceptors.RequestInterceptor`, which
+makes each call's status (of a domain error, an abort or a crash) and times it anyway, and
+`grpc_client_*` from `ClientMetrics` on every channel of `mesh.clients` (the facade
 counts its own calls, with `client_method()`). Labels are the call's type, service, method and
 code: never an id, an address or a token. Only unary calls are counted: the streams (health
 Watch, reflection) are not. Each method's label children are bound once and cached, so a call
@@ -23,7 +23,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any, TypeAlias, TypeVar, cast
+from typing import Any, TypeVar
 
 import grpc
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
@@ -57,12 +57,6 @@ GO_CODE_NAMES = {
     grpc.StatusCode.DATA_LOSS: "DataLoss",
     grpc.StatusCode.UNAUTHENTICATED: "Unauthenticated",
 }
-
-# As in mesh/interceptors.py, which this module does not import: the facade's process uses it,
-# and holds no SQLAlchemy.
-ServicerContext: TypeAlias = grpc.aio.ServicerContext[Any, Any]
-Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
-Behavior = Callable[[Any, ServicerContext], Awaitable[Any]]
 
 T = TypeVar("T")
 _LABELS = ["grpc_type", "grpc_service", "grpc_method"]
@@ -120,63 +114,6 @@ class MethodMetrics:
             child = self._by_code[code] = self._handled.labels(*self._labels, GO_CODE_NAMES[code])
         child.inc()
         self._seconds.observe(seconds)
-
-
-def _ended_code(ctx: ServicerContext, error: BaseException | None) -> grpc.StatusCode:
-    """The status a handler that returned (or raised `error`) ends its call with."""
-    code = ctx.code()
-    if isinstance(code, grpc.StatusCode):  # set by ctx.abort() or ctx.set_code()
-        return code
-    if error is None or isinstance(error, grpc.aio.AbortError):
-        return grpc.StatusCode.OK if error is None else grpc.StatusCode.UNKNOWN
-    if isinstance(error, asyncio.CancelledError):
-        remaining = ctx.time_remaining()
-        if remaining is not None and remaining <= 0:
-            return grpc.StatusCode.DEADLINE_EXCEEDED
-        return grpc.StatusCode.CANCELLED
-    return grpc.StatusCode.UNKNOWN  # what grpc.aio answers for an exception it catches
-
-
-class ServerMetrics(grpc.aio.ServerInterceptor):
-    """`grpc_server_*` of every unary call; the outermost interceptor, so the code is the one
-    the client gets, after `RequestInterceptor` has mapped errors. Each handler is wrapped once."""
-
-    def __init__(self) -> None:
-        self._cache: dict[str, Handler | None] = {}
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
-        details: grpc.HandlerCallDetails,
-    ) -> Handler | None:
-        method = details.method
-        if method not in self._cache:
-            handler = await continuation(details)
-            if handler is not None and handler.unary_unary is not None:
-                handler = grpc.unary_unary_rpc_method_handler(
-                    self._wrap(method, cast(Behavior, handler.unary_unary)),
-                    request_deserializer=handler.request_deserializer,
-                    response_serializer=handler.response_serializer,
-                )
-            self._cache[method] = handler
-        return self._cache[method]
-
-    def _wrap(self, method: str, behavior: Behavior) -> Behavior:
-        metrics = MethodMetrics(SERVER, method)
-
-        async def call(request: Any, ctx: ServicerContext) -> Any:
-            metrics.started()
-            started = time.perf_counter()
-            error: BaseException | None = None
-            try:
-                return await behavior(request, ctx)
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                metrics.handled(_ended_code(ctx, error), time.perf_counter() - started)
-
-        return call
 
 
 class ClientMetrics(grpc.aio.UnaryUnaryClientInterceptor):

@@ -43,7 +43,6 @@ from mesh.config import Settings
 from mesh.db import Database
 from mesh.health import DatabaseWatch
 from mesh.interceptors import AuthInterceptor, RequestInterceptor
-from mesh.metrics import ServerMetrics
 from mesh.tls import KeyPair, ServerCredentialsSource
 from mesh.tokens import TokenVerifier
 
@@ -139,13 +138,11 @@ class MeshServer:
         self._health = health.aio.HealthServicer()
         self._database_watch = database_watch
         self._stopping = False
-        self._requests = RequestInterceptor()
+        self._requests = RequestInterceptor(metrics=metrics)
         interceptors: list[grpc.aio.ServerInterceptor] = [
             self._requests,
             AuthInterceptor(verifier, is_public),
         ]
-        if metrics:  # outside them: it counts the status RequestInterceptor made of an error
-            interceptors.insert(0, ServerMetrics())
         # The trace's span first, so the others' log lines and error mapping run inside it.
         interceptors[:0] = tracing.server_interceptors()
         self._server = grpc.aio.server(
