@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import signal
 import subprocess
 import sys
+import uuid
 from email import policy
 from email.parser import BytesParser
 from pathlib import Path
@@ -16,12 +18,16 @@ import grpc
 import httpx
 import pytest
 from grpc_health.v1 import health_pb2
+from prometheus_client import REGISTRY
+from sqlalchemy import insert
 
+from auth.models import User
 from auth.service import running
 from invmesh.auth.v1 import auth_service_pb2 as pb
 from invmesh.auth.v1 import auth_service_pb2_grpc
 from mesh.clients import health_stub
 from mesh.config import Settings
+from mesh.db import Database
 from mesh.server import ListenError
 from tests.conftest import METRICS_OFF, free_port
 
@@ -39,6 +45,41 @@ async def test_stop_lets_in_flight_calls_finish(settings: Settings) -> None:
     reply = await in_flight
     assert reply.user.email == "d@example.com"
     await channel.close()
+
+
+async def test_a_call_past_its_deadline_is_counted_and_logged_as_deadline_exceeded(
+    settings: Settings, auth_db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server cancels a handler whose caller's deadline passed: that call's status is
+    DEADLINE_EXCEEDED in grpc_server_handled_total and in its log line, as the client saw it.
+    The handler waits on a lock: another transaction inserting the same email, left open."""
+    labels = {"grpc_type": "unary", "grpc_service": "invmesh.auth.v1.AuthService",
+              "grpc_method": "Register", "grpc_code": "DeadlineExceeded"}  # fmt: skip
+
+    def expired() -> float:
+        return REGISTRY.get_sample_value("grpc_server_handled_total", labels) or 0.0
+
+    before = expired()
+    caplog.set_level(logging.INFO, logger="mesh.rpc")
+    user = {"id": str(uuid.uuid4()), "email": "late@example.com", "password_hash": "-", "roles": ["viewer"]}
+    async with (
+        running(settings, address="127.0.0.1:0") as server,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+        auth_db.engine.connect() as holder,
+    ):
+        stub = auth_service_pb2_grpc.AuthServiceStub(channel)
+        await stub.GetJwks(pb.GetJwksRequest())  # connected
+        transaction = await holder.begin()
+        await holder.execute(insert(User).values(**user))
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.Register(pb.RegisterRequest(email=user["email"], password="password1"), timeout=1.0)
+        assert refused.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        async with asyncio.timeout(5):  # the server's side of the call ends after the client's
+            while expired() == before:
+                await asyncio.sleep(0.01)
+        await transaction.rollback()
+    assert expired() == before + 1
+    assert "rpc /invmesh.auth.v1.AuthService/Register DEADLINE_EXCEEDED" in caplog.messages
 
 
 async def test_a_second_server_cannot_share_a_taken_port(settings: Settings) -> None:
