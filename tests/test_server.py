@@ -61,7 +61,8 @@ async def test_a_call_past_its_deadline_is_counted_and_logged_as_deadline_exceed
 
     before = expired()
     caplog.set_level(logging.INFO, logger="mesh.rpc")
-    user = {"id": str(uuid.uuid4()), "email": "late@example.com", "password_hash": "-", "roles": ["viewer"]}
+    email = "late@example.com"
+    user = {"id": str(uuid.uuid4()), "email": email, "password_hash": "-", "roles": ["viewer"]}
     async with (
         running(settings, address="127.0.0.1:0") as server,
         grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
@@ -72,7 +73,7 @@ async def test_a_call_past_its_deadline_is_counted_and_logged_as_deadline_exceed
         transaction = await holder.begin()
         await holder.execute(insert(User).values(**user))
         with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await stub.Register(pb.RegisterRequest(email=user["email"], password="password1"), timeout=1.0)
+            await stub.Register(pb.RegisterRequest(email=email, password="password1"), timeout=1.0)
         assert refused.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         async with asyncio.timeout(5):  # the server's side of the call ends after the client's
             while expired() == before:

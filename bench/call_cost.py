@@ -1,6 +1,13 @@
-"""What tracing costs per call, off and on: `python -m bench.tracing_cost`.
+"""What metrics and tracing add to one call, in one process: `python -m bench.call_cost`.
 
-Off (no OTEL_EXPORTER_OTLP_ENDPOINT) the servers, channels and engines carry no instrumentation,
+Metrics: what a call records on each side (`MethodMetrics`: a counter at the start; a counter, by
+status, and a histogram at the end) and the facade's HTTP middleware around a request, against
+the request without it. A request through the facade pays the middleware once and a
+`MethodMetrics` twice (the facade's client side and the service's server side), plus a domain
+counter or two: set the sum beside a request's CPU (`bench.cpu`, or the CPU column of `make
+bench`'s "What metrics and traces cost") for the share.
+
+Tracing off (no OTEL_EXPORTER_OTLP_ENDPOINT) the servers, channels and engines carry no instrumentation,
 so what is left per call is mesh.tracing's hooks: a log line's look-up of the current span, and a
 background loop's wake. On, a unary gRPC round trip in one process (a client span and a server
 span) and a one-statement SQLite read (a span) are timed with and without the instrumentation,
@@ -19,10 +26,14 @@ import grpc
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from sqlalchemy import text
+from starlette.types import Message, Receive, Scope, Send
 
+from facade.middleware import HttpMetricsMiddleware
+from facade.routing import TEMPLATE
 from mesh import tracing
 from mesh.db import Database
 from mesh.logs import LogFormatter
+from mesh.metrics import SERVER, MethodMetrics
 
 CALLS = 3000
 
@@ -78,6 +89,43 @@ async def _sql_us() -> float:
         await db.dispose()
 
 
+async def _http_us() -> tuple[float, float]:
+    """A request through a bare ASGI app that answers 200, without and with the metrics middleware."""
+    scope = {"type": "http", "method": "GET", "path": "/products/x", TEMPLATE: "/products/{id}"}
+    start = {"type": "http.response.start", "status": 200, "headers": []}
+    body = {"type": "http.response.body", "body": b"{}"}
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send(start)
+        await send(body)
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: Message) -> None:
+        pass
+
+    counted = HttpMetricsMiddleware(app)
+    return (
+        await _per_call_us_async(lambda: app(scope, receive, send), n=100_000),
+        await _per_call_us_async(lambda: counted(scope, receive, send), n=100_000),
+    )
+
+
+def metrics() -> None:
+    method = MethodMetrics(SERVER, "/bench.Echo/Call")
+
+    def one_call() -> None:
+        method.started()
+        method.handled(grpc.StatusCode.OK, 0.001)
+
+    bare, counted = asyncio.run(_http_us())
+    print("metrics on: what one call or request adds")
+    print(f"  one gRPC call's MethodMetrics (either side)  {_per_call_us(one_call):7.2f} µs")
+    added = counted - bare
+    print(f"  facade request, HTTP middleware             +{added:6.2f} µs ({bare:.2f} -> {counted:.2f})")
+
+
 async def main() -> None:
     record = logging.LogRecord("bench", logging.INFO, __file__, 1, "rpc %s %s", ("/a/B", "OK"), None)
     formatter = LogFormatter("inventory", "text")
@@ -102,4 +150,5 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
+    metrics()
     asyncio.run(main())
