@@ -185,10 +185,14 @@ ENFORCED: dict[str, Mapping[str, object]] = {
     "invmesh.inventory.v1.UpdateLocationRequest.update_mask": {
         "pattern": f"^([*]|{_LOCATION_MASK_PATH}(,{_LOCATION_MASK_PATH})*)?$"
     },
+    "invmesh.inventory.v1.CreateTransferRequest.product_id": {"min_length": 1},
+    "invmesh.inventory.v1.CreateTransferRequest.from_location_id": {"min_length": 1},
+    "invmesh.inventory.v1.CreateTransferRequest.to_location_id": {"min_length": 1},
     "invmesh.inventory.v1.CreateTransferRequest.quantity": {"minimum": 1, "maximum": stock.MAX_STOCK},
     "invmesh.inventory.v1.CreateTransferRequest.reason": {"max_length": stock.MAX_REASON_CHARS},
     "invmesh.inventory.v1.CreateTransferRequest.request_id": _REQUEST_ID,
     "invmesh.inventory.v1.ListLocationsRequest.page_size": _PAGE_SIZE,
+    "invmesh.inventory.v1.CreateReservationRequest.product_id": {"min_length": 1},
     "invmesh.inventory.v1.CreateReservationRequest.quantity": {"minimum": 1, "maximum": stock.MAX_STOCK},
     "invmesh.inventory.v1.CreateReservationRequest.ttl_seconds": {
         "minimum": 0,
