@@ -224,13 +224,13 @@ async def test_upgrading_to_locations_puts_every_items_stock_in_default(tmp_path
                 ("p-2", DEFAULT_LOCATION_ID, 0),
                 ("p-3", DEFAULT_LOCATION_ID, 2),
             ]
-            moved = await db.fetch(
+            sums = await db.fetch(
                 text(
                     "SELECT product_id, location_id, sum(quantity) FROM movements"
                     " GROUP BY product_id, location_id"
                 )
             )
-            assert sorted(tuple(r) for r in moved) == [
+            assert sorted(tuple(r) for r in sums) == [
                 ("p-1", DEFAULT_LOCATION_ID, 4),
                 ("p-3", DEFAULT_LOCATION_ID, 2),
             ]
