@@ -202,15 +202,20 @@ async def test_upgrading_to_locations_puts_every_items_stock_in_default(tmp_path
                     ),
                     {"now": now},
                 )
-                for pid, moved in (("p-1", 6), ("p-1", -2), ("p-3", 2)):
+                for pid, moved, balance in (("p-1", 6, 6), ("p-1", -2, 4), ("p-3", 2, 2)):
                     await conn.execute(
                         text(
                             "INSERT INTO movements (product_id, type, quantity, balance_after, reason,"
-                            " reference, actor, created_at) VALUES (:pid, :kind, :moved,"
-                            " (SELECT quantity FROM inventory_items WHERE product_id = :pid),"
+                            " reference, actor, created_at) VALUES (:pid, :kind, :moved, :balance,"
                             " '', '', 'u', :now)"
                         ),
-                        {"pid": pid, "kind": "IN" if moved > 0 else "OUT", "moved": moved, "now": now},
+                        {
+                            "pid": pid,
+                            "kind": "IN" if moved > 0 else "OUT",
+                            "moved": moved,
+                            "balance": balance,
+                            "now": now,
+                        },
                     )
             await migrations.upgrade(db, "inventory")
             assert await differences(db, "inventory", databases.METADATA["inventory"]) == []
