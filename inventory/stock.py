@@ -514,7 +514,8 @@ class Inventory:
     ) -> tuple[list[Stock], str]:
         """A page of the items of products that moved (at `location_id`, if given, with that
         location's stock only), by product id."""
-        size, after = paging.page_request(page_size, page_token, query=f"items:{location_id}")
+        listed = f"items:{location_id}" if location_id else "items"  # the tokens of before locations
+        size, after = paging.page_request(page_size, page_token, query=listed)
         id_ = _ITEMS.c.product_id
         query = select(*_BALANCE).where(_ITEMS.c.retired_at.is_(None)).order_by(id_).limit(size + 1)
         if location_id:
@@ -526,11 +527,7 @@ class Inventory:
         if after is not None:
             query = query.where(id_ > _position(after, str))
         items = await self._db.fetch(query)
-        token = (
-            paging.encode_token([items[size - 1].product_id], query=f"items:{location_id}")
-            if len(items) > size
-            else ""
-        )
+        token = paging.encode_token([items[size - 1].product_id], query=listed) if len(items) > size else ""
         return await self._with_levels(items[:size], only=location_id), token
 
     async def _with_levels(self, items: Sequence[Row[Any]], *, only: str = "") -> list[Stock]:

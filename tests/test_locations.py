@@ -515,3 +515,30 @@ async def test_replaying_the_ledger_per_product_and_location_gives_every_balance
         assert {lv.location_id: lv.on_hand for lv in found.locations} == dict(balances)
         assert found.quantity == sum(balances.values())
         assert (found.reserved, at(found, sites[0]).available) == (2, 7)
+
+
+async def test_a_location_filtered_list_pages_through_that_locations_items_only(mesh: Mesh) -> None:
+    site = await new_location(mesh, "PG-1")
+    there = sorted([await stocked(mesh, f"PG-{n}", 1, site.id) for n in range(3)])
+    await stocked(mesh, "PG-ELSEWHERE", 1)
+    seen, token = [], ""
+    while True:
+        page = await mesh.inventory.ListInventoryItems(
+            pb.ListInventoryItemsRequest(location_id=site.id, page_size=2, page_token=token),
+            metadata=mesh.as_user(),
+        )
+        seen += [i.product_id for i in page.items]
+        if not (token := page.next_page_token):
+            break
+    assert seen == there
+    unfiltered = await mesh.inventory.ListInventoryItems(
+        pb.ListInventoryItemsRequest(page_size=1), metadata=mesh.as_user()
+    )
+    other = await expect_error(
+        mesh.inventory.ListInventoryItems(
+            pb.ListInventoryItemsRequest(location_id=site.id, page_token=unfiltered.next_page_token),
+            metadata=mesh.as_user(),
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert error_reason(other) == "INVALID_PAGE_TOKEN"
