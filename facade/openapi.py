@@ -53,7 +53,7 @@ from google.rpc import error_details_pb2
 
 from facade import httprule
 from facade.transcoding import HTTP_METHODS, Binding, is_required, query_fields
-from mesh.access import declared_role, is_public, role_name
+from mesh.access import declared_access, declared_role, is_public, role_name
 from mesh.messages import descriptor
 from mesh.options import FIELD_BEHAVIOR, HTTP, LIMITS
 
@@ -319,7 +319,8 @@ def _add_html_page(operation: dict[str, Any]) -> None:
 
 def _role_note(method: MethodDescriptor) -> str:
     role = declared_role(method)
-    return f" Needs the `{role_name(role)}` role." if role else ""
+    services = " (or a service token)" if declared_access(method).service else ""
+    return f" Needs the `{role_name(role)}` role{services}." if role else ""
 
 
 def _operation_id(binding: Binding) -> str:

@@ -1,12 +1,15 @@
 """Assembles the inventory service: database, channels to auth and products, the feed that
-reports stock changes to products, servicer, server."""
+reports stock changes to products, the sweeper that marks expired reservations, servicer,
+server."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
+from inventory.locations import Locations
 from inventory.product_check import ProductCheck
+from inventory.reservations import Reservations, ReservationSweeper
 from inventory.servicer import InventoryServicer
 from inventory.stock import Inventory
 from inventory.stock_feed import StockFeed
@@ -43,11 +46,22 @@ async def running(settings: Settings, *, address: str | None = None) -> AsyncIte
         )
         feed.start()
         stack.push_async_callback(feed.stop)
-        inventory = Inventory(db=db, products=check, changed=feed.wake)
+        sweeper = ReservationSweeper(
+            db,
+            interval=settings.reservation_sweep_seconds,
+            retry_initial=settings.outbox_retry_initial_seconds,
+            retry_max=settings.outbox_retry_max_seconds,
+        )
+        sweeper.start()
+        stack.push_async_callback(sweeper.stop)
         servicer = Servicer(
             SERVICE_NAME,
             inventory_service_pb2_grpc.add_InventoryServiceServicer_to_server,
-            InventoryServicer(inventory),
+            InventoryServicer(
+                Inventory(db=db, products=check, changed=feed.wake),
+                Locations(db),
+                Reservations(db=db, products=check, changed=feed.wake),
+            ),
         )
         yield await MeshServer.of_service(
             "inventory",

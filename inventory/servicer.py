@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import TypedDict
 
 from inventory import stock
-from inventory.models import Movement
-from inventory.stock import Inventory, Recorded, Stock
+from inventory.locations import Fields, Locations
+from inventory.models import Location, Movement
+from inventory.reservations import Held, Reservations
+from inventory.stock import Inventory, Level, Recorded, Stock
 from invmesh.inventory.v1 import inventory_service_pb2 as pb
 from invmesh.inventory.v1 import inventory_service_pb2_grpc
 from mesh.interceptors import ServicerContext
@@ -14,6 +16,8 @@ from mesh.messages import timestamp
 
 _TYPES = {stock.IN: pb.IN, stock.OUT: pb.OUT, stock.ADJUSTMENT: pb.ADJUSTMENT}
 _DIRECTIONS = {pb.RecordMovementRequest.IN: stock.IN, pb.RecordMovementRequest.OUT: stock.OUT}
+_STATES = {"ACTIVE": pb.ACTIVE, "CONFIRMED": pb.CONFIRMED, "RELEASED": pb.RELEASED, "EXPIRED": pb.EXPIRED}
+_STATE_NAMES = {number: name for name, number in _STATES.items()}
 
 
 def item_message(stock: Stock) -> pb.InventoryItem:
@@ -21,6 +25,37 @@ def item_message(stock: Stock) -> pb.InventoryItem:
         product_id=stock.product_id,
         quantity=stock.quantity,
         updated_at=timestamp(stock.updated_at),
+        reserved=stock.reserved,
+        available=stock.available,
+        locations=[_level_message(level) for level in stock.locations],
+    )
+
+
+def _level_message(level: Level) -> pb.LocationStock:
+    return pb.LocationStock(
+        location_id=level.location_id,
+        on_hand=level.on_hand,
+        reserved=level.reserved,
+        available=level.available,
+    )
+
+
+def location_message(location: Location) -> pb.Location:
+    return pb.Location(
+        id=location.id, code=location.code, name=location.name, created_at=timestamp(location.created_at)
+    )
+
+
+def reservation_message(reservation: Held) -> pb.Reservation:
+    return pb.Reservation(
+        id=reservation.id,
+        product_id=reservation.product_id,
+        location_id=reservation.location_id,
+        quantity=reservation.quantity,
+        state=_STATES[reservation.state],
+        expires_at=timestamp(reservation.expires_at),
+        reference=reservation.reference,
+        created_at=timestamp(reservation.created_at),
     )
 
 
@@ -36,18 +71,23 @@ def movement_message(movement: Movement) -> pb.Movement:
         actor=movement.actor,
         request_id=movement.request_id or "",
         created_at=timestamp(movement.created_at),
+        location_id=movement.location_id,
+        transfer_id=movement.transfer_id or "",
+        reservation_id=movement.reservation_id or "",
     )
 
 
 class InventoryServicer(inventory_service_pb2_grpc.InventoryServiceServicer):
-    def __init__(self, inventory: Inventory) -> None:
+    def __init__(self, inventory: Inventory, locations: Locations, reservations: Reservations) -> None:
         self._inventory = inventory
+        self._locations = locations
+        self._reservations = reservations
 
     async def ListInventoryItems(
         self, request: pb.ListInventoryItemsRequest, context: ServicerContext
     ) -> pb.ListInventoryItemsResponse:
         items, token = await self._inventory.list_items(
-            page_size=request.page_size, page_token=request.page_token
+            page_size=request.page_size, page_token=request.page_token, location_id=request.location_id
         )
         return pb.ListInventoryItemsResponse(items=[item_message(i) for i in items], next_page_token=token)
 
@@ -72,6 +112,7 @@ class InventoryServicer(inventory_service_pb2_grpc.InventoryServiceServicer):
             reason=request.reason,
             reference=request.reference,
             request_id=request.request_id,
+            location_id=request.location_id,
         )
         return pb.RecordMovementResponse(**_recorded(recorded))
 
@@ -81,6 +122,7 @@ class InventoryServicer(inventory_service_pb2_grpc.InventoryServiceServicer):
             quantity=request.quantity,
             reason=request.reason,
             request_id=request.request_id,
+            location_id=request.location_id,
         )
         return pb.SetStockResponse(**_recorded(recorded))
 
@@ -101,6 +143,110 @@ class InventoryServicer(inventory_service_pb2_grpc.InventoryServiceServicer):
     ) -> pb.DeleteInventoryItemResponse:
         await self._inventory.retire(request.product_id)
         return pb.DeleteInventoryItemResponse()
+
+    async def CreateTransfer(
+        self, request: pb.CreateTransferRequest, context: ServicerContext
+    ) -> pb.CreateTransferResponse:
+        transferred = await self._inventory.transfer(
+            product_id=request.product_id,
+            from_location_id=request.from_location_id,
+            to_location_id=request.to_location_id,
+            quantity=request.quantity,
+            reason=request.reason,
+            request_id=request.request_id,
+        )
+        return pb.CreateTransferResponse(
+            transfer_id=transferred.transfer_id,
+            outgoing=movement_message(transferred.outgoing),
+            incoming=movement_message(transferred.incoming),
+            item=item_message(transferred.stock),
+        )
+
+    async def ListLocations(
+        self, request: pb.ListLocationsRequest, context: ServicerContext
+    ) -> pb.ListLocationsResponse:
+        locations, token = await self._locations.list(
+            page_size=request.page_size, page_token=request.page_token
+        )
+        return pb.ListLocationsResponse(
+            locations=[location_message(location) for location in locations], next_page_token=token
+        )
+
+    async def GetLocation(
+        self, request: pb.GetLocationRequest, context: ServicerContext
+    ) -> pb.GetLocationResponse:
+        return pb.GetLocationResponse(location=location_message(await self._locations.get(request.id)))
+
+    async def CreateLocation(
+        self, request: pb.CreateLocationRequest, context: ServicerContext
+    ) -> pb.CreateLocationResponse:
+        location = await self._locations.create(_fields(request.location))
+        return pb.CreateLocationResponse(location=location_message(location))
+
+    async def UpdateLocation(
+        self, request: pb.UpdateLocationRequest, context: ServicerContext
+    ) -> pb.UpdateLocationResponse:
+        mask = list(request.update_mask.paths) if request.HasField("update_mask") else None
+        location = await self._locations.update(request.location.id, _fields(request.location), mask=mask)
+        return pb.UpdateLocationResponse(location=location_message(location))
+
+    async def DeleteLocation(
+        self, request: pb.DeleteLocationRequest, context: ServicerContext
+    ) -> pb.DeleteLocationResponse:
+        await self._locations.delete(request.id)
+        return pb.DeleteLocationResponse()
+
+    async def CreateReservation(
+        self, request: pb.CreateReservationRequest, context: ServicerContext
+    ) -> pb.CreateReservationResponse:
+        reservation = await self._reservations.create(
+            product_id=request.product_id,
+            location_id=request.location_id,
+            quantity=request.quantity,
+            ttl_seconds=request.ttl_seconds,
+            reference=request.reference,
+            request_id=request.request_id,
+        )
+        return pb.CreateReservationResponse(reservation=reservation_message(reservation))
+
+    async def GetReservation(
+        self, request: pb.GetReservationRequest, context: ServicerContext
+    ) -> pb.GetReservationResponse:
+        return pb.GetReservationResponse(
+            reservation=reservation_message(await self._reservations.get(request.id))
+        )
+
+    async def ListReservations(
+        self, request: pb.ListReservationsRequest, context: ServicerContext
+    ) -> pb.ListReservationsResponse:
+        reservations, token = await self._reservations.list(
+            product_id=request.product_id,
+            state=_STATE_NAMES.get(request.state, ""),
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return pb.ListReservationsResponse(
+            reservations=[reservation_message(r) for r in reservations], next_page_token=token
+        )
+
+    async def ConfirmReservation(
+        self, request: pb.ConfirmReservationRequest, context: ServicerContext
+    ) -> pb.ConfirmReservationResponse:
+        confirmed = await self._reservations.confirm(request.id)
+        return pb.ConfirmReservationResponse(
+            reservation=reservation_message(confirmed.reservation),
+            movement=movement_message(confirmed.movement),
+        )
+
+    async def ReleaseReservation(
+        self, request: pb.ReleaseReservationRequest, context: ServicerContext
+    ) -> pb.ReleaseReservationResponse:
+        reservation = await self._reservations.release(request.id)
+        return pb.ReleaseReservationResponse(reservation=reservation_message(reservation))
+
+
+def _fields(location: pb.Location) -> Fields:
+    return Fields(code=location.code, name=location.name)
 
 
 class _RecordedFields(TypedDict):

@@ -1,17 +1,24 @@
-"""The rules of stock: movements, counts, the ledger, and retiring a deleted product.
+"""The rules of stock: movements, counts, transfers, the ledger, and retiring a deleted product.
 
-A change locks the product's balance row (SELECT … FOR UPDATE; on SQLite the write
-transaction is BEGIN IMMEDIATE), checks the stock rule (`next_balance`), updates the balance
-and appends the movement in one transaction; an IN or OUT first tries a conditional UPDATE
-whose bounds (`balances_allowing`) admit exactly the balances that rule accepts. The
-product's existence is confirmed with the products service (`inventory.product_check`, which
-remembers confirmations for a while) before that transaction opens, so no lock is ever held
-across a remote call.
+Stock is kept per product and location (`location_stock`), with the product's total on hand in
+its item row (`inventory_items.quantity`, what the stock feed reports), and active reservations
+(`inventory.reservations`) promise part of it: what is available at a location is its on-hand
+less the reservations there that are ACTIVE and not yet past `expires_at`, counted at the time
+of the write, whether or not the sweeper has marked the expired ones.
+
+Every change of a product's stock or reservations takes the same locks in the same order
+(`lock_product`): its item row, then its stock rows by location id (SELECT … FOR UPDATE; on
+SQLite the write transaction is BEGIN IMMEDIATE); then it reads the active reservations,
+checks the stock rule (`next_balance`), and writes the balances and the movement or
+reservation in that one transaction. The item row serialises every writer of the product, so
+the reservations it sums cannot change under it. The product's existence is confirmed with
+the products service (`inventory.product_check`, which remembers confirmations for a while)
+before that transaction opens, so no lock is ever held across a remote call.
 
 Two races end in a rolled-back transaction that is simply run again: a concurrent first
-movement of the same product, or a retry of the same request, loses on a unique key
-(IntegrityError); and on MariaDB, several transactions inserting the same new item can
-deadlock on InnoDB's duplicate-key locks, where the database picks a loser
+movement of the same product (or at the same location), or a retry of the same request, loses
+on a unique key (IntegrityError); and on MariaDB, several transactions inserting the same new
+item can deadlock on InnoDB's duplicate-key locks, where the database picks a loser
 (TransactionConflict). No client sees either.
 """
 
@@ -23,22 +30,23 @@ import hashlib
 import json
 import random
 import re
+import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
 from prometheus_client import Counter
-from sqlalchemy import Integer, Row, String, bindparam, insert, select, update
+from sqlalchemy import Row, and_, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from inventory.models import Item, Movement
+from inventory.models import DEFAULT_LOCATION_ID, Item, Location, LocationStock, Movement, Reservation
 from inventory.product_check import ProductCheck, not_found
 from invmesh.api.v1 import access_pb2
 from mesh import paging
 from mesh.access import holds_role
 from mesh.context import current_identity, require_verified_email
-from mesh.db import Database, UtcDateTime, table_of, utcnow
+from mesh.db import Database, table_of, utcnow
 from mesh.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -54,84 +62,87 @@ MAX_REASON_CHARS = 500
 MAX_REFERENCE_CHARS = 200
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 T = TypeVar("T")
-_ATTEMPTS = 5  # each race above is lost at most once or twice in practice
-_RETRYABLE = (IntegrityError, TransactionConflict)
-# Every movement's statements and the hot reads, built once, in Core: a balance's columns only.
+ATTEMPTS = 5  # each race above is lost at most once or twice in practice
+RETRYABLE = (IntegrityError, TransactionConflict)
+# The statements of every write and the hot reads, built once, in Core.
 _ITEMS = table_of(Item)
+_LEVELS = table_of(LocationStock)
+_RESERVATIONS = table_of(Reservation)
+_LOCATIONS = table_of(Location)
 _BALANCE = (_ITEMS.c.product_id, _ITEMS.c.quantity, _ITEMS.c.updated_at)
 _ITEM_IS = _ITEMS.c.product_id == bindparam("pid")
 _BALANCE_OF = select(*_BALANCE, _ITEMS.c.retired_at).where(_ITEM_IS)
 _RETIRED_AT = select(_ITEMS.c.retired_at).where(_ITEM_IS)
 _BALANCES_OF = select(*_BALANCE).where(_ITEMS.c.product_id.in_(bindparam("pids", expanding=True)))
 _LOCK_BALANCE = select(_ITEMS.c.quantity, _ITEMS.c.retired_at).where(_ITEM_IS).with_for_update()
+_LOCK_LEVELS = (
+    select(_LEVELS.c.location_id, _LEVELS.c.on_hand)
+    .where(_LEVELS.c.product_id == bindparam("pid"))
+    .order_by(_LEVELS.c.location_id)
+    .with_for_update()
+)
+_LEVELS_OF = (
+    select(_LEVELS.c.product_id, _LEVELS.c.location_id, _LEVELS.c.on_hand)
+    .where(_LEVELS.c.product_id.in_(bindparam("pids", expanding=True)))
+    .order_by(_LEVELS.c.product_id, _LEVELS.c.location_id)
+)
+# What active reservations hold, per product and location: ACTIVE and not yet expired.
+_HOLDING = and_(_RESERVATIONS.c.state == "ACTIVE", _RESERVATIONS.c.expires_at > bindparam("now"))
+_RESERVED_OF = (
+    select(_RESERVATIONS.c.product_id, _RESERVATIONS.c.location_id, func.sum(_RESERVATIONS.c.quantity))
+    .where(_RESERVATIONS.c.product_id.in_(bindparam("pids", expanding=True)), _HOLDING)
+    .group_by(_RESERVATIONS.c.product_id, _RESERVATIONS.c.location_id)
+)
+_LOCATION_EXISTS = select(_LOCATIONS.c.id).where(_LOCATIONS.c.id == bindparam("loc"))
 # Every change of a balance counts one more `version` and leaves the item for the stock feed.
 _CHANGED = {"version": _ITEMS.c.version + 1, "unpublished": True}
 _NEW_BALANCE = insert(_ITEMS)  # version 1, unpublished: the columns' defaults
 _SET_BALANCE = update(_ITEMS).where(_ITEM_IS).values(_CHANGED)  # and the columns the parameters name
+_NEW_LEVEL = insert(_LEVELS)
+_SET_LEVEL = update(_LEVELS).where(
+    _LEVELS.c.product_id == bindparam("pid"), _LEVELS.c.location_id == bindparam("loc")
+)
 _NEW_MOVEMENT = insert(table_of(Movement))
-# An IN or OUT the stock rule allows, in one statement where the database can return the new
-# balance (PostgreSQL, SQLite): `balances_allowing` bounds the current balance, so the UPDATE
-# matches only where `next_balance` would accept, and no column ever holds an out-of-range sum.
-_MOVE_BALANCE = (
-    update(_ITEMS)
-    .where(
-        _ITEM_IS,
-        _ITEMS.c.retired_at.is_(None),
-        _ITEMS.c.quantity.between(
-            bindparam("lowest", type_=Integer()), bindparam("highest", type_=Integer())
-        ),
-    )
-    .values(
-        quantity=_ITEMS.c.quantity + bindparam("delta", type_=Integer()),
-        updated_at=bindparam("now"),
-        **_CHANGED,
-    )
-    .returning(_ITEMS.c.quantity)
+_RELEASE_ALL = (
+    update(_RESERVATIONS)
+    .where(_RESERVATIONS.c.product_id == bindparam("pid"), _RESERVATIONS.c.state == "ACTIVE")
+    .values(state="RELEASED", updated_at=bindparam("now"))
 )
-# On PostgreSQL the conditional update and the movement it leads to are one statement, run
-# without BEGIN or COMMIT (Database.write_alone): one round trip for the whole movement. It
-# inserts nothing when the update matched nothing, and a duplicate request_id fails it whole.
-_MOVEMENTS = table_of(Movement)
-_MOVED = _MOVE_BALANCE.cte("moved")
-_MOVE_AND_APPEND = (
-    _MOVEMENTS.insert()
-    .from_select(
-        [
-            "product_id",
-            "type",
-            "quantity",
-            "balance_after",
-            "reason",
-            "reference",
-            "actor",
-            "request_id",
-            "request_fingerprint",
-            "created_at",
-        ],
-        select(
-            bindparam("pid", type_=String()),
-            bindparam("kind", type_=String()),
-            bindparam("delta", type_=Integer()),
-            _MOVED.c.quantity,
-            bindparam("why", type_=String()),
-            bindparam("ref", type_=String()),
-            bindparam("actor_id", type_=String()),
-            bindparam("key", type_=String()),
-            bindparam("fingerprint", type_=String()),
-            bindparam("now", type_=UtcDateTime()),
-        ),
-    )
-    .returning(_MOVEMENTS.c.id, _MOVEMENTS.c.balance_after)
-)
+
+
+# The movement types and what each does to a balance.
+IN, OUT, ADJUSTMENT = "IN", "OUT", "ADJUSTMENT"
+# Movements written (a request_id sent again writes none), by type; label children bound once.
+MOVEMENTS_TOTAL = Counter("invmesh_movements_total", "Stock movements recorded, by type.", ["type"])
+MOVEMENTS_WRITTEN = {kind: MOVEMENTS_TOTAL.labels(kind) for kind in (IN, OUT, ADJUSTMENT)}
+
+
+@dataclass(frozen=True, slots=True)
+class Level:
+    """A product's stock at one location."""
+
+    location_id: str
+    on_hand: int
+    reserved: int
+
+    @property
+    def available(self) -> int:
+        return self.on_hand - self.reserved
 
 
 @dataclass(frozen=True, slots=True)
 class Stock:
-    """A product's balance as a read or a change left it."""
+    """A product's balance as a read or a change left it: the totals, and each location's."""
 
     product_id: str
-    quantity: int
+    quantity: int  # on hand at every location
     updated_at: dt.datetime | None  # None if it never moved
+    reserved: int = 0  # by active reservations, at every location
+    locations: tuple[Level, ...] = ()
+
+    @property
+    def available(self) -> int:
+        return self.quantity - self.reserved
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,11 +160,12 @@ class Recorded:
     stock: Stock
 
 
-# The movement types and what each does to a balance.
-IN, OUT, ADJUSTMENT = "IN", "OUT", "ADJUSTMENT"
-# Movements written (a request_id sent again writes none), by type; label children bound once.
-MOVEMENTS_TOTAL = Counter("invmesh_movements_total", "Stock movements recorded, by type.", ["type"])
-_MOVEMENTS_WRITTEN = {kind: MOVEMENTS_TOTAL.labels(kind) for kind in (IN, OUT, ADJUSTMENT)}
+@dataclass(frozen=True, slots=True)
+class Transferred:
+    transfer_id: str
+    outgoing: Movement
+    incoming: Movement
+    stock: Stock
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,29 +179,28 @@ class Change:
     reference: str
     request_id: str | None
     fingerprint: str
-
-    @property
-    def fixed_delta(self) -> int | None:
-        """What an IN or OUT adds to any balance; None for a count, whose delta depends on it."""
-        return {IN: self.units, OUT: -self.units}.get(self.kind)
+    location_id: str = DEFAULT_LOCATION_ID
 
     def delta_from(self, balance: int) -> int:
         """What this change adds to `balance`: a count sets it to `units`."""
-        fixed = self.fixed_delta
-        return self.units - balance if fixed is None else fixed
+        return {IN: self.units, OUT: -self.units}.get(self.kind, self.units - balance)
 
 
-# The stock rule, for every write path: a balance stays within 0..MAX_STOCK.
+# The stock rule, for every write path: a balance stays within 0..MAX_STOCK, and an exit takes
+# no more than what active reservations leave available.
 
 
-def next_balance(balance: int, delta: int) -> int:
-    """`balance` moved by `delta`, or the refusal of the stock rule."""
+def next_balance(balance: int, delta: int, *, reserved: int = 0) -> int:
+    """`balance` moved by `delta`, or the refusal of the stock rule: an exit may take only what
+    `reserved` units leave available."""
     moved = balance + delta
-    if moved < 0:
+    if moved < min(reserved, balance) or moved < 0:
+        available = max(balance - reserved, 0)
+        held = f"only {available} available ({balance} in stock, {reserved} reserved)"
         raise FailedPrecondition(
-            f"cannot take out {-delta}: only {balance} in stock",
+            f"cannot take out {-delta}: " + (held if reserved else f"only {balance} in stock"),
             reason="INSUFFICIENT_STOCK",
-            metadata={"available": str(balance), "requested": str(-delta)},
+            metadata={"available": str(available), "requested": str(-delta)},
         )
     if moved > MAX_STOCK:
         raise InvalidArgument(
@@ -200,10 +211,33 @@ def next_balance(balance: int, delta: int) -> int:
     return moved
 
 
-def balances_allowing(delta: int) -> tuple[int, int]:
-    """The lowest and highest balance that `next_balance` moves by `delta` without refusing:
-    the bounds of the one-statement conditional UPDATE."""
-    return max(0, -delta), min(MAX_STOCK, MAX_STOCK - delta)
+def fingerprint(*parts: object) -> str:
+    """SHA-256 of what a request asked for, to tell a retry from a reused request_id."""
+    return hashlib.sha256(json.dumps(list(parts)).encode()).hexdigest()
+
+
+def check_request_id(problems: Violations, request_id: str) -> None:
+    if request_id and not _REQUEST_ID.fullmatch(request_id):
+        problems.add(
+            "request_id", "request_id must be 1 to 64 letters, digits or . _ : -", "INVALID_REQUEST_ID"
+        )
+
+
+def check_units(problems: Violations, units: int, *, lowest: int = 1) -> None:
+    if not lowest <= units <= MAX_STOCK:
+        problems.add("quantity", f"quantity must be {lowest} to {MAX_STOCK}", "INVALID_QUANTITY")
+
+
+def check_reason(problems: Violations, reason: str) -> None:
+    if len(reason) > MAX_REASON_CHARS:
+        problems.add("reason", f"reason must be at most {MAX_REASON_CHARS} characters", "INVALID_REASON")
+
+
+def check_reference(problems: Violations, reference: str) -> None:
+    if len(reference) > MAX_REFERENCE_CHARS:
+        problems.add(
+            "reference", f"reference must be at most {MAX_REFERENCE_CHARS} characters", "INVALID_REFERENCE"
+        )
 
 
 def _checked_change(
@@ -215,26 +249,20 @@ def _checked_change(
     reason: str,
     reference: str,
     request_id: str,
+    location_id: str,
 ) -> Change:
     """The request as a Change; otherwise one INVALID_ARGUMENT naming every bad field, those
     the caller found (`problems`) included."""
     with problems.collect():
-        _require_product_id(product_id)
-    lowest = 0 if kind == ADJUSTMENT else 1
-    if not lowest <= units <= MAX_STOCK:
-        problems.add("quantity", f"quantity must be {lowest} to {MAX_STOCK}", "INVALID_QUANTITY")
-    if len(reason) > MAX_REASON_CHARS:
-        problems.add("reason", f"reason must be at most {MAX_REASON_CHARS} characters", "INVALID_REASON")
-    if len(reference) > MAX_REFERENCE_CHARS:
-        problems.add(
-            "reference", f"reference must be at most {MAX_REFERENCE_CHARS} characters", "INVALID_REFERENCE"
-        )
-    if request_id and not _REQUEST_ID.fullmatch(request_id):
-        problems.add(
-            "request_id", "request_id must be 1 to 64 letters, digits or . _ : -", "INVALID_REQUEST_ID"
-        )
+        require_product_id(product_id)
+    check_units(problems, units, lowest=0 if kind == ADJUSTMENT else 1)
+    check_reason(problems, reason)
+    check_reference(problems, reference)
+    check_request_id(problems, request_id)
     problems.check()
-    body = json.dumps([product_id, kind, units, reason, reference])
+    location = location_id or DEFAULT_LOCATION_ID
+    # The default location is left out, so a retry from before locations existed is still one.
+    where = [] if location == DEFAULT_LOCATION_ID else [location]
     return Change(
         product_id=product_id,
         kind=kind,
@@ -242,13 +270,118 @@ def _checked_change(
         reason=reason,
         reference=reference,
         request_id=request_id or None,
-        fingerprint=hashlib.sha256(body.encode()).hexdigest(),
+        fingerprint=fingerprint(product_id, kind, units, reason, reference, *where),
+        location_id=location,
     )
 
 
-def _require_product_id(product_id: str) -> None:
+def require_product_id(product_id: str) -> None:
     if not product_id:
         raise InvalidArgument("product_id is required", field="product_id", reason="MISSING_PRODUCT_ID")
+
+
+def location_not_found(location_id: str) -> NotFound:
+    return NotFound(f"location {location_id} does not exist", reason="LOCATION_NOT_FOUND")
+
+
+# The locked write path, shared with `inventory.reservations`.
+
+
+@dataclass(slots=True)
+class Locked:
+    """A product's stock inside a write transaction that holds its locks (`lock_product`)."""
+
+    product_id: str
+    exists: bool  # it has an item row
+    quantity: int
+    on_hand: dict[str, int]  # by location, where it has a stock row
+    reserved: dict[str, int]  # by location, by active reservations at `now`
+    now: dt.datetime
+    touched: set[str] = field(default_factory=set)  # locations whose row this transaction wrote
+
+    def available(self, location_id: str) -> int:
+        return self.on_hand.get(location_id, 0) - self.reserved.get(location_id, 0)
+
+    def stock(self) -> Stock:
+        return Stock(
+            self.product_id,
+            self.quantity,
+            self.now if self.touched else None,
+            sum(self.reserved.values()),
+            _levels(self.on_hand, self.reserved),
+        )
+
+
+async def lock_product(conn: AsyncConnection, product_id: str) -> Locked:
+    """Locks the product's item row, then its stock rows in location order, and reads what its
+    active reservations hold: the lock every writer of the product's stock takes first.
+    NOT_FOUND if the product was retired."""
+    item = (await conn.execute(_LOCK_BALANCE, {"pid": product_id})).first()
+    if item is not None and item.retired_at is not None:
+        raise not_found(product_id)
+    levels = (await conn.execute(_LOCK_LEVELS, {"pid": product_id})).all() if item is not None else []
+    now = utcnow()
+    reserved = (await conn.execute(_RESERVED_OF, {"pids": [product_id], "now": now})).all()
+    return Locked(
+        product_id=product_id,
+        exists=item is not None,
+        quantity=item.quantity if item is not None else 0,
+        on_hand={row.location_id: row.on_hand for row in levels},
+        reserved={row.location_id: int(row[2]) for row in reserved},
+        now=now,
+    )
+
+
+async def require_location(conn: AsyncConnection, locked: Locked, location_id: str) -> None:
+    """NOT_FOUND unless the location exists. A product's stock row there proves it (a location
+    is deleted with its rows); otherwise the location's row is read, and the row a write then
+    inserts is held to it by its foreign key, should a delete commit in between."""
+    if location_id in locked.on_hand:
+        return
+    if (await conn.execute(_LOCATION_EXISTS, {"loc": location_id})).first() is None:
+        raise location_not_found(location_id)
+
+
+async def store_level(conn: AsyncConnection, locked: Locked, location_id: str, on_hand: int) -> None:
+    """Sets the product's stock at the location to `on_hand`, and its total to match."""
+    delta = on_hand - locked.on_hand.get(location_id, 0)
+    total = locked.quantity + delta
+    if total > MAX_STOCK:
+        raise InvalidArgument(
+            f"the product's stock would be {total}, above its maximum of {MAX_STOCK}",
+            field="quantity",
+            reason="INVALID_QUANTITY",
+        )
+    state = {"quantity": total, "updated_at": locked.now}
+    if not locked.exists:  # its first movement; a concurrent first one loses on the key, and retries
+        await conn.execute(_NEW_BALANCE, {"product_id": locked.product_id, **state})
+        locked.exists = True
+    else:
+        await conn.execute(_SET_BALANCE, {"pid": locked.product_id, **state})
+    level = {"on_hand": on_hand, "updated_at": locked.now}
+    if location_id in locked.on_hand:
+        await conn.execute(_SET_LEVEL, {"pid": locked.product_id, "loc": location_id, **level})
+    else:
+        await conn.execute(_NEW_LEVEL, {"product_id": locked.product_id, "location_id": location_id, **level})
+    locked.on_hand[location_id] = on_hand
+    locked.quantity = total
+    locked.touched.add(location_id)
+
+
+async def append_movement(
+    conn: AsyncConnection,
+    actor: str,
+    change: Change,
+    delta: int,
+    balance: int,
+    now: dt.datetime,
+    **links: str | None,
+) -> Movement:
+    """Appends the movement that took the balance at the change's location to `balance`;
+    `links` are its transfer_id or reservation_id."""
+    values = _movement_values(actor, change, delta, balance, now) | links
+    inserted = await conn.execute(_NEW_MOVEMENT, values)
+    return Movement(id=cast("Row[Any]", inserted.inserted_primary_key)[0], **values)
 
 
 class Inventory:
@@ -259,9 +392,17 @@ class Inventory:
         self._changed = changed
 
     async def record(
-        self, *, product_id: str, kind: str, quantity: int, reason: str, reference: str, request_id: str
+        self,
+        *,
+        product_id: str,
+        kind: str,
+        quantity: int,
+        reason: str,
+        reference: str,
+        request_id: str,
+        location_id: str = "",
     ) -> Recorded:
-        """An entry (IN) or exit (OUT) of `quantity` units."""
+        """An entry (IN) or exit (OUT) of `quantity` units at a location (DEFAULT if none)."""
         require_verified_email()
         problems = Violations()
         if kind not in (IN, OUT):
@@ -278,11 +419,15 @@ class Inventory:
             reason=reason,
             reference=reference,
             request_id=request_id,
+            location_id=location_id,
         )
         return await self._apply(change)
 
-    async def set_count(self, *, product_id: str, quantity: int, reason: str, request_id: str) -> Recorded:
-        """Sets the stock to a counted `quantity`, recording the difference as an ADJUSTMENT."""
+    async def set_count(
+        self, *, product_id: str, quantity: int, reason: str, request_id: str, location_id: str = ""
+    ) -> Recorded:
+        """Sets the stock at a location (DEFAULT if none) to a counted `quantity`, recording the
+        difference as an ADJUSTMENT; never below what active reservations hold there."""
         require_verified_email()
         change = _checked_change(
             Violations(),
@@ -292,16 +437,66 @@ class Inventory:
             reason=reason,
             reference="",
             request_id=request_id,
+            location_id=location_id,
         )
         return await self._apply(change)
 
+    async def transfer(
+        self,
+        *,
+        product_id: str,
+        from_location_id: str,
+        to_location_id: str,
+        quantity: int,
+        reason: str,
+        request_id: str,
+    ) -> Transferred:
+        """Moves `quantity` units between two locations: an OUT and an IN sharing a transfer_id,
+        in one transaction, refused when the source has fewer available."""
+        require_verified_email()
+        problems = Violations()
+        with problems.collect():
+            require_product_id(product_id)
+        for name, value in (("from_location_id", from_location_id), ("to_location_id", to_location_id)):
+            if not value:
+                problems.add(name, f"{name} is required", "MISSING_LOCATION_ID")
+        if from_location_id and from_location_id == to_location_id:
+            problems.add(
+                "to_location_id", "to_location_id must differ from from_location_id", "SAME_LOCATION"
+            )
+        check_units(problems, quantity)
+        check_reason(problems, reason)
+        check_request_id(problems, request_id)
+        problems.check()
+        body = fingerprint("TRANSFER", product_id, from_location_id, to_location_id, quantity, reason)
+        outgoing = Change(product_id, OUT, quantity, reason, "", request_id or None, body, from_location_id)
+        incoming = Change(product_id, IN, quantity, reason, "", None, body, to_location_id)
+        actor = current_identity().subject
+        for attempt in range(ATTEMPTS):
+            if outgoing.request_id and (replay := await self._replay_transfer(actor, outgoing)) is not None:
+                return replay
+            if attempt == 0:
+                await self._products.confirm(product_id)
+            try:
+                async with self._db.write_connection() as conn:
+                    transferred = await self._write_transfer(conn, actor, outgoing, incoming)
+                self._changed()
+                MOVEMENTS_WRITTEN[OUT].inc()
+                MOVEMENTS_WRITTEN[IN].inc()
+                return transferred
+            except RETRYABLE:
+                if attempt == ATTEMPTS - 1:
+                    raise
+                await back_off(attempt)
+        raise AssertionError("unreachable")
+
     async def get(self, product_id: str) -> Stock:
-        _require_product_id(product_id)
+        require_product_id(product_id)
         await self._products.confirm(product_id)
         found = await self._db.fetch(_BALANCE_OF, {"pid": product_id})
         if found and found[0].retired_at is not None:
             raise not_found(product_id)
-        return _stock(found[0] if found else None, product_id)
+        return (await self._with_levels(found))[0] if found else Stock(product_id, 0, None)
 
     async def batch_get(self, product_ids: Sequence[str]) -> list[Stock]:
         """Stock of each id, 0 when it never moved; for the products service, so no existence check."""
@@ -314,15 +509,49 @@ class Inventory:
         items = {row.product_id: row for row in rows}
         return [_stock(items.get(pid), pid) for pid in ids]
 
-    async def list_items(self, *, page_size: int, page_token: str) -> tuple[list[Stock], str]:
-        size, after = paging.page_request(page_size, page_token, query="items")
+    async def list_items(
+        self, *, page_size: int, page_token: str, location_id: str = ""
+    ) -> tuple[list[Stock], str]:
+        """A page of the items of products that moved (at `location_id`, if given, with that
+        location's stock only), by product id."""
+        listed = f"items:{location_id}" if location_id else "items"  # the tokens of before locations
+        size, after = paging.page_request(page_size, page_token, query=listed)
         id_ = _ITEMS.c.product_id
         query = select(*_BALANCE).where(_ITEMS.c.retired_at.is_(None)).order_by(id_).limit(size + 1)
+        if location_id:
+            if not await self._db.fetch(_LOCATION_EXISTS, {"loc": location_id}):
+                raise location_not_found(location_id)
+            query = query.join(_LEVELS, _LEVELS.c.product_id == id_).where(
+                _LEVELS.c.location_id == location_id
+            )
         if after is not None:
             query = query.where(id_ > _position(after, str))
         items = await self._db.fetch(query)
-        token = paging.encode_token([items[size - 1].product_id], query="items") if len(items) > size else ""
-        return [_stock(item, item.product_id) for item in items[:size]], token
+        token = paging.encode_token([items[size - 1].product_id], query=listed) if len(items) > size else ""
+        return await self._with_levels(items[:size], only=location_id), token
+
+    async def _with_levels(self, items: Sequence[Row[Any]], *, only: str = "") -> list[Stock]:
+        """The items' stock with each location's, and what active reservations hold (all
+        locations' in the totals; the locations listed only `only`'s, if given)."""
+        if not items:
+            return []
+        pids = [item.product_id for item in items]
+        levels = await self._db.fetch(_LEVELS_OF, {"pids": pids})
+        reserved = await self._db.fetch(_RESERVED_OF, {"pids": pids, "now": utcnow()})
+        on_hand: dict[str, dict[str, int]] = {pid: {} for pid in pids}
+        held: dict[str, dict[str, int]] = {pid: {} for pid in pids}
+        for level in levels:
+            on_hand[level.product_id][level.location_id] = level.on_hand
+        for row in reserved:
+            held[row.product_id][row.location_id] = int(row[2])
+        stocks = []
+        for item in items:
+            pid = item.product_id
+            listed = _levels(on_hand[pid], held[pid])
+            if only:
+                listed = tuple(level for level in listed if level.location_id == only)
+            stocks.append(Stock(pid, item.quantity, item.updated_at, sum(held[pid].values()), listed))
+        return stocks
 
     async def movements(self, *, product_id: str, page_size: int, page_token: str) -> Ledger:
         """A page of the product's ledger, newest first. A deleted product's ledger stays
@@ -330,7 +559,7 @@ class Inventory:
         exist, as they are by every other read."""
         problems = Violations()
         with problems.collect():
-            _require_product_id(product_id)
+            require_product_id(product_id)
         with problems.collect():
             size, after = paging.page_request(page_size, page_token, query=product_id)
         problems.check()
@@ -363,10 +592,11 @@ class Inventory:
         return Ledger(rows[:size], token, retired)
 
     async def retire(self, product_id: str) -> None:
-        """The product was deleted: take its item out of reads, refuse new movements, keep the ledger.
-        Only the products service's relay calls this (the method's access rule)."""
-        _require_product_id(product_id)
-        for attempt in range(_ATTEMPTS):
+        """The product was deleted: take its item out of reads at every location, release its
+        active reservations, refuse new movements, keep the ledger. Only the products service's
+        relay calls this (the method's access rule)."""
+        require_product_id(product_id)
+        for attempt in range(ATTEMPTS):
             try:
                 async with self._db.transaction() as session:
                     item = await session.get(Item, product_id, with_for_update=True)
@@ -377,121 +607,112 @@ class Inventory:
                         )
                     elif item.retired_at is None:
                         item.retired_at, item.unpublished = utcnow(), False
+                    await session.execute(_RELEASE_ALL, {"pid": product_id, "now": utcnow()})
                 self._products.forget(product_id)
                 return
-            except _RETRYABLE:
-                if attempt == _ATTEMPTS - 1:
+            except RETRYABLE:
+                if attempt == ATTEMPTS - 1:
                     raise
-                await _back_off(attempt)
+                await back_off(attempt)
 
     async def _apply(self, change: Change) -> Recorded:
-        """Applies `change` under the stock rule, by the shortest path the database offers: on
-        PostgreSQL an IN or OUT is one statement without BEGIN (`_move_alone`); on SQLite it is
-        a conditional UPDATE … RETURNING in the write transaction (`_write`); a count, a first
-        movement, whatever those leave undecided, and every change on MariaDB (no UPDATE …
-        RETURNING) take the locked read (`_write`)."""
+        """Applies `change` under the stock rule, in one transaction that holds the product's
+        locks (`lock_product`), run again if it loses a race on a key."""
         actor = current_identity().subject
-        for attempt in range(_ATTEMPTS):
+        for attempt in range(ATTEMPTS):
             if change.request_id and (replay := await self._replay(actor, change)) is not None:
                 return replay
             if attempt == 0:
                 await self._products.confirm(change.product_id)
             try:
-                recorded = None
-                if change.fixed_delta is not None and self._db.autocommits:
-                    recorded = await self._move_alone(actor, change, change.fixed_delta)
-                if recorded is None:
-                    async with self._db.write_connection() as conn:
-                        recorded = await self._write(conn, actor, change)
+                async with self._db.write_connection() as conn:
+                    recorded = await self._write(conn, actor, change)
                 self._changed()
-                _MOVEMENTS_WRITTEN[change.kind].inc()
+                MOVEMENTS_WRITTEN[change.kind].inc()
                 return recorded
-            except _RETRYABLE:
-                # Another transaction created this item, or stored this request_id, first: look again.
-                if attempt == _ATTEMPTS - 1:
+            except RETRYABLE:
+                # Another transaction created this item or row, or stored this request_id, first.
+                if attempt == ATTEMPTS - 1:
                     raise
-                await _back_off(attempt)
+                await back_off(attempt)
         raise AssertionError("unreachable")
 
     async def _write(self, conn: AsyncConnection, actor: str, change: Change) -> Recorded:
-        """Writes the balance and the movement in `conn`'s transaction: Core statements, since
-        this is every movement's path and the ORM's unit of work costs more. An IN or OUT first
-        tries the conditional update; a first movement, a retired item or a change the rule
-        refuses falls through to the locked read, which decides by `next_balance`."""
-        product_id, now = change.product_id, utcnow()
-        fixed_delta = change.fixed_delta
-        # (Where the database autocommits, `_move_alone` has just tried the conditional update.)
-        if fixed_delta is not None and conn.dialect.update_returning and not self._db.autocommits:
-            moved = await conn.execute(_MOVE_BALANCE, _move_parameters(product_id, fixed_delta, now))
-            if (row := moved.first()) is not None:
-                return await _append(conn, actor, change, fixed_delta, row.quantity, now)
-        locked = (await conn.execute(_LOCK_BALANCE, {"pid": product_id})).first()
-        if locked is not None and locked.retired_at is not None:
-            raise not_found(product_id)
-        balance = locked.quantity if locked is not None else 0
+        """Writes the balances and the movement in `conn`'s transaction, under the product's locks."""
+        locked = await lock_product(conn, change.product_id)
+        location = change.location_id
+        await require_location(conn, locked, location)
+        balance, reserved = locked.on_hand.get(location, 0), locked.reserved.get(location, 0)
+        if change.kind == ADJUSTMENT and change.units < reserved:
+            raise FailedPrecondition(
+                f"cannot count {change.units}: active reservations hold {reserved} here",
+                reason="BELOW_RESERVED",
+                metadata={"reserved": str(reserved), "requested": str(change.units)},
+            )
         delta = change.delta_from(balance)
-        moved_to = next_balance(balance, delta)
-        state = {"quantity": moved_to, "updated_at": now}
-        if locked is None:  # its first movement; a concurrent first one loses on the key, and retries
-            await conn.execute(_NEW_BALANCE, {"product_id": product_id, **state})
-        else:
-            await conn.execute(_SET_BALANCE, {"pid": product_id, **state})
-        return await _append(conn, actor, change, delta, moved_to, now)
+        moved_to = next_balance(balance, delta, reserved=reserved)
+        await store_level(conn, locked, location, moved_to)
+        movement = await append_movement(conn, actor, change, delta, moved_to, locked.now)
+        return Recorded(movement, locked.stock())
 
-    async def _move_alone(self, actor: str, change: Change, delta: int) -> Recorded | None:
-        """An IN or OUT as one statement (`_MOVE_AND_APPEND`); None if the conditional update
-        matched nothing (a first movement, a retired item, a change the rule refuses), for the
-        locked read to decide."""
-        now = utcnow()
-        rows = await self._db.write_alone(
-            _MOVE_AND_APPEND,
-            {
-                **_move_parameters(change.product_id, delta, now),
-                "kind": change.kind,
-                "why": change.reason,
-                "ref": change.reference,
-                "actor_id": actor,
-                "key": change.request_id,
-                "fingerprint": change.fingerprint if change.request_id else None,
-            },
-        )
-        if not rows:
-            return None
-        movement_id, balance = rows[0]
-        values = _movement_values(actor, change, delta, balance, now)
-        return Recorded(Movement(id=movement_id, **values), Stock(change.product_id, balance, now))
+    async def _write_transfer(
+        self, conn: AsyncConnection, actor: str, outgoing: Change, incoming: Change
+    ) -> Transferred:
+        locked = await lock_product(conn, outgoing.product_id)
+        source, target = outgoing.location_id, incoming.location_id
+        for location in (source, target):
+            await require_location(conn, locked, location)
+        units = outgoing.units
+        left = next_balance(locked.on_hand.get(source, 0), -units, reserved=locked.reserved.get(source, 0))
+        arrived = next_balance(locked.on_hand.get(target, 0), units)
+        await store_level(conn, locked, source, left)
+        await store_level(conn, locked, target, arrived)
+        transfer_id = str(uuid.uuid4())
+        now = locked.now
+        out = await append_movement(conn, actor, outgoing, -units, left, now, transfer_id=transfer_id)
+        into = await append_movement(conn, actor, incoming, units, arrived, now, transfer_id=transfer_id)
+        return Transferred(transfer_id, out, into, locked.stock())
 
     async def _replay(self, actor: str, change: Change) -> Recorded | None:
-        """The first result of a request_id already used by this actor, or None if it is new."""
+        """The first result of a request_id already used by this actor, or None if it is new:
+        the movement, and the balance it left at its location (reservations not recalled)."""
+        first = await self._first_of(actor, change)
+        if first is None:
+            return None
+        level = Level(first.location_id, first.balance_after, 0)
+        return Recorded(first, Stock(first.product_id, first.balance_after, first.created_at, 0, (level,)))
+
+    async def _replay_transfer(self, actor: str, outgoing: Change) -> Transferred | None:
+        """The first result of a transfer's request_id, with the product's stock as it is now."""
+        first = await self._first_of(actor, outgoing)
+        if first is None:
+            return None
+        async with self._db.session() as session:
+            both = list(
+                await session.scalars(
+                    select(Movement).where(Movement.transfer_id == first.transfer_id).order_by(Movement.id)
+                )
+            )
+        return Transferred(str(first.transfer_id), both[0], both[1], await self._current(first.product_id))
+
+    async def _first_of(self, actor: str, change: Change) -> Movement | None:
+        """The movement that first used this actor's request_id; ALREADY_EXISTS if it asked for
+        something else."""
         async with self._db.session() as session:
             first = await session.scalar(
                 select(Movement).where(Movement.actor == actor, Movement.request_id == change.request_id)
             )
-        if first is None:
-            return None
-        if first.request_fingerprint != change.fingerprint:
+        if first is not None and first.request_fingerprint != change.fingerprint:
             raise AlreadyExists(
                 f"request_id {change.request_id} was already used for a different request",
                 field="request_id",
                 reason="REQUEST_ID_REUSED",
             )
-        return Recorded(first, Stock(first.product_id, first.balance_after, first.created_at))
+        return first
 
-
-def _move_parameters(product_id: str, delta: int, now: dt.datetime) -> dict[str, Any]:
-    """The parameters of the conditional update (`_MOVE_BALANCE`) moving a balance by `delta`."""
-    lowest, highest = balances_allowing(delta)
-    return {"pid": product_id, "delta": delta, "now": now, "lowest": lowest, "highest": highest}
-
-
-async def _append(
-    conn: AsyncConnection, actor: str, change: Change, delta: int, balance: int, now: dt.datetime
-) -> Recorded:
-    """Appends the movement that took the balance to `balance`."""
-    values = _movement_values(actor, change, delta, balance, now)
-    inserted = await conn.execute(_NEW_MOVEMENT, values)
-    movement = Movement(id=cast("Row[Any]", inserted.inserted_primary_key)[0], **values)
-    return Recorded(movement, Stock(change.product_id, balance, now))
+    async def _current(self, product_id: str) -> Stock:
+        found = await self._db.fetch(_BALANCE_OF, {"pid": product_id})
+        return (await self._with_levels(found))[0] if found else Stock(product_id, 0, None)
 
 
 def _movement_values(
@@ -499,6 +720,7 @@ def _movement_values(
 ) -> dict[str, Any]:
     return {
         "product_id": change.product_id,
+        "location_id": change.location_id,
         "type": change.kind,
         "quantity": delta,
         "balance_after": balance,
@@ -511,7 +733,14 @@ def _movement_values(
     }
 
 
-async def _back_off(attempt: int) -> None:
+def _levels(on_hand: dict[str, int], reserved: dict[str, int]) -> tuple[Level, ...]:
+    return tuple(
+        Level(location, on_hand.get(location, 0), reserved.get(location, 0))
+        for location in sorted(on_hand.keys() | reserved.keys())
+    )
+
+
+async def back_off(attempt: int) -> None:
     """A short random pause, so transactions that collided do not collide again in step."""
     await asyncio.sleep(random.uniform(0, 0.005 * 2**attempt))
 

@@ -2,8 +2,9 @@
 
 User roles rank viewer < staff < admin; a caller holds the rank of its highest role. The
 numbers of `invmesh.api.v1.Role` are those ranks, so a method's rule compares directly.
-The service role stands apart: only tokens from AuthService.IssueServiceToken carry it, it
-meets only methods that ask for it, and those methods admit nothing else.
+The service role stands apart: only tokens from AuthService.IssueServiceToken carry it, and
+it meets only methods that ask for it: as their role (which then admits nothing else), or
+with `service: true` beside a user role (a checkout service reserving stock).
 """
 
 from __future__ import annotations
@@ -60,6 +61,12 @@ def _method(method_path: str) -> MethodDescriptor | None:
         return None
 
 
+def required_access(method_path: str) -> access_pb2.Access:
+    """The access rule the method at `/package.Service/Method` declares; any caller if none or unknown."""
+    method = _method(method_path)
+    return declared_access(method) if method is not None else _ANY_TOKEN
+
+
 def required_role(method_path: str) -> access_pb2.Role:
     """The role the method at `/package.Service/Method` declares; 0 (any caller) if none or unknown."""
     method = _method(method_path)
@@ -80,6 +87,13 @@ def holds_role(caller: Identity, needed: access_pb2.Role) -> bool:
     if needed == access_pb2.ROLE_SERVICE:
         return SERVICE in caller.roles
     return not needed or max((RANKS.get(role, 0) for role in caller.roles), default=0) >= needed
+
+
+def require_access(caller: Identity, rule: access_pb2.Access) -> None:
+    """PERMISSION_DENIED unless the caller holds the rule's role, or is a service the rule admits."""
+    if rule.service and SERVICE in caller.roles:
+        return
+    require_role(caller, rule.role)
 
 
 def require_role(caller: Identity, needed: access_pb2.Role) -> None:

@@ -31,6 +31,9 @@ RETRY_POLICY = {
 RETRY_THROTTLING = {"maxTokens": 10, "tokenRatio": 0.1}
 IDEMPOTENT_WRITES = {
     "invmesh.inventory.v1.InventoryService.DeleteInventoryItem",
+    # Confirming a confirmed reservation answers it again; releasing a released one too.
+    "invmesh.inventory.v1.InventoryService.ConfirmReservation",
+    "invmesh.inventory.v1.InventoryService.ReleaseReservation",
     "invmesh.products.v1.ProductsService.UpdateStockLevels",
 }
 

@@ -303,6 +303,13 @@ class Settings(BaseSettings):
         "of asking on every movement and stock read (0: ask every time). A deleted product is still "
         "refused at once; see docs/architecture.md.",
     )
+    reservation_sweep_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="How often inventory marks reservations past their expiry EXPIRED, for reads and "
+        "lists. Availability does not wait for it: a reservation stops holding stock at its "
+        "expires_at either way.",
+    )
     product_cache_seconds: float = Field(
         30.0,
         ge=0,

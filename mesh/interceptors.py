@@ -191,12 +191,12 @@ class AuthInterceptor(_UnaryWrapper):
     def _wrap(self, method: str, behavior: Behavior) -> Behavior:
         if self._is_public(method):
             return behavior
-        needed = access.required_role(method)
+        rule = access.required_access(method)
 
         async def call(request: Any, ctx: ServicerContext) -> Any:
             token = bearer_token(metadata_value(ctx, "authorization") or "")
             caller = await self._verifier.verify(token)
-            access.require_role(caller, needed)
+            access.require_access(caller, rule)
             context.identity.set(caller)
             context.access_token.set(token)
             return await behavior(request, ctx)

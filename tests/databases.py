@@ -12,6 +12,7 @@ checks) get a fresh one from `fresh_database`.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 import secrets
 import shutil
@@ -27,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from auth.models import Base as AuthBase
+from inventory.models import DEFAULT_LOCATION_CODE, DEFAULT_LOCATION_ID
 from inventory.models import Base as InventoryBase
 from mesh import migrations
 from mesh.db import Database
@@ -47,6 +49,19 @@ METADATA: dict[str, MetaData] = {
     "auth": AuthBase.metadata,
     "products": ProductsBase.metadata,
     "inventory": InventoryBase.metadata,
+}
+# The rows a migration inserts, which an emptied database gets back: inventory's DEFAULT location.
+SEEDED: dict[str, Rows] = {
+    "inventory": {
+        "locations": [
+            {
+                "id": DEFAULT_LOCATION_ID,
+                "code": DEFAULT_LOCATION_CODE,
+                "name": "Default",
+                "created_at": dt.datetime(2026, 12, 6, tzinfo=dt.UTC),
+            }
+        ]
+    }
 }
 RUN_PREFIX = f"invmesh_test_{secrets.token_hex(4)}"
 
@@ -156,7 +171,8 @@ async def read_rows(conn: AsyncConnection, service: str) -> Rows:
 
 async def replace_rows(conn: AsyncConnection, service: str, rows: Rows | None = None) -> None:
     """Deletes every row of `service`'s tables (children first; faster than TRUNCATE for the few
-    rows a test leaves), then inserts `rows` (parents first), in the transaction of `conn`."""
+    rows a test leaves), then inserts `rows` (parents first), or a table's `SEEDED` rows where
+    `rows` has none, in the transaction of `conn`."""
     tables = METADATA[service].sorted_tables
     for table in reversed(tables):
         await conn.execute(delete(table))
@@ -165,7 +181,7 @@ async def replace_rows(conn: AsyncConnection, service: str, rows: Rows | None = 
         # as they did before the shared mesh).
         await conn.execute(text("DELETE FROM sqlite_sequence"))
     for table in tables:
-        if kept := (rows or {}).get(table.name):
+        if kept := (rows or {}).get(table.name) or SEEDED.get(service, {}).get(table.name):
             await conn.execute(insert(table), kept)
 
 

@@ -12,7 +12,7 @@ from google.protobuf.descriptor import Descriptor, FileDescriptor
 
 from auth import accounts, passwords
 from facade.openapi import contract_comments
-from inventory import stock
+from inventory import locations, reservations, stock
 from invmesh.auth.v1 import auth_service_pb2
 from invmesh.inventory.v1 import inventory_service_pb2
 from invmesh.products.v1 import products_service_pb2
@@ -48,6 +48,17 @@ DOCUMENTED_ROUTES = {
     ("POST", "/inventory"): "invmesh.inventory.v1.InventoryService.RecordMovement",
     ("PUT", "/inventory/{product_id}"): "invmesh.inventory.v1.InventoryService.SetStock",
     ("GET", "/inventory/{product_id}/movements"): "invmesh.inventory.v1.InventoryService.ListMovements",
+    ("POST", "/inventory/transfers"): "invmesh.inventory.v1.InventoryService.CreateTransfer",
+    ("GET", "/locations"): "invmesh.inventory.v1.InventoryService.ListLocations",
+    ("GET", "/locations/{id}"): "invmesh.inventory.v1.InventoryService.GetLocation",
+    ("POST", "/locations"): "invmesh.inventory.v1.InventoryService.CreateLocation",
+    ("PATCH", "/locations/{location.id}"): "invmesh.inventory.v1.InventoryService.UpdateLocation",
+    ("DELETE", "/locations/{id}"): "invmesh.inventory.v1.InventoryService.DeleteLocation",
+    ("POST", "/reservations"): "invmesh.inventory.v1.InventoryService.CreateReservation",
+    ("GET", "/reservations/{id}"): "invmesh.inventory.v1.InventoryService.GetReservation",
+    ("GET", "/reservations"): "invmesh.inventory.v1.InventoryService.ListReservations",
+    ("POST", "/reservations/{id}:confirm"): "invmesh.inventory.v1.InventoryService.ConfirmReservation",
+    ("POST", "/reservations/{id}:release"): "invmesh.inventory.v1.InventoryService.ReleaseReservation",
 }
 
 
@@ -137,6 +148,7 @@ _EMAIL = {"max_length": accounts.MAX_EMAIL_CHARS, "format": "email"}
 _PAGE_SIZE = {"minimum": 0}  # above paging.MAX_PAGE_SIZE is capped, not refused (AIP-158)
 _REQUEST_ID = {"max_length": 64, "pattern": "^[A-Za-z0-9._:-]*$"}
 _MASK_PATH = "(sku|name|description|price|currency|id|stock|createdAt|updatedAt)"
+_LOCATION_MASK_PATH = "(code|name|id|createdAt)"
 # Every field with `invmesh.api.v1.limits`, and the limits its service enforces.
 ENFORCED: dict[str, Mapping[str, object]] = {
     "invmesh.auth.v1.RegisterRequest.email": _EMAIL,
@@ -165,6 +177,30 @@ ENFORCED: dict[str, Mapping[str, object]] = {
     "invmesh.inventory.v1.SetStockRequest.quantity": {"minimum": 0, "maximum": stock.MAX_STOCK},
     "invmesh.inventory.v1.SetStockRequest.reason": {"max_length": stock.MAX_REASON_CHARS},
     "invmesh.inventory.v1.SetStockRequest.request_id": _REQUEST_ID,
+    "invmesh.inventory.v1.Location.code": {
+        "max_length": locations.MAX_CODE_CHARS,
+        "pattern": "^[A-Za-z0-9._-]+$",
+    },
+    "invmesh.inventory.v1.Location.name": {"max_length": locations.MAX_NAME_CHARS, "pattern": r"\S"},
+    "invmesh.inventory.v1.UpdateLocationRequest.update_mask": {
+        "pattern": f"^([*]|{_LOCATION_MASK_PATH}(,{_LOCATION_MASK_PATH})*)?$"
+    },
+    "invmesh.inventory.v1.CreateTransferRequest.product_id": {"min_length": 1},
+    "invmesh.inventory.v1.CreateTransferRequest.from_location_id": {"min_length": 1},
+    "invmesh.inventory.v1.CreateTransferRequest.to_location_id": {"min_length": 1},
+    "invmesh.inventory.v1.CreateTransferRequest.quantity": {"minimum": 1, "maximum": stock.MAX_STOCK},
+    "invmesh.inventory.v1.CreateTransferRequest.reason": {"max_length": stock.MAX_REASON_CHARS},
+    "invmesh.inventory.v1.CreateTransferRequest.request_id": _REQUEST_ID,
+    "invmesh.inventory.v1.ListLocationsRequest.page_size": _PAGE_SIZE,
+    "invmesh.inventory.v1.CreateReservationRequest.product_id": {"min_length": 1},
+    "invmesh.inventory.v1.CreateReservationRequest.quantity": {"minimum": 1, "maximum": stock.MAX_STOCK},
+    "invmesh.inventory.v1.CreateReservationRequest.ttl_seconds": {
+        "minimum": 0,
+        "maximum": reservations.MAX_TTL_SECONDS,
+    },
+    "invmesh.inventory.v1.CreateReservationRequest.reference": {"max_length": stock.MAX_REFERENCE_CHARS},
+    "invmesh.inventory.v1.CreateReservationRequest.request_id": _REQUEST_ID,
+    "invmesh.inventory.v1.ListReservationsRequest.page_size": _PAGE_SIZE,
 }
 
 
@@ -189,5 +225,10 @@ def test_the_protos_limits_are_the_ones_the_services_enforce() -> None:
     assert paging.MAX_PAGE_SIZE == 500  # the proto comments' "capped at 500"
     assert stock._REQUEST_ID.pattern == "[A-Za-z0-9._:-]{1,64}"
     assert catalog.MAX_PRICE == 10**14  # the price pattern's 14 integer digits
+    assert locations._CODE.pattern == "[A-Za-z0-9._-]{1,32}"
+    location_paths = {
+        re.sub(r"[A-Z]", lambda m: "_" + m.group().lower(), p) for p in _LOCATION_MASK_PATH[1:-1].split("|")
+    }
+    assert location_paths == {*locations.EDITABLE_FIELDS, *locations._IGNORED_IN_MASK}
     mask_paths = {re.sub(r"[A-Z]", lambda m: "_" + m.group().lower(), p) for p in _MASK_PATH[1:-1].split("|")}
     assert mask_paths == {*catalog.EDITABLE_FIELDS, *catalog._IGNORED_IN_MASK}

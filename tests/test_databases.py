@@ -25,6 +25,7 @@ from sqlalchemy import Column, Integer, MetaData, inspect, text
 from sqlalchemy.engine import Connection, make_url
 
 from auth.service import running as running_auth
+from inventory.models import DEFAULT_LOCATION_ID
 from invmesh.auth.v1 import auth_service_pb2_grpc
 from invmesh.products.v1 import products_service_pb2 as pb
 from invmesh.products.v1 import products_service_pb2_grpc
@@ -181,6 +182,70 @@ async def test_upgrading_to_the_stock_feed_reports_every_existing_item_once(tmp_
             levels = await db.fetch(text("SELECT product_id, quantity, version FROM stock_levels"))
             assert [tuple(r) for r in items] == [("p-1", 4, 1, True)]
             assert [tuple(r) for r in levels] == [("p-1", 0, 0)]
+        finally:
+            await db.dispose()
+
+
+async def test_upgrading_to_locations_puts_every_items_stock_in_default(tmp_path: Path) -> None:
+    """Revision 0003: each item's stock becomes its (product, DEFAULT) row, retired ones too, and
+    every movement already written names DEFAULT, so each location's ledger replays to its row."""
+    async with databases.fresh_database(tmp_path, "inventory") as url:
+        db = Database(url)
+        try:
+            await migrations.upgrade(db, "inventory", "0002")
+            now = dt.datetime(2026, 12, 1)
+            async with db.write_connection() as conn:
+                await conn.execute(
+                    text(
+                        "INSERT INTO inventory_items (product_id, quantity, updated_at, retired_at)"
+                        " VALUES ('p-1', 4, :now, NULL), ('p-2', 0, :now, NULL), ('p-3', 2, :now, :now)"
+                    ),
+                    {"now": now},
+                )
+                for pid, moved, balance in (("p-1", 6, 6), ("p-1", -2, 4), ("p-3", 2, 2)):
+                    await conn.execute(
+                        text(
+                            "INSERT INTO movements (product_id, type, quantity, balance_after, reason,"
+                            " reference, actor, created_at) VALUES (:pid, :kind, :moved, :balance,"
+                            " '', '', 'u', :now)"
+                        ),
+                        {
+                            "pid": pid,
+                            "kind": "IN" if moved > 0 else "OUT",
+                            "moved": moved,
+                            "balance": balance,
+                            "now": now,
+                        },
+                    )
+            await migrations.upgrade(db, "inventory")
+            assert await differences(db, "inventory", databases.METADATA["inventory"]) == []
+            locations = await db.fetch(text("SELECT id, code FROM locations"))
+            assert [tuple(r) for r in locations] == [(DEFAULT_LOCATION_ID, "DEFAULT")]
+            levels = await db.fetch(
+                text("SELECT product_id, location_id, on_hand FROM location_stock ORDER BY product_id")
+            )
+            assert [tuple(r) for r in levels] == [
+                ("p-1", DEFAULT_LOCATION_ID, 4),
+                ("p-2", DEFAULT_LOCATION_ID, 0),
+                ("p-3", DEFAULT_LOCATION_ID, 2),
+            ]
+            sums = await db.fetch(
+                text(
+                    "SELECT product_id, location_id, sum(quantity) FROM movements"
+                    " GROUP BY product_id, location_id"
+                )
+            )
+            assert sorted(tuple(r) for r in sums) == [
+                ("p-1", DEFAULT_LOCATION_ID, 4),
+                ("p-3", DEFAULT_LOCATION_ID, 2),
+            ]
+            assert [tuple(r) for r in await db.fetch(text("SELECT count(*) FROM reservations"))] == [(0,)]
+
+            await migrations.downgrade(db, "inventory", "0002")  # and back: the totals stay
+            items = await db.fetch(
+                text("SELECT product_id, quantity FROM inventory_items ORDER BY product_id")
+            )
+            assert [tuple(r) for r in items] == [("p-1", 4), ("p-2", 0), ("p-3", 2)]
         finally:
             await db.dispose()
 

@@ -17,7 +17,7 @@ from sqlalchemy import func, select, update
 from auth.service import running as running_auth
 from inventory.models import Item, Movement
 from inventory.service import running as running_inventory
-from inventory.stock import MAX_STOCK, balances_allowing, next_balance
+from inventory.stock import MAX_STOCK, next_balance
 from invmesh.auth.v1 import auth_service_pb2 as auth_pb
 from invmesh.auth.v1 import auth_service_pb2_grpc
 from invmesh.inventory.v1 import inventory_service_pb2 as pb
@@ -213,22 +213,28 @@ async def test_page_requests_name_both_bad_fields_and_the_limits(mesh: Mesh) -> 
     assert "0 asks for 50, and at most 500 are returned" in str(error.details())
 
 
-@given(balance=st.integers(0, MAX_STOCK), delta=st.integers(-MAX_STOCK, MAX_STOCK))
-@example(balance=5, delta=-5)  # each side of each bound
-@example(balance=4, delta=-5)
-@example(balance=MAX_STOCK - 1, delta=1)
-@example(balance=MAX_STOCK, delta=1)
-@example(balance=1, delta=MAX_STOCK)
-@example(balance=MAX_STOCK, delta=-MAX_STOCK)
-def test_the_conditional_update_moves_exactly_the_balances_the_stock_rule_allows(
-    balance: int, delta: int
+@given(
+    balance=st.integers(0, MAX_STOCK),
+    delta=st.integers(-MAX_STOCK, MAX_STOCK),
+    reserved=st.integers(0, MAX_STOCK),
+)
+@example(balance=5, delta=-5, reserved=0)  # each side of each bound
+@example(balance=4, delta=-5, reserved=0)
+@example(balance=5, delta=-3, reserved=2)
+@example(balance=5, delta=-4, reserved=2)
+@example(balance=MAX_STOCK - 1, delta=1, reserved=0)
+@example(balance=MAX_STOCK, delta=1, reserved=0)
+@example(balance=MAX_STOCK, delta=-MAX_STOCK, reserved=0)
+def test_the_stock_rule_keeps_a_balance_in_range_and_reserved_units_in_stock(
+    balance: int, delta: int, reserved: int
 ) -> None:
-    lowest, highest = balances_allowing(delta)
+    reserved = min(reserved, balance)  # reserved never passes on hand
     try:
-        moved: int | None = next_balance(balance, delta)
+        moved: int | None = next_balance(balance, delta, reserved=reserved)
     except (FailedPrecondition, InvalidArgument):
         moved = None
-    assert (moved is not None) == (lowest <= balance <= highest)
+    allowed = balance + delta <= MAX_STOCK and (delta >= 0 or balance + delta >= reserved)
+    assert (moved is not None) == allowed
     assert moved is None or 0 <= moved <= MAX_STOCK
 
 

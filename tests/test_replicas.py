@@ -115,7 +115,7 @@ class ReplicatedMesh:
     processes: dict[str, asyncio.subprocess.Process]  # by address
     products: products_service_pb2_grpc.ProductsServiceStub
     inventory: inventory_service_pb2_grpc.InventoryServiceStub
-    user: tuple[tuple[str, str], ...]
+    user: tuple[tuple[str, str], ...]  # an admin: locations are admin's
 
     async def new_product(self, sku: str) -> str:
         product = products_pb.Product(sku=sku, name=sku.title(), price="1.00")
@@ -152,7 +152,7 @@ async def replicated_mesh(
         contextlib.AsyncExitStack() as stack,
     ):
         auth = auth_service_pb2_grpc.AuthServiceStub(auth_channel)
-        token = await user_token(auth, "staff@example.com", smtp.inbox, settings)
+        token = await user_token(auth, "staff@example.com", smtp.inbox, settings, role="admin")
         yield ReplicatedMesh(
             addresses,
             processes,
@@ -226,6 +226,122 @@ async def test_two_inventory_replicas_never_oversell(
         log.stem: log.read_text().count("BatchGetProducts") for log in sorted(tmp_path.glob("products-*.log"))
     }
     assert len(looked_up) == REPLICAS and all(looked_up.values()), looked_up
+
+
+@pytest.mark.slow
+async def test_reservations_confirms_releases_exits_and_transfers_never_commit_more_than_there_is(
+    settings: Settings, smtp: SmtpServer, tmp_path: Path
+) -> None:
+    """Issue 16's proof: 300 concurrent requests over both replicas (reservations, each then
+    confirmed or released, exits and transfers) against 50 available units commit at most 50,
+    never leave a negative balance, conserve what transfers move, and leave a ledger that replays
+    to every balance per location; an expired reservation gives its units back."""
+    async with replicated_mesh(settings, smtp, tmp_path) as mesh:
+        user, inventory = mesh.user, mesh.inventory
+        pid = await mesh.new_product("CONTENDED-1")
+        default = (await inventory.ListLocations(pb.ListLocationsRequest(), metadata=user)).locations[0].id
+        other = (
+            await inventory.CreateLocation(
+                pb.CreateLocationRequest(location=pb.Location(code="WH-2", name="Second")), metadata=user
+            )
+        ).location.id
+        await inventory.RecordMovement(
+            pb.RecordMovementRequest(product_id=pid, type=pb.RecordMovementRequest.IN, quantity=50),
+            metadata=user,
+        )
+        # Expired by the time the storm starts, never swept (the sweeper runs every 30 s): its
+        # 10 units must count as available again.
+        reserve = inventory.CreateReservation
+        stale = (
+            await reserve(
+                pb.CreateReservationRequest(product_id=pid, quantity=10, ttl_seconds=1), metadata=user
+            )
+        ).reservation
+        await asyncio.sleep(1.1)
+
+        async def reserve_then(settle: str) -> tuple[str, int]:
+            """A checkout: reserve one unit, then confirm or release it (two requests)."""
+            try:
+                held = (
+                    await reserve(pb.CreateReservationRequest(product_id=pid, quantity=1), metadata=user)
+                ).reservation
+            except grpc.aio.AioRpcError as refused:
+                assert error_reason(refused) == "INSUFFICIENT_STOCK", refused.details()
+                await asyncio.sleep(0)  # its second request is not sent: count it refused too
+                return "refused", 0
+            if settle == "confirm":
+                done = await inventory.ConfirmReservation(
+                    pb.ConfirmReservationRequest(id=held.id), metadata=user
+                )
+                assert done.reservation.state == pb.CONFIRMED and done.movement.quantity == -1
+                return "confirmed", 1
+            released = await inventory.ReleaseReservation(
+                pb.ReleaseReservationRequest(id=held.id), metadata=user
+            )
+            assert released.reservation.state == pb.RELEASED
+            return "released", 0
+
+        async def take(kind: str) -> tuple[str, int]:
+            try:
+                if kind == "out":
+                    await inventory.RecordMovement(
+                        pb.RecordMovementRequest(
+                            product_id=pid, type=pb.RecordMovementRequest.OUT, quantity=1
+                        ),
+                        metadata=user,
+                    )
+                    return "out", 1
+                await inventory.CreateTransfer(
+                    pb.CreateTransferRequest(
+                        product_id=pid, from_location_id=default, to_location_id=other, quantity=1
+                    ),
+                    metadata=user,
+                )
+                return "transferred", 1
+            except grpc.aio.AioRpcError as refused:
+                assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION, refused.details()
+                assert error_reason(refused) == "INSUFFICIENT_STOCK", refused.details()
+                return f"{kind} refused", 0
+
+        # 50 reserve+confirm and 25 reserve+release (150 requests), 100 exits, 50 transfers.
+        jobs = (
+            [reserve_then("confirm") for _ in range(50)]
+            + [reserve_then("release") for _ in range(25)]
+            + [take("out") for _ in range(100)]
+            + [take("transfer") for _ in range(50)]
+        )
+        outcomes = await asyncio.gather(*jobs)
+        tally: dict[str, int] = {}
+        for outcome, _ in outcomes:
+            tally[outcome] = tally.get(outcome, 0) + 1
+        print("outcomes:", tally)
+        committed = tally.get("confirmed", 0) + tally.get("out", 0)
+        transferred = tally.get("transferred", 0)
+        assert 0 < committed + transferred <= 50, tally
+
+        item = (
+            await inventory.GetInventoryItem(pb.GetInventoryItemRequest(product_id=pid), metadata=user)
+        ).item
+        on_hand = {level.location_id: level.on_hand for level in item.locations}
+        assert item.reserved == 0 and all(level.reserved == 0 for level in item.locations)
+        assert on_hand == {default: 50 - committed - transferred, other: transferred}  # never below 0
+        assert item.quantity == 50 - committed  # transfers conserve the total
+
+        ledger = await mesh.ledger(pid)
+        balances: dict[str, int] = {}
+        for movement in ledger:  # replays to every balance, per location
+            balances[movement.location_id] = balances.get(movement.location_id, 0) + movement.quantity
+            assert movement.balance_after == balances[movement.location_id] >= 0, movement
+        assert {k: v for k, v in balances.items()} == on_hand
+        assert sum(1 for m in ledger if m.reservation_id) == tally.get("confirmed", 0)
+        assert sum(1 for m in ledger if m.transfer_id) == 2 * transferred
+
+        # The expired reservation's units were back all along: whatever is left can be reserved.
+        left = on_hand[default]
+        if left:
+            await reserve(pb.CreateReservationRequest(product_id=pid, quantity=left), metadata=user)
+        got = await inventory.GetReservation(pb.GetReservationRequest(id=stale.id), metadata=user)
+        assert got.reservation.state == pb.EXPIRED
 
 
 @dataclass(frozen=True)

@@ -91,6 +91,12 @@ def test_reads_and_idempotent_writes_have_the_retry_policy_and_nothing_else_does
         "InventoryService.GetInventoryItem",
         "InventoryService.BatchGetInventoryItems",
         "InventoryService.ListMovements",
+        "InventoryService.ListLocations",
+        "InventoryService.GetLocation",
+        "InventoryService.ListReservations",
+        "InventoryService.GetReservation",
+        "InventoryService.ConfirmReservation",
+        "InventoryService.ReleaseReservation",
         "InventoryService.DeleteInventoryItem",
         "ProductsService.UpdateStockLevels",
     }

@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1binvmesh/api/v1/access.proto\x12\x0einvmesh.api.v1\x1a google/protobuf/descriptor.proto\"<\n\x06\x41\x63\x63\x65ss\x12\"\n\x04role\x18\x01 \x01(\x0e\x32\x14.invmesh.api.v1.Role\x12\x0e\n\x06public\x18\x02 \x01(\x08*_\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_VIEWER\x10\x01\x12\x0e\n\nROLE_STAFF\x10\x02\x12\x0e\n\nROLE_ADMIN\x10\x03\x12\x10\n\x0cROLE_SERVICE\x10\x04:H\n\x06\x61\x63\x63\x65ss\x12\x1e.google.protobuf.MethodOptions\x18\xb9\x8e\x03 \x01(\x0b\x32\x16.invmesh.api.v1.Accessb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1binvmesh/api/v1/access.proto\x12\x0einvmesh.api.v1\x1a google/protobuf/descriptor.proto\"M\n\x06\x41\x63\x63\x65ss\x12\"\n\x04role\x18\x01 \x01(\x0e\x32\x14.invmesh.api.v1.Role\x12\x0e\n\x06public\x18\x02 \x01(\x08\x12\x0f\n\x07service\x18\x03 \x01(\x08*_\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_VIEWER\x10\x01\x12\x0e\n\nROLE_STAFF\x10\x02\x12\x0e\n\nROLE_ADMIN\x10\x03\x12\x10\n\x0cROLE_SERVICE\x10\x04:H\n\x06\x61\x63\x63\x65ss\x12\x1e.google.protobuf.MethodOptions\x18\xb9\x8e\x03 \x01(\x0b\x32\x16.invmesh.api.v1.Accessb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'invmesh.api.v1.access_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROLE']._serialized_start=143
-  _globals['_ROLE']._serialized_end=238
+  _globals['_ROLE']._serialized_start=160
+  _globals['_ROLE']._serialized_end=255
   _globals['_ACCESS']._serialized_start=81
-  _globals['_ACCESS']._serialized_end=141
+  _globals['_ACCESS']._serialized_end=158
 # @@protoc_insertion_point(module_scope)

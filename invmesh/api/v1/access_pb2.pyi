@@ -22,9 +22,11 @@ ACCESS_FIELD_NUMBER: _ClassVar[int]
 access: _descriptor.FieldDescriptor
 
 class Access(_message.Message):
-    __slots__ = ("role", "public")
+    __slots__ = ("role", "public", "service")
     ROLE_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
     role: Role
     public: bool
-    def __init__(self, role: _Optional[_Union[Role, str]] = ..., public: _Optional[bool] = ...) -> None: ...
+    service: bool
+    def __init__(self, role: _Optional[_Union[Role, str]] = ..., public: _Optional[bool] = ..., service: _Optional[bool] = ...) -> None: ...

@@ -26,8 +26,12 @@ if _version_not_supported:
 
 
 class InventoryServiceStub:
-    """Stock control: one balance per product and an append-only ledger of the
-    movements that explain it.
+    """Stock control: a balance per product and location, the reservations that
+    promise part of it, and an append-only ledger of the movements that explain
+    it. A request that names no location uses the DEFAULT one.
+
+    Locations are resources named `locations/*` (REST /locations/{id}),
+    reservations `reservations/*` (REST /reservations/{id}).
 
     Every RPC needs an access token (`authorization: Bearer <jwt>` metadata).
     Errors carry a google.rpc.Status with a google.rpc.ErrorInfo `reason`.
@@ -74,19 +78,80 @@ class InventoryServiceStub:
                 request_serializer=invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.DeleteInventoryItemRequest.SerializeToString,
                 response_deserializer=invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.DeleteInventoryItemResponse.FromString,
                 _registered_method=True)
+        self.CreateTransfer = channel.unary_unary(
+                '/invmesh.inventory.v1.InventoryService/CreateTransfer',
+                request_serializer=invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.CreateTransferRequest.SerializeToString,
+                response_deserializer=invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.CreateTransferResponse.FromString,
+                _registered_method=True)
+        self.ListLocations = channel.unary_unary(
+                '/invmesh.inventory.v1.InventoryService/ListLocations',
+                request_serializer=invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.ListLocationsRequest.SerializeToString,
+                response_deserializer=invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.ListLocationsResponse.FromString,
+                _registered_method=True)
+        self.GetLocation = channel.unary_unary(
+                '/invmesh.inventory.v1.InventoryService/GetLocation',
+                request_serializer=invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.GetLocationRequest.SerializeToString,
+                response_deserializer=invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.GetLocationResponse.FromString,
+                _registered_method=True)
+        self.CreateLocation = channel.unary_unary(
+                '/invmesh.inventory.v1.InventoryService/CreateLocation',
+                request_serializer=invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.CreateLocationRequest.SerializeToString,
+                response_deserializer=invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.CreateLocationResponse.FromString,
+                _registered_method=True)
+        self.UpdateLocation = channel.unary_unary(
+                '/invmesh.inventory.v1.InventoryService/UpdateLocation',
+                request_serializer=invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.UpdateLocationRequest.SerializeToString,
+                response_deserializer=invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.UpdateLocationResponse.FromString,
+                _registered_method=True)
+        self.DeleteLocation = channel.unary_unary(
+                '/invmesh.inventory.v1.InventoryService/DeleteLocation',
+                request_serializer=invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.DeleteLocationRequest.SerializeToString,
+                response_deserializer=invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.DeleteLocationResponse.FromString,
+                _registered_method=True)
+        self.CreateReservation = channel.unary_unary(
+                '/invmesh.inventory.v1.InventoryService/CreateReservation',
+                request_serializer=invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.CreateReservationRequest.SerializeToString,
+                response_deserializer=invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.CreateReservationResponse.FromString,
+                _registered_method=True)
+        self.GetReservation = channel.unary_unary(
+                '/invmesh.inventory.v1.InventoryService/GetReservation',
+                request_serializer=invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.GetReservationRequest.SerializeToString,
+                response_deserializer=invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.GetReservationResponse.FromString,
+                _registered_method=True)
+        self.ListReservations = channel.unary_unary(
+                '/invmesh.inventory.v1.InventoryService/ListReservations',
+                request_serializer=invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.ListReservationsRequest.SerializeToString,
+                response_deserializer=invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.ListReservationsResponse.FromString,
+                _registered_method=True)
+        self.ConfirmReservation = channel.unary_unary(
+                '/invmesh.inventory.v1.InventoryService/ConfirmReservation',
+                request_serializer=invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.ConfirmReservationRequest.SerializeToString,
+                response_deserializer=invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.ConfirmReservationResponse.FromString,
+                _registered_method=True)
+        self.ReleaseReservation = channel.unary_unary(
+                '/invmesh.inventory.v1.InventoryService/ReleaseReservation',
+                request_serializer=invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.ReleaseReservationRequest.SerializeToString,
+                response_deserializer=invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.ReleaseReservationResponse.FromString,
+                _registered_method=True)
 
 
 class InventoryServiceServicer:
-    """Stock control: one balance per product and an append-only ledger of the
-    movements that explain it.
+    """Stock control: a balance per product and location, the reservations that
+    promise part of it, and an append-only ledger of the movements that explain
+    it. A request that names no location uses the DEFAULT one.
+
+    Locations are resources named `locations/*` (REST /locations/{id}),
+    reservations `reservations/*` (REST /reservations/{id}).
 
     Every RPC needs an access token (`authorization: Bearer <jwt>` metadata).
     Errors carry a google.rpc.Status with a google.rpc.ErrorInfo `reason`.
     """
 
     def ListInventoryItems(self, request, context):
-        """Lists the inventory items of products that have moved, by product id.
-        Returns INVALID_ARGUMENT for a negative page_size or a malformed page_token.
+        """Lists the inventory items of products that have moved, by product id;
+        with a location_id, those that have moved there, each with that
+        location's stock only. Returns INVALID_ARGUMENT for a negative page_size
+        or a malformed page_token, and NOT_FOUND for an unknown location_id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -110,12 +175,13 @@ class InventoryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RecordMovement(self, request, context):
-        """Records an entry (IN) or exit (OUT) and returns the new balance.
-        Returns INVALID_ARGUMENT naming every bad field (a type other than IN or
-        OUT, a quantity outside 1 to 2147483647, a stock that would pass
-        2147483647, a reason over 500 or a reference over 200 characters), NOT_FOUND
-        for an unknown product, FAILED_PRECONDITION (reason INSUFFICIENT_STOCK)
-        for an exit beyond the stock, and ALREADY_EXISTS (reason
+        """Records an entry (IN) or exit (OUT) at a location (DEFAULT when unset) and
+        returns the new balance. Returns INVALID_ARGUMENT naming every bad field (a
+        type other than IN or OUT, a quantity outside 1 to 2147483647, a stock that
+        would pass 2147483647, a reason over 500 or a reference over 200
+        characters), NOT_FOUND for an unknown product or location,
+        FAILED_PRECONDITION (reason INSUFFICIENT_STOCK) for an exit beyond what is
+        available there (on hand less active reservations), and ALREADY_EXISTS (reason
         REQUEST_ID_REUSED) for a request_id already used with a different body,
         and PERMISSION_DENIED below staff. A request_id already used with the same
         body returns the first result.
@@ -125,11 +191,13 @@ class InventoryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SetStock(self, request, context):
-        """Sets a product's stock, recording an ADJUSTMENT movement of the difference.
-        Returns INVALID_ARGUMENT naming every bad field (a quantity outside 0 to
-        2147483647, a reason over 500 characters), NOT_FOUND for an unknown
-        product and PERMISSION_DENIED below staff; request_id behaves as in
-        RecordMovement.
+        """Sets a product's stock at a location (DEFAULT when unset), recording an
+        ADJUSTMENT movement of the difference. Returns INVALID_ARGUMENT naming
+        every bad field (a quantity outside 0 to 2147483647, a reason over 500
+        characters), NOT_FOUND for an unknown product or location,
+        FAILED_PRECONDITION (reason BELOW_RESERVED) for a count below what active
+        reservations hold there, and PERMISSION_DENIED below staff; request_id
+        behaves as in RecordMovement.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -146,10 +214,128 @@ class InventoryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteInventoryItem(self, request, context):
-        """Retires a deleted product's inventory item: it answers NOT_FOUND from then
-        on and keeps its ledger. Idempotent, so a redelivery changes nothing. For
+        """Retires a deleted product's inventory item at every location and releases
+        its active reservations: it answers NOT_FOUND from then on and keeps its
+        ledger. Idempotent, so a redelivery changes nothing. For
         the products service's outbox relay: PERMISSION_DENIED for any caller but
         a service.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateTransfer(self, request, context):
+        """Moves stock between two locations: an OUT at the source and an IN at the
+        destination sharing a transfer_id, in one transaction. Returns
+        INVALID_ARGUMENT naming every bad field (a missing or equal location, a
+        quantity outside 1 to 2147483647, a reason over 500 characters),
+        NOT_FOUND for an unknown product or location, FAILED_PRECONDITION (reason
+        INSUFFICIENT_STOCK) when the source has less available, ALREADY_EXISTS
+        (reason REQUEST_ID_REUSED) for a request_id already used with a different
+        body, and PERMISSION_DENIED below staff. A request_id already used with
+        the same body returns the first result.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListLocations(self, request, context):
+        """Lists locations by code. Returns INVALID_ARGUMENT for a negative
+        page_size or a malformed page_token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetLocation(self, request, context):
+        """Gets a location. Returns NOT_FOUND if it does not exist.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateLocation(self, request, context):
+        """Creates a location. Returns INVALID_ARGUMENT naming every bad field (a
+        code that is not 1 to 32 letters, digits or . _ -, a name that is not 1
+        to 200 characters), ALREADY_EXISTS (reason LOCATION_CODE_TAKEN) if the
+        code is taken and PERMISSION_DENIED below admin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateLocation(self, request, context):
+        """Updates a location's code and name: those `update_mask` names, or both
+        without one. Returns NOT_FOUND if it does not exist, INVALID_ARGUMENT
+        naming every bad field or unknown mask path, ALREADY_EXISTS (reason
+        LOCATION_CODE_TAKEN) if the new code is taken and PERMISSION_DENIED below
+        admin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteLocation(self, request, context):
+        """Deletes a location. Returns NOT_FOUND if it does not exist,
+        FAILED_PRECONDITION with reason LOCATION_NOT_EMPTY while it holds stock
+        or active reservations of a product that exists, or DEFAULT_LOCATION for
+        the default one, and PERMISSION_DENIED below admin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateReservation(self, request, context):
+        """Reserves units of a product at a location (DEFAULT when unset) for
+        ttl_seconds (900 when 0, at most 604800): they stop being available until
+        the reservation is confirmed, released or expires. Returns
+        INVALID_ARGUMENT naming every bad field, NOT_FOUND for an unknown product
+        or location, FAILED_PRECONDITION (reason INSUFFICIENT_STOCK) when fewer
+        units are available, ALREADY_EXISTS (reason REQUEST_ID_REUSED) for a
+        request_id already used with a different body, and PERMISSION_DENIED
+        below staff; service tokens may call it. A request_id already used with
+        the same body returns the first reservation.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetReservation(self, request, context):
+        """Gets a reservation; one past its expires_at reads EXPIRED. Returns
+        NOT_FOUND if it does not exist and PERMISSION_DENIED below staff;
+        service tokens may call it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListReservations(self, request, context):
+        """Lists reservations, newest first, optionally of one product and in one
+        state. Returns INVALID_ARGUMENT for a negative page_size or a malformed
+        page_token and PERMISSION_DENIED below staff.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ConfirmReservation(self, request, context):
+        """Confirms an active reservation: its units leave the stock as an OUT
+        movement that references it, in one transaction. Confirming a confirmed
+        reservation returns it again. Returns NOT_FOUND if it does not exist,
+        FAILED_PRECONDITION with reason RESERVATION_EXPIRED or
+        RESERVATION_RELEASED, and PERMISSION_DENIED below staff; service tokens
+        may call it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseReservation(self, request, context):
+        """Releases an active reservation: its units are available again. Releasing
+        a released or expired reservation returns it as it is. Returns NOT_FOUND
+        if it does not exist, FAILED_PRECONDITION (reason RESERVATION_CONFIRMED)
+        for a confirmed one, and PERMISSION_DENIED below staff; service tokens
+        may call it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -193,6 +379,61 @@ def add_InventoryServiceServicer_to_server(servicer, server):
                     request_deserializer=invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.DeleteInventoryItemRequest.FromString,
                     response_serializer=invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.DeleteInventoryItemResponse.SerializeToString,
             ),
+            'CreateTransfer': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateTransfer,
+                    request_deserializer=invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.CreateTransferRequest.FromString,
+                    response_serializer=invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.CreateTransferResponse.SerializeToString,
+            ),
+            'ListLocations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListLocations,
+                    request_deserializer=invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.ListLocationsRequest.FromString,
+                    response_serializer=invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.ListLocationsResponse.SerializeToString,
+            ),
+            'GetLocation': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLocation,
+                    request_deserializer=invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.GetLocationRequest.FromString,
+                    response_serializer=invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.GetLocationResponse.SerializeToString,
+            ),
+            'CreateLocation': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateLocation,
+                    request_deserializer=invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.CreateLocationRequest.FromString,
+                    response_serializer=invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.CreateLocationResponse.SerializeToString,
+            ),
+            'UpdateLocation': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateLocation,
+                    request_deserializer=invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.UpdateLocationRequest.FromString,
+                    response_serializer=invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.UpdateLocationResponse.SerializeToString,
+            ),
+            'DeleteLocation': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteLocation,
+                    request_deserializer=invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.DeleteLocationRequest.FromString,
+                    response_serializer=invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.DeleteLocationResponse.SerializeToString,
+            ),
+            'CreateReservation': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateReservation,
+                    request_deserializer=invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.CreateReservationRequest.FromString,
+                    response_serializer=invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.CreateReservationResponse.SerializeToString,
+            ),
+            'GetReservation': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetReservation,
+                    request_deserializer=invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.GetReservationRequest.FromString,
+                    response_serializer=invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.GetReservationResponse.SerializeToString,
+            ),
+            'ListReservations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListReservations,
+                    request_deserializer=invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.ListReservationsRequest.FromString,
+                    response_serializer=invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.ListReservationsResponse.SerializeToString,
+            ),
+            'ConfirmReservation': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConfirmReservation,
+                    request_deserializer=invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.ConfirmReservationRequest.FromString,
+                    response_serializer=invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.ConfirmReservationResponse.SerializeToString,
+            ),
+            'ReleaseReservation': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseReservation,
+                    request_deserializer=invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.ReleaseReservationRequest.FromString,
+                    response_serializer=invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.ReleaseReservationResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'invmesh.inventory.v1.InventoryService', rpc_method_handlers)
@@ -202,8 +443,12 @@ def add_InventoryServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class InventoryService:
-    """Stock control: one balance per product and an append-only ledger of the
-    movements that explain it.
+    """Stock control: a balance per product and location, the reservations that
+    promise part of it, and an append-only ledger of the movements that explain
+    it. A request that names no location uses the DEFAULT one.
+
+    Locations are resources named `locations/*` (REST /locations/{id}),
+    reservations `reservations/*` (REST /reservations/{id}).
 
     Every RPC needs an access token (`authorization: Bearer <jwt>` metadata).
     Errors carry a google.rpc.Status with a google.rpc.ErrorInfo `reason`.
@@ -388,6 +633,303 @@ class InventoryService:
             '/invmesh.inventory.v1.InventoryService/DeleteInventoryItem',
             invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.DeleteInventoryItemRequest.SerializeToString,
             invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.DeleteInventoryItemResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateTransfer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/invmesh.inventory.v1.InventoryService/CreateTransfer',
+            invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.CreateTransferRequest.SerializeToString,
+            invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.CreateTransferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListLocations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/invmesh.inventory.v1.InventoryService/ListLocations',
+            invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.ListLocationsRequest.SerializeToString,
+            invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.ListLocationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLocation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/invmesh.inventory.v1.InventoryService/GetLocation',
+            invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.GetLocationRequest.SerializeToString,
+            invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.GetLocationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateLocation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/invmesh.inventory.v1.InventoryService/CreateLocation',
+            invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.CreateLocationRequest.SerializeToString,
+            invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.CreateLocationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateLocation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/invmesh.inventory.v1.InventoryService/UpdateLocation',
+            invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.UpdateLocationRequest.SerializeToString,
+            invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.UpdateLocationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteLocation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/invmesh.inventory.v1.InventoryService/DeleteLocation',
+            invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.DeleteLocationRequest.SerializeToString,
+            invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.DeleteLocationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateReservation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/invmesh.inventory.v1.InventoryService/CreateReservation',
+            invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.CreateReservationRequest.SerializeToString,
+            invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.CreateReservationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetReservation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/invmesh.inventory.v1.InventoryService/GetReservation',
+            invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.GetReservationRequest.SerializeToString,
+            invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.GetReservationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListReservations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/invmesh.inventory.v1.InventoryService/ListReservations',
+            invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.ListReservationsRequest.SerializeToString,
+            invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.ListReservationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConfirmReservation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/invmesh.inventory.v1.InventoryService/ConfirmReservation',
+            invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.ConfirmReservationRequest.SerializeToString,
+            invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.ConfirmReservationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseReservation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/invmesh.inventory.v1.InventoryService/ReleaseReservation',
+            invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.ReleaseReservationRequest.SerializeToString,
+            invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.ReleaseReservationResponse.FromString,
             options,
             channel_credentials,
             insecure,

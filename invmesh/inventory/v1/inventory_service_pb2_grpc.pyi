@@ -12,8 +12,12 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class InventoryServiceStub:
-    """Stock control: one balance per product and an append-only ledger of the
-    movements that explain it.
+    """Stock control: a balance per product and location, the reservations that
+    promise part of it, and an append-only ledger of the movements that explain
+    it. A request that names no location uses the DEFAULT one.
+
+    Locations are resources named `locations/*` (REST /locations/{id}),
+    reservations `reservations/*` (REST /reservations/{id}).
 
     Every RPC needs an access token (`authorization: Bearer <jwt>` metadata).
     Errors carry a google.rpc.Status with a google.rpc.ErrorInfo `reason`.
@@ -21,8 +25,10 @@ class InventoryServiceStub:
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListInventoryItems: _aio.UnaryUnaryMultiCallable[_inventory_service_pb2.ListInventoryItemsRequest, _inventory_service_pb2.ListInventoryItemsResponse]
-    """Lists the inventory items of products that have moved, by product id.
-    Returns INVALID_ARGUMENT for a negative page_size or a malformed page_token.
+    """Lists the inventory items of products that have moved, by product id;
+    with a location_id, those that have moved there, each with that
+    location's stock only. Returns INVALID_ARGUMENT for a negative page_size
+    or a malformed page_token, and NOT_FOUND for an unknown location_id.
     """
     GetInventoryItem: _aio.UnaryUnaryMultiCallable[_inventory_service_pb2.GetInventoryItemRequest, _inventory_service_pb2.GetInventoryItemResponse]
     """Gets a product's stock (0 if it never moved). Returns NOT_FOUND if the
@@ -34,22 +40,25 @@ class InventoryServiceStub:
     services. Returns INVALID_ARGUMENT for more than 500 ids.
     """
     RecordMovement: _aio.UnaryUnaryMultiCallable[_inventory_service_pb2.RecordMovementRequest, _inventory_service_pb2.RecordMovementResponse]
-    """Records an entry (IN) or exit (OUT) and returns the new balance.
-    Returns INVALID_ARGUMENT naming every bad field (a type other than IN or
-    OUT, a quantity outside 1 to 2147483647, a stock that would pass
-    2147483647, a reason over 500 or a reference over 200 characters), NOT_FOUND
-    for an unknown product, FAILED_PRECONDITION (reason INSUFFICIENT_STOCK)
-    for an exit beyond the stock, and ALREADY_EXISTS (reason
+    """Records an entry (IN) or exit (OUT) at a location (DEFAULT when unset) and
+    returns the new balance. Returns INVALID_ARGUMENT naming every bad field (a
+    type other than IN or OUT, a quantity outside 1 to 2147483647, a stock that
+    would pass 2147483647, a reason over 500 or a reference over 200
+    characters), NOT_FOUND for an unknown product or location,
+    FAILED_PRECONDITION (reason INSUFFICIENT_STOCK) for an exit beyond what is
+    available there (on hand less active reservations), and ALREADY_EXISTS (reason
     REQUEST_ID_REUSED) for a request_id already used with a different body,
     and PERMISSION_DENIED below staff. A request_id already used with the same
     body returns the first result.
     """
     SetStock: _aio.UnaryUnaryMultiCallable[_inventory_service_pb2.SetStockRequest, _inventory_service_pb2.SetStockResponse]
-    """Sets a product's stock, recording an ADJUSTMENT movement of the difference.
-    Returns INVALID_ARGUMENT naming every bad field (a quantity outside 0 to
-    2147483647, a reason over 500 characters), NOT_FOUND for an unknown
-    product and PERMISSION_DENIED below staff; request_id behaves as in
-    RecordMovement.
+    """Sets a product's stock at a location (DEFAULT when unset), recording an
+    ADJUSTMENT movement of the difference. Returns INVALID_ARGUMENT naming
+    every bad field (a quantity outside 0 to 2147483647, a reason over 500
+    characters), NOT_FOUND for an unknown product or location,
+    FAILED_PRECONDITION (reason BELOW_RESERVED) for a count below what active
+    reservations hold there, and PERMISSION_DENIED below staff; request_id
+    behaves as in RecordMovement.
     """
     ListMovements: _aio.UnaryUnaryMultiCallable[_inventory_service_pb2.ListMovementsRequest, _inventory_service_pb2.ListMovementsResponse]
     """Lists a product's movements, newest first. A deleted product's ledger
@@ -58,15 +67,92 @@ class InventoryServiceStub:
     INVALID_ARGUMENT for a negative page_size or a malformed page_token.
     """
     DeleteInventoryItem: _aio.UnaryUnaryMultiCallable[_inventory_service_pb2.DeleteInventoryItemRequest, _inventory_service_pb2.DeleteInventoryItemResponse]
-    """Retires a deleted product's inventory item: it answers NOT_FOUND from then
-    on and keeps its ledger. Idempotent, so a redelivery changes nothing. For
+    """Retires a deleted product's inventory item at every location and releases
+    its active reservations: it answers NOT_FOUND from then on and keeps its
+    ledger. Idempotent, so a redelivery changes nothing. For
     the products service's outbox relay: PERMISSION_DENIED for any caller but
     a service.
     """
+    CreateTransfer: _aio.UnaryUnaryMultiCallable[_inventory_service_pb2.CreateTransferRequest, _inventory_service_pb2.CreateTransferResponse]
+    """Moves stock between two locations: an OUT at the source and an IN at the
+    destination sharing a transfer_id, in one transaction. Returns
+    INVALID_ARGUMENT naming every bad field (a missing or equal location, a
+    quantity outside 1 to 2147483647, a reason over 500 characters),
+    NOT_FOUND for an unknown product or location, FAILED_PRECONDITION (reason
+    INSUFFICIENT_STOCK) when the source has less available, ALREADY_EXISTS
+    (reason REQUEST_ID_REUSED) for a request_id already used with a different
+    body, and PERMISSION_DENIED below staff. A request_id already used with
+    the same body returns the first result.
+    """
+    ListLocations: _aio.UnaryUnaryMultiCallable[_inventory_service_pb2.ListLocationsRequest, _inventory_service_pb2.ListLocationsResponse]
+    """Lists locations by code. Returns INVALID_ARGUMENT for a negative
+    page_size or a malformed page_token.
+    """
+    GetLocation: _aio.UnaryUnaryMultiCallable[_inventory_service_pb2.GetLocationRequest, _inventory_service_pb2.GetLocationResponse]
+    """Gets a location. Returns NOT_FOUND if it does not exist."""
+    CreateLocation: _aio.UnaryUnaryMultiCallable[_inventory_service_pb2.CreateLocationRequest, _inventory_service_pb2.CreateLocationResponse]
+    """Creates a location. Returns INVALID_ARGUMENT naming every bad field (a
+    code that is not 1 to 32 letters, digits or . _ -, a name that is not 1
+    to 200 characters), ALREADY_EXISTS (reason LOCATION_CODE_TAKEN) if the
+    code is taken and PERMISSION_DENIED below admin.
+    """
+    UpdateLocation: _aio.UnaryUnaryMultiCallable[_inventory_service_pb2.UpdateLocationRequest, _inventory_service_pb2.UpdateLocationResponse]
+    """Updates a location's code and name: those `update_mask` names, or both
+    without one. Returns NOT_FOUND if it does not exist, INVALID_ARGUMENT
+    naming every bad field or unknown mask path, ALREADY_EXISTS (reason
+    LOCATION_CODE_TAKEN) if the new code is taken and PERMISSION_DENIED below
+    admin.
+    """
+    DeleteLocation: _aio.UnaryUnaryMultiCallable[_inventory_service_pb2.DeleteLocationRequest, _inventory_service_pb2.DeleteLocationResponse]
+    """Deletes a location. Returns NOT_FOUND if it does not exist,
+    FAILED_PRECONDITION with reason LOCATION_NOT_EMPTY while it holds stock
+    or active reservations of a product that exists, or DEFAULT_LOCATION for
+    the default one, and PERMISSION_DENIED below admin.
+    """
+    CreateReservation: _aio.UnaryUnaryMultiCallable[_inventory_service_pb2.CreateReservationRequest, _inventory_service_pb2.CreateReservationResponse]
+    """Reserves units of a product at a location (DEFAULT when unset) for
+    ttl_seconds (900 when 0, at most 604800): they stop being available until
+    the reservation is confirmed, released or expires. Returns
+    INVALID_ARGUMENT naming every bad field, NOT_FOUND for an unknown product
+    or location, FAILED_PRECONDITION (reason INSUFFICIENT_STOCK) when fewer
+    units are available, ALREADY_EXISTS (reason REQUEST_ID_REUSED) for a
+    request_id already used with a different body, and PERMISSION_DENIED
+    below staff; service tokens may call it. A request_id already used with
+    the same body returns the first reservation.
+    """
+    GetReservation: _aio.UnaryUnaryMultiCallable[_inventory_service_pb2.GetReservationRequest, _inventory_service_pb2.GetReservationResponse]
+    """Gets a reservation; one past its expires_at reads EXPIRED. Returns
+    NOT_FOUND if it does not exist and PERMISSION_DENIED below staff;
+    service tokens may call it.
+    """
+    ListReservations: _aio.UnaryUnaryMultiCallable[_inventory_service_pb2.ListReservationsRequest, _inventory_service_pb2.ListReservationsResponse]
+    """Lists reservations, newest first, optionally of one product and in one
+    state. Returns INVALID_ARGUMENT for a negative page_size or a malformed
+    page_token and PERMISSION_DENIED below staff.
+    """
+    ConfirmReservation: _aio.UnaryUnaryMultiCallable[_inventory_service_pb2.ConfirmReservationRequest, _inventory_service_pb2.ConfirmReservationResponse]
+    """Confirms an active reservation: its units leave the stock as an OUT
+    movement that references it, in one transaction. Confirming a confirmed
+    reservation returns it again. Returns NOT_FOUND if it does not exist,
+    FAILED_PRECONDITION with reason RESERVATION_EXPIRED or
+    RESERVATION_RELEASED, and PERMISSION_DENIED below staff; service tokens
+    may call it.
+    """
+    ReleaseReservation: _aio.UnaryUnaryMultiCallable[_inventory_service_pb2.ReleaseReservationRequest, _inventory_service_pb2.ReleaseReservationResponse]
+    """Releases an active reservation: its units are available again. Releasing
+    a released or expired reservation returns it as it is. Returns NOT_FOUND
+    if it does not exist, FAILED_PRECONDITION (reason RESERVATION_CONFIRMED)
+    for a confirmed one, and PERMISSION_DENIED below staff; service tokens
+    may call it.
+    """
 
 class InventoryServiceServicer:
-    """Stock control: one balance per product and an append-only ledger of the
-    movements that explain it.
+    """Stock control: a balance per product and location, the reservations that
+    promise part of it, and an append-only ledger of the movements that explain
+    it. A request that names no location uses the DEFAULT one.
+
+    Locations are resources named `locations/*` (REST /locations/{id}),
+    reservations `reservations/*` (REST /reservations/{id}).
 
     Every RPC needs an access token (`authorization: Bearer <jwt>` metadata).
     Errors carry a google.rpc.Status with a google.rpc.ErrorInfo `reason`.
@@ -77,8 +163,10 @@ class InventoryServiceServicer:
         request: _inventory_service_pb2.ListInventoryItemsRequest,
         context: _aio.ServicerContext[_inventory_service_pb2.ListInventoryItemsRequest, _abc.Awaitable[_inventory_service_pb2.ListInventoryItemsResponse]],
     ) -> _abc.Awaitable[_inventory_service_pb2.ListInventoryItemsResponse]:
-        """Lists the inventory items of products that have moved, by product id.
-        Returns INVALID_ARGUMENT for a negative page_size or a malformed page_token.
+        """Lists the inventory items of products that have moved, by product id;
+        with a location_id, those that have moved there, each with that
+        location's stock only. Returns INVALID_ARGUMENT for a negative page_size
+        or a malformed page_token, and NOT_FOUND for an unknown location_id.
         """
 
     def GetInventoryItem(
@@ -105,12 +193,13 @@ class InventoryServiceServicer:
         request: _inventory_service_pb2.RecordMovementRequest,
         context: _aio.ServicerContext[_inventory_service_pb2.RecordMovementRequest, _abc.Awaitable[_inventory_service_pb2.RecordMovementResponse]],
     ) -> _abc.Awaitable[_inventory_service_pb2.RecordMovementResponse]:
-        """Records an entry (IN) or exit (OUT) and returns the new balance.
-        Returns INVALID_ARGUMENT naming every bad field (a type other than IN or
-        OUT, a quantity outside 1 to 2147483647, a stock that would pass
-        2147483647, a reason over 500 or a reference over 200 characters), NOT_FOUND
-        for an unknown product, FAILED_PRECONDITION (reason INSUFFICIENT_STOCK)
-        for an exit beyond the stock, and ALREADY_EXISTS (reason
+        """Records an entry (IN) or exit (OUT) at a location (DEFAULT when unset) and
+        returns the new balance. Returns INVALID_ARGUMENT naming every bad field (a
+        type other than IN or OUT, a quantity outside 1 to 2147483647, a stock that
+        would pass 2147483647, a reason over 500 or a reference over 200
+        characters), NOT_FOUND for an unknown product or location,
+        FAILED_PRECONDITION (reason INSUFFICIENT_STOCK) for an exit beyond what is
+        available there (on hand less active reservations), and ALREADY_EXISTS (reason
         REQUEST_ID_REUSED) for a request_id already used with a different body,
         and PERMISSION_DENIED below staff. A request_id already used with the same
         body returns the first result.
@@ -121,11 +210,13 @@ class InventoryServiceServicer:
         request: _inventory_service_pb2.SetStockRequest,
         context: _aio.ServicerContext[_inventory_service_pb2.SetStockRequest, _abc.Awaitable[_inventory_service_pb2.SetStockResponse]],
     ) -> _abc.Awaitable[_inventory_service_pb2.SetStockResponse]:
-        """Sets a product's stock, recording an ADJUSTMENT movement of the difference.
-        Returns INVALID_ARGUMENT naming every bad field (a quantity outside 0 to
-        2147483647, a reason over 500 characters), NOT_FOUND for an unknown
-        product and PERMISSION_DENIED below staff; request_id behaves as in
-        RecordMovement.
+        """Sets a product's stock at a location (DEFAULT when unset), recording an
+        ADJUSTMENT movement of the difference. Returns INVALID_ARGUMENT naming
+        every bad field (a quantity outside 0 to 2147483647, a reason over 500
+        characters), NOT_FOUND for an unknown product or location,
+        FAILED_PRECONDITION (reason BELOW_RESERVED) for a count below what active
+        reservations hold there, and PERMISSION_DENIED below staff; request_id
+        behaves as in RecordMovement.
         """
 
     def ListMovements(
@@ -144,10 +235,138 @@ class InventoryServiceServicer:
         request: _inventory_service_pb2.DeleteInventoryItemRequest,
         context: _aio.ServicerContext[_inventory_service_pb2.DeleteInventoryItemRequest, _abc.Awaitable[_inventory_service_pb2.DeleteInventoryItemResponse]],
     ) -> _abc.Awaitable[_inventory_service_pb2.DeleteInventoryItemResponse]:
-        """Retires a deleted product's inventory item: it answers NOT_FOUND from then
-        on and keeps its ledger. Idempotent, so a redelivery changes nothing. For
+        """Retires a deleted product's inventory item at every location and releases
+        its active reservations: it answers NOT_FOUND from then on and keeps its
+        ledger. Idempotent, so a redelivery changes nothing. For
         the products service's outbox relay: PERMISSION_DENIED for any caller but
         a service.
+        """
+
+    def CreateTransfer(
+        self,
+        request: _inventory_service_pb2.CreateTransferRequest,
+        context: _aio.ServicerContext[_inventory_service_pb2.CreateTransferRequest, _abc.Awaitable[_inventory_service_pb2.CreateTransferResponse]],
+    ) -> _abc.Awaitable[_inventory_service_pb2.CreateTransferResponse]:
+        """Moves stock between two locations: an OUT at the source and an IN at the
+        destination sharing a transfer_id, in one transaction. Returns
+        INVALID_ARGUMENT naming every bad field (a missing or equal location, a
+        quantity outside 1 to 2147483647, a reason over 500 characters),
+        NOT_FOUND for an unknown product or location, FAILED_PRECONDITION (reason
+        INSUFFICIENT_STOCK) when the source has less available, ALREADY_EXISTS
+        (reason REQUEST_ID_REUSED) for a request_id already used with a different
+        body, and PERMISSION_DENIED below staff. A request_id already used with
+        the same body returns the first result.
+        """
+
+    def ListLocations(
+        self,
+        request: _inventory_service_pb2.ListLocationsRequest,
+        context: _aio.ServicerContext[_inventory_service_pb2.ListLocationsRequest, _abc.Awaitable[_inventory_service_pb2.ListLocationsResponse]],
+    ) -> _abc.Awaitable[_inventory_service_pb2.ListLocationsResponse]:
+        """Lists locations by code. Returns INVALID_ARGUMENT for a negative
+        page_size or a malformed page_token.
+        """
+
+    def GetLocation(
+        self,
+        request: _inventory_service_pb2.GetLocationRequest,
+        context: _aio.ServicerContext[_inventory_service_pb2.GetLocationRequest, _abc.Awaitable[_inventory_service_pb2.GetLocationResponse]],
+    ) -> _abc.Awaitable[_inventory_service_pb2.GetLocationResponse]:
+        """Gets a location. Returns NOT_FOUND if it does not exist."""
+
+    def CreateLocation(
+        self,
+        request: _inventory_service_pb2.CreateLocationRequest,
+        context: _aio.ServicerContext[_inventory_service_pb2.CreateLocationRequest, _abc.Awaitable[_inventory_service_pb2.CreateLocationResponse]],
+    ) -> _abc.Awaitable[_inventory_service_pb2.CreateLocationResponse]:
+        """Creates a location. Returns INVALID_ARGUMENT naming every bad field (a
+        code that is not 1 to 32 letters, digits or . _ -, a name that is not 1
+        to 200 characters), ALREADY_EXISTS (reason LOCATION_CODE_TAKEN) if the
+        code is taken and PERMISSION_DENIED below admin.
+        """
+
+    def UpdateLocation(
+        self,
+        request: _inventory_service_pb2.UpdateLocationRequest,
+        context: _aio.ServicerContext[_inventory_service_pb2.UpdateLocationRequest, _abc.Awaitable[_inventory_service_pb2.UpdateLocationResponse]],
+    ) -> _abc.Awaitable[_inventory_service_pb2.UpdateLocationResponse]:
+        """Updates a location's code and name: those `update_mask` names, or both
+        without one. Returns NOT_FOUND if it does not exist, INVALID_ARGUMENT
+        naming every bad field or unknown mask path, ALREADY_EXISTS (reason
+        LOCATION_CODE_TAKEN) if the new code is taken and PERMISSION_DENIED below
+        admin.
+        """
+
+    def DeleteLocation(
+        self,
+        request: _inventory_service_pb2.DeleteLocationRequest,
+        context: _aio.ServicerContext[_inventory_service_pb2.DeleteLocationRequest, _abc.Awaitable[_inventory_service_pb2.DeleteLocationResponse]],
+    ) -> _abc.Awaitable[_inventory_service_pb2.DeleteLocationResponse]:
+        """Deletes a location. Returns NOT_FOUND if it does not exist,
+        FAILED_PRECONDITION with reason LOCATION_NOT_EMPTY while it holds stock
+        or active reservations of a product that exists, or DEFAULT_LOCATION for
+        the default one, and PERMISSION_DENIED below admin.
+        """
+
+    def CreateReservation(
+        self,
+        request: _inventory_service_pb2.CreateReservationRequest,
+        context: _aio.ServicerContext[_inventory_service_pb2.CreateReservationRequest, _abc.Awaitable[_inventory_service_pb2.CreateReservationResponse]],
+    ) -> _abc.Awaitable[_inventory_service_pb2.CreateReservationResponse]:
+        """Reserves units of a product at a location (DEFAULT when unset) for
+        ttl_seconds (900 when 0, at most 604800): they stop being available until
+        the reservation is confirmed, released or expires. Returns
+        INVALID_ARGUMENT naming every bad field, NOT_FOUND for an unknown product
+        or location, FAILED_PRECONDITION (reason INSUFFICIENT_STOCK) when fewer
+        units are available, ALREADY_EXISTS (reason REQUEST_ID_REUSED) for a
+        request_id already used with a different body, and PERMISSION_DENIED
+        below staff; service tokens may call it. A request_id already used with
+        the same body returns the first reservation.
+        """
+
+    def GetReservation(
+        self,
+        request: _inventory_service_pb2.GetReservationRequest,
+        context: _aio.ServicerContext[_inventory_service_pb2.GetReservationRequest, _abc.Awaitable[_inventory_service_pb2.GetReservationResponse]],
+    ) -> _abc.Awaitable[_inventory_service_pb2.GetReservationResponse]:
+        """Gets a reservation; one past its expires_at reads EXPIRED. Returns
+        NOT_FOUND if it does not exist and PERMISSION_DENIED below staff;
+        service tokens may call it.
+        """
+
+    def ListReservations(
+        self,
+        request: _inventory_service_pb2.ListReservationsRequest,
+        context: _aio.ServicerContext[_inventory_service_pb2.ListReservationsRequest, _abc.Awaitable[_inventory_service_pb2.ListReservationsResponse]],
+    ) -> _abc.Awaitable[_inventory_service_pb2.ListReservationsResponse]:
+        """Lists reservations, newest first, optionally of one product and in one
+        state. Returns INVALID_ARGUMENT for a negative page_size or a malformed
+        page_token and PERMISSION_DENIED below staff.
+        """
+
+    def ConfirmReservation(
+        self,
+        request: _inventory_service_pb2.ConfirmReservationRequest,
+        context: _aio.ServicerContext[_inventory_service_pb2.ConfirmReservationRequest, _abc.Awaitable[_inventory_service_pb2.ConfirmReservationResponse]],
+    ) -> _abc.Awaitable[_inventory_service_pb2.ConfirmReservationResponse]:
+        """Confirms an active reservation: its units leave the stock as an OUT
+        movement that references it, in one transaction. Confirming a confirmed
+        reservation returns it again. Returns NOT_FOUND if it does not exist,
+        FAILED_PRECONDITION with reason RESERVATION_EXPIRED or
+        RESERVATION_RELEASED, and PERMISSION_DENIED below staff; service tokens
+        may call it.
+        """
+
+    def ReleaseReservation(
+        self,
+        request: _inventory_service_pb2.ReleaseReservationRequest,
+        context: _aio.ServicerContext[_inventory_service_pb2.ReleaseReservationRequest, _abc.Awaitable[_inventory_service_pb2.ReleaseReservationResponse]],
+    ) -> _abc.Awaitable[_inventory_service_pb2.ReleaseReservationResponse]:
+        """Releases an active reservation: its units are available again. Releasing
+        a released or expired reservation returns it as it is. Returns NOT_FOUND
+        if it does not exist, FAILED_PRECONDITION (reason RESERVATION_CONFIRMED)
+        for a confirmed one, and PERMISSION_DENIED below staff; service tokens
+        may call it.
         """
 
 def add_InventoryServiceServicer_to_server(servicer: InventoryServiceServicer, server: _aio.Server) -> None: ...

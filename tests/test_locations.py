@@ -1,0 +1,544 @@
+"""Locations, stock per product and location, transfers and reservations over real gRPC, with
+auth and products running (issue 16): what each call answers, what it refuses and why, and
+that the ledger still explains every balance, now per location."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from sqlalchemy import select, update
+
+from inventory.models import DEFAULT_LOCATION_ID, Reservation
+from inventory.reservations import ReservationSweeper
+from invmesh.auth.v1 import auth_service_pb2 as auth_pb
+from invmesh.inventory.v1 import inventory_service_pb2 as pb
+from invmesh.products.v1 import products_service_pb2 as products_pb
+from mesh.db import Database, utcnow
+from tests.conftest import SERVICE_SECRET, Mesh, SmtpServer, user_token
+from tests.rpc import error_reason, eventually, expect_error, field_violations
+from tests.test_inventory import ledger, move, new_product
+
+Metadata = tuple[tuple[str, str], ...]
+
+
+@pytest.fixture
+async def inventory_db(mesh: Mesh) -> AsyncIterator[Database]:
+    db = Database(mesh.settings.database_url("inventory"))
+    yield db
+    await db.dispose()
+
+
+async def new_location(mesh: Mesh, code: str, name: str = "") -> pb.Location:
+    request = pb.CreateLocationRequest(location=pb.Location(code=code, name=name or f"Site {code}"))
+    return (await mesh.inventory.CreateLocation(request, metadata=mesh.as_user())).location
+
+
+async def stocked(mesh: Mesh, sku: str, quantity: int, location_id: str = "") -> str:
+    pid = await new_product(mesh, sku)
+    await mesh.inventory.RecordMovement(
+        move(pid, pb.IN, quantity, location_id=location_id), metadata=mesh.as_user()
+    )
+    return pid
+
+
+async def item(mesh: Mesh, pid: str) -> pb.InventoryItem:
+    request = pb.GetInventoryItemRequest(product_id=pid)
+    return (await mesh.inventory.GetInventoryItem(request, metadata=mesh.as_user())).item
+
+
+def at(found: pb.InventoryItem, location_id: str) -> pb.LocationStock:
+    (level,) = [level for level in found.locations if level.location_id == location_id]
+    return level
+
+
+async def reserve(
+    mesh: Mesh, pid: str, quantity: int, metadata: Metadata = (), **fields: object
+) -> pb.Reservation:
+    request = pb.CreateReservationRequest(product_id=pid, quantity=quantity, **fields)  # type: ignore[arg-type]
+    return (await mesh.inventory.CreateReservation(request, metadata=metadata or mesh.as_user())).reservation
+
+
+async def service_token(mesh: Mesh) -> Metadata:
+    issued = await mesh.auth.IssueServiceToken(
+        auth_pb.IssueServiceTokenRequest(client_id="products", client_secret=SERVICE_SECRET)
+    )
+    return mesh.as_user(issued.access_token)
+
+
+async def test_locations_are_created_read_listed_renamed_and_deleted(mesh: Mesh) -> None:
+    listed = await mesh.inventory.ListLocations(pb.ListLocationsRequest(), metadata=mesh.as_user())
+    assert [(loc.id, loc.code) for loc in listed.locations] == [(DEFAULT_LOCATION_ID, "DEFAULT")]
+
+    made = [await new_location(mesh, code) for code in ("WH-2", "WH-1", "shop.3")]
+    assert made[0].id and made[0].name == "Site WH-2" and made[0].HasField("created_at")
+    got = await mesh.inventory.GetLocation(pb.GetLocationRequest(id=made[0].id), metadata=mesh.as_user())
+    assert got.location == made[0]
+
+    codes, token = [], ""
+    while True:  # by code, two at a time
+        page = await mesh.inventory.ListLocations(
+            pb.ListLocationsRequest(page_size=2, page_token=token), metadata=mesh.as_user()
+        )
+        codes += [loc.code for loc in page.locations]
+        if not (token := page.next_page_token):
+            break
+    assert codes == ["DEFAULT", "WH-1", "WH-2", "shop.3"]
+
+    taken = await expect_error(new_location(mesh, "WH-1"), grpc.StatusCode.ALREADY_EXISTS)
+    assert error_reason(taken) == "LOCATION_CODE_TAKEN"
+    bad = await expect_error(new_location(mesh, "no spaces", " "), grpc.StatusCode.INVALID_ARGUMENT)
+    assert field_violations(bad).keys() == {"code", "name"}
+
+    renamed = await mesh.inventory.UpdateLocation(
+        pb.UpdateLocationRequest(
+            location=pb.Location(id=made[0].id, name="North"), update_mask={"paths": ["name"]}
+        ),
+        metadata=mesh.as_user(),
+    )
+    assert (renamed.location.code, renamed.location.name) == ("WH-2", "North")
+    clash = await expect_error(
+        mesh.inventory.UpdateLocation(
+            pb.UpdateLocationRequest(location=pb.Location(id=made[0].id, code="WH-1", name="N")),
+            metadata=mesh.as_user(),
+        ),
+        grpc.StatusCode.ALREADY_EXISTS,
+    )
+    assert error_reason(clash) == "LOCATION_CODE_TAKEN"
+
+    await mesh.inventory.DeleteLocation(pb.DeleteLocationRequest(id=made[0].id), metadata=mesh.as_user())
+    gone = await expect_error(
+        mesh.inventory.GetLocation(pb.GetLocationRequest(id=made[0].id), metadata=mesh.as_user()),
+        grpc.StatusCode.NOT_FOUND,
+    )
+    assert error_reason(gone) == "LOCATION_NOT_FOUND"
+    default = await expect_error(
+        mesh.inventory.DeleteLocation(
+            pb.DeleteLocationRequest(id=DEFAULT_LOCATION_ID), metadata=mesh.as_user()
+        ),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
+    assert error_reason(default) == "DEFAULT_LOCATION"
+
+
+async def test_a_location_holding_stock_or_reservations_is_not_deleted(mesh: Mesh) -> None:
+    site = await new_location(mesh, "WH-9")
+    pid = await stocked(mesh, "NE-1", 4, site.id)
+    delete = pb.DeleteLocationRequest(id=site.id)
+    full = await expect_error(
+        mesh.inventory.DeleteLocation(delete, metadata=mesh.as_user()), grpc.StatusCode.FAILED_PRECONDITION
+    )
+    assert error_reason(full) == "LOCATION_NOT_EMPTY"
+
+    await mesh.inventory.RecordMovement(move(pid, pb.IN, 2, location_id=site.id), metadata=mesh.as_user())
+    held = await reserve(mesh, pid, 2, location_id=site.id)
+    await mesh.inventory.SetStock(
+        pb.SetStockRequest(product_id=pid, quantity=2, location_id=site.id), metadata=mesh.as_user()
+    )
+    await mesh.inventory.ConfirmReservation(pb.ConfirmReservationRequest(id=held.id), metadata=mesh.as_user())
+    assert at(await item(mesh, pid), site.id).on_hand == 0
+    await mesh.inventory.DeleteLocation(delete, metadata=mesh.as_user())  # empty now
+
+    # A reservation alone holds a location too.
+    other = await new_location(mesh, "WH-8")
+    pid2 = await stocked(mesh, "NE-2", 1, other.id)
+    kept = await reserve(mesh, pid2, 1, location_id=other.id)
+    await mesh.inventory.RecordMovement(move(pid2, pb.IN, 1, location_id=other.id), metadata=mesh.as_user())
+    await mesh.inventory.RecordMovement(move(pid2, pb.OUT, 1, location_id=other.id), metadata=mesh.as_user())
+    refused = await expect_error(
+        mesh.inventory.DeleteLocation(pb.DeleteLocationRequest(id=other.id), metadata=mesh.as_user()),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
+    assert error_reason(refused) == "LOCATION_NOT_EMPTY"
+    assert kept.state == pb.ACTIVE
+
+    # Unknown locations are NOT_FOUND wherever they are named.
+    for call in (
+        mesh.inventory.RecordMovement(move(pid, pb.IN, 1, location_id="nowhere"), metadata=mesh.as_user()),
+        mesh.inventory.ListInventoryItems(
+            pb.ListInventoryItemsRequest(location_id="nowhere"), metadata=mesh.as_user()
+        ),
+        reserve(mesh, pid, 1, location_id="nowhere"),
+    ):
+        assert error_reason(await expect_error(call, grpc.StatusCode.NOT_FOUND)) == "LOCATION_NOT_FOUND"
+
+
+async def test_stock_reads_carry_each_location_and_what_is_reserved(mesh: Mesh) -> None:
+    site = await new_location(mesh, "WH-2")
+    pid = await stocked(mesh, "PER-1", 10)
+    await mesh.inventory.RecordMovement(move(pid, pb.IN, 5, location_id=site.id), metadata=mesh.as_user())
+    await reserve(mesh, pid, 3)
+    other = await stocked(mesh, "PER-2", 7)
+
+    found = await item(mesh, pid)
+    assert (found.quantity, found.reserved, found.available) == (15, 3, 12)
+    assert [(lv.location_id, lv.on_hand, lv.reserved, lv.available) for lv in found.locations] == sorted(
+        [(DEFAULT_LOCATION_ID, 10, 3, 7), (site.id, 5, 0, 5)]
+    )
+
+    listed = await mesh.inventory.ListInventoryItems(pb.ListInventoryItemsRequest(), metadata=mesh.as_user())
+    assert {i.product_id: i.available for i in listed.items} == {pid: 12, other: 7}
+    there = await mesh.inventory.ListInventoryItems(
+        pb.ListInventoryItemsRequest(location_id=site.id), metadata=mesh.as_user()
+    )
+    assert [(i.product_id, i.quantity, [lv.location_id for lv in i.locations]) for i in there.items] == [
+        (pid, 15, [site.id])
+    ]
+    # Products' stock stays the on-hand total.
+    get = products_pb.GetProductRequest(id=pid)
+    product = await eventually(
+        lambda: mesh.products.GetProduct(get, metadata=mesh.as_user()), lambda p: p.product.stock == 15
+    )
+    assert product.product.stock == 15
+
+
+async def test_an_exit_takes_only_what_is_available_and_a_count_keeps_what_is_reserved(mesh: Mesh) -> None:
+    pid = await stocked(mesh, "AV-1", 5)
+    await reserve(mesh, pid, 3)
+    refused = await expect_error(
+        mesh.inventory.RecordMovement(move(pid, pb.OUT, 3), metadata=mesh.as_user()),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
+    assert error_reason(refused) == "INSUFFICIENT_STOCK" and "only 2 available" in (refused.details() or "")
+    out = await mesh.inventory.RecordMovement(move(pid, pb.OUT, 2), metadata=mesh.as_user())
+    assert (out.item.quantity, out.item.available, out.movement.location_id) == (3, 0, DEFAULT_LOCATION_ID)
+
+    below = await expect_error(
+        mesh.inventory.SetStock(pb.SetStockRequest(product_id=pid, quantity=2), metadata=mesh.as_user()),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
+    assert error_reason(below) == "BELOW_RESERVED"
+    counted = await mesh.inventory.SetStock(
+        pb.SetStockRequest(product_id=pid, quantity=4), metadata=mesh.as_user()
+    )
+    assert (counted.item.quantity, counted.item.reserved, counted.movement.quantity) == (4, 3, 1)
+    assert (await item(mesh, pid)).quantity == 4
+
+
+async def test_a_transfer_moves_stock_in_one_transaction_once_per_request_id(mesh: Mesh) -> None:
+    north, south = await new_location(mesh, "N"), await new_location(mesh, "S")
+    pid = await stocked(mesh, "TR-1", 6, north.id)
+    request = pb.CreateTransferRequest(
+        product_id=pid,
+        from_location_id=north.id,
+        to_location_id=south.id,
+        quantity=4,
+        reason="rebalance",
+        request_id="tr-1",
+    )
+    done = await mesh.inventory.CreateTransfer(request, metadata=mesh.as_user())
+    assert done.transfer_id and done.outgoing.transfer_id == done.incoming.transfer_id == done.transfer_id
+    assert (done.outgoing.type, done.outgoing.quantity, done.outgoing.balance_after) == (pb.OUT, -4, 2)
+    assert (done.incoming.type, done.incoming.quantity, done.incoming.balance_after) == (pb.IN, 4, 4)
+    assert (done.outgoing.location_id, done.incoming.location_id) == (north.id, south.id)
+    assert done.item.quantity == 6 and {lv.location_id: lv.on_hand for lv in done.item.locations} == {
+        north.id: 2,
+        south.id: 4,
+    }
+
+    again = await mesh.inventory.CreateTransfer(request, metadata=mesh.as_user())
+    assert (again.transfer_id, again.outgoing, again.incoming) == (
+        done.transfer_id,
+        done.outgoing,
+        done.incoming,
+    )
+    request.quantity = 1
+    reused = await expect_error(
+        mesh.inventory.CreateTransfer(request, metadata=mesh.as_user()), grpc.StatusCode.ALREADY_EXISTS
+    )
+    assert error_reason(reused) == "REQUEST_ID_REUSED"
+
+    short = await expect_error(
+        mesh.inventory.CreateTransfer(
+            pb.CreateTransferRequest(
+                product_id=pid, from_location_id=north.id, to_location_id=south.id, quantity=3
+            ),
+            metadata=mesh.as_user(),
+        ),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
+    assert error_reason(short) == "INSUFFICIENT_STOCK"
+    same = await expect_error(
+        mesh.inventory.CreateTransfer(
+            pb.CreateTransferRequest(
+                product_id=pid, from_location_id=north.id, to_location_id=north.id, quantity=0
+            ),
+            metadata=mesh.as_user(),
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert field_violations(same).keys() == {"to_location_id", "quantity"}
+    found = await item(mesh, pid)
+    assert {lv.location_id: lv.on_hand for lv in found.locations} == {north.id: 2, south.id: 4}
+    assert len(await ledger(mesh, pid)) == 3  # the IN, and the transfer's two halves; nothing of the refusals
+
+
+async def test_a_reservation_is_held_then_confirmed_or_released(mesh: Mesh) -> None:
+    pid = await stocked(mesh, "RES-1", 10)
+    held = await reserve(mesh, pid, 4, reference="cart-7", request_id="res-1")
+    assert (held.state, held.quantity, held.reference, held.location_id) == (
+        pb.ACTIVE,
+        4,
+        "cart-7",
+        DEFAULT_LOCATION_ID,
+    )
+    assert held.expires_at.ToDatetime() - held.created_at.ToDatetime() == dt.timedelta(seconds=900)
+    assert (await reserve(mesh, pid, 4, reference="cart-7", request_id="res-1")) == held  # a retry
+    reused = await expect_error(reserve(mesh, pid, 5, request_id="res-1"), grpc.StatusCode.ALREADY_EXISTS)
+    assert error_reason(reused) == "REQUEST_ID_REUSED"
+    assert (await item(mesh, pid)).available == 6
+
+    too_many = await expect_error(reserve(mesh, pid, 7), grpc.StatusCode.FAILED_PRECONDITION)
+    assert error_reason(too_many) == "INSUFFICIENT_STOCK"
+
+    confirmed = await mesh.inventory.ConfirmReservation(
+        pb.ConfirmReservationRequest(id=held.id), metadata=mesh.as_user()
+    )
+    assert confirmed.reservation.state == pb.CONFIRMED
+    assert (confirmed.movement.type, confirmed.movement.quantity, confirmed.movement.reservation_id) == (
+        pb.OUT,
+        -4,
+        held.id,
+    )
+    assert confirmed.movement.reference == "cart-7" and confirmed.movement.balance_after == 6
+    twice = await mesh.inventory.ConfirmReservation(
+        pb.ConfirmReservationRequest(id=held.id), metadata=mesh.as_user()
+    )
+    assert twice == confirmed
+    found = await item(mesh, pid)
+    assert (found.quantity, found.reserved, found.available) == (6, 0, 6)
+
+    freed = await reserve(mesh, pid, 6)
+    assert (await item(mesh, pid)).available == 0
+    released = await mesh.inventory.ReleaseReservation(
+        pb.ReleaseReservationRequest(id=freed.id), metadata=mesh.as_user()
+    )
+    assert released.reservation.state == pb.RELEASED and (await item(mesh, pid)).available == 6
+    late = await expect_error(
+        mesh.inventory.ConfirmReservation(pb.ConfirmReservationRequest(id=freed.id), metadata=mesh.as_user()),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
+    assert error_reason(late) == "RESERVATION_RELEASED"
+    unrelease = await expect_error(
+        mesh.inventory.ReleaseReservation(pb.ReleaseReservationRequest(id=held.id), metadata=mesh.as_user()),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
+    assert error_reason(unrelease) == "RESERVATION_CONFIRMED"
+
+    got = await mesh.inventory.GetReservation(pb.GetReservationRequest(id=freed.id), metadata=mesh.as_user())
+    assert got.reservation == released.reservation
+    listed = await mesh.inventory.ListReservations(
+        pb.ListReservationsRequest(product_id=pid, page_size=1), metadata=mesh.as_user()
+    )
+    assert [r.id for r in listed.reservations] == [freed.id] and listed.next_page_token  # newest first
+    rest = await mesh.inventory.ListReservations(
+        pb.ListReservationsRequest(product_id=pid, page_size=1, page_token=listed.next_page_token),
+        metadata=mesh.as_user(),
+    )
+    assert [r.id for r in rest.reservations] == [held.id] and not rest.next_page_token
+    confirmed_only = await mesh.inventory.ListReservations(
+        pb.ListReservationsRequest(product_id=pid, state=pb.CONFIRMED), metadata=mesh.as_user()
+    )
+    assert [r.id for r in confirmed_only.reservations] == [held.id]
+    for call in (
+        mesh.inventory.GetReservation(pb.GetReservationRequest(id="no-such"), metadata=mesh.as_user()),
+        mesh.inventory.ConfirmReservation(
+            pb.ConfirmReservationRequest(id="no-such"), metadata=mesh.as_user()
+        ),
+        mesh.inventory.ReleaseReservation(
+            pb.ReleaseReservationRequest(id="no-such"), metadata=mesh.as_user()
+        ),
+    ):
+        assert error_reason(await expect_error(call, grpc.StatusCode.NOT_FOUND)) == "RESERVATION_NOT_FOUND"
+
+
+async def test_ttl_seconds_defaults_to_900_and_stops_at_7_days(mesh: Mesh) -> None:
+    pid = await stocked(mesh, "TTL-1", 3)
+    week = await reserve(mesh, pid, 1, ttl_seconds=7 * 24 * 3600)
+    assert week.expires_at.ToDatetime() - week.created_at.ToDatetime() == dt.timedelta(days=7)
+    for ttl in (7 * 24 * 3600 + 1, -1):
+        bad = await expect_error(reserve(mesh, pid, 1, ttl_seconds=ttl), grpc.StatusCode.INVALID_ARGUMENT)
+        assert field_violations(bad).keys() == {"ttl_seconds"}
+    bad = await expect_error(reserve(mesh, pid, 0, reference="x" * 201), grpc.StatusCode.INVALID_ARGUMENT)
+    assert field_violations(bad).keys() == {"quantity", "reference"}
+
+
+async def test_an_expired_reservation_stops_counting_at_expires_at_without_the_sweeper(
+    mesh: Mesh, inventory_db: Database
+) -> None:
+    pid = await stocked(mesh, "EXP-1", 5)
+    held = await reserve(mesh, pid, 5)
+    assert (await item(mesh, pid)).available == 0
+    async with inventory_db.transaction() as session:  # its time passes
+        await session.execute(
+            update(Reservation)
+            .where(Reservation.id == held.id)
+            .values(expires_at=utcnow() - dt.timedelta(seconds=1))
+        )
+
+    found = await item(mesh, pid)
+    assert (found.reserved, found.available) == (0, 5)
+    again = await reserve(mesh, pid, 5)  # its units are taken again at once
+    got = await mesh.inventory.GetReservation(pb.GetReservationRequest(id=held.id), metadata=mesh.as_user())
+    assert got.reservation.state == pb.EXPIRED
+    async with inventory_db.session() as session:  # the sweeper has not been by
+        assert await session.scalar(select(Reservation.state).where(Reservation.id == held.id)) == "ACTIVE"
+    expired = await expect_error(
+        mesh.inventory.ConfirmReservation(pb.ConfirmReservationRequest(id=held.id), metadata=mesh.as_user()),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
+    assert error_reason(expired) == "RESERVATION_EXPIRED"
+    released = await mesh.inventory.ReleaseReservation(
+        pb.ReleaseReservationRequest(id=held.id), metadata=mesh.as_user()
+    )
+    assert released.reservation.state == pb.EXPIRED  # as it is
+    listed = await mesh.inventory.ListReservations(
+        pb.ListReservationsRequest(product_id=pid, state=pb.EXPIRED), metadata=mesh.as_user()
+    )
+    assert [r.id for r in listed.reservations] == [held.id]
+
+    sweeper = ReservationSweeper(inventory_db, interval=3600, retry_initial=1, retry_max=1)
+    assert await sweeper.sweep() == 1
+    async with inventory_db.session() as session:
+        states = {
+            row.id: row.state for row in await session.execute(select(Reservation.id, Reservation.state))
+        }
+    assert states == {held.id: "EXPIRED", again.id: "ACTIVE"}
+
+
+async def test_viewers_are_refused_and_a_service_token_reserves_and_confirms(
+    mesh: Mesh, smtp: SmtpServer
+) -> None:
+    viewer = mesh.as_user(
+        await user_token(mesh.auth, "viewer@example.com", smtp.inbox, mesh.settings, "viewer")
+    )
+    staff = mesh.as_user(await user_token(mesh.auth, "clerk@example.com", smtp.inbox, mesh.settings, "staff"))
+    service = await service_token(mesh)
+    pid = await stocked(mesh, "ROLE-L", 5)
+    site = await new_location(mesh, "R-1")
+
+    async def denied(call: object) -> None:
+        error = await expect_error(call, grpc.StatusCode.PERMISSION_DENIED)  # type: ignore[arg-type]
+        assert error_reason(error) == "ROLE_REQUIRED", error.details()
+
+    create = pb.CreateLocationRequest(location=pb.Location(code="R-2", name="R"))
+    transfer = pb.CreateTransferRequest(
+        product_id=pid, from_location_id=DEFAULT_LOCATION_ID, to_location_id=site.id, quantity=1
+    )
+    await denied(mesh.inventory.CreateLocation(create, metadata=staff))  # locations are admin's
+    await denied(mesh.inventory.DeleteLocation(pb.DeleteLocationRequest(id=site.id), metadata=staff))
+    await denied(mesh.inventory.CreateLocation(create, metadata=service))
+    await denied(mesh.inventory.CreateTransfer(transfer, metadata=viewer))
+    await denied(mesh.inventory.CreateTransfer(transfer, metadata=service))
+    await denied(reserve(mesh, pid, 1, metadata=viewer))
+    await denied(mesh.inventory.ListReservations(pb.ListReservationsRequest(), metadata=viewer))
+    # Everyone reads locations.
+    await mesh.inventory.ListLocations(pb.ListLocationsRequest(), metadata=viewer)
+
+    await mesh.inventory.CreateTransfer(transfer, metadata=staff)
+    by_staff = await reserve(mesh, pid, 1, metadata=staff)
+    await denied(
+        mesh.inventory.ConfirmReservation(pb.ConfirmReservationRequest(id=by_staff.id), metadata=viewer)
+    )
+    # A checkout service reserves, reads and confirms over gRPC with its own token.
+    checkout = await reserve(mesh, pid, 2, metadata=service, reference="order-1")
+    read = await mesh.inventory.GetReservation(pb.GetReservationRequest(id=checkout.id), metadata=service)
+    assert read.reservation == checkout
+    done = await mesh.inventory.ConfirmReservation(
+        pb.ConfirmReservationRequest(id=checkout.id), metadata=service
+    )
+    assert done.reservation.state == pb.CONFIRMED and done.movement.actor != ""
+    await mesh.inventory.ReleaseReservation(pb.ReleaseReservationRequest(id=by_staff.id), metadata=service)
+    assert (await item(mesh, pid)).quantity == 3
+
+
+async def test_deleting_a_product_retires_its_stock_everywhere_and_releases_its_reservations(
+    mesh: Mesh, inventory_db: Database
+) -> None:
+    site = await new_location(mesh, "DEL-1")
+    pid = await stocked(mesh, "DEL-P", 5)
+    await mesh.inventory.RecordMovement(move(pid, pb.IN, 3, location_id=site.id), metadata=mesh.as_user())
+    held = [await reserve(mesh, pid, 2), await reserve(mesh, pid, 1, location_id=site.id)]
+
+    await mesh.products.DeleteProduct(products_pb.DeleteProductRequest(id=pid), metadata=mesh.as_user())
+    assert error_reason(await expect_error(item(mesh, pid), grpc.StatusCode.NOT_FOUND)) == "PRODUCT_NOT_FOUND"
+    for reservation in held:
+        got = await mesh.inventory.GetReservation(
+            pb.GetReservationRequest(id=reservation.id), metadata=mesh.as_user()
+        )
+        assert got.reservation.state == pb.RELEASED
+    refused = await expect_error(
+        mesh.inventory.ConfirmReservation(
+            pb.ConfirmReservationRequest(id=held[0].id), metadata=mesh.as_user()
+        ),
+        grpc.StatusCode.NOT_FOUND,
+    )
+    assert error_reason(refused) == "PRODUCT_NOT_FOUND"
+    # Its stock no longer holds the location.
+    await mesh.inventory.DeleteLocation(pb.DeleteLocationRequest(id=site.id), metadata=mesh.as_user())
+
+
+async def test_replaying_the_ledger_per_product_and_location_gives_every_balance(mesh: Mesh) -> None:
+    sites = [DEFAULT_LOCATION_ID, (await new_location(mesh, "L-1")).id, (await new_location(mesh, "L-2")).id]
+    pids = [await stocked(mesh, f"LED-{n}", 20) for n in range(2)]
+    user = mesh.as_user()
+    for n, pid in enumerate(pids):
+        await mesh.inventory.CreateTransfer(
+            pb.CreateTransferRequest(
+                product_id=pid, from_location_id=sites[0], to_location_id=sites[1], quantity=7
+            ),
+            metadata=user,
+        )
+        await mesh.inventory.CreateTransfer(
+            pb.CreateTransferRequest(
+                product_id=pid, from_location_id=sites[1], to_location_id=sites[2], quantity=3
+            ),
+            metadata=user,
+        )
+        await mesh.inventory.RecordMovement(move(pid, pb.OUT, 2 + n, location_id=sites[2]), metadata=user)
+        await mesh.inventory.SetStock(
+            pb.SetStockRequest(product_id=pid, quantity=9, location_id=sites[0]), metadata=user
+        )
+        confirmed = await reserve(mesh, pid, 1, location_id=sites[1])
+        await mesh.inventory.ConfirmReservation(pb.ConfirmReservationRequest(id=confirmed.id), metadata=user)
+        await reserve(mesh, pid, 2, location_id=sites[0])  # held, not taken: the ledger knows nothing of it
+
+    for pid in pids:
+        balances: dict[str, int] = defaultdict(int)
+        for movement in reversed(await ledger(mesh, pid)):  # oldest first
+            balances[movement.location_id] += movement.quantity
+            assert movement.balance_after == balances[movement.location_id] >= 0
+        found = await item(mesh, pid)
+        assert {lv.location_id: lv.on_hand for lv in found.locations} == dict(balances)
+        assert found.quantity == sum(balances.values())
+        assert (found.reserved, at(found, sites[0]).available) == (2, 7)
+
+
+async def test_a_location_filtered_list_pages_through_that_locations_items_only(mesh: Mesh) -> None:
+    site = await new_location(mesh, "PG-1")
+    there = sorted([await stocked(mesh, f"PG-{n}", 1, site.id) for n in range(3)])
+    await stocked(mesh, "PG-ELSEWHERE", 1)
+    seen, token = [], ""
+    while True:
+        page = await mesh.inventory.ListInventoryItems(
+            pb.ListInventoryItemsRequest(location_id=site.id, page_size=2, page_token=token),
+            metadata=mesh.as_user(),
+        )
+        seen += [i.product_id for i in page.items]
+        if not (token := page.next_page_token):
+            break
+    assert seen == there
+    unfiltered = await mesh.inventory.ListInventoryItems(
+        pb.ListInventoryItemsRequest(page_size=1), metadata=mesh.as_user()
+    )
+    other = await expect_error(
+        mesh.inventory.ListInventoryItems(
+            pb.ListInventoryItemsRequest(location_id=site.id, page_token=unfiltered.next_page_token),
+            metadata=mesh.as_user(),
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert error_reason(other) == "INVALID_PAGE_TOKEN"
