@@ -98,6 +98,11 @@ class BcryptQueue:
 
     def expected_seconds(self, lane: Lane) -> float:
         """How long a check admitted to `lane` now would take to finish, at worst."""
+        if not any(self._admitted.values()):
+            # Nothing ahead and every worker free: it starts now. (Counting a round of others
+            # here too would refuse every check once a slow spell had doubled the estimate,
+            # and a refused check is never timed to bring it back down.)
+            return self.check_seconds
         if lane is Lane.CLEAN:
             # First in line for every worker; at worst every worker is busy with another check.
             rounds = self._admitted[Lane.CLEAN] // self.workers + 1

@@ -163,10 +163,17 @@ def seed_invmesh(url: str, outbox: Path, count: int) -> tuple[str, list[str]]:
     return token, asyncio.run(_create_products(url, token, count))
 
 
-def log_in(url: str) -> str:
-    """An access token for the benchmark user: the same request on invmesh's facade and on the peer."""
-    response = httpx.post(f"{url}/users/login", json={"email": USER["email"], "password": USER["password"]},
-                          timeout=30)  # fmt: skip
+def log_in(url: str, attempts: int = 5) -> str:
+    """An access token for the benchmark user: the same request on invmesh's facade and on the peer.
+    A 429 (invmesh's bcrypt admission, on a busy machine) is tried again after its Retry-After."""
+    credentials = {"email": USER["email"], "password": USER["password"]}
+    for _ in range(attempts - 1):
+        response = httpx.post(f"{url}/users/login", json=credentials, timeout=30)
+        if response.status_code != 429:
+            break
+        time.sleep(float(response.headers.get("retry-after", 1)))
+    else:
+        response = httpx.post(f"{url}/users/login", json=credentials, timeout=30)
     return str(_checked(response)["access_token"])
 
 

@@ -37,6 +37,21 @@ def test_checks_that_cannot_finish_in_time_are_refused_at_once_with_a_retry_dela
         context.deadline.reset(token)
 
 
+def test_an_idle_queue_admits_a_check_that_fits_its_budget_alone() -> None:
+    """A slow spell left the estimate at 2 s: with nothing running, a check still fits a 2.2 s
+    budget (it starts at once), and one behind it does not."""
+    queue = BcryptQueue(workers=2, check_seconds=2.0)
+    token = context.deadline.set(time.monotonic() + 5.0)  # budget: 5 * 0.5 - 0.3 = 2.2 s
+    try:
+        first = queue.admit(Lane.CLEAN)
+        with pytest.raises(ResourceExhausted):
+            queue.admit(Lane.CLEAN)
+        first.release()
+        queue.admit(Lane.SHARED).release()
+    finally:
+        context.deadline.reset(token)
+
+
 async def test_clean_checks_overtake_queued_shared_ones_and_shared_ones_never_take_every_worker() -> None:
     queue = BcryptQueue(workers=2, check_seconds=0.05)
     started: list[str] = []
