@@ -102,7 +102,8 @@ def measure_http(
 ) -> None:
     for scenario in scenarios:
         token = target.token if scenario.peer_token or not target.peer else ""
-        env = {**scenario.env, "IDS_FILE": str(target.ids_file), "TOKEN": token}
+        location = target.mesh.location_id if target.mesh else ""
+        env = {**scenario.env, "IDS_FILE": str(target.ids_file), "TOKEN": token, "LOCATION": location}
         load = plan.load_for(scenario)
         before = stock_total(target.url, target.token, _page_size(target)) if scenario.writes else 0
         log_from = target.mesh.log.stat().st_size if target.mesh else 0
@@ -221,7 +222,8 @@ def run_database(dbs: Databases, plan: Plan, work: Path, results: Results) -> st
         say(f"bench: {dbs.name}: starting the {name}")
         with peer_running(peer, workers) as running:
             target = Target(name, running.url, peer_ids, running.token, True, running.pid)
-            measure_http(target, plan.scenarios, plan, dbs.name, results)
+            served = [s for s in plan.scenarios if s.peer]
+            measure_http(target, served, plan, dbs.name, results)
             results.processes.append(Processes(name, dbs.name, running.ready_after, running.memory()))
     return peer.versions
 

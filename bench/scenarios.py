@@ -68,6 +68,7 @@ class Scenario:
     peer_token: bool = False  # the peer needs a token for it too
     writes: bool = False  # adds 1 to a stock per answer: the stock is checked, replicas are measured
     direct: Direct | None = None  # the same call made straight to the service over gRPC
+    peer: bool = True  # the peer serves it too; else invmesh alone is measured (no ratio)
 
 
 SCENARIOS = [
@@ -86,6 +87,14 @@ SCENARIOS = [
     Scenario(
         "movement", "POST /inventory (IN, quantity 1)", "movement_in.lua", "wrk/movement_in.lua",
         peer_token=True, writes=True,
+    ),
+    # invmesh alone: the peer keeps no locations or reservations.
+    Scenario(
+        "transfer", "POST /inventory/transfers (1 unit)", "transfer.lua", "(invmesh only)", peer=False,
+    ),
+    Scenario(
+        "reserve-confirm", "POST /reservations, then :confirm (in turn)", "reserve_confirm.lua",
+        "(invmesh only)", peer=False,
     ),
     # bcrypt-bound: 8 in flight, as the peer's baseline (at 64 the queue outlasts any timeout).
     Scenario(

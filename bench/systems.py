@@ -62,6 +62,7 @@ class Invmesh:
     healthy_after: float  # what `invmesh up` itself reports
     log: Path
     pid: int  # `invmesh up`; the services and the facade are its children
+    location_id: str  # a second location besides DEFAULT, for transfers
 
     def logged(self, since: int = 0) -> list[str]:
         """What the services logged (LOG_LEVEL=WARNING: warnings, errors) from byte `since` of the log on,
@@ -149,9 +150,11 @@ def invmesh(
             token, ids = seed_invmesh(url, data_dir / "outbox", products)
         else:
             token, ids = log_in(url), products
+        location = second_location(url, token)
         yield Invmesh(
-            url, addresses, token, ids, ready, float(healthy[1]) if healthy else 0.0, log, process.pid
-        )
+            url, addresses, token, ids, ready, float(healthy[1]) if healthy else 0.0, log, process.pid,
+            location,
+        )  # fmt: skip
 
 
 def seed_invmesh(url: str, outbox: Path, count: int) -> tuple[str, list[str]]:
@@ -161,6 +164,17 @@ def seed_invmesh(url: str, outbox: Path, count: int) -> tuple[str, list[str]]:
         _checked(http.post("/users/verify", json={"token": _verification_token(outbox)}))
     token = log_in(url)
     return token, asyncio.run(_create_products(url, token, count))
+
+
+def second_location(url: str, token: str) -> str:
+    """The id of the location `BENCH-2`, made if a previous run on the same databases did not."""
+    location = {"code": "BENCH-2", "name": "Benchmark, second location"}
+    with httpx.Client(base_url=url, timeout=30, headers={"authorization": f"Bearer {token}"}) as http:
+        made = http.post("/locations", json=location)
+        if made.status_code != 409:
+            return str(_checked(made)["id"])
+        listed = _checked(http.get("/locations", params={"page_size": 100}))["locations"]
+        return next(str(found["id"]) for found in listed if found["code"] == location["code"])
 
 
 def log_in(url: str, attempts: int = 5) -> str:
