@@ -24,6 +24,7 @@ from mesh import paging
 from mesh.context import require_verified_email
 from mesh.db import Database, table_of, utcnow
 from mesh.errors import AlreadyExists, FailedPrecondition, InvalidArgument, Violations
+from mesh.messages import fields_in_mask
 
 MAX_CODE_CHARS = 32
 MAX_NAME_CHARS = 200
@@ -56,23 +57,6 @@ _HELD_THERE = select(func.count()).where(
 class Fields:
     code: str
     name: str
-
-
-def fields_in_mask(mask: Sequence[str] | None) -> tuple[str, ...]:
-    """The editable fields an update mask names: both for no mask or "*"; the id and
-    created_at are ignored; any other path is INVALID_ARGUMENT, naming each."""
-    if mask is None or "*" in mask:
-        return EDITABLE_FIELDS
-    problems = Violations()
-    for path in mask:
-        if path not in EDITABLE_FIELDS and path not in _IGNORED_IN_MASK:
-            problems.add(
-                "update_mask",
-                f"update_mask names {path!r}, which is not an editable field of a location (code, name)",
-                "INVALID_UPDATE_MASK",
-            )
-    problems.check()
-    return tuple(name for name in EDITABLE_FIELDS if name in mask)
 
 
 def _check(fields: Fields, only: Sequence[str] = EDITABLE_FIELDS) -> None:
@@ -139,7 +123,9 @@ class Locations:
         """The location with the fields `mask` names (both without one) set to `fields`'."""
         require_verified_email()
         _require_id(location_id)
-        updating = fields_in_mask(mask)
+        updating = fields_in_mask(
+            mask, editable=EDITABLE_FIELDS, ignored=_IGNORED_IN_MASK, resource="location"
+        )
         _check(fields, updating)
         try:
             async with self._db.transaction() as session:

@@ -21,6 +21,7 @@ from mesh import paging
 from mesh.context import require_verified_email
 from mesh.db import Database, rowcount, table_of, utcnow
 from mesh.errors import AlreadyExists, InvalidArgument, NotFound, Violations
+from mesh.messages import fields_in_mask
 from mesh.outbox import OutboxRelay
 from products.models import Product, ProductChange, RetiredProduct, StockLevel
 
@@ -88,25 +89,6 @@ def minor_digits(currency: str) -> int:
 def format_price(price_minor: int, currency: str) -> str:
     """Minor units as a decimal string with exactly the currency's minor digits: 1250 USD is "12.50"."""
     return f"{Decimal(price_minor).scaleb(-minor_digits(currency)):f}"
-
-
-def fields_in_mask(mask: Sequence[str] | None) -> tuple[str, ...]:
-    """The editable fields an update mask names: all of them for no mask or "*". The id and
-    output-only fields are ignored, so a product read back can be sent as it is (AIP-203);
-    any other path is INVALID_ARGUMENT, naming each."""
-    if mask is None or "*" in mask:
-        return EDITABLE_FIELDS
-    problems = Violations()
-    for path in mask:
-        if path not in EDITABLE_FIELDS and path not in _IGNORED_IN_MASK:
-            problems.add(
-                "update_mask",
-                f"update_mask names {path!r}, which is not an editable field of a product "
-                f"({', '.join(EDITABLE_FIELDS)})",
-                "INVALID_UPDATE_MASK",
-            )
-    problems.check()
-    return tuple(name for name in EDITABLE_FIELDS if name in mask)
 
 
 def _draft_of(product: Product) -> Draft:
@@ -285,7 +267,9 @@ class Catalog:
         """The product as updated, and its stock: the fields `mask` names take the draft's
         values, the others keep theirs (AIP-134); without a mask, all take the draft's."""
         require_verified_email()
-        updating = fields_in_mask(mask)
+        updating = fields_in_mask(
+            mask, editable=EDITABLE_FIELDS, ignored=_IGNORED_IN_MASK, resource="product"
+        )
         try:
             async with self._db.transaction() as session:
                 product = await session.get(Product, product_id, with_for_update=True)
