@@ -11,11 +11,11 @@ Every change of a product's stock or reservations takes the same locks in the sa
 SQLite the write transaction is BEGIN IMMEDIATE); then it reads the active reservations,
 checks the stock rule (`next_balance`), and writes the balances and the movement or
 reservation in that one transaction. The item row serialises every writer of the product, so
-the reservations it sums cannot change under it. On PostgreSQL an IN is first tried as one
-statement that takes the same locks in the same order (`_MOVE_IN_ALONE`), and changes nothing
-unless it can decide alone. The product's existence is confirmed with
-the products service (`inventory.product_check`, which remembers confirmations for a while)
-before that transaction opens, so no lock is ever held across a remote call.
+the reservations it sums cannot change under it. (On PostgreSQL an IN is first tried as one
+statement that takes the same locks in the same order, `_MOVE_IN_ALONE`, and changes nothing
+unless it can decide alone.) The product's existence is confirmed with the products service
+(`inventory.product_check`, which remembers confirmations for a while) before that
+transaction opens, so no lock is ever held across a remote call.
 
 Two races end in a rolled-back transaction that is simply run again: a concurrent first
 movement of the same product (or at the same location), or a retry of the same request, loses
@@ -781,7 +781,8 @@ class Inventory:
     async def _move_in_alone(self, actor: str, change: Change) -> Recorded | None:
         """An IN as one statement without BEGIN (`_MOVE_IN_ALONE`), answered as the locked path
         would; None if it changed nothing (a missing or retired item, a balance it would take
-        above MAX_STOCK, no stock row at the location yet), for the locked path to decide."""
+        above MAX_STOCK, an item another writer changed while this waited for its lock, no stock
+        row at the location yet), for the locked path to decide."""
         now, delta = utcnow(), change.units
         try:
             rows = await self._db.write_alone(
