@@ -4,6 +4,7 @@ that the ledger still explains every balance, now per location."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections import defaultdict
 from collections.abc import AsyncIterator
@@ -271,6 +272,37 @@ async def test_an_entry_where_the_product_has_no_stock_row_yet_moves_the_total_a
         balances[movement.location_id] += movement.quantity
         assert movement.balance_after == balances[movement.location_id]
     assert dict(balances) == {DEFAULT_LOCATION_ID: 6, site.id: 7}
+
+
+async def test_an_entry_that_waits_for_another_writer_answers_the_stock_that_writer_left(
+    mesh: Mesh, inventory_db: Database
+) -> None:
+    """Another writer holds the item's lock and moves stock between locations while an IN
+    waits: on PostgreSQL the IN's one statement read its snapshot before that commit, so it
+    must change nothing and leave the entry to the locked path, whose answer shows the move."""
+    site = await new_location(mesh, "WAIT-1")
+    pid = await stocked(mesh, "WAITED-1", 5)
+    await mesh.inventory.RecordMovement(move(pid, pb.IN, 2, location_id=site.id), metadata=mesh.as_user())
+
+    async def enter() -> pb.RecordMovementResponse:
+        return await mesh.inventory.RecordMovement(move(pid, pb.IN, 4), metadata=mesh.as_user())
+
+    async with inventory_db.write_connection() as conn:  # a transfer of 1 to the site, by hand
+        await conn.execute(select(Item.quantity).where(Item.product_id == pid).with_for_update())
+        entry = asyncio.create_task(enter())
+        await asyncio.sleep(1)  # the entry waits for the item's lock
+        await conn.execute(update(Item).where(Item.product_id == pid).values(version=Item.version + 1))
+        for location, on_hand in ((DEFAULT_LOCATION_ID, 4), (site.id, 3)):
+            await conn.execute(
+                update(LocationStock)
+                .where(LocationStock.product_id == pid, LocationStock.location_id == location)
+                .values(on_hand=on_hand)
+            )
+        assert not entry.done()
+    answer = await entry
+    expected = (pid, 11, 0, 11, sorted([(DEFAULT_LOCATION_ID, 8, 0, 8), (site.id, 3, 0, 3)]))
+    assert answer.movement.balance_after == 8 and figures(answer.item) == expected
+    assert figures(await item(mesh, pid)) == expected
 
 
 async def test_an_entry_of_a_retired_item_is_refused_and_writes_nothing(
