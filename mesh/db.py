@@ -359,6 +359,11 @@ def _is_conflict(orig: BaseException | None) -> bool:
     return isinstance(code, int) and code & 0xFF in _SQLITE_BUSY_OR_LOCKED
 
 
+def sqlstate(error: BaseException) -> str | None:
+    """The SQLSTATE of a database error (a SQLAlchemy error's driver error), if it has one."""
+    return _sqlstate(getattr(error, "orig", None))
+
+
 def _sqlstate(orig: BaseException | None) -> str | None:
     code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
     return code if isinstance(code, str) else None

@@ -4,15 +4,16 @@ that the ledger still explains every balance, now per location."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections import defaultdict
 from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
-from inventory.models import DEFAULT_LOCATION_ID, Reservation
+from inventory.models import DEFAULT_LOCATION_ID, Item, LocationStock, Movement, Reservation
 from inventory.reservations import ReservationSweeper
 from invmesh.auth.v1 import auth_service_pb2 as auth_pb
 from invmesh.inventory.v1 import inventory_service_pb2 as pb
@@ -216,6 +217,111 @@ async def test_an_exit_takes_only_what_is_available_and_a_count_keeps_what_is_re
     )
     assert (counted.item.quantity, counted.item.reserved, counted.movement.quantity) == (4, 3, 1)
     assert (await item(mesh, pid)).quantity == 4
+
+
+def figures(found: pb.InventoryItem) -> tuple[object, ...]:
+    """What an item reports, but when it last moved."""
+    levels = [(lv.location_id, lv.on_hand, lv.reserved, lv.available) for lv in found.locations]
+    return found.product_id, found.quantity, found.reserved, found.available, levels
+
+
+async def stored(db: Database, pid: str) -> tuple[int, int, int, int]:
+    """The item's total and version, the sum of its stock rows, and its movements, as stored."""
+    async with db.session() as session:
+        total, version = (
+            await session.execute(select(Item.quantity, Item.version).where(Item.product_id == pid))
+        ).one()
+        levels = await session.scalar(
+            select(func.coalesce(func.sum(LocationStock.on_hand), 0)).where(LocationStock.product_id == pid)
+        )
+        movements = await session.scalar(select(func.count()).where(Movement.product_id == pid))
+    return total, version, int(levels or 0), int(movements or 0)
+
+
+async def test_an_entry_where_the_product_has_no_stock_row_yet_moves_the_total_and_the_level_together(
+    mesh: Mesh, inventory_db: Database
+) -> None:
+    """On PostgreSQL an IN is first tried as one statement that needs the location's stock row:
+    without it, the statement must change nothing (not even the item's total), and the locked
+    path writes the row. An entry there next takes the one statement, and answers as the
+    locked path does, reservations included."""
+    site = await new_location(mesh, "NEW-1")
+    pid = await stocked(mesh, "NEWROW-1", 5)
+    await reserve(mesh, pid, 2)
+    first = await mesh.inventory.RecordMovement(
+        move(pid, pb.IN, 4, location_id=site.id), metadata=mesh.as_user()
+    )
+    assert (first.movement.balance_after, first.movement.location_id) == (4, site.id)
+    expected = (pid, 9, 2, 7, sorted([(DEFAULT_LOCATION_ID, 5, 2, 3), (site.id, 4, 0, 4)]))
+    assert figures(first.item) == expected
+    assert figures(await item(mesh, pid)) == expected
+    assert await stored(inventory_db, pid) == (9, 2, 9, 2)  # one movement more, its total and level agree
+
+    again = await mesh.inventory.RecordMovement(
+        move(pid, pb.IN, 3, location_id=site.id), metadata=mesh.as_user()
+    )
+    assert again.movement.balance_after == 7
+    expected = (pid, 12, 2, 10, sorted([(DEFAULT_LOCATION_ID, 5, 2, 3), (site.id, 7, 0, 7)]))
+    assert figures(again.item) == expected
+    assert figures(await item(mesh, pid)) == expected
+    home = await mesh.inventory.RecordMovement(move(pid, pb.IN, 1), metadata=mesh.as_user())
+    assert home.movement.balance_after == 6 and figures(home.item) == figures(await item(mesh, pid))
+    assert await stored(inventory_db, pid) == (13, 4, 13, 4)
+    balances: dict[str, int] = defaultdict(int)
+    for movement in reversed(await ledger(mesh, pid)):
+        balances[movement.location_id] += movement.quantity
+        assert movement.balance_after == balances[movement.location_id]
+    assert dict(balances) == {DEFAULT_LOCATION_ID: 6, site.id: 7}
+
+
+async def test_an_entry_that_waits_for_another_writer_answers_the_stock_that_writer_left(
+    mesh: Mesh, inventory_db: Database
+) -> None:
+    """Another writer holds the item's lock and moves stock between locations while an IN
+    waits: on PostgreSQL the IN's one statement read its snapshot before that commit, so it
+    must change nothing and leave the entry to the locked path, whose answer shows the move."""
+    site = await new_location(mesh, "WAIT-1")
+    pid = await stocked(mesh, "WAITED-1", 5)
+    await mesh.inventory.RecordMovement(move(pid, pb.IN, 2, location_id=site.id), metadata=mesh.as_user())
+
+    async def enter() -> pb.RecordMovementResponse:
+        return await mesh.inventory.RecordMovement(move(pid, pb.IN, 4), metadata=mesh.as_user())
+
+    async with inventory_db.write_connection() as conn:  # a transfer of 1 to the site, by hand
+        await conn.execute(select(Item.quantity).where(Item.product_id == pid).with_for_update())
+        entry = asyncio.create_task(enter())
+        await asyncio.sleep(1)  # the entry waits for the item's lock
+        await conn.execute(update(Item).where(Item.product_id == pid).values(version=Item.version + 1))
+        for location, on_hand in ((DEFAULT_LOCATION_ID, 4), (site.id, 3)):
+            await conn.execute(
+                update(LocationStock)
+                .where(LocationStock.product_id == pid, LocationStock.location_id == location)
+                .values(on_hand=on_hand)
+            )
+        assert not entry.done()
+    answer = await entry
+    expected = (pid, 11, 0, 11, sorted([(DEFAULT_LOCATION_ID, 8, 0, 8), (site.id, 3, 0, 3)]))
+    assert answer.movement.balance_after == 8 and figures(answer.item) == expected
+    assert figures(await item(mesh, pid)) == expected
+
+
+async def test_an_entry_of_a_retired_item_is_refused_and_writes_nothing(
+    mesh: Mesh, inventory_db: Database
+) -> None:
+    """The item retired while the products service still answers for the product (its
+    retirement on its way): an IN is NOT_FOUND, at a location with a stock row or without."""
+    site = await new_location(mesh, "RET-1")
+    pid = await stocked(mesh, "RETIRED-IN", 5)
+    async with inventory_db.transaction() as session:
+        await session.execute(update(Item).where(Item.product_id == pid).values(retired_at=utcnow()))
+    before = await stored(inventory_db, pid)
+    for where in ("", site.id):
+        refused = await expect_error(
+            mesh.inventory.RecordMovement(move(pid, pb.IN, 3, location_id=where), metadata=mesh.as_user()),
+            grpc.StatusCode.NOT_FOUND,
+        )
+        assert error_reason(refused) == "PRODUCT_NOT_FOUND"
+    assert await stored(inventory_db, pid) == before == (5, 1, 5, 1)
 
 
 async def test_a_transfer_moves_stock_in_one_transaction_once_per_request_id(mesh: Mesh) -> None:

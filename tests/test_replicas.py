@@ -344,6 +344,106 @@ async def test_reservations_confirms_releases_exits_and_transfers_never_commit_m
         assert got.reservation.state == pb.EXPIRED
 
 
+@pytest.mark.slow
+async def test_concurrent_entries_exits_transfers_and_reservations_keep_total_levels_and_ledger_in_step(
+    settings: Settings, smtp: SmtpServer, tmp_path: Path
+) -> None:
+    """Entries (on PostgreSQL one statement each, but the first at a location), exits, transfers
+    and reservations confirmed or released, all at once over both replicas, some entries at a
+    location where the product has no stock yet: the item's total stays the sum of its levels
+    and what the ledger replays to, and every entry's answer is a state the product was in."""
+    seed = int(os.environ.get("MIXED_WORKLOAD_SEED", random.randrange(2**32)))
+    print(f"MIXED_WORKLOAD_SEED={seed}")
+    rng = random.Random(seed)
+    async with replicated_mesh(settings, smtp, tmp_path) as mesh:
+        user, inventory = mesh.user, mesh.inventory
+        pid = await mesh.new_product("CONTENDED-IN")
+        sites = [(await inventory.ListLocations(pb.ListLocationsRequest(), metadata=user)).locations[0].id]
+        for code in ("WH-2", "WH-3"):  # the product has no stock row at either yet
+            made = pb.CreateLocationRequest(location=pb.Location(code=code, name=code))
+            sites.append((await inventory.CreateLocation(made, metadata=user)).location.id)
+        await inventory.RecordMovement(
+            pb.RecordMovementRequest(product_id=pid, type=pb.RecordMovementRequest.IN, quantity=30),
+            metadata=user,
+        )
+
+        async def enter(units: int, location_id: str) -> tuple[str, int]:
+            request = pb.RecordMovementRequest(
+                product_id=pid, type=pb.RecordMovementRequest.IN, quantity=units, location_id=location_id
+            )
+            answer = await inventory.RecordMovement(request, metadata=user)
+            found = answer.item
+            assert found.quantity == sum(level.on_hand for level in found.locations), answer
+            assert found.reserved == sum(level.reserved for level in found.locations), answer
+            assert found.available == found.quantity - found.reserved, answer
+            (there,) = [level for level in found.locations if level.location_id == location_id]
+            assert there.on_hand == answer.movement.balance_after, answer
+            return "in", units
+
+        async def settle(confirm: bool) -> tuple[str, int]:
+            reserve = pb.CreateReservationRequest(product_id=pid, quantity=1)
+            try:
+                held = (await inventory.CreateReservation(reserve, metadata=user)).reservation
+            except grpc.aio.AioRpcError as refused:
+                assert error_reason(refused) == "INSUFFICIENT_STOCK", refused.details()
+                return "refused", 0
+            if confirm:
+                await inventory.ConfirmReservation(pb.ConfirmReservationRequest(id=held.id), metadata=user)
+                return "confirmed", 1
+            await inventory.ReleaseReservation(pb.ReleaseReservationRequest(id=held.id), metadata=user)
+            return "released", 0
+
+        async def take(transfer: bool) -> tuple[str, int]:
+            try:
+                if transfer:
+                    await inventory.CreateTransfer(
+                        pb.CreateTransferRequest(
+                            product_id=pid, from_location_id=sites[0], to_location_id=sites[1], quantity=1
+                        ),
+                        metadata=user,
+                    )
+                    return "transferred", 1
+                request = pb.RecordMovementRequest(
+                    product_id=pid, type=pb.RecordMovementRequest.OUT, quantity=1
+                )
+                await inventory.RecordMovement(request, metadata=user)
+                return "out", 1
+            except grpc.aio.AioRpcError as refused:
+                assert error_reason(refused) == "INSUFFICIENT_STOCK", refused.details()
+                return "refused", 0
+
+        jobs = (
+            [enter(rng.randint(1, 3), rng.choice(sites)) for _ in range(90)]
+            + [settle(confirm=True) for _ in range(30)]
+            + [settle(confirm=False) for _ in range(15)]
+            + [take(transfer=False) for _ in range(60)]
+            + [take(transfer=True) for _ in range(30)]
+        )
+        rng.shuffle(jobs)
+        tally: dict[str, int] = {}
+        for outcome, units in await asyncio.gather(*jobs):
+            tally[outcome] = tally.get(outcome, 0) + units
+        print("units by outcome:", tally)
+
+        item = (
+            await inventory.GetInventoryItem(pb.GetInventoryItemRequest(product_id=pid), metadata=user)
+        ).item
+        on_hand = {level.location_id: level.on_hand for level in item.locations}
+        assert (
+            item.quantity
+            == sum(on_hand.values())
+            == 30 + tally["in"] - tally.get("out", 0) - tally.get("confirmed", 0)
+        )
+        assert item.reserved == 0
+        ledger = await mesh.ledger(pid)
+        balances: dict[str, int] = {}
+        for movement in ledger:  # replays to every balance, per location
+            balances[movement.location_id] = balances.get(movement.location_id, 0) + movement.quantity
+            assert movement.balance_after == balances[movement.location_id] >= 0, movement
+        assert balances == on_hand
+        assert sum(m.quantity for m in ledger if m.type == pb.IN and not m.transfer_id) == 30 + tally["in"]
+
+
 @dataclass(frozen=True)
 class Operation:
     """One client request of the mixed workload: an entry, an exit or a count."""
