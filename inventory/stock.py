@@ -38,8 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
 from prometheus_client import Counter
-from sqlalchemy import Integer, Row, String, and_, bindparam, func, insert, select, true, update
-from sqlalchemy.dialects.postgresql import aggregate_order_by
+from sqlalchemy import JSON, Integer, Row, String, and_, bindparam, func, insert, select, true, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -151,6 +150,9 @@ _IN_LEVEL = (
     update(_LEVELS)
     .where(
         _LEVELS.c.product_id == _IN_MOVED.c.product_id,
+        # The product named as well as joined: the planner then finds the row by its primary key,
+        # where the join alone let it scan every row at the location (all its products').
+        _LEVELS.c.product_id == bindparam("pid"),
         _LEVELS.c.location_id == _IN_LOCATION,
         _LEVELS.c.on_hand <= _IN_HIGHEST,
     )
@@ -196,33 +198,29 @@ _IN_APPENDED = (
 # reports them: the product's other locations (the snapshot's, exact, see above) and what active
 # reservations hold, by location (a reservation committed while this statement waited for the
 # item's lock is left out: that is the one figure that can be older than the locked path's).
-_OTHER_LEVELS = and_(_LEVELS.c.product_id == bindparam("pid"), _LEVELS.c.location_id != _IN_LOCATION)
-_HELD = (
+# Each is a JSON object by location id: asyncpg decodes JSON with the codec SQLAlchemy sets on
+# every connection, where an array of varchar or integers would make each new connection first
+# ask PostgreSQL about those types (its costly type introspection, tens of ms of server CPU).
+_OTHER_LEVELS = (
+    select(func.json_object_agg(_LEVELS.c.location_id, _LEVELS.c.on_hand, type_=JSON))
+    .where(_LEVELS.c.product_id == bindparam("pid"), _LEVELS.c.location_id != _IN_LOCATION)
+    .scalar_subquery()
+)
+_HELD_BY_LOCATION = (
     select(_RESERVATIONS.c.location_id, func.sum(_RESERVATIONS.c.quantity).label("held"))
     .where(_RESERVATIONS.c.product_id == bindparam("pid"), _HOLDING)
     .group_by(_RESERVATIONS.c.location_id)
     .subquery()
 )
-
-
-def _ordered(column: Any, by: Any, *, where: Any = None, source: Any = None) -> Any:
-    """The values of `column` as an array ordered by `by` (NULL if none)."""
-    query = select(func.array_agg(aggregate_order_by(column, by)))
-    if source is not None:
-        query = query.select_from(source)
-    if where is not None:
-        query = query.where(where)
-    return query.scalar_subquery()
-
-
+_HELD = select(
+    func.json_object_agg(_HELD_BY_LOCATION.c.location_id, _HELD_BY_LOCATION.c.held, type_=JSON)
+).scalar_subquery()
 _MOVE_IN_ALONE = select(
     _IN_APPENDED.c.id,
     _IN_APPENDED.c.balance_after,
     _IN_MOVED.c.quantity,
-    _ordered(_LEVELS.c.location_id, _LEVELS.c.location_id, where=_OTHER_LEVELS).label("others"),
-    _ordered(_LEVELS.c.on_hand, _LEVELS.c.location_id, where=_OTHER_LEVELS).label("others_on_hand"),
-    _ordered(_HELD.c.location_id, _HELD.c.location_id, source=_HELD).label("held_at"),
-    _ordered(_HELD.c.held, _HELD.c.location_id, source=_HELD).label("held"),
+    _OTHER_LEVELS.label("others"),
+    _HELD.label("held"),
 ).select_from(_IN_APPENDED.join(_IN_MOVED, true()))
 _NOT_NULL_VIOLATION = "23502"
 
@@ -809,10 +807,9 @@ class Inventory:
             return None
         row = rows[0]
         movement = Movement(id=row.id, **_movement_values(actor, change, delta, row.balance_after, now))
-        on_hand = dict(zip(row.others or (), row.others_on_hand or (), strict=True))
+        on_hand: dict[str, int] = row.others or {}  # NULL where the product is nowhere else
         on_hand[change.location_id] = row.balance_after
-        held = zip(row.held_at or (), row.held or (), strict=True)
-        reserved = {location: int(units) for location, units in held}
+        reserved: dict[str, int] = row.held or {}
         levels = _levels(on_hand, reserved)
         return Recorded(movement, Stock(change.product_id, row.quantity, now, sum(reserved.values()), levels))
 
