@@ -9,8 +9,9 @@ The differences between those databases are handled here, once:
   busy_timeout's sleeps; reads stay deferred and run beside writes under WAL. `lower()` is
   replaced by a Unicode-aware one, so case-insensitive search folds "É" as the other
   databases do.
-- PostgreSQL and MariaDB: a pool sized by settings, pre-pinged so connections a restarted
-  server dropped are replaced, READ COMMITTED on both (MariaDB's REPEATABLE READ takes gap
+- PostgreSQL and MariaDB: a pool sized by settings, whose connections are pinged when they come
+  out of the pool after a second or more idle, so those a restarted server dropped are
+  replaced (`_ping_when_idle`), READ COMMITTED on both (MariaDB's REPEATABLE READ takes gap
   locks that deadlock concurrent first inserts), and a connect timeout, so an unreachable
   server fails a call instead of hanging it.
 - MariaDB tables are utf8mb4 with a binary collation (`TABLE_OPTIONS`): comparisons, unique
@@ -30,6 +31,7 @@ import contextlib
 import datetime as dt
 import importlib
 import logging
+import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
@@ -64,6 +66,8 @@ logging.getLogger("aiosqlite").setLevel(logging.INFO)
 
 _WRITE = "invmesh_write"
 _ONE_STATEMENT = "invmesh_one_statement"
+PING_IDLE_AFTER_SECONDS = 1.0
+_RETURNED_AT = "invmesh_returned_at"
 
 # Every table's options on MariaDB/MySQL (ignored elsewhere): see the module docstring.
 TABLE_OPTIONS: dict[str, str] = {
@@ -152,7 +156,6 @@ class Database:
         else:
             options = {
                 "poolclass": _CountedPool,
-                "pool_pre_ping": True,
                 "pool_size": pool_size,
                 "max_overflow": max_overflow,
                 "pool_timeout": pool_timeout,
@@ -160,6 +163,8 @@ class Database:
                 **_connect_options(parsed, connect_timeout),
             }
         self.engine = create_async_engine(parsed, **options)
+        if not self.is_sqlite:
+            _ping_when_idle(self.engine.sync_engine)
         tracing.instrument_engine(self.engine)  # a span per statement, when tracing is on
         event.listen(self.engine.sync_engine, "before_cursor_execute", _refuse_nul)
         if self.is_sqlite:
@@ -449,6 +454,31 @@ def _refuse_nul(
         values = row.values() if isinstance(row, dict) else row if isinstance(row, list | tuple) else [row]
         if any(isinstance(value, str) and "\x00" in value for value in values):
             raise InvalidArgument("text must not contain NUL characters", reason="INVALID_CHARACTER")
+
+
+def _ping_when_idle(engine: Any) -> None:
+    """Pings a pooled connection as it is checked out, if it has been idle PING_IDLE_AFTER_SECONDS
+    or more, and replaces it if the ping fails (SQLAlchemy's pessimistic disconnect handling,
+    with HikariCP's bypass window). `pool_pre_ping` pings at every checkout, which on asyncpg
+    is three round trips (BEGIN, an empty query, ROLLBACK) before every statement of a busy
+    service. A connection used a moment ago is as alive as a ping would show; should the server
+    have restarted since, the statement that finds it fails as one in flight would, and the
+    pool then replaces every connection it opened before."""
+    dialect = engine.dialect
+
+    @event.listens_for(engine, "checkin")
+    def returned(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        record.info[_RETURNED_AT] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def taken(dbapi_connection: Any, record: ConnectionPoolEntry, proxy: Any) -> None:
+        returned_at = record.info.get(_RETURNED_AT)
+        if returned_at is None or time.monotonic() - returned_at < PING_IDLE_AFTER_SECONDS:
+            return  # new, or in use a moment ago
+        try:
+            dialect.do_ping(dbapi_connection)
+        except Exception as error:
+            raise sa_exc.DisconnectionError(f"the pooled connection failed its ping: {error}") from error
 
 
 def _sqlite_transactions(engine: Any) -> None:

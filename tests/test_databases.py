@@ -31,7 +31,8 @@ from invmesh.products.v1 import products_service_pb2 as pb
 from invmesh.products.v1 import products_service_pb2_grpc
 from mesh import migrations, revisions
 from mesh.config import Settings
-from mesh.db import Database, StartupError
+from mesh.db import PING_IDLE_AFTER_SECONDS, Database, StartupError
+from mesh.errors import DatabaseUnavailable
 from products.service import running as running_products
 from tests import databases
 from tests.conftest import METRICS_OFF, SmtpServer, free_port, mesh_settings, user_token
@@ -356,6 +357,32 @@ async def test_an_unreachable_database_stops_startup_without_showing_the_url(
     assert status == 1 and "auth: migration failed" in output and "pw-s3cret" not in output
 
 
+@on_a_server
+async def test_a_pooled_connection_idle_a_second_is_pinged_and_one_just_used_is_not(
+    service_databases: databases.ServiceDatabases,
+) -> None:
+    real = make_url(service_databases.urls["products"])
+    proxy = Proxy(real.host or "127.0.0.1", real.port or 0)
+    await proxy.start()
+    db = Database(
+        real.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False), pool_size=1
+    )
+    one = text("SELECT 1")
+    try:
+        assert (await db.fetch(one))[0][0] == 1
+        proxy.drop_connections()  # a server restart, say
+        await asyncio.sleep(PING_IDLE_AFTER_SECONDS + 0.1)
+        assert (await db.fetch(one))[0][0] == 1  # its ping failed, and a new connection served
+
+        proxy.drop_connections()  # used a moment ago: not pinged, so the statement finds it dead
+        with pytest.raises(DatabaseUnavailable):
+            await db.fetch(one)
+        assert (await db.fetch(one))[0][0] == 1  # and the pool replaced it
+    finally:
+        await db.dispose()
+        await proxy.stop()
+
+
 class Proxy:
     """A TCP relay in front of the database server that a test can break: drop every
     connection, refuse new ones, or accept them and never answer."""
@@ -447,7 +474,22 @@ async def test_a_lost_database_is_unavailable_fast_and_the_service_recovers_alon
     )
     get = pb.GetProductRequest(id=created.product.id)
 
-    proxy.drop_connections()  # e.g. a server restart: the pool's connections are dead, new ones work
+    def create(sku: str) -> Any:  # a write, which no cache answers
+        return products.CreateProduct(
+            pb.CreateProductRequest(product=pb.Product(sku=sku, name=sku, price="1")), metadata=user
+        )
+
+    # A server restart: the pool's connections are dead, new ones work. A connection idle for
+    # PING_IDLE_AFTER_SECONDS is pinged as it leaves the pool, and replaced.
+    proxy.drop_connections()
+    await asyncio.sleep(PING_IDLE_AFTER_SECONDS + 0.1)
+    await create("DB-AFTER-IDLE")
+    # One used a moment ago is not: the call that finds it dead fails fast, as one in flight
+    # would, and the pool replaces every connection it opened before, so the next call works.
+    proxy.drop_connections()
+    with contextlib.suppress(grpc.aio.AioRpcError):
+        await create("DB-AT-ONCE")
+    await create("DB-NEXT")
     assert (await products.GetProduct(get, metadata=user)).product.sku == "DB-1"
 
     await proxy.stop()  # the server is gone: connections are refused
