@@ -201,27 +201,59 @@ _IN_APPENDED = (
 # Each is a JSON object by location id: asyncpg decodes JSON with the codec SQLAlchemy sets on
 # every connection, where an array of varchar or integers would make each new connection first
 # ask PostgreSQL about those types (its costly type introspection, tens of ms of server CPU).
-_OTHER_LEVELS = (
-    select(func.json_object_agg(_LEVELS.c.location_id, _LEVELS.c.on_hand, type_=JSON))
-    .where(_LEVELS.c.product_id == bindparam("pid"), _LEVELS.c.location_id != _IN_LOCATION)
-    .scalar_subquery()
-)
-_HELD_BY_LOCATION = (
-    select(_RESERVATIONS.c.location_id, func.sum(_RESERVATIONS.c.quantity).label("held"))
-    .where(_RESERVATIONS.c.product_id == bindparam("pid"), _HOLDING)
-    .group_by(_RESERVATIONS.c.location_id)
-    .subquery()
-)
-_HELD = select(
-    func.json_object_agg(_HELD_BY_LOCATION.c.location_id, _HELD_BY_LOCATION.c.held, type_=JSON)
-).scalar_subquery()
+
+
+def _by_location(json_object_agg: Any) -> tuple[Any, Any]:
+    """The product's other locations' stock and its active reservations' holds by location, each
+    as one JSON object by location id (`json_object_agg`: the database's aggregate for one)."""
+    others = (
+        select(json_object_agg(_LEVELS.c.location_id, _LEVELS.c.on_hand, type_=JSON))
+        .where(_LEVELS.c.product_id == bindparam("pid"), _LEVELS.c.location_id != _IN_LOCATION)
+        .scalar_subquery()
+    )
+    holds = (
+        select(_RESERVATIONS.c.location_id, func.sum(_RESERVATIONS.c.quantity).label("held"))
+        .where(_RESERVATIONS.c.product_id == bindparam("pid"), _HOLDING)
+        .group_by(_RESERVATIONS.c.location_id)
+        .subquery()
+    )
+    held = select(json_object_agg(holds.c.location_id, holds.c.held, type_=JSON)).scalar_subquery()
+    return others.label("others"), held.label("held")
+
+
 _MOVE_IN_ALONE = select(
     _IN_APPENDED.c.id,
     _IN_APPENDED.c.balance_after,
     _IN_MOVED.c.quantity,
-    _OTHER_LEVELS.label("others"),
-    _HELD.label("held"),
+    *_by_location(func.json_object_agg),
 ).select_from(_IN_APPENDED.join(_IN_MOVED, true()))
+
+# An IN on SQLite, inside the write transaction, which holds the database's one write lock (BEGIN
+# IMMEDIATE): nobody else writes until it commits, so the rule is checked by the statements' own
+# conditions, in two UPDATE … RETURNING, and no row needs reading first (`_move_in_held`). The
+# location's row moves first, and only where the item can take the units too; where it cannot
+# (no row at the location yet, a retired item, a total above MAX_STOCK), nothing has changed
+# and the locked path decides in the same transaction. The item's RETURNING reads the answer's
+# other figures, as `_MOVE_IN_ALONE` does.
+_HELD_IN_LEVEL = (
+    update(_LEVELS)
+    .where(
+        _LEVELS.c.product_id == bindparam("pid"),
+        _LEVELS.c.location_id == _IN_LOCATION,
+        _LEVELS.c.on_hand <= _IN_HIGHEST,
+        select(_ITEMS.c.product_id)
+        .where(_ITEM_IS, _ITEMS.c.retired_at.is_(None), _ITEMS.c.quantity <= _IN_HIGHEST)
+        .exists(),
+    )
+    .values(on_hand=_LEVELS.c.on_hand + _IN_DELTA, updated_at=_IN_NOW)
+    .returning(_LEVELS.c.on_hand)
+)
+_HELD_IN_ITEM = (
+    update(_ITEMS)
+    .where(_ITEM_IS)
+    .values(quantity=_ITEMS.c.quantity + _IN_DELTA, updated_at=_IN_NOW, **_CHANGED)
+    .returning(_ITEMS.c.quantity, *_by_location(func.json_group_object))
+)
 _NOT_NULL_VIOLATION = "23502"
 
 
@@ -733,8 +765,8 @@ class Inventory:
     async def _apply(self, change: Change) -> Recorded:
         """Applies `change` under the stock rule, in one transaction that holds the product's
         locks (`lock_product`), run again if it loses a race on a key. On PostgreSQL an IN first
-        tries one statement of its own (`_move_in_alone`), and takes that path only if the
-        statement changed nothing."""
+        tries one statement of its own (`_move_in_alone`), and on SQLite two conditional updates
+        (`_move_in_held`); each leaves the locked path to decide when it changed nothing."""
         actor = current_identity().subject
         for attempt in range(ATTEMPTS):
             if change.request_id and (replay := await self._replay(actor, change)) is not None:
@@ -747,7 +779,10 @@ class Inventory:
                     recorded = await self._move_in_alone(actor, change)
                 if recorded is None:
                     async with self._db.write_connection() as conn:
-                        recorded = await self._write(conn, actor, change)
+                        if change.kind == IN and self._db.is_sqlite:
+                            recorded = await _move_in_held(conn, actor, change)
+                        if recorded is None:
+                            recorded = await self._write(conn, actor, change)
                 self._changed()
                 MOVEMENTS_WRITTEN[change.kind].inc()
                 return recorded
@@ -871,6 +906,22 @@ class Inventory:
     async def _current(self, product_id: str) -> Stock:
         found = await self._db.fetch(_BALANCE_OF, {"pid": product_id})
         return (await self._with_levels(found))[0] if found else Stock(product_id, 0, None)
+
+
+async def _move_in_held(conn: AsyncConnection, actor: str, change: Change) -> Recorded | None:
+    """An IN in a write transaction that holds SQLite's write lock (`_HELD_IN_LEVEL`,
+    `_HELD_IN_ITEM`); None, having changed nothing, where the locked path must decide."""
+    now, delta = utcnow(), change.units
+    moved = {"pid": change.product_id, "loc": change.location_id, "delta": delta, "now": now}
+    level = (await conn.execute(_HELD_IN_LEVEL, {**moved, "highest": MAX_STOCK - delta})).first()
+    if level is None:
+        return None
+    item = (await conn.execute(_HELD_IN_ITEM, moved)).one()
+    movement = await append_movement(conn, actor, change, delta, level.on_hand, now)
+    on_hand: dict[str, int] = {**item.others, change.location_id: level.on_hand}
+    reserved: dict[str, int] = item.held
+    stock = Stock(change.product_id, item.quantity, now, sum(reserved.values()), _levels(on_hand, reserved))
+    return Recorded(movement, stock)
 
 
 def _movement_values(
