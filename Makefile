@@ -9,6 +9,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PROTOS := $(shell find protos -name '*.proto')
 PYTEST_ARGS ?=
+TEST_WORKERS ?= 2
 BENCH_QUICK ?=
 BENCH_ARGS ?=
 BENCH_FLAGS := $(if $(filter 1 yes true,$(BENCH_QUICK)),--quick) $(BENCH_ARGS)
@@ -19,9 +20,11 @@ BENCH_FLAGS := $(if $(filter 1 yes true,$(BENCH_QUICK)),--quick) $(BENCH_ARGS)
 run: $(VENV)/.installed $(VENV)/.generated
 	$(BIN)/invmesh up
 
-## test: install what the tests need, then run them (they fail if protos/ and invmesh/ disagree)
+## test: install what the tests need, then run them (they fail if protos/ and invmesh/ disagree),
+##       on TEST_WORKERS processes (each runs its own servers and databases; 0 runs them in this one);
+##       PYTEST_ARGS='-m "not slow"' leaves out the slow suites CI runs
 test: $(VENV)/.installed
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest --numprocesses $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 ## protos: regenerate the invmesh.*.v1 package from protos/
 protos: $(VENV)/.installed

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import email
 import email.policy
-import itertools
 import os
 import random
 import re
@@ -118,19 +117,24 @@ async def database_urls(
 
 # Ports are handed out in turn from below Linux's ephemeral range (32768 and up): a port the
 # kernel picked (bind to 0) can be given to an outgoing connection, to a database server say,
-# before the test listens on it.
-_ports = itertools.count(random.randrange(20_000, 27_000))
+# before the test listens on it. Under pytest-xdist each worker takes its own slice of the
+# range, so two workers never hand out the same port between its check and its listen.
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+_SLICE = range(20_000 + _WORKER * 12_768 // _WORKERS, 20_000 + (_WORKER + 1) * 12_768 // _WORKERS)
+_START = random.randrange(len(_SLICE))
+_ports = (_SLICE[(_START + step) % len(_SLICE)] for step in range(len(_SLICE)))
 
 
 def free_port() -> int:
-    while (port := next(_ports)) < 32_768:
+    for port in _ports:
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
                 continue
             return port
-    raise RuntimeError("no free port left below 32768")
+    raise RuntimeError(f"no free port left in {_SLICE.start}-{_SLICE.stop - 1}")
 
 
 def link_token(message: EmailMessage, public_url: str) -> str:
