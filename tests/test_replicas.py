@@ -337,7 +337,11 @@ async def test_reservations_confirms_releases_exits_and_transfers_never_commit_m
         ).item
         on_hand = {level.location_id: level.on_hand for level in item.locations}
         assert item.reserved == 0 and all(level.reserved == 0 for level in item.locations)
-        assert on_hand == {default: 50 - committed - transferred, other: transferred}  # never below 0
+        # Never below 0; the second location has a row once a transfer reached it (the storm's
+        # reservations may take every unit before any transfer runs).
+        assert on_hand == {default: 50 - committed - transferred} | (
+            {other: transferred} if transferred else {}
+        )
         assert item.quantity == 50 - committed  # transfers conserve the total
 
         ledger = await mesh.ledger(pid)
