@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
 from prometheus_client import Counter
-from sqlalchemy import JSON, Integer, Row, String, and_, bindparam, func, insert, select, true, update
+from sqlalchemy import Integer, Row, String, and_, bindparam, func, insert, select, true, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -48,7 +48,7 @@ from invmesh.api.v1 import access_pb2
 from mesh import paging
 from mesh.access import holds_role
 from mesh.context import current_identity, require_verified_email
-from mesh.db import Database, UtcDateTime, sqlstate, table_of, utcnow
+from mesh.db import Database, UtcDateTime, json_object_agg, sqlstate, table_of, utcnow
 from mesh.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -73,7 +73,6 @@ _RESERVATIONS = table_of(Reservation)
 _LOCATIONS = table_of(Location)
 _BALANCE = (_ITEMS.c.product_id, _ITEMS.c.quantity, _ITEMS.c.updated_at)
 _ITEM_IS = _ITEMS.c.product_id == bindparam("pid")
-_BALANCE_OF = select(*_BALANCE, _ITEMS.c.retired_at).where(_ITEM_IS)
 _RETIRED_AT = select(_ITEMS.c.retired_at).where(_ITEM_IS)
 _BALANCES_OF = select(*_BALANCE).where(_ITEMS.c.product_id.in_(bindparam("pids", expanding=True)))
 _LOCK_BALANCE = select(_ITEMS.c.quantity, _ITEMS.c.retired_at).where(_ITEM_IS).with_for_update()
@@ -203,29 +202,31 @@ _IN_APPENDED = (
 # ask PostgreSQL about those types (its costly type introspection, tens of ms of server CPU).
 
 
-def _by_location(json_object_agg: Any) -> tuple[Any, Any]:
-    """The product's other locations' stock and its active reservations' holds by location, each
-    as one JSON object by location id (`json_object_agg`: the database's aggregate for one)."""
-    others = (
-        select(json_object_agg(_LEVELS.c.location_id, _LEVELS.c.on_hand, type_=JSON))
-        .where(_LEVELS.c.product_id == bindparam("pid"), _LEVELS.c.location_id != _IN_LOCATION)
-        .scalar_subquery()
+def _by_location(*, besides: Any = None) -> tuple[Any, Any]:
+    """The product's (`pid`) stock at each location, but `besides`, and what its active
+    reservations hold at each, as two JSON objects by location id, for one row to carry."""
+    levels = select(json_object_agg(_LEVELS.c.location_id, _LEVELS.c.on_hand)).where(
+        _LEVELS.c.product_id == bindparam("pid")
     )
+    if besides is not None:
+        levels = levels.where(_LEVELS.c.location_id != besides)
     holds = (
         select(_RESERVATIONS.c.location_id, func.sum(_RESERVATIONS.c.quantity).label("held"))
         .where(_RESERVATIONS.c.product_id == bindparam("pid"), _HOLDING)
         .group_by(_RESERVATIONS.c.location_id)
         .subquery()
     )
-    held = select(json_object_agg(holds.c.location_id, holds.c.held, type_=JSON)).scalar_subquery()
-    return others.label("others"), held.label("held")
+    held = select(json_object_agg(holds.c.location_id, holds.c.held)).scalar_subquery()
+    return levels.scalar_subquery().label("levels"), held.label("held")
 
 
+# A product's stock for GET /inventory/{product_id}, in one statement.
+_STOCK_OF = select(*_BALANCE, _ITEMS.c.retired_at, *_by_location()).where(_ITEM_IS)
 _MOVE_IN_ALONE = select(
     _IN_APPENDED.c.id,
     _IN_APPENDED.c.balance_after,
     _IN_MOVED.c.quantity,
-    *_by_location(func.json_object_agg),
+    *_by_location(besides=_IN_LOCATION),
 ).select_from(_IN_APPENDED.join(_IN_MOVED, true()))
 
 # An IN on SQLite, inside the write transaction, which holds the database's one write lock (BEGIN
@@ -252,7 +253,7 @@ _HELD_IN_ITEM = (
     update(_ITEMS)
     .where(_ITEM_IS)
     .values(quantity=_ITEMS.c.quantity + _IN_DELTA, updated_at=_IN_NOW, **_CHANGED)
-    .returning(_ITEMS.c.quantity, *_by_location(func.json_group_object))
+    .returning(_ITEMS.c.quantity, *_by_location(besides=_IN_LOCATION))
 )
 _NOT_NULL_VIOLATION = "23502"
 
@@ -640,10 +641,7 @@ class Inventory:
     async def get(self, product_id: str) -> Stock:
         require_product_id(product_id)
         await self._products.confirm(product_id)
-        found = await self._db.fetch(_BALANCE_OF, {"pid": product_id})
-        if found and found[0].retired_at is not None:
-            raise not_found(product_id)
-        return (await self._with_levels(found))[0] if found else Stock(product_id, 0, None)
+        return await self._current(product_id, refuse_retired=True)
 
     async def batch_get(self, product_ids: Sequence[str]) -> list[Stock]:
         """Stock of each id, 0 when it never moved; for the products service, so no existence check."""
@@ -842,9 +840,8 @@ class Inventory:
             return None
         row = rows[0]
         movement = Movement(id=row.id, **_movement_values(actor, change, delta, row.balance_after, now))
-        on_hand: dict[str, int] = row.others or {}  # NULL where the product is nowhere else
-        on_hand[change.location_id] = row.balance_after
-        reserved: dict[str, int] = row.held or {}
+        on_hand = {**_figures(row.levels), change.location_id: row.balance_after}
+        reserved = _figures(row.held)
         levels = _levels(on_hand, reserved)
         return Recorded(movement, Stock(change.product_id, row.quantity, now, sum(reserved.values()), levels))
 
@@ -903,9 +900,18 @@ class Inventory:
             )
         return first
 
-    async def _current(self, product_id: str) -> Stock:
-        found = await self._db.fetch(_BALANCE_OF, {"pid": product_id})
-        return (await self._with_levels(found))[0] if found else Stock(product_id, 0, None)
+    async def _current(self, product_id: str, *, refuse_retired: bool = False) -> Stock:
+        """The product's stock now, per location and reservations included, in one statement
+        (`_STOCK_OF`); with `refuse_retired`, NOT_FOUND if the product was deleted."""
+        found = await self._db.fetch(_STOCK_OF, {"pid": product_id, "now": utcnow()})
+        if not found:
+            return Stock(product_id, 0, None)
+        item = found[0]
+        if refuse_retired and item.retired_at is not None:
+            raise not_found(product_id)
+        reserved = _figures(item.held)
+        levels = _levels(_figures(item.levels), reserved)
+        return Stock(product_id, item.quantity, item.updated_at, sum(reserved.values()), levels)
 
 
 async def _move_in_held(conn: AsyncConnection, actor: str, change: Change) -> Recorded | None:
@@ -918,8 +924,8 @@ async def _move_in_held(conn: AsyncConnection, actor: str, change: Change) -> Re
         return None
     item = (await conn.execute(_HELD_IN_ITEM, moved)).one()
     movement = await append_movement(conn, actor, change, delta, level.on_hand, now)
-    on_hand: dict[str, int] = {**item.others, change.location_id: level.on_hand}
-    reserved: dict[str, int] = item.held
+    on_hand = {**_figures(item.levels), change.location_id: level.on_hand}
+    reserved = _figures(item.held)
     stock = Stock(change.product_id, item.quantity, now, sum(reserved.values()), _levels(on_hand, reserved))
     return Recorded(movement, stock)
 
@@ -940,6 +946,11 @@ def _movement_values(
         "request_fingerprint": change.fingerprint if change.request_id else None,
         "created_at": now,
     }
+
+
+def _figures(by_location: dict[str, Any] | None) -> dict[str, int]:
+    """A JSON object of figures by location (`_by_location`), NULL where there are none."""
+    return {location: int(units) for location, units in (by_location or {}).items()}
 
 
 def _levels(on_hand: dict[str, int], reserved: dict[str, int]) -> tuple[Level, ...]:

@@ -41,12 +41,15 @@ from typing import TYPE_CHECKING, Any, cast
 from prometheus_client import REGISTRY
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from sqlalchemy import BigInteger, DateTime, Executable, Integer, Row, Select, TypeDecorator, event
+from sqlalchemy import JSON, BigInteger, DateTime, Executable, Integer, Row, Select, TypeDecorator, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import URL, Connection, Dialect, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, QueuePool
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.types import TypeEngine
 
 from mesh import revisions, tracing
@@ -116,6 +119,32 @@ class UtcDateTime(TypeDecorator[dt.datetime]):
 
     def process_result_value(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
         return value.replace(tzinfo=dt.UTC) if value is not None else None
+
+
+class json_object_agg(FunctionElement[Any]):
+    """`json_object_agg(key, value)`: one JSON object of a key and a value per row (PostgreSQL's
+    json_object_agg, SQLite's json_group_object, MariaDB's JSON_OBJECTAGG), so a row can carry
+    a product's figures per location; NULL over no rows, except on SQLite ({})."""
+
+    type = JSON()
+    inherit_cache = True
+    name = "json_object_agg"
+
+
+@compiles(json_object_agg)
+def _json_object_agg(element: json_object_agg, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"json_object_agg({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(json_object_agg, "sqlite")
+def _json_group_object(element: json_object_agg, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"json_group_object({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(json_object_agg, "mysql")
+@compiles(json_object_agg, "mariadb")
+def _json_objectagg(element: json_object_agg, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"JSON_OBJECTAGG({compiler.process(element.clauses, **kw)})"
 
 
 def utcnow() -> dt.datetime:
