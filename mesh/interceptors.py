@@ -27,6 +27,10 @@ from mesh.metrics import REFUSALS, SERVER, MethodMetrics
 from mesh.tokens import TokenVerifier
 
 log = logging.getLogger("mesh.rpc")
+# A client whose deadline passes cancels the call, and the server, whose own clock for that
+# deadline started when the call arrived, can see the cancel a little before it: a cancel that
+# comes this close to the deadline is the deadline.
+DEADLINE_SLACK_SECONDS = 0.1
 
 _SETTLE_SECONDS = 0.01
 
@@ -140,7 +144,7 @@ class RequestInterceptor(_UnaryWrapper):
             except asyncio.CancelledError:
                 if not self._draining:  # the client cancelled, or its deadline passed
                     remaining = ctx.time_remaining()
-                    expired = remaining is not None and remaining <= 0
+                    expired = remaining is not None and remaining <= DEADLINE_SLACK_SECONDS
                     code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
                     raise
                 code = grpc.StatusCode.UNAVAILABLE

@@ -83,6 +83,33 @@ async def test_a_call_past_its_deadline_is_counted_and_logged_as_deadline_exceed
     assert "rpc /invmesh.auth.v1.AuthService/Register DEADLINE_EXCEEDED" in caplog.messages
 
 
+async def test_a_call_its_client_cancels_well_before_the_deadline_is_logged_as_cancelled(
+    settings: Settings, auth_db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only a cancel that comes within DEADLINE_SLACK_SECONDS of the deadline counts as the
+    deadline: the handler waits on the same lock, and the client gives up long before."""
+    caplog.set_level(logging.INFO, logger="mesh.rpc")
+    email = "gone@example.com"
+    user = {"id": str(uuid.uuid4()), "email": email, "password_hash": "-", "roles": ["viewer"]}
+    async with (
+        running(settings, address="127.0.0.1:0") as server,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+        auth_db.engine.connect() as holder,
+    ):
+        stub = auth_service_pb2_grpc.AuthServiceStub(channel)
+        await stub.GetJwks(pb.GetJwksRequest())  # connected
+        transaction = await holder.begin()
+        await holder.execute(insert(User).values(**user))
+        call = stub.Register(pb.RegisterRequest(email=email, password="password1"), timeout=30)
+        await asyncio.sleep(0.5)  # the handler is waiting for the lock
+        call.cancel()
+        cancelled = "rpc /invmesh.auth.v1.AuthService/Register CANCELLED"
+        async with asyncio.timeout(5):
+            while cancelled not in caplog.messages:
+                await asyncio.sleep(0.01)
+        await transaction.rollback()
+
+
 async def test_a_second_server_cannot_share_a_taken_port(settings: Settings) -> None:
     """gRPC sets SO_REUSEPORT unless told not to, and two servers on one port would then take
     turns at its calls."""
