@@ -82,10 +82,14 @@ _LOCK_LEVELS = (
     .order_by(_LEVELS.c.location_id)
     .with_for_update()
 )
-_LEVELS_OF = (
-    select(_LEVELS.c.product_id, _LEVELS.c.location_id, _LEVELS.c.on_hand)
-    .where(_LEVELS.c.product_id.in_(bindparam("pids", expanding=True)))
-    .order_by(_LEVELS.c.product_id, _LEVELS.c.location_id)
+# An item's stock at each location, as a JSON object by location id, read with the item's row
+# (on its own alias, so that it never correlates with a join of the levels in the listing).
+_LEVEL_OF = _LEVELS.alias("level_of")
+_LEVELS_BY_LOCATION = (
+    select(json_object_agg(_LEVEL_OF.c.location_id, _LEVEL_OF.c.on_hand))
+    .where(_LEVEL_OF.c.product_id == _ITEMS.c.product_id)
+    .scalar_subquery()
+    .label("levels")
 )
 # What active reservations hold, per product and location: ACTIVE and not yet expired.
 _HOLDING = and_(_RESERVATIONS.c.state == "ACTIVE", _RESERVATIONS.c.expires_at > bindparam("now"))
@@ -662,7 +666,12 @@ class Inventory:
         listed = f"items:{location_id}" if location_id else "items"  # the tokens of before locations
         size, after = paging.page_request(page_size, page_token, query=listed)
         id_ = _ITEMS.c.product_id
-        query = select(*_BALANCE).where(_ITEMS.c.retired_at.is_(None)).order_by(id_).limit(size + 1)
+        query = (
+            select(*_BALANCE, _LEVELS_BY_LOCATION)
+            .where(_ITEMS.c.retired_at.is_(None))
+            .order_by(id_)
+            .limit(size + 1)
+        )
         if location_id:
             if not await self._db.fetch(_LOCATION_EXISTS, {"loc": location_id}):
                 raise location_not_found(location_id)
@@ -676,23 +685,20 @@ class Inventory:
         return await self._with_levels(items[:size], only=location_id), token
 
     async def _with_levels(self, items: Sequence[Row[Any]], *, only: str = "") -> list[Stock]:
-        """The items' stock with each location's, and what active reservations hold (all
-        locations' in the totals; the locations listed only `only`'s, if given)."""
+        """The items' stock with each location's (`_LEVELS_BY_LOCATION`, read with them), and
+        what active reservations hold (all locations' in the totals; the locations listed only
+        `only`'s, if given)."""
         if not items:
             return []
         pids = [item.product_id for item in items]
-        levels = await self._db.fetch(_LEVELS_OF, {"pids": pids})
         reserved = await self._db.fetch(_RESERVED_OF, {"pids": pids, "now": utcnow()})
-        on_hand: dict[str, dict[str, int]] = {pid: {} for pid in pids}
         held: dict[str, dict[str, int]] = {pid: {} for pid in pids}
-        for level in levels:
-            on_hand[level.product_id][level.location_id] = level.on_hand
         for row in reserved:
             held[row.product_id][row.location_id] = int(row[2])
         stocks = []
         for item in items:
             pid = item.product_id
-            listed = _levels(on_hand[pid], held[pid])
+            listed = _levels(_figures(item.levels), held[pid])
             if only:
                 listed = tuple(level for level in listed if level.location_id == only)
             stocks.append(Stock(pid, item.quantity, item.updated_at, sum(held[pid].values()), listed))
