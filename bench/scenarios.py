@@ -85,6 +85,10 @@ SCENARIOS = [
         {"URL_PATH": "/inventory/{id}"},
     ),
     Scenario(
+        "list-stock", "GET /inventory?page_size=20", "get.lua", "wrk .../inventory?page_size=20",
+        {"URL_PATH": "/inventory?page_size=20"},
+    ),
+    Scenario(
         "movement", "POST /inventory (IN, quantity 1)", "movement_in.lua", "wrk/movement_in.lua",
         peer_token=True, writes=True,
     ),
