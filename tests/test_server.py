@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -10,6 +11,7 @@ import signal
 import subprocess
 import sys
 import uuid
+from collections.abc import AsyncIterator
 from email import policy
 from email.parser import BytesParser
 from pathlib import Path
@@ -47,21 +49,12 @@ async def test_stop_lets_in_flight_calls_finish(settings: Settings) -> None:
     await channel.close()
 
 
-async def test_a_call_past_its_deadline_is_counted_and_logged_as_deadline_exceeded(
-    settings: Settings, auth_db: Database, caplog: pytest.LogCaptureFixture
-) -> None:
-    """The server cancels a handler whose caller's deadline passed: that call's status is
-    DEADLINE_EXCEEDED in grpc_server_handled_total and in its log line, as the client saw it.
-    The handler waits on a lock: another transaction inserting the same email, left open."""
-    labels = {"grpc_type": "unary", "grpc_service": "invmesh.auth.v1.AuthService",
-              "grpc_method": "Register", "grpc_code": "DeadlineExceeded"}  # fmt: skip
-
-    def expired() -> float:
-        return REGISTRY.get_sample_value("grpc_server_handled_total", labels) or 0.0
-
-    before = expired()
-    caplog.set_level(logging.INFO, logger="mesh.rpc")
-    email = "late@example.com"
+@contextlib.asynccontextmanager
+async def auth_with_an_email_held(
+    settings: Settings, auth_db: Database, email: str
+) -> AsyncIterator[auth_service_pb2_grpc.AuthServiceStub]:
+    """The auth service, connected, while another transaction inserting `email` is left open:
+    a Register of that email waits on its lock until the block ends."""
     user = {"id": str(uuid.uuid4()), "email": email, "password_hash": "-", "roles": ["viewer"]}
     async with (
         running(settings, address="127.0.0.1:0") as server,
@@ -72,13 +65,33 @@ async def test_a_call_past_its_deadline_is_counted_and_logged_as_deadline_exceed
         await stub.GetJwks(pb.GetJwksRequest())  # connected
         transaction = await holder.begin()
         await holder.execute(insert(User).values(**user))
+        try:
+            yield stub
+        finally:
+            await transaction.rollback()
+
+
+async def test_a_call_past_its_deadline_is_counted_and_logged_as_deadline_exceeded(
+    settings: Settings, auth_db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server cancels a handler whose caller's deadline passed: that call's status is
+    DEADLINE_EXCEEDED in grpc_server_handled_total and in its log line, as the client saw it."""
+    labels = {"grpc_type": "unary", "grpc_service": "invmesh.auth.v1.AuthService",
+              "grpc_method": "Register", "grpc_code": "DeadlineExceeded"}  # fmt: skip
+
+    def expired() -> float:
+        return REGISTRY.get_sample_value("grpc_server_handled_total", labels) or 0.0
+
+    before = expired()
+    caplog.set_level(logging.INFO, logger="mesh.rpc")
+    async with auth_with_an_email_held(settings, auth_db, "late@example.com") as stub:
         with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await stub.Register(pb.RegisterRequest(email=email, password="password1"), timeout=1.0)
+            request = pb.RegisterRequest(email="late@example.com", password="password1")
+            await stub.Register(request, timeout=1.0)
         assert refused.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         async with asyncio.timeout(5):  # the server's side of the call ends after the client's
             while expired() == before:
                 await asyncio.sleep(0.01)
-        await transaction.rollback()
     assert expired() == before + 1
     assert "rpc /invmesh.auth.v1.AuthService/Register DEADLINE_EXCEEDED" in caplog.messages
 
@@ -89,25 +102,14 @@ async def test_a_call_its_client_cancels_well_before_the_deadline_is_logged_as_c
     """Only a cancel that comes within DEADLINE_SLACK_SECONDS of the deadline counts as the
     deadline: the handler waits on the same lock, and the client gives up long before."""
     caplog.set_level(logging.INFO, logger="mesh.rpc")
-    email = "gone@example.com"
-    user = {"id": str(uuid.uuid4()), "email": email, "password_hash": "-", "roles": ["viewer"]}
-    async with (
-        running(settings, address="127.0.0.1:0") as server,
-        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
-        auth_db.engine.connect() as holder,
-    ):
-        stub = auth_service_pb2_grpc.AuthServiceStub(channel)
-        await stub.GetJwks(pb.GetJwksRequest())  # connected
-        transaction = await holder.begin()
-        await holder.execute(insert(User).values(**user))
-        call = stub.Register(pb.RegisterRequest(email=email, password="password1"), timeout=30)
+    async with auth_with_an_email_held(settings, auth_db, "gone@example.com") as stub:
+        call = stub.Register(pb.RegisterRequest(email="gone@example.com", password="password1"), timeout=30)
         await asyncio.sleep(0.5)  # the handler is waiting for the lock
         call.cancel()
         cancelled = "rpc /invmesh.auth.v1.AuthService/Register CANCELLED"
         async with asyncio.timeout(5):
             while cancelled not in caplog.messages:
                 await asyncio.sleep(0.01)
-        await transaction.rollback()
 
 
 async def test_a_second_server_cannot_share_a_taken_port(settings: Settings) -> None:
