@@ -197,6 +197,8 @@ _IN_APPENDED = (
     .returning(_MOVEMENTS.c.id, _MOVEMENTS.c.balance_after)
     .cte("appended")
 )
+
+
 # The answer's other figures, read in the same statement from its snapshot, as the locked path
 # reports them: the product's other locations (the snapshot's, exact, see above) and what active
 # reservations hold, by location (a reservation committed while this statement waited for the
@@ -204,8 +206,6 @@ _IN_APPENDED = (
 # Each is a JSON object by location id: asyncpg decodes JSON with the codec SQLAlchemy sets on
 # every connection, where an array of varchar or integers would make each new connection first
 # ask PostgreSQL about those types (its costly type introspection, tens of ms of server CPU).
-
-
 def _by_location(*, besides: Any = None) -> tuple[Any, Any]:
     """The product's (`pid`) stock at each location, but `besides`, and what its active
     reservations hold at each, as two JSON objects by location id, for one row to carry."""
