@@ -256,7 +256,10 @@ def wrk(url: str, script: str, env: dict[str, str], load: Load, seconds: float) 
         "wrk", f"-t{load.clients}", f"-c{load.connections}", f"-d{max(1, round(seconds))}s",
         f"--timeout={WRK_TIMEOUT}s", "--latency", "-s", str(WRK_SCRIPTS / script), url,
     ]  # fmt: skip
-    done = subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True, check=False)
+    lua_path = f"{WRK_SCRIPTS}/?.lua;;"  # the scripts' `require("common")`, then wrk's own path
+    done = subprocess.run(
+        command, env={**os.environ, **env, "LUA_PATH": lua_path}, capture_output=True, text=True, check=False
+    )
     if done.returncode != 0 or "Requests/sec" not in done.stdout:
         raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
     return done.stdout

@@ -2,25 +2,11 @@
 -- random from IDS_FILE, at DEFAULT, 10 minutes), then POST /reservations/{id}:confirm for a
 -- reservation an earlier answer (201) named. invmesh only: the peer keeps no reservations.
 -- Env: IDS_FILE, TOKEN.
-local ids = {}
-for line in io.lines(os.getenv("IDS_FILE")) do
-  if line ~= "" then ids[#ids + 1] = line end
-end
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer " .. (os.getenv("TOKEN") or "")
-
-local threads = 0
-function setup(thread)
-  threads = threads + 1
-  thread:set("thread_number", threads)
-end
+local common = require("common")
+local ids = common.ids()
+common.post_json()
 
 local reserved = {}  -- ids of reservations made and not yet confirmed, on this thread
-
-function init(args)
-  math.randomseed(os.time() + 7919 * (thread_number or 0))
-end
 
 function request()
   local id = table.remove(reserved)
