@@ -84,6 +84,8 @@ class LocationStock(Base):
     location_id: Mapped[str] = mapped_column(ForeignKey("locations.id"), primary_key=True)
     on_hand: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[dt.datetime | None]
+    # The stock here is low at or below this; 0: no reorder point.
+    reorder_point: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class Reservation(Base):
@@ -128,6 +130,9 @@ class Movement(Base):
         UniqueConstraint("actor", "request_id", name="uq_movements_actor_request_id"),
         Index("ix_movements_product_id_id", "product_id", "id"),
         Index("ix_movements_transfer_id", "transfer_id"),
+        # The feed's order, and where the sequencer finds the movements still without a place (NULL).
+        Index("ix_movements_seq", "seq", unique=True),
+        Index("ix_movements_product_id_seq", "product_id", "seq"),
         TABLE_OPTIONS,
     )
 
@@ -149,3 +154,19 @@ class Movement(Base):
     transfer_id: Mapped[str | None] = mapped_column(String(36))
     # The reservation this OUT confirmed, if any.
     reservation_id: Mapped[str | None] = mapped_column(String(36))
+    # Its place in the movement feed, given once it is committed (`inventory.sequencer`).
+    seq: Mapped[int | None] = mapped_column(BigInteger)
+    # LOW_STOCK or RESTOCKED when it took the stock at its location across its reorder point,
+    # which `reorder_point` then holds, as it was; both set with `seq`.
+    signal: Mapped[str | None] = mapped_column(String(10))
+    reorder_point: Mapped[int | None] = mapped_column(Integer)
+
+
+class MovementFeed(Base):
+    """The one row (id 1) that hands out the feed's places: the last one given."""
+
+    __tablename__ = "movement_feed"
+    __table_args__ = (TABLE_OPTIONS,)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    last_seq: Mapped[int] = mapped_column(BigInteger)

@@ -6,6 +6,8 @@ from typing import ClassVar as _ClassVar, Optional as _Optional
 DESCRIPTOR: _descriptor.FileDescriptor
 REST_RESPONSE_FIELD_NUMBER: _ClassVar[int]
 rest_response: _descriptor.FieldDescriptor
+REST_STREAM_FIELD_NUMBER: _ClassVar[int]
+rest_stream: _descriptor.FieldDescriptor
 
 class RestResponse(_message.Message):
     __slots__ = ("status", "location")
@@ -14,3 +16,13 @@ class RestResponse(_message.Message):
     status: int
     location: str
     def __init__(self, status: _Optional[int] = ..., location: _Optional[str] = ...) -> None: ...
+
+class RestStream(_message.Message):
+    __slots__ = ("event_id", "resume_from", "event_type")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    RESUME_FROM_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    resume_from: str
+    event_type: str
+    def __init__(self, event_id: _Optional[str] = ..., resume_from: _Optional[str] = ..., event_type: _Optional[str] = ...) -> None: ...

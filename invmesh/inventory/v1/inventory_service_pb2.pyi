@@ -41,32 +41,38 @@ RELEASED: ReservationState
 EXPIRED: ReservationState
 
 class InventoryItem(_message.Message):
-    __slots__ = ("product_id", "quantity", "updated_at", "reserved", "available", "locations")
+    __slots__ = ("product_id", "quantity", "updated_at", "reserved", "available", "locations", "low_stock")
     PRODUCT_ID_FIELD_NUMBER: _ClassVar[int]
     QUANTITY_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     RESERVED_FIELD_NUMBER: _ClassVar[int]
     AVAILABLE_FIELD_NUMBER: _ClassVar[int]
     LOCATIONS_FIELD_NUMBER: _ClassVar[int]
+    LOW_STOCK_FIELD_NUMBER: _ClassVar[int]
     product_id: str
     quantity: int
     updated_at: _timestamp_pb2.Timestamp
     reserved: int
     available: int
     locations: _containers.RepeatedCompositeFieldContainer[LocationStock]
-    def __init__(self, product_id: _Optional[str] = ..., quantity: _Optional[int] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reserved: _Optional[int] = ..., available: _Optional[int] = ..., locations: _Optional[_Iterable[_Union[LocationStock, _Mapping]]] = ...) -> None: ...
+    low_stock: bool
+    def __init__(self, product_id: _Optional[str] = ..., quantity: _Optional[int] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reserved: _Optional[int] = ..., available: _Optional[int] = ..., locations: _Optional[_Iterable[_Union[LocationStock, _Mapping]]] = ..., low_stock: _Optional[bool] = ...) -> None: ...
 
 class LocationStock(_message.Message):
-    __slots__ = ("location_id", "on_hand", "reserved", "available")
+    __slots__ = ("location_id", "on_hand", "reserved", "available", "reorder_point", "low_stock")
     LOCATION_ID_FIELD_NUMBER: _ClassVar[int]
     ON_HAND_FIELD_NUMBER: _ClassVar[int]
     RESERVED_FIELD_NUMBER: _ClassVar[int]
     AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    REORDER_POINT_FIELD_NUMBER: _ClassVar[int]
+    LOW_STOCK_FIELD_NUMBER: _ClassVar[int]
     location_id: str
     on_hand: int
     reserved: int
     available: int
-    def __init__(self, location_id: _Optional[str] = ..., on_hand: _Optional[int] = ..., reserved: _Optional[int] = ..., available: _Optional[int] = ...) -> None: ...
+    reorder_point: int
+    low_stock: bool
+    def __init__(self, location_id: _Optional[str] = ..., on_hand: _Optional[int] = ..., reserved: _Optional[int] = ..., available: _Optional[int] = ..., reorder_point: _Optional[int] = ..., low_stock: _Optional[bool] = ...) -> None: ...
 
 class Location(_message.Message):
     __slots__ = ("id", "code", "name", "created_at")
@@ -131,14 +137,16 @@ class Movement(_message.Message):
     def __init__(self, id: _Optional[str] = ..., product_id: _Optional[str] = ..., type: _Optional[_Union[MovementType, str]] = ..., quantity: _Optional[int] = ..., balance_after: _Optional[int] = ..., reason: _Optional[str] = ..., reference: _Optional[str] = ..., actor: _Optional[str] = ..., request_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., location_id: _Optional[str] = ..., transfer_id: _Optional[str] = ..., reservation_id: _Optional[str] = ...) -> None: ...
 
 class ListInventoryItemsRequest(_message.Message):
-    __slots__ = ("page_size", "page_token", "location_id")
+    __slots__ = ("page_size", "page_token", "location_id", "low_stock")
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     LOCATION_ID_FIELD_NUMBER: _ClassVar[int]
+    LOW_STOCK_FIELD_NUMBER: _ClassVar[int]
     page_size: int
     page_token: str
     location_id: str
-    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., location_id: _Optional[str] = ...) -> None: ...
+    low_stock: bool
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., location_id: _Optional[str] = ..., low_stock: _Optional[bool] = ...) -> None: ...
 
 class ListInventoryItemsResponse(_message.Message):
     __slots__ = ("items", "next_page_token")
@@ -207,18 +215,20 @@ class RecordMovementResponse(_message.Message):
     def __init__(self, movement: _Optional[_Union[Movement, _Mapping]] = ..., item: _Optional[_Union[InventoryItem, _Mapping]] = ...) -> None: ...
 
 class SetStockRequest(_message.Message):
-    __slots__ = ("product_id", "quantity", "reason", "request_id", "location_id")
+    __slots__ = ("product_id", "quantity", "reason", "request_id", "location_id", "reorder_point")
     PRODUCT_ID_FIELD_NUMBER: _ClassVar[int]
     QUANTITY_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     LOCATION_ID_FIELD_NUMBER: _ClassVar[int]
+    REORDER_POINT_FIELD_NUMBER: _ClassVar[int]
     product_id: str
     quantity: int
     reason: str
     request_id: str
     location_id: str
-    def __init__(self, product_id: _Optional[str] = ..., quantity: _Optional[int] = ..., reason: _Optional[str] = ..., request_id: _Optional[str] = ..., location_id: _Optional[str] = ...) -> None: ...
+    reorder_point: int
+    def __init__(self, product_id: _Optional[str] = ..., quantity: _Optional[int] = ..., reason: _Optional[str] = ..., request_id: _Optional[str] = ..., location_id: _Optional[str] = ..., reorder_point: _Optional[int] = ...) -> None: ...
 
 class SetStockResponse(_message.Message):
     __slots__ = ("movement", "item")
@@ -247,6 +257,52 @@ class ListMovementsResponse(_message.Message):
     next_page_token: str
     retired: bool
     def __init__(self, movements: _Optional[_Iterable[_Union[Movement, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., retired: _Optional[bool] = ...) -> None: ...
+
+class WatchMovementsRequest(_message.Message):
+    __slots__ = ("after", "product_id", "location_id")
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    PRODUCT_ID_FIELD_NUMBER: _ClassVar[int]
+    LOCATION_ID_FIELD_NUMBER: _ClassVar[int]
+    after: str
+    product_id: str
+    location_id: str
+    def __init__(self, after: _Optional[str] = ..., product_id: _Optional[str] = ..., location_id: _Optional[str] = ...) -> None: ...
+
+class WatchMovementsResponse(_message.Message):
+    __slots__ = ("cursor", "movement", "low_stock", "restocked", "heartbeat")
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
+    MOVEMENT_FIELD_NUMBER: _ClassVar[int]
+    LOW_STOCK_FIELD_NUMBER: _ClassVar[int]
+    RESTOCKED_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    cursor: str
+    movement: Movement
+    low_stock: StockSignal
+    restocked: StockSignal
+    heartbeat: Heartbeat
+    def __init__(self, cursor: _Optional[str] = ..., movement: _Optional[_Union[Movement, _Mapping]] = ..., low_stock: _Optional[_Union[StockSignal, _Mapping]] = ..., restocked: _Optional[_Union[StockSignal, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
+
+class StockSignal(_message.Message):
+    __slots__ = ("product_id", "location_id", "on_hand", "reorder_point", "movement_id", "created_at")
+    PRODUCT_ID_FIELD_NUMBER: _ClassVar[int]
+    LOCATION_ID_FIELD_NUMBER: _ClassVar[int]
+    ON_HAND_FIELD_NUMBER: _ClassVar[int]
+    REORDER_POINT_FIELD_NUMBER: _ClassVar[int]
+    MOVEMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    product_id: str
+    location_id: str
+    on_hand: int
+    reorder_point: int
+    movement_id: str
+    created_at: _timestamp_pb2.Timestamp
+    def __init__(self, product_id: _Optional[str] = ..., location_id: _Optional[str] = ..., on_hand: _Optional[int] = ..., reorder_point: _Optional[int] = ..., movement_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class Heartbeat(_message.Message):
+    __slots__ = ("sent_at",)
+    SENT_AT_FIELD_NUMBER: _ClassVar[int]
+    sent_at: _timestamp_pb2.Timestamp
+    def __init__(self, sent_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class DeleteInventoryItemRequest(_message.Message):
     __slots__ = ("product_id",)

@@ -73,6 +73,11 @@ class InventoryServiceStub:
                 request_serializer=invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.ListMovementsRequest.SerializeToString,
                 response_deserializer=invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.ListMovementsResponse.FromString,
                 _registered_method=True)
+        self.WatchMovements = channel.unary_stream(
+                '/invmesh.inventory.v1.InventoryService/WatchMovements',
+                request_serializer=invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.WatchMovementsRequest.SerializeToString,
+                response_deserializer=invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.WatchMovementsResponse.FromString,
+                _registered_method=True)
         self.DeleteInventoryItem = channel.unary_unary(
                 '/invmesh.inventory.v1.InventoryService/DeleteInventoryItem',
                 request_serializer=invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.DeleteInventoryItemRequest.SerializeToString,
@@ -208,6 +213,23 @@ class InventoryServiceServicer:
         stays readable to staff and admins, for audit, marked `retired`. Returns
         NOT_FOUND for an unknown product, and to viewers for a deleted one, and
         INVALID_ARGUMENT for a negative page_size or a malformed page_token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchMovements(self, request, context):
+        """Follows the ledger: every movement after the cursor `after`, optionally of
+        one product or at one location, first those already recorded, then each as
+        it commits (through any replica), in commit order, each event with the
+        cursor that resumes after it; with the low-stock signals the movements
+        caused, and a heartbeat after `heartbeat_seconds` without an event.
+        Returns INVALID_ARGUMENT for a malformed cursor, NOT_FOUND for an unknown
+        location_id, RESOURCE_EXHAUSTED (reason TOO_MANY_WATCHERS) when the server
+        follows as many streams as it allows, and ends the stream with
+        RESOURCE_EXHAUSTED (reason SLOW_CONSUMER) when the client reads slower
+        than the events come and its buffer fills: resume from the last cursor it
+        read.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -373,6 +395,11 @@ def add_InventoryServiceServicer_to_server(servicer, server):
                     servicer.ListMovements,
                     request_deserializer=invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.ListMovementsRequest.FromString,
                     response_serializer=invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.ListMovementsResponse.SerializeToString,
+            ),
+            'WatchMovements': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchMovements,
+                    request_deserializer=invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.WatchMovementsRequest.FromString,
+                    response_serializer=invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.WatchMovementsResponse.SerializeToString,
             ),
             'DeleteInventoryItem': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteInventoryItem,
@@ -606,6 +633,33 @@ class InventoryService:
             '/invmesh.inventory.v1.InventoryService/ListMovements',
             invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.ListMovementsRequest.SerializeToString,
             invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.ListMovementsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchMovements(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/invmesh.inventory.v1.InventoryService/WatchMovements',
+            invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.WatchMovementsRequest.SerializeToString,
+            invmesh_dot_inventory_dot_v1_dot_inventory__service__pb2.WatchMovementsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -66,6 +66,19 @@ class InventoryServiceStub:
     NOT_FOUND for an unknown product, and to viewers for a deleted one, and
     INVALID_ARGUMENT for a negative page_size or a malformed page_token.
     """
+    WatchMovements: _aio.UnaryStreamMultiCallable[_inventory_service_pb2.WatchMovementsRequest, _inventory_service_pb2.WatchMovementsResponse]
+    """Follows the ledger: every movement after the cursor `after`, optionally of
+    one product or at one location, first those already recorded, then each as
+    it commits (through any replica), in commit order, each event with the
+    cursor that resumes after it; with the low-stock signals the movements
+    caused, and a heartbeat after `heartbeat_seconds` without an event.
+    Returns INVALID_ARGUMENT for a malformed cursor, NOT_FOUND for an unknown
+    location_id, RESOURCE_EXHAUSTED (reason TOO_MANY_WATCHERS) when the server
+    follows as many streams as it allows, and ends the stream with
+    RESOURCE_EXHAUSTED (reason SLOW_CONSUMER) when the client reads slower
+    than the events come and its buffer fills: resume from the last cursor it
+    read.
+    """
     DeleteInventoryItem: _aio.UnaryUnaryMultiCallable[_inventory_service_pb2.DeleteInventoryItemRequest, _inventory_service_pb2.DeleteInventoryItemResponse]
     """Retires a deleted product's inventory item at every location and releases
     its active reservations: it answers NOT_FOUND from then on and keeps its
@@ -228,6 +241,24 @@ class InventoryServiceServicer:
         stays readable to staff and admins, for audit, marked `retired`. Returns
         NOT_FOUND for an unknown product, and to viewers for a deleted one, and
         INVALID_ARGUMENT for a negative page_size or a malformed page_token.
+        """
+
+    def WatchMovements(
+        self,
+        request: _inventory_service_pb2.WatchMovementsRequest,
+        context: _aio.ServicerContext[_inventory_service_pb2.WatchMovementsRequest, _abc.AsyncIterator[_inventory_service_pb2.WatchMovementsResponse]],
+    ) -> _abc.AsyncIterator[_inventory_service_pb2.WatchMovementsResponse]:
+        """Follows the ledger: every movement after the cursor `after`, optionally of
+        one product or at one location, first those already recorded, then each as
+        it commits (through any replica), in commit order, each event with the
+        cursor that resumes after it; with the low-stock signals the movements
+        caused, and a heartbeat after `heartbeat_seconds` without an event.
+        Returns INVALID_ARGUMENT for a malformed cursor, NOT_FOUND for an unknown
+        location_id, RESOURCE_EXHAUSTED (reason TOO_MANY_WATCHERS) when the server
+        follows as many streams as it allows, and ends the stream with
+        RESOURCE_EXHAUSTED (reason SLOW_CONSUMER) when the client reads slower
+        than the events come and its buffer fills: resume from the last cursor it
+        read.
         """
 
     def DeleteInventoryItem(
