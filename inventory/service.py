@@ -1,6 +1,7 @@
 """Assembles the inventory service: database, channels to auth and products, the feed that
-reports stock changes to products, the sweeper that marks expired reservations, servicer,
-server."""
+reports stock changes to products, the sequencer that gives movements their place in the
+movement feed and the watch that streams it, the sweeper that marks expired reservations,
+servicer, server."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from inventory.locations import Locations
 from inventory.product_check import ProductCheck
 from inventory.reservations import Reservations, ReservationSweeper
+from inventory.sequencer import Sequencer
 from inventory.servicer import InventoryServicer
 from inventory.stock import Inventory
 from inventory.stock_feed import StockFeed
+from inventory.watch import MovementWatch
 from invmesh.inventory.v1 import inventory_service_pb2, inventory_service_pb2_grpc
 from invmesh.products.v1 import products_service_pb2_grpc
 from mesh.clients import channel_credentials, open_channel
@@ -46,6 +49,27 @@ async def running(settings: Settings, *, address: str | None = None) -> AsyncIte
         )
         feed.start()
         stack.push_async_callback(feed.stop)
+        watch = MovementWatch(
+            db,
+            max_streams=settings.watch_max_streams,
+            buffer_events=settings.watch_buffer_events,
+            heartbeat_seconds=settings.watch_heartbeat_seconds,
+        )
+        await watch.start()
+        stack.push_async_callback(watch.stop)
+        sequencer = Sequencer(
+            db,
+            numbered=watch.wake,
+            retry_initial=settings.outbox_retry_initial_seconds,
+            retry_max=settings.outbox_retry_max_seconds,
+        )
+        sequencer.start()
+        stack.push_async_callback(sequencer.stop)
+
+        def changed() -> None:
+            feed.wake()
+            sequencer.wake()
+
         sweeper = ReservationSweeper(
             db,
             interval=settings.reservation_sweep_seconds,
@@ -58,9 +82,10 @@ async def running(settings: Settings, *, address: str | None = None) -> AsyncIte
             SERVICE_NAME,
             inventory_service_pb2_grpc.add_InventoryServiceServicer_to_server,
             InventoryServicer(
-                Inventory(db=db, products=check, changed=feed.wake),
+                Inventory(db=db, products=check, changed=changed),
                 Locations(db),
-                Reservations(db=db, products=check, changed=feed.wake),
+                Reservations(db=db, products=check, changed=changed),
+                watch,
             ),
         )
         yield await MeshServer.of_service(

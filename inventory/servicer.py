@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from typing import TypedDict
+from collections.abc import AsyncIterator
+from typing import Any, TypedDict
 
-from inventory import stock
+from sqlalchemy import Row
+
+from inventory import sequencer, stock
 from inventory.locations import Fields, Locations
 from inventory.models import Location, Movement
 from inventory.reservations import Held, Reservations
 from inventory.stock import Inventory, Level, Recorded, Stock
+from inventory.watch import HEARTBEAT, MOVEMENT, FeedEvent, MovementWatch
 from invmesh.inventory.v1 import inventory_service_pb2 as pb
 from invmesh.inventory.v1 import inventory_service_pb2_grpc
+from mesh.db import utcnow
 from mesh.interceptors import ServicerContext
 from mesh.messages import timestamp
 
@@ -59,7 +64,7 @@ def reservation_message(reservation: Held) -> pb.Reservation:
     )
 
 
-def movement_message(movement: Movement) -> pb.Movement:
+def movement_message(movement: Movement | Row[Any]) -> pb.Movement:
     return pb.Movement(
         id=str(movement.id),
         product_id=movement.product_id,
@@ -77,11 +82,39 @@ def movement_message(movement: Movement) -> pb.Movement:
     )
 
 
+def feed_message(event: FeedEvent) -> pb.WatchMovementsResponse:
+    cursor = str(event.position)
+    if event.kind == HEARTBEAT:
+        return pb.WatchMovementsResponse(cursor=cursor, heartbeat=pb.Heartbeat(sent_at=timestamp(utcnow())))
+    row = event.row
+    assert row is not None
+    if event.kind == MOVEMENT:
+        return pb.WatchMovementsResponse(cursor=cursor, movement=movement_message(row))
+    signal = _signal_message(row)
+    if event.kind == sequencer.LOW_STOCK:
+        return pb.WatchMovementsResponse(cursor=cursor, low_stock=signal)
+    return pb.WatchMovementsResponse(cursor=cursor, restocked=signal)
+
+
+def _signal_message(row: Row[Any]) -> pb.StockSignal:
+    return pb.StockSignal(
+        product_id=row.product_id,
+        location_id=row.location_id,
+        on_hand=row.balance_after,
+        reorder_point=row.reorder_point,
+        movement_id=str(row.id),
+        created_at=timestamp(row.created_at),
+    )
+
+
 class InventoryServicer(inventory_service_pb2_grpc.InventoryServiceServicer):
-    def __init__(self, inventory: Inventory, locations: Locations, reservations: Reservations) -> None:
+    def __init__(
+        self, inventory: Inventory, locations: Locations, reservations: Reservations, watch: MovementWatch
+    ) -> None:
         self._inventory = inventory
         self._locations = locations
         self._reservations = reservations
+        self._watch = watch
 
     async def ListInventoryItems(
         self, request: pb.ListInventoryItemsRequest, context: ServicerContext
@@ -137,6 +170,15 @@ class InventoryServicer(inventory_service_pb2_grpc.InventoryServiceServicer):
             next_page_token=ledger.next_page_token,
             retired=ledger.retired,
         )
+
+    async def WatchMovements(
+        self, request: pb.WatchMovementsRequest, context: ServicerContext
+    ) -> AsyncIterator[pb.WatchMovementsResponse]:
+        events = self._watch.follow(
+            request.after, product_id=request.product_id, location_id=request.location_id
+        )
+        async for event in events:
+            yield feed_message(event)
 
     async def DeleteInventoryItem(
         self, request: pb.DeleteInventoryItemRequest, context: ServicerContext

@@ -310,6 +310,25 @@ class Settings(BaseSettings):
         "lists. Availability does not wait for it: a reservation stops holding stock at its "
         "expires_at either way.",
     )
+    watch_max_streams: int = Field(
+        1000,
+        ge=1,
+        description="How many WatchMovements streams one inventory process follows at once; one more "
+        "is refused with RESOURCE_EXHAUSTED (TOO_MANY_WATCHERS), so a client tries another replica.",
+    )
+    watch_buffer_events: int = Field(
+        1000,
+        ge=1,
+        description="Events a WatchMovements stream holds for a client that reads slower than movements "
+        "are recorded; when they fill, the stream ends with RESOURCE_EXHAUSTED (SLOW_CONSUMER) and the "
+        "client resumes from its last cursor. Memory per stream stays bounded by it.",
+    )
+    watch_heartbeat_seconds: float = Field(
+        15.0,
+        gt=0,
+        description="Seconds without an event after which a WatchMovements stream sends a heartbeat (with "
+        "its cursor), so proxies and load balancers keep an idle stream open.",
+    )
     product_cache_seconds: float = Field(
         30.0,
         ge=0,

@@ -4,27 +4,32 @@
 logs and counts (`grpc_server_*`) one line per call with the status the client gets, and
 lets a stopping server drain the calls in flight;
 `AuthInterceptor` verifies the bearer token of every method that is not public. Both wrap
-the unary-unary handlers once per method and cache them, so a call pays only for the
-wrapper itself.
+the unary-unary and server-streaming handlers once per method and cache them, so a call pays
+only for the wrapper itself. A stream is logged and counted once, when it ends; a stopping
+server ends its streams at once with UNAVAILABLE (they never finish by themselves), and a
+stream ends with UNAUTHENTICATED once its access token has expired.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeAlias, cast
 
 import grpc
 from sqlalchemy.exc import SQLAlchemyError
 
+from invmesh.api.v1 import access_pb2
 from mesh import access, context
 from mesh.authorization import bearer_token
 from mesh.db import translate
-from mesh.errors import DomainError, internal_status
+from mesh.errors import DomainError, Unauthenticated, internal_status
 from mesh.metrics import REFUSALS, SERVER, MethodMetrics
-from mesh.tokens import TokenVerifier
+from mesh.tokens import Identity, TokenVerifier
 
 log = logging.getLogger("mesh.rpc")
 # A client whose deadline passes cancels the call, and the server, whose own clock for that
@@ -38,6 +43,7 @@ _SETTLE_SECONDS = 0.01
 ServicerContext: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"  # generic in the stubs only
 Behavior = Callable[[Any, ServicerContext], Awaitable[Any]]
+StreamBehavior = Callable[[Any, ServicerContext], AsyncIterator[Any]]
 
 
 def metadata_value(ctx: ServicerContext, key: str) -> str | None:
@@ -47,8 +53,8 @@ def metadata_value(ctx: ServicerContext, key: str) -> str | None:
     return None
 
 
-class _UnaryWrapper(grpc.aio.ServerInterceptor):
-    """Wraps each unary-unary handler once; streaming handlers pass through `_other`."""
+class _Wrapper(grpc.aio.ServerInterceptor):
+    """Wraps each unary-unary and unary-stream handler once; the others pass through `_other`."""
 
     def __init__(self) -> None:
         self._cache: dict[str, Handler | None] = {}
@@ -68,6 +74,20 @@ class _UnaryWrapper(grpc.aio.ServerInterceptor):
                     request_deserializer=handler.request_deserializer,
                     response_serializer=handler.response_serializer,
                 )
+            elif handler is not None and handler.unary_stream is not None:
+                behavior = handler.unary_stream
+                # grpc.aio calls a stream handler by its kind: one that yields its messages, or a
+                # coroutine that writes them (grpc's health Watch).
+                wrapped = (
+                    self._wrap_stream(method, cast(StreamBehavior, behavior))
+                    if inspect.isasyncgenfunction(behavior)
+                    else self._wrap_writer(method, cast(Behavior, behavior))
+                )
+                handler = grpc.unary_stream_rpc_method_handler(
+                    wrapped,
+                    request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer,
+                )
             else:
                 handler = self._other(method, handler)
             self._cache[method] = handler
@@ -76,11 +96,18 @@ class _UnaryWrapper(grpc.aio.ServerInterceptor):
     def _wrap(self, method: str, behavior: Behavior) -> Behavior:
         raise NotImplementedError
 
+    def _wrap_stream(self, method: str, behavior: StreamBehavior) -> StreamBehavior:
+        raise NotImplementedError
+
+    def _wrap_writer(self, method: str, behavior: Behavior) -> Behavior:
+        """A stream handler that writes its messages; as `_wrap` unless a subclass says more."""
+        return self._wrap(method, behavior)
+
     def _other(self, method: str, handler: Handler | None) -> Handler | None:
         return handler
 
 
-class RequestInterceptor(_UnaryWrapper):
+class RequestInterceptor(_Wrapper):
     """Binds the request id (taken from `x-request-id` or made), maps errors, logs the call and,
     with `metrics`, counts and times it."""
 
@@ -91,7 +118,8 @@ class RequestInterceptor(_UnaryWrapper):
         # One future per call until gRPC has sent its status: a handler that has returned has
         # not necessarily answered yet, and a server stopped in between cuts it with CANCELLED.
         self._open: set[asyncio.Future[None]] = set()
-        self._draining = False
+        self._streams: set[asyncio.Task[Any]] = set()  # the server-streaming handlers among them
+        self._cut: set[asyncio.Task[Any]] = set()  # the handlers the server cancelled as it stopped
 
     async def drain(self, grace: float) -> None:
         """Gives the calls open now, and any that the server accepted just before it stopped
@@ -100,6 +128,10 @@ class RequestInterceptor(_UnaryWrapper):
         request_id), and waits (a second at most) for those answers."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
+        # A stream never ends by itself: its client resumes elsewhere, from its last cursor.
+        for task in self._streams:
+            self._cut.add(task)
+            task.cancel()
         while (left := deadline - loop.time()) > 0:
             if self._open:
                 await asyncio.wait(set(self._open), timeout=left)
@@ -108,8 +140,8 @@ class RequestInterceptor(_UnaryWrapper):
             await asyncio.sleep(min(_SETTLE_SECONDS, left))
             if not self._open:
                 break
-        self._draining = True
         for task in self._running:
+            self._cut.add(task)
             task.cancel()
         if self._open:
             await asyncio.wait(set(self._open), timeout=1)
@@ -118,68 +150,99 @@ class RequestInterceptor(_UnaryWrapper):
         counted = MethodMetrics(SERVER, method) if self._metrics else None
 
         async def call(request: Any, ctx: ServicerContext) -> Any:
-            if counted is not None:
-                counted.started()
-            task = asyncio.current_task()
-            assert task is not None
-            self._running.add(task)
-            answered = task.get_loop().create_future()
-            self._open.add(answered)
-            answered.add_done_callback(self._open.discard)
-
-            def settle(_: ServicerContext) -> None:
-                if not answered.done():
-                    answered.set_result(None)
-
-            # types-grpcio declares the callback type as a class rather than a Protocol
-            ctx.add_done_callback(settle)  # type: ignore[arg-type]
-            incoming = metadata_value(ctx, "x-request-id")
-            context.request_id.set(context.request_id_or_new(incoming))
-            remaining = ctx.time_remaining()
-            context.deadline.set(time.monotonic() + remaining if remaining is not None else None)
-            started = time.perf_counter()
-            code = grpc.StatusCode.OK
-            try:
+            async with self._handling(method, ctx, counted, streaming=False):
                 return await behavior(request, ctx)
-            except asyncio.CancelledError:
-                if not self._draining:  # the client cancelled, or its deadline passed
-                    remaining = ctx.time_remaining()
-                    expired = remaining is not None and remaining <= DEADLINE_SLACK_SECONDS
-                    code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
-                    raise
-                code = grpc.StatusCode.UNAVAILABLE
-                await ctx.abort(code, "the server is shutting down; try again")
-            except DomainError as error:
-                code = error.code
-                REFUSALS.labels(error.reason).inc()
-                status = error.to_status()
-                await ctx.abort(status.code, status.details, status.trailing_metadata)
-            except (grpc.aio.AbortError, grpc.aio.UsageError):  # from ctx.abort() in a handler
-                code = ctx.code() or grpc.StatusCode.UNKNOWN
-                raise
-            except Exception as error:
-                # Database calls translate their own errors; this catches any that ran outside them.
-                translated = translate(error) if isinstance(error, SQLAlchemyError) else error
-                if isinstance(translated, DomainError):
-                    code = translated.code
-                    REFUSALS.labels(translated.reason).inc()
-                    status = translated.to_status()
-                else:
-                    code = grpc.StatusCode.INTERNAL
-                    log.exception("unhandled error in %s", method)
-                    status = internal_status()
-                await ctx.abort(status.code, status.details, status.trailing_metadata)
-            finally:
-                self._running.discard(task)
-                seconds = time.perf_counter() - started
-                if counted is not None:
-                    counted.handled(code, seconds)
-                log.info("rpc %s %s", method, code.name, extra={"ms": round(seconds * 1000, 2)})
 
         return call
 
+    def _wrap_writer(self, method: str, behavior: Behavior) -> Behavior:
+        counted = MethodMetrics(SERVER, method) if self._metrics else None
 
-class AuthInterceptor(_UnaryWrapper):
+        async def call(request: Any, ctx: ServicerContext) -> None:
+            async with self._handling(method, ctx, counted, streaming=True):
+                await behavior(request, ctx)
+
+        return call
+
+    def _wrap_stream(self, method: str, behavior: StreamBehavior) -> StreamBehavior:
+        counted = MethodMetrics(SERVER, method) if self._metrics else None
+
+        async def call(request: Any, ctx: ServicerContext) -> AsyncIterator[Any]:
+            async with self._handling(method, ctx, counted, streaming=True):
+                async for response in behavior(request, ctx):
+                    yield response
+
+        return call
+
+    @contextlib.asynccontextmanager
+    async def _handling(
+        self, method: str, ctx: ServicerContext, counted: MethodMetrics | None, *, streaming: bool
+    ) -> AsyncIterator[None]:
+        """One call, from its handler's start to its answer: see the class."""
+        if counted is not None:
+            counted.started()
+        task = asyncio.current_task()
+        assert task is not None
+        self._running.add(task)
+        if streaming:
+            self._streams.add(task)
+        answered = task.get_loop().create_future()
+        self._open.add(answered)
+        answered.add_done_callback(self._open.discard)
+
+        def settle(_: ServicerContext) -> None:
+            if not answered.done():
+                answered.set_result(None)
+
+        # types-grpcio declares the callback type as a class rather than a Protocol
+        ctx.add_done_callback(settle)  # type: ignore[arg-type]
+        incoming = metadata_value(ctx, "x-request-id")
+        context.request_id.set(context.request_id_or_new(incoming))
+        remaining = ctx.time_remaining()
+        context.deadline.set(time.monotonic() + remaining if remaining is not None else None)
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            yield
+        except asyncio.CancelledError:
+            if task not in self._cut:  # the client cancelled, or its deadline passed
+                remaining = ctx.time_remaining()
+                expired = remaining is not None and remaining <= DEADLINE_SLACK_SECONDS
+                code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+                raise
+            code = grpc.StatusCode.UNAVAILABLE
+            await ctx.abort(code, "the server is shutting down; try again")
+        except DomainError as error:
+            code = error.code
+            REFUSALS.labels(error.reason).inc()
+            status = error.to_status()
+            await ctx.abort(status.code, status.details, status.trailing_metadata)
+        except (grpc.aio.AbortError, grpc.aio.UsageError):  # from ctx.abort() in a handler
+            code = ctx.code() or grpc.StatusCode.UNKNOWN
+            raise
+        except Exception as error:
+            # Database calls translate their own errors; this catches any that ran outside them.
+            translated = translate(error) if isinstance(error, SQLAlchemyError) else error
+            if isinstance(translated, DomainError):
+                code = translated.code
+                REFUSALS.labels(translated.reason).inc()
+                status = translated.to_status()
+            else:
+                code = grpc.StatusCode.INTERNAL
+                log.exception("unhandled error in %s", method)
+                status = internal_status()
+            await ctx.abort(status.code, status.details, status.trailing_metadata)
+        finally:
+            self._running.discard(task)
+            self._streams.discard(task)
+            self._cut.discard(task)
+            seconds = time.perf_counter() - started
+            if counted is not None:
+                counted.handled(code, seconds)
+            log.info("rpc %s %s", method, code.name, extra={"ms": round(seconds * 1000, 2)})
+
+
+class AuthInterceptor(_Wrapper):
     """Every method the contract does not declare public needs `authorization: Bearer <access
     token>`, from a caller holding the role the method declares (`mesh.access`).
 
@@ -198,21 +261,41 @@ class AuthInterceptor(_UnaryWrapper):
         rule = access.required_access(method)
 
         async def call(request: Any, ctx: ServicerContext) -> Any:
-            token = bearer_token(metadata_value(ctx, "authorization") or "")
-            caller = await self._verifier.verify(token)
-            access.require_access(caller, rule)
-            context.identity.set(caller)
-            context.access_token.set(token)
+            await self._admit(ctx, rule)
             return await behavior(request, ctx)
 
         return call
 
+    def _wrap_stream(self, method: str, behavior: StreamBehavior) -> StreamBehavior:
+        if self._is_public(method):
+            return behavior
+        rule = access.required_access(method)
+
+        async def call(request: Any, ctx: ServicerContext) -> AsyncIterator[Any]:
+            caller = await self._admit(ctx, rule)
+            async for response in behavior(request, ctx):
+                yield response
+                # A stream outlives its token: it ends at the first message after the token expires,
+                # and the client resumes with a fresh one.
+                if self._verifier.expired(caller):
+                    raise Unauthenticated("the access token has expired", reason="TOKEN_EXPIRED")
+
+        return call
+
+    async def _admit(self, ctx: ServicerContext, rule: access_pb2.Access) -> Identity:
+        token = bearer_token(metadata_value(ctx, "authorization") or "")
+        caller = await self._verifier.verify(token)
+        access.require_access(caller, rule)
+        context.identity.set(caller)
+        context.access_token.set(token)
+        return caller
+
     def _other(self, method: str, handler: Handler | None) -> Handler | None:
         if handler is None or self._is_public(method):
             return handler
-        # No streaming RPC of ours is authenticated yet: refuse rather than let one through unchecked.
+        # No client-streaming RPC of ours is authenticated yet: refuse rather than let one through.
         return grpc.unary_unary_rpc_method_handler(_refuse_streaming)
 
 
 async def _refuse_streaming(request: Any, ctx: ServicerContext) -> None:
-    await ctx.abort(grpc.StatusCode.UNIMPLEMENTED, "streaming calls are not authenticated here")
+    await ctx.abort(grpc.StatusCode.UNIMPLEMENTED, "client-streaming calls are not authenticated here")

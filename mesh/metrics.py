@@ -182,6 +182,7 @@ STOCK_FEED_LAG = Gauge(
     "invmesh_stock_feed_lag_seconds",
     "Age of the oldest stock change products has not yet been told (0 when caught up).",
 )
+WATCH_STREAMS = Gauge("invmesh_watch_streams", "WatchMovements streams this process follows now.")
 
 CHANGE_LOG_LAG = Gauge(
     "invmesh_change_log_lag_seconds",

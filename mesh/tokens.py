@@ -92,6 +92,10 @@ class TokenVerifier:
         # sha256(token) -> (identity, kid, the key that verified it)
         self._verified: OrderedDict[bytes, tuple[Identity, str, EllipticCurvePublicKey]] = OrderedDict()
 
+    def expired(self, identity: Identity) -> bool:
+        """Whether the token `identity` came from is no longer accepted (after its exp and the skew)."""
+        return time.time() >= identity.expires_at + self._clock_skew
+
     async def verify(self, token: str) -> Identity:
         """Returns the token's identity; raises Unauthenticated saying what is wrong."""
         digest = hashlib.sha256(token.encode()).digest()
@@ -100,8 +104,7 @@ class TokenVerifier:
             identity, kid, key = hit
             # PyJWT rejects a token once now >= exp + leeway; a key no longer published ends the
             # entry too.
-            unexpired = time.time() < identity.expires_at + self._clock_skew
-            if unexpired and await self._keys.public_key(kid) is key:
+            if not self.expired(identity) and await self._keys.public_key(kid) is key:
                 _CACHE_HITS.inc()
                 return identity
             self._verified.pop(digest, None)

@@ -60,7 +60,8 @@ SEEDED: dict[str, Rows] = {
                 "name": "Default",
                 "created_at": dt.datetime(2026, 12, 6, tzinfo=dt.UTC),
             }
-        ]
+        ],
+        "movement_feed": [{"id": 1, "last_seq": 0}],
     }
 }
 RUN_PREFIX = f"invmesh_test_{secrets.token_hex(4)}"

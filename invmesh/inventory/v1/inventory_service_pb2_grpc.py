@@ -223,7 +223,9 @@ class InventoryServiceServicer:
         one product or at one location, first those already recorded, then each as
         it commits (through any replica), in commit order, each event with the
         cursor that resumes after it; with the low-stock signals the movements
-        caused, and a heartbeat after `heartbeat_seconds` without an event.
+        caused. A heartbeat says when the stream has sent every movement recorded
+        before it started, and comes again after WATCH_HEARTBEAT_SECONDS without an
+        event.
         Returns INVALID_ARGUMENT for a malformed cursor, NOT_FOUND for an unknown
         location_id, RESOURCE_EXHAUSTED (reason TOO_MANY_WATCHERS) when the server
         follows as many streams as it allows, and ends the stream with

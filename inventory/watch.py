@@ -1,0 +1,271 @@
+"""WatchMovements: the movement feed, followed from a cursor, first from the database, then live.
+
+Each movement has a place in the feed (`seq`, given in commit order by `inventory.sequencer`),
+and each event a position: the movement's is 2 * seq, the low-stock signal it caused, if any,
+2 * seq + 1. A cursor is the position of the last event a client processed, so resuming from
+one sends exactly the events after it, whichever replica sent it.
+
+A stream first reads the events after its cursor from the database, a page at a time (a slow
+client holds back the reads, not memory). Once it has read them all, it joins the process's
+one reader of the feed (`MovementWatch`), which reads each new batch of places once (woken by
+this process's sequencer, or polling for another replica's) and hands the rows to every
+stream they concern, in a bounded queue each. Joining takes the reader's position; the stream
+reads from the database what lies between its own and that one, then takes rows from its queue,
+skipping any it already sent. A stream whose queue fills ends with RESOURCE_EXHAUSTED
+(SLOW_CONSUMER), and its client resumes from its cursor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Row, Select, bindparam, select
+
+from inventory.models import Location, Movement, MovementFeed
+from inventory.stock import location_not_found
+from mesh import tracing
+from mesh.db import Database, table_of
+from mesh.errors import InvalidArgument, ResourceExhausted
+from mesh.metrics import WATCH_STREAMS
+
+log = logging.getLogger(__name__)
+
+PAGE = 500  # rows per read of the database
+POLL = 0.1  # seconds between reads of the feed for another replica's movements, while followed
+IDLE_POLL = 5.0  # the same while nobody follows: only the feed's position then
+MOVEMENT = "movement"
+HEARTBEAT = "heartbeat"
+
+_MOVEMENTS = table_of(Movement)
+_FEED = table_of(MovementFeed)
+_LOCATIONS = table_of(Location)
+_LAST = select(_FEED.c.last_seq).where(_FEED.c.id == 1)
+_LOCATION_EXISTS = select(_LOCATIONS.c.id).where(_LOCATIONS.c.id == bindparam("loc"))
+_NEWER = (
+    select(_MOVEMENTS).where(_MOVEMENTS.c.seq > bindparam("after")).order_by(_MOVEMENTS.c.seq).limit(PAGE)
+)
+
+
+def _between(*, product: bool, location: bool) -> Select[Any]:
+    """A page of a stream's rows: places `first` to `last`, of its product and location."""
+    query = (
+        select(_MOVEMENTS)
+        .where(_MOVEMENTS.c.seq >= bindparam("first"), _MOVEMENTS.c.seq <= bindparam("last"))
+        .order_by(_MOVEMENTS.c.seq)
+        .limit(PAGE)
+    )
+    if product:
+        query = query.where(_MOVEMENTS.c.product_id == bindparam("pid"))
+    if location:
+        query = query.where(_MOVEMENTS.c.location_id == bindparam("loc"))
+    return query
+
+
+_BETWEEN = {(p, loc): _between(product=p, location=loc) for p in (False, True) for loc in (False, True)}
+
+
+@dataclass(frozen=True, slots=True)
+class FeedEvent:
+    """An event of a stream: a movement (`row`), the signal it caused (kind LOW_STOCK or
+    RESTOCKED, the same `row`), or a heartbeat (no row)."""
+
+    position: int
+    kind: str
+    row: Row[Any] | None = None
+
+
+def events_of(row: Row[Any]) -> Iterator[FeedEvent]:
+    yield FeedEvent(2 * row.seq, MOVEMENT, row)
+    if row.signal:
+        yield FeedEvent(2 * row.seq + 1, row.signal, row)
+
+
+def parse_cursor(cursor: str) -> int | None:
+    """The position a cursor names; None for an empty one (start after the newest event)."""
+    if not cursor:
+        return None
+    if not cursor.isascii() or not cursor.isdigit() or len(cursor) > 40:
+        raise InvalidArgument(
+            "after must be a cursor from this feed (digits only)", field="after", reason="INVALID_CURSOR"
+        )
+    return int(cursor)
+
+
+@dataclass(eq=False)
+class _Follower:
+    product_id: str
+    location_id: str
+    rows: asyncio.Queue[Row[Any]]
+    overflowed: bool = False
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def wants(self, row: Row[Any]) -> bool:
+        return (not self.product_id or row.product_id == self.product_id) and (
+            not self.location_id or row.location_id == self.location_id
+        )
+
+
+class MovementWatch:
+    def __init__(
+        self, db: Database, *, max_streams: int, buffer_events: int, heartbeat_seconds: float
+    ) -> None:
+        self._db = db
+        self._max_streams = max_streams
+        self._buffer = buffer_events
+        self._heartbeat = heartbeat_seconds
+        self._followers: set[_Follower] = set()
+        self._position = 0  # every place up to this one was handed to the followers of its time
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._streams = 0
+
+    async def start(self) -> None:
+        self._position = await self._last()
+        self._task = asyncio.create_task(self._run(), name="movement-watch")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def wake(self) -> None:
+        """This process's sequencer gave places: read them now."""
+        self._wake.set()
+
+    async def follow(
+        self, cursor: str, *, product_id: str = "", location_id: str = ""
+    ) -> AsyncIterator[FeedEvent]:
+        """The events after `cursor` (see `parse_cursor`) of the product and location, if named,
+        then heartbeats and live events until the caller stops reading."""
+        if self._streams >= self._max_streams:
+            raise ResourceExhausted(
+                f"this server follows {self._max_streams} streams already; try again or another replica",
+                reason="TOO_MANY_WATCHERS",
+            )
+        self._streams += 1
+        WATCH_STREAMS.inc()
+        try:
+            async for event in self._follow(cursor, product_id, location_id):
+                yield event
+        finally:
+            self._streams -= 1
+            WATCH_STREAMS.dec()
+
+    async def _follow(self, cursor: str, product_id: str, location_id: str) -> AsyncIterator[FeedEvent]:
+        after = parse_cursor(cursor)
+        if location_id and not await self._db.fetch(_LOCATION_EXISTS, {"loc": location_id}):
+            raise location_not_found(location_id)
+        end = 2 * await self._last() + 1  # the position after every event there is
+        if after is None:
+            after = end
+        elif after > end:
+            raise InvalidArgument(
+                f"after {after} is past the end of this feed ({end})", field="after", reason="INVALID_CURSOR"
+            )
+        read = _Reader(self._db, product_id, location_id, after)
+        async for event in read.upto(None):  # the history, however long
+            yield event
+        follower = _Follower(product_id, location_id, asyncio.Queue(self._buffer))
+        self._followers.add(follower)
+        joined_at = self._position  # rows above it come through the queue
+        try:
+            async for event in read.upto(joined_at):
+                yield event
+            # Caught up: says so at once, with the cursor, to a client that started at the end too.
+            read.position = max(read.position, 2 * joined_at + 1)
+            yield FeedEvent(read.position, HEARTBEAT)
+            while True:
+                try:
+                    async with asyncio.timeout(self._heartbeat):
+                        row = await follower.rows.get()
+                except TimeoutError:
+                    # Every row up to the reader's position reached the queue, which is empty.
+                    read.position = max(read.position, 2 * self._position + 1)
+                    yield FeedEvent(read.position, HEARTBEAT)
+                    continue
+                for event in events_of(row):
+                    if event.position > read.position:
+                        read.position = event.position
+                        yield event
+                if follower.overflowed:
+                    raise ResourceExhausted(
+                        f"the client read too slowly and its {self._buffer} buffered events filled; "
+                        f"resume after {read.position}",
+                        reason="SLOW_CONSUMER",
+                        metadata={"cursor": str(read.position)},
+                    )
+        finally:
+            self._followers.discard(follower)
+
+    async def _last(self) -> int:
+        with tracing.untraced():
+            (last,), *_ = await self._db.fetch(_LAST)
+        return int(last)
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(POLL if self._followers else IDLE_POLL):
+                    await self._wake.wait()
+            self._wake.clear()
+            try:
+                if self._followers:
+                    await self._hand_out()
+                else:
+                    last = await self._last()
+                    # A stream that joined meanwhile took the old position: the rows after it are its.
+                    if not self._followers:
+                        self._position = max(self._position, last)
+            except Exception as error:  # the database is down: the next round tries again
+                log.warning("could not read the movement feed: %s", error)
+                await asyncio.sleep(1.0)
+
+    async def _hand_out(self) -> None:
+        while True:
+            with tracing.untraced():
+                rows = await self._db.fetch(_NEWER, {"after": self._position})
+            for row in rows:
+                for follower in list(self._followers):
+                    if not follower.wants(row):
+                        continue
+                    try:
+                        follower.rows.put_nowait(row)
+                    except asyncio.QueueFull:
+                        follower.overflowed = True
+                        self._followers.discard(follower)
+            if rows:
+                self._position = rows[-1].seq
+            if len(rows) < PAGE:
+                return
+
+
+class _Reader:
+    """A stream's reads of the database, from its position on."""
+
+    def __init__(self, db: Database, product_id: str, location_id: str, position: int) -> None:
+        self._db = db
+        self._query = _BETWEEN[bool(product_id), bool(location_id)]
+        self._filters = {"pid": product_id, "loc": location_id}
+        self.position = position
+
+    async def upto(self, last_place: int | None) -> AsyncIterator[FeedEvent]:
+        """The events after `position` up to place `last_place` (None: to the end)."""
+        last = 2**62 if last_place is None else last_place
+        while True:
+            first = (self.position + 1) // 2  # the place whose events may not all be sent yet
+            if first > last:
+                return
+            rows = await self._db.fetch(self._query, {"first": first, "last": last, **self._filters})
+            for row in rows:
+                for event in events_of(row):
+                    if event.position > self.position:
+                        self.position = event.position
+                        yield event
+            if len(rows) < PAGE:
+                return
