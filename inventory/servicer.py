@@ -33,6 +33,7 @@ def item_message(stock: Stock) -> pb.InventoryItem:
         reserved=stock.reserved,
         available=stock.available,
         locations=[_level_message(level) for level in stock.locations],
+        low_stock=stock.low_stock,
     )
 
 
@@ -42,6 +43,8 @@ def _level_message(level: Level) -> pb.LocationStock:
         on_hand=level.on_hand,
         reserved=level.reserved,
         available=level.available,
+        reorder_point=level.reorder_point,
+        low_stock=level.low_stock,
     )
 
 
@@ -120,7 +123,10 @@ class InventoryServicer(inventory_service_pb2_grpc.InventoryServiceServicer):
         self, request: pb.ListInventoryItemsRequest, context: ServicerContext
     ) -> pb.ListInventoryItemsResponse:
         items, token = await self._inventory.list_items(
-            page_size=request.page_size, page_token=request.page_token, location_id=request.location_id
+            page_size=request.page_size,
+            page_token=request.page_token,
+            location_id=request.location_id,
+            low_stock=request.low_stock,
         )
         return pb.ListInventoryItemsResponse(items=[item_message(i) for i in items], next_page_token=token)
 
@@ -150,9 +156,10 @@ class InventoryServicer(inventory_service_pb2_grpc.InventoryServiceServicer):
         return pb.RecordMovementResponse(**_recorded(recorded))
 
     async def SetStock(self, request: pb.SetStockRequest, context: ServicerContext) -> pb.SetStockResponse:
-        recorded = await self._inventory.set_count(
+        recorded = await self._inventory.set_stock(
             product_id=request.product_id,
-            quantity=request.quantity,
+            quantity=request.quantity if request.HasField("quantity") else None,
+            reorder_point=request.reorder_point if request.HasField("reorder_point") else None,
             reason=request.reason,
             request_id=request.request_id,
             location_id=request.location_id,
@@ -292,9 +299,13 @@ def _fields(location: pb.Location) -> Fields:
 
 
 class _RecordedFields(TypedDict):
-    movement: pb.Movement
+    movement: pb.Movement | None
     item: pb.InventoryItem
 
 
 def _recorded(recorded: Recorded) -> _RecordedFields:
-    return {"movement": movement_message(recorded.movement), "item": item_message(recorded.stock)}
+    movement = recorded.movement
+    return {
+        "movement": movement_message(movement) if movement is not None else None,
+        "item": item_message(recorded.stock),
+    }

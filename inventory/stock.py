@@ -38,7 +38,20 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
 from prometheus_client import Counter
-from sqlalchemy import Integer, Row, String, and_, bindparam, func, insert, select, true, update
+from sqlalchemy import (
+    ColumnElement,
+    FromClause,
+    Integer,
+    Row,
+    String,
+    and_,
+    bindparam,
+    func,
+    insert,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -74,22 +87,45 @@ _LOCATIONS = table_of(Location)
 _BALANCE = (_ITEMS.c.product_id, _ITEMS.c.quantity, _ITEMS.c.updated_at)
 _ITEM_IS = _ITEMS.c.product_id == bindparam("pid")
 _RETIRED_AT = select(_ITEMS.c.retired_at).where(_ITEM_IS)
-_BALANCES_OF = select(*_BALANCE).where(_ITEMS.c.product_id.in_(bindparam("pids", expanding=True)))
-_LOCK_BALANCE = select(_ITEMS.c.quantity, _ITEMS.c.retired_at).where(_ITEM_IS).with_for_update()
+_LOCK_BALANCE = (
+    select(_ITEMS.c.quantity, _ITEMS.c.updated_at, _ITEMS.c.retired_at).where(_ITEM_IS).with_for_update()
+)
 _LOCK_LEVELS = (
-    select(_LEVELS.c.location_id, _LEVELS.c.on_hand)
+    select(_LEVELS.c.location_id, _LEVELS.c.on_hand, _LEVELS.c.reorder_point)
     .where(_LEVELS.c.product_id == bindparam("pid"))
     .order_by(_LEVELS.c.location_id)
     .with_for_update()
 )
-# An item's stock at each location, as a JSON object by location id, read with the item's row
-# (on its own alias, so that it never correlates with a join of the levels in the listing).
+
+
+def _low(levels: FromClause) -> ColumnElement[bool]:
+    """`is_low` in SQL, on a row of `location_stock` (or an alias of it)."""
+    return and_(levels.c.reorder_point > 0, levels.c.on_hand <= levels.c.reorder_point)
+
+
+# An item's stock at each location, and its reorder points where set, as two JSON objects by
+# location id, read with the item's row (on their own alias, so that they never correlate with a
+# join of the levels in the listing). Few rows have a reorder point, so the second is small.
 _LEVEL_OF = _LEVELS.alias("level_of")
 _LEVELS_BY_LOCATION = (
     select(json_object_agg(_LEVEL_OF.c.location_id, _LEVEL_OF.c.on_hand))
     .where(_LEVEL_OF.c.product_id == _ITEMS.c.product_id)
     .scalar_subquery()
     .label("levels")
+)
+_REORDER_POINTS_BY_LOCATION = (
+    select(json_object_agg(_LEVEL_OF.c.location_id, _LEVEL_OF.c.reorder_point))
+    .where(_LEVEL_OF.c.product_id == _ITEMS.c.product_id, _LEVEL_OF.c.reorder_point > 0)
+    .scalar_subquery()
+    .label("reorder_points")
+)
+# The item is low at some location (`low_stock` of ListInventoryItems and of a batch).
+_LOW_AT = _LEVELS.alias("low_at")
+_LOW_SOMEWHERE = (
+    select(_LOW_AT.c.product_id).where(_LOW_AT.c.product_id == _ITEMS.c.product_id, _low(_LOW_AT)).exists()
+)
+_BALANCES_OF = select(*_BALANCE, _LOW_SOMEWHERE.label("low_stock")).where(
+    _ITEMS.c.product_id.in_(bindparam("pids", expanding=True))
 )
 # What active reservations hold, per product and location: ACTIVE and not yet expired.
 _HOLDING = and_(_RESERVATIONS.c.state == "ACTIVE", _RESERVATIONS.c.expires_at > bindparam("now"))
@@ -101,7 +137,7 @@ _RESERVED_OF = (
 _LOCATION_EXISTS = select(_LOCATIONS.c.id).where(_LOCATIONS.c.id == bindparam("loc"))
 # Every change of a balance counts one more `version` and leaves the item for the stock feed.
 _CHANGED = {"version": _ITEMS.c.version + 1, "unpublished": True}
-_NEW_BALANCE = insert(_ITEMS)  # version 1, unpublished: the columns' defaults
+_NEW_BALANCE = insert(_ITEMS)  # version 1, unpublished: the columns' defaults, unless given
 _SET_BALANCE = update(_ITEMS).where(_ITEM_IS).values(_CHANGED)  # and the columns the parameters name
 _NEW_LEVEL = insert(_LEVELS)
 _SET_LEVEL = update(_LEVELS).where(
@@ -160,7 +196,7 @@ _IN_LEVEL = (
         _LEVELS.c.on_hand <= _IN_HIGHEST,
     )
     .values(on_hand=_LEVELS.c.on_hand + _IN_DELTA, updated_at=_IN_NOW)
-    .returning(_LEVELS.c.on_hand)
+    .returning(_LEVELS.c.on_hand, _LEVELS.c.reorder_point)
     .cte("level")
 )
 _MOVEMENTS = table_of(Movement)
@@ -200,20 +236,26 @@ _IN_APPENDED = (
 
 
 # The answer's other figures, read in the same statement from its snapshot, as the locked path
-# reports them: the product's other locations (the snapshot's, exact, see above) and what active
-# reservations hold, by location (a reservation committed while this statement waited for the
-# item's lock is left out: that is the one figure that can be older than the locked path's).
+# reports them: the product's other locations (the snapshot's, exact, see above), their reorder
+# points and what active reservations hold, by location (a reservation, or a reorder point
+# elsewhere, committed while this statement waited for the item's lock is left out: those are
+# the figures that can be older than the locked path's; the location's own reorder point comes
+# from its row's RETURNING, which is the newest).
 # Each is a JSON object by location id: asyncpg decodes JSON with the codec SQLAlchemy sets on
 # every connection, where an array of varchar or integers would make each new connection first
 # ask PostgreSQL about those types (its costly type introspection, tens of ms of server CPU).
-def _by_location(*, besides: Any = None) -> tuple[Any, Any]:
-    """The product's (`pid`) stock at each location, but `besides`, and what its active
-    reservations hold at each, as two JSON objects by location id, for one row to carry."""
-    levels = select(json_object_agg(_LEVELS.c.location_id, _LEVELS.c.on_hand)).where(
-        _LEVELS.c.product_id == bindparam("pid")
+def _by_location(*, besides: Any = None) -> tuple[Any, Any, Any]:
+    """The product's (`pid`) stock at each location, but `besides`, its reorder points there
+    (where set), and what its active reservations hold at each location, as three JSON objects
+    by location id, for one row to carry."""
+    product = _LEVELS.c.product_id == bindparam("pid")
+    levels = select(json_object_agg(_LEVELS.c.location_id, _LEVELS.c.on_hand)).where(product)
+    reorder_points = select(json_object_agg(_LEVELS.c.location_id, _LEVELS.c.reorder_point)).where(
+        product, _LEVELS.c.reorder_point > 0
     )
     if besides is not None:
         levels = levels.where(_LEVELS.c.location_id != besides)
+        reorder_points = reorder_points.where(_LEVELS.c.location_id != besides)
     holds = (
         select(_RESERVATIONS.c.location_id, func.sum(_RESERVATIONS.c.quantity).label("held"))
         .where(_RESERVATIONS.c.product_id == bindparam("pid"), _HOLDING)
@@ -221,7 +263,11 @@ def _by_location(*, besides: Any = None) -> tuple[Any, Any]:
         .subquery()
     )
     held = select(json_object_agg(holds.c.location_id, holds.c.held)).scalar_subquery()
-    return levels.scalar_subquery().label("levels"), held.label("held")
+    return (
+        levels.scalar_subquery().label("levels"),
+        reorder_points.scalar_subquery().label("reorder_points"),
+        held.label("held"),
+    )
 
 
 # A product's stock for GET /inventory/{product_id}, in one statement.
@@ -229,9 +275,10 @@ _STOCK_OF = select(*_BALANCE, _ITEMS.c.retired_at, *_by_location()).where(_ITEM_
 _MOVE_IN_ALONE = select(
     _IN_APPENDED.c.id,
     _IN_APPENDED.c.balance_after,
+    _IN_LEVEL.c.reorder_point,
     _IN_MOVED.c.quantity,
     *_by_location(besides=_IN_LOCATION),
-).select_from(_IN_APPENDED.join(_IN_MOVED, true()))
+).select_from(_IN_APPENDED.join(_IN_MOVED, true()).join(_IN_LEVEL, true()))
 
 # An IN on SQLite, inside the write transaction, which holds the database's one write lock (BEGIN
 # IMMEDIATE): nobody else writes until it commits, so the rule is checked by the statements' own
@@ -251,7 +298,7 @@ _HELD_IN_LEVEL = (
         .exists(),
     )
     .values(on_hand=_LEVELS.c.on_hand + _IN_DELTA, updated_at=_IN_NOW)
-    .returning(_LEVELS.c.on_hand)
+    .returning(_LEVELS.c.on_hand, _LEVELS.c.reorder_point)
 )
 _HELD_IN_ITEM = (
     update(_ITEMS)
@@ -264,9 +311,17 @@ _NOT_NULL_VIOLATION = "23502"
 
 # The movement types and what each does to a balance.
 IN, OUT, ADJUSTMENT = "IN", "OUT", "ADJUSTMENT"
+# A change that moves nothing: SetStock with a reorder point and no quantity.
+REORDER_POINT = "REORDER_POINT"
 # Movements written (a request_id sent again writes none), by type; label children bound once.
 MOVEMENTS_TOTAL = Counter("invmesh_movements_total", "Stock movements recorded, by type.", ["type"])
 MOVEMENTS_WRITTEN = {kind: MOVEMENTS_TOTAL.labels(kind) for kind in (IN, OUT, ADJUSTMENT)}
+
+
+def is_low(on_hand: int, reorder_point: int) -> bool:
+    """The stock at a location is low: a reorder point is set there (0 is none) and the stock
+    is at or below it. `_low` says the same in SQL."""
+    return reorder_point > 0 and on_hand <= reorder_point
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,10 +331,15 @@ class Level:
     location_id: str
     on_hand: int
     reserved: int
+    reorder_point: int = 0
 
     @property
     def available(self) -> int:
         return self.on_hand - self.reserved
+
+    @property
+    def low_stock(self) -> bool:
+        return is_low(self.on_hand, self.reorder_point)
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,10 +351,15 @@ class Stock:
     updated_at: dt.datetime | None  # None if it never moved
     reserved: int = 0  # by active reservations, at every location
     locations: tuple[Level, ...] = ()
+    low_elsewhere: bool = False  # low at a location `locations` leaves out (a batch lists none)
 
     @property
     def available(self) -> int:
         return self.quantity - self.reserved
+
+    @property
+    def low_stock(self) -> bool:
+        return self.low_elsewhere or any(level.low_stock for level in self.locations)
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,7 +373,7 @@ class Ledger:
 
 @dataclass(frozen=True, slots=True)
 class Recorded:
-    movement: Movement
+    movement: Movement | None  # None when SetStock changed only the reorder point
     stock: Stock
 
 
@@ -325,13 +390,14 @@ class Change:
     """What a client asked to change, with what identifies a retry of it."""
 
     product_id: str
-    kind: str  # IN, OUT or ADJUSTMENT
+    kind: str  # IN, OUT or ADJUSTMENT, or REORDER_POINT (no movement)
     units: int  # moved in (IN) or out (OUT), or counted (ADJUSTMENT)
     reason: str
     reference: str
     request_id: str | None
     fingerprint: str
     location_id: str = DEFAULT_LOCATION_ID
+    reorder_point: int | None = None  # SetStock's new reorder point at the location, if any
 
     def delta_from(self, balance: int) -> int:
         """What this change adds to `balance`: a count sets it to `units`."""
@@ -380,6 +446,11 @@ def check_units(problems: Violations, units: int, *, lowest: int = 1) -> None:
         problems.add("quantity", f"quantity must be {lowest} to {MAX_STOCK}", "INVALID_QUANTITY")
 
 
+def check_reorder_point(problems: Violations, reorder_point: int) -> None:
+    if not 0 <= reorder_point <= MAX_STOCK:
+        problems.add("reorder_point", f"reorder_point must be 0 to {MAX_STOCK}", "INVALID_REORDER_POINT")
+
+
 def check_reason(problems: Violations, reason: str) -> None:
     if len(reason) > MAX_REASON_CHARS:
         problems.add("reason", f"reason must be at most {MAX_REASON_CHARS} characters", "INVALID_REASON")
@@ -402,19 +473,25 @@ def _checked_change(
     reference: str,
     request_id: str,
     location_id: str,
+    reorder_point: int | None = None,
 ) -> Change:
     """The request as a Change; otherwise one INVALID_ARGUMENT naming every bad field, those
     the caller found (`problems`) included."""
     with problems.collect():
         require_product_id(product_id)
-    check_units(problems, units, lowest=0 if kind == ADJUSTMENT else 1)
+    if kind != REORDER_POINT:
+        check_units(problems, units, lowest=0 if kind == ADJUSTMENT else 1)
+    if reorder_point is not None:
+        check_reorder_point(problems, reorder_point)
     check_reason(problems, reason)
     check_reference(problems, reference)
     check_request_id(problems, request_id)
     problems.check()
     location = location_id or DEFAULT_LOCATION_ID
-    # The default location is left out, so a retry from before locations existed is still one.
+    # The default location and an unset reorder point are left out, so a retry from before
+    # either existed is still one.
     where = [] if location == DEFAULT_LOCATION_ID else [location]
+    reorder = [] if reorder_point is None else [{"reorder_point": reorder_point}]
     return Change(
         product_id=product_id,
         kind=kind,
@@ -422,8 +499,9 @@ def _checked_change(
         reason=reason,
         reference=reference,
         request_id=request_id or None,
-        fingerprint=fingerprint(product_id, kind, units, reason, reference, *where),
+        fingerprint=fingerprint(product_id, kind, units, reason, reference, *where, *reorder),
         location_id=location,
+        reorder_point=reorder_point,
     )
 
 
@@ -446,10 +524,12 @@ class Locked:
     product_id: str
     exists: bool  # it has an item row
     quantity: int
+    updated_at: dt.datetime | None  # as the item row had it
     on_hand: dict[str, int]  # by location, where it has a stock row
+    reorder_points: dict[str, int]  # by location, where it has a stock row
     reserved: dict[str, int]  # by location, by active reservations at `now`
     now: dt.datetime
-    touched: set[str] = field(default_factory=set)  # locations whose row this transaction wrote
+    touched: set[str] = field(default_factory=set)  # locations whose balance this transaction wrote
 
     def available(self, location_id: str) -> int:
         return self.on_hand.get(location_id, 0) - self.reserved.get(location_id, 0)
@@ -458,9 +538,9 @@ class Locked:
         return Stock(
             self.product_id,
             self.quantity,
-            self.now if self.touched else None,
+            self.now if self.touched else self.updated_at,
             sum(self.reserved.values()),
-            _levels(self.on_hand, self.reserved),
+            _levels(self.on_hand, self.reserved, self.reorder_points),
         )
 
 
@@ -478,7 +558,9 @@ async def lock_product(conn: AsyncConnection, product_id: str) -> Locked:
         product_id=product_id,
         exists=item is not None,
         quantity=item.quantity if item is not None else 0,
+        updated_at=item.updated_at if item is not None else None,
         on_hand={row.location_id: row.on_hand for row in levels},
+        reorder_points={row.location_id: row.reorder_point for row in levels},
         reserved={row.location_id: int(row[2]) for row in reserved},
         now=now,
     )
@@ -518,6 +600,29 @@ async def store_level(conn: AsyncConnection, locked: Locked, location_id: str, o
     locked.on_hand[location_id] = on_hand
     locked.quantity = total
     locked.touched.add(location_id)
+
+
+async def store_reorder_point(
+    conn: AsyncConnection, locked: Locked, location_id: str, reorder_point: int | None
+) -> None:
+    """Sets the product's reorder point at the location (None leaves it), making its item and
+    stock rows if it never moved there. Neither its stock nor the stock feed's version change."""
+    if reorder_point is None or locked.reorder_points.get(location_id, 0) == reorder_point:
+        return  # unchanged, or 0 (none) where the product has no row
+    if not locked.exists:  # a concurrent first movement loses on the key, or this one does: retried
+        await conn.execute(
+            _NEW_BALANCE, {"product_id": locked.product_id, "quantity": 0, "unpublished": False}
+        )
+        locked.exists = True
+    if location_id in locked.on_hand:
+        await conn.execute(
+            _SET_LEVEL, {"pid": locked.product_id, "loc": location_id, "reorder_point": reorder_point}
+        )
+    else:
+        row = {"product_id": locked.product_id, "location_id": location_id, "on_hand": 0}
+        await conn.execute(_NEW_LEVEL, {**row, "reorder_point": reorder_point})
+        locked.on_hand[location_id] = 0
+    locked.reorder_points[location_id] = reorder_point
 
 
 async def append_movement(
@@ -575,21 +680,36 @@ class Inventory:
         )
         return await self._apply(change)
 
-    async def set_count(
-        self, *, product_id: str, quantity: int, reason: str, request_id: str, location_id: str = ""
+    async def set_stock(
+        self,
+        *,
+        product_id: str,
+        quantity: int | None,
+        reorder_point: int | None,
+        reason: str,
+        request_id: str,
+        location_id: str = "",
     ) -> Recorded:
         """Sets the stock at a location (DEFAULT if none) to a counted `quantity`, recording the
-        difference as an ADJUSTMENT; never below what active reservations hold there."""
+        difference as an ADJUSTMENT, never below what active reservations hold there; and its
+        reorder point there, in the same transaction. Either may be None (left as it is), not
+        both. A reorder point alone records no movement and keeps no request_id: setting it
+        again sets the same."""
         require_verified_email()
+        problems = Violations()
+        if quantity is None and reorder_point is None:
+            for name in ("quantity", "reorder_point"):
+                problems.add(name, "quantity or reorder_point is required", "NOTHING_TO_SET")
         change = _checked_change(
-            Violations(),
+            problems,
             product_id=product_id,
-            kind=ADJUSTMENT,
-            units=quantity,
+            kind=REORDER_POINT if quantity is None else ADJUSTMENT,
+            units=quantity or 0,
             reason=reason,
             reference="",
             request_id=request_id,
             location_id=location_id,
+            reorder_point=reorder_point,
         )
         return await self._apply(change)
 
@@ -659,15 +779,18 @@ class Inventory:
         return [_stock(items.get(pid), pid) for pid in ids]
 
     async def list_items(
-        self, *, page_size: int, page_token: str, location_id: str = ""
+        self, *, page_size: int, page_token: str, location_id: str = "", low_stock: bool = False
     ) -> tuple[list[Stock], str]:
         """A page of the items of products that moved (at `location_id`, if given, with that
-        location's stock only), by product id."""
-        listed = f"items:{location_id}" if location_id else "items"  # the tokens of before locations
+        location's stock only), by product id; with `low_stock`, only those low somewhere (at
+        `location_id`, if given)."""
+        # A page token is good for the filters it was made with; those of before locations and
+        # of before low_stock stay good.
+        listed = ("low-items" if low_stock else "items") + (f":{location_id}" if location_id else "")
         size, after = paging.page_request(page_size, page_token, query=listed)
         id_ = _ITEMS.c.product_id
         query = (
-            select(*_BALANCE, _LEVELS_BY_LOCATION)
+            select(*_BALANCE, _LEVELS_BY_LOCATION, _REORDER_POINTS_BY_LOCATION)
             .where(_ITEMS.c.retired_at.is_(None))
             .order_by(id_)
             .limit(size + 1)
@@ -678,6 +801,10 @@ class Inventory:
             query = query.join(_LEVELS, _LEVELS.c.product_id == id_).where(
                 _LEVELS.c.location_id == location_id
             )
+            if low_stock:
+                query = query.where(_low(_LEVELS))
+        elif low_stock:
+            query = query.where(_LOW_SOMEWHERE)
         if after is not None:
             query = query.where(id_ > _position(after, str))
         items = await self._db.fetch(query)
@@ -698,7 +825,7 @@ class Inventory:
         stocks = []
         for item in items:
             pid = item.product_id
-            listed = _levels(_figures(item.levels), held[pid])
+            listed = _levels(_figures(item.levels), held[pid], _figures(item.reorder_points))
             if only:
                 listed = tuple(level for level in listed if level.location_id == only)
             stocks.append(Stock(pid, item.quantity, item.updated_at, sum(held[pid].values()), listed))
@@ -787,8 +914,9 @@ class Inventory:
                             recorded = await _move_in_held(conn, actor, change)
                         if recorded is None:
                             recorded = await self._write(conn, actor, change)
-                self._changed()
-                MOVEMENTS_WRITTEN[change.kind].inc()
+                if recorded.movement is not None:  # a reorder point alone changes no balance
+                    self._changed()
+                    MOVEMENTS_WRITTEN[change.kind].inc()
                 return recorded
             except RETRYABLE:
                 # Another transaction created this item or row, or stored this request_id, first.
@@ -798,10 +926,14 @@ class Inventory:
         raise AssertionError("unreachable")
 
     async def _write(self, conn: AsyncConnection, actor: str, change: Change) -> Recorded:
-        """Writes the balances and the movement in `conn`'s transaction, under the product's locks."""
+        """Writes the reorder point, the balances and the movement in `conn`'s transaction, under the
+        product's locks."""
         locked = await lock_product(conn, change.product_id)
         location = change.location_id
         await require_location(conn, locked, location)
+        await store_reorder_point(conn, locked, location, change.reorder_point)
+        if change.kind == REORDER_POINT:
+            return Recorded(None, locked.stock())
         balance, reserved = locked.on_hand.get(location, 0), locked.reserved.get(location, 0)
         if change.kind == ADJUSTMENT and change.units < reserved:
             raise FailedPrecondition(
@@ -847,8 +979,9 @@ class Inventory:
         row = rows[0]
         movement = Movement(id=row.id, **_movement_values(actor, change, delta, row.balance_after, now))
         on_hand = {**_figures(row.levels), change.location_id: row.balance_after}
+        reorder_points = {**_figures(row.reorder_points), change.location_id: row.reorder_point}
         reserved = _figures(row.held)
-        levels = _levels(on_hand, reserved)
+        levels = _levels(on_hand, reserved, reorder_points)
         return Recorded(movement, Stock(change.product_id, row.quantity, now, sum(reserved.values()), levels))
 
     async def _write_transfer(
@@ -871,11 +1004,12 @@ class Inventory:
 
     async def _replay(self, actor: str, change: Change) -> Recorded | None:
         """The first result of a request_id already used by this actor, or None if it is new:
-        the movement, and the balance it left at its location (reservations not recalled)."""
+        the movement, and the balance it left at its location (reservations not recalled, nor a
+        reorder point the request did not set)."""
         first = await self._first_of(actor, change)
         if first is None:
             return None
-        level = Level(first.location_id, first.balance_after, 0)
+        level = Level(first.location_id, first.balance_after, 0, change.reorder_point or 0)
         return Recorded(first, Stock(first.product_id, first.balance_after, first.created_at, 0, (level,)))
 
     async def _replay_transfer(self, actor: str, outgoing: Change) -> Transferred | None:
@@ -916,7 +1050,7 @@ class Inventory:
         if refuse_retired and item.retired_at is not None:
             raise not_found(product_id)
         reserved = _figures(item.held)
-        levels = _levels(_figures(item.levels), reserved)
+        levels = _levels(_figures(item.levels), reserved, _figures(item.reorder_points))
         return Stock(product_id, item.quantity, item.updated_at, sum(reserved.values()), levels)
 
 
@@ -931,9 +1065,10 @@ async def _move_in_held(conn: AsyncConnection, actor: str, change: Change) -> Re
     item = (await conn.execute(_HELD_IN_ITEM, moved)).one()
     movement = await append_movement(conn, actor, change, delta, level.on_hand, now)
     on_hand = {**_figures(item.levels), change.location_id: level.on_hand}
+    reorder_points = {**_figures(item.reorder_points), change.location_id: level.reorder_point}
     reserved = _figures(item.held)
-    stock = Stock(change.product_id, item.quantity, now, sum(reserved.values()), _levels(on_hand, reserved))
-    return Recorded(movement, stock)
+    levels = _levels(on_hand, reserved, reorder_points)
+    return Recorded(movement, Stock(change.product_id, item.quantity, now, sum(reserved.values()), levels))
 
 
 def _movement_values(
@@ -959,9 +1094,11 @@ def _figures(by_location: dict[str, Any] | None) -> dict[str, int]:
     return {location: int(units) for location, units in (by_location or {}).items()}
 
 
-def _levels(on_hand: dict[str, int], reserved: dict[str, int]) -> tuple[Level, ...]:
+def _levels(
+    on_hand: dict[str, int], reserved: dict[str, int], reorder_points: dict[str, int]
+) -> tuple[Level, ...]:
     return tuple(
-        Level(location, on_hand.get(location, 0), reserved.get(location, 0))
+        Level(location, on_hand.get(location, 0), reserved.get(location, 0), reorder_points.get(location, 0))
         for location in sorted(on_hand.keys() | reserved.keys())
     )
 
@@ -978,7 +1115,7 @@ def _position(after: list[Any], kind: type[T]) -> T:
     return after[0]
 
 
-def _stock(item: Item | Row[Any] | None, product_id: str) -> Stock:
+def _stock(item: Row[Any] | None, product_id: str) -> Stock:
     if item is None:
         return Stock(product_id, 0, None)
-    return Stock(item.product_id, item.quantity, item.updated_at)
+    return Stock(item.product_id, item.quantity, item.updated_at, low_elsewhere=bool(item.low_stock))

@@ -177,6 +177,7 @@ ENFORCED: dict[str, Mapping[str, object]] = {
     "invmesh.inventory.v1.SetStockRequest.quantity": {"minimum": 0, "maximum": stock.MAX_STOCK},
     "invmesh.inventory.v1.SetStockRequest.reason": {"max_length": stock.MAX_REASON_CHARS},
     "invmesh.inventory.v1.SetStockRequest.request_id": _REQUEST_ID,
+    "invmesh.inventory.v1.SetStockRequest.reorder_point": {"minimum": 0, "maximum": stock.MAX_STOCK},
     "invmesh.inventory.v1.Location.code": {
         "max_length": locations.MAX_CODE_CHARS,
         "pattern": "^[A-Za-z0-9._-]+$",

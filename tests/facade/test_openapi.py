@@ -493,6 +493,12 @@ async def test_the_verification_link_documents_its_html_page(document: dict[str,
     assert set(ops[("POST", "/users/verify")]["responses"]["200"]["content"]) == {"application/json"}
 
 
+def set_stock_body(document: dict[str, Any]) -> dict[str, Any]:
+    """PUT /inventory/{product_id}'s body: SetStockRequest but the path's product_id."""
+    put = operations(document)[("PUT", "/inventory/{product_id}")]
+    return cast(dict[str, Any], put["requestBody"]["content"]["application/json"]["schema"])
+
+
 def test_request_schemas_carry_the_limits_the_services_enforce(document: dict[str, Any]) -> None:
     """`invmesh.api.v1.limits` becomes JSON Schema keywords on requests; responses stay unbounded,
     as they print what is stored."""
@@ -501,6 +507,9 @@ def test_request_schemas_carry_the_limits_the_services_enforce(document: dict[st
     assert (movement["quantity"]["minimum"], movement["quantity"]["maximum"]) == (1, 2**31 - 1)
     assert movement["request_id"]["pattern"] == "^[A-Za-z0-9._:-]*$"
     assert movement["request_id"]["maxLength"] == 64
+    count = set_stock_body(document)["properties"]
+    for name in ("quantity", "reorder_point"):
+        assert (count[name]["minimum"], count[name]["maximum"]) == (0, 2**31 - 1)
     product = schemas["ProductInput"]["properties"]
     assert (product["sku"]["maxLength"], product["name"]["maxLength"]) == (64, 200)
     assert product["description"]["maxLength"] == 5000
@@ -534,6 +543,10 @@ def test_optional_request_fields_may_be_null_as_proto3_json_reads_them(document:
     movement = schemas["RecordMovementRequestInput"]["properties"]
     assert movement["request_id"]["type"] == ["string", "null"]
     assert movement["type"]["enum"] == ["IN", "OUT"]  # REQUIRED: neither null nor unspecified
+    count = set_stock_body(document)  # either may be left out, or null: the service wants one
+    assert "required" not in count
+    properties = count["properties"]
+    assert properties["quantity"]["type"] == properties["reorder_point"]["type"] == ["integer", "null"]
 
 
 def test_a_patch_body_may_hold_any_of_the_fields_it_changes(document: dict[str, Any]) -> None:

@@ -155,8 +155,9 @@ class InventoryServiceServicer:
     def ListInventoryItems(self, request, context):
         """Lists the inventory items of products that have moved, by product id;
         with a location_id, those that have moved there, each with that
-        location's stock only. Returns INVALID_ARGUMENT for a negative page_size
-        or a malformed page_token, and NOT_FOUND for an unknown location_id.
+        location's stock only; with low_stock, those at or below their reorder
+        point (there). Returns INVALID_ARGUMENT for a negative page_size or a
+        malformed page_token, and NOT_FOUND for an unknown location_id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -197,12 +198,15 @@ class InventoryServiceServicer:
 
     def SetStock(self, request, context):
         """Sets a product's stock at a location (DEFAULT when unset), recording an
-        ADJUSTMENT movement of the difference. Returns INVALID_ARGUMENT naming
-        every bad field (a quantity outside 0 to 2147483647, a reason over 500
-        characters), NOT_FOUND for an unknown product or location,
-        FAILED_PRECONDITION (reason BELOW_RESERVED) for a count below what active
-        reservations hold there, and PERMISSION_DENIED below staff; request_id
-        behaves as in RecordMovement.
+        ADJUSTMENT movement of the difference, and/or its reorder point there, in
+        one transaction. A reorder point alone records no movement (the response
+        has none) and is idempotent by nature: its request_id is refused if
+        already used for another request, and not kept. Returns INVALID_ARGUMENT
+        naming every bad field (neither quantity nor reorder_point, either outside
+        0 to 2147483647, a reason over 500 characters), NOT_FOUND for an unknown
+        product or location, FAILED_PRECONDITION (reason BELOW_RESERVED) for a
+        count below what active reservations hold there, and PERMISSION_DENIED
+        below staff; request_id behaves as in RecordMovement.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -27,8 +27,9 @@ class InventoryServiceStub:
     ListInventoryItems: _aio.UnaryUnaryMultiCallable[_inventory_service_pb2.ListInventoryItemsRequest, _inventory_service_pb2.ListInventoryItemsResponse]
     """Lists the inventory items of products that have moved, by product id;
     with a location_id, those that have moved there, each with that
-    location's stock only. Returns INVALID_ARGUMENT for a negative page_size
-    or a malformed page_token, and NOT_FOUND for an unknown location_id.
+    location's stock only; with low_stock, those at or below their reorder
+    point (there). Returns INVALID_ARGUMENT for a negative page_size or a
+    malformed page_token, and NOT_FOUND for an unknown location_id.
     """
     GetInventoryItem: _aio.UnaryUnaryMultiCallable[_inventory_service_pb2.GetInventoryItemRequest, _inventory_service_pb2.GetInventoryItemResponse]
     """Gets a product's stock (0 if it never moved). Returns NOT_FOUND if the
@@ -53,12 +54,15 @@ class InventoryServiceStub:
     """
     SetStock: _aio.UnaryUnaryMultiCallable[_inventory_service_pb2.SetStockRequest, _inventory_service_pb2.SetStockResponse]
     """Sets a product's stock at a location (DEFAULT when unset), recording an
-    ADJUSTMENT movement of the difference. Returns INVALID_ARGUMENT naming
-    every bad field (a quantity outside 0 to 2147483647, a reason over 500
-    characters), NOT_FOUND for an unknown product or location,
-    FAILED_PRECONDITION (reason BELOW_RESERVED) for a count below what active
-    reservations hold there, and PERMISSION_DENIED below staff; request_id
-    behaves as in RecordMovement.
+    ADJUSTMENT movement of the difference, and/or its reorder point there, in
+    one transaction. A reorder point alone records no movement (the response
+    has none) and is idempotent by nature: its request_id is refused if
+    already used for another request, and not kept. Returns INVALID_ARGUMENT
+    naming every bad field (neither quantity nor reorder_point, either outside
+    0 to 2147483647, a reason over 500 characters), NOT_FOUND for an unknown
+    product or location, FAILED_PRECONDITION (reason BELOW_RESERVED) for a
+    count below what active reservations hold there, and PERMISSION_DENIED
+    below staff; request_id behaves as in RecordMovement.
     """
     ListMovements: _aio.UnaryUnaryMultiCallable[_inventory_service_pb2.ListMovementsRequest, _inventory_service_pb2.ListMovementsResponse]
     """Lists a product's movements, newest first. A deleted product's ledger
@@ -180,8 +184,9 @@ class InventoryServiceServicer:
     ) -> _abc.Awaitable[_inventory_service_pb2.ListInventoryItemsResponse]:
         """Lists the inventory items of products that have moved, by product id;
         with a location_id, those that have moved there, each with that
-        location's stock only. Returns INVALID_ARGUMENT for a negative page_size
-        or a malformed page_token, and NOT_FOUND for an unknown location_id.
+        location's stock only; with low_stock, those at or below their reorder
+        point (there). Returns INVALID_ARGUMENT for a negative page_size or a
+        malformed page_token, and NOT_FOUND for an unknown location_id.
         """
 
     def GetInventoryItem(
@@ -226,12 +231,15 @@ class InventoryServiceServicer:
         context: _aio.ServicerContext[_inventory_service_pb2.SetStockRequest, _abc.Awaitable[_inventory_service_pb2.SetStockResponse]],
     ) -> _abc.Awaitable[_inventory_service_pb2.SetStockResponse]:
         """Sets a product's stock at a location (DEFAULT when unset), recording an
-        ADJUSTMENT movement of the difference. Returns INVALID_ARGUMENT naming
-        every bad field (a quantity outside 0 to 2147483647, a reason over 500
-        characters), NOT_FOUND for an unknown product or location,
-        FAILED_PRECONDITION (reason BELOW_RESERVED) for a count below what active
-        reservations hold there, and PERMISSION_DENIED below staff; request_id
-        behaves as in RecordMovement.
+        ADJUSTMENT movement of the difference, and/or its reorder point there, in
+        one transaction. A reorder point alone records no movement (the response
+        has none) and is idempotent by nature: its request_id is refused if
+        already used for another request, and not kept. Returns INVALID_ARGUMENT
+        naming every bad field (neither quantity nor reorder_point, either outside
+        0 to 2147483647, a reason over 500 characters), NOT_FOUND for an unknown
+        product or location, FAILED_PRECONDITION (reason BELOW_RESERVED) for a
+        count below what active reservations hold there, and PERMISSION_DENIED
+        below staff; request_id behaves as in RecordMovement.
         """
 
     def ListMovements(
