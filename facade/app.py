@@ -24,7 +24,7 @@ from facade.middleware import HttpMetricsMiddleware, RequestIdMiddleware
 from facade.openapi import contract_comments, openapi_document
 from facade.readiness import Checked, Readiness, readyz
 from facade.routing import Page, TranscodedRoutes
-from facade.transcoding import bindings
+from facade.transcoding import Binding, bindings
 from mesh import metrics, tracing
 from mesh.clients import channel, channel_credentials
 from mesh.config import Settings
@@ -80,12 +80,7 @@ def create_app(
             for service, backend in backends.items()
         }
         calls = {
-            binding.grpc_path: channels[binding.service.full_name].unary_unary(
-                binding.grpc_path,
-                request_serializer=binding.request_class.SerializeToString,
-                response_deserializer=binding.response_class.FromString,
-            )
-            for binding in found
+            binding.grpc_path: _callable(channels[binding.service.full_name], binding) for binding in found
         }
         readiness = Readiness(
             [
@@ -149,6 +144,16 @@ def create_app(
 
     tracing.instrument_app(app, route_template)  # when tracing is on; before the app starts
     return app
+
+
+def _callable(opened: grpc.aio.Channel, binding: Binding) -> object:
+    """The channel's multicallable for the binding's RPC: unary-stream for a stream."""
+    make = opened.unary_stream if binding.stream is not None else opened.unary_unary
+    return make(
+        binding.grpc_path,
+        request_serializer=binding.request_class.SerializeToString,
+        response_deserializer=binding.response_class.FromString,
+    )
 
 
 def forwarder_secret(settings: Settings) -> bytes | None:

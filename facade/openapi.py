@@ -24,6 +24,9 @@ Conventions, matching what the facade does:
   named `_N` after its segment position. Templates that differ only in variable names share one
   OpenAPI path, named after the first binding, as they share one route.
 - Errors are one `Status` schema, `{"code", "message", "details"}`.
+- A server-streaming RPC answers `text/event-stream` or `application/x-ndjson` (facade/streaming.py);
+  the NDJSON schema is that of one line, `{"result": …}` or a last `{"error": …}`, and a
+  `Last-Event-ID` header parameter sets the field `rest_stream.resume_from` names.
 - Descriptions are the protos' comments (`invmesh/comments.json`, written by `make protos`), as
   protoc-gen-openapiv2 uses them: an operation's `summary` is the first sentence of its RPC's
   comment and its `description` the whole comment; services describe their tags, messages their
@@ -51,7 +54,7 @@ from google.protobuf.descriptor import (
 )
 from google.rpc import error_details_pb2
 
-from facade import httprule
+from facade import httprule, streaming
 from facade.transcoding import HTTP_METHODS, Binding, is_required, query_fields
 from mesh.access import declared_access, declared_role, is_public, role_name
 from mesh.messages import descriptor
@@ -288,6 +291,7 @@ def _operation(binding: Binding, shape: _PathShape, schemas: _Schemas) -> dict[s
         "parameters": [
             *_path_parameters(binding, shape, schemas),
             *_query_parameters(binding, schemas),
+            *_header_parameters(binding, schemas),
         ],
     }
     if public:
@@ -386,6 +390,25 @@ def _query_parameters(binding: Binding, schemas: _Schemas) -> list[dict[str, Any
     return parameters
 
 
+def _header_parameters(binding: Binding, schemas: _Schemas) -> list[dict[str, Any]]:
+    if binding.stream is None or not binding.stream.resume_from:
+        return []
+    field = binding.stream.resume_from
+    leaf = descriptor(binding.request_class).fields_by_name[field]
+    text = (
+        f"Sets `{field}`, and wins over the query parameter: an EventSource sends it on "
+        "reconnecting, with the `id` of the last event it received."
+    )
+    return [
+        {
+            "name": "Last-Event-ID",
+            "in": "header",
+            "description": text,
+            "schema": schemas.field(leaf, request=True),
+        }
+    ]
+
+
 def _request_body(binding: Binding, schemas: _Schemas) -> dict[str, Any]:
     request = descriptor(binding.request_class)
     if binding.body == "*":
@@ -410,6 +433,13 @@ def _success_response(binding: Binding, schemas: _Schemas) -> dict[str, Any]:
         schema = schemas.field(reply.fields_by_name[binding.response_body], request=False)
     else:
         schema = schemas.message(reply, request=False)
+    if binding.stream is not None:
+        response["description"] = _STREAMED
+        response["content"] = {
+            streaming.SSE: {"schema": {"type": "string"}},
+            streaming.NDJSON: {"schema": _ndjson_line(schema)},
+        }
+        return response
     response["content"] = {"application/json": {"schema": schema}}
     if binding.location:
         response["headers"]["Location"] = {
@@ -421,6 +451,23 @@ def _success_response(binding: Binding, schemas: _Schemas) -> dict[str, Any]:
 
 
 _REASONS = {200: "OK.", 201: "Created.", 202: "Accepted.", 204: "Done; no content."}
+_STREAMED = (
+    "A stream of messages, until the call ends, fails or the client leaves; an error before the first "
+    "message is an error status. With `Accept: text/event-stream`, Server-Sent Events: `id` and `event` "
+    "per the RPC's `rest_stream` option, `data` the message's JSON, and an `error` event with a `Status` "
+    "ending a stream that fails. Otherwise newline-delimited JSON, one object a line: `result` holding a "
+    "message, or `error` holding the `Status` that ended the stream."
+)
+
+
+def _ndjson_line(result: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {"result": result, "error": {"$ref": _REF + STATUS_SCHEMA}},
+        "minProperties": 1,
+        "maxProperties": 1,
+        "additionalProperties": False,
+    }
 
 
 def _headers() -> dict[str, Any]:

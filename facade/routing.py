@@ -3,13 +3,12 @@
 Starlette's own path syntax cannot express `**`, verbs or the spec's percent-decoding, and
 a 405 must list the methods of every template that matches, so one route owns the table:
 templates sorted once (verbs first, then literal segments before variables, left to right),
-exact duplicates refused at startup.
+exact duplicates refused at startup. A server-streaming RPC's answer is facade.streaming's.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import time
 from collections import defaultdict
@@ -18,12 +17,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Match
 from starlette.types import Receive, Scope, Send
 
-from facade import errors, httprule
-from facade.transcoding import BadRequest, Binding, RuleError
+from facade import errors, httprule, streaming
+from facade.transcoding import BadRequest, Binding, RuleError, dumps
 from mesh import forwarding, metrics
 from mesh.authorization import bearer_token
 from mesh.errors import Unauthenticated
@@ -53,8 +53,18 @@ class _Template:
     by_method: dict[str, Binding]
 
 
+@dataclass(frozen=True, slots=True)
+class _Outgoing:
+    """A call to make, from a request the facade accepted."""
+
+    message: Message
+    metadata: list[tuple[str, str]]
+    timeout: float | None
+
+
 class TranscodedRoutes(BaseRoute):
-    """Serves every binding. The lifespan state must hold `calls`: grpc path → multicallable."""
+    """Serves every binding. The lifespan state must hold `calls`: grpc path → multicallable
+    (unary-stream for a binding with a `stream`, else unary-unary)."""
 
     def __init__(
         self,
@@ -142,6 +152,9 @@ class TranscodedRoutes(BaseRoute):
             response = errors.bad_request(scope[_PATH_ERROR], reason=errors.INVALID_PATH)
         elif _ALLOW in scope:
             response = errors.method_not_allowed(scope["method"], ", ".join(scope[_ALLOW]))
+        elif scope[_BINDING].stream is not None:
+            await self._stream(scope, receive, send, scope[_BINDING], scope[_VALUES])
+            return
         else:
             binding = scope[_BINDING]
             response = await self._call(scope, receive, binding, scope[_VALUES])
@@ -153,13 +166,69 @@ class TranscodedRoutes(BaseRoute):
     async def _call(
         self, scope: Scope, receive: Receive, binding: Binding, values: dict[str, str]
     ) -> Response:
-        headers = _headers(scope)
-        timeout = self._timeout(headers.get("grpc-timeout"))
-        if timeout is None:
-            return errors.bad_request(
-                "the Grpc-Timeout header must be a positive number of 1 to 8 digits and a unit (H M S m u n)",
-                reason=errors.INVALID_TIMEOUT,
+        outgoing = await self._outgoing(scope, receive, binding, values)
+        if isinstance(outgoing, Response):
+            return outgoing
+        call = scope["state"]["calls"][binding.grpc_path]
+        counted = self._counted.get(binding.grpc_path)
+        if counted is not None:
+            counted.started()
+        started = time.perf_counter()
+        try:
+            reply = await call(outgoing.message, metadata=outgoing.metadata, timeout=outgoing.timeout)
+        except grpc.aio.AioRpcError as exc:
+            if counted is not None:
+                counted.handled(exc.code(), time.perf_counter() - started)
+            return errors.from_rpc_error(exc, self._backend_names[binding.service.full_name])
+        except asyncio.CancelledError:  # the HTTP client went away: the call is cancelled with it
+            if counted is not None:
+                counted.handled(grpc.StatusCode.CANCELLED, time.perf_counter() - started)
+            raise
+        if counted is not None:
+            counted.handled(grpc.StatusCode.OK, time.perf_counter() - started)
+        return _success(binding, reply)
+
+    async def _stream(
+        self, scope: Scope, receive: Receive, send: Send, binding: Binding, values: dict[str, str]
+    ) -> None:
+        outgoing = await self._outgoing(scope, receive, binding, values)
+        if isinstance(outgoing, Response):
+            await outgoing(scope, receive, send)
+            return
+        backend = self._backend_names[binding.service.full_name]
+        counted = self._counted.get(binding.grpc_path)
+        if counted is not None:
+            counted.started()
+        started = time.perf_counter()
+        code = grpc.StatusCode.CANCELLED  # unless the relay returns (it raises when this task is cancelled)
+        try:
+            call = scope["state"]["calls"][binding.grpc_path](
+                outgoing.message, metadata=outgoing.metadata, timeout=outgoing.timeout
             )
+            code = await streaming.relay(
+                call,
+                binding,
+                streaming.framing_for(_headers(scope).get("accept")),
+                lambda exc: errors.from_rpc_error(exc, backend),
+                scope,
+                receive,
+                send,
+            )
+        finally:
+            if counted is not None:
+                counted.handled(code, time.perf_counter() - started)
+
+    async def _outgoing(
+        self, scope: Scope, receive: Receive, binding: Binding, values: dict[str, str]
+    ) -> _Outgoing | Response:
+        """The call a request asks for, or the answer refusing it."""
+        headers = _headers(scope)
+        # A stream ends when either side does: it has a deadline only when the client asks for one.
+        default = None if binding.stream is not None else self._default_timeout
+        try:
+            timeout = self._timeout(headers.get("grpc-timeout"), default)
+        except BadRequest as exc:
+            return errors.bad_request(str(exc), reason=exc.reason)
         body = b""
         if binding.body or headers.get("content-length", "0") != "0" or "transfer-encoding" in headers:
             body_or_error = await _read_body(receive, headers.get("content-length"), self._max_body_bytes)
@@ -173,7 +242,9 @@ class TranscodedRoutes(BaseRoute):
                     reason=errors.UNSUPPORTED_MEDIA_TYPE,
                 )
         try:
-            message = binding.request(values, scope.get("query_string", b""), body)
+            message = binding.request(
+                values, scope.get("query_string", b""), body, headers.get("last-event-id")
+            )
         except BadRequest as exc:
             return errors.bad_request(str(exc), reason=exc.reason, field=exc.field)
         metadata: list[tuple[str, str]] = [("x-request-id", scope["invmesh.request_id"])]
@@ -188,31 +259,18 @@ class TranscodedRoutes(BaseRoute):
             if not _METADATA_VALUE.fullmatch(authorization):  # gRPC would refuse it: a 500, not a 401
                 return _unusable_authorization(authorization)
             metadata.append(("authorization", authorization))
-        call = scope["state"]["calls"][binding.grpc_path]
-        counted = self._counted.get(binding.grpc_path)
-        if counted is not None:
-            counted.started()
-        started = time.perf_counter()
-        try:
-            reply = await call(message, metadata=metadata, timeout=timeout)
-        except grpc.aio.AioRpcError as exc:
-            if counted is not None:
-                counted.handled(exc.code(), time.perf_counter() - started)
-            return errors.from_rpc_error(exc, self._backend_names[binding.service.full_name])
-        except asyncio.CancelledError:  # the HTTP client went away: the call is cancelled with it
-            if counted is not None:
-                counted.handled(grpc.StatusCode.CANCELLED, time.perf_counter() - started)
-            raise
-        if counted is not None:
-            counted.handled(grpc.StatusCode.OK, time.perf_counter() - started)
-        return _success(binding, reply)
+        return _Outgoing(message, metadata, timeout)
 
-    def _timeout(self, header: str | None) -> float | None:
+    def _timeout(self, header: str | None, default: float | None) -> float | None:
+        """Seconds to the call's deadline, None for none; raises BadRequest for a bad header."""
         if header is None:
-            return self._default_timeout
+            return default
         parsed = _GRPC_TIMEOUT.fullmatch(header.strip())
         if parsed is None or int(parsed.group(1)) == 0:  # gRPC's TimeoutValue is positive
-            return None
+            raise BadRequest(
+                "the Grpc-Timeout header must be a positive number of 1 to 8 digits and a unit (H M S m u n)",
+                reason=errors.INVALID_TIMEOUT,
+            )
         return min(int(parsed.group(1)) * _TIMEOUT_UNITS[parsed.group(2)], self._max_timeout)
 
 
@@ -220,14 +278,10 @@ def _success(binding: Binding, reply: Any) -> Response:
     if binding.status == 204:
         return Response(status_code=204)
     payload = binding.response(reply)
-    response = Response(_dumps(payload), status_code=binding.status, media_type="application/json")
+    response = Response(dumps(payload), status_code=binding.status, media_type="application/json")
     if (location := binding.location_of(payload)) is not None:
         response.headers["location"] = location
     return response
-
-
-def _dumps(payload: Any) -> bytes:
-    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def _readable_as_json(content_type: str | None) -> bool:

@@ -4,6 +4,7 @@
 document, comes from the `Binding`s it returns. Per request the work is: decode the body,
 merge it with the path variables and the query into one dict, and let protobuf's
 `json_format` parse that dict into the request message (either field-name form accepted).
+A server-streaming RPC's binding also carries its `Stream`: how each message becomes an event.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from google.protobuf.message_factory import GetMessageClass
 from facade import errors, httprule
 from invmesh.api.v1 import rest_pb2
 from mesh.messages import descriptor
-from mesh.options import FIELD_BEHAVIOR, HTTP, REST_RESPONSE
+from mesh.options import FIELD_BEHAVIOR, HTTP, LIMITS, REST_RESPONSE, REST_STREAM
 
 # The methods an OpenAPI path item can describe; a `custom` rule may use any of them.
 HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
@@ -78,6 +79,52 @@ class RuleError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class TextLimits:
+    """The length and pattern limits a field declares (`invmesh.api.v1.limits`), for a value the
+    facade itself puts in the field rather than the client naming it (`Last-Event-ID`)."""
+
+    min_length: int | None = None
+    max_length: int | None = None
+    pattern: re.Pattern[str] | None = None
+
+    @classmethod
+    def of(cls, leaf: FieldDescriptor) -> TextLimits:
+        limits = leaf.GetOptions().Extensions[LIMITS]
+        return cls(
+            limits.min_length if limits.HasField("min_length") else None,
+            limits.max_length if limits.HasField("max_length") else None,
+            re.compile(limits.pattern) if limits.pattern else None,
+        )
+
+    def broken_by(self, value: str) -> str | None:
+        """What `value` must be and is not ("at most 40 characters"), or None."""
+        if self.min_length is not None and len(value) < self.min_length:
+            return f"at least {self.min_length} characters"
+        if self.max_length is not None and len(value) > self.max_length:
+            return f"at most {self.max_length} characters"
+        if self.pattern is not None and not self.pattern.search(value):
+            return f"a match of {self.pattern.pattern}"
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Stream:
+    """How a server-streaming RPC's messages become events (its `invmesh.api.v1.rest_stream`
+    option); "" where the option names no field."""
+
+    event_id: str  # the response field whose value is each event's SSE `id`
+    event_type: str  # the response oneof whose set member names each event's SSE `event`
+    resume_from: str  # the request field that a `Last-Event-ID` header sets
+    resume_limits: TextLimits = TextLimits()
+
+    def id_of(self, message: Message) -> str | None:
+        return str(getattr(message, self.event_id)) if self.event_id else None
+
+    def type_of(self, message: Message) -> str | None:
+        return message.WhichOneof(self.event_type) if self.event_type else None
+
+
+@dataclass(frozen=True, slots=True)
 class Binding:
     """One HTTP method and path template bound to one RPC."""
 
@@ -95,13 +142,18 @@ class Binding:
     # The body's message, for a PATCH of one beside a FieldMask `update_mask`: that mask, when
     # the request sets none, names the fields of the body. None for any other binding.
     masked_body: Descriptor | None = None
+    stream: Stream | None = None  # for a server-streaming RPC
 
     @property
     def grpc_path(self) -> str:
         return f"/{self.service.full_name}/{self.method.name}"
 
-    def request(self, path_values: dict[str, str], query: bytes, body: bytes) -> Message:
-        """Builds the request message; raises BadRequest naming what is wrong."""
+    def request(
+        self, path_values: dict[str, str], query: bytes, body: bytes, last_event_id: str | None = None
+    ) -> Message:
+        """Builds the request message; raises BadRequest naming what is wrong. A stream's
+        `last_event_id` (the header an EventSource sends on reconnecting) wins over the query,
+        whose resume point is the one the stream started from."""
         values = self._body_values(body)
         # Read before the path variables join the body: only what the client sent is updated.
         sent = list(_mask_paths(self.masked_body, values.get(self.body))) if self.masked_body else []
@@ -114,6 +166,8 @@ class Binding:
                 field=name,
             )
         self._merge_query(values, pairs)
+        if last_event_id and self.stream is not None and self.stream.resume_from:
+            self._resume(values, last_event_id, self.stream)
         for name, value in path_values.items():
             _set_path(values, descriptor(self.request_class), name.split("."), value)
         try:
@@ -144,6 +198,17 @@ class Binding:
         if not self.location or not isinstance(payload, dict):
             return None
         return _LOCATION_FIELD.sub(lambda m: quote(str(payload.get(m.group(1), "")), safe=""), self.location)
+
+    def _resume(self, values: dict[str, Any], last_event_id: str, stream: Stream) -> None:
+        # Checked here, not left to the service, whose error would name a field the client never sent.
+        broken = stream.resume_limits.broken_by(last_event_id)
+        if broken is not None:
+            raise BadRequest(
+                f"the Last-Event-ID header (which sets {stream.resume_from!r}) must be {broken}",
+                reason=errors.INVALID_VALUE,
+                field=stream.resume_from,
+            )
+        _set_path(values, descriptor(self.request_class), [stream.resume_from], last_event_id)
 
     def _body_values(self, body: bytes) -> dict[str, Any]:
         if not self.body:
@@ -245,15 +310,44 @@ def bindings(services: Iterable[ServiceDescriptor]) -> list[Binding]:
                 continue
             rule = options.Extensions[HTTP]
             rest = options.Extensions[REST_RESPONSE]
+            stream = _stream(method)
             for each in (rule, *rule.additional_bindings):
                 if each is not rule and each.additional_bindings:
                     raise RuleError(f"{method.full_name}: additional_bindings may not nest")
-                found.append(_binding(service, method, each, rest))
+                found.append(_binding(service, method, each, rest, stream))
     return found
 
 
+def _stream(method: MethodDescriptor) -> Stream | None:
+    """The method's `rest_stream` convention if it streams its responses; raises RuleError for a
+    stream REST cannot carry, or an option that names what the messages do not have."""
+    where = method.full_name
+    if method.client_streaming:
+        raise RuleError(f"{where}: a client-streaming RPC has no REST binding")
+    option = method.GetOptions().Extensions[REST_STREAM]
+    if not method.server_streaming:
+        if method.GetOptions().HasExtension(REST_STREAM):
+            raise RuleError(f"{where}: rest_stream is for a server-streaming RPC")
+        return None
+    request, response = method.input_type, method.output_type
+    if option.event_id and not _is_singular_scalar(response.fields_by_name.get(option.event_id)):
+        raise RuleError(f"{where}: rest_stream.event_id must name a singular scalar response field")
+    if option.event_type and option.event_type not in response.oneofs_by_name:
+        raise RuleError(f"{where}: rest_stream.event_type must name a oneof of the response")
+    if not option.resume_from:
+        return Stream(option.event_id, option.event_type, "")
+    resume = request.fields_by_name.get(option.resume_from)
+    if resume is None or not _is_singular_scalar(resume):
+        raise RuleError(f"{where}: rest_stream.resume_from must name a singular scalar request field")
+    return Stream(option.event_id, option.event_type, option.resume_from, TextLimits.of(resume))
+
+
 def _binding(
-    service: ServiceDescriptor, method: MethodDescriptor, rule: http_pb2.HttpRule, rest: rest_pb2.RestResponse
+    service: ServiceDescriptor,
+    method: MethodDescriptor,
+    rule: http_pb2.HttpRule,
+    rest: rest_pb2.RestResponse,
+    stream: Stream | None,
 ) -> Binding:
     where = method.full_name
     kind = rule.WhichOneof("pattern")
@@ -276,7 +370,7 @@ def _binding(
         leaf = _field_at(request, variable.field_path)
         if leaf is None:
             raise RuleError(f"{where}: {text!r} binds {variable.name!r}, which the request does not have")
-        if leaf.message_type is not None or _is_repeated(leaf):
+        if not _is_singular_scalar(leaf):
             raise RuleError(f"{where}: path variable {variable.name!r} must be a singular scalar field")
     if rule.body not in ("", "*") and rule.body not in request.fields_by_name:
         raise RuleError(f"{where}: body {rule.body!r} is not a top-level request field")
@@ -287,6 +381,11 @@ def _binding(
     status = rest.status or 200
     if not 200 <= status < 300:
         raise RuleError(f"{where}: rest_response.status must be a 2xx status")
+    if stream is not None and (status == 204 or rest.location):
+        raise RuleError(f"{where}: a stream answers with a body and no Location")
+    path_fields = frozenset(v.name for v in template.variables)
+    if stream is not None and stream.resume_from in path_fields:
+        raise RuleError(f"{where}: rest_stream.resume_from {stream.resume_from!r} is bound by the path")
     mask = request.fields_by_name.get(_UPDATE_MASK)
     body = request.fields_by_name.get(rule.body)
     infers_update_mask = (
@@ -308,8 +407,9 @@ def _binding(
         location=rest.location,
         request_class=GetMessageClass(request),
         response_class=GetMessageClass(method.output_type),
-        path_fields=frozenset(v.name for v in template.variables),
+        path_fields=path_fields,
         masked_body=body.message_type if infers_update_mask and body is not None else None,
+        stream=stream,
     )
 
 
@@ -338,6 +438,12 @@ def _leaves(
             yield from _leaves(leaf.message_type, path, binding, depth + 1)
 
 
+def dumps(payload: Any) -> str:
+    """JSON as the facade writes it: no spaces, non-ASCII as is; one line, as strings escape
+    line breaks."""
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+
+
 def _to_json(message: Message) -> dict[str, Any]:
     return json_format.MessageToDict(
         message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
@@ -351,6 +457,10 @@ def is_required(leaf: FieldDescriptor) -> bool:
 
 def _is_repeated(leaf: FieldDescriptor) -> bool:
     return leaf.is_repeated
+
+
+def _is_singular_scalar(leaf: FieldDescriptor | None) -> bool:
+    return leaf is not None and leaf.message_type is None and not _is_repeated(leaf)
 
 
 def _field_named(message: Descriptor, name: str) -> FieldDescriptor | None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from starlette.responses import Response
 
+from facade.accept import prefers
 from invmesh.auth.v1 import auth_service_pb2
 
 METHOD = auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"].methods_by_name["VerifyEmail"]
@@ -56,21 +57,7 @@ _PAGE = """<!DOCTYPE html>
 
 def wants_html(accept: str | None) -> bool:
     """Whether the client prefers HTML to JSON, as a browser does; `*/*` alone means JSON."""
-    weights = {"text/html": 0.0, "application/json": 0.0}
-    for part in (accept or "").split(","):
-        media_type, *parameters = (p.strip() for p in part.split(";"))
-        if media_type.lower() not in weights:
-            continue
-        quality = 1.0
-        for parameter in parameters:
-            name, _, value = parameter.partition("=")
-            if name.strip().lower() == "q":
-                try:
-                    quality = float(value)
-                except ValueError:
-                    quality = 0.0
-        weights[media_type.lower()] = quality
-    return weights["text/html"] > weights["application/json"]
+    return prefers(accept, "text/html", "application/json")
 
 
 def render(answer: Response, accept: str | None) -> Response:

@@ -23,6 +23,7 @@ HTTP = cast("_ExtensionFieldDescriptor[MethodOptions, http_pb2.HttpRule]", annot
 REST_RESPONSE = cast(
     "_ExtensionFieldDescriptor[MethodOptions, rest_pb2.RestResponse]", rest_pb2.rest_response
 )
+REST_STREAM = cast("_ExtensionFieldDescriptor[MethodOptions, rest_pb2.RestStream]", rest_pb2.rest_stream)
 FIELD_BEHAVIOR = cast(
     "_ExtensionFieldDescriptor[FieldOptions, RepeatedScalarFieldContainer[field_behavior_pb2.FieldBehavior]]",
     field_behavior_pb2.field_behavior,

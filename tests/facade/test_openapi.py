@@ -48,6 +48,7 @@ DOCUMENTED = {
     ("GET", "/inventory/{product_id}", 200),
     ("PUT", "/inventory/{product_id}", 200),
     ("GET", "/inventory/{product_id}/movements", 200),
+    ("GET", "/inventory/movements:watch", 200),
     ("POST", "/inventory/transfers", 201),
     ("GET", "/locations", 200),
     ("POST", "/locations", 201),
@@ -315,6 +316,37 @@ async def test_request_bodies_and_responses_follow_the_http_rules(document: dict
     }
     verify = {p["name"] for p in ops[("GET", "/users/verify")]["parameters"]}
     assert verify == {"email", "token"}
+
+
+async def test_a_streamed_operation_answers_events_or_json_lines(document: dict[str, Any]) -> None:
+    ops = operations(document)
+    watch = ops[("GET", "/inventory/movements:watch")]
+    content = watch["responses"]["200"]["content"]
+    assert list(content) == ["text/event-stream", "application/x-ndjson"]
+    assert content["text/event-stream"]["schema"] == {"type": "string"}
+    line = content["application/x-ndjson"]["schema"]
+    assert line["properties"] == {
+        "result": {"$ref": "#/components/schemas/WatchMovementsResponse"},
+        "error": {"$ref": "#/components/schemas/Status"},
+    }
+    assert (line["minProperties"], line["maxProperties"], line["additionalProperties"]) == (1, 1, False)
+    parameters = {(p["in"], p["name"]): p for p in watch["parameters"]}
+    assert set(parameters) == {
+        ("query", "after"),
+        ("query", "product_id"),
+        ("query", "location_id"),
+        ("header", "Last-Event-ID"),
+    }
+    # The header sets `after`, so it takes what `after` takes.
+    assert parameters["header", "Last-Event-ID"]["schema"] == parameters["query", "after"]["schema"]
+    assert parameters["header", "Last-Event-ID"]["schema"]["pattern"] == "^[0-9]*$"
+    # Unary operations answer JSON.
+    assert all(
+        "text/event-stream" not in op["responses"]["200"]["content"]
+        and "application/json" in op["responses"]["200"]["content"]
+        for key, op in ops.items()
+        if key[0] == "GET" and op is not watch
+    )
 
 
 async def test_operations_carry_the_comments_of_their_rpcs(document: dict[str, Any]) -> None:

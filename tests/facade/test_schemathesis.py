@@ -10,6 +10,8 @@ the way: the document allows null where the facade reads it as the default, and 
 (numbers as strings, enum numbers, lowerCamelCase names) the fuzzer does not stumble on.
 
 The facade serves in the test's event loop, so schemathesis runs as a subprocess (its CLI).
+Streamed operations are left out: schemathesis reads a response whole, and a watch ends only
+when its client leaves; tests/facade/test_streaming.py covers them, their strict input included.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import os
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -101,7 +103,14 @@ async def test_every_operation_conforms_under_schemathesis(
         authorization = f"Bearer {token}"
     me = (await web.http.get("/users/me", headers={"authorization": authorization})).json()
     document = (await web.http.get("/openapi.json")).json()
-    operations = {f"{method.upper()} {path}" for path, item in document["paths"].items() for method in item}
+    operations = {
+        f"{method.upper()} {path}": operation
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+    }
+    streamed = {name for name, operation in operations.items() if "text/event-stream" in success(operation)}
+    assert streamed == {"GET /inventory/movements:watch"}
+    excluded = [f"--exclude-operation-id={operations[name]['operationId']}" for name in sorted(streamed)]
     junit = tmp_path / "junit.xml"
     code, output = await schemathesis(
         *run_args(
@@ -121,13 +130,20 @@ async def test_every_operation_conforms_under_schemathesis(
             "junit",
             "--report-junit-path",
             str(junit),
+            *excluded,
         ),
         cwd=tmp_path,
         caller=me["email"],
     )
     assert code == 0, output[-30000:]
     tested = {case.get("name") for case in ET.parse(junit).getroot().iter("testcase")}
-    assert tested == operations, output[-5000:]
+    assert tested == operations.keys() - streamed, output[-5000:]
+
+
+def success(operation: dict[str, Any]) -> dict[str, Any]:
+    """The content types of the operation's success response."""
+    (content,) = [r.get("content", {}) for code, r in operation["responses"].items() if code.startswith("2")]
+    return cast(dict[str, Any], content)
 
 
 class WrongDocument:

@@ -525,6 +525,12 @@ async def test_two_rpcs_on_the_same_route_fail_at_startup(settings: Settings) ->
         ("BadTemplateService", "must be the last segment"),
         ("AnyMethodService", "custom kind '\\*' is not one of GET"),
         ("ExtensionMethodService", "custom kind 'PURGE' is not one of GET"),
+        ("ClientStreamService", "a client-streaming RPC has no REST binding"),
+        ("UnaryRestStreamService", "rest_stream is for a server-streaming RPC"),
+        ("MessageEventIdService", "event_id must name a singular scalar response field"),
+        ("UnknownEventTypeService", "event_type must name a oneof of the response"),
+        ("RepeatedResumeService", "resume_from must name a singular scalar request field"),
+        ("ResumeInPathService", "resume_from 'id' is bound by the path"),
     ],
 )
 async def test_rules_that_cannot_be_served_fail_at_startup(settings: Settings, name: str, says: str) -> None:
