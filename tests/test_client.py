@@ -1,19 +1,23 @@
 """invmesh.client: logins whose tokens are renewed, the feed followed across streams that end
-(against servers of the test's own that script what the services would do), and the real mesh
-through the client."""
+(against servers of the test's own that script what the services would do), the real mesh
+through the client, and the complete consumer of docs/clients.md."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import itertools
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 import pytest
 
+from inventory.models import DEFAULT_LOCATION_ID
+from inventory.servicer import InventoryServicer
 from invmesh import client
 from invmesh.auth.v1 import auth_service_pb2 as auth_pb
 from invmesh.auth.v1 import auth_service_pb2_grpc
@@ -23,7 +27,9 @@ from mesh.config import Settings, load_settings
 from mesh.interceptors import ServicerContext, metadata_value
 from tests.conftest import Mesh, free_port
 from tests.rpc import expect_error
-from tests.test_inventory import new_product
+from tests.test_inventory import move, new_product
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass
@@ -228,3 +234,56 @@ async def test_users_and_services_call_the_mesh_as_themselves_and_public_methods
     async with client.connect(mesh.settings, login=client.UserLogin("staff@example.com", "wrong")) as wrong:
         assert (await wrong.auth.GetJwks(auth_pb.GetJwksRequest())).keys  # public: no login
         await expect_error(wrong.auth.GetMe(auth_pb.GetMeRequest()), grpc.StatusCode.UNAUTHENTICATED)
+
+
+def doc_example() -> str:
+    """The complete consumer of docs/clients.md: its Python block that runs as a program."""
+    page = (ROOT / "docs" / "clients.md").read_text(encoding="utf-8")
+    (code,) = [
+        block for block in re.findall(r"^```python\n(.*?)^```", page, re.M | re.S) if "__main__" in block
+    ]
+    return str(code)
+
+
+async def run_example_until(capsys: pytest.CaptureFixture[str], printed: int) -> list[str]:
+    """Runs the doc's example until it has printed `printed` lines, then stops it as Ctrl-C
+    would; the lines."""
+    namespace: dict[str, object] = {"__name__": "clients_md_example"}  # not __main__: main() is ours to run
+    exec(compile(doc_example(), "docs/clients.md", "exec"), namespace)
+    main = namespace["main"]
+    assert callable(main)
+    task = asyncio.create_task(main())
+    lines: list[str] = []
+    try:
+        async with asyncio.timeout(10):
+            while len(lines) < printed:
+                await asyncio.sleep(0.05)
+                lines += capsys.readouterr().out.splitlines()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    return lines
+
+
+@pytest.mark.skipif(
+    InventoryServicer.WatchMovements is inventory_service_pb2_grpc.InventoryServiceServicer.WatchMovements,
+    reason="needs the WatchMovements server",
+)
+async def test_the_consumer_of_the_docs_resumes_from_its_saved_cursor_after_a_restart(
+    mesh: Mesh, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name in ("auth", "products", "inventory"):
+        monkeypatch.setenv(f"{name.upper()}_ADDR", mesh.settings.address(name))
+    monkeypatch.setenv("INVMESH_EMAIL", "staff@example.com")
+    monkeypatch.setenv("INVMESH_PASSWORD", "mesh-password")
+    product = await new_product(mesh)
+    await mesh.inventory.RecordMovement(move(product, pb.IN, 5), metadata=mesh.as_user())
+
+    assert await run_example_until(capsys, 1) == [f"{product} at {DEFAULT_LOCATION_ID}: +5, now 5"]
+    saved = (tmp_path / "movements.cursor").read_text()
+
+    await mesh.inventory.RecordMovement(move(product, pb.OUT, 2), metadata=mesh.as_user())
+    assert await run_example_until(capsys, 1) == [f"{product} at {DEFAULT_LOCATION_ID}: -2, now 3"]
+    assert int((tmp_path / "movements.cursor").read_text()) > int(saved)
