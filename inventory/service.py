@@ -16,9 +16,8 @@ from inventory.servicer import InventoryServicer
 from inventory.stock import Inventory
 from inventory.stock_feed import StockFeed
 from inventory.watch import MovementWatch
+from invmesh import client
 from invmesh.inventory.v1 import inventory_service_pb2, inventory_service_pb2_grpc
-from invmesh.products.v1 import products_service_pb2_grpc
-from mesh.clients import channel_credentials, open_channel
 from mesh.config import Settings
 from mesh.db import open_database
 from mesh.server import MeshServer, Servicer
@@ -33,16 +32,12 @@ async def running(settings: Settings, *, address: str | None = None) -> AsyncIte
     """The inventory service, serving on `address` (default INVENTORY_ADDR) until the block exits."""
     async with AsyncExitStack() as stack:
         db = await open_database(stack, settings, "inventory")
-        timeout = settings.peer_timeout_seconds
-        credentials = channel_credentials(settings)
-        auth = open_channel(stack, settings.auth_addr, default_timeout=timeout, credentials=credentials)
-        products = products_service_pb2_grpc.ProductsServiceStub(
-            open_channel(stack, settings.products_addr, default_timeout=timeout, credentials=credentials)
-        )
-        check = ProductCheck(products, ttl=settings.product_check_cache_seconds)
+        peers = await stack.enter_async_context(client.connect(settings))
+        auth = peers.channel("auth")
+        check = ProductCheck(peers.products, ttl=settings.product_check_cache_seconds)
         feed = StockFeed(
             db,
-            products,
+            peers.products,
             ServiceToken.from_settings(auth, settings, "inventory"),
             retry_initial=settings.outbox_retry_initial_seconds,
             retry_max=settings.outbox_retry_max_seconds,

@@ -27,6 +27,8 @@ PROTOS = ROOT / "protos"
 PACKAGE = "invmesh"
 INIT_TEXT = '"""Generated from protos/ by `make protos`: do not edit."""\n'
 COMMENTS = "comments.json"
+# Modules of the package written by hand, which generation leaves alone.
+HANDWRITTEN = {Path(PACKAGE, "client.py")}
 # Field numbers in descriptor.proto, the steps of a SourceCodeInfo.Location path.
 _FILE_MESSAGE, _FILE_ENUM, _FILE_SERVICE = 4, 5, 6
 _MESSAGE_FIELD, _MESSAGE_NESTED, _MESSAGE_ENUM = 2, 3, 4
@@ -133,7 +135,7 @@ def drift() -> list[str]:
             p.relative_to(ROOT)
             for p in (ROOT / PACKAGE).rglob("*")
             if p.is_file() and "__pycache__" not in p.parts
-        }
+        } - HANDWRITTEN
         stale = expected ^ committed
         stale |= {
             p for p in expected & committed if not filecmp.cmp(Path(scratch) / p, ROOT / p, shallow=False)

@@ -17,6 +17,12 @@ from mesh import tracing
 from mesh.errors import describe
 
 
+def backoff(failures: int, *, initial: float, maximum: float) -> float:
+    """Seconds to wait after `failures` failures in a row (0 after the first): doubling from
+    `initial`, with 20% jitter so that clients and replicas do not retry in step, capped."""
+    return min(initial * 2.0**failures * random.uniform(0.8, 1.2), maximum)
+
+
 class BackgroundLoop:
     def __init__(self, task_name: str, *, retry_initial: float, retry_max: float) -> None:
         self._task_name = task_name
@@ -46,9 +52,7 @@ class BackgroundLoop:
         self._wake.set()
 
     def backoff(self, failures: int) -> float:
-        """Seconds to wait after `failures` failures in a row (0 after the first): doubling
-        from the initial retry, with 20% jitter so replicas do not retry in step, capped."""
-        return min(self._retry_initial * 2.0**failures * random.uniform(0.8, 1.2), self._retry_max)
+        return backoff(failures, initial=self._retry_initial, maximum=self._retry_max)
 
     def failed(self, failures: int, could_not: str, error: Exception) -> float:
         """Logs a round of the loop that failed (after `failures` before it, in a row), in the

@@ -13,7 +13,7 @@ import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from mesh import context, tls, tracing
+from mesh import access, context, tls, tracing
 from mesh.config import Settings, parse_host_port
 from mesh.errors import DeadlineExceeded
 from mesh.metrics import ClientMetrics
@@ -138,6 +138,52 @@ class ForwardCallerContext(grpc.aio.UnaryUnaryClientInterceptor):
         return await continuation(details, request)
 
 
+class TokenSource(Protocol):
+    async def metadata(self) -> tuple[tuple[str, str], ...]:
+        """Call metadata carrying an access token (mesh.service_token.RenewedToken)."""
+        ...
+
+
+class _TokenAdder:
+    """Adds the token of `source` to every call that carries none and needs one: not to the
+    public methods, among them those that issue tokens."""
+
+    def __init__(self, source: TokenSource) -> None:
+        self._source = source
+
+    async def _with_token(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        metadata = grpc.aio.Metadata(*(details.metadata or ()))
+        method = details.method.decode() if isinstance(details.method, bytes) else details.method
+        if "authorization" in metadata.keys() or access.is_public(method):
+            return details
+        for key, value in await self._source.metadata():
+            metadata.add(key, value)
+        return grpc.aio.ClientCallDetails(
+            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+        )
+
+
+# Two classes: a channel files an interceptor under the first kind it is an instance of.
+class SendToken(_TokenAdder, grpc.aio.UnaryUnaryClientInterceptor):
+    async def intercept_unary_unary(
+        self,
+        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Awaitable[Any]],
+        details: grpc.aio.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        return await continuation(await self._with_token(details), request)
+
+
+class SendTokenOnStreams(_TokenAdder, grpc.aio.UnaryStreamClientInterceptor):
+    async def intercept_unary_stream(
+        self,
+        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Awaitable[Any]],
+        details: grpc.aio.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        return await continuation(await self._with_token(details), request)
+
+
 def channel_credentials(settings: Settings) -> grpc.ChannelCredentials | None:
     """How every gRPC client of the process speaks to servers: TLS, verifying them against
     GRPC_TLS_CA_FILE, and presenting GRPC_TLS_CERT_FILE when it is set (mTLS); None when
@@ -171,13 +217,17 @@ def channel(
     default_timeout: float = 3.0,
     credentials: grpc.ChannelCredentials | None = None,
     forward_context: bool = True,
+    token: TokenSource | None = None,
 ) -> grpc.aio.Channel:
     """A long-lived channel to `target` (see `grpc_target`), over TLS with `credentials`
     (`channel_credentials`); plaintext without. With `forward_context`, every call carries
     the caller's request id, token and deadline (`ForwardCallerContext`), and is counted
-    (`ClientMetrics`). When tracing is on, every call is a span whose context goes along in
-    the metadata (mesh.tracing)."""
+    (`ClientMetrics`). With a `token`, calls that need one carry it rather than the caller's
+    (`SendToken`, `SendTokenOnStreams`). When tracing is on, every call is a span whose
+    context goes along in the metadata (mesh.tracing)."""
     interceptors = tracing.client_interceptors()  # a new list: empty when tracing is off
+    if token is not None:
+        interceptors += [SendToken(token), SendTokenOnStreams(token)]
     if forward_context:
         # ClientMetrics inside: a call the caller's deadline stops before it starts is not counted.
         interceptors += [ForwardCallerContext(default_timeout), ClientMetrics()]

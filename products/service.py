@@ -7,9 +7,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
-from invmesh.inventory.v1 import inventory_service_pb2_grpc
+from invmesh import client
 from invmesh.products.v1 import products_service_pb2, products_service_pb2_grpc
-from mesh.clients import channel_credentials, open_channel
 from mesh.config import Settings
 from mesh.db import open_database
 from mesh.server import MeshServer, Servicer
@@ -28,14 +27,10 @@ async def running(settings: Settings, *, address: str | None = None) -> AsyncIte
     """The products service, serving on `address` (default PRODUCTS_ADDR) until the block exits."""
     async with AsyncExitStack() as stack:
         db = await open_database(stack, settings, "products")
-        timeout = settings.peer_timeout_seconds
-        credentials = channel_credentials(settings)
-        auth = open_channel(stack, settings.auth_addr, default_timeout=timeout, credentials=credentials)
-        inventory = inventory_service_pb2_grpc.InventoryServiceStub(
-            open_channel(stack, settings.inventory_addr, default_timeout=timeout, credentials=credentials)
-        )
+        peers = await stack.enter_async_context(client.connect(settings))
+        auth = peers.channel("auth")
         identity = ServiceToken.from_settings(auth, settings, "products")
-        retirements = retirement_relay(db, inventory, identity, settings)
+        retirements = retirement_relay(db, peers.inventory, identity, settings)
         retirements.start()
         stack.push_async_callback(retirements.stop)
         catalog = Catalog(db=db, retirements=retirements, cache_seconds=settings.product_cache_seconds)
