@@ -17,7 +17,6 @@ import grpc
 import pytest
 
 from inventory.models import DEFAULT_LOCATION_ID
-from inventory.servicer import InventoryServicer
 from invmesh import client
 from invmesh.auth.v1 import auth_service_pb2 as auth_pb
 from invmesh.auth.v1 import auth_service_pb2_grpc
@@ -266,10 +265,6 @@ async def run_example_until(capsys: pytest.CaptureFixture[str], printed: int) ->
     return lines
 
 
-@pytest.mark.skipif(
-    InventoryServicer.WatchMovements is inventory_service_pb2_grpc.InventoryServiceServicer.WatchMovements,
-    reason="needs the WatchMovements server",
-)
 async def test_the_consumer_of_the_docs_resumes_from_its_saved_cursor_after_a_restart(
     mesh: Mesh, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
