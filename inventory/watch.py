@@ -40,6 +40,7 @@ POLL = 0.1  # seconds between reads of the feed for another replica's movements,
 IDLE_POLL = 5.0  # the same while nobody follows: only the feed's position then
 MOVEMENT = "movement"
 HEARTBEAT = "heartbeat"
+MAX_CURSOR_CHARS = 40  # a position is below 2**64: 20 digits, with room to change the encoding
 
 _MOVEMENTS = table_of(Movement)
 _FEED = table_of(MovementFeed)
@@ -89,7 +90,7 @@ def parse_cursor(cursor: str) -> int | None:
     """The position a cursor names; None for an empty one (start after the newest event)."""
     if not cursor:
         return None
-    if not cursor.isascii() or not cursor.isdigit() or len(cursor) > 40:
+    if not cursor.isascii() or not cursor.isdigit() or len(cursor) > MAX_CURSOR_CHARS:
         raise InvalidArgument(
             "after must be a cursor from this feed (digits only)", field="after", reason="INVALID_CURSOR"
         )

@@ -12,7 +12,7 @@ from google.protobuf.descriptor import Descriptor, FileDescriptor
 
 from auth import accounts, passwords
 from facade.openapi import contract_comments
-from inventory import locations, reservations, stock
+from inventory import locations, reservations, stock, watch
 from invmesh.auth.v1 import auth_service_pb2
 from invmesh.inventory.v1 import inventory_service_pb2
 from invmesh.products.v1 import products_service_pb2
@@ -48,6 +48,7 @@ DOCUMENTED_ROUTES = {
     ("POST", "/inventory"): "invmesh.inventory.v1.InventoryService.RecordMovement",
     ("PUT", "/inventory/{product_id}"): "invmesh.inventory.v1.InventoryService.SetStock",
     ("GET", "/inventory/{product_id}/movements"): "invmesh.inventory.v1.InventoryService.ListMovements",
+    ("GET", "/inventory/movements:watch"): "invmesh.inventory.v1.InventoryService.WatchMovements",
     ("POST", "/inventory/transfers"): "invmesh.inventory.v1.InventoryService.CreateTransfer",
     ("GET", "/locations"): "invmesh.inventory.v1.InventoryService.ListLocations",
     ("GET", "/locations/{id}"): "invmesh.inventory.v1.InventoryService.GetLocation",
@@ -202,6 +203,10 @@ ENFORCED: dict[str, Mapping[str, object]] = {
     "invmesh.inventory.v1.CreateReservationRequest.reference": {"max_length": stock.MAX_REFERENCE_CHARS},
     "invmesh.inventory.v1.CreateReservationRequest.request_id": _REQUEST_ID,
     "invmesh.inventory.v1.ListReservationsRequest.page_size": _PAGE_SIZE,
+    "invmesh.inventory.v1.WatchMovementsRequest.after": {
+        "max_length": watch.MAX_CURSOR_CHARS,
+        "pattern": "^[0-9]*$",
+    },
 }
 
 
