@@ -154,12 +154,11 @@ class Movement(Base):
     transfer_id: Mapped[str | None] = mapped_column(String(36))
     # The reservation this OUT confirmed, if any.
     reservation_id: Mapped[str | None] = mapped_column(String(36))
+    # The reorder point at its location when it was recorded (0: none; NULL before they existed):
+    # the feed's low-stock signals are judged on it.
+    reorder_point: Mapped[int | None] = mapped_column(Integer)
     # Its place in the movement feed, given once it is committed (`inventory.sequencer`).
     seq: Mapped[int | None] = mapped_column(BigInteger)
-    # LOW_STOCK or RESTOCKED when it took the stock at its location across its reorder point,
-    # which `reorder_point` then holds, as it was; both set with `seq`.
-    signal: Mapped[str | None] = mapped_column(String(10))
-    reorder_point: Mapped[int | None] = mapped_column(Integer)
 
 
 class MovementFeed(Base):

@@ -277,8 +277,9 @@ class Reservations:
             fingerprint="",
             location_id=location,
         )
+        point = locked.reorder_points.get(location, 0)
         movement = await stock.append_movement(
-            conn, actor, change, -units, left, locked.now, reservation_id=reservation_id
+            conn, actor, change, -units, left, locked.now, point, reservation_id=reservation_id
         )
         return Confirmed(_with_state(reservation, CONFIRMED), movement), True
 

@@ -10,10 +10,6 @@ unique, only ever appended, and visible in their order: whoever sees place n see
 below it, which is what lets a cursor resume exactly. A product's movements are written one at
 a time under its lock, so its later movement never gets the lower place.
 
-A round also marks each movement that took the stock at its location across that location's
-reorder point (LOW_STOCK below it, RESTOCKED back above), with the point as it was; the feed
-sends those as signals.
-
 A commit wakes the sequencer, which waits `BATCH_WINDOW` so one round numbers the movements of
 many requests; otherwise it looks every `IDLE_POLL` seconds, for movements of a replica that
 died before numbering its own.
@@ -24,11 +20,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from typing import Any
 
-from sqlalchemy import Row, and_, bindparam, select, update
+from sqlalchemy import bindparam, select, update
 
-from inventory.models import LocationStock, Movement, MovementFeed
+from inventory.models import Movement, MovementFeed
 from mesh import tracing
 from mesh.background import BackgroundLoop
 from mesh.db import Database, table_of
@@ -36,58 +31,13 @@ from mesh.db import Database, table_of
 BATCH = 500
 BATCH_WINDOW = 0.01  # seconds from the first commit to the round that numbers it
 IDLE_POLL = 1.0
-LOW_STOCK = "LOW_STOCK"
-RESTOCKED = "RESTOCKED"
 
 _MOVEMENTS = table_of(Movement)
-_LEVELS = table_of(LocationStock)
 _FEED = table_of(MovementFeed)
 _LOCK_FEED = select(_FEED.c.last_seq).where(_FEED.c.id == 1).with_for_update()
-_UNNUMBERED = (
-    select(_MOVEMENTS.c.id, _MOVEMENTS.c.quantity, _MOVEMENTS.c.balance_after, _LEVELS.c.reorder_point)
-    .select_from(
-        _MOVEMENTS.outerjoin(
-            _LEVELS,
-            and_(
-                _LEVELS.c.product_id == _MOVEMENTS.c.product_id,
-                _LEVELS.c.location_id == _MOVEMENTS.c.location_id,
-            ),
-        )
-    )
-    .where(_MOVEMENTS.c.seq.is_(None))
-    .order_by(_MOVEMENTS.c.id)
-    .limit(BATCH)
-)
-_NUMBER = (
-    update(_MOVEMENTS)
-    .where(_MOVEMENTS.c.id == bindparam("movement"))
-    .values(seq=bindparam("place"), signal=bindparam("crossed"), reorder_point=bindparam("point"))
-)
+_UNNUMBERED = select(_MOVEMENTS.c.id).where(_MOVEMENTS.c.seq.is_(None)).order_by(_MOVEMENTS.c.id).limit(BATCH)
+_NUMBER = update(_MOVEMENTS).where(_MOVEMENTS.c.id == bindparam("movement")).values(seq=bindparam("place"))
 _ADVANCE = update(_FEED).where(_FEED.c.id == 1).values(last_seq=bindparam("last"))
-
-
-def crossing(change: int, balance_after: int, reorder_point: int | None) -> str | None:
-    """LOW_STOCK if a change to `balance_after` took the stock from above the reorder point to
-    at or below it, RESTOCKED if the other way; None without a point (0 or none) or a crossing."""
-    if not reorder_point:
-        return None
-    before = balance_after - change
-    if before > reorder_point >= balance_after:
-        return LOW_STOCK
-    if before <= reorder_point < balance_after:
-        return RESTOCKED
-    return None
-
-
-def _numbered(row: Row[Any, Any, Any, Any], place: int) -> dict[str, Any]:
-    """_NUMBER's parameters for an unnumbered row given `place`."""
-    signal = crossing(row.quantity, row.balance_after, row.reorder_point)
-    return {
-        "movement": row.id,
-        "place": place,
-        "crossed": signal,
-        "point": row.reorder_point if signal else None,
-    }
 
 
 class Sequencer(BackgroundLoop):
@@ -106,16 +56,15 @@ class Sequencer(BackgroundLoop):
             with tracing.untraced():
                 async with self._db.write_connection() as conn:
                     last = (await conn.execute(_LOCK_FEED)).scalar_one()
-                    rows = (await conn.execute(_UNNUMBERED)).all()
-                    if rows:
-                        await conn.execute(
-                            _NUMBER, [_numbered(row, last + n) for n, row in enumerate(rows, 1)]
-                        )
-                        await conn.execute(_ADVANCE, {"last": last + len(rows)})
-            if rows:
-                numbered += len(rows)
+                    ids = (await conn.execute(_UNNUMBERED)).scalars().all()
+                    if ids:
+                        places = [{"movement": m, "place": last + n} for n, m in enumerate(ids, 1)]
+                        await conn.execute(_NUMBER, places)
+                        await conn.execute(_ADVANCE, {"last": last + len(ids)})
+            if ids:
+                numbered += len(ids)
                 self._numbered()
-            if len(rows) < BATCH:
+            if len(ids) < BATCH:
                 return numbered
 
     async def _run(self) -> None:

@@ -7,12 +7,12 @@ from typing import Any, TypedDict
 
 from sqlalchemy import Row
 
-from inventory import sequencer, stock
+from inventory import stock
 from inventory.locations import Fields, Locations
 from inventory.models import Location, Movement
 from inventory.reservations import Held, Reservations
 from inventory.stock import Inventory, Level, Recorded, Stock
-from inventory.watch import HEARTBEAT, MOVEMENT, FeedEvent, MovementWatch
+from inventory.watch import HEARTBEAT, LOW_STOCK, MOVEMENT, FeedEvent, MovementWatch
 from invmesh.inventory.v1 import inventory_service_pb2 as pb
 from invmesh.inventory.v1 import inventory_service_pb2_grpc
 from mesh.db import utcnow
@@ -94,7 +94,7 @@ def feed_message(event: FeedEvent) -> pb.WatchMovementsResponse:
     if event.kind == MOVEMENT:
         return pb.WatchMovementsResponse(cursor=cursor, movement=movement_message(row))
     signal = _signal_message(row)
-    if event.kind == sequencer.LOW_STOCK:
+    if event.kind == LOW_STOCK:
         return pb.WatchMovementsResponse(cursor=cursor, low_stock=signal)
     return pb.WatchMovementsResponse(cursor=cursor, restocked=signal)
 

@@ -215,6 +215,7 @@ _IN_APPENDED = (
             "request_id",
             "request_fingerprint",
             "created_at",
+            "reorder_point",
         ],
         select(
             _IN_MOVED.c.product_id,
@@ -228,6 +229,7 @@ _IN_APPENDED = (
             bindparam("key", type_=String()),
             bindparam("fingerprint", type_=String()),
             _IN_NOW,
+            _IN_LEVEL.c.reorder_point,
         ).select_from(_IN_MOVED.outerjoin(_IN_LEVEL, true())),
     )
     .returning(_MOVEMENTS.c.id, _MOVEMENTS.c.balance_after)
@@ -632,11 +634,13 @@ async def append_movement(
     delta: int,
     balance: int,
     now: dt.datetime,
+    reorder_point: int,
     **links: str | None,
 ) -> Movement:
-    """Appends the movement that took the balance at the change's location to `balance`;
-    `links` are its transfer_id or reservation_id."""
-    values = _movement_values(actor, change, delta, balance, now) | links
+    """Appends the movement that took the balance at the change's location to `balance`, with
+    the reorder point there (the feed's low-stock signals are judged on it); `links` are its
+    transfer_id or reservation_id."""
+    values = _movement_values(actor, change, delta, balance, now, reorder_point) | links
     inserted = await conn.execute(_NEW_MOVEMENT, values)
     return Movement(id=cast("Row[Any]", inserted.inserted_primary_key)[0], **values)
 
@@ -944,7 +948,8 @@ class Inventory:
         delta = change.delta_from(balance)
         moved_to = next_balance(balance, delta, reserved=reserved)
         await store_level(conn, locked, location, moved_to)
-        movement = await append_movement(conn, actor, change, delta, moved_to, locked.now)
+        point = locked.reorder_points.get(location, 0)
+        movement = await append_movement(conn, actor, change, delta, moved_to, locked.now, point)
         return Recorded(movement, locked.stock())
 
     async def _move_in_alone(self, actor: str, change: Change) -> Recorded | None:
@@ -977,7 +982,8 @@ class Inventory:
         if not rows:
             return None
         row = rows[0]
-        movement = Movement(id=row.id, **_movement_values(actor, change, delta, row.balance_after, now))
+        values = _movement_values(actor, change, delta, row.balance_after, now, row.reorder_point)
+        movement = Movement(id=row.id, **values)
         on_hand = {**_figures(row.levels), change.location_id: row.balance_after}
         reorder_points = {**_figures(row.reorder_points), change.location_id: row.reorder_point}
         reserved = _figures(row.held)
@@ -998,8 +1004,13 @@ class Inventory:
         await store_level(conn, locked, target, arrived)
         transfer_id = str(uuid.uuid4())
         now = locked.now
-        out = await append_movement(conn, actor, outgoing, -units, left, now, transfer_id=transfer_id)
-        into = await append_movement(conn, actor, incoming, units, arrived, now, transfer_id=transfer_id)
+        points = locked.reorder_points
+        out = await append_movement(
+            conn, actor, outgoing, -units, left, now, points.get(source, 0), transfer_id=transfer_id
+        )
+        into = await append_movement(
+            conn, actor, incoming, units, arrived, now, points.get(target, 0), transfer_id=transfer_id
+        )
         return Transferred(transfer_id, out, into, locked.stock())
 
     async def _replay(self, actor: str, change: Change) -> Recorded | None:
@@ -1063,7 +1074,7 @@ async def _move_in_held(conn: AsyncConnection, actor: str, change: Change) -> Re
     if level is None:
         return None
     item = (await conn.execute(_HELD_IN_ITEM, moved)).one()
-    movement = await append_movement(conn, actor, change, delta, level.on_hand, now)
+    movement = await append_movement(conn, actor, change, delta, level.on_hand, now, level.reorder_point)
     on_hand = {**_figures(item.levels), change.location_id: level.on_hand}
     reorder_points = {**_figures(item.reorder_points), change.location_id: level.reorder_point}
     reserved = _figures(item.held)
@@ -1072,7 +1083,7 @@ async def _move_in_held(conn: AsyncConnection, actor: str, change: Change) -> Re
 
 
 def _movement_values(
-    actor: str, change: Change, delta: int, balance: int, now: dt.datetime
+    actor: str, change: Change, delta: int, balance: int, now: dt.datetime, reorder_point: int
 ) -> dict[str, Any]:
     return {
         "product_id": change.product_id,
@@ -1086,6 +1097,7 @@ def _movement_values(
         "request_id": change.request_id,
         "request_fingerprint": change.fingerprint if change.request_id else None,
         "created_at": now,
+        "reorder_point": reorder_point,
     }
 
 

@@ -40,6 +40,8 @@ POLL = 0.1  # seconds between reads of the feed for another replica's movements,
 IDLE_POLL = 5.0  # the same while nobody follows: only the feed's position then
 MOVEMENT = "movement"
 HEARTBEAT = "heartbeat"
+LOW_STOCK = "low_stock"
+RESTOCKED = "restocked"
 MAX_CURSOR_CHARS = 40  # a position is below 2**64: 20 digits, with room to change the encoding
 
 _MOVEMENTS = table_of(Movement)
@@ -80,10 +82,25 @@ class FeedEvent:
     row: Row[Any] | None = None
 
 
+def crossing(change: int, balance_after: int, reorder_point: int | None) -> str | None:
+    """LOW_STOCK if a change to `balance_after` took the stock from above the reorder point to
+    at or below it, RESTOCKED if the other way; None without a point (0 or none) or a crossing."""
+    if not reorder_point:
+        return None
+    before = balance_after - change
+    if before > reorder_point >= balance_after:
+        return LOW_STOCK
+    if before <= reorder_point < balance_after:
+        return RESTOCKED
+    return None
+
+
 def events_of(row: Row[Any]) -> Iterator[FeedEvent]:
+    """A movement's events: itself, and the signal it caused, judged on the reorder point its
+    location had when it was recorded (which the movement keeps)."""
     yield FeedEvent(2 * row.seq, MOVEMENT, row)
-    if row.signal:
-        yield FeedEvent(2 * row.seq + 1, row.signal, row)
+    if signal := crossing(row.quantity, row.balance_after, row.reorder_point):
+        yield FeedEvent(2 * row.seq + 1, signal, row)
 
 
 def parse_cursor(cursor: str) -> int | None:

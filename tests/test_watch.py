@@ -14,8 +14,8 @@ import grpc
 import pytest
 
 from inventory.models import DEFAULT_LOCATION_ID
-from inventory.sequencer import LOW_STOCK, RESTOCKED, crossing
 from inventory.service import running as running_inventory
+from inventory.watch import LOW_STOCK, RESTOCKED, crossing
 from invmesh.auth.v1 import auth_service_pb2_grpc
 from invmesh.inventory.v1 import inventory_service_pb2 as pb
 from invmesh.inventory.v1 import inventory_service_pb2_grpc

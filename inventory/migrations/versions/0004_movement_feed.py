@@ -1,10 +1,10 @@
 """The movement feed and reorder points.
 
 Each movement gets its place in the feed (`seq`) once it is committed, from the one row of
-`movement_feed` that hands them out in commit order, and the low-stock signal it caused, if
-any, with the reorder point it crossed. Movements already written take their id as their
-place, in the order they were written. Each product's stock at a location gets a reorder point
-(0: none).
+`movement_feed` that hands them out in commit order, and keeps the reorder point its location
+had when it was recorded, on which the feed judges low stock. Movements already written take
+their id as their place, in the order they were written, and no reorder point. Each product's
+stock at a location gets a reorder point (0: none).
 
 Revision ID: 0004
 Revises: 0003
@@ -33,7 +33,6 @@ MYSQL_TABLE: dict[str, Any] = {
 
 def upgrade() -> None:
     op.add_column("movements", sa.Column("seq", sa.BigInteger(), nullable=True))
-    op.add_column("movements", sa.Column("signal", sa.String(10), nullable=True))
     op.add_column("movements", sa.Column("reorder_point", sa.Integer(), nullable=True))
     op.execute(sa.text("UPDATE movements SET seq = id"))
     # The feed's order, and where the sequencer finds the movements still without a place (NULL).
@@ -61,5 +60,4 @@ def downgrade() -> None:
     op.drop_index("ix_movements_seq", table_name="movements")
     with op.batch_alter_table("movements") as batch:
         batch.drop_column("reorder_point")
-        batch.drop_column("signal")
         batch.drop_column("seq")
