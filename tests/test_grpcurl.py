@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
 
+from invmesh.inventory.v1 import inventory_service_pb2 as inventory_pb
+from invmesh.products.v1 import products_service_pb2 as products_pb
 from tests.conftest import SERVICE_SECRET, AuthEndpoint, Mesh
 
 GRPCURL = Path(sys.executable).with_name("grpcurl")
@@ -99,3 +101,38 @@ async def test_grpcurl_calls_every_products_and_inventory_rpc(mesh: Mesh) -> Non
     assert [m["type"] for m in replies["ListMovements"]["movements"]] == ["ADJUSTMENT", "IN"]
     described = await grpcurl("-plaintext", inventory, "describe", "invmesh.inventory.v1.InventoryService")
     assert "rpc RecordMovement" in described
+
+
+async def test_grpcurl_follows_the_movement_feed(mesh: Mesh) -> None:
+    """`grpcurl … InventoryService/WatchMovements` prints each event as it comes, as the README
+    shows; `-max-time` ends it (exit status 64 + DEADLINE_EXCEEDED)."""
+    created = await mesh.products.CreateProduct(
+        products_pb.CreateProductRequest(product=products_pb.Product(sku="FEED-1", name="Fed", price="1")),
+        metadata=mesh.as_user(),
+    )
+    pid = created.product.id
+    for quantity in (4, 2):
+        await mesh.inventory.RecordMovement(
+            inventory_pb.RecordMovementRequest(
+                product_id=pid, type=inventory_pb.RecordMovementRequest.IN, quantity=quantity
+            ),
+            metadata=mesh.as_user(),
+        )
+    await asyncio.sleep(0.2)  # numbered in the feed
+    process = await asyncio.create_subprocess_exec(
+        *(str(GRPCURL), "-plaintext", "-max-time", "2", "-H", f"authorization: Bearer {mesh.verified_token}"),
+        *("-d", json.dumps({"after": "0", "product_id": pid}), mesh.settings.inventory_addr),
+        "invmesh.inventory.v1.InventoryService/WatchMovements",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await process.communicate()
+    assert process.returncode == 64 + 4, stderr.decode()  # DEADLINE_EXCEEDED: it followed until then
+    decoder, text, events = json.JSONDecoder(), stdout.decode().strip(), []
+    while text:
+        event, end = decoder.raw_decode(text)
+        events.append(event)
+        text = text[end:].strip()
+    moved = [e["movement"] for e in events if "movement" in e]
+    assert [(m["quantity"], m["balance_after"]) for m in moved] == [(4, 4), (2, 6)]
+    assert "heartbeat" in events[-1] and int(events[-1]["cursor"]) >= int(events[1]["cursor"])
