@@ -36,6 +36,7 @@ _MOVEMENTS = table_of(Movement)
 _FEED = table_of(MovementFeed)
 _LOCK_FEED = select(_FEED.c.last_seq).where(_FEED.c.id == 1).with_for_update()
 _UNNUMBERED = select(_MOVEMENTS.c.id).where(_MOVEMENTS.c.seq.is_(None)).order_by(_MOVEMENTS.c.id).limit(BATCH)
+_ANY_UNNUMBERED = select(_MOVEMENTS.c.id).where(_MOVEMENTS.c.seq.is_(None)).limit(1)
 _NUMBER = update(_MOVEMENTS).where(_MOVEMENTS.c.id == bindparam("movement")).values(seq=bindparam("place"))
 _ADVANCE = update(_FEED).where(_FEED.c.id == 1).values(last_seq=bindparam("last"))
 
@@ -54,6 +55,9 @@ class Sequencer(BackgroundLoop):
         numbered = 0
         while True:
             with tracing.untraced():
+                # A look without the lock first: the idle polls then take no write lock.
+                if not await self._db.fetch(_ANY_UNNUMBERED):
+                    return numbered
                 async with self._db.write_connection() as conn:
                     last = (await conn.execute(_LOCK_FEED)).scalar_one()
                     ids = (await conn.execute(_UNNUMBERED)).scalars().all()
