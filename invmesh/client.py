@@ -132,7 +132,8 @@ class MeshClient:
         """Every event of InventoryService.WatchMovements after the cursor `after` ("" from
         now, "0" from the first movement), of one product or at one location if given, for
         ever: movements, low_stock and restocked signals, each with the `cursor` to resume
-        after it. A stream that ends (RESUMABLE, or closed by the server) is opened again
+        after it. A stream that ends (RESUMABLE, closed by the server, or, with a login, ended
+        by its token's expiry) is opened again
         after the last cursor read, RESUME_INITIAL_SECONDS later, and then after a delay
         that doubles while no event comes. Heartbeats move that cursor and are not yielded.
         Other errors raise."""
@@ -142,14 +143,19 @@ class MeshClient:
                 after=after, product_id=product_id, location_id=location_id
             )
             call = self.inventory.WatchMovements(request)
+            served = False
             try:
                 async for event in call:
-                    after, failures = event.cursor, 0
+                    after, failures, served = event.cursor, 0, True
                     if not event.HasField("heartbeat"):
                         yield event
                 ended = "the server closed the stream"
             except grpc.aio.AioRpcError as error:
-                if error.code() not in RESUMABLE:
+                # A stream ends when the token it opened with expires; the login has renewed it.
+                renewed = (
+                    error.code() == grpc.StatusCode.UNAUTHENTICATED and served and self._token is not None
+                )
+                if error.code() not in RESUMABLE and not renewed:
                     raise
                 ended = describe(error)
             finally:
