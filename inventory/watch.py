@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Row, Select, bindparam, select
@@ -120,7 +120,6 @@ class _Follower:
     location_id: str
     rows: asyncio.Queue[Row[Any]]
     overflowed: bool = False
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     def wants(self, row: Row[Any]) -> bool:
         return (not self.product_id or row.product_id == self.product_id) and (
