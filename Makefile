@@ -14,7 +14,7 @@ BENCH_QUICK ?=
 BENCH_ARGS ?=
 BENCH_FLAGS := $(if $(filter 1 yes true,$(BENCH_QUICK)),--quick) $(BENCH_ARGS)
 
-.PHONY: run test protos protos-check docs lint image bench bench-quick clean
+.PHONY: run test chromium screenshots protos protos-check docs lint image bench bench-quick clean
 
 ## run: install, generate code if the protos changed, start every service (Ctrl-C stops them)
 run: $(VENV)/.installed $(VENV)/.generated
@@ -23,8 +23,18 @@ run: $(VENV)/.installed $(VENV)/.generated
 ## test: install what the tests need, then run them (they fail if protos/ and invmesh/ disagree),
 ##       on TEST_WORKERS processes (each runs its own servers and databases; 0 runs them in this one);
 ##       PYTEST_ARGS='-m "not slow"' leaves out the slow suites CI runs
-test: $(VENV)/.installed
+test: $(VENV)/.installed chromium
 	$(BIN)/pytest --numprocesses $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
+
+## chromium: Debian's Chromium, which the browser tests drive (tests/browser), installed when missing
+##           and run as root; without it they skip, or fail under CI=true
+chromium:
+	@command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+## screenshots: run the browser tests, which write docs/console/<screen>.png; commit the changed ones
+screenshots: $(VENV)/.installed chromium
+	INVMESH_SCREENSHOTS=1 $(BIN)/pytest --numprocesses $(TEST_WORKERS) --dist worksteal -m browser $(PYTEST_ARGS)
 
 ## protos: regenerate the invmesh.*.v1 package from protos/
 protos: $(VENV)/.installed
