@@ -128,7 +128,7 @@ def create_app(
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             *docs.routes(),
-            *([console.mount(settings, found, secret)] if with_console else []),
+            *(console.routes(settings, found, secret) if with_console else []),
             transcoded,
         ],
         middleware=middleware,

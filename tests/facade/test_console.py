@@ -374,6 +374,15 @@ async def test_the_product_page_s_feed_relays_movements_made_elsewhere(web: Web)
         assert refused.status_code == 303
 
 
+async def test_unknown_pages_and_products_are_the_api_s_404(web: Web) -> None:
+    async with signed_in(web) as admin:
+        unknown = await admin.get("/console/products/no-such-product")
+        assert unknown.status_code == 404 and 'role="alert"' in unknown.text, unknown.text
+        assert "PRODUCT_NOT_FOUND" in unknown.text
+        home = await admin.get("/console", follow_redirects=True)
+        assert home.status_code == 200 and str(home.url).endswith("/console/products")
+
+
 async def test_the_assets_are_served_from_the_console_itself(web: Web) -> None:
     for asset, kind in (
         ("htmx.min.js", "javascript"),
