@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Match, Route
 from starlette.types import Scope
 
-from facade import docs, errors, verify_page
+from facade import console, docs, errors, verify_page
 from facade.middleware import HttpMetricsMiddleware, RequestIdMiddleware
 from facade.openapi import contract_comments, openapi_document
 from facade.readiness import Checked, Readiness, readyz
@@ -60,6 +60,7 @@ def create_app(
     backends = dict(backends or default_backends(settings))
     counted = settings.metrics_address("facade") is not None
     found = bindings(backends)
+    secret = forwarder_secret(settings)
     transcoded = TranscodedRoutes(
         found,
         backend_names={service.full_name: backend.name for service, backend in backends.items()},
@@ -67,10 +68,11 @@ def create_app(
         max_timeout=settings.facade_max_timeout_seconds,
         max_body_bytes=settings.facade_max_body_bytes,
         pages=PAGES,
-        forwarder_secret=forwarder_secret(settings),
+        forwarder_secret=secret,
         count_calls=counted,
     )
     document = openapi_document(transcoded.bindings, comments=contract_comments(), pages=PAGES)
+    with_console = console.serves([service.full_name for service in backends])
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, object]]:
@@ -92,7 +94,10 @@ def create_app(
             async with contextlib.AsyncExitStack() as stack:
                 if metrics_socket is not None:
                     await stack.enter_async_context(metrics.endpoint(metrics_socket))
-                yield {"calls": calls, "readiness": readiness}
+                state: dict[str, object] = {"calls": calls, "readiness": readiness}
+                if with_console:
+                    state["console"] = console.Stubs.on(channels)
+                yield state
         finally:
             await readiness.close()
             for opened in channels.values():
@@ -123,6 +128,7 @@ def create_app(
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             *docs.routes(),
+            *(console.routes(settings, found, secret) if with_console else []),
             transcoded,
         ],
         middleware=middleware,

@@ -49,10 +49,13 @@ _PAGE = """<!DOCTYPE html>
 <main>
 <h1>{title}</h1>
 <p>{text}</p>
-</main>
+{sign_in}</main>
 </body>
 </html>
 """
+
+# Where to go once the address is confirmed: the console's sign-in, on the same origin.
+_SIGN_IN = '<p><a href="/console/sign-in">Sign in to the console</a></p>\n'
 
 
 def wants_html(accept: str | None) -> bool:
@@ -68,10 +71,12 @@ def render(answer: Response, accept: str | None) -> Response:
         return answer
     body = json.loads(bytes(answer.body))  # a JSON object: the response message, or a Status
     if answer.status_code < 300:
-        title, text = _confirmed(body)
+        title, text, signs_in = _confirmed(body)
     else:
-        title, text = _refused(answer.status_code, body)
-    page = _PAGE.format(title=html.escape(title), text=html.escape(text), style=_STYLE)
+        title, text, signs_in = _refused(answer.status_code, body)
+    page = _PAGE.format(
+        title=html.escape(title), text=html.escape(text), style=_STYLE, sign_in=_SIGN_IN if signs_in else ""
+    )
     headers = dict(_HEADERS)
     for name in ("retry-after", "www-authenticate"):
         if name in answer.headers:
@@ -81,30 +86,38 @@ def render(answer: Response, accept: str | None) -> Response:
     )
 
 
-def _confirmed(body: dict[str, Any]) -> tuple[str, str]:
+def _confirmed(body: dict[str, Any]) -> tuple[str, str, bool]:
+    """The page's title and text, and whether it offers to sign in."""
     user = body.get("user")
     if user is None:  # `?email=`: a new mail was asked for
-        return "Check your mail", "If this address has an account, a new verification mail is on its way."
-    return "Address confirmed", f"Thank you: {user['email']} is confirmed. You can sign in now."
+        return (
+            "Check your mail",
+            "If this address has an account, a new verification mail is on its way.",
+            False,
+        )
+    return "Address confirmed", f"Thank you: {user['email']} is confirmed. You can sign in now.", True
 
 
-def _refused(status: int, body: dict[str, Any]) -> tuple[str, str]:
+def _refused(status: int, body: dict[str, Any]) -> tuple[str, str, bool]:
     if "INVALID_VERIFICATION_TOKEN" in {detail.get("reason") for detail in body["details"]}:
         return (
             "This link no longer works",
             "The verification link is unknown, expired or already used. If you confirmed your address "
             "already, you can sign in; otherwise ask for a new verification mail.",
+            True,
         )
     if status == 429:
-        return "Too many attempts", "Please open the link again in a few minutes."
+        return "Too many attempts", "Please open the link again in a few minutes.", False
     if status in (503, 504):
         return (
             "The service is unavailable",
             "Your address could not be confirmed just now. Please open the link again in a few minutes.",
+            False,
         )
     if status < 500:
         return (
             "This link is incomplete",
             "The link is incomplete or altered. Open it exactly as the mail gives it.",
+            False,
         )
-    return "Something went wrong", "Your address could not be confirmed. Please try again later."
+    return "Something went wrong", "Your address could not be confirmed. Please try again later.", False

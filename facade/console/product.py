@@ -1,0 +1,309 @@
+"""A product's page: its details and edit form, its stock per location, the forms that move
+stock (entry or exit, a count confirmed after it shows the change, a transfer, a
+reservation), its reservations, and its ledger with the chart of its balance."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote
+
+from google.protobuf import field_mask_pb2
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
+
+from facade.console.calls import ApiError, Caller, Refused, stubs
+from facade.console.forms import Form
+from facade.console.ledger import LEDGER_DEPTH, TYPES, LedgerFilter, balances, type_name
+from facade.console.session import Session
+from facade.console.web import Console
+from invmesh.inventory.v1 import inventory_service_pb2 as inventory_pb
+from invmesh.inventory.v1 import inventory_service_pb2_grpc
+from invmesh.products.v1 import products_service_pb2 as products_pb
+
+INVENTORY = inventory_pb.DESCRIPTOR.services_by_name["InventoryService"].methods_by_name
+PRODUCTS = products_pb.DESCRIPTOR.services_by_name["ProductsService"].methods_by_name
+LEDGER_ROWS = 50
+DIRECTIONS = {"IN": inventory_pb.RecordMovementRequest.IN, "OUT": inventory_pb.RecordMovementRequest.OUT}
+EDITABLE = ("sku", "name", "description", "price", "currency")
+# What a page says after a form succeeded (`?done=`): fixed texts, so no query is echoed.
+DONE = {
+    "product": "Product saved.",
+    "movement": "Movement recorded.",
+    "stock": "Stock set.",
+    "reorder": "Reorder point saved.",
+    "transfer": "Transfer recorded.",
+    "reservation": "Reservation created.",
+    "confirmed": "Reservation confirmed: its units left the stock.",
+    "released": "Reservation released.",
+}
+
+
+def product_path(product_id: str) -> str:
+    return f"/console/products/{quote(product_id, safe='')}"
+
+
+def routes(console: Console) -> list[Route]:
+    async def show(
+        request: Request,
+        session: Session,
+        call: Caller,
+        *,
+        failed: str = "",
+        error: ApiError | None = None,
+        form: Form | None = None,
+        confirm: Mapping[str, Any] | None = None,
+    ) -> Response:
+        """The page; after a form, with its refusal beside its fields or its confirm step."""
+        product_id = request.path_params["product_id"]
+        inventory, products = stubs(request).inventory, stubs(request).products
+        shown = LedgerFilter.parse(
+            request.query_params.get("since", ""),
+            request.query_params.get("until", ""),
+            request.query_params.get("type", ""),
+        )
+        may_reserve = session.may(INVENTORY["ListReservations"])
+        got, stock, ledger, places, held = await asyncio.gather(
+            call(products.GetProduct, products_pb.GetProductRequest(id=product_id)),
+            call(inventory.GetInventoryItem, inventory_pb.GetInventoryItemRequest(product_id=product_id)),
+            call(
+                inventory.ListMovements,
+                inventory_pb.ListMovementsRequest(product_id=product_id, page_size=LEDGER_DEPTH),
+            ),
+            call(inventory.ListLocations, inventory_pb.ListLocationsRequest(page_size=500)),
+            _reservations(call, inventory, product_id) if may_reserve else _none(),
+        )
+        names = {place.id: place.code for place in places.locations}
+        dated = [m for m in ledger.movements if shown.in_range(m)]
+        kept = [m for m in dated if shown.keeps(m)]
+        chart = balances(dated)
+        context = {
+            "product": got.product,
+            "item": stock.item,
+            "locations": places.locations,
+            "names": names,
+            "movements": kept[:LEDGER_ROWS],
+            "matching": len(kept),
+            "read_all": not ledger.next_page_token,
+            "retired": ledger.retired,
+            "filter": shown,
+            "types": TYPES,
+            "type_name": type_name,
+            "state_name": inventory_pb.ReservationState.Name,
+            "chart": chart.as_chart(names),
+            "chart_rows": list(chart.rows())[:LEDGER_ROWS],
+            "chart_labels": [names.get(location, location) for location in chart.locations],
+            "reservations": held,
+            "path": product_path(product_id),
+            "request_id": secrets.token_urlsafe(24),  # a form sent twice records once
+            "done": DONE.get(request.query_params.get("done", ""), ""),
+            "failed": failed,
+            "error": error,
+            "form": form.values if form is not None else {},
+            "confirm": confirm,
+            "may": {
+                "edit": session.may(PRODUCTS["UpdateProduct"]),
+                "move": session.may(INVENTORY["RecordMovement"]),
+                "set": session.may(INVENTORY["SetStock"]),
+                "transfer": session.may(INVENTORY["CreateTransfer"]),
+                "reserve": session.may(INVENTORY["CreateReservation"]),
+                "reservations": may_reserve,
+            },
+        }
+        return console.render(request, session, "product.html", context, error.status if error else 200)
+
+    async def page(request: Request, session: Session, call: Caller) -> Response:
+        return await show(request, session, call)
+
+    def done(request: Request, what: str) -> Response:
+        return RedirectResponse(f"{product_path(request.path_params['product_id'])}?done={what}", 303)
+
+    async def refused(
+        request: Request, session: Session, call: Caller, form: Form, failed: str, error: ApiError
+    ) -> Response:
+        return await show(request, session, call, failed=failed, error=error, form=form)
+
+    def unreadable(form: Form) -> ApiError | None:
+        """The refusal of a form whose numbers did not read, before any call."""
+        if not form.invalid:
+            return None
+        return ApiError(400, "Some fields are not valid.", "INVALID_VALUE", dict(form.invalid))
+
+    async def edit(request: Request, session: Session, call: Caller, form: Form) -> Response:
+        product = products_pb.Product(id=request.path_params["product_id"])
+        for name in EDITABLE:
+            setattr(product, name, form.values.get(name, ""))
+        update = products_pb.UpdateProductRequest(
+            product=product, update_mask=field_mask_pb2.FieldMask(paths=EDITABLE)
+        )
+        try:
+            await call(stubs(request).products.UpdateProduct, update)
+        except Refused as refusal:
+            return await refused(request, session, call, form, "product", refusal.error)
+        return done(request, "product")
+
+    async def record(request: Request, session: Session, call: Caller, form: Form) -> Response:
+        movement = inventory_pb.RecordMovementRequest(
+            product_id=request.path_params["product_id"],
+            quantity=form.integer("quantity"),
+            reason=form.text("reason"),
+            reference=form.text("reference"),
+            request_id=form.text("request_id"),
+            location_id=form.text("location_id"),
+        )
+        if (direction := DIRECTIONS.get(form.text("type"))) is not None:  # else unset: the service names it
+            movement.type = direction
+        if (error := unreadable(form)) is not None:
+            return await refused(request, session, call, form, "movement", error)
+        try:
+            await call(stubs(request).inventory.RecordMovement, movement)
+        except Refused as refusal:
+            return await refused(request, session, call, form, "movement", refusal.error)
+        return done(request, "movement")
+
+    async def preview_count(request: Request, session: Session, call: Caller, form: Form) -> Response:
+        """The confirm step of a count: the stock there now, the count, and the change."""
+        counted = form.integer("quantity")
+        if (error := unreadable(form)) is not None or not form.text("quantity"):
+            error = error or ApiError(
+                400, "Enter the counted stock.", "MISSING_QUANTITY", {"quantity": "required"}
+            )
+            return await refused(request, session, call, form, "stock", error)
+        inventory = stubs(request).inventory
+        item, places = await asyncio.gather(
+            call(
+                inventory.GetInventoryItem,
+                inventory_pb.GetInventoryItemRequest(product_id=request.path_params["product_id"]),
+            ),
+            call(inventory.ListLocations, inventory_pb.ListLocationsRequest(page_size=500)),
+        )
+        # No location is the DEFAULT one, as SetStock reads it.
+        default = next((place.id for place in places.locations if place.code == "DEFAULT"), "")
+        location_id = form.text("location_id") or default
+        on_hand = next((s.on_hand for s in item.item.locations if s.location_id == location_id), 0)
+        confirm = {
+            "location_id": location_id,
+            "before": on_hand,
+            "after": counted,
+            "change": counted - on_hand,
+        }
+        return await show(request, session, call, failed="stock", form=form, confirm=confirm)
+
+    async def count(request: Request, session: Session, call: Caller, form: Form) -> Response:
+        counted = inventory_pb.SetStockRequest(
+            product_id=request.path_params["product_id"],
+            quantity=form.integer("quantity"),
+            reason=form.text("reason"),
+            request_id=form.text("request_id"),
+            location_id=form.text("location_id"),
+        )
+        if (error := unreadable(form)) is not None:
+            return await refused(request, session, call, form, "stock", error)
+        try:
+            await call(stubs(request).inventory.SetStock, counted)
+        except Refused as refusal:
+            return await refused(request, session, call, form, "stock", refusal.error)
+        return done(request, "stock")
+
+    async def reorder(request: Request, session: Session, call: Caller, form: Form) -> Response:
+        point = inventory_pb.SetStockRequest(
+            product_id=request.path_params["product_id"],
+            reorder_point=form.integer("reorder_point"),
+            location_id=form.text("location_id"),
+        )
+        if (error := unreadable(form)) is not None:
+            return await refused(request, session, call, form, "reorder", error)
+        try:
+            await call(stubs(request).inventory.SetStock, point)
+        except Refused as refusal:
+            return await refused(request, session, call, form, "reorder", refusal.error)
+        return done(request, "reorder")
+
+    async def transfer(request: Request, session: Session, call: Caller, form: Form) -> Response:
+        moved = inventory_pb.CreateTransferRequest(
+            product_id=request.path_params["product_id"],
+            from_location_id=form.text("from_location_id"),
+            to_location_id=form.text("to_location_id"),
+            quantity=form.integer("quantity"),
+            reason=form.text("reason"),
+            request_id=form.text("request_id"),
+        )
+        if (error := unreadable(form)) is not None:
+            return await refused(request, session, call, form, "transfer", error)
+        try:
+            await call(stubs(request).inventory.CreateTransfer, moved)
+        except Refused as refusal:
+            return await refused(request, session, call, form, "transfer", refusal.error)
+        return done(request, "transfer")
+
+    async def reserve(request: Request, session: Session, call: Caller, form: Form) -> Response:
+        held = inventory_pb.CreateReservationRequest(
+            product_id=request.path_params["product_id"],
+            location_id=form.text("location_id"),
+            quantity=form.integer("quantity"),
+            ttl_seconds=form.integer("ttl_seconds"),
+            reference=form.text("reference"),
+            request_id=form.text("request_id"),
+        )
+        if (error := unreadable(form)) is not None:
+            return await refused(request, session, call, form, "reservation", error)
+        try:
+            await call(stubs(request).inventory.CreateReservation, held)
+        except Refused as refusal:
+            return await refused(request, session, call, form, "reservation", refusal.error)
+        return done(request, "reservation")
+
+    async def confirm_reservation(request: Request, session: Session, call: Caller, form: Form) -> Response:
+        confirmed = inventory_pb.ConfirmReservationRequest(id=request.path_params["reservation_id"])
+        try:
+            await call(stubs(request).inventory.ConfirmReservation, confirmed)
+        except Refused as refusal:
+            return await refused(request, session, call, form, "settle", refusal.error)
+        return done(request, "confirmed")
+
+    async def release_reservation(request: Request, session: Session, call: Caller, form: Form) -> Response:
+        released = inventory_pb.ReleaseReservationRequest(id=request.path_params["reservation_id"])
+        try:
+            await call(stubs(request).inventory.ReleaseReservation, released)
+        except Refused as refusal:
+            return await refused(request, session, call, form, "settle", refusal.error)
+        return done(request, "released")
+
+    base = "/products/{product_id}"
+    return [
+        Route(base, console.page(page), methods=["GET"]),
+        Route(base, console.action(edit), methods=["POST"]),
+        Route(f"{base}/movements", console.action(record), methods=["POST"]),
+        Route(f"{base}/stock/preview", console.action(preview_count), methods=["POST"]),
+        Route(f"{base}/stock", console.action(count), methods=["POST"]),
+        Route(f"{base}/reorder-point", console.action(reorder), methods=["POST"]),
+        Route(f"{base}/transfers", console.action(transfer), methods=["POST"]),
+        Route(f"{base}/reservations", console.action(reserve), methods=["POST"]),
+        Route(
+            base + "/reservations/{reservation_id}/confirm",
+            console.action(confirm_reservation),
+            methods=["POST"],
+        ),
+        Route(
+            base + "/reservations/{reservation_id}/release",
+            console.action(release_reservation),
+            methods=["POST"],
+        ),
+    ]
+
+
+async def _reservations(
+    call: Caller, inventory: inventory_service_pb2_grpc.InventoryServiceStub, product_id: str
+) -> list[inventory_pb.Reservation]:
+    listed = await call(
+        inventory.ListReservations,
+        inventory_pb.ListReservationsRequest(product_id=product_id, page_size=LEDGER_ROWS),
+    )
+    return list(listed.reservations)
+
+
+async def _none() -> list[inventory_pb.Reservation]:
+    return []

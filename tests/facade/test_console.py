@@ -1,0 +1,408 @@
+"""The console (/console/), served by the facade in front of the real mesh, driven as a browser
+without JavaScript drives it: plain form posts, cookies kept by the client."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from http.cookies import SimpleCookie
+
+import httpx
+import pytest
+
+from facade.console.session import ACCESS_COOKIE, REFRESH_COOKIE, SESSION_COOKIE
+from invmesh.inventory.v1 import inventory_service_pb2 as inventory_pb
+from invmesh.products.v1 import products_service_pb2 as products_pb
+from tests.conftest import SmtpServer, link_token
+from tests.facade.conftest import Web
+
+PASSWORD = "mesh-password"
+ADMIN = "staff@example.com"  # the mesh's verified user, an admin: every write is theirs
+VIEWER = "viewer@example.com"
+CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+@asynccontextmanager
+async def browser(web: Web) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of its own, holding the console's cookies, as a browser tab does."""
+    async with httpx.AsyncClient(base_url=str(web.http.base_url), timeout=10) as client:
+        yield client
+
+
+def csrf_of(page: httpx.Response) -> str:
+    found = CSRF.search(page.text)
+    assert found is not None, page.text
+    return found.group(1)
+
+
+async def sign_in(client: httpx.AsyncClient, email: str, password: str = PASSWORD) -> httpx.Response:
+    page = await client.get("/console/sign-in")
+    assert page.status_code == 200, page.text
+    return await client.post(
+        "/console/sign-in", data={"csrf_token": csrf_of(page), "email": email, "password": password}
+    )
+
+
+@asynccontextmanager
+async def signed_in(web: Web, email: str = ADMIN) -> AsyncIterator[httpx.AsyncClient]:
+    async with browser(web) as client:
+        answer = await sign_in(client, email)
+        assert answer.status_code == 303, answer.text
+        yield client
+
+
+async def register_viewer(web: Web) -> None:
+    registered = await web.http.post("/users/register", json={"email": VIEWER, "password": PASSWORD})
+    assert registered.status_code == 202, registered.text
+
+
+async def new_product(web: Web, sku: str = "CON-1", name: str = "Console widget") -> str:
+    created = await web.mesh.products.CreateProduct(
+        products_pb.CreateProductRequest(product=products_pb.Product(sku=sku, name=name, price="2.50")),
+        metadata=web.mesh.as_user(),
+    )
+    return created.product.id
+
+
+async def stock(web: Web, product_id: str) -> inventory_pb.InventoryItem:
+    got = await web.mesh.inventory.GetInventoryItem(
+        inventory_pb.GetInventoryItemRequest(product_id=product_id), metadata=web.mesh.as_user()
+    )
+    return got.item
+
+
+async def post_form(
+    client: httpx.AsyncClient, page_path: str, action: str, fields: dict[str, str]
+) -> httpx.Response:
+    """Posts the form of the page at `page_path` whose action is `action`, as a browser would:
+    its hidden fields (the CSRF token, a request id) and selected options, and `fields`."""
+    page = await client.get(page_path)
+    assert page.status_code == 200, page.text
+    form = re.search(
+        rf'<form method="post" action="{re.escape(action)}"[^>]*>(.*?)</form>', page.text, re.DOTALL
+    )
+    assert form is not None, (action, page.text)
+    data = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', form.group(1)))
+    for name, options in re.findall(
+        r'<select id="[^"]+" name="([^"]+)"[^>]*>(.*?)</select>', form.group(1), re.DOTALL
+    ):
+        selected = re.search(r'<option value="([^"]*)" selected>', options)
+        if selected is not None:
+            data[name] = selected.group(1)
+    return await client.post(action, data={**data, **fields})
+
+
+async def forge(
+    client: httpx.AsyncClient, page_path: str, action: str, fields: dict[str, str]
+) -> httpx.Response:
+    """Posts `fields` to `action` with the CSRF token of the page at `page_path`, though the
+    page has no such form (a viewer's)."""
+    page = await client.get(page_path)
+    return await client.post(action, data={"csrf_token": csrf_of(page), **fields})
+
+
+def set_cookies(response: httpx.Response) -> dict[str, SimpleCookie]:
+    """Each cookie the response sets, parsed, by name."""
+    parsed = {}
+    for header in response.headers.get_list("set-cookie"):
+        cookie: SimpleCookie = SimpleCookie()
+        cookie.load(header)
+        for name in cookie:
+            parsed[name] = cookie
+    return parsed
+
+
+async def test_signing_in_sets_http_only_same_site_strict_cookies_under_console(web: Web) -> None:
+    async with browser(web) as client:
+        page = await client.get("/console/sign-in")
+        before = client.cookies.get(SESSION_COOKIE)
+        assert before is not None  # the CSRF token of the sign-in form is tied to it
+        answer = await client.post(
+            "/console/sign-in", data={"csrf_token": csrf_of(page), "email": ADMIN, "password": PASSWORD}
+        )
+        assert answer.status_code == 303 and answer.headers["location"] == "/console/products"
+        cookies = set_cookies(answer)
+        assert set(cookies) == {ACCESS_COOKIE, REFRESH_COOKIE, SESSION_COOKIE}
+        for name, cookie in cookies.items():
+            morsel = cookie[name]
+            assert morsel["httponly"] is True and morsel["samesite"].lower() == "strict", morsel
+            assert morsel["path"] == "/console" and not morsel["secure"]  # plain HTTP here
+        assert client.cookies.get(SESSION_COOKIE, path="/console") != before  # a new id at sign-in
+        products = await client.get("/console/products")
+        assert products.status_code == 200 and ADMIN in products.text
+
+
+async def test_a_wrong_password_is_the_api_s_refusal_on_the_form(web: Web) -> None:
+    async with browser(web) as client:
+        answer = await sign_in(client, ADMIN, "not the password")
+        assert answer.status_code == 401
+        assert 'role="alert"' in answer.text and "email or password" in answer.text.lower()
+        assert f'value="{ADMIN}"' in answer.text  # the email stays typed
+        assert client.cookies.get(ACCESS_COOKIE) is None
+
+
+async def test_pages_render_for_staff_and_viewer_and_the_viewer_s_have_no_write_forms(web: Web) -> None:
+    product_id = await new_product(web)
+    await register_viewer(web)
+    pages = ["/console/products", f"/console/products/{product_id}", "/console/low-stock", "/console/admin"]
+    async with signed_in(web) as admin, signed_in(web, VIEWER) as viewer:
+        for path in pages:
+            as_admin, as_viewer = await admin.get(path), await viewer.get(path)
+            assert as_admin.status_code == as_viewer.status_code == 200, (path, as_admin.text, as_viewer.text)
+            # Every form a viewer gets is a GET (search, filters) or signing out.
+            posts = re.findall(r'<form method="post" action="([^"]+)"', as_viewer.text)
+            assert posts == ["/console/sign-out"], (path, posts)
+            for page in (as_admin, as_viewer):
+                assert page.headers["content-security-policy"].startswith(
+                    "default-src 'none'; script-src 'self';"
+                )
+                assert page.headers["cache-control"] == "no-store"
+                assert not re.search(r"<script(?![^>]*\b(src|type=\"application/json\")=?)[^>]*>", page.text)
+        product_page = await admin.get(f"/console/products/{product_id}")
+        for action in ("movements", "stock/preview", "reorder-point", "reservations"):
+            assert f'action="/console/products/{product_id}/{action}"' in product_page.text
+        admin_page = await admin.get("/console/admin")
+        assert 'action="/console/admin/roles"' in admin_page.text
+        assert 'action="/console/admin/locations"' in admin_page.text
+
+
+async def test_a_viewer_s_forged_post_is_refused_by_the_service(web: Web) -> None:
+    product_id = await new_product(web)
+    await register_viewer(web)
+    async with signed_in(web, VIEWER) as viewer:
+        path = f"/console/products/{product_id}"
+        forged = await forge(viewer, path, f"{path}/movements", {"type": "IN", "quantity": "5"})
+        assert forged.status_code == 403, forged.text
+        assert 'role="alert"' in forged.text and "staff" in forged.text  # PERMISSION_DENIED's message
+        role = await forge(
+            viewer, "/console/admin", "/console/admin/roles", {"email": VIEWER, "role": "admin"}
+        )
+        assert role.status_code == 403, role.text
+    assert (await stock(web, product_id)).quantity == 0
+
+
+@pytest.mark.parametrize("token", [None, "", "forged-token"])
+async def test_a_form_without_the_session_s_csrf_token_is_refused(web: Web, token: str | None) -> None:
+    product_id = await new_product(web)
+    async with signed_in(web) as admin:
+        fields = {"type": "IN", "quantity": "5"}
+        if token is not None:
+            fields["csrf_token"] = token
+        refused = await admin.post(f"/console/products/{product_id}/movements", data=fields)
+        assert refused.status_code == 403, refused.text
+        assert "CSRF_TOKEN_INVALID" in refused.text
+        # The token of another session is refused too.
+        async with signed_in(web) as other:
+            page = await other.get(f"/console/products/{product_id}")
+            fields["csrf_token"] = csrf_of(page)
+        refused = await admin.post(f"/console/products/{product_id}/movements", data=fields)
+        assert refused.status_code == 403, refused.text
+    assert (await stock(web, product_id)).quantity == 0
+
+
+async def test_entries_and_exits_recorded_by_form_change_the_stock_and_fill_the_ledger(web: Web) -> None:
+    product_id = await new_product(web)
+    path = f"/console/products/{product_id}"
+    async with signed_in(web) as admin:
+        entry = await post_form(
+            admin, path, f"{path}/movements", {"type": "IN", "quantity": "10", "reason": "delivery"}
+        )
+        assert entry.status_code == 303 and entry.headers["location"] == f"{path}?done=movement", entry.text
+        assert (await stock(web, product_id)).quantity == 10
+        exit_ = await post_form(
+            admin, path, f"{path}/movements", {"type": "OUT", "quantity": "3", "reason": "sale"}
+        )
+        assert exit_.status_code == 303, exit_.text
+        assert (await stock(web, product_id)).quantity == 7
+        page = await admin.get(exit_.headers["location"])
+        assert "Movement recorded." in page.text
+        ledger = page.text.split('id="ledger-results"')[1]
+        # Newest first: the exit, then the entry, each with its balance after and its author.
+        rows = re.findall(r"<tr>\s*<td>[^<]+</td>\s*<td>(Entry|Exit)[^<]*</td>.*?</tr>", ledger, re.DOTALL)
+        assert rows == ["Exit", "Entry"], ledger
+        assert "\u22123" in ledger and "+10" in ledger and ">you<" in ledger
+        filtered = await admin.get(path, params={"type": "IN"})
+        rows = re.findall(r"<td>(Entry|Exit)", filtered.text.split('id="ledger-results"')[1])
+        assert rows == ["Entry"]
+
+
+async def test_a_count_shows_the_change_before_it_is_confirmed(web: Web) -> None:
+    product_id = await new_product(web)
+    path = f"/console/products/{product_id}"
+    async with signed_in(web) as admin:
+        await post_form(admin, path, f"{path}/movements", {"type": "IN", "quantity": "7"})
+        preview = await post_form(admin, path, f"{path}/stock/preview", {"quantity": "12", "reason": "count"})
+        assert preview.status_code == 200, preview.text
+        assert "7 → 12 (+5)" in preview.text
+        assert (await stock(web, product_id)).quantity == 7  # nothing changed yet
+        confirm = re.search(
+            r'<form method="post" action="([^"]+/stock)">(.*?)</form>', preview.text, re.DOTALL
+        )
+        assert confirm is not None
+        fields = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', confirm.group(2)))
+        assert fields["quantity"] == "12"
+        confirmed = await admin.post(confirm.group(1), data=fields)
+        assert confirmed.status_code == 303, confirmed.text
+        assert (await stock(web, product_id)).quantity == 12
+        again = await admin.post(confirm.group(1), data=fields)  # sent twice: its request id records once
+        assert again.status_code == 303
+        lower = await post_form(admin, path, f"{path}/stock/preview", {"quantity": "4"})
+        assert "12 → 4 (\u22128)" in lower.text
+
+
+async def test_a_transfer_and_a_reservation_by_form_move_the_stock(web: Web) -> None:
+    product_id = await new_product(web)
+    path = f"/console/products/{product_id}"
+    async with signed_in(web) as admin:
+        made = await post_form(
+            admin, "/console/admin", "/console/admin/locations", {"code": "SHOP-1", "name": "Shop"}
+        )
+        assert made.status_code == 303, made.text
+        await post_form(admin, path, f"{path}/movements", {"type": "IN", "quantity": "10"})
+        item = await stock(web, product_id)
+        (default,) = item.locations
+        page = await admin.get(path)
+        shop = re.search(r'<option value="([^"]+)"[^>]*>SHOP-1 ', page.text)
+        assert shop is not None
+        moved = await post_form(
+            admin,
+            path,
+            f"{path}/transfers",
+            {"from_location_id": default.location_id, "to_location_id": shop.group(1), "quantity": "4"},
+        )
+        assert moved.status_code == 303, moved.text
+        levels = {level.location_id: level.on_hand for level in (await stock(web, product_id)).locations}
+        assert levels == {default.location_id: 6, shop.group(1): 4}
+
+        held = await post_form(
+            admin,
+            path,
+            f"{path}/reservations",
+            {"location_id": shop.group(1), "quantity": "3", "ttl_seconds": "600"},
+        )
+        assert held.status_code == 303, held.text
+        item = await stock(web, product_id)
+        assert (item.quantity, item.reserved, item.available) == (10, 3, 7)
+        page = await admin.get(path)
+        confirm = re.search(r'action="([^"]+/reservations/[^"]+/confirm)"', page.text)
+        assert confirm is not None
+        confirmed = await admin.post(confirm.group(1), data={"csrf_token": csrf_of(page)})
+        assert confirmed.status_code == 303, confirmed.text
+        item = await stock(web, product_id)
+        assert (item.quantity, item.reserved, item.available) == (7, 0, 7)
+
+
+async def test_refusals_are_shown_beside_the_fields_they_concern(web: Web) -> None:
+    product_id = await new_product(web)
+    path = f"/console/products/{product_id}"
+    async with signed_in(web) as admin:
+        zero = await post_form(admin, path, f"{path}/movements", {"type": "IN", "quantity": "0"})
+        assert zero.status_code == 400, zero.text
+        error = re.search(r'<p class="field-error" id="movement-quantity-error">([^<]+)</p>', zero.text)
+        assert error is not None and "quantity" in error.group(1)
+        assert 'aria-describedby="movement-quantity-error"' in zero.text and 'value="0"' in zero.text
+        words = await post_form(admin, path, f"{path}/movements", {"type": "IN", "quantity": "lots"})
+        assert words.status_code == 400
+        assert 'id="movement-quantity-error">must be a whole number<' in words.text
+        too_many = await post_form(admin, path, f"{path}/movements", {"type": "OUT", "quantity": "1"})
+        assert too_many.status_code == 400 and 'role="alert"' in too_many.text  # INSUFFICIENT_STOCK
+        bad = await post_form(
+            admin, "/console/admin", "/console/admin/locations", {"code": "no spaces", "name": ""}
+        )
+        assert bad.status_code == 400, bad.text
+        assert 'id="location-code-error"' in bad.text and 'id="location-name-error"' in bad.text
+        sku = await post_form(admin, path, path, {"sku": "", "name": "Console widget", "price": "-1"})
+        assert sku.status_code == 400
+        assert 'id="product-sku-error"' in sku.text and 'id="product-price-error"' in sku.text
+    assert (await stock(web, product_id)).quantity == 0
+
+
+async def test_signing_out_clears_the_cookies(web: Web) -> None:
+    async with signed_in(web) as admin:
+        page = await admin.get("/console/products")
+        out = await admin.post("/console/sign-out", data={"csrf_token": csrf_of(page)})
+        assert out.status_code == 303 and out.headers["location"] == "/console/sign-in"
+        cleared = set_cookies(out)
+        for name in (ACCESS_COOKIE, REFRESH_COOKIE):
+            assert cleared[name][name]["max-age"] == "0" and cleared[name][name].value == ""
+        assert admin.cookies.get(ACCESS_COOKIE) is None and admin.cookies.get(REFRESH_COOKIE) is None
+        after = await admin.get("/console/products")
+        assert after.status_code == 303 and after.headers["location"] == "/console/sign-in"
+
+
+async def test_an_expired_access_cookie_is_replaced_with_the_refresh_token(web: Web) -> None:
+    async with signed_in(web) as admin:
+        refresh = admin.cookies.get(REFRESH_COOKIE)
+        admin.cookies.delete(ACCESS_COOKIE)  # as the browser drops it at its Max-Age
+        # Two pages at once: they share one refresh (a refresh token is spent by its first use).
+        first, second = await asyncio.gather(admin.get("/console/products"), admin.get("/console/low-stock"))
+        assert first.status_code == second.status_code == 200, (first.text, second.text)
+        assert set(set_cookies(first)) == {ACCESS_COOKIE, REFRESH_COOKIE}
+        assert admin.cookies.get(REFRESH_COOKIE) != refresh
+    # The spent refresh token in another session: auth refuses it, the page asks to sign in.
+    async with browser(web) as thief:
+        await thief.get("/console/sign-in")
+        thief.cookies.set(REFRESH_COOKIE, refresh or "", path="/console")
+        spent = await thief.get("/console/products")
+        assert spent.status_code == 303 and spent.headers["location"] == "/console/sign-in"
+        assert set_cookies(spent)[REFRESH_COOKIE][REFRESH_COOKIE]["max-age"] == "0"
+
+
+async def test_the_product_page_s_feed_relays_movements_made_elsewhere(web: Web) -> None:
+    product_id = await new_product(web)
+    async with signed_in(web) as admin:
+        async with admin.stream("GET", f"/console/products/{product_id}/feed") as feed:
+            assert feed.status_code == 200
+            assert feed.headers["content-type"] == "text/event-stream"
+            lines = feed.aiter_lines()
+            await web.mesh.inventory.RecordMovement(
+                inventory_pb.RecordMovementRequest(
+                    product_id=product_id, type=inventory_pb.RecordMovementRequest.IN, quantity=4
+                ),
+                metadata=web.mesh.as_user(),
+            )
+            async with asyncio.timeout(10):
+                async for line in lines:
+                    if line == "event: movement":
+                        break
+                data = await anext(lines)
+            assert data.startswith("data: ") and '"balance_after":4' in data.replace(" ", ""), data
+    async with browser(web) as stranger:
+        refused = await stranger.get(f"/console/products/{product_id}/feed")
+        assert refused.status_code == 303
+
+
+async def test_unknown_pages_and_products_are_the_api_s_404(web: Web) -> None:
+    async with signed_in(web) as admin:
+        unknown = await admin.get("/console/products/no-such-product")
+        assert unknown.status_code == 404 and 'role="alert"' in unknown.text, unknown.text
+        assert "PRODUCT_NOT_FOUND" in unknown.text
+        home = await admin.get("/console", follow_redirects=True)
+        assert home.status_code == 200 and str(home.url).endswith("/console/products")
+
+
+async def test_the_assets_are_served_from_the_console_itself(web: Web) -> None:
+    for asset, kind in (
+        ("htmx.min.js", "javascript"),
+        ("uPlot.iife.min.js", "javascript"),
+        ("uPlot.min.css", "css"),
+        ("console.js", "javascript"),
+    ):
+        served = await web.http.get(f"/console/static/{asset}")
+        assert served.status_code == 200 and kind in served.headers["content-type"], asset
+    page = await web.http.get("/console/sign-in")
+    for src in re.findall(r'(?:src|href)="([^"]+)"', page.text):
+        assert src.startswith("/console/") or src.startswith("#"), src
+
+
+async def test_the_verification_link_leads_to_the_console_s_sign_in(web: Web, smtp: SmtpServer) -> None:
+    await register_viewer(web)
+    (mail,) = await smtp.inbox.mail_to(VIEWER)
+    token = link_token(mail, web.mesh.settings.public_url)
+    page = await web.http.get("/users/verify", params={"token": token}, headers={"accept": "text/html"})
+    assert page.status_code == 200 and '<a href="/console/sign-in">' in page.text
+    async with browser(web) as client:
+        assert (await client.get("/console/sign-in")).status_code == 200
+        assert (await sign_in(client, VIEWER)).status_code == 303
