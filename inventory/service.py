@@ -12,7 +12,7 @@ from inventory.locations import Locations
 from inventory.product_check import ProductCheck
 from inventory.reservations import Reservations, ReservationSweeper
 from inventory.sequencer import Sequencer
-from inventory.servicer import InventoryServicer
+from inventory.servicer import InventoryServicer, feed_message
 from inventory.stock import Inventory
 from inventory.stock_feed import StockFeed
 from inventory.watch import MovementWatch
@@ -46,6 +46,7 @@ async def running(settings: Settings, *, address: str | None = None) -> AsyncIte
         stack.push_async_callback(feed.stop)
         watch = MovementWatch(
             db,
+            render=feed_message,
             max_streams=settings.watch_max_streams,
             buffer_events=settings.watch_buffer_events,
             heartbeat_seconds=settings.watch_heartbeat_seconds,

@@ -112,7 +112,11 @@ def _signal_message(row: Row[Any]) -> pb.StockSignal:
 
 class InventoryServicer(inventory_service_pb2_grpc.InventoryServiceServicer):
     def __init__(
-        self, inventory: Inventory, locations: Locations, reservations: Reservations, watch: MovementWatch
+        self,
+        inventory: Inventory,
+        locations: Locations,
+        reservations: Reservations,
+        watch: MovementWatch[pb.WatchMovementsResponse],
     ) -> None:
         self._inventory = inventory
         self._locations = locations
@@ -184,8 +188,8 @@ class InventoryServicer(inventory_service_pb2_grpc.InventoryServiceServicer):
         events = self._watch.follow(
             request.after, product_id=request.product_id, location_id=request.location_id
         )
-        async for event in events:
-            yield feed_message(event)
+        async for event in events:  # made by feed_message, once for every stream that sends it
+            yield event
 
     async def DeleteInventoryItem(
         self, request: pb.DeleteInventoryItemRequest, context: ServicerContext

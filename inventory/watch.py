@@ -20,9 +20,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Row, Select, bindparam, select
 
@@ -114,11 +114,15 @@ def parse_cursor(cursor: str) -> int | None:
     return int(cursor)
 
 
+M = TypeVar("M")  # an event as the stream sends it (`render`'s answer)
+Sent = tuple[int, M]  # an event's position, and the event as sent
+
+
 @dataclass(eq=False)
-class _Follower:
+class _Follower(Generic[M]):
     product_id: str
     location_id: str
-    rows: asyncio.Queue[Row[Any]]
+    rows: asyncio.Queue[tuple[Sent[M], ...]]  # a row's events, each rendered once for every stream
     overflowed: bool = False
 
     def wants(self, row: Row[Any]) -> bool:
@@ -127,15 +131,23 @@ class _Follower:
         )
 
 
-class MovementWatch:
+class MovementWatch(Generic[M]):
     def __init__(
-        self, db: Database, *, max_streams: int, buffer_events: int, heartbeat_seconds: float
+        self,
+        db: Database,
+        *,
+        render: Callable[[FeedEvent], M],
+        max_streams: int,
+        buffer_events: int,
+        heartbeat_seconds: float,
     ) -> None:
+        """`render` makes an event what a stream sends (the servicer's message)."""
         self._db = db
+        self._render = render
         self._max_streams = max_streams
         self._buffer = buffer_events
         self._heartbeat = heartbeat_seconds
-        self._followers: set[_Follower] = set()
+        self._followers: set[_Follower[M]] = set()
         self._position = 0  # every place up to this one was handed to the followers of its time
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -155,9 +167,7 @@ class MovementWatch:
         """This process's sequencer gave places: read them now."""
         self._wake.set()
 
-    async def follow(
-        self, cursor: str, *, product_id: str = "", location_id: str = ""
-    ) -> AsyncIterator[FeedEvent]:
+    async def follow(self, cursor: str, *, product_id: str = "", location_id: str = "") -> AsyncIterator[M]:
         """The events after `cursor` (see `parse_cursor`) of the product and location, if named,
         then heartbeats and live events until the caller stops reading."""
         if self._streams >= self._max_streams:
@@ -168,13 +178,13 @@ class MovementWatch:
         self._streams += 1
         WATCH_STREAMS.inc()
         try:
-            async for event in self._follow(cursor, product_id, location_id):
+            async for _, event in self._follow(cursor, product_id, location_id):
                 yield event
         finally:
             self._streams -= 1
             WATCH_STREAMS.dec()
 
-    async def _follow(self, cursor: str, product_id: str, location_id: str) -> AsyncIterator[FeedEvent]:
+    async def _follow(self, cursor: str, product_id: str, location_id: str) -> AsyncIterator[Sent[M]]:
         after = parse_cursor(cursor)
         if location_id and not await self._db.fetch(_LOCATION_EXISTS, {"loc": location_id}):
             raise location_not_found(location_id)
@@ -185,31 +195,34 @@ class MovementWatch:
             raise InvalidArgument(
                 f"after {after} is past the end of this feed ({end})", field="after", reason="INVALID_CURSOR"
             )
-        read = _Reader(self._db, product_id, location_id, after)
-        async for event in read.upto(None):  # the history, however long
-            yield event
-        follower = _Follower(product_id, location_id, asyncio.Queue(self._buffer))
+        read = _Reader(self._db, self._render, product_id, location_id, after)
+        async for sent in read.upto(None):  # the history, however long
+            yield sent
+        follower: _Follower[M] = _Follower(product_id, location_id, asyncio.Queue(self._buffer))
         self._followers.add(follower)
         joined_at = self._position  # rows above it come through the queue
         try:
-            async for event in read.upto(joined_at):
-                yield event
+            async for sent in read.upto(joined_at):
+                yield sent
             # Caught up: says so at once, with the cursor, to a client that started at the end too.
             read.position = max(read.position, 2 * joined_at + 1)
-            yield FeedEvent(read.position, HEARTBEAT)
+            yield read.position, self._render(FeedEvent(read.position, HEARTBEAT))
             while True:
-                try:
-                    async with asyncio.timeout(self._heartbeat):
-                        row = await follower.rows.get()
-                except TimeoutError:
-                    # Every row up to the reader's position reached the queue, which is empty.
-                    read.position = max(read.position, 2 * self._position + 1)
-                    yield FeedEvent(read.position, HEARTBEAT)
-                    continue
-                for event in events_of(row):
-                    if event.position > read.position:
-                        read.position = event.position
-                        yield event
+                if follower.rows.empty():  # the heartbeat's timer only when there is time to wait
+                    try:
+                        async with asyncio.timeout(self._heartbeat):
+                            row = await follower.rows.get()
+                    except TimeoutError:
+                        # Every row up to the reader's position reached the queue, which is empty.
+                        read.position = max(read.position, 2 * self._position + 1)
+                        yield read.position, self._render(FeedEvent(read.position, HEARTBEAT))
+                        continue
+                else:
+                    row = follower.rows.get_nowait()
+                for position, event in row:
+                    if position > read.position:
+                        read.position = position
+                        yield position, event
                 if follower.overflowed:
                     raise ResourceExhausted(
                         f"the client read too slowly and its {self._buffer} buffered events filled; "
@@ -248,11 +261,14 @@ class MovementWatch:
             with tracing.untraced():
                 rows = await self._db.fetch(_NEWER, {"after": self._position})
             for row in rows:
+                rendered: tuple[Sent[M], ...] | None = None
                 for follower in list(self._followers):
                     if not follower.wants(row):
                         continue
+                    if rendered is None:
+                        rendered = tuple((e.position, self._render(e)) for e in events_of(row))
                     try:
-                        follower.rows.put_nowait(row)
+                        follower.rows.put_nowait(rendered)
                     except asyncio.QueueFull:
                         follower.overflowed = True
                         self._followers.discard(follower)
@@ -262,16 +278,19 @@ class MovementWatch:
                 return
 
 
-class _Reader:
+class _Reader(Generic[M]):
     """A stream's reads of the database, from its position on."""
 
-    def __init__(self, db: Database, product_id: str, location_id: str, position: int) -> None:
+    def __init__(
+        self, db: Database, render: Callable[[FeedEvent], M], product_id: str, location_id: str, position: int
+    ) -> None:
         self._db = db
+        self._render = render
         self._query = _BETWEEN[bool(product_id), bool(location_id)]
         self._filters = {"pid": product_id, "loc": location_id}
         self.position = position
 
-    async def upto(self, last_place: int | None) -> AsyncIterator[FeedEvent]:
+    async def upto(self, last_place: int | None) -> AsyncIterator[Sent[M]]:
         """The events after `position` up to place `last_place` (None: to the end)."""
         last = 2**62 if last_place is None else last_place
         while True:
@@ -283,6 +302,6 @@ class _Reader:
                 for event in events_of(row):
                     if event.position > self.position:
                         self.position = event.position
-                        yield event
+                        yield event.position, self._render(event)
             if len(rows) < PAGE:
                 return
