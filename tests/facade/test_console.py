@@ -239,7 +239,7 @@ async def test_a_count_shows_the_change_before_it_is_confirmed(web: Web) -> None
         assert "7 → 12 (+5)" in preview.text
         assert (await stock(web, product_id)).quantity == 7  # nothing changed yet
         confirm = re.search(
-            r'<form method="post" action="([^"]+/stock)">(.*?)</form>', preview.text, re.DOTALL
+            r'<form method="post" action="([^"]+/stock)"[^>]*>(.*?)</form>', preview.text, re.DOTALL
         )
         assert confirm is not None
         fields = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', confirm.group(2)))
