@@ -1,6 +1,7 @@
 """A product's page: its details and edit form, its stock per location, the forms that move
 stock (entry or exit, a count confirmed after it shows the change, a transfer, a
-reservation), its reservations, and its ledger with the chart of its balance."""
+reservation), its reservations, and its ledger with the chart of its balance; and the page
+that confirms its deletion."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ DIRECTIONS = {"IN": inventory_pb.RecordMovementRequest.IN, "OUT": inventory_pb.R
 EDITABLE = ("sku", "name", "description", "price", "currency")
 # What a page says after a form succeeded (`?done=`): fixed texts, so no query is echoed.
 DONE = {
+    "created": "Product created.",
     "product": "Product saved.",
     "movement": "Movement recorded.",
     "stock": "Stock set.",
@@ -106,6 +108,7 @@ def routes(console: Console) -> list[Route]:
             "confirm": confirm,
             "may": {
                 "edit": session.may(PRODUCTS["UpdateProduct"]),
+                "delete": session.may(PRODUCTS["DeleteProduct"]),
                 "move": session.may(INVENTORY["RecordMovement"]),
                 "set": session.may(INVENTORY["SetStock"]),
                 "transfer": session.may(INVENTORY["CreateTransfer"]),
@@ -256,6 +259,20 @@ def routes(console: Console) -> list[Route]:
             return await refused(request, session, call, form, "reservation", refusal.error)
         return done(request, "reservation")
 
+    async def delete_page(request: Request, session: Session, call: Caller) -> Response:
+        """The confirm step of a deletion, a page of its own: a GET, which deletes nothing."""
+        got = await call(
+            stubs(request).products.GetProduct,
+            products_pb.GetProductRequest(id=request.path_params["product_id"]),
+        )
+        context = {"product": got.product, "path": product_path(got.product.id)}
+        return console.render(request, session, "delete_product.html", context)
+
+    async def delete(request: Request, session: Session, call: Caller, form: Form) -> Response:
+        removed = products_pb.DeleteProductRequest(id=request.path_params["product_id"])
+        await call(stubs(request).products.DeleteProduct, removed)  # a refusal is the problem page
+        return RedirectResponse("/console/products?done=deleted", status_code=303)
+
     async def confirm_reservation(request: Request, session: Session, call: Caller, form: Form) -> Response:
         confirmed = inventory_pb.ConfirmReservationRequest(id=request.path_params["reservation_id"])
         try:
@@ -280,6 +297,8 @@ def routes(console: Console) -> list[Route]:
         Route(f"{base}/stock/preview", console.action(preview_count), methods=["POST"]),
         Route(f"{base}/stock", console.action(count), methods=["POST"]),
         Route(f"{base}/reorder-point", console.action(reorder), methods=["POST"]),
+        Route(f"{base}/delete", console.page(delete_page), methods=["GET"]),
+        Route(f"{base}/delete", console.action(delete), methods=["POST"]),
         Route(f"{base}/transfers", console.action(transfer), methods=["POST"]),
         Route(f"{base}/reservations", console.action(reserve), methods=["POST"]),
         Route(

@@ -1,26 +1,37 @@
-"""The product list (search by name or SKU, a page at a time, with each product's stock) and
-the low-stock list (GET /inventory?low_stock=true's items, with their names)."""
+"""The product list (search by name or SKU, a page at a time, with each product's stock, and
+the form that creates one) and the low-stock list (GET /inventory?low_stock=true's items, with
+their names)."""
 
 from __future__ import annotations
 
 import asyncio
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from facade.console.calls import Caller, stubs
-from facade.console.product import product_path
+from facade.console.calls import ApiError, Caller, Refused, stubs
+from facade.console.forms import Form
+from facade.console.product import EDITABLE, PRODUCTS, product_path
 from facade.console.session import Session
 from facade.console.web import Console
 from invmesh.inventory.v1 import inventory_service_pb2 as inventory_pb
 from invmesh.products.v1 import products_service_pb2 as products_pb
 
 PAGE_SIZE = 50
+DONE = {"deleted": "Product deleted."}
 
 
 def routes(console: Console) -> list[Route]:
-    async def product_list(request: Request, session: Session, call: Caller) -> Response:
+    async def show(
+        request: Request,
+        session: Session,
+        call: Caller,
+        *,
+        error: ApiError | None = None,
+        form: Form | None = None,
+    ) -> Response:
+        """The list; after the new product's form was refused, with the refusal beside its fields."""
         query = request.query_params.get("q", "").strip()
         page_token = request.query_params.get("page_token", "")
         listed = await call(
@@ -41,8 +52,27 @@ def routes(console: Console) -> list[Route]:
             "rows": rows,
             "next_page_token": listed.next_page_token,
             "first_page": not page_token,
+            "done": DONE.get(request.query_params.get("done", ""), ""),
+            "error": error,
+            "form": form.values if form is not None else {},
+            "may_create": session.may(PRODUCTS["CreateProduct"]),
         }
-        return console.render(request, session, "products.html", context)
+        return console.render(request, session, "products.html", context, error.status if error else 200)
+
+    async def product_list(request: Request, session: Session, call: Caller) -> Response:
+        return await show(request, session, call)
+
+    async def create(request: Request, session: Session, call: Caller, form: Form) -> Response:
+        product = products_pb.Product()
+        for name in EDITABLE:
+            setattr(product, name, form.values.get(name, ""))
+        try:
+            created = await call(
+                stubs(request).products.CreateProduct, products_pb.CreateProductRequest(product=product)
+            )
+        except Refused as refusal:
+            return await show(request, session, call, error=refusal.error, form=form)
+        return RedirectResponse(f"{product_path(created.product.id)}?done=created", status_code=303)
 
     async def low_stock(request: Request, session: Session, call: Caller) -> Response:
         page_token = request.query_params.get("page_token", "")
@@ -79,5 +109,6 @@ def routes(console: Console) -> list[Route]:
 
     return [
         Route("/products", console.page(product_list), methods=["GET"]),
+        Route("/products", console.action(create), methods=["POST"]),
         Route("/low-stock", console.page(low_stock), methods=["GET"]),
     ]

@@ -20,6 +20,7 @@ from tests.facade.conftest import Web
 
 PASSWORD = "mesh-password"
 ADMIN = "staff@example.com"  # the mesh's verified user, an admin: every write is theirs
+STAFF = "visitor@example.com"  # the mesh's other user: staff, below admin
 VIEWER = "viewer@example.com"
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
@@ -238,7 +239,7 @@ async def test_a_count_shows_the_change_before_it_is_confirmed(web: Web) -> None
         assert "7 → 12 (+5)" in preview.text
         assert (await stock(web, product_id)).quantity == 7  # nothing changed yet
         confirm = re.search(
-            r'<form method="post" action="([^"]+/stock)">(.*?)</form>', preview.text, re.DOTALL
+            r'<form method="post" action="([^"]+/stock)"[^>]*>(.*?)</form>', preview.text, re.DOTALL
         )
         assert confirm is not None
         fields = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', confirm.group(2)))
@@ -317,6 +318,67 @@ async def test_refusals_are_shown_beside_the_fields_they_concern(web: Web) -> No
         assert sku.status_code == 400
         assert 'id="product-sku-error"' in sku.text and 'id="product-price-error"' in sku.text
     assert (await stock(web, product_id)).quantity == 0
+
+
+async def test_a_product_created_by_form_opens_its_page_and_a_refusal_stays_on_the_form(web: Web) -> None:
+    async with signed_in(web) as admin:
+        refused = await post_form(
+            admin, "/console/products", "/console/products", {"sku": " ", "name": "Crate", "price": "-1"}
+        )
+        assert refused.status_code == 400, refused.text
+        assert 'id="new-product-sku-error"' in refused.text and 'id="new-product-price-error"' in refused.text
+        assert 'id="new-product-name-error"' not in refused.text and 'value="Crate"' in refused.text
+        assert '<details class="new-product" open>' in refused.text  # the form stays open, as typed
+        fields = {"sku": "CRATE-1", "name": "Crate", "price": "4.20", "description": "Pine, 40 cm"}
+        created = await post_form(admin, "/console/products", "/console/products", fields)
+        assert created.status_code == 303, created.text
+        location = created.headers["location"]
+        assert re.fullmatch(r"/console/products/[^/?]+\?done=created", location), location
+        page = await admin.get(location)
+        assert "Product created." in page.text and "<h1>Crate</h1>" in page.text
+        assert "Pine, 40 cm" in page.text
+        taken = await post_form(admin, "/console/products", "/console/products", fields)
+        assert taken.status_code == 409 and 'role="alert"' in taken.text, taken.text
+    listed = await web.mesh.products.ListProducts(
+        products_pb.ListProductsRequest(), metadata=web.mesh.as_user()
+    )
+    assert [(p.sku, p.price, p.currency) for p in listed.products] == [("CRATE-1", "4.20", "USD")]
+
+
+async def test_the_product_forms_follow_the_roles_the_contract_declares(web: Web) -> None:
+    product_id = await new_product(web)
+    path = f"/console/products/{product_id}"
+    async with signed_in(web) as admin, signed_in(web, STAFF) as staff:
+        for client, deletes in ((admin, True), (staff, False)):
+            products = await client.get("/console/products")
+            assert 'action="/console/products"' in products.text  # CreateProduct: staff
+            page = await client.get(path)
+            assert (f'href="{path}/delete"' in page.text) is deletes  # DeleteProduct: admin
+        forged = await forge(staff, path, f"{path}/delete", {})
+        assert forged.status_code == 403 and "ROLE_REQUIRED" in forged.text, forged.text
+    await register_viewer(web)
+    async with signed_in(web, VIEWER) as viewer:
+        forged = await forge(
+            viewer, "/console/products", "/console/products", {"sku": "V-1", "name": "V", "price": "1"}
+        )
+        assert forged.status_code == 403, forged.text
+        assert 'role="alert"' in forged.text and "needs the staff role" in forged.text
+    assert (await stock(web, product_id)).quantity == 0  # still there: a deleted product's item is not
+
+
+async def test_a_product_is_deleted_after_its_confirm_page(web: Web) -> None:
+    product_id = await new_product(web)
+    path = f"/console/products/{product_id}"
+    async with signed_in(web) as admin:
+        confirm = await admin.get(f"{path}/delete")
+        assert confirm.status_code == 200 and "<h1>Delete Console widget?</h1>" in confirm.text
+        assert (await admin.get(path)).status_code == 200  # asking deleted nothing
+        deleted = await post_form(admin, f"{path}/delete", f"{path}/delete", {})
+        assert deleted.status_code == 303 and deleted.headers["location"] == "/console/products?done=deleted"
+        products = await admin.get(deleted.headers["location"])
+        assert "Product deleted." in products.text and "Console widget" not in products.text
+        gone = await admin.get(path)
+        assert gone.status_code == 404 and "PRODUCT_NOT_FOUND" in gone.text
 
 
 async def test_signing_out_clears_the_cookies(web: Web) -> None:

@@ -28,14 +28,24 @@ function drawChart() {
       width: 2,
       paths: stepped,
     })),
-    { label: "All locations", stroke: "#1f2328", width: 2, dash: [6, 4], paths: stepped },
   ];
+  const values = [data.times, ...data.series];
+  // With one location the total is the same line, drawn over it.
+  if (data.labels.length > 1) {
+    series.push({ label: "All locations", stroke: "#1f2328", width: 2, dash: [6, 4], paths: stepped });
+    values.push(data.total);
+  }
   const width = Math.max(Math.min(holder.clientWidth || 720, 960), 280);
   chart = new uPlot(
     { width, height: 260, series, scales: { x: { time: true } }, axes: [{}, { label: "Units" }] },
-    [data.times, ...data.series, data.total],
+    values,
     holder,
   );
+}
+
+// As the ledger shows a change: +5, −3 (a true minus sign), ±0.
+function signed(number) {
+  return number > 0 ? `+${number}` : number < 0 ? `\u2212${-number}` : "\u00b10";
 }
 
 function announce(text) {
@@ -73,7 +83,7 @@ function follow() {
   const feed = new EventSource(live.dataset.feed);
   feed.addEventListener("movement", (event) => {
     const movement = JSON.parse(event.data).movement;
-    announce(`New movement: ${movement.quantity > 0 ? "+" : ""}${movement.quantity}, balance ${movement.balance_after}.`);
+    announce(`New movement: ${signed(movement.quantity)}, balance ${movement.balance_after}.`);
     refreshLive();
   });
   feed.addEventListener("low_stock", () => announce("The stock is now low at a location."));
