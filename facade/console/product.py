@@ -11,7 +11,9 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
+import grpc
 from google.protobuf import field_mask_pb2
+from google.protobuf.message import Message
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
@@ -135,6 +137,28 @@ def routes(console: Console) -> list[Route]:
             return None
         return ApiError(400, "Some fields are not valid.", "INVALID_VALUE", dict(form.invalid))
 
+    async def submit(
+        request: Request,
+        session: Session,
+        call: Caller,
+        form: Form,
+        method: grpc.aio.UnaryUnaryMultiCallable[Any, Any],
+        message: Message,
+        *,
+        failed: str,
+        succeeded: str = "",
+    ) -> Response:
+        """Sends a form's request and says it is done (`succeeded`, else `failed`); shows the page
+        again with the refusal beside the `failed` form's fields, when the form did not read or
+        the service refused it."""
+        if (error := unreadable(form)) is not None:
+            return await refused(request, session, call, form, failed, error)
+        try:
+            await call(method, message)
+        except Refused as refusal:
+            return await refused(request, session, call, form, failed, refusal.error)
+        return done(request, succeeded or failed)
+
     async def edit(request: Request, session: Session, call: Caller, form: Form) -> Response:
         product = products_pb.Product(id=request.path_params["product_id"])
         for name in EDITABLE:
@@ -142,11 +166,9 @@ def routes(console: Console) -> list[Route]:
         update = products_pb.UpdateProductRequest(
             product=product, update_mask=field_mask_pb2.FieldMask(paths=EDITABLE)
         )
-        try:
-            await call(stubs(request).products.UpdateProduct, update)
-        except Refused as refusal:
-            return await refused(request, session, call, form, "product", refusal.error)
-        return done(request, "product")
+        return await submit(
+            request, session, call, form, stubs(request).products.UpdateProduct, update, failed="product"
+        )
 
     async def record(request: Request, session: Session, call: Caller, form: Form) -> Response:
         movement = inventory_pb.RecordMovementRequest(
@@ -159,13 +181,9 @@ def routes(console: Console) -> list[Route]:
         )
         if (direction := DIRECTIONS.get(form.text("type"))) is not None:  # else unset: the service names it
             movement.type = direction
-        if (error := unreadable(form)) is not None:
-            return await refused(request, session, call, form, "movement", error)
-        try:
-            await call(stubs(request).inventory.RecordMovement, movement)
-        except Refused as refusal:
-            return await refused(request, session, call, form, "movement", refusal.error)
-        return done(request, "movement")
+        return await submit(
+            request, session, call, form, stubs(request).inventory.RecordMovement, movement, failed="movement"
+        )
 
     async def preview_count(request: Request, session: Session, call: Caller, form: Form) -> Response:
         """The confirm step of a count: the stock there now, the count, and the change."""
@@ -203,13 +221,9 @@ def routes(console: Console) -> list[Route]:
             request_id=form.text("request_id"),
             location_id=form.text("location_id"),
         )
-        if (error := unreadable(form)) is not None:
-            return await refused(request, session, call, form, "stock", error)
-        try:
-            await call(stubs(request).inventory.SetStock, counted)
-        except Refused as refusal:
-            return await refused(request, session, call, form, "stock", refusal.error)
-        return done(request, "stock")
+        return await submit(
+            request, session, call, form, stubs(request).inventory.SetStock, counted, failed="stock"
+        )
 
     async def reorder(request: Request, session: Session, call: Caller, form: Form) -> Response:
         point = inventory_pb.SetStockRequest(
@@ -217,13 +231,9 @@ def routes(console: Console) -> list[Route]:
             reorder_point=form.integer("reorder_point"),
             location_id=form.text("location_id"),
         )
-        if (error := unreadable(form)) is not None:
-            return await refused(request, session, call, form, "reorder", error)
-        try:
-            await call(stubs(request).inventory.SetStock, point)
-        except Refused as refusal:
-            return await refused(request, session, call, form, "reorder", refusal.error)
-        return done(request, "reorder")
+        return await submit(
+            request, session, call, form, stubs(request).inventory.SetStock, point, failed="reorder"
+        )
 
     async def transfer(request: Request, session: Session, call: Caller, form: Form) -> Response:
         moved = inventory_pb.CreateTransferRequest(
@@ -234,13 +244,9 @@ def routes(console: Console) -> list[Route]:
             reason=form.text("reason"),
             request_id=form.text("request_id"),
         )
-        if (error := unreadable(form)) is not None:
-            return await refused(request, session, call, form, "transfer", error)
-        try:
-            await call(stubs(request).inventory.CreateTransfer, moved)
-        except Refused as refusal:
-            return await refused(request, session, call, form, "transfer", refusal.error)
-        return done(request, "transfer")
+        return await submit(
+            request, session, call, form, stubs(request).inventory.CreateTransfer, moved, failed="transfer"
+        )
 
     async def reserve(request: Request, session: Session, call: Caller, form: Form) -> Response:
         held = inventory_pb.CreateReservationRequest(
@@ -251,13 +257,15 @@ def routes(console: Console) -> list[Route]:
             reference=form.text("reference"),
             request_id=form.text("request_id"),
         )
-        if (error := unreadable(form)) is not None:
-            return await refused(request, session, call, form, "reservation", error)
-        try:
-            await call(stubs(request).inventory.CreateReservation, held)
-        except Refused as refusal:
-            return await refused(request, session, call, form, "reservation", refusal.error)
-        return done(request, "reservation")
+        return await submit(
+            request,
+            session,
+            call,
+            form,
+            stubs(request).inventory.CreateReservation,
+            held,
+            failed="reservation",
+        )
 
     async def delete_page(request: Request, session: Session, call: Caller) -> Response:
         """The confirm step of a deletion, a page of its own: a GET, which deletes nothing."""
@@ -275,19 +283,29 @@ def routes(console: Console) -> list[Route]:
 
     async def confirm_reservation(request: Request, session: Session, call: Caller, form: Form) -> Response:
         confirmed = inventory_pb.ConfirmReservationRequest(id=request.path_params["reservation_id"])
-        try:
-            await call(stubs(request).inventory.ConfirmReservation, confirmed)
-        except Refused as refusal:
-            return await refused(request, session, call, form, "settle", refusal.error)
-        return done(request, "confirmed")
+        return await submit(
+            request,
+            session,
+            call,
+            form,
+            stubs(request).inventory.ConfirmReservation,
+            confirmed,
+            failed="settle",
+            succeeded="confirmed",
+        )
 
     async def release_reservation(request: Request, session: Session, call: Caller, form: Form) -> Response:
         released = inventory_pb.ReleaseReservationRequest(id=request.path_params["reservation_id"])
-        try:
-            await call(stubs(request).inventory.ReleaseReservation, released)
-        except Refused as refusal:
-            return await refused(request, session, call, form, "settle", refusal.error)
-        return done(request, "released")
+        return await submit(
+            request,
+            session,
+            call,
+            form,
+            stubs(request).inventory.ReleaseReservation,
+            released,
+            failed="settle",
+            succeeded="released",
+        )
 
     base = "/products/{product_id}"
     return [
