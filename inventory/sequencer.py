@@ -17,8 +17,6 @@ died before numbering its own.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Callable
 
 from sqlalchemy import bindparam, select, update
@@ -72,19 +70,6 @@ class Sequencer(BackgroundLoop):
                 return numbered
 
     async def _run(self) -> None:
-        failures = 0
-        while not self._stopping:
-            self._wake.clear()
-            try:
-                await self.number()
-                failures, delay = 0, IDLE_POLL
-            except Exception as exc:
-                delay = self.failed(failures, "number movements", exc)
-                failures += 1
-            if failures:
-                await asyncio.sleep(delay)
-                continue
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await self._wake.wait()
-                    await asyncio.sleep(BATCH_WINDOW)
+        await self._rounds(
+            self.number, could_not="number movements", idle_poll=IDLE_POLL, batch_window=BATCH_WINDOW
+        )

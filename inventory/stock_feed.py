@@ -15,7 +15,6 @@ replica, by a process that died, or by a failed call (retried with backoff).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime as dt
 from typing import Any, cast
@@ -101,21 +100,14 @@ class StockFeed(BackgroundLoop):
                 return reported
 
     async def _run(self) -> None:
-        failures = 0
-        while not self._stopping:
-            self._wake.clear()
-            try:
-                await self.publish()
-                failures, delay = 0, IDLE_POLL
-            except Exception as exc:
-                delay = self.failed(failures, "report to products", exc)
-                failures += 1
-            with contextlib.suppress(Exception):  # a gauge left as it was: the next round retries
-                await self.measure()
-            if failures:  # products is down or refusing: commits do not cut the backoff short
-                await asyncio.sleep(delay)
-                continue
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await self._wake.wait()
-                    await asyncio.sleep(BATCH_WINDOW)
+        await self._rounds(
+            self.publish,
+            could_not="report to products",
+            idle_poll=IDLE_POLL,
+            batch_window=BATCH_WINDOW,
+            after=self._measured,
+        )
+
+    async def _measured(self) -> None:
+        with contextlib.suppress(Exception):  # a gauge left as it was: the next round retries
+            await self.measure()

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections.abc import Awaitable, Callable
 
 from mesh import tracing
 from mesh.errors import describe
@@ -65,3 +66,34 @@ class BackgroundLoop:
 
     async def _run(self) -> None:
         raise NotImplementedError
+
+    async def _rounds(
+        self,
+        work: Callable[[], Awaitable[object]],
+        *,
+        could_not: str,
+        idle_poll: float,
+        batch_window: float,
+        after: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """Runs `work` until the loop stops: `batch_window` after a wake (so one round takes the
+        commits of many requests), else every `idle_poll` seconds, and after a failure once its
+        backoff has passed, which wakes do not cut short. `after` follows every round."""
+        failures = 0
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                await work()
+                failures, delay = 0, idle_poll
+            except Exception as exc:
+                delay = self.failed(failures, could_not, exc)
+                failures += 1
+            if after is not None:
+                await after()
+            if failures:
+                await asyncio.sleep(delay)
+                continue
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
+                    await asyncio.sleep(batch_window)
