@@ -166,16 +166,16 @@ def wait_idle(root: int, *, below: float = 0.05, window: float = 0.25, timeout: 
     (or `timeout` passed); returns the seconds waited."""
     pids = process_tree(root)
     started = time.monotonic()
-    used = _cpu_seconds(pids)
+    used = cpu_seconds(pids)
     while time.monotonic() - started < timeout:
         time.sleep(window)
-        used, before = _cpu_seconds(pids), used
+        used, before = cpu_seconds(pids), used
         if used - before < below * window:
             break
     return time.monotonic() - started
 
 
-def _cpu_seconds(pids: list[int]) -> float:
+def cpu_seconds(pids: list[int]) -> float:
     """User and system CPU time of these processes (those still running), in seconds."""
     ticks = 0
     for pid in pids:
@@ -189,6 +189,14 @@ def peak_rss_mib(pid: int) -> float | None:
     """The process's peak resident set size so far (VmHWM), or None once it is gone."""
     with contextlib.suppress(OSError):
         found = re.search(r"^VmHWM:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.MULTILINE)
+        return int(found[1]) / 1024 if found else None
+    return None
+
+
+def rss_mib(pid: int) -> float | None:
+    """The process's resident set size now (VmRSS), or None once it is gone."""
+    with contextlib.suppress(OSError):
+        found = re.search(r"^VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.MULTILINE)
         return int(found[1]) / 1024 if found else None
     return None
 
@@ -235,10 +243,10 @@ def alternate_wrk(
 
     def once(url: str, env: dict[str, str], server: int, seconds: float) -> Figures:
         pids = process_tree(server)
-        used = _cpu_seconds(pids)
+        used = cpu_seconds(pids)
         figures = parse_wrk(wrk(url, script, env, load, seconds))
         wait_idle(server)
-        return dataclasses.replace(figures, server_cpu=_cpu_seconds(pids) - used)
+        return dataclasses.replace(figures, server_cpu=cpu_seconds(pids) - used)
 
     for url, env, server in targets:
         once(url, env, server, load.warmup)

@@ -10,7 +10,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from importlib import metadata
 
-from bench import instrumentation
+from bench import feed, instrumentation
 from bench.harness import WRK_TIMEOUT, Load, Row, markdown_table
 from bench.scenarios import Scenario
 
@@ -31,6 +31,8 @@ class Results:
     rows: list[Row] = field(default_factory=list)
     processes: list[Processes] = field(default_factory=list)
     instrumentation: list[instrumentation.Cost] = field(default_factory=list)  # metrics, traces
+    feed_memory: list[feed.IdleMemory] = field(default_factory=list)  # idle WatchMovements streams
+    feed_load: list[feed.Watched] = field(default_factory=list)  # POST /inventory with streams reading
     checks: list[str] = field(default_factory=list)  # what was verified, and how it came out
     failures: list[str] = field(default_factory=list)  # invmesh did something wrong: the run fails
     peer_problems: list[str] = field(default_factory=list)  # listed, but the run does not fail for them
@@ -57,6 +59,10 @@ def render(setting: Setting, results: Results, baselines: tuple[str, ...]) -> st
     parts = [_header(setting), "", markdown_table(results.rows, baselines), "", _scenarios(setting)]
     if results.instrumentation:
         parts += ["", "## What metrics and traces cost", "", instrumentation.table(results.instrumentation)]
+    if results.feed_load or results.feed_memory:
+        parts += ["", "## What the movement feed costs"]
+        parts += ["", feed.load_table(results.feed_load)] if results.feed_load else []
+        parts += ["", feed.memory_table(results.feed_memory)] if results.feed_memory else []
     parts += ["", "## Checks", "", *(f"- {line}" for line in results.checks or ["none ran"])]
     parts += ["", "## Startup and peak memory", "", _processes(results.processes)]
     problems = [*(f"- invmesh: {line}" for line in results.failures),

@@ -2,11 +2,13 @@
 
     python -m bench.run [--quick] [--databases sqlite,postgresql] [--scenarios KEY,...]
                         [--duration S] [--warmup S] [--repeat N] [--connections N] [--products N]
-                        [--bcrypt-rounds N] [--postgres URL] [--peer-dir DIR]
+                        [--watchers N] [--idle-watchers N] [--bcrypt-rounds N] [--postgres URL]
+                        [--peer-dir DIR]
 
 For each database, one after the other: invmesh through the REST facade (on PostgreSQL also with
 two inventory replicas for the writes), the same calls made directly over gRPC where the scenario
-has one, and the peer (../shared/bench/peer_fastapi) with 2 and with 1 uvicorn workers. Prints a
+has one, what the movement feed costs (with `movement`: idle streams' memory, POST /inventory with
+streams reading it), and the peer (../shared/bench/peer_fastapi) with 2 and with 1 uvicorn workers. Prints a
 Markdown table and writes it to bench/results/; exits 1 if invmesh failed a call or a check.
 """
 
@@ -24,7 +26,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
-from bench import instrumentation
+from bench import feed, instrumentation
 from bench.databases import DATABASES, Databases, databases
 from bench.harness import Figures, Load, Row, require_wrk, run_grpc, run_wrk, wait_idle
 from bench.login import bcrypt_check_seconds
@@ -71,6 +73,8 @@ class Plan:
     rounds: int  # bcrypt cost of the benchmark user, on both sides
     postgres: str  # the server's URL, without a database
     peer_dir: Path
+    watchers: int  # WatchMovements streams reading every movement beside POST /inventory; 0: none
+    idle_watchers: int  # idle streams whose memory is measured; 0: none
 
     def load_for(self, scenario: Scenario) -> Load:
         return replace(
@@ -178,6 +182,27 @@ def measure_grpc(
             results.failures.append(f"{where}: {row.errors}")
 
 
+def measure_watched(
+    mesh: Invmesh, ids_file: Path, scenario: Scenario, plan: Plan, database: str, results: Results
+) -> None:
+    """POST /inventory with and without `plan.watchers` streams reading every movement, alternating."""
+    rounds = plan.repeat if plan.quick else max(plan.repeat, 4)
+    log_from = mesh.log.stat().st_size
+    watched = feed.with_watchers(
+        mesh, database, ids_file, scenario, plan.load_for(scenario), rounds, plan.watchers
+    )
+    results.feed_load.append(watched)
+    where = f"{database}, {scenario.name}, {plan.watchers} watchers"
+    line, ok = watched.check()
+    results.checks.append(f"{where}: {line}")
+    results.failures += [] if ok else [f"{where}: {line}"]
+    results.failures += [f"{where}: {r.figures.errors}" for r in watched.with_streams + watched.without
+                         if r.figures.errors]  # fmt: skip
+    results.logged.append((where, tally(mesh.logged(log_from))))
+    ratio = sorted(watched.ratios())[(rounds - 1) // 2]
+    print(f"bench: {where}: req/s {ratio:.3f}x without", file=sys.stderr, flush=True)
+
+
 def _progress(row: Row) -> None:
     median = row.median
     print(f"bench: {row.database}, {row.scenario}, {row.target}: {median.rate:,.1f} req/s"
@@ -203,9 +228,15 @@ def run_database(dbs: Databases, plan: Plan, work: Path, results: Results) -> st
             ids, first_row = mesh.product_ids, len(results.logged)
             ids_file = _write_ids(work / "invmesh-ids.txt", ids)
             target = Target(deployment.target, mesh.url, ids_file, mesh.token, False, mesh.pid, mesh)
+            watched = next((s for s in scenarios if s.key == "movement"), None)
+            if watched and deployment.target == FACADE and plan.idle_watchers:  # before the load
+                say(f"bench: {dbs.name}: {plan.idle_watchers} and {2 * plan.idle_watchers} idle watchers")
+                results.feed_memory += feed.idle_memory(mesh, dbs.name, plan.idle_watchers)
             measure_http(target, scenarios, plan, dbs.name, results)
             if not deployment.writes_only:
                 measure_grpc(mesh, scenarios, plan, dbs.name, results)
+            if watched and deployment.target == FACADE and plan.watchers:
+                measure_watched(mesh, ids_file, watched, plan, dbs.name, results)
             note = f"invmesh up: all healthy in {mesh.healthy_after:.2f} s"
             ready = Processes(deployment.target, dbs.name, mesh.ready_after, mesh.memory(), note)
             results.processes.append(ready)
@@ -306,6 +337,12 @@ def parse_plan(argv: list[str] | None) -> Plan:
     add("--repeat", type=int, help="runs per target, the median shown (default 3; quick 1)")
     add("--connections", type=int, default=64, help="calls in flight (default 64; logins 8)")
     add("--products", type=int, help="products on each side (default 1000; quick 200)")
+    add("--watchers", type=int, default=10,
+        help="with movement: WatchMovements streams reading every movement beside POST /inventory, "
+        "alternating with none (default 10; 0 skips)")  # fmt: skip
+    add("--idle-watchers", type=int, default=100,
+        help="with movement: idle WatchMovements streams whose memory is measured, then as many "
+        "more (default 100; 0 skips)")  # fmt: skip
     add(
         "--bcrypt-rounds",
         type=int,
@@ -328,7 +365,7 @@ def parse_plan(argv: list[str] | None) -> Plan:
     return Plan(
         Load(args.connections, duration, warmup), repeat, products, args.quick, args.databases,
         [s for s in SCENARIOS if s.key in args.scenarios], args.bcrypt_rounds, args.postgres,
-        args.peer_dir.resolve(),
+        args.peer_dir.resolve(), args.watchers, args.idle_watchers,
     )  # fmt: skip
 
 
