@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
 import statistics
 import time
 from collections import Counter
@@ -218,6 +219,7 @@ class Watched:
     in_flight: int  # wrk's connections: requests that may land after a run stopped
     without: list[WatchedRun]
     with_streams: list[WatchedRun]
+    load_average: float  # the machine's, over the last minute, when the rounds ended
 
     def ratios(self) -> list[float]:
         """req/s with the streams over without, round by round."""
@@ -273,7 +275,8 @@ def with_watchers(
         order = [(0, without), (streams, with_streams)]
         for watchers, runs in order if round_ % 2 == 0 else reversed(order):
             runs.append(once(watchers, load.duration))
-    return Watched(database, scenario.name, streams, load.connections, without, with_streams)
+    load_average = os.getloadavg()[0]
+    return Watched(database, scenario.name, streams, load.connections, without, with_streams, load_average)
 
 
 def load_table(rows: list[Watched]) -> str:
@@ -286,8 +289,9 @@ def load_table(rows: list[Watched]) -> str:
         "0.95 of without.",
         "",
         "| database | scenario | streams | req/s (range) | over no streams: req/s, median of the rounds "
-        "(range) | CPU ms per request, all | inventory | over no streams: CPU all / inventory |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "(range) | CPU ms per request, all | inventory | over no streams: CPU all / inventory "
+        "| load average at the end |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for w in rows:
         base_all, base_inventory = _cpu_ms(w.without)
@@ -303,7 +307,7 @@ def load_table(rows: list[Watched]) -> str:
             )
             lines.append(
                 f"| {w.database} | {w.scenario} | {streams} | {rate} | {versus} | {cpu_all:.3f} | "
-                f"{cpu_inventory:.3f} | {cpu_versus} |"
+                f"{cpu_inventory:.3f} | {cpu_versus} | {w.load_average:.2f} |"
             )
     return "\n".join(lines)
 
