@@ -26,6 +26,7 @@ from auth.keys import KeyStore
 from auth.mail import MailRelay, account_exists_mail, verification_mail
 from auth.models import OutgoingMail, RefreshToken, User, VerificationToken
 from auth.passwords import Lane, PasswordHasher, check_new_password
+from mesh import paging
 from mesh.access import role_named
 from mesh.config import Settings
 from mesh.context import current_identity
@@ -384,15 +385,48 @@ class Accounts:
             user.password_changed_at = now  # what the new tokens carry (the row has it already)
             return self._issue(session, user, family_id=str(uuid.uuid4()))
 
-    async def set_role(self, *, email: str, role: str) -> User:
-        """Gives the account `role`, on an admin's behalf (checked against the database, not
-        only the admin's token, which may predate a demotion)."""
+    async def _admin(self) -> User:
+        """The calling admin, checked against the database, not only its token, which may
+        predate a demotion."""
         admin = await self.caller()
         if "admin" not in admin.roles:
             raise Unauthenticated(
                 "the access token was issued before your admin role was withdrawn; sign in again",
                 reason="TOKEN_REVOKED",
             )
+        return admin
+
+    async def list_users(self, *, page_size: int, page_token: str, q: str) -> tuple[list[User], str]:
+        """A page of accounts by email, those whose email holds `q` in any case, on an admin's
+        behalf; and the token of the next page ("" on the last)."""
+        await self._admin()
+        problems = Violations()
+        size, after = paging.DEFAULT_PAGE_SIZE, None
+        with problems.collect():
+            size, after = paging.page_request(page_size, page_token, query=q)
+        if len(q) > MAX_EMAIL_CHARS:
+            problems.add("q", f"q must be at most {MAX_EMAIL_CHARS} characters", "INVALID_QUERY")
+        problems.check()
+        if "\x00" in q:  # no email holds NUL, and no database may be sent one
+            return [], ""
+        query = select(User).order_by(User.email).limit(size + 1)
+        if q:
+            query = query.where(User.email.icontains(q, autoescape=True))
+        if after is not None:
+            if len(after) != 1 or not isinstance(after[0], str):
+                raise InvalidArgument(
+                    "page_token is malformed", field="page_token", reason="INVALID_PAGE_TOKEN"
+                )
+            query = query.where(User.email > after[0])
+        async with self._db.session() as session:
+            users = list(await session.scalars(query))
+        if len(users) <= size:
+            return users, ""
+        return users[:size], paging.encode_token([users[size - 1].email], query=q)
+
+    async def set_role(self, *, email: str, role: str) -> User:
+        """Gives the account `role`, on an admin's behalf."""
+        admin = await self._admin()
         address, role = _role_grant(email, role)
         if admin.email == address and role != "admin":
             raise FailedPrecondition(

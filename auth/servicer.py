@@ -76,6 +76,12 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
     async def GetMe(self, request: pb.GetMeRequest, context: ServicerContext) -> pb.GetMeResponse:
         return pb.GetMeResponse(user=user_message(await self._accounts.caller()))
 
+    async def ListUsers(self, request: pb.ListUsersRequest, context: ServicerContext) -> pb.ListUsersResponse:
+        users, token = await self._accounts.list_users(
+            page_size=request.page_size, page_token=request.page_token, q=request.q
+        )
+        return pb.ListUsersResponse(users=[user_message(user) for user in users], next_page_token=token)
+
     async def SetUserRole(
         self, request: pb.SetUserRoleRequest, context: ServicerContext
     ) -> pb.SetUserRoleResponse:

@@ -13,7 +13,7 @@ from playwright.async_api import Locator, Page, expect
 from invmesh.inventory.v1 import inventory_service_pb2 as inventory_pb
 from tests.browser.harness import assert_accessible, screenshot
 from tests.facade.conftest import Web
-from tests.facade.test_console import ADMIN, PASSWORD, VIEWER, new_product, register_viewer, stock
+from tests.facade.test_console import ADMIN, PASSWORD, STAFF, VIEWER, new_product, register_viewer, stock
 
 WHEN = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC$")
 ANY = re.compile(".*")
@@ -225,7 +225,6 @@ async def test_a_transfer_to_a_new_location_a_reservation_and_the_low_stock_list
         ["DEFAULT", "SHOP-1"]
     )
     await assert_accessible(page)
-    await screenshot(page, "admin")
 
     await page.goto(f"/console/products/{product_id}")
     transfer = form(page, "Transfer between locations")
@@ -317,6 +316,36 @@ async def test_signing_in_creating_a_product_and_recording_an_entry_take_the_key
     await expect_stock(page, ["DEFAULT", "5", "0", "5"])
 
 
+async def test_an_admin_sets_a_role_from_the_users_table_and_searches_it(page: Page, web: Web) -> None:
+    await register_viewer(web)
+    await sign_in(page)
+    await page.get_by_role("link", name="Administration").click()
+    users = body_rows(page, re.compile("^Every user, by email"))
+    await expect(users.locator("th")).to_have_text([ADMIN, VIEWER, STAFF])
+    await expect(users.nth(1).locator("td")).to_have_text(["", "viewer", "No", WHEN, ANY])
+
+    await page.get_by_label(f"Role of {VIEWER}").select_option("staff")
+    await page.get_by_role("button", name=f"Set role of {VIEWER}").click()
+    await expect(page.get_by_role("status")).to_have_text("Role saved.")
+    await expect(users.nth(1).locator("td").nth(1)).to_have_text("staff")
+    await expect(page.get_by_label(f"Role of {VIEWER}")).to_have_value("staff")
+    await assert_accessible(page)
+    await screenshot(page, "admin")
+
+    await page.get_by_label(f"Role of {ADMIN}").select_option("viewer")
+    await page.get_by_role("button", name=f"Set role of {ADMIN}").click()
+    await expect(page.get_by_role("alert")).to_contain_text("cannot take its own admin role")
+    await expect(page.get_by_label(f"Role of {ADMIN}")).to_have_attribute("aria-invalid", "true")
+    await assert_accessible(page)
+
+    await page.get_by_role("link", name="Administration").click()
+    await page.get_by_label("Search by email").fill("VIS")  # searched as it is typed
+    await expect(body_rows(page, re.compile("^Users whose email contains")).locator("th")).to_have_text(
+        [STAFF]
+    )
+    await expect(page).to_have_url(re.compile(r"/console/admin\?q=VIS$"))
+
+
 async def test_a_viewer_sees_no_write_action(page: Page, web: Web) -> None:
     product_id = await new_product(web)
     await receive(web, product_id, 8)
@@ -336,6 +365,7 @@ async def test_a_viewer_sees_no_write_action(page: Page, web: Web) -> None:
 
     await page.get_by_role("link", name="Administration").click()
     await expect(page.get_by_role("main")).to_contain_text("Only admins manage roles.")
+    await expect(page.get_by_role("table", name=re.compile("user"))).to_have_count(0)
     await expect(page.get_by_role("button")).to_have_text(["Sign out"])
 
 

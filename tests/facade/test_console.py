@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from facade.console.session import ACCESS_COOKIE, REFRESH_COOKIE, SESSION_COOKIE
+from invmesh.auth.v1 import auth_service_pb2 as auth_pb
 from invmesh.inventory.v1 import inventory_service_pb2 as inventory_pb
 from invmesh.products.v1 import products_service_pb2 as products_pb
 from tests.conftest import SmtpServer, link_token
@@ -167,6 +168,10 @@ async def test_pages_render_for_staff_and_viewer_and_the_viewer_s_have_no_write_
         admin_page = await admin.get("/console/admin")
         assert 'action="/console/admin/roles"' in admin_page.text
         assert 'action="/console/admin/locations"' in admin_page.text
+        viewer_admin_page = await viewer.get("/console/admin")
+        assert (
+            listed_emails(viewer_admin_page) == [] and "Only admins manage roles." in viewer_admin_page.text
+        )
 
 
 async def test_a_viewer_s_forged_post_is_refused_by_the_service(web: Web) -> None:
@@ -182,6 +187,58 @@ async def test_a_viewer_s_forged_post_is_refused_by_the_service(web: Web) -> Non
         )
         assert role.status_code == 403, role.text
     assert (await stock(web, product_id)).quantity == 0
+
+
+def listed_emails(page: httpx.Response) -> list[str]:
+    """The emails of the admin page's users table, in order."""
+    return re.findall(r'<th scope="row">([^<]+)</th>', page.text)
+
+
+def role_form_of(page: httpx.Response, email: str) -> str:
+    """The row of `email` in the admin page's users table: its role form and what follows it."""
+    row = re.search(rf'<tr>\s*<th scope="row">{re.escape(email)}</th>(.*?)</tr>', page.text, re.DOTALL)
+    assert row is not None, (email, page.text)
+    return row.group(1)
+
+
+async def set_role_in_row(client: httpx.AsyncClient, page_path: str, email: str, role: str) -> httpx.Response:
+    """Sends the role form of `email`'s row on the admin page at `page_path`, with `role` chosen."""
+    page = await client.get(page_path)
+    hidden = dict(
+        re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', role_form_of(page, email))
+    )
+    return await client.post("/console/admin/roles", data={**hidden, "role": role})
+
+
+async def test_an_admin_lists_and_searches_the_users_and_sets_a_role_from_a_row(web: Web) -> None:
+    await register_viewer(web)
+    async with signed_in(web) as admin:
+        page = await admin.get("/console/admin")
+        assert listed_emails(page) == [ADMIN, VIEWER, STAFF]
+        assert re.search(r"<td></td>\s*<td>viewer</td>\s*<td>No</td>", role_form_of(page, VIEWER))
+        assert re.search(r"<td>admin</td>\s*<td>Yes</td>", role_form_of(page, ADMIN))
+        assert listed_emails(await admin.get("/console/admin", params={"q": "VIEW"})) == [VIEWER]
+
+        # The row's form sets the role, and the page comes back on the same search.
+        saved = await set_role_in_row(admin, "/console/admin?q=view", VIEWER, "staff")
+        assert saved.status_code == 303 and saved.headers["location"] == "/console/admin?done=role&q=view"
+        after = await admin.get(saved.headers["location"])
+        assert "Role saved." in after.text and listed_emails(after) == [VIEWER]
+        assert '<option value="staff" selected>' in role_form_of(after, VIEWER)
+
+        # A refusal shows beside the row's select, the choice kept.
+        refused = await set_role_in_row(admin, "/console/admin", ADMIN, "viewer")
+        assert refused.status_code == 400, refused.text
+        row = role_form_of(refused, ADMIN)
+        assert 'aria-invalid="true"' in row and "cannot take its own admin role" in row
+        assert '<option value="viewer" selected>' in row
+
+        # A page token from the API works on the page, which links back to the first.
+        first = await web.mesh.auth.ListUsers(
+            auth_pb.ListUsersRequest(page_size=1), metadata=web.mesh.as_user()
+        )
+        later = await admin.get("/console/admin", params={"page_token": first.next_page_token})
+        assert listed_emails(later) == [VIEWER, STAFF] and ">First page</a>" in later.text
 
 
 @pytest.mark.parametrize("token", [None, "", "forged-token"])

@@ -36,6 +36,7 @@ DOCUMENTED = {
     ("GET", "/users/me", 200),
     ("POST", "/users/me:changePassword", 200),
     ("POST", "/users:setRole", 200),
+    ("GET", "/users", 200),
     ("GET", "/.well-known/jwks.json", 200),
     ("GET", "/products", 200),
     ("POST", "/products", 201),

@@ -72,6 +72,11 @@ class AuthServiceStub:
                 request_serializer=invmesh_dot_auth_dot_v1_dot_auth__service__pb2.SetUserRoleRequest.SerializeToString,
                 response_deserializer=invmesh_dot_auth_dot_v1_dot_auth__service__pb2.SetUserRoleResponse.FromString,
                 _registered_method=True)
+        self.ListUsers = channel.unary_unary(
+                '/invmesh.auth.v1.AuthService/ListUsers',
+                request_serializer=invmesh_dot_auth_dot_v1_dot_auth__service__pb2.ListUsersRequest.SerializeToString,
+                response_deserializer=invmesh_dot_auth_dot_v1_dot_auth__service__pb2.ListUsersResponse.FromString,
+                _registered_method=True)
         self.ChangePassword = channel.unary_unary(
                 '/invmesh.auth.v1.AuthService/ChangePassword',
                 request_serializer=invmesh_dot_auth_dot_v1_dot_auth__service__pb2.ChangePasswordRequest.SerializeToString,
@@ -159,6 +164,16 @@ class AuthServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListUsers(self, request, context):
+        """Lists the accounts by email, a page at a time (AIP-158), with `q` matching
+        part of the email in any case. Returns INVALID_ARGUMENT for a negative
+        page_size, a page_token not returned for the same `q` or a `q` longer than
+        an email, and PERMISSION_DENIED below admin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ChangePassword(self, request, context):
         """Changes the caller's password, given the current one. Every refresh token
         of the account is revoked, and access tokens issued before the change stop
@@ -220,6 +235,11 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     servicer.SetUserRole,
                     request_deserializer=invmesh_dot_auth_dot_v1_dot_auth__service__pb2.SetUserRoleRequest.FromString,
                     response_serializer=invmesh_dot_auth_dot_v1_dot_auth__service__pb2.SetUserRoleResponse.SerializeToString,
+            ),
+            'ListUsers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListUsers,
+                    request_deserializer=invmesh_dot_auth_dot_v1_dot_auth__service__pb2.ListUsersRequest.FromString,
+                    response_serializer=invmesh_dot_auth_dot_v1_dot_auth__service__pb2.ListUsersResponse.SerializeToString,
             ),
             'ChangePassword': grpc.unary_unary_rpc_method_handler(
                     servicer.ChangePassword,
@@ -407,6 +427,33 @@ class AuthService:
             '/invmesh.auth.v1.AuthService/SetUserRole',
             invmesh_dot_auth_dot_v1_dot_auth__service__pb2.SetUserRoleRequest.SerializeToString,
             invmesh_dot_auth_dot_v1_dot_auth__service__pb2.SetUserRoleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListUsers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/invmesh.auth.v1.AuthService/ListUsers',
+            invmesh_dot_auth_dot_v1_dot_auth__service__pb2.ListUsersRequest.SerializeToString,
+            invmesh_dot_auth_dot_v1_dot_auth__service__pb2.ListUsersResponse.FromString,
             options,
             channel_credentials,
             insecure,

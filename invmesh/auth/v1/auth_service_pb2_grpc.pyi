@@ -58,6 +58,12 @@ class AuthServiceStub:
     the last admin cannot lock everyone out by mistake) and PERMISSION_DENIED
     below admin.
     """
+    ListUsers: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.ListUsersRequest, _auth_service_pb2.ListUsersResponse]
+    """Lists the accounts by email, a page at a time (AIP-158), with `q` matching
+    part of the email in any case. Returns INVALID_ARGUMENT for a negative
+    page_size, a page_token not returned for the same `q` or a `q` longer than
+    an email, and PERMISSION_DENIED below admin.
+    """
     ChangePassword: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.ChangePasswordRequest, _auth_service_pb2.ChangePasswordResponse]
     """Changes the caller's password, given the current one. Every refresh token
     of the account is revoked, and access tokens issued before the change stop
@@ -150,6 +156,17 @@ class AuthServiceServicer:
         an unknown account, FAILED_PRECONDITION for an admin demoting itself (so
         the last admin cannot lock everyone out by mistake) and PERMISSION_DENIED
         below admin.
+        """
+
+    def ListUsers(
+        self,
+        request: _auth_service_pb2.ListUsersRequest,
+        context: _aio.ServicerContext[_auth_service_pb2.ListUsersRequest, _abc.Awaitable[_auth_service_pb2.ListUsersResponse]],
+    ) -> _abc.Awaitable[_auth_service_pb2.ListUsersResponse]:
+        """Lists the accounts by email, a page at a time (AIP-158), with `q` matching
+        part of the email in any case. Returns INVALID_ARGUMENT for a negative
+        page_size, a page_token not returned for the same `q` or a `q` longer than
+        an email, and PERMISSION_DENIED below admin.
         """
 
     def ChangePassword(
