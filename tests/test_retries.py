@@ -84,6 +84,7 @@ def test_reads_and_idempotent_writes_have_the_retry_policy_and_nothing_else_does
     assert names == {
         "AuthService.GetMe",
         "AuthService.GetJwks",
+        "AuthService.ListUsers",
         "ProductsService.ListProducts",
         "ProductsService.GetProduct",
         "ProductsService.BatchGetProducts",
