@@ -575,9 +575,11 @@ async def mesh_users(
         )
 
 
-@pytest.fixture
-async def mesh(mesh_users: MeshUsers) -> AsyncIterator[Mesh]:
-    settings = mesh_users.settings
+@contextlib.asynccontextmanager
+async def running_mesh(mesh_users: MeshUsers, **changes: object) -> AsyncIterator[Mesh]:
+    """Products and inventory started beside the users' auth, on their settings with `changes`,
+    and stubs to all three."""
+    settings = mesh_users.settings.model_copy(update=changes)
     async with (
         running_products(settings),
         running_inventory(settings),
@@ -593,3 +595,9 @@ async def mesh(mesh_users: MeshUsers) -> AsyncIterator[Mesh]:
             verified_token=mesh_users.verified_token,
             unverified_token=mesh_users.unverified_token,
         )
+
+
+@pytest.fixture
+async def mesh(mesh_users: MeshUsers) -> AsyncIterator[Mesh]:
+    async with running_mesh(mesh_users) as running:
+        yield running

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -16,14 +15,12 @@ import pytest
 from inventory.models import DEFAULT_LOCATION_ID
 from inventory.service import running as running_inventory
 from inventory.watch import LOW_STOCK, RESTOCKED, crossing
-from invmesh.auth.v1 import auth_service_pb2_grpc
 from invmesh.inventory.v1 import inventory_service_pb2 as pb
 from invmesh.inventory.v1 import inventory_service_pb2_grpc
-from invmesh.products.v1 import products_service_pb2_grpc
 from mesh.config import Settings
 from mesh.metrics import WATCH_STREAMS
 from products.service import running as running_products
-from tests.conftest import Mesh, MeshUsers, SmtpServer
+from tests.conftest import Mesh, MeshUsers, SmtpServer, running_mesh
 from tests.rpc import error_reason, expect_error
 from tests.test_inventory import move, new_product
 from tests.test_locations import new_location
@@ -141,31 +138,10 @@ async def test_a_stream_needs_a_valid_token(mesh: Mesh) -> None:
     await expect_error(events(forged, 1), grpc.StatusCode.UNAUTHENTICATED)
 
 
-@contextlib.asynccontextmanager
-async def inventory_with(mesh_users: MeshUsers, **settings: object) -> AsyncIterator[Mesh]:
-    """The mesh with an inventory process started on these settings."""
-    changed: Settings = mesh_users.settings.model_copy(update=settings)
-    async with (
-        running_products(changed),
-        running_inventory(changed),
-        grpc.aio.insecure_channel(changed.inventory_addr) as inventory_channel,
-        grpc.aio.insecure_channel(changed.products_addr) as products_channel,
-        grpc.aio.insecure_channel(changed.auth_addr) as auth_channel,
-    ):
-        yield Mesh(
-            settings=changed,
-            auth=auth_service_pb2_grpc.AuthServiceStub(auth_channel),
-            products=products_service_pb2_grpc.ProductsServiceStub(products_channel),
-            inventory=inventory_service_pb2_grpc.InventoryServiceStub(inventory_channel),
-            verified_token=mesh_users.verified_token,
-            unverified_token=mesh_users.unverified_token,
-        )
-
-
 async def test_a_stream_says_when_it_is_live_then_beats_while_idle_with_its_cursor(
     mesh_users: MeshUsers,
 ) -> None:
-    async with inventory_with(mesh_users, watch_heartbeat_seconds=0.2) as mesh:
+    async with running_mesh(mesh_users, watch_heartbeat_seconds=0.2) as mesh:
         pid = await new_product(mesh)
         await mesh.inventory.RecordMovement(move(pid, pb.IN, 1), metadata=mesh.as_user())
         await asyncio.sleep(0.2)  # numbered
@@ -187,7 +163,7 @@ async def test_a_stream_says_when_it_is_live_then_beats_while_idle_with_its_curs
 
 
 async def test_one_stream_more_than_the_limit_is_refused(mesh_users: MeshUsers) -> None:
-    async with inventory_with(mesh_users, watch_max_streams=2, watch_heartbeat_seconds=0.1) as mesh:
+    async with running_mesh(mesh_users, watch_max_streams=2, watch_heartbeat_seconds=0.1) as mesh:
         open_streams = [watch(mesh) for _ in range(2)]
         for stream in open_streams:
             await events(stream, 1, heartbeats=True)
@@ -205,7 +181,7 @@ async def test_one_stream_more_than_the_limit_is_refused(mesh_users: MeshUsers) 
 async def test_a_client_that_reads_too_slowly_is_cut_off_with_a_cursor_to_resume_from(
     mesh_users: MeshUsers,
 ) -> None:
-    async with inventory_with(mesh_users, watch_buffer_events=5, watch_heartbeat_seconds=30) as mesh:
+    async with running_mesh(mesh_users, watch_buffer_events=5, watch_heartbeat_seconds=30) as mesh:
         pid = await new_product(mesh)
         # A small window, so the server's writes wait on this client soon.
         options = [("grpc.http2.lookahead_bytes", 1024), ("grpc.http2.bdp_probe", 0)]
