@@ -270,6 +270,25 @@ class Accounts:
             metadata={"family": reused_family},
         )
 
+    async def logout(self, refresh_token: str) -> None:
+        """Revokes the sign-in `refresh_token` belongs to: it and every token rotated from the
+        same login. Silent for a token that is unknown, expired or already revoked, so the
+        answer tells nothing about the token (RFC 7009)."""
+        if not refresh_token:
+            raise InvalidArgument(
+                "refresh_token is required", field="refresh_token", reason="MISSING_REFRESH_TOKEN"
+            )
+        async with self._db.transaction() as session:
+            family = await session.scalar(
+                select(RefreshToken.family_id).where(RefreshToken.token_hash == _digest(refresh_token))
+            )
+            if family is not None:
+                await session.execute(
+                    update(RefreshToken)
+                    .where(RefreshToken.family_id == family, RefreshToken.revoked_at.is_(None))
+                    .values(revoked_at=utcnow())
+                )
+
     async def resend_verification(self, email: str, *, client: str) -> None:
         """Mails a fresh link if the address has an unverified account; silent otherwise.
         Limited per address typed and per client, whether or not the account exists. An

@@ -73,6 +73,10 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
         tokens = await self._accounts.refresh(request.refresh_token)
         return pb.RefreshTokenResponse(**_token_fields(tokens))
 
+    async def Logout(self, request: pb.LogoutRequest, context: ServicerContext) -> pb.LogoutResponse:
+        await self._accounts.logout(request.refresh_token)
+        return pb.LogoutResponse()
+
     async def GetMe(self, request: pb.GetMeRequest, context: ServicerContext) -> pb.GetMeResponse:
         return pb.GetMeResponse(user=user_message(await self._accounts.caller()))
 

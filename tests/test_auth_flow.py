@@ -314,6 +314,30 @@ async def test_an_unknown_email_costs_a_full_bcrypt_check_at_the_configured_cost
     assert dummy.startswith(b"$2b$05$") and len(dummy) == len(real)  # bcrypt ran, at cost 5
 
 
+async def test_logout_revokes_that_sign_in_and_answers_alike_for_any_token(auth: AuthEndpoint) -> None:
+    await register(auth, "l@example.com")
+    phone = await auth.stub.Login(pb.LoginRequest(email="l@example.com", password=PASSWORD))
+    laptop = await auth.stub.Login(pb.LoginRequest(email="l@example.com", password=PASSWORD))
+    rotated = await auth.stub.RefreshToken(pb.RefreshTokenRequest(refresh_token=phone.refresh_token))
+
+    # Signing out with the spent first token still ends the sign-in, its rotation included.
+    assert await auth.stub.Logout(pb.LogoutRequest(refresh_token=phone.refresh_token)) == pb.LogoutResponse()
+    error = await expect_error(
+        auth.stub.RefreshToken(pb.RefreshTokenRequest(refresh_token=rotated.refresh_token)),
+        grpc.StatusCode.UNAUTHENTICATED,
+    )
+    assert error_reason(error) == "INVALID_REFRESH_TOKEN"
+    # Again, or with a token never issued: the same answer.
+    for token in (phone.refresh_token, rotated.refresh_token, "made-up"):
+        assert await auth.stub.Logout(pb.LogoutRequest(refresh_token=token)) == pb.LogoutResponse()
+    # The laptop signed in separately: its session goes on.
+    assert (
+        await auth.stub.RefreshToken(pb.RefreshTokenRequest(refresh_token=laptop.refresh_token))
+    ).access_token
+    error = await expect_error(auth.stub.Logout(pb.LogoutRequest()), grpc.StatusCode.INVALID_ARGUMENT)
+    assert "refresh_token" in (error.details() or "")
+
+
 async def test_reuse_revokes_every_descendant_of_that_sign_in_only(auth: AuthEndpoint) -> None:
     await register(auth, "m@example.com")
     phone = await auth.stub.Login(pb.LoginRequest(email="m@example.com", password=PASSWORD))

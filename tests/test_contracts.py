@@ -37,6 +37,7 @@ DOCUMENTED_ROUTES = {
     ("POST", "/users:setRole"): "invmesh.auth.v1.AuthService.SetUserRole",
     ("GET", "/users"): "invmesh.auth.v1.AuthService.ListUsers",
     ("POST", "/users/refresh"): "invmesh.auth.v1.AuthService.RefreshToken",
+    ("POST", "/users/logout"): "invmesh.auth.v1.AuthService.Logout",
     ("GET", "/.well-known/jwks.json"): "invmesh.auth.v1.AuthService.GetJwks",
     ("GET", "/products"): "invmesh.products.v1.ProductsService.ListProducts",
     ("GET", "/products/{id}"): "invmesh.products.v1.ProductsService.GetProduct",

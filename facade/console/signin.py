@@ -3,17 +3,21 @@ REST route passes it) and out."""
 
 from __future__ import annotations
 
+import logging
+
 import grpc
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from facade.console.calls import ApiError, Caller, stubs
+from facade.console.calls import ApiError, Caller, Refused, stubs
 from facade.console.forms import Form
-from facade.console.session import Session, Tokens
+from facade.console.session import REFRESH_COOKIE, Session, Tokens
 from facade.console.web import Console
 from invmesh.auth.v1 import auth_service_pb2 as auth_pb
 from mesh import forwarding
+
+log = logging.getLogger(__name__)
 
 HOME = "/console/products"
 
@@ -46,7 +50,13 @@ def routes(console: Console, forwarder_secret: bytes | None) -> list[Route]:
         return RedirectResponse(HOME, status_code=303)
 
     async def sign_out(request: Request, session: Session, call: Caller, form: Form) -> Response:
-        # The refresh token stays valid at auth until it expires: AuthService has no call to revoke one.
+        # The cookie may hold a token this request's own refresh just spent: Logout revokes the
+        # whole sign-in from any of its tokens.
+        if refresh_token := request.cookies.get(REFRESH_COOKIE, ""):
+            try:
+                await call(stubs(request).auth.Logout, auth_pb.LogoutRequest(refresh_token=refresh_token))
+            except Refused as refusal:  # signed out of this browser all the same
+                log.warning("could not revoke the sign-in at auth: %s", refusal.error.message)
         console.sessions.sign_out(session)
         return RedirectResponse("/console/sign-in", status_code=303)
 

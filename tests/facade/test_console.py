@@ -438,9 +438,10 @@ async def test_a_product_is_deleted_after_its_confirm_page(web: Web) -> None:
         assert gone.status_code == 404 and "PRODUCT_NOT_FOUND" in gone.text
 
 
-async def test_signing_out_clears_the_cookies(web: Web) -> None:
+async def test_signing_out_clears_the_cookies_and_revokes_the_sign_in(web: Web) -> None:
     async with signed_in(web) as admin:
         page = await admin.get("/console/products")
+        refresh = admin.cookies.get(REFRESH_COOKIE) or ""
         out = await admin.post("/console/sign-out", data={"csrf_token": csrf_of(page)})
         assert out.status_code == 303 and out.headers["location"] == "/console/sign-in"
         cleared = set_cookies(out)
@@ -449,6 +450,9 @@ async def test_signing_out_clears_the_cookies(web: Web) -> None:
         assert admin.cookies.get(ACCESS_COOKIE) is None and admin.cookies.get(REFRESH_COOKIE) is None
         after = await admin.get("/console/products")
         assert after.status_code == 303 and after.headers["location"] == "/console/sign-in"
+    # A copy of the refresh cookie taken before signing out is worth nothing at auth.
+    refused = await web.http.post("/users/refresh", json={"refresh_token": refresh})
+    assert refused.status_code == 401 and refused.json()["details"][0]["reason"] == "INVALID_REFRESH_TOKEN"
 
 
 async def test_an_expired_access_cookie_is_replaced_with_the_refresh_token(web: Web) -> None:

@@ -101,6 +101,8 @@ async def test_no_secret_reaches_a_log_record_at_debug(
     )
     assert movement.status_code == 201, movement.text
     assert (await http.get("/products", headers=me)).status_code == 200
+    logout = await http.post("/users/logout", json={"refresh_token": refreshed.json()["refresh_token"]})
+    assert logout.status_code == 200, logout.text
 
     db = Database(web.mesh.settings.database_url("auth"))
     try:

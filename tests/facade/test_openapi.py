@@ -33,6 +33,7 @@ DOCUMENTED = {
     ("POST", "/users/verify", 200),
     ("GET", "/users/verify", 200),
     ("POST", "/users/refresh", 200),
+    ("POST", "/users/logout", 200),
     ("GET", "/users/me", 200),
     ("POST", "/users/me:changePassword", 200),
     ("POST", "/users:setRole", 200),
@@ -68,6 +69,7 @@ PUBLIC = {
     ("POST", "/users/verify"),
     ("GET", "/users/verify"),
     ("POST", "/users/refresh"),
+    ("POST", "/users/logout"),
     ("GET", "/.well-known/jwks.json"),
 }
 
@@ -205,7 +207,7 @@ async def test_bearer_security_everywhere_but_the_public_methods(document: dict[
     # The contract's access option is what the document reads; IssueServiceToken has no route.
     auth_service = auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"]
     declared = [m for m in auth_service.methods if is_public(f"/{auth_service.full_name}/{m.name}")]
-    assert len(declared) == 6
+    assert len(declared) == 7
     for key, operation in operations(document).items():
         unauthenticated = deref(document, operation["responses"]["401"])
         assert unauthenticated["headers"]["WWW-Authenticate"]["required"] is True

@@ -62,6 +62,11 @@ class AuthServiceStub:
                 request_serializer=invmesh_dot_auth_dot_v1_dot_auth__service__pb2.RefreshTokenRequest.SerializeToString,
                 response_deserializer=invmesh_dot_auth_dot_v1_dot_auth__service__pb2.RefreshTokenResponse.FromString,
                 _registered_method=True)
+        self.Logout = channel.unary_unary(
+                '/invmesh.auth.v1.AuthService/Logout',
+                request_serializer=invmesh_dot_auth_dot_v1_dot_auth__service__pb2.LogoutRequest.SerializeToString,
+                response_deserializer=invmesh_dot_auth_dot_v1_dot_auth__service__pb2.LogoutResponse.FromString,
+                _registered_method=True)
         self.GetMe = channel.unary_unary(
                 '/invmesh.auth.v1.AuthService/GetMe',
                 request_serializer=invmesh_dot_auth_dot_v1_dot_auth__service__pb2.GetMeRequest.SerializeToString,
@@ -138,6 +143,17 @@ class AuthServiceServicer:
     def RefreshToken(self, request, context):
         """Exchanges a refresh token for new tokens; the refresh token used is spent.
         Returns UNAUTHENTICATED if it is unknown, expired or already used.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Logout(self, request, context):
+        """Signs out: revokes the refresh token sent and every token rotated from the
+        same sign-in, so none of them can be exchanged again (access tokens already
+        issued live out their few minutes). The answer is the same for a token that
+        is unknown, expired or already revoked, as RFC 7009 asks. Returns
+        INVALID_ARGUMENT if refresh_token is missing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -225,6 +241,11 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     servicer.RefreshToken,
                     request_deserializer=invmesh_dot_auth_dot_v1_dot_auth__service__pb2.RefreshTokenRequest.FromString,
                     response_serializer=invmesh_dot_auth_dot_v1_dot_auth__service__pb2.RefreshTokenResponse.SerializeToString,
+            ),
+            'Logout': grpc.unary_unary_rpc_method_handler(
+                    servicer.Logout,
+                    request_deserializer=invmesh_dot_auth_dot_v1_dot_auth__service__pb2.LogoutRequest.FromString,
+                    response_serializer=invmesh_dot_auth_dot_v1_dot_auth__service__pb2.LogoutResponse.SerializeToString,
             ),
             'GetMe': grpc.unary_unary_rpc_method_handler(
                     servicer.GetMe,
@@ -373,6 +394,33 @@ class AuthService:
             '/invmesh.auth.v1.AuthService/RefreshToken',
             invmesh_dot_auth_dot_v1_dot_auth__service__pb2.RefreshTokenRequest.SerializeToString,
             invmesh_dot_auth_dot_v1_dot_auth__service__pb2.RefreshTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Logout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/invmesh.auth.v1.AuthService/Logout',
+            invmesh_dot_auth_dot_v1_dot_auth__service__pb2.LogoutRequest.SerializeToString,
+            invmesh_dot_auth_dot_v1_dot_auth__service__pb2.LogoutResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,6 +45,13 @@ class AuthServiceStub:
     """Exchanges a refresh token for new tokens; the refresh token used is spent.
     Returns UNAUTHENTICATED if it is unknown, expired or already used.
     """
+    Logout: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.LogoutRequest, _auth_service_pb2.LogoutResponse]
+    """Signs out: revokes the refresh token sent and every token rotated from the
+    same sign-in, so none of them can be exchanged again (access tokens already
+    issued live out their few minutes). The answer is the same for a token that
+    is unknown, expired or already revoked, as RFC 7009 asks. Returns
+    INVALID_ARGUMENT if refresh_token is missing.
+    """
     GetMe: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.GetMeRequest, _auth_service_pb2.GetMeResponse]
     """Returns the caller's account.
     Returns UNAUTHENTICATED without a valid access token and NOT_FOUND if the
@@ -133,6 +140,18 @@ class AuthServiceServicer:
     ) -> _abc.Awaitable[_auth_service_pb2.RefreshTokenResponse]:
         """Exchanges a refresh token for new tokens; the refresh token used is spent.
         Returns UNAUTHENTICATED if it is unknown, expired or already used.
+        """
+
+    def Logout(
+        self,
+        request: _auth_service_pb2.LogoutRequest,
+        context: _aio.ServicerContext[_auth_service_pb2.LogoutRequest, _abc.Awaitable[_auth_service_pb2.LogoutResponse]],
+    ) -> _abc.Awaitable[_auth_service_pb2.LogoutResponse]:
+        """Signs out: revokes the refresh token sent and every token rotated from the
+        same sign-in, so none of them can be exchanged again (access tokens already
+        issued live out their few minutes). The answer is the same for a token that
+        is unknown, expired or already revoked, as RFC 7009 asks. Returns
+        INVALID_ARGUMENT if refresh_token is missing.
         """
 
     def GetMe(
