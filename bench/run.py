@@ -32,7 +32,7 @@ from bench.harness import Figures, Load, Row, require_wrk, run_grpc, run_wrk, wa
 from bench.login import bcrypt_check_seconds
 from bench.report import Processes, Results, Setting, render
 from bench.scenarios import BY_KEY, SCENARIOS, Scenario
-from bench.systems import REPO, Invmesh, invmesh, peer_running, prepare_peer, stock_total, tally
+from bench.systems import REPO, Invmesh, invmesh, peer_running, prepare_peer, stock_levels, tally
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FACADE, REPLICAS = "invmesh, facade (REST)", "invmesh, facade, 2 inventory replicas"
@@ -50,15 +50,16 @@ class Deployment:
     target: str
     replicas: dict[str, int]
     databases: tuple[str, ...]
-    writes_only: bool  # only the scenarios that write, and no direct gRPC calls
+    only: tuple[str, ...] = ()  # only these scenarios' keys, and no direct gRPC calls; (): all
 
     def scenarios(self, selected: list[Scenario]) -> list[Scenario]:
-        return [s for s in selected if s.writes or not self.writes_only]
+        return [s for s in selected if s.key in self.only or not self.only]
 
 
 DEPLOYMENTS = [
-    Deployment(FACADE, {}, DATABASES, writes_only=False),
-    Deployment(REPLICAS, {"inventory": 2}, ("postgresql",), writes_only=True),
+    Deployment(FACADE, {}, DATABASES),
+    # The writes to inventory's stock alone: does a second inventory process buy throughput?
+    Deployment(REPLICAS, {"inventory": 2}, ("postgresql",), only=("movement", "set-stock")),
 ]
 
 
@@ -109,7 +110,7 @@ def measure_http(
         location = target.mesh.location_id if target.mesh else ""
         env = {**scenario.env, "IDS_FILE": str(target.ids_file), "TOKEN": token, "LOCATION": location}
         load = plan.load_for(scenario)
-        before = stock_total(target.url, target.token, _page_size(target)) if scenario.writes else 0
+        before = _stock(target) if scenario.stock else {}
         log_from = target.mesh.log.stat().st_size if target.mesh else 0
         warmup, runs = run_wrk(target.url, scenario.script, env, load, plan.repeat, target.pid)
         row = Row(database, scenario.name, target.name, runs)
@@ -119,41 +120,55 @@ def measure_http(
         where = f"{database}, {scenario.name}, {target.name}"
         problems += [f"{where}: {row.errors}"] if row.errors else []
         problems += [f"{where}, warm-up: {warmup.errors}"] if warmup.errors else []
-        if scenario.writes:
-            line, ok = check_stock(target, before, [warmup, *runs], load.connections)
+        if scenario.stock:
+            line, ok = check_stock(target, scenario.stock, before, [warmup, *runs], load.connections)
             results.checks.append(f"{where}: {line}")
             problems += [] if ok else [f"{where}: {line}"]
         if target.mesh:  # after the check: what the requests still in flight logged belongs here too
             results.logged.append((where, tally(target.mesh.logged(log_from))))
 
 
-def check_stock(target: Target, before: int, runs: list[Figures], connections: int) -> tuple[str, bool]:
-    """Every acknowledged IN added exactly 1: the stock grew by at least the 2xx answers, and by no more
-    than every request that could have been applied (answered or not when each wrk run stopped)."""
+def check_stock(
+    target: Target, kind: str, before: dict[str, int], runs: list[Figures], connections: int
+) -> tuple[str, bool]:
+    """With "adds", every acknowledged IN added exactly 1: the stock grew by at least the INs
+    acknowledged (2xx answers, or the 201s a mix's script counted), and by no more than every request
+    that could have been applied (answered or not when each wrk run stopped). With "sets", a count
+    replaces a product's stock, so only the number of products changed is known: some if a count was
+    acknowledged, at most as many as could have landed."""
     after = _settled_stock(target)
-    added = after - before
-    acknowledged = sum(f.answered - f.non_2xx for f in runs)
+    acknowledged = sum(f.answered - f.non_2xx if f.created is None else f.created for f in runs)
     unknown = sum(f.non_2xx + f.socket_errors for f in runs) + connections * len(runs)
-    ok = acknowledged <= added <= acknowledged + unknown
-    line = (
-        f"stock +{added:,} for {acknowledged:,} acknowledged INs "
+    could = (
         f"(up to {unknown:,} more could have landed: non-2xx, errors, in flight at the ends of "
-        f"{len(runs)} wrk runs): {'consistent' if ok else 'INCONSISTENT'}"
+        f"{len(runs)} wrk runs)"
     )
-    return line, ok
+    if kind == "sets":
+        changed = sum(after.get(product) != level for product, level in before.items())
+        ok = (changed > 0 or not acknowledged) and changed <= acknowledged + unknown
+        line = f"{changed:,} products' stock changed for {acknowledged:,} acknowledged counts {could}"
+    else:
+        added = sum(after.values()) - sum(before.values())
+        ok = acknowledged <= added <= acknowledged + unknown
+        line = f"stock +{added:,} for {acknowledged:,} acknowledged INs {could}"
+    return f"{line}: {'consistent' if ok else 'INCONSISTENT'}", ok
 
 
-def _settled_stock(target: Target) -> int:
-    """The stock total once requests still in flight when wrk stopped are done: two equal readings."""
+def _settled_stock(target: Target) -> dict[str, int]:
+    """The stock once requests still in flight when wrk stopped are done: two equal readings."""
     deadline = time.monotonic() + STOCK_SETTLE_SECONDS
-    last = stock_total(target.url, target.token, _page_size(target))
+    last = _stock(target)
     while time.monotonic() < deadline:
         time.sleep(0.5)
-        now = stock_total(target.url, target.token, _page_size(target))
+        now = _stock(target)
         if now == last:
             break
         last = now
     return last
+
+
+def _stock(target: Target) -> dict[str, int]:
+    return stock_levels(target.url, target.token, _page_size(target))
 
 
 def _page_size(target: Target) -> int:
@@ -233,7 +248,7 @@ def run_database(dbs: Databases, plan: Plan, work: Path, results: Results) -> st
                 say(f"bench: {dbs.name}: {plan.idle_watchers} and {2 * plan.idle_watchers} idle watchers")
                 results.feed_memory += feed.idle_memory(mesh, dbs.name, plan.idle_watchers)
             measure_http(target, scenarios, plan, dbs.name, results)
-            if not deployment.writes_only:
+            if not deployment.only:
                 measure_grpc(mesh, scenarios, plan, dbs.name, results)
             if watched and deployment.target == FACADE and plan.watchers:
                 measure_watched(mesh, ids_file, watched, plan, dbs.name, results)
