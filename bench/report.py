@@ -36,6 +36,7 @@ class Results:
     checks: list[str] = field(default_factory=list)  # what was verified, and how it came out
     failures: list[str] = field(default_factory=list)  # invmesh did something wrong: the run fails
     peer_problems: list[str] = field(default_factory=list)  # listed, but the run does not fail for them
+    ceiling_problems: list[str] = field(default_factory=list)  # the same, for the ceilings' servers
     # What invmesh logged at WARNING or above, counted by message: during each row, and outside them.
     logged: list[tuple[str, Counter[str]]] = field(default_factory=list)
 
@@ -66,7 +67,8 @@ def render(setting: Setting, results: Results, baselines: tuple[str, ...]) -> st
     parts += ["", "## Checks", "", *(f"- {line}" for line in results.checks or ["none ran"])]
     parts += ["", "## Startup and peak memory", "", _processes(results.processes)]
     problems = [*(f"- invmesh: {line}" for line in results.failures),
-                *(f"- peer: {line}" for line in results.peer_problems)]  # fmt: skip
+                *(f"- peer: {line}" for line in results.peer_problems),
+                *(f"- ceiling: {line}" for line in results.ceiling_problems)]  # fmt: skip
     parts += ["", "## Problems", "", *(problems or ["none"])]
     parts += ["", "## What invmesh logged (warnings and errors, by row)", "", _logged(results.logged)]
     return "\n".join(parts) + "\n"

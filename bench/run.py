@@ -26,9 +26,10 @@ from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
-from bench import feed, instrumentation
+from bench import ceilings, feed, instrumentation
+from bench.ceilings import ECHO, HOP, Micro
 from bench.databases import DATABASES, Databases, databases
-from bench.harness import Figures, Load, Row, require_wrk, run_grpc, run_wrk, wait_idle
+from bench.harness import Figures, Load, Row, free_port, require_wrk, run_grpc, run_wrk, wait_idle
 from bench.login import bcrypt_check_seconds
 from bench.report import Processes, Results, Setting, render
 from bench.scenarios import BY_KEY, SCENARIOS, Scenario
@@ -39,7 +40,7 @@ FACADE, REPLICAS = "invmesh, facade (REST)", "invmesh, facade, 2 inventory repli
 GRPC = "invmesh, gRPC direct"
 PEER_1, PEER_2 = "peer, 1 worker", "peer, 2 workers"
 BASELINES = (PEER_2, PEER_1)
-ORDER = [FACADE, REPLICAS, GRPC, PEER_2, PEER_1]
+ORDER = [FACADE, REPLICAS, GRPC, ECHO, HOP, PEER_2, PEER_1]
 STOCK_SETTLE_SECONDS = 15  # the most to wait for writes still in flight after wrk stopped
 
 
@@ -218,6 +219,26 @@ def measure_watched(
     print(f"bench: {where}: req/s {ratio:.3f}x without", file=sys.stderr, flush=True)
 
 
+def measure_ceilings(micro: Micro, ids_file: Path, plan: Plan, database: str, work: Path,
+                     results: Results) -> None:  # fmt: skip
+    """The echo server under GetProduct's gRPC load, then the Starlette hop under GET /products/{id}'s wrk
+    load (ids from `ids_file`), with no other system running."""
+    scenario = BY_KEY["get-product"]
+    load = plan.load_for(scenario)
+    say = partial(print, file=sys.stderr, flush=True)
+    say(f"bench: {database}: starting the ceilings' echo server and Starlette hop")
+    with ceilings.echo_server(micro, work, free_port()) as echo:
+        rows = [Row(database, scenario.name, ECHO, ceilings.measure_echo(echo, micro, load, plan.repeat))]
+        with ceilings.hop_app(micro, work, free_port(), echo.address) as hop:
+            warmup, runs = ceilings.measure_hop(hop, ids_file, load, plan.repeat)
+            rows.append(Row(database, scenario.name, HOP, runs))
+    for row in rows:
+        _progress(row)
+        results.rows.append(row)
+        results.ceiling_problems += [f"{database}, {row.target}: {row.errors}"] if row.errors else []
+    results.ceiling_problems += [f"{database}, {HOP}, warm-up: {warmup.errors}"] if warmup.errors else []
+
+
 def _progress(row: Row) -> None:
     median = row.median
     print(f"bench: {row.database}, {row.scenario}, {row.target}: {median.rate:,.1f} req/s"
@@ -227,8 +248,8 @@ def _progress(row: Row) -> None:
 # ---- one database ------------------------------------------------------------
 
 
-def run_database(dbs: Databases, plan: Plan, work: Path, results: Results) -> str:
-    """Every target on one database; returns the peer's versions."""
+def run_database(dbs: Databases, plan: Plan, work: Path, micro: Micro | None, results: Results) -> str:
+    """Every target on one database, and the ceilings when `micro`; returns the peer's versions."""
     say = partial(print, file=sys.stderr, flush=True)
     peer = prepare_peer(plan.peer_dir, work, dbs.peer_url, plan.products, plan.rounds)
     ids: list[str] | None = None
@@ -264,6 +285,8 @@ def run_database(dbs: Databases, plan: Plan, work: Path, results: Results) -> st
         rounds = plan.repeat if plan.quick else max(plan.repeat, 4)
         results.instrumentation += instrumentation.measure(dbs, work, ids, costed, rounds, plan.rounds)
     peer_ids = _write_ids(work / "peer-ids.txt", peer.product_ids)
+    if micro:
+        measure_ceilings(micro, peer_ids, plan, dbs.name, work, results)
     for workers, name in ((2, PEER_2), (1, PEER_1)):
         say(f"bench: {dbs.name}: starting the {name}")
         with peer_running(peer, workers) as running:
@@ -288,13 +311,15 @@ def run(plan: Plan) -> tuple[str, list[str]]:
     # The bcrypt bound, measured before anything else competes for the CPU.
     bound = (os.cpu_count() or 1) / bcrypt_check_seconds(plan.rounds) if logins else 0.0
     with tempfile.TemporaryDirectory(prefix="invmesh-bench-") as tmp:
+        ceiled = any(s.key == "get-product" for s in plan.scenarios)
+        micro = ceilings.prepare(plan.peer_dir / "micro", Path(tmp)) if ceiled else None
         for name in plan.databases:
             work = Path(tmp) / name
             work.mkdir()
             with databases(name, work, plan.postgres) as dbs:
                 described.append(dbs.description)
                 try:
-                    peer_versions = run_database(dbs, plan, work, results)
+                    peer_versions = run_database(dbs, plan, work, micro, results)
                 except RuntimeError as exc:  # a system that would not start or seed: say so, go on
                     print(f"bench: {name}: {exc}", file=sys.stderr, flush=True)
                     results.failures.append(f"{name}: stopped: {exc}")

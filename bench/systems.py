@@ -312,7 +312,7 @@ def peer_running(peer: Peer, workers: int) -> Iterator[PeerRunning]:
     with process_group(command, env=_peer_env(peer.database_url, peer.rounds), cwd=peer.folder,
                        log=log) as process:  # fmt: skip
         url = f"http://127.0.0.1:{port}"
-        ready = wait_for(lambda: _answers(f"{url}/products/{peer.product_ids[0]}"), what="the peer",
+        ready = wait_for(lambda: answers(f"{url}/products/{peer.product_ids[0]}"), what="the peer",
                          process=process, log=log, poll=0.02)  # fmt: skip
         yield PeerRunning(url, log_in(url), ready, process.pid)
 
@@ -327,7 +327,7 @@ def memory(root: int, label: Callable[[int, bool], str]) -> list[tuple[str, floa
     return [(name, mib) for name, mib in found if mib is not None]
 
 
-def _answers(url: str) -> bool:
+def answers(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=1) as response:
             return bool(response.status == 200)
