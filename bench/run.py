@@ -26,12 +26,12 @@ from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
-from bench import ceilings, feed, instrumentation
+from bench import ceilings, chart, feed, instrumentation
 from bench.ceilings import ECHO, HOP, Micro
 from bench.databases import DATABASES, Databases, databases
 from bench.harness import Figures, Load, Row, free_port, require_wrk, run_grpc, run_wrk, wait_idle
 from bench.login import bcrypt_check_seconds
-from bench.report import Processes, Results, Setting, render
+from bench.report import Goal, Processes, Results, Setting, render
 from bench.scenarios import BY_KEY, SCENARIOS, Scenario
 from bench.systems import REPO, Invmesh, invmesh, peer_running, prepare_peer, stock_levels, tally
 
@@ -41,6 +41,12 @@ GRPC = "invmesh, gRPC direct"
 PEER_1, PEER_2 = "peer, 1 worker", "peer, 2 workers"
 BASELINES = (PEER_2, PEER_1)
 ORDER = [FACADE, REPLICAS, GRPC, ECHO, HOP, PEER_2, PEER_1]
+# Issue 19's ceilings, on GET /products/{id}: (what, the row over the ceiling's row, the least that meets it).
+CEILINGS = [
+    ("GetProduct over gRPC / echo", GRPC, ECHO, 0.8),
+    ("GET /products/{id}, facade / Starlette + 1 gRPC call", FACADE, HOP, 0.7),
+]
+PEER_GOAL = 1.0  # every route through the facade at least as fast as the peer with 2 workers
 STOCK_SETTLE_SECONDS = 15  # the most to wait for writes still in flight after wrk stopped
 
 
@@ -239,6 +245,25 @@ def measure_ceilings(micro: Micro, ids_file: Path, plan: Plan, database: str, wo
     results.ceiling_problems += [f"{database}, {HOP}, warm-up: {warmup.errors}"] if warmup.errors else []
 
 
+def issue_goals(rows: list[Row]) -> list[Goal]:
+    """Issue 19's ratios: every route the peer serves, through the facade, over the peer with 2 workers
+    (but logins, bound by bcrypt: see the checks), then the two ceilings."""
+    rate = {(r.database, r.scenario, r.target): r.median.rate for r in rows}
+    goals = [
+        Goal(r.scenario, r.database, r.median.rate / peer, PEER_GOAL)
+        for r in rows
+        if r.target == FACADE and r.scenario != BY_KEY["login"].name
+        and (peer := rate.get((r.database, r.scenario, PEER_2)))
+    ]  # fmt: skip
+    scenario = BY_KEY["get-product"].name
+    for what, over, under, least in CEILINGS:
+        for database in dict.fromkeys(r.database for r in rows):
+            mine, bound = rate.get((database, scenario, over)), rate.get((database, scenario, under))
+            if mine and bound:
+                goals.append(Goal(what, database, mine / bound, least))
+    return goals
+
+
 def _progress(row: Row) -> None:
     median = row.median
     print(f"bench: {row.database}, {row.scenario}, {row.target}: {median.rate:,.1f} req/s"
@@ -274,7 +299,7 @@ def run_database(dbs: Databases, plan: Plan, work: Path, micro: Micro | None, re
             if watched and deployment.target == FACADE and plan.watchers:
                 measure_watched(mesh, ids_file, watched, plan, dbs.name, results)
             note = f"invmesh up: all healthy in {mesh.healthy_after:.2f} s"
-            ready = Processes(deployment.target, dbs.name, mesh.ready_after, mesh.memory(), note)
+            ready = Processes(deployment.target, dbs.name, mesh.ready_after, mesh.memory(), note, goals=True)
             results.processes.append(ready)
             in_rows = sum((counts for _, counts in results.logged[first_row:]), Counter())
             outside = tally(mesh.logged()) - in_rows
@@ -302,8 +327,9 @@ def _write_ids(path: Path, ids: Sequence[str]) -> Path:
     return path
 
 
-def run(plan: Plan) -> tuple[str, list[str]]:
-    """Every database in turn; returns the report and what invmesh failed."""
+def run(plan: Plan, chart_name: str) -> tuple[str, list[str], list[Goal]]:
+    """Every database in turn; returns the report (whose chart is `chart_name`, beside it), what invmesh
+    failed, and issue 19's ratios."""
     load_before = os.getloadavg()
     results = Results()
     described, peer_versions = [], ""
@@ -337,9 +363,10 @@ def run(plan: Plan) -> tuple[str, list[str]]:
             f"{100 * r.median.rate / bound:.0f}% of the bcrypt bound"
             for r in results.rows if r.scenario == BY_KEY["login"].name
         ]  # fmt: skip
+    results.goals = issue_goals(results.rows)
     setting = Setting(plan.load, plan.repeat, plan.products, plan.quick, plan.rounds, described,
                       plan.scenarios, peer_versions, load_before)  # fmt: skip
-    return render(setting, results, BASELINES), results.failures
+    return render(setting, results, BASELINES, chart_name), results.failures, results.goals
 
 
 # ---- the command line ----------------------------------------------------------
@@ -412,12 +439,21 @@ def parse_plan(argv: list[str] | None) -> Plan:
 def main(argv: list[str] | None = None) -> None:
     plan = parse_plan(argv)
     require_wrk()
-    text, failures = run(plan)
+    started = dt.datetime.now()
+    path = RESULTS / f"{started:%Y%m%d-%H%M%S}{'-quick' if plan.quick else ''}.md"
+    text, failures, goals = run(plan, path.with_suffix(".svg").name)
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{dt.datetime.now():%Y%m%d-%H%M%S}{'-quick' if plan.quick else ''}.md"
     path.write_text(text)
     print(text)
     print(f"bench: written to {path.relative_to(REPO)}", file=sys.stderr)
+    if goals:
+        title = f"invmesh, issue 19 targets: make bench of {started:%Y-%m-%d %H:%M}{' (quick)' * plan.quick}"
+        try:
+            chart.draw(goals, path.with_suffix(".svg"), title)
+            print(f"bench: chart written to {path.with_suffix('.svg').relative_to(REPO)}", file=sys.stderr)
+        except ModuleNotFoundError as exc:  # run without `make bench`, which installs the bench extra
+            print(f"bench: no chart ({exc}): pip install -e '.[bench]'", file=sys.stderr)
+    print(f"bench: took {(dt.datetime.now() - started).total_seconds() / 60:.1f} minutes", file=sys.stderr)
     if failures:
         sys.exit("bench: invmesh failed:\n  " + "\n  ".join(failures))
 
