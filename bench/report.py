@@ -133,16 +133,16 @@ def _header(setting: Setting) -> str:
 
 def _scenarios(setting: Setting) -> str:
     lines = [
-        "| scenario | bench/wrk script (both sides) | mirrors the peer's | in flight | s (warm-up + run) "
-        "| gRPC direct |",
+        "| scenario | bench/wrk script (both sides) | mirrors the peer's | in flight "
+        "| s (warm-up + runs x run) | gRPC direct |",
         "|---|---|---|---:|---:|---|",
     ]
     for s in setting.scenarios:
         direct = f"{s.direct.rpc} to {s.direct.service}" if s.direct else "-"
         in_flight = s.connections or setting.load.connections
-        seconds = (
-            f"{max(setting.load.warmup, s.min_warmup):g} + {max(setting.load.duration, s.min_duration):g}"
-        )
+        runs = min(setting.repeat, s.max_repeat or setting.repeat)
+        warmup, duration = max(setting.load.warmup, s.min_warmup), max(setting.load.duration, s.min_duration)
+        seconds = f"{warmup:g} + {runs} x {duration:g}"
         lines.append(f"| {s.name} | {s.script} | {s.mirrors} | {in_flight} | {seconds} | {direct} |")
     return "\n".join(lines)
 

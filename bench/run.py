@@ -84,6 +84,9 @@ class Plan:
     watchers: int  # WatchMovements streams reading every movement beside POST /inventory; 0: none
     idle_watchers: int  # idle streams whose memory is measured; 0: none
 
+    def repeat_for(self, scenario: Scenario) -> int:
+        return min(self.repeat, scenario.max_repeat or self.repeat)
+
     def load_for(self, scenario: Scenario) -> Load:
         return replace(
             self.load,
@@ -119,7 +122,7 @@ def measure_http(
         load = plan.load_for(scenario)
         before = _stock(target) if scenario.stock else {}
         log_from = target.mesh.log.stat().st_size if target.mesh else 0
-        warmup, runs = run_wrk(target.url, scenario.script, env, load, plan.repeat, target.pid)
+        warmup, runs = run_wrk(target.url, scenario.script, env, load, plan.repeat_for(scenario), target.pid)
         row = Row(database, scenario.name, target.name, runs)
         _progress(row)
         results.rows.append(row)
