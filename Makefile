@@ -74,7 +74,7 @@ bench: $(VENV)/.installed $(VENV)/.generated $(VENV)/.bench-installed
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
 	$(BIN)/python -m bench.run $(BENCH_FLAGS)
 
-## bench-quick: the same with short runs, in about 4 minutes
+## bench-quick: the same with short runs, in about 7 minutes
 bench-quick:
 	$(MAKE) bench BENCH_QUICK=1
 
