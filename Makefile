@@ -65,16 +65,16 @@ lint: $(VENV)/.installed
 image: $(VENV)/.installed $(VENV)/.generated
 	deploy/image/build.sh
 
-## bench: reads, movements and logins side by side with the FastAPI peer, on SQLite and PostgreSQL
-##        (bench/README.md); needs PostgreSQL on 127.0.0.1:5432 and wrk (installed from Debian when
+## bench: every route, two mixes and logins side by side with the FastAPI peer, and issue 19's
+##        ceilings, on SQLite and PostgreSQL, with a chart (bench/README.md); needs PostgreSQL on 127.0.0.1:5432 and wrk (installed from Debian when
 ##        missing and run as root); BENCH_QUICK=1 for short runs,
 ##        BENCH_ARGS='--databases sqlite --scenarios movement' and the like for a subset
-bench: $(VENV)/.installed $(VENV)/.generated
+bench: $(VENV)/.installed $(VENV)/.generated $(VENV)/.bench-installed
 	@command -v wrk >/dev/null || [ "$$(id -u)" != 0 ] || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
 	$(BIN)/python -m bench.run $(BENCH_FLAGS)
 
-## bench-quick: the same with short runs, in about 4 minutes
+## bench-quick: the same with short runs, in about 7 minutes
 bench-quick:
 	$(MAKE) bench BENCH_QUICK=1
 
@@ -85,6 +85,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet --config-settings editable_mode=compat -e '.[dev]'
+	@touch $@
+
+# The bench extra (matplotlib, for the chart): make bench alone needs it.
+$(VENV)/.bench-installed: pyproject.toml | $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet --config-settings editable_mode=compat -e '.[dev,bench]'
 	@touch $@
 
 $(VENV)/.generated: $(PROTOS) | $(VENV)/.installed

@@ -66,6 +66,7 @@ class Figures:
     non_2xx: int = 0
     socket_errors: int = 0  # wrk: connect, read and write errors and timeouts
     server_cpu: float = 0.0  # CPU seconds the server's processes used for the run, where measured
+    created: int | None = None  # 201 answers, where the wrk script counts them (a mix's INs)
 
 
 @dataclass(frozen=True)
@@ -294,9 +295,11 @@ def parse_wrk(output: str) -> Figures:
     socket_errors = re.search(r"Socket errors: (.+)", output)
     counts = [part.rsplit(" ", 1) for part in socket_errors[1].split(", ")] if socket_errors else []
     errors += [f"{kind} {n}" for kind, n in counts if n != "0"]
+    created = re.search(r"^Created \(201\): (\d+)$", output, re.MULTILINE)
     return Figures(
         float(rate[1]), percentile("50"), percentile("99"), ", ".join(errors),
         int(answered[1]), int(non_2xx[1]) if non_2xx else 0, sum(int(n) for _, n in counts),
+        created=int(created[1]) if created else None,
     )  # fmt: skip
 
 

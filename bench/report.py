@@ -14,6 +14,25 @@ from bench import feed, instrumentation
 from bench.harness import WRK_TIMEOUT, Load, Row, markdown_table
 from bench.scenarios import Scenario
 
+# Issue 19's targets for an invmesh system: ready within this many seconds of starting `invmesh up`, and
+# each process it starts (the services, the facade; not itself) at most this many MB (10^6 bytes) at peak.
+STARTUP_GOAL_SECONDS = 5.0
+PROCESS_GOAL_MB = 120.0
+
+
+@dataclass(frozen=True)
+class Goal:
+    """One of issue 19's targets on one database: a ratio of two rows' req/s, and the least that meets it."""
+
+    what: str  # the route, or the ceiling's ratio
+    database: str
+    ratio: float
+    least: float
+
+    @property
+    def met(self) -> bool:
+        return self.ratio >= self.least
+
 
 @dataclass(frozen=True)
 class Processes:
@@ -24,11 +43,13 @@ class Processes:
     ready_after: float  # seconds from starting it to ready
     memory: list[tuple[str, float]]  # (process, peak RSS in MiB)
     note: str = ""
+    goals: bool = False  # invmesh: held to the startup and memory targets (the root process is `up`)
 
 
 @dataclass
 class Results:
     rows: list[Row] = field(default_factory=list)
+    goals: list[Goal] = field(default_factory=list)  # issue 19's ratios
     processes: list[Processes] = field(default_factory=list)
     instrumentation: list[instrumentation.Cost] = field(default_factory=list)  # metrics, traces
     feed_memory: list[feed.IdleMemory] = field(default_factory=list)  # idle WatchMovements streams
@@ -36,6 +57,7 @@ class Results:
     checks: list[str] = field(default_factory=list)  # what was verified, and how it came out
     failures: list[str] = field(default_factory=list)  # invmesh did something wrong: the run fails
     peer_problems: list[str] = field(default_factory=list)  # listed, but the run does not fail for them
+    ceiling_problems: list[str] = field(default_factory=list)  # the same, for the ceilings' servers
     # What invmesh logged at WARNING or above, counted by message: during each row, and outside them.
     logged: list[tuple[str, Counter[str]]] = field(default_factory=list)
 
@@ -55,8 +77,11 @@ class Setting:
     load_before: tuple[float, float, float]
 
 
-def render(setting: Setting, results: Results, baselines: tuple[str, ...]) -> str:
+def render(setting: Setting, results: Results, baselines: tuple[str, ...], chart: str) -> str:
+    """The report; `chart` is the file name of its chart, beside it."""
     parts = [_header(setting), "", markdown_table(results.rows, baselines), "", _scenarios(setting)]
+    if results.goals:
+        parts += ["", "## Issue 19 targets", "", _goals(results.goals), "", f"![Issue 19 ratios]({chart})"]
     if results.instrumentation:
         parts += ["", "## What metrics and traces cost", "", instrumentation.table(results.instrumentation)]
     if results.feed_load or results.feed_memory:
@@ -66,7 +91,8 @@ def render(setting: Setting, results: Results, baselines: tuple[str, ...]) -> st
     parts += ["", "## Checks", "", *(f"- {line}" for line in results.checks or ["none ran"])]
     parts += ["", "## Startup and peak memory", "", _processes(results.processes)]
     problems = [*(f"- invmesh: {line}" for line in results.failures),
-                *(f"- peer: {line}" for line in results.peer_problems)]  # fmt: skip
+                *(f"- peer: {line}" for line in results.peer_problems),
+                *(f"- ceiling: {line}" for line in results.ceiling_problems)]  # fmt: skip
     parts += ["", "## Problems", "", *(problems or ["none"])]
     parts += ["", "## What invmesh logged (warnings and errors, by row)", "", _logged(results.logged)]
     return "\n".join(parts) + "\n"
@@ -107,27 +133,50 @@ def _header(setting: Setting) -> str:
 
 def _scenarios(setting: Setting) -> str:
     lines = [
-        "| scenario | bench/wrk script (both sides) | mirrors the peer's | in flight | s (warm-up + run) "
-        "| gRPC direct |",
+        "| scenario | bench/wrk script (both sides) | mirrors the peer's | in flight "
+        "| s (warm-up + runs x run) | gRPC direct |",
         "|---|---|---|---:|---:|---|",
     ]
     for s in setting.scenarios:
         direct = f"{s.direct.rpc} to {s.direct.service}" if s.direct else "-"
         in_flight = s.connections or setting.load.connections
-        seconds = (
-            f"{max(setting.load.warmup, s.min_warmup):g} + {max(setting.load.duration, s.min_duration):g}"
-        )
+        runs = min(setting.repeat, s.max_repeat or setting.repeat)
+        warmup, duration = max(setting.load.warmup, s.min_warmup), max(setting.load.duration, s.min_duration)
+        seconds = f"{warmup:g} + {runs} x {duration:g}"
         lines.append(f"| {s.name} | {s.script} | {s.mirrors} | {in_flight} | {seconds} | {direct} |")
     return "\n".join(lines)
 
 
+def _goals(goals: list[Goal]) -> str:
+    lines = [
+        "| route (facade / peer, 2 workers), or ceiling | database | ratio | at least | verdict |",
+        "|---|---|---:|---:|---|",
+    ]
+    lines += [
+        f"| {g.what} | {g.database} | {g.ratio:.2f}x | {g.least:.1f}x | {_verdict(g.met)} |" for g in goals
+    ]
+    met = sum(g.met for g in goals)
+    return "\n".join([*lines, "", f"{met} of {len(goals)} met (one run's median: see the ranges above)."])
+
+
+def _verdict(met: bool) -> str:
+    return "met" if met else "**not met**"
+
+
 def _processes(processes: list[Processes]) -> str:
     lines = [
-        "| system | database | ready after | peak RSS per process, MiB | total MiB |",
-        "|---|---|---:|---|---:|",
+        "| system | database | ready after | peak RSS per process, MiB | total MiB "
+        f"| ready < {STARTUP_GOAL_SECONDS:g} s | each process < {PROCESS_GOAL_MB:g} MB |",
+        "|---|---|---:|---|---:|---|---|",
     ]
     for p in processes:
         each = ", ".join(f"{name} {mib:.0f}" for name, mib in p.memory)
         ready = f"{p.ready_after:.2f} s{f' ({p.note})' if p.note else ''}"
-        lines.append(f"| {p.system} | {p.database} | {ready} | {each} | {sum(m for _, m in p.memory):.0f} |")
+        verdicts = "- | -"
+        if p.goals:
+            largest = max((mib * 2**20 / 1e6 for name, mib in p.memory if name != "up"), default=0.0)
+            verdicts = (f"{_verdict(p.ready_after < STARTUP_GOAL_SECONDS)} "
+                        f"| {_verdict(largest < PROCESS_GOAL_MB)} (largest {largest:.0f} MB)")  # fmt: skip
+        total = sum(m for _, m in p.memory)
+        lines.append(f"| {p.system} | {p.database} | {ready} | {each} | {total:.0f} | {verdicts} |")
     return "\n".join(lines)

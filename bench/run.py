@@ -26,20 +26,27 @@ from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
-from bench import feed, instrumentation
+from bench import ceilings, chart, feed, instrumentation
+from bench.ceilings import ECHO, HOP, Micro
 from bench.databases import DATABASES, Databases, databases
-from bench.harness import Figures, Load, Row, require_wrk, run_grpc, run_wrk, wait_idle
+from bench.harness import Figures, Load, Row, free_port, require_wrk, run_grpc, run_wrk, wait_idle
 from bench.login import bcrypt_check_seconds
-from bench.report import Processes, Results, Setting, render
+from bench.report import Goal, Processes, Results, Setting, render
 from bench.scenarios import BY_KEY, SCENARIOS, Scenario
-from bench.systems import REPO, Invmesh, invmesh, peer_running, prepare_peer, stock_total, tally
+from bench.systems import REPO, Invmesh, invmesh, peer_running, prepare_peer, stock_levels, tally
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FACADE, REPLICAS = "invmesh, facade (REST)", "invmesh, facade, 2 inventory replicas"
 GRPC = "invmesh, gRPC direct"
 PEER_1, PEER_2 = "peer, 1 worker", "peer, 2 workers"
 BASELINES = (PEER_2, PEER_1)
-ORDER = [FACADE, REPLICAS, GRPC, PEER_2, PEER_1]
+ORDER = [FACADE, REPLICAS, GRPC, ECHO, HOP, PEER_2, PEER_1]
+# Issue 19's ceilings, on GET /products/{id}: (what, the row over the ceiling's row, the least that meets it).
+CEILINGS = [
+    ("GetProduct over gRPC / echo", GRPC, ECHO, 0.8),
+    ("GET /products/{id}, facade / Starlette + 1 gRPC call", FACADE, HOP, 0.7),
+]
+PEER_GOAL = 1.0  # every route through the facade at least as fast as the peer with 2 workers
 STOCK_SETTLE_SECONDS = 15  # the most to wait for writes still in flight after wrk stopped
 
 
@@ -50,15 +57,16 @@ class Deployment:
     target: str
     replicas: dict[str, int]
     databases: tuple[str, ...]
-    writes_only: bool  # only the scenarios that write, and no direct gRPC calls
+    only: tuple[str, ...] = ()  # only these scenarios' keys, and no direct gRPC calls; (): all
 
     def scenarios(self, selected: list[Scenario]) -> list[Scenario]:
-        return [s for s in selected if s.writes or not self.writes_only]
+        return [s for s in selected if s.key in self.only or not self.only]
 
 
 DEPLOYMENTS = [
-    Deployment(FACADE, {}, DATABASES, writes_only=False),
-    Deployment(REPLICAS, {"inventory": 2}, ("postgresql",), writes_only=True),
+    Deployment(FACADE, {}, DATABASES),
+    # The writes to inventory's stock alone: does a second inventory process buy throughput?
+    Deployment(REPLICAS, {"inventory": 2}, ("postgresql",), only=("movement", "set-stock")),
 ]
 
 
@@ -75,6 +83,9 @@ class Plan:
     peer_dir: Path
     watchers: int  # WatchMovements streams reading every movement beside POST /inventory; 0: none
     idle_watchers: int  # idle streams whose memory is measured; 0: none
+
+    def repeat_for(self, scenario: Scenario) -> int:
+        return min(self.repeat, scenario.max_repeat or self.repeat)
 
     def load_for(self, scenario: Scenario) -> Load:
         return replace(
@@ -109,9 +120,9 @@ def measure_http(
         location = target.mesh.location_id if target.mesh else ""
         env = {**scenario.env, "IDS_FILE": str(target.ids_file), "TOKEN": token, "LOCATION": location}
         load = plan.load_for(scenario)
-        before = stock_total(target.url, target.token, _page_size(target)) if scenario.writes else 0
+        before = _stock(target) if scenario.stock else {}
         log_from = target.mesh.log.stat().st_size if target.mesh else 0
-        warmup, runs = run_wrk(target.url, scenario.script, env, load, plan.repeat, target.pid)
+        warmup, runs = run_wrk(target.url, scenario.script, env, load, plan.repeat_for(scenario), target.pid)
         row = Row(database, scenario.name, target.name, runs)
         _progress(row)
         results.rows.append(row)
@@ -119,41 +130,55 @@ def measure_http(
         where = f"{database}, {scenario.name}, {target.name}"
         problems += [f"{where}: {row.errors}"] if row.errors else []
         problems += [f"{where}, warm-up: {warmup.errors}"] if warmup.errors else []
-        if scenario.writes:
-            line, ok = check_stock(target, before, [warmup, *runs], load.connections)
+        if scenario.stock:
+            line, ok = check_stock(target, scenario.stock, before, [warmup, *runs], load.connections)
             results.checks.append(f"{where}: {line}")
             problems += [] if ok else [f"{where}: {line}"]
         if target.mesh:  # after the check: what the requests still in flight logged belongs here too
             results.logged.append((where, tally(target.mesh.logged(log_from))))
 
 
-def check_stock(target: Target, before: int, runs: list[Figures], connections: int) -> tuple[str, bool]:
-    """Every acknowledged IN added exactly 1: the stock grew by at least the 2xx answers, and by no more
-    than every request that could have been applied (answered or not when each wrk run stopped)."""
+def check_stock(
+    target: Target, kind: str, before: dict[str, int], runs: list[Figures], connections: int
+) -> tuple[str, bool]:
+    """With "adds", every acknowledged IN added exactly 1: the stock grew by at least the INs
+    acknowledged (2xx answers, or the 201s a mix's script counted), and by no more than every request
+    that could have been applied (answered or not when each wrk run stopped). With "sets", a count
+    replaces a product's stock, so only the number of products changed is known: some if a count was
+    acknowledged, at most as many as could have landed."""
     after = _settled_stock(target)
-    added = after - before
-    acknowledged = sum(f.answered - f.non_2xx for f in runs)
+    acknowledged = sum(f.answered - f.non_2xx if f.created is None else f.created for f in runs)
     unknown = sum(f.non_2xx + f.socket_errors for f in runs) + connections * len(runs)
-    ok = acknowledged <= added <= acknowledged + unknown
-    line = (
-        f"stock +{added:,} for {acknowledged:,} acknowledged INs "
+    could = (
         f"(up to {unknown:,} more could have landed: non-2xx, errors, in flight at the ends of "
-        f"{len(runs)} wrk runs): {'consistent' if ok else 'INCONSISTENT'}"
+        f"{len(runs)} wrk runs)"
     )
-    return line, ok
+    if kind == "sets":
+        changed = sum(after.get(product) != level for product, level in before.items())
+        ok = (changed > 0 or not acknowledged) and changed <= acknowledged + unknown
+        line = f"{changed:,} products' stock changed for {acknowledged:,} acknowledged counts {could}"
+    else:
+        added = sum(after.values()) - sum(before.values())
+        ok = acknowledged <= added <= acknowledged + unknown
+        line = f"stock +{added:,} for {acknowledged:,} acknowledged INs {could}"
+    return f"{line}: {'consistent' if ok else 'INCONSISTENT'}", ok
 
 
-def _settled_stock(target: Target) -> int:
-    """The stock total once requests still in flight when wrk stopped are done: two equal readings."""
+def _settled_stock(target: Target) -> dict[str, int]:
+    """The stock once requests still in flight when wrk stopped are done: two equal readings."""
     deadline = time.monotonic() + STOCK_SETTLE_SECONDS
-    last = stock_total(target.url, target.token, _page_size(target))
+    last = _stock(target)
     while time.monotonic() < deadline:
         time.sleep(0.5)
-        now = stock_total(target.url, target.token, _page_size(target))
+        now = _stock(target)
         if now == last:
             break
         last = now
     return last
+
+
+def _stock(target: Target) -> dict[str, int]:
+    return stock_levels(target.url, target.token, _page_size(target))
 
 
 def _page_size(target: Target) -> int:
@@ -203,6 +228,45 @@ def measure_watched(
     print(f"bench: {where}: req/s {ratio:.3f}x without", file=sys.stderr, flush=True)
 
 
+def measure_ceilings(micro: Micro, ids_file: Path, plan: Plan, database: str, work: Path,
+                     results: Results) -> None:  # fmt: skip
+    """The echo server under GetProduct's gRPC load, then the Starlette hop under GET /products/{id}'s wrk
+    load (ids from `ids_file`), with no other system running."""
+    scenario = BY_KEY["get-product"]
+    load = plan.load_for(scenario)
+    say = partial(print, file=sys.stderr, flush=True)
+    say(f"bench: {database}: starting the ceilings' echo server and Starlette hop")
+    with ceilings.echo_server(micro, work, free_port()) as echo:
+        rows = [Row(database, scenario.name, ECHO, ceilings.measure_echo(echo, micro, load, plan.repeat))]
+        with ceilings.hop_app(micro, work, free_port(), echo.address) as hop:
+            warmup, runs = ceilings.measure_hop(hop, ids_file, load, plan.repeat)
+            rows.append(Row(database, scenario.name, HOP, runs))
+    for row in rows:
+        _progress(row)
+        results.rows.append(row)
+        results.ceiling_problems += [f"{database}, {row.target}: {row.errors}"] if row.errors else []
+    results.ceiling_problems += [f"{database}, {HOP}, warm-up: {warmup.errors}"] if warmup.errors else []
+
+
+def issue_goals(rows: list[Row]) -> list[Goal]:
+    """Issue 19's ratios: every route the peer serves, through the facade, over the peer with 2 workers
+    (but logins, bound by bcrypt: see the checks), then the two ceilings."""
+    rate = {(r.database, r.scenario, r.target): r.median.rate for r in rows}
+    goals = [
+        Goal(r.scenario, r.database, r.median.rate / peer, PEER_GOAL)
+        for r in rows
+        if r.target == FACADE and r.scenario != BY_KEY["login"].name
+        and (peer := rate.get((r.database, r.scenario, PEER_2)))
+    ]  # fmt: skip
+    scenario = BY_KEY["get-product"].name
+    for what, over, under, least in CEILINGS:
+        for database in dict.fromkeys(r.database for r in rows):
+            mine, bound = rate.get((database, scenario, over)), rate.get((database, scenario, under))
+            if mine and bound:
+                goals.append(Goal(what, database, mine / bound, least))
+    return goals
+
+
 def _progress(row: Row) -> None:
     median = row.median
     print(f"bench: {row.database}, {row.scenario}, {row.target}: {median.rate:,.1f} req/s"
@@ -212,8 +276,8 @@ def _progress(row: Row) -> None:
 # ---- one database ------------------------------------------------------------
 
 
-def run_database(dbs: Databases, plan: Plan, work: Path, results: Results) -> str:
-    """Every target on one database; returns the peer's versions."""
+def run_database(dbs: Databases, plan: Plan, work: Path, micro: Micro | None, results: Results) -> str:
+    """Every target on one database, and the ceilings when `micro`; returns the peer's versions."""
     say = partial(print, file=sys.stderr, flush=True)
     peer = prepare_peer(plan.peer_dir, work, dbs.peer_url, plan.products, plan.rounds)
     ids: list[str] | None = None
@@ -233,12 +297,12 @@ def run_database(dbs: Databases, plan: Plan, work: Path, results: Results) -> st
                 say(f"bench: {dbs.name}: {plan.idle_watchers} and {2 * plan.idle_watchers} idle watchers")
                 results.feed_memory += feed.idle_memory(mesh, dbs.name, plan.idle_watchers)
             measure_http(target, scenarios, plan, dbs.name, results)
-            if not deployment.writes_only:
+            if not deployment.only:
                 measure_grpc(mesh, scenarios, plan, dbs.name, results)
             if watched and deployment.target == FACADE and plan.watchers:
                 measure_watched(mesh, ids_file, watched, plan, dbs.name, results)
             note = f"invmesh up: all healthy in {mesh.healthy_after:.2f} s"
-            ready = Processes(deployment.target, dbs.name, mesh.ready_after, mesh.memory(), note)
+            ready = Processes(deployment.target, dbs.name, mesh.ready_after, mesh.memory(), note, goals=True)
             results.processes.append(ready)
             in_rows = sum((counts for _, counts in results.logged[first_row:]), Counter())
             outside = tally(mesh.logged()) - in_rows
@@ -249,6 +313,8 @@ def run_database(dbs: Databases, plan: Plan, work: Path, results: Results) -> st
         rounds = plan.repeat if plan.quick else max(plan.repeat, 4)
         results.instrumentation += instrumentation.measure(dbs, work, ids, costed, rounds, plan.rounds)
     peer_ids = _write_ids(work / "peer-ids.txt", peer.product_ids)
+    if micro:
+        measure_ceilings(micro, peer_ids, plan, dbs.name, work, results)
     for workers, name in ((2, PEER_2), (1, PEER_1)):
         say(f"bench: {dbs.name}: starting the {name}")
         with peer_running(peer, workers) as running:
@@ -264,8 +330,9 @@ def _write_ids(path: Path, ids: Sequence[str]) -> Path:
     return path
 
 
-def run(plan: Plan) -> tuple[str, list[str]]:
-    """Every database in turn; returns the report and what invmesh failed."""
+def run(plan: Plan, chart_name: str) -> tuple[str, list[str], list[Goal]]:
+    """Every database in turn; returns the report (whose chart is `chart_name`, beside it), what invmesh
+    failed, and issue 19's ratios."""
     load_before = os.getloadavg()
     results = Results()
     described, peer_versions = [], ""
@@ -273,13 +340,15 @@ def run(plan: Plan) -> tuple[str, list[str]]:
     # The bcrypt bound, measured before anything else competes for the CPU.
     bound = (os.cpu_count() or 1) / bcrypt_check_seconds(plan.rounds) if logins else 0.0
     with tempfile.TemporaryDirectory(prefix="invmesh-bench-") as tmp:
+        ceiled = any(s.key == "get-product" for s in plan.scenarios)
+        micro = ceilings.prepare(plan.peer_dir / "micro", Path(tmp)) if ceiled else None
         for name in plan.databases:
             work = Path(tmp) / name
             work.mkdir()
             with databases(name, work, plan.postgres) as dbs:
                 described.append(dbs.description)
                 try:
-                    peer_versions = run_database(dbs, plan, work, results)
+                    peer_versions = run_database(dbs, plan, work, micro, results)
                 except RuntimeError as exc:  # a system that would not start or seed: say so, go on
                     print(f"bench: {name}: {exc}", file=sys.stderr, flush=True)
                     results.failures.append(f"{name}: stopped: {exc}")
@@ -297,9 +366,10 @@ def run(plan: Plan) -> tuple[str, list[str]]:
             f"{100 * r.median.rate / bound:.0f}% of the bcrypt bound"
             for r in results.rows if r.scenario == BY_KEY["login"].name
         ]  # fmt: skip
+    results.goals = issue_goals(results.rows)
     setting = Setting(plan.load, plan.repeat, plan.products, plan.quick, plan.rounds, described,
                       plan.scenarios, peer_versions, load_before)  # fmt: skip
-    return render(setting, results, BASELINES), results.failures
+    return render(setting, results, BASELINES, chart_name), results.failures, results.goals
 
 
 # ---- the command line ----------------------------------------------------------
@@ -372,12 +442,21 @@ def parse_plan(argv: list[str] | None) -> Plan:
 def main(argv: list[str] | None = None) -> None:
     plan = parse_plan(argv)
     require_wrk()
-    text, failures = run(plan)
+    started = dt.datetime.now()
+    path = RESULTS / f"{started:%Y%m%d-%H%M%S}{'-quick' if plan.quick else ''}.md"
+    text, failures, goals = run(plan, path.with_suffix(".svg").name)
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{dt.datetime.now():%Y%m%d-%H%M%S}{'-quick' if plan.quick else ''}.md"
     path.write_text(text)
     print(text)
     print(f"bench: written to {path.relative_to(REPO)}", file=sys.stderr)
+    if goals:
+        title = f"invmesh, issue 19 targets: make bench of {started:%Y-%m-%d %H:%M}{' (quick)' * plan.quick}"
+        try:
+            chart.draw(goals, path.with_suffix(".svg"), title)
+            print(f"bench: chart written to {path.with_suffix('.svg').relative_to(REPO)}", file=sys.stderr)
+        except ModuleNotFoundError as exc:  # run without `make bench`, which installs the bench extra
+            print(f"bench: no chart ({exc}): pip install -e '.[bench]'", file=sys.stderr)
+    print(f"bench: took {(dt.datetime.now() - started).total_seconds() / 60:.1f} minutes", file=sys.stderr)
     if failures:
         sys.exit("bench: invmesh failed:\n  " + "\n  ".join(failures))
 

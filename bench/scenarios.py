@@ -21,6 +21,8 @@ from invmesh.products.v1 import products_service_pb2 as products_pb
 from invmesh.products.v1 import products_service_pb2_grpc as products_grpc
 
 CALL_TIMEOUT = 10
+HOT = 20  # the mixes' products, shared by their reads and writes
+NEW_ROWS_REPEAT = 2
 
 # A call made directly over gRPC, given the product ids and an access token: a picklable
 # module-level function (see harness.GrpcCall) returning the call to repeat.
@@ -66,9 +68,12 @@ class Scenario:
     min_warmup: float = 0.0
     min_duration: float = 0.0
     peer_token: bool = False  # the peer needs a token for it too
-    writes: bool = False  # adds 1 to a stock per answer: the stock is checked, replicas are measured
+    # How it changes the stock, checked before and after each row (run.check_stock): "adds" 1 per 2xx
+    # answer (per 201 where the script counts them: a mix's INs), "sets" a count; "" leaves it alone.
+    stock: str = ""
     direct: Direct | None = None  # the same call made straight to the service over gRPC
     peer: bool = True  # the peer serves it too; else invmesh alone is measured (no ratio)
+    max_repeat: int | None = None  # at most this many runs per row, whatever --repeat says
 
 
 SCENARIOS = [
@@ -90,7 +95,31 @@ SCENARIOS = [
     ),
     Scenario(
         "movement", "POST /inventory (IN, quantity 1)", "movement_in.lua", "wrk/movement_in.lua",
-        peer_token=True, writes=True,
+        peer_token=True, stock="adds",
+    ),
+    # The peer has no script of its own for these: the same request as its app.py takes. These and the
+# mixes run at most twice per row, which keeps a full make bench within about 35 minutes.
+    Scenario(
+        "set-stock", "PUT /inventory/{id} (a count)", "set_stock.lua", "app.py's PUT /inventory/{pid}",
+        peer_token=True, stock="sets", max_repeat=NEW_ROWS_REPEAT,
+    ),
+    Scenario(
+        "create-product", "POST /products", "create_product.lua", "app.py's POST /products", peer_token=True,
+        max_repeat=NEW_ROWS_REPEAT,
+    ),
+    Scenario(
+        "update-product", "PUT /products/{id}", "update_product.lua", "app.py's PUT /products/{pid}",
+        peer_token=True, max_repeat=NEW_ROWS_REPEAT,
+    ),
+    # Reads and writes on the same few products (HOT), a request chosen at random by its share.
+    Scenario(
+        "mix-80-10-10", "mix 80/10/10: product, stock, IN", "mix.lua", "wrk/product_id.lua, movement_in.lua",
+        {"MIX": "80,10,10", "HOT": str(HOT)}, peer_token=True, stock="adds", max_repeat=NEW_ROWS_REPEAT,
+    ),
+    Scenario(
+        "mix-50-50", "mix 50/50: stock, IN", "mix.lua", "WRK_PREFIX=/inventory/ wrk/product_id.lua, "
+        "movement_in.lua", {"MIX": "0,50,50", "HOT": str(HOT)}, peer_token=True, stock="adds",
+        max_repeat=NEW_ROWS_REPEAT,
     ),
     # invmesh alone: the peer keeps no locations or reservations.
     Scenario(

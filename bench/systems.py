@@ -191,15 +191,16 @@ def log_in(url: str, attempts: int = 5) -> str:
     return str(_checked(response)["access_token"])
 
 
-def stock_total(url: str, token: str, page_size: int) -> int:
-    """The sum of every product's stock, page by page from GET /inventory (the same API on both sides)."""
-    total, page_token = 0, ""
+def stock_levels(url: str, token: str, page_size: int) -> dict[str, int]:
+    """Every product's stock by its id, page by page from GET /inventory (the same API on both sides)."""
+    levels: dict[str, int] = {}
+    page_token = ""
     with httpx.Client(base_url=url, headers={"authorization": f"Bearer {token}"}, timeout=30) as http:
         while True:
             page = _checked(http.get("/inventory", params={"page_size": page_size, "page_token": page_token}))
-            total += sum(int(item["quantity"]) for item in page["items"])
+            levels.update((str(item["product_id"]), int(item["quantity"])) for item in page["items"])
             if not (page_token := page.get("next_page_token", "")):
-                return total
+                return levels
 
 
 async def _create_products(url: str, token: str, count: int) -> list[str]:
@@ -311,7 +312,7 @@ def peer_running(peer: Peer, workers: int) -> Iterator[PeerRunning]:
     with process_group(command, env=_peer_env(peer.database_url, peer.rounds), cwd=peer.folder,
                        log=log) as process:  # fmt: skip
         url = f"http://127.0.0.1:{port}"
-        ready = wait_for(lambda: _answers(f"{url}/products/{peer.product_ids[0]}"), what="the peer",
+        ready = wait_for(lambda: answers(f"{url}/products/{peer.product_ids[0]}"), what="the peer",
                          process=process, log=log, poll=0.02)  # fmt: skip
         yield PeerRunning(url, log_in(url), ready, process.pid)
 
@@ -326,7 +327,7 @@ def memory(root: int, label: Callable[[int, bool], str]) -> list[tuple[str, floa
     return [(name, mib) for name, mib in found if mib is not None]
 
 
-def _answers(url: str) -> bool:
+def answers(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=1) as response:
             return bool(response.status == 200)

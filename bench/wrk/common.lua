@@ -11,18 +11,27 @@ function common.ids(format)
   return ids
 end
 
--- JSON POSTs with TOKEN as a bearer token.
-function common.post_json()
-  wrk.method = "POST"
+-- JSON bodies (POST unless `method` says otherwise) with TOKEN as a bearer token.
+function common.post_json(method)
+  wrk.method = method or "POST"
   wrk.headers["Content-Type"] = "application/json"
   wrk.headers["Authorization"] = "Bearer " .. (os.getenv("TOKEN") or "")
 end
 
--- Each wrk thread has its own Lua state: give each its own random sequence.
-local threads = 0
+-- A string no other wrk run makes (12 hex digits from /dev/urandom): unique values across runs.
+function common.unique()
+  local random = io.open("/dev/urandom", "rb")
+  local bytes = random:read(6)
+  random:close()
+  return (bytes:gsub(".", function(c) return string.format("%02x", c:byte()) end))
+end
+
+-- Each wrk thread has its own Lua state: give each its own random sequence. `common.threads`
+-- (in the main state) lets a script's done() read what each thread counted.
+common.threads = {}
 function setup(thread)
-  threads = threads + 1
-  thread:set("thread_number", threads)
+  common.threads[#common.threads + 1] = thread
+  thread:set("thread_number", #common.threads)
 end
 
 function init(args)
