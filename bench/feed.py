@@ -45,6 +45,7 @@ class Received:
     """What a client process's streams got so far."""
 
     movements: list[int]  # movement events, by stream
+    messages: list[int]  # the messages that carried them (several events each, when ready at once)
     ended: Counter[str] = field(default_factory=Counter)  # streams that ended, by status code
 
 
@@ -102,7 +103,7 @@ def _client(address: str, token: str, streams: int, control: Connection) -> None
 async def _watch(address: str, token: str, streams: int, control: Connection) -> None:
     """Opens the streams, says when all are live, then answers "count" with what they received
     until told anything else."""
-    movements = [0] * streams
+    movements, messages = [0] * streams, [0] * streams
     ended: Counter[str] = Counter()
     live = [asyncio.Event() for _ in range(streams)]
     metadata = (("authorization", f"Bearer {token}"),)
@@ -117,11 +118,12 @@ async def _watch(address: str, token: str, streams: int, control: Connection) ->
             pb.WatchMovementsRequest(after=""), metadata=metadata
         )
         try:
-            async for event in stream:
-                kind = event.WhichOneof("event")
-                if kind == "movement":
-                    movements[i] += 1
-                elif kind == "heartbeat":
+            async for message in stream:
+                kinds = [event.WhichOneof("event") for event in message.events]
+                if "movement" in kinds:
+                    movements[i] += kinds.count("movement")
+                    messages[i] += 1
+                if "heartbeat" in kinds:
                     live[i].set()
             ended["OK"] += 1
         except grpc.aio.AioRpcError as error:
@@ -130,9 +132,9 @@ async def _watch(address: str, token: str, streams: int, control: Connection) ->
 
     tasks = [asyncio.create_task(follow(i, channel)) for i, channel in enumerate(channels)]
     await asyncio.gather(*(event.wait() for event in live))
-    control.send(Received(list(movements), Counter(ended)))
+    control.send(Received(list(movements), list(messages), Counter(ended)))
     while await asyncio.to_thread(control.recv) == "count":
-        control.send(Received(list(movements), Counter(ended)))
+        control.send(Received(list(movements), list(messages), Counter(ended)))
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -238,7 +240,10 @@ class Watched:
             fine = acknowledged <= low and high <= acknowledged + unknown and not run.received.ended
             ok &= fine
             ended = f", streams ended: {dict(run.received.ended)}" if run.received.ended else ""
-            lines.append(f"{acknowledged:,} acknowledged, each stream {_span(low, high)}{ended}")
+            sent = _span(min(run.received.messages), max(run.received.messages))
+            lines.append(
+                f"{acknowledged:,} acknowledged, each stream {_span(low, high)} in {sent} messages{ended}"
+            )
         verdict = "every stream got every acknowledged movement" if ok else "MISSED OR EXTRA EVENTS"
         return f"movement events per stream, by run: {'; '.join(lines)}: {verdict}", ok
 

@@ -25,7 +25,8 @@ Conventions, matching what the facade does:
   OpenAPI path, named after the first binding, as they share one route.
 - Errors are one `Status` schema, `{"code", "message", "details"}`.
 - A server-streaming RPC answers `text/event-stream` or `application/x-ndjson` (facade/streaming.py);
-  the NDJSON schema is that of one line, `{"result": …}` or a last `{"error": …}`, and a
+  the NDJSON schema is that of one line, `{"result": …}` holding an event (the message, or an
+  element of the field `rest_stream.events` names) or a last `{"error": …}`, and a
   `Last-Event-ID` header parameter sets the field `rest_stream.resume_from` names.
 - Descriptions are the protos' comments (`invmesh/comments.json`, written by `make protos`), as
   protoc-gen-openapiv2 uses them: an operation's `summary` is the first sentence of its RPC's
@@ -431,6 +432,10 @@ def _success_response(binding: Binding, schemas: _Schemas) -> dict[str, Any]:
     reply = descriptor(binding.response_class)
     if binding.response_body:
         schema = schemas.field(reply.fields_by_name[binding.response_body], request=False)
+    elif binding.stream is not None and binding.stream.events:  # each element is an event
+        event = reply.fields_by_name[binding.stream.events].message_type
+        assert event is not None  # bindings() checked it
+        schema = schemas.message(event, request=False)
     else:
         schema = schemas.message(reply, request=False)
     if binding.stream is not None:
@@ -452,11 +457,11 @@ def _success_response(binding: Binding, schemas: _Schemas) -> dict[str, Any]:
 
 _REASONS = {200: "OK.", 201: "Created.", 202: "Accepted.", 204: "Done; no content."}
 _STREAMED = (
-    "A stream of messages, until the call ends, fails or the client leaves; an error before the first "
-    "message is an error status. With `Accept: text/event-stream`, Server-Sent Events: `id` and `event` "
-    "per the RPC's `rest_stream` option, `data` the message's JSON, and an `error` event with a `Status` "
-    "ending a stream that fails. Otherwise newline-delimited JSON, one object a line: `result` holding a "
-    "message, or `error` holding the `Status` that ended the stream."
+    "A stream of events, until the call ends, fails or the client leaves; an error before the first "
+    "event is an error status. With `Accept: text/event-stream`, Server-Sent Events: `id` and `event` "
+    "per the RPC's `rest_stream` option, `data` the event's JSON, and an `error` event with a `Status` "
+    "ending a stream that fails. Otherwise newline-delimited JSON, one object a line: `result` holding an "
+    "event, or `error` holding the `Status` that ended the stream."
 )
 
 

@@ -1,12 +1,15 @@
-"""A server-streaming RPC over HTTP: each message as it arrives, as Server-Sent Events or as
-one JSON object per line.
+"""A server-streaming RPC over HTTP: each event as its message arrives, as Server-Sent Events
+or as one JSON object per line. An event is a message, or, with `rest_stream.events`, each
+element of that repeated field: a message then carries as many as were ready, sent in order in
+one write, and each is an event of its own, as if each had come in a message.
 
 - The Accept header chooses: `text/event-stream` weighed above `application/x-ndjson` gets
   SSE; anything else (no Accept, `*/*`, `application/json`) gets NDJSON, as grpc-gateway sends.
-- SSE: per message an event, `id:` the `rest_stream.event_id` field, `event:` the set member
-  of the `rest_stream.event_type` oneof, `data:` the message's JSON. NDJSON: `{"result": …}`
-  per line, grpc-gateway's shape.
-- The head waits for the first message, so a call refused before it (a bad cursor, too many
+- SSE: per event, `id:` its `rest_stream.event_id` field, `event:` the set member of its
+  `rest_stream.event_type` oneof, `data:` its JSON. NDJSON: `{"result": …}` per event and
+  line, grpc-gateway's shape for a message (grpc-gateway knows no `events`: it sends a line
+  per message, `{"result": {"events": […]}}`, or the bare array with `response_body`).
+- The head waits for the first event, so a call refused before it (a bad cursor, too many
   watchers) is an HTTP error like a unary call's. Once streaming, an error is the last event
   (`event: error`, or an `{"error": …}` line), with the body a unary error would have.
 - The client leaving cancels the call; nothing is buffered, so a client that reads slowly
@@ -38,7 +41,7 @@ _LINE_BREAK = re.compile(r"[\r\n\0]")  # would end an SSE field early, or (NUL) 
 @dataclass(frozen=True, slots=True)
 class Framing:
     media_type: str
-    event: Callable[[Binding, Message], bytes]
+    event: Callable[[Binding, Message], bytes]  # one event (a message, or an element of its events)
     error: Callable[[bytes], bytes]  # from a unary error's JSON body
 
     @property
@@ -51,20 +54,20 @@ class Framing:
 _STREAM_HEADERS = ((b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no"), (b"vary", b"Accept"))
 
 
-def _sse_event(binding: Binding, message: Message) -> bytes:
+def _sse_event(binding: Binding, event: Message) -> bytes:
     assert binding.stream is not None
     lines = []
-    event_id = binding.stream.id_of(message)
+    event_id = binding.stream.id_of(event)
     if event_id is not None and not _LINE_BREAK.search(event_id):
         lines.append(f"id: {event_id}\n")
-    if event_type := binding.stream.type_of(message):
+    if event_type := binding.stream.type_of(event):
         lines.append(f"event: {event_type}\n")
-    lines.append(f"data: {dumps(binding.response(message))}\n\n")
+    lines.append(f"data: {dumps(binding.response(event))}\n\n")
     return "".join(lines).encode()
 
 
-def _ndjson_line(binding: Binding, message: Message) -> bytes:
-    return f'{{"result":{dumps(binding.response(message))}}}\n'.encode()
+def _ndjson_line(binding: Binding, event: Message) -> bytes:
+    return f'{{"result":{dumps(binding.response(event))}}}\n'.encode()
 
 
 SERVER_SENT_EVENTS = Framing(SSE, _sse_event, lambda body: b"event: error\ndata: " + body + b"\n\n")
@@ -133,9 +136,12 @@ class _Forwarding:
         self.started = False  # the response head is sent
 
     async def run(self) -> grpc.StatusCode:
+        stream = self._binding.stream
+        assert stream is not None
         try:
             while isinstance(message := await self._call.read(), Message):  # until grpc.aio.EOF
-                await self._write(self._framing.event(self._binding, message))
+                if events := stream.events_of(message):
+                    await self._write(b"".join(self._framing.event(self._binding, e) for e in events))
         except grpc.aio.AioRpcError as exc:
             answer = self._refusal(exc)
             if self.started:

@@ -4,7 +4,7 @@
 document, comes from the `Binding`s it returns. Per request the work is: decode the body,
 merge it with the path variables and the query into one dict, and let protobuf's
 `json_format` parse that dict into the request message (either field-name form accepted).
-A server-streaming RPC's binding also carries its `Stream`: how each message becomes an event.
+A server-streaming RPC's binding also carries its `Stream`: how each message becomes events.
 """
 
 from __future__ import annotations
@@ -110,18 +110,23 @@ class TextLimits:
 @dataclass(frozen=True, slots=True)
 class Stream:
     """How a server-streaming RPC's messages become events (its `invmesh.api.v1.rest_stream`
-    option); "" where the option names no field."""
+    option); "" where the option names no field. An event is a message, or each element of
+    its `events` field."""
 
-    event_id: str  # the response field whose value is each event's SSE `id`
-    event_type: str  # the response oneof whose set member names each event's SSE `event`
+    event_id: str  # the event's field whose value is its SSE `id`
+    event_type: str  # the event's oneof whose set member names its SSE `event`
     resume_from: str  # the request field that a `Last-Event-ID` header sets
     resume_limits: TextLimits = TextLimits()
+    events: str = ""  # the repeated response field whose elements are the events
 
-    def id_of(self, message: Message) -> str | None:
-        return str(getattr(message, self.event_id)) if self.event_id else None
+    def events_of(self, message: Message) -> Sequence[Message]:
+        return getattr(message, self.events) if self.events else (message,)
 
-    def type_of(self, message: Message) -> str | None:
-        return message.WhichOneof(self.event_type) if self.event_type else None
+    def id_of(self, event: Message) -> str | None:
+        return str(getattr(event, self.event_id)) if self.event_id else None
+
+    def type_of(self, event: Message) -> str | None:
+        return event.WhichOneof(self.event_type) if self.event_type else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,17 +334,32 @@ def _stream(method: MethodDescriptor) -> Stream | None:
         if method.GetOptions().HasExtension(REST_STREAM):
             raise RuleError(f"{where}: rest_stream is for a server-streaming RPC")
         return None
-    request, response = method.input_type, method.output_type
-    if option.event_id and not _is_singular_scalar(response.fields_by_name.get(option.event_id)):
-        raise RuleError(f"{where}: rest_stream.event_id must name a singular scalar response field")
-    if option.event_type and option.event_type not in response.oneofs_by_name:
-        raise RuleError(f"{where}: rest_stream.event_type must name a oneof of the response")
+    request, event = method.input_type, _event_message(method.output_type, option.events)
+    if event is None:
+        raise RuleError(f"{where}: rest_stream.events must name a repeated message field of the response")
+    if option.event_id and not _is_singular_scalar(event.fields_by_name.get(option.event_id)):
+        raise RuleError(f"{where}: rest_stream.event_id must name a singular scalar field of the event")
+    if option.event_type and option.event_type not in event.oneofs_by_name:
+        raise RuleError(f"{where}: rest_stream.event_type must name a oneof of the event")
     if not option.resume_from:
-        return Stream(option.event_id, option.event_type, "")
+        return Stream(option.event_id, option.event_type, "", events=option.events)
     resume = request.fields_by_name.get(option.resume_from)
     if resume is None or not _is_singular_scalar(resume):
         raise RuleError(f"{where}: rest_stream.resume_from must name a singular scalar request field")
-    return Stream(option.event_id, option.event_type, option.resume_from, TextLimits.of(resume))
+    return Stream(
+        option.event_id, option.event_type, option.resume_from, TextLimits.of(resume), option.events
+    )
+
+
+def _event_message(response: Descriptor, events: str) -> Descriptor | None:
+    """The message each event of a stream is: the response, or the element of its field `events`;
+    None if that is not a repeated message field (nor a map)."""
+    if not events:
+        return response
+    elements = response.fields_by_name.get(events)
+    if elements is None or not elements.is_repeated or elements.message_type is None:
+        return None
+    return None if elements.message_type.GetOptions().map_entry else elements.message_type
 
 
 def _binding(
@@ -383,6 +403,8 @@ def _binding(
         raise RuleError(f"{where}: rest_response.status must be a 2xx status")
     if stream is not None and (status == 204 or rest.location):
         raise RuleError(f"{where}: a stream answers with a body and no Location")
+    if stream is not None and stream.events and rule.response_body:
+        raise RuleError(f"{where}: a stream sends rest_stream.events, or response_body: not both")
     path_fields = frozenset(v.name for v in template.variables)
     if stream is not None and stream.resume_from in path_fields:
         raise RuleError(f"{where}: rest_stream.resume_from {stream.resume_from!r} is bound by the path")

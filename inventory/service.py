@@ -12,12 +12,12 @@ from inventory.locations import Locations
 from inventory.product_check import ProductCheck
 from inventory.reservations import Reservations, ReservationSweeper
 from inventory.sequencer import Sequencer
-from inventory.servicer import InventoryServicer, feed_message
+from inventory.servicer import InventoryServicer, add_to_server, feed_event
 from inventory.stock import Inventory
 from inventory.stock_feed import StockFeed
 from inventory.watch import MovementWatch
 from invmesh import client
-from invmesh.inventory.v1 import inventory_service_pb2, inventory_service_pb2_grpc
+from invmesh.inventory.v1 import inventory_service_pb2
 from mesh.config import Settings
 from mesh.db import open_database
 from mesh.server import MeshServer, Servicer
@@ -46,7 +46,7 @@ async def running(settings: Settings, *, address: str | None = None) -> AsyncIte
         stack.push_async_callback(feed.stop)
         watch = MovementWatch(
             db,
-            render=feed_message,
+            render=feed_event,
             max_streams=settings.watch_max_streams,
             buffer_events=settings.watch_buffer_events,
             heartbeat_seconds=settings.watch_heartbeat_seconds,
@@ -76,7 +76,7 @@ async def running(settings: Settings, *, address: str | None = None) -> AsyncIte
         stack.push_async_callback(sweeper.stop)
         servicer = Servicer(
             SERVICE_NAME,
-            inventory_service_pb2_grpc.add_InventoryServiceServicer_to_server,
+            add_to_server,
             InventoryServicer(
                 Inventory(db=db, products=check, changed=changed),
                 Locations(db),

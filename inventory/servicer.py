@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any, TypedDict
 
+import grpc
 from sqlalchemy import Row
 
 from inventory import stock
@@ -19,6 +20,7 @@ from mesh.db import utcnow
 from mesh.interceptors import ServicerContext
 from mesh.messages import timestamp
 
+_SERVICE = pb.DESCRIPTOR.services_by_name["InventoryService"].full_name
 _TYPES = {stock.IN: pb.IN, stock.OUT: pb.OUT, stock.ADJUSTMENT: pb.ADJUSTMENT}
 _DIRECTIONS = {pb.RecordMovementRequest.IN: stock.IN, pb.RecordMovementRequest.OUT: stock.OUT}
 _STATES = {"ACTIVE": pb.ACTIVE, "CONFIRMED": pb.CONFIRMED, "RELEASED": pb.RELEASED, "EXPIRED": pb.EXPIRED}
@@ -85,18 +87,26 @@ def movement_message(movement: Movement | Row[Any]) -> pb.Movement:
     )
 
 
-def feed_message(event: FeedEvent) -> pb.WatchMovementsResponse:
+def feed_event(event: FeedEvent) -> bytes:
+    """The event as the bytes of a WatchMovementsResponse carrying it alone. Protobuf encodes a
+    repeated field as its elements one after another, so events' bytes joined are the message
+    carrying them all: each event is made once, for every stream that sends it, and a stream's
+    message costs a join, where one built of the events' messages would copy each."""
+    return pb.WatchMovementsResponse(events=[_feed_event_message(event)]).SerializeToString()
+
+
+def _feed_event_message(event: FeedEvent) -> pb.MovementFeedEvent:
     cursor = str(event.position)
     if event.kind == HEARTBEAT:
-        return pb.WatchMovementsResponse(cursor=cursor, heartbeat=pb.Heartbeat(sent_at=timestamp(utcnow())))
+        return pb.MovementFeedEvent(cursor=cursor, heartbeat=pb.Heartbeat(sent_at=timestamp(utcnow())))
     row = event.row
     assert row is not None
     if event.kind == MOVEMENT:
-        return pb.WatchMovementsResponse(cursor=cursor, movement=movement_message(row))
+        return pb.MovementFeedEvent(cursor=cursor, movement=movement_message(row))
     signal = _signal_message(row)
     if event.kind == LOW_STOCK:
-        return pb.WatchMovementsResponse(cursor=cursor, low_stock=signal)
-    return pb.WatchMovementsResponse(cursor=cursor, restocked=signal)
+        return pb.MovementFeedEvent(cursor=cursor, low_stock=signal)
+    return pb.MovementFeedEvent(cursor=cursor, restocked=signal)
 
 
 def _signal_message(row: Row[Any]) -> pb.StockSignal:
@@ -116,7 +126,7 @@ class InventoryServicer(inventory_service_pb2_grpc.InventoryServiceServicer):
         inventory: Inventory,
         locations: Locations,
         reservations: Reservations,
-        watch: MovementWatch[pb.WatchMovementsResponse],
+        watch: MovementWatch[bytes],
     ) -> None:
         self._inventory = inventory
         self._locations = locations
@@ -182,14 +192,15 @@ class InventoryServicer(inventory_service_pb2_grpc.InventoryServiceServicer):
             retired=ledger.retired,
         )
 
-    async def WatchMovements(
+    async def WatchMovements(  # type: ignore[override]  # bytes, which add_to_server sends as they are
         self, request: pb.WatchMovementsRequest, context: ServicerContext
-    ) -> AsyncIterator[pb.WatchMovementsResponse]:
-        events = self._watch.follow(
+    ) -> AsyncIterator[bytes]:
+        """Each message the events ready at once, as feed_event made them, joined."""
+        ready = self._watch.follow(
             request.after, product_id=request.product_id, location_id=request.location_id
         )
-        async for event in events:  # made by feed_message, once for every stream that sends it
-            yield event
+        async for events in ready:
+            yield b"".join(events)
 
     async def DeleteInventoryItem(
         self, request: pb.DeleteInventoryItemRequest, context: ServicerContext
@@ -313,3 +324,14 @@ def _recorded(recorded: Recorded) -> _RecordedFields:
         "movement": movement_message(movement) if movement is not None else None,
         "item": item_message(recorded.stock),
     }
+
+
+def add_to_server(servicer: InventoryServicer, server: grpc.aio.Server) -> None:
+    """Adds the servicer as add_InventoryServiceServicer_to_server does, but WatchMovements sends
+    the bytes its method yields as they are (no response serializer). Registered again, the
+    method's new handler replaces the first, and wins over the generic handler of the service."""
+    inventory_service_pb2_grpc.add_InventoryServiceServicer_to_server(servicer, server)
+    watch: grpc.RpcMethodHandler[pb.WatchMovementsRequest, bytes] = grpc.unary_stream_rpc_method_handler(
+        servicer.WatchMovements, request_deserializer=pb.WatchMovementsRequest.FromString
+    )
+    server.add_registered_method_handlers(_SERVICE, {"WatchMovements": watch})

@@ -13,6 +13,10 @@ stream they concern, in a bounded queue each. Joining takes the reader's positio
 reads from the database what lies between its own and that one, then takes rows from its queue,
 skipping any it already sent. A stream whose queue fills ends with RESOURCE_EXHAUSTED
 (SLOW_CONSUMER), and its client resumes from its cursor.
+
+A stream sends what is ready at once together (one gRPC message): a page it read, or every row
+in its queue (the reader's batch, and what came while the last message was written), up to a
+page; each event keeps its own position. Most of a stream's cost is per message, not per event.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -118,6 +122,17 @@ M = TypeVar("M")  # an event as the stream sends it (`render`'s answer)
 Sent = tuple[int, M]  # an event's position, and the event as sent
 
 
+def _unsent(rows: Iterable[Iterable[Sent[M]]], after: int) -> tuple[list[M], int]:
+    """The events of `rows` past position `after`, and the position of the last one (else `after`)."""
+    events = []
+    for row in rows:
+        for position, event in row:
+            if position > after:
+                after = position
+                events.append(event)
+    return events, after
+
+
 @dataclass(eq=False)
 class _Follower(Generic[M]):
     product_id: str
@@ -167,9 +182,12 @@ class MovementWatch(Generic[M]):
         """This process's sequencer gave places: read them now."""
         self._wake.set()
 
-    async def follow(self, cursor: str, *, product_id: str = "", location_id: str = "") -> AsyncIterator[M]:
+    async def follow(
+        self, cursor: str, *, product_id: str = "", location_id: str = ""
+    ) -> AsyncIterator[list[M]]:
         """The events after `cursor` (see `parse_cursor`) of the product and location, if named,
-        then heartbeats and live events until the caller stops reading."""
+        then heartbeats and live events until the caller stops reading; in lists of those
+        ready at once (the events of at most PAGE movements), a heartbeat alone."""
         if self._streams >= self._max_streams:
             raise ResourceExhausted(
                 f"this server follows {self._max_streams} streams already; try again or another replica",
@@ -178,13 +196,13 @@ class MovementWatch(Generic[M]):
         self._streams += 1
         WATCH_STREAMS.inc()
         try:
-            async for _, event in self._follow(cursor, product_id, location_id):
-                yield event
+            async for events in self._follow(cursor, product_id, location_id):
+                yield events
         finally:
             self._streams -= 1
             WATCH_STREAMS.dec()
 
-    async def _follow(self, cursor: str, product_id: str, location_id: str) -> AsyncIterator[Sent[M]]:
+    async def _follow(self, cursor: str, product_id: str, location_id: str) -> AsyncIterator[list[M]]:
         after = parse_cursor(cursor)
         if location_id and not await self._db.fetch(_LOCATION_EXISTS, {"loc": location_id}):
             raise location_not_found(location_id)
@@ -196,33 +214,33 @@ class MovementWatch(Generic[M]):
                 f"after {after} is past the end of this feed ({end})", field="after", reason="INVALID_CURSOR"
             )
         read = _Reader(self._db, self._render, product_id, location_id, after)
-        async for sent in read.upto(None):  # the history, however long
-            yield sent
+        async for page in read.upto(None):  # the history, however long
+            yield page
         follower: _Follower[M] = _Follower(product_id, location_id, asyncio.Queue(self._buffer))
         self._followers.add(follower)
         joined_at = self._position  # rows above it come through the queue
         try:
-            async for sent in read.upto(joined_at):
-                yield sent
+            async for page in read.upto(joined_at):
+                yield page
             # Caught up: says so at once, with the cursor, to a client that started at the end too.
             read.position = max(read.position, 2 * joined_at + 1)
-            yield read.position, self._render(FeedEvent(read.position, HEARTBEAT))
+            yield [self._render(FeedEvent(read.position, HEARTBEAT))]
             while True:
+                rows = []
                 if follower.rows.empty():  # the heartbeat's timer only when there is time to wait
                     try:
                         async with asyncio.timeout(self._heartbeat):
-                            row = await follower.rows.get()
+                            rows.append(await follower.rows.get())
                     except TimeoutError:
                         # Every row up to the reader's position reached the queue, which is empty.
                         read.position = max(read.position, 2 * self._position + 1)
-                        yield read.position, self._render(FeedEvent(read.position, HEARTBEAT))
+                        yield [self._render(FeedEvent(read.position, HEARTBEAT))]
                         continue
-                else:
-                    row = follower.rows.get_nowait()
-                for position, event in row:
-                    if position > read.position:
-                        read.position = position
-                        yield position, event
+                while len(rows) < PAGE and not follower.rows.empty():
+                    rows.append(follower.rows.get_nowait())
+                events, read.position = _unsent(rows, read.position)
+                if events:
+                    yield events
                 if follower.overflowed:
                     raise ResourceExhausted(
                         f"the client read too slowly and its {self._buffer} buffered events filled; "
@@ -290,18 +308,18 @@ class _Reader(Generic[M]):
         self._filters = {"pid": product_id, "loc": location_id}
         self.position = position
 
-    async def upto(self, last_place: int | None) -> AsyncIterator[Sent[M]]:
-        """The events after `position` up to place `last_place` (None: to the end)."""
+    async def upto(self, last_place: int | None) -> AsyncIterator[list[M]]:
+        """The events after `position` up to place `last_place` (None: to the end), a page of
+        rows' at a time."""
         last = 2**62 if last_place is None else last_place
         while True:
             first = (self.position + 1) // 2  # the place whose events may not all be sent yet
             if first > last:
                 return
             rows = await self._db.fetch(self._query, {"first": first, "last": last, **self._filters})
-            for row in rows:
-                for event in events_of(row):
-                    if event.position > self.position:
-                        self.position = event.position
-                        yield event.position, self._render(event)
+            page = [e for row in rows for e in events_of(row) if e.position > self.position]
+            if page:
+                self.position = page[-1].position
+                yield [self._render(e) for e in page]
             if len(rows) < PAGE:
                 return

@@ -128,15 +128,15 @@ class MeshClient:
 
     async def follow_movements(
         self, *, after: str = "", product_id: str = "", location_id: str = ""
-    ) -> AsyncGenerator[inventory_pb.WatchMovementsResponse, None]:
+    ) -> AsyncGenerator[inventory_pb.MovementFeedEvent, None]:
         """Every event of InventoryService.WatchMovements after the cursor `after` ("" from
         now, "0" from the first movement), of one product or at one location if given, for
-        ever: movements, low_stock and restocked signals, each with the `cursor` to resume
-        after it. A stream that ends (RESUMABLE, closed by the server, or, with a login, ended
-        by its token's expiry) is opened again
-        after the last cursor read, RESUME_INITIAL_SECONDS later, and then after a delay
-        that doubles while no event comes. Heartbeats move that cursor and are not yielded.
-        Other errors raise."""
+        ever, one by one however the stream grouped them in messages: movements, low_stock
+        and restocked signals, each with the `cursor` to resume after it. A stream that ends
+        (RESUMABLE, closed by the server, or, with a login, ended by its token's expiry) is
+        opened again after the last cursor read (the last event yielded, wherever it was in
+        its message), RESUME_INITIAL_SECONDS later, and then after a delay that doubles while
+        no event comes. Heartbeats move that cursor and are not yielded. Other errors raise."""
         failures = 0
         while True:
             request = inventory_pb.WatchMovementsRequest(
@@ -145,10 +145,12 @@ class MeshClient:
             call = self.inventory.WatchMovements(request)
             served = False
             try:
-                async for event in call:
-                    after, failures, served = event.cursor, 0, True
-                    if not event.HasField("heartbeat"):
-                        yield event
+                async for message in call:
+                    failures, served = 0, True
+                    for event in message.events:
+                        after = event.cursor
+                        if not event.HasField("heartbeat"):
+                            yield event
                 ended = "the server closed the stream"
             except grpc.aio.AioRpcError as error:
                 # A stream ends when the token it opened with expires; the login has renewed it.

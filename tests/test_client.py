@@ -33,15 +33,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @dataclass
 class Stream:
-    """One WatchMovements stream as the fake serves it: these events, then this end (None:
-    the server closes it; "hang": it stays open)."""
+    """One WatchMovements stream as the fake serves it: a message of each list of events, then
+    this end (None: the server closes it; "hang": it stays open)."""
 
-    events: list[pb.WatchMovementsResponse]
+    messages: list[list[pb.MovementFeedEvent]]
     end: grpc.StatusCode | str | None = "hang"
 
 
-def movement(cursor: str) -> pb.WatchMovementsResponse:
-    return pb.WatchMovementsResponse(cursor=cursor, movement=pb.Movement(id=f"m{cursor}"))
+def movement(cursor: str) -> pb.MovementFeedEvent:
+    return pb.MovementFeedEvent(cursor=cursor, movement=pb.Movement(id=f"m{cursor}"))
 
 
 @dataclass
@@ -59,8 +59,8 @@ class FakeInventory(inventory_service_pb2_grpc.InventoryServiceServicer):
         self.watched.append((time.monotonic(), request))
         self.tokens.append(metadata_value(context, "authorization"))
         stream = self.streams[min(len(self.watched), len(self.streams)) - 1]
-        for event in stream.events:
-            yield event
+        for events in stream.messages:
+            yield pb.WatchMovementsResponse(events=events)
         if stream.end == "hang":
             await asyncio.Event().wait()
         elif isinstance(stream.end, grpc.StatusCode):
@@ -133,7 +133,7 @@ async def inventory() -> AsyncIterator[tuple[FakeInventory, Settings]]:
 
 async def followed(
     mesh: client.MeshClient, count: int, *, after: str = "0", within: float = 10
-) -> list[pb.WatchMovementsResponse]:
+) -> list[pb.MovementFeedEvent]:
     """The first `count` events `follow_movements` yields, within `within` seconds."""
     events = []
     async with asyncio.timeout(within), contextlib.aclosing(mesh.follow_movements(after=after)) as feed:
@@ -148,19 +148,22 @@ async def test_the_feed_resumes_after_the_last_cursor_read_and_keeps_heartbeats_
     inventory: tuple[FakeInventory, Settings],
 ) -> None:
     fake, settings = inventory
-    heartbeat = pb.WatchMovementsResponse(cursor="2", heartbeat=pb.Heartbeat())
-    low_stock = pb.WatchMovementsResponse(cursor="3", low_stock=pb.StockSignal(product_id="p"))
+    heartbeat = pb.MovementFeedEvent(cursor="2", heartbeat=pb.Heartbeat())
+    low_stock = pb.MovementFeedEvent(cursor="4", low_stock=pb.StockSignal(product_id="p"))
     fake.streams = [
-        Stream([movement("1"), heartbeat], grpc.StatusCode.UNAVAILABLE),  # a replica went away
-        Stream([low_stock], grpc.StatusCode.RESOURCE_EXHAUSTED),  # SLOW_CONSUMER
-        Stream([movement("4")], None),  # closed by the server
-        Stream([movement("5")]),
+        Stream([[movement("1")], [heartbeat]], grpc.StatusCode.UNAVAILABLE),  # a replica went away
+        Stream(
+            [[movement("3"), low_stock, movement("6")]], grpc.StatusCode.RESOURCE_EXHAUSTED
+        ),  # SLOW_CONSUMER
+        Stream([[movement("8")]], None),  # closed by the server
+        Stream([[movement("10")]]),
     ]
     async with client.connect(settings) as mesh:
-        events = await followed(mesh, 4)
-    assert [event.cursor for event in events] == ["1", "3", "4", "5"]
-    assert events[1].low_stock.product_id == "p"
-    assert [request.after for _, request in fake.watched] == ["0", "2", "3", "4"]
+        events = await followed(mesh, 6)
+    # One by one, those of one message too, and each stream resumes after the last event read.
+    assert [event.cursor for event in events] == ["1", "3", "4", "6", "8", "10"]
+    assert events[2].low_stock.product_id == "p"
+    assert [request.after for _, request in fake.watched] == ["0", "2", "6", "8"]
 
 
 async def test_the_feed_waits_longer_after_each_failure_in_a_row(
@@ -183,7 +186,7 @@ async def test_the_feed_raises_what_a_new_stream_would_not_mend(
     inventory: tuple[FakeInventory, Settings],
 ) -> None:
     fake, settings = inventory
-    fake.streams = [Stream([movement("1")], grpc.StatusCode.PERMISSION_DENIED)]
+    fake.streams = [Stream([[movement("1")]], grpc.StatusCode.PERMISSION_DENIED)]
     with pytest.raises(grpc.aio.AioRpcError) as ended:
         async with client.connect(settings) as mesh:
             await followed(mesh, 2)
@@ -195,7 +198,7 @@ async def test_a_user_login_is_renewed_with_the_refresh_token_then_logged_in_aga
     inventory: tuple[FakeInventory, Settings],
 ) -> None:
     fake, settings = inventory
-    fake.streams = [Stream([movement("1")])]
+    fake.streams = [Stream([[movement("1")]])]
     auth = FakeAuth(lifetime=1)  # renewed after 0.8 s
     async with serving(
         lambda server: auth_service_pb2_grpc.add_AuthServiceServicer_to_server(auth, server)

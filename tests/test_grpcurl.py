@@ -104,8 +104,8 @@ async def test_grpcurl_calls_every_products_and_inventory_rpc(mesh: Mesh) -> Non
 
 
 async def test_grpcurl_follows_the_movement_feed(mesh: Mesh) -> None:
-    """`grpcurl … InventoryService/WatchMovements` prints each event as it comes, as the README
-    shows; `-max-time` ends it (exit status 64 + DEADLINE_EXCEEDED)."""
+    """`grpcurl … InventoryService/WatchMovements` prints each message as it comes, its events
+    in `events`, as the README shows; `-max-time` ends it (exit status 64 + DEADLINE_EXCEEDED)."""
     created = await mesh.products.CreateProduct(
         products_pb.CreateProductRequest(product=products_pb.Product(sku="FEED-1", name="Fed", price="1")),
         metadata=mesh.as_user(),
@@ -128,11 +128,14 @@ async def test_grpcurl_follows_the_movement_feed(mesh: Mesh) -> None:
     )
     stdout, stderr = await process.communicate()
     assert process.returncode == 64 + 4, stderr.decode()  # DEADLINE_EXCEEDED: it followed until then
-    decoder, text, events = json.JSONDecoder(), stdout.decode().strip(), []
+    decoder, text, messages = json.JSONDecoder(), stdout.decode().strip(), []
     while text:
-        event, end = decoder.raw_decode(text)
-        events.append(event)
+        message, end = decoder.raw_decode(text)
+        messages.append(message)
         text = text[end:].strip()
-    moved = [e["movement"] for e in events if "movement" in e]
+    # The history in one message (a page), then the heartbeat that says the stream is live.
+    history, *beats = messages
+    moved = [e["movement"] for e in history["events"]]
     assert [(m["quantity"], m["balance_after"]) for m in moved] == [(4, 4), (2, 6)]
-    assert "heartbeat" in events[-1] and int(events[-1]["cursor"]) >= int(events[1]["cursor"])
+    (live,) = beats[0]["events"]
+    assert "heartbeat" in live and int(live["cursor"]) > int(history["events"][-1]["cursor"])

@@ -5,6 +5,7 @@ keep a slow or numerous audience from costing the server without limit."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import random
 from pathlib import Path
@@ -26,30 +27,50 @@ from tests.test_inventory import move, new_product
 from tests.test_locations import new_location
 from tests.test_replicas import ReplicatedMesh, replicated_mesh
 
-Stream = grpc.aio.UnaryStreamCall[pb.WatchMovementsRequest, pb.WatchMovementsResponse]
+Call = grpc.aio.UnaryStreamCall[pb.WatchMovementsRequest, pb.WatchMovementsResponse]
+
+
+class Stream:
+    """A WatchMovements call read event by event, whatever messages carried them (`messages`)."""
+
+    def __init__(self, call: Call) -> None:
+        self.call = call
+        self.messages: list[pb.WatchMovementsResponse] = []
+        self._ready: collections.deque[pb.MovementFeedEvent] = collections.deque()
+
+    async def next(self) -> pb.MovementFeedEvent:
+        while not self._ready:
+            message = await self.call.read()
+            assert isinstance(message, pb.WatchMovementsResponse), message
+            assert message.events, "a message without events"
+            self.messages.append(message)
+            self._ready.extend(message.events)
+        return self._ready.popleft()
+
+    def cancel(self) -> None:
+        self.call.cancel()
 
 
 def watch(mesh: Mesh, after: str = "", **filters: str) -> Stream:
     request = pb.WatchMovementsRequest(after=after, **filters)
-    return mesh.inventory.WatchMovements(request, metadata=mesh.as_user())
+    return Stream(mesh.inventory.WatchMovements(request, metadata=mesh.as_user()))
 
 
 async def events(
     stream: Stream, count: int, *, heartbeats: bool = False, timeout: float = 10
-) -> list[pb.WatchMovementsResponse]:
+) -> list[pb.MovementFeedEvent]:
     """The next `count` events of `stream` (heartbeats left out unless asked for); a timeout
     keeps those read in the meantime out of the answer."""
-    found: list[pb.WatchMovementsResponse] = []
+    found: list[pb.MovementFeedEvent] = []
     async with asyncio.timeout(timeout):
         while len(found) < count:
-            event = await stream.read()
-            assert isinstance(event, pb.WatchMovementsResponse), event
+            event = await stream.next()
             if heartbeats or event.WhichOneof("event") != "heartbeat":
                 found.append(event)
     return found
 
 
-def movements_of(found: list[pb.WatchMovementsResponse]) -> list[pb.Movement]:
+def movements_of(found: list[pb.MovementFeedEvent]) -> list[pb.Movement]:
     return [e.movement for e in found if e.WhichOneof("event") == "movement"]
 
 
@@ -86,6 +107,37 @@ async def test_history_then_live_movements_come_in_order_with_cursors_that_resum
     again = await events(resumed, 2)
     assert [e.cursor for e in again] == [history[1].cursor, live.cursor]
     assert again[1].movement == live.movement
+    resumed.cancel()
+
+
+async def test_events_ready_together_share_a_message_and_resume_from_inside_one_exactly(mesh: Mesh) -> None:
+    """A transfer's two movements commit together: a live stream sends them in one message, and
+    a replay sends its page of history in one. Resuming from an event inside a message sends
+    exactly the events after it."""
+    pid = await new_product(mesh)
+    site = await new_location(mesh, "WH-7")
+    await mesh.inventory.RecordMovement(move(pid, pb.IN, 5), metadata=mesh.as_user())
+    await asyncio.sleep(0.2)  # numbered: the live stream starts after it
+    live = watch(mesh, product_id=pid)
+    await events(live, 1, heartbeats=True)  # caught up: the transfer comes through the reader
+    transfer = pb.CreateTransferRequest(
+        product_id=pid, from_location_id=DEFAULT_LOCATION_ID, to_location_id=site.id, quantity=2
+    )
+    done = await mesh.inventory.CreateTransfer(transfer, metadata=mesh.as_user())
+    outgoing, incoming = await events(live, 2)
+    assert (outgoing.movement, incoming.movement) == (done.outgoing, done.incoming)
+    assert list(live.messages[-1].events) == [outgoing, incoming]
+    live.cancel()
+
+    replay = watch(mesh, after="0", product_id=pid)
+    history = await events(replay, 3)
+    assert list(replay.messages[0].events) == history
+    assert [m.quantity for m in movements_of(history)] == [5, -2, 2]
+    replay.cancel()
+
+    resumed = watch(mesh, after=history[1].cursor, product_id=pid)
+    rest = await events(resumed, 2, heartbeats=True)
+    assert rest[0] == history[2] and rest[1].WhichOneof("event") == "heartbeat", rest
     resumed.cancel()
 
 
@@ -133,8 +185,9 @@ async def test_bad_cursors_and_unknown_locations_are_refused(mesh: Mesh) -> None
 
 async def test_a_stream_needs_a_valid_token(mesh: Mesh) -> None:
     request = pb.WatchMovementsRequest(after="0")
-    await expect_error(events(mesh.inventory.WatchMovements(request), 1), grpc.StatusCode.UNAUTHENTICATED)
-    forged = mesh.inventory.WatchMovements(request, metadata=mesh.as_user("not-a-token"))
+    anonymous = Stream(mesh.inventory.WatchMovements(request))
+    await expect_error(events(anonymous, 1), grpc.StatusCode.UNAUTHENTICATED)
+    forged = Stream(mesh.inventory.WatchMovements(request, metadata=mesh.as_user("not-a-token")))
     await expect_error(events(forged, 1), grpc.StatusCode.UNAUTHENTICATED)
 
 
@@ -191,12 +244,12 @@ async def test_a_client_that_reads_too_slowly_is_cut_off_with_a_cursor_to_resume
             await asyncio.sleep(0.3)  # joined, and not reading
             for _ in range(120):
                 await mesh.inventory.RecordMovement(move(pid, pb.IN, 1), metadata=mesh.as_user())
-            read: list[pb.WatchMovementsResponse] = []
+            read: list[pb.MovementFeedEvent] = []
 
             async def read_all() -> None:
                 async with asyncio.timeout(10):
-                    async for event in stream:
-                        read.append(event)
+                    async for message in stream:
+                        read.extend(message.events)
 
             error = await expect_error(read_all(), grpc.StatusCode.RESOURCE_EXHAUSTED)
             assert error_reason(error) == "SLOW_CONSUMER"
@@ -258,13 +311,15 @@ async def test_resuming_at_random_points_across_two_replicas_misses_and_repeats_
                 except grpc.aio.AioRpcError as refused:  # an exit or transfer beyond the stock
                     assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION, refused
 
-        received: list[pb.WatchMovementsResponse] = []
+        received: list[pb.MovementFeedEvent] = []
         writing = asyncio.gather(*(write(n) for n in range(6)))
         cursor, replica = "0", 0
         async with asyncio.timeout(90):  # a movement missed would keep the reader waiting
             while not writing.done() or len(movements_of(received)) < await total_movements(mesh, products):
-                stream = by_replica[replica].WatchMovements(
-                    pb.WatchMovementsRequest(after=cursor), metadata=mesh.user
+                stream = Stream(
+                    by_replica[replica].WatchMovements(
+                        pb.WatchMovementsRequest(after=cursor), metadata=mesh.user
+                    )
                 )
                 with contextlib.suppress(TimeoutError):
                     for _ in range(rng.randint(1, 40)):
@@ -285,7 +340,7 @@ async def test_resuming_at_random_points_across_two_replicas_misses_and_repeats_
             assert m.balance_after == before + m.quantity, m
             balances[m.product_id, m.location_id] = m.balance_after
 
-        whole = by_replica[0].WatchMovements(pb.WatchMovementsRequest(after="0"), metadata=mesh.user)
+        whole = Stream(by_replica[0].WatchMovements(pb.WatchMovementsRequest(after="0"), metadata=mesh.user))
         unbroken = await events(whole, len(received))
         whole.cancel()
         assert [(e.cursor, e.movement.id) for e in unbroken] == [(e.cursor, e.movement.id) for e in received]
@@ -310,7 +365,7 @@ async def test_a_stopping_server_ends_its_streams_at_once_so_clients_resume_else
         await inventory.enter_async_context(running_inventory(settings))
         stub = inventory_service_pb2_grpc.InventoryServiceStub(channel)
         metadata = (("authorization", f"Bearer {mesh_users.verified_token}"),)
-        stream = stub.WatchMovements(pb.WatchMovementsRequest(), metadata=metadata)
+        stream = Stream(stub.WatchMovements(pb.WatchMovementsRequest(), metadata=metadata))
         await events(stream, 1, heartbeats=True)
         started = asyncio.get_running_loop().time()
         stopping = asyncio.create_task(inventory.aclose())

@@ -328,10 +328,12 @@ async def test_a_streamed_operation_answers_events_or_json_lines(document: dict[
     assert list(content) == ["text/event-stream", "application/x-ndjson"]
     assert content["text/event-stream"]["schema"] == {"type": "string"}
     line = content["application/x-ndjson"]["schema"]
+    # A line holds one event: an element of the messages' `events`, as rest_stream says.
     assert line["properties"] == {
-        "result": {"$ref": "#/components/schemas/WatchMovementsResponse"},
+        "result": {"$ref": "#/components/schemas/MovementFeedEvent"},
         "error": {"$ref": "#/components/schemas/Status"},
     }
+    assert "WatchMovementsResponse" not in document["components"]["schemas"]
     assert (line["minProperties"], line["maxProperties"], line["additionalProperties"]) == (1, 1, False)
     parameters = {(p["in"], p["name"]): p for p in watch["parameters"]}
     assert set(parameters) == {

@@ -32,10 +32,12 @@ SIGNAL = pb.StockSignal(
     product_id="p1", location_id="l1", on_hand=5, reorder_point=8, movement_id="41", created_at=SENT_AT
 )
 EVENTS = [
-    pb.WatchMovementsResponse(cursor="41", movement=MOVEMENT),
-    pb.WatchMovementsResponse(cursor="41", low_stock=SIGNAL),
-    pb.WatchMovementsResponse(cursor="41", heartbeat=pb.Heartbeat(sent_at=SENT_AT)),
+    pb.MovementFeedEvent(cursor="82", movement=MOVEMENT),
+    pb.MovementFeedEvent(cursor="83", low_stock=SIGNAL),
+    pb.MovementFeedEvent(cursor="83", heartbeat=pb.Heartbeat(sent_at=SENT_AT)),
 ]
+# A movement and its signal in one message, then the heartbeat in one of its own.
+MESSAGES = [pb.WatchMovementsResponse(events=EVENTS[:2]), pb.WatchMovementsResponse(events=EVENTS[2:])]
 # As the facade prints messages: snake_case, zero values present, enums by name.
 MOVEMENT_JSON = {
     "id": "41",
@@ -60,9 +62,9 @@ SIGNAL_JSON = {
     "created_at": "2026-01-01T00:00:00Z",
 }
 EVENTS_JSON = [
-    {"cursor": "41", "movement": MOVEMENT_JSON},
-    {"cursor": "41", "low_stock": SIGNAL_JSON},
-    {"cursor": "41", "heartbeat": {"sent_at": "2026-01-01T00:00:00Z"}},
+    {"cursor": "82", "movement": MOVEMENT_JSON},
+    {"cursor": "83", "low_stock": SIGNAL_JSON},
+    {"cursor": "83", "heartbeat": {"sent_at": "2026-01-01T00:00:00Z"}},
 ]
 
 
@@ -73,7 +75,8 @@ class ScriptedInventory(inventory_service_pb2_grpc.InventoryServiceServicer):
     - "cut": one event, then fails (RESOURCE_EXHAUSTED, SLOW_CONSUMER);
     - "follow": one event, then waits for more until cancelled;
     - "silent": waits, before any event, until cancelled;
-    - anything else: EVENTS, then ends.
+    - "empty": a message without events, then waits until cancelled;
+    - anything else: MESSAGES, then ends.
 
     GetInventoryItem answers the product asked for, to tell the routes apart."""
 
@@ -97,19 +100,21 @@ class ScriptedInventory(inventory_service_pb2_grpc.InventoryServiceServicer):
                 ResourceExhausted("too many watchers", reason="TOO_MANY_WATCHERS").to_status()
             )
         if script in ("cut", "follow"):
-            yield EVENTS[0]
+            yield pb.WatchMovementsResponse(events=EVENTS[:1])
+        if script == "empty":
+            yield pb.WatchMovementsResponse()
         if script == "cut":
             await context.abort_with_status(
                 ResourceExhausted("the client reads too slowly", reason="SLOW_CONSUMER").to_status()
             )
-        if script in ("follow", "silent"):
+        if script in ("follow", "silent", "empty"):
             try:
                 await asyncio.Future()
             except asyncio.CancelledError:
                 self.cancelled.set()
                 raise
-        for event in EVENTS:
-            yield event
+        for message in MESSAGES:
+            yield message
 
     async def GetInventoryItem(
         self, request: pb.GetInventoryItemRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -166,7 +171,7 @@ def sse_events(text: str) -> list[dict[str, str]]:
     return events
 
 
-async def test_server_sent_events_carry_the_id_type_and_json_of_each_message(
+async def test_server_sent_events_carry_the_id_type_and_json_of_each_event_of_each_message(
     http: httpx.AsyncClient, watch: ScriptedInventory
 ) -> None:
     response = await http.get(WATCH, headers=SSE)
@@ -178,9 +183,9 @@ async def test_server_sent_events_carry_the_id_type_and_json_of_each_message(
     assert "content-length" not in response.headers  # streamed (chunked), not buffered
     events = sse_events(response.text)
     assert [(e["id"], e["event"]) for e in events] == [
-        ("41", "movement"),
-        ("41", "low_stock"),
-        ("41", "heartbeat"),
+        ("82", "movement"),
+        ("83", "low_stock"),
+        ("83", "heartbeat"),
     ]
     assert [json.loads(e["data"]) for e in events] == EVENTS_JSON
 
@@ -284,19 +289,21 @@ async def test_events_arrive_as_they_come_and_a_client_that_leaves_cancels_the_c
     async with http.stream("GET", WATCH, params={"product_id": "follow"}, headers=SSE) as response:
         assert response.status_code == 200
         lines = response.aiter_lines()
-        assert await asyncio.wait_for(anext(lines), 5) == "id: 41"  # while the call goes on
+        assert await asyncio.wait_for(anext(lines), 5) == "id: 82"  # while the call goes on
         # Past the facade's deadline for unary calls: a stream has none of its own.
         await asyncio.sleep(2 * DEFAULT_TIMEOUT)
         assert not watch.cancelled.is_set()
     await asyncio.wait_for(watch.cancelled.wait(), 5)
 
 
-async def test_a_client_that_leaves_before_the_first_message_cancels_the_call(
-    http: httpx.AsyncClient, watch: ScriptedInventory
+@pytest.mark.parametrize("script", ["silent", "empty"])
+async def test_a_client_that_leaves_before_the_first_event_cancels_the_call(
+    http: httpx.AsyncClient, watch: ScriptedInventory, script: str
 ) -> None:
+    # A message without events sends nothing, the response head included.
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(2 * DEFAULT_TIMEOUT):
-            await http.get(WATCH, params={"product_id": "silent"})
+            await http.get(WATCH, params={"product_id": script})
     await asyncio.wait_for(watch.cancelled.wait(), 5)
 
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19invmesh/api/v1/rest.proto\x12\x0einvmesh.api.v1\x1a google/protobuf/descriptor.proto\"0\n\x0cRestResponse\x12\x0e\n\x06status\x18\x01 \x01(\x05\x12\x10\n\x08location\x18\x02 \x01(\t\"G\n\nRestStream\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x13\n\x0bresume_from\x18\x02 \x01(\t\x12\x12\n\nevent_type\x18\x03 \x01(\t:U\n\rrest_response\x12\x1e.google.protobuf.MethodOptions\x18\xb8\x8e\x03 \x01(\x0b\x32\x1c.invmesh.api.v1.RestResponse:Q\n\x0brest_stream\x12\x1e.google.protobuf.MethodOptions\x18\xbb\x8e\x03 \x01(\x0b\x32\x1a.invmesh.api.v1.RestStreamb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19invmesh/api/v1/rest.proto\x12\x0einvmesh.api.v1\x1a google/protobuf/descriptor.proto\"0\n\x0cRestResponse\x12\x0e\n\x06status\x18\x01 \x01(\x05\x12\x10\n\x08location\x18\x02 \x01(\t\"W\n\nRestStream\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x13\n\x0bresume_from\x18\x02 \x01(\t\x12\x12\n\nevent_type\x18\x03 \x01(\t\x12\x0e\n\x06\x65vents\x18\x04 \x01(\t:U\n\rrest_response\x12\x1e.google.protobuf.MethodOptions\x18\xb8\x8e\x03 \x01(\x0b\x32\x1c.invmesh.api.v1.RestResponse:Q\n\x0brest_stream\x12\x1e.google.protobuf.MethodOptions\x18\xbb\x8e\x03 \x01(\x0b\x32\x1a.invmesh.api.v1.RestStreamb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,5 +35,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESTRESPONSE']._serialized_start=79
   _globals['_RESTRESPONSE']._serialized_end=127
   _globals['_RESTSTREAM']._serialized_start=129
-  _globals['_RESTSTREAM']._serialized_end=200
+  _globals['_RESTSTREAM']._serialized_end=216
 # @@protoc_insertion_point(module_scope)

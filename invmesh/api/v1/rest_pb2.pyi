@@ -18,11 +18,13 @@ class RestResponse(_message.Message):
     def __init__(self, status: _Optional[int] = ..., location: _Optional[str] = ...) -> None: ...
 
 class RestStream(_message.Message):
-    __slots__ = ("event_id", "resume_from", "event_type")
+    __slots__ = ("event_id", "resume_from", "event_type", "events")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     RESUME_FROM_FIELD_NUMBER: _ClassVar[int]
     EVENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     resume_from: str
     event_type: str
-    def __init__(self, event_id: _Optional[str] = ..., resume_from: _Optional[str] = ..., event_type: _Optional[str] = ...) -> None: ...
+    events: str
+    def __init__(self, event_id: _Optional[str] = ..., resume_from: _Optional[str] = ..., event_type: _Optional[str] = ..., events: _Optional[str] = ...) -> None: ...

@@ -269,6 +269,12 @@ class WatchMovementsRequest(_message.Message):
     def __init__(self, after: _Optional[str] = ..., product_id: _Optional[str] = ..., location_id: _Optional[str] = ...) -> None: ...
 
 class WatchMovementsResponse(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[MovementFeedEvent]
+    def __init__(self, events: _Optional[_Iterable[_Union[MovementFeedEvent, _Mapping]]] = ...) -> None: ...
+
+class MovementFeedEvent(_message.Message):
     __slots__ = ("cursor", "movement", "low_stock", "restocked", "heartbeat")
     CURSOR_FIELD_NUMBER: _ClassVar[int]
     MOVEMENT_FIELD_NUMBER: _ClassVar[int]

@@ -75,9 +75,13 @@ class InventoryServiceStub:
     one product or at one location, first those already recorded, then each as
     it commits (through any replica), in commit order, each event with the
     cursor that resumes after it; with the low-stock signals the movements
-    caused. A heartbeat says when the stream has sent every movement recorded
-    before it started, and comes again after WATCH_HEARTBEAT_SECONDS without an
-    event.
+    caused. A message carries every event ready when it is sent (a page of
+    those recorded, the movements committed together, or those that came while
+    the last message was sent), in order, so a client resumes from the cursor
+    of the last event it processed, wherever that was in a message; over REST
+    each event is an SSE event or a JSON line of its own. A heartbeat says when
+    the stream has sent every movement recorded before it started, and comes
+    again after WATCH_HEARTBEAT_SECONDS without an event.
     Returns INVALID_ARGUMENT for a malformed cursor, NOT_FOUND for an unknown
     location_id, RESOURCE_EXHAUSTED (reason TOO_MANY_WATCHERS) when the server
     follows as many streams as it allows, and ends the stream with
@@ -262,9 +266,13 @@ class InventoryServiceServicer:
         one product or at one location, first those already recorded, then each as
         it commits (through any replica), in commit order, each event with the
         cursor that resumes after it; with the low-stock signals the movements
-        caused. A heartbeat says when the stream has sent every movement recorded
-        before it started, and comes again after WATCH_HEARTBEAT_SECONDS without an
-        event.
+        caused. A message carries every event ready when it is sent (a page of
+        those recorded, the movements committed together, or those that came while
+        the last message was sent), in order, so a client resumes from the cursor
+        of the last event it processed, wherever that was in a message; over REST
+        each event is an SSE event or a JSON line of its own. A heartbeat says when
+        the stream has sent every movement recorded before it started, and comes
+        again after WATCH_HEARTBEAT_SECONDS without an event.
         Returns INVALID_ARGUMENT for a malformed cursor, NOT_FOUND for an unknown
         location_id, RESOURCE_EXHAUSTED (reason TOO_MANY_WATCHERS) when the server
         follows as many streams as it allows, and ends the stream with
