@@ -17,7 +17,8 @@ feed has reported it (`reported`), like a group commit. It asks for a round that
 its commit; the feed runs it at once, back to back with the round in progress, and one call
 carries every item marked by then, so concurrent writers share rounds. A round reads every
 marked item and a mark is cleared only once products holds its version, so when a round that
-began after the commit ends, products holds the change, whichever replica's feed sent it. The
+began after the commit has sent its items, products holds the change, whichever replica's
+feed sent it: its writers are released then, before the round clears the marks. The
 wait is bounded (`STOCK_REPORT_WAIT_SECONDS`, and half the call's time left): past it the write
 answers all the same, being committed, and the feed reports it later.
 """
@@ -146,6 +147,8 @@ class StockFeed(BackgroundLoop):
                     products_service_pb2.UpdateStockLevelsRequest(levels=levels),
                     metadata=await self._identity.metadata(),
                 )
+                if len(rows) < BATCH:  # products holds every item marked when the round began
+                    self.release_waiters()
                 async with self._db.write_connection() as conn:
                     await conn.execute(_PUBLISHED, [{"pid": r.product_id, "sent": r.version} for r in rows])
             reported += len(rows)

@@ -39,8 +39,8 @@ class BackgroundLoop:
         self._task: asyncio.Task[None] | None = None
         self._causes = tracing.Causes()
         # Rounds of `_rounds`, one at a time: how many began, the last that succeeded (so every
-        # round up to it has ended), the highest a caller waits for, and the event set at the end
-        # of the round in progress.
+        # round up to it has ended), the highest a caller waits for, and the event set when the
+        # round in progress releases its waiters (`release_waiters`).
         self._began = 0
         self._succeeded = 0
         self._wanted = 0
@@ -75,6 +75,14 @@ class BackgroundLoop:
         self.wake()
         while self._succeeded < wanted:
             await self._round_ended.wait()
+
+    def release_waiters(self) -> None:
+        """The round in progress has done what callers wait for: `round_after_now` returns to
+        them now, before the rest of the round (which `_rounds` calls after `work` succeeds)."""
+        if self._succeeded < self._began:
+            self._succeeded = self._began
+            ended, self._round_ended = self._round_ended, asyncio.Event()
+            ended.set()
 
     @property
     def waited_on(self) -> bool:
@@ -115,16 +123,13 @@ class BackgroundLoop:
             self._wake.clear()
             self._hurry.clear()
             self._began += 1
-            began = self._began
             try:
                 await work()
                 failures, delay = 0, idle_poll
-                self._succeeded = began
+                self.release_waiters()
             except Exception as exc:
                 delay = self.failed(failures, could_not, exc)
                 failures += 1
-            ended, self._round_ended = self._round_ended, asyncio.Event()
-            ended.set()
             if after is not None:
                 await after()
             if failures:
