@@ -135,7 +135,7 @@ async def test_with_products_down_a_movement_answers_within_the_bound_and_produc
             answered = await inventory.RecordMovement(move(pid, pb.OUT, 2), metadata=user)
             took = time.monotonic() - started
             assert answered.item.quantity == 3  # committed, and answered as a success
-            assert bound * 0.9 <= took < bound + 0.5, took
+            assert bound <= took < bound + 1.0, took  # the wait, and the write, on a busy machine
             assert timed_out_waits() == before + 1
             assert await item_quantity(inventory, pid, user) == 3
 
