@@ -115,11 +115,17 @@ def _settled(reservation: Held, wanted: str) -> FailedPrecondition:
 
 
 class Reservations:
-    def __init__(self, *, db: Database, products: ProductCheck, changed: Callable[[], None]) -> None:
-        """`changed` is called after a confirmation commits (the stock feed's wake)."""
+    def __init__(
+        self, *, db: Database, products: ProductCheck, changed: Callable[[], None], reported: stock.Reported
+    ) -> None:
+        """`changed` is called after a confirmation commits (the stock feed's and the sequencer's
+        wake), and `reported` awaited before a confirmation answers, as `Inventory` does after a
+        movement: a reservation alone leaves the product's total as it was, its confirmation
+        takes the units out."""
         self._db = db
         self._products = products
         self._changed = changed
+        self._reported = reported
 
     async def create(
         self,
@@ -238,6 +244,7 @@ class Reservations:
                 if moved:
                     self._changed()
                     stock.MOVEMENTS_WRITTEN[OUT].inc()
+                await self._reported(product_id)  # this confirmation's OUT, or the first one's
                 return confirmed
             except stock.RETRYABLE:
                 if attempt == stock.ATTEMPTS - 1:

@@ -41,6 +41,7 @@ async def running(settings: Settings, *, address: str | None = None) -> AsyncIte
             ServiceToken.from_settings(auth, settings, "inventory"),
             retry_initial=settings.outbox_retry_initial_seconds,
             retry_max=settings.outbox_retry_max_seconds,
+            report_wait=settings.stock_report_wait_seconds,
         )
         feed.start()
         stack.push_async_callback(feed.stop)
@@ -78,9 +79,9 @@ async def running(settings: Settings, *, address: str | None = None) -> AsyncIte
             SERVICE_NAME,
             add_to_server,
             InventoryServicer(
-                Inventory(db=db, products=check, changed=changed),
+                Inventory(db=db, products=check, changed=changed, reported=feed.reported),
                 Locations(db),
-                Reservations(db=db, products=check, changed=changed),
+                Reservations(db=db, products=check, changed=changed, reported=feed.reported),
                 watch,
             ),
         )

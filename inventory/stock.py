@@ -33,7 +33,7 @@ import json
 import random
 import re
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
@@ -645,12 +645,23 @@ async def append_movement(
     return Movement(id=cast("Row[Any]", inserted.inserted_primary_key)[0], **values)
 
 
+# Awaited before a write that changed a product's total answers (`StockFeed.reported`).
+Reported = Callable[[str], Awaitable[None]]
+
+
 class Inventory:
-    def __init__(self, *, db: Database, products: ProductCheck, changed: Callable[[], None]) -> None:
-        """`changed` is called after each committed change of a balance (the stock feed's wake)."""
+    def __init__(
+        self, *, db: Database, products: ProductCheck, changed: Callable[[], None], reported: Reported
+    ) -> None:
+        """`changed` is called after each committed change of a balance (the stock feed's and the
+        sequencer's wake); `reported(product_id)` is awaited before answering a movement that
+        changed the product's total (or a replay of one), so that the caller's next product read
+        shows it: it returns once products holds it, or after its bound (`StockFeed.reported`).
+        A transfer leaves the total as it was, so it does not wait."""
         self._db = db
         self._products = products
         self._changed = changed
+        self._reported = reported
 
     async def record(
         self,
@@ -905,6 +916,8 @@ class Inventory:
         actor = current_identity().subject
         for attempt in range(ATTEMPTS):
             if change.request_id and (replay := await self._replay(actor, change)) is not None:
+                if replay.movement is not None:  # committed, perhaps by a call that ended unreported
+                    await self._reported(change.product_id)
                 return replay
             if attempt == 0:
                 await self._products.confirm(change.product_id)
@@ -921,6 +934,7 @@ class Inventory:
                 if recorded.movement is not None:  # a reorder point alone changes no balance
                     self._changed()
                     MOVEMENTS_WRITTEN[change.kind].inc()
+                    await self._reported(change.product_id)
                 return recorded
             except RETRYABLE:
                 # Another transaction created this item or row, or stored this request_id, first.

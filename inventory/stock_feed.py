@@ -11,12 +11,25 @@ twice, late, or by two replicas at once changes nothing it should not.
 A commit wakes the feed, which waits `BATCH_WINDOW` so one call carries the changes of many
 requests. Otherwise it looks again every `IDLE_POLL` seconds, for marks left by another
 replica, by a process that died, or by a failed call (retried with backoff).
+
+Read-your-writes: a write that changes what products shows (an item's total) answers once the
+feed has reported it (`reported`), like a group commit. It asks for a round that begins after
+its commit; the feed runs it at once, back to back with the round in progress, and one call
+carries every item marked by then, so concurrent writers share rounds. A round reads every
+marked item and a mark is cleared only once products holds its version, so when a round that
+began after the commit has sent its items, products holds the change, whichever replica's
+feed sent it: its writers are released then, before the round clears the marks. The
+wait is bounded (`STOCK_REPORT_WAIT_SECONDS`, and half the call's time left): past it the write
+answers all the same, being committed, and the feed reports it later.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
+import logging
+import time
 from typing import Any, cast
 
 from sqlalchemy import Select, bindparam, func, select, update
@@ -25,13 +38,18 @@ from inventory.models import Item
 from invmesh.products.v1 import products_service_pb2, products_service_pb2_grpc
 from mesh import tracing
 from mesh.background import BackgroundLoop
+from mesh.context import deadline
 from mesh.db import Database, table_of, utcnow
-from mesh.metrics import STOCK_FEED_BACKLOG, STOCK_FEED_LAG
+from mesh.metrics import STOCK_FEED_BACKLOG, STOCK_FEED_LAG, STOCK_REPORT_WAITS_TIMED_OUT
 from mesh.service_token import ServiceToken
 
 BATCH = 500  # UpdateStockLevels' limit
 BATCH_WINDOW = 0.05  # seconds from the first commit to the call that reports it
 IDLE_POLL = 1.0
+MEASURE_EVERY = 1.0  # seconds between measures of the backlog while rounds run back to back
+WARN_EVERY = 10.0  # seconds between warnings of writes that answered unreported
+
+log = logging.getLogger(__name__)
 
 _ITEMS = table_of(Item)
 _UNPUBLISHED = (
@@ -55,13 +73,49 @@ class StockFeed(BackgroundLoop):
         *,
         retry_initial: float,
         retry_max: float,
+        report_wait: float = 0.0,
     ) -> None:
+        """`report_wait`: the longest `reported` waits (0: it returns at once)."""
         super().__init__("stock-feed", retry_initial=retry_initial, retry_max=retry_max)
         self._db = db
         self._products = products
         self._identity = identity
+        self._report_wait = report_wait
         self._oldest: dt.datetime | None = None
+        self._measured_at = 0.0
+        self._unreported = 0  # writes that answered unreported since the last warning
+        self._warned_at = -WARN_EVERY
         STOCK_FEED_LAG.set_function(self._lag)
+
+    async def reported(self, product_id: str) -> None:
+        """Returns once products holds every stock change committed before the call (the
+        product's, which the caller just wrote, among them), or after the wait's bound: then
+        the change is counted and logged, and reported later."""
+        wait = self._report_wait
+        if (ends := deadline.get()) is not None:
+            wait = min(wait, (ends - time.monotonic()) / 2)  # the call answers well before its deadline
+        if wait <= 0:
+            self.wake()
+            return
+        try:
+            async with asyncio.timeout(wait):
+                await self.round_after_now()
+        except TimeoutError:
+            self._answered_unreported(product_id, wait)
+
+    def _answered_unreported(self, product_id: str, waited: float) -> None:
+        STOCK_REPORT_WAITS_TIMED_OUT.inc()
+        self._unreported += 1
+        now = time.monotonic()
+        if now - self._warned_at >= WARN_EVERY:
+            log.warning(
+                "stock of product %s not yet reported to products after %.2fs; the write answers "
+                "and the stock feed reports it later (%d such writes since the last warning)",
+                product_id,
+                waited,
+                self._unreported,
+            )
+            self._warned_at, self._unreported = now, 0
 
     def _lag(self) -> float:
         oldest = self._oldest
@@ -93,6 +147,8 @@ class StockFeed(BackgroundLoop):
                     products_service_pb2.UpdateStockLevelsRequest(levels=levels),
                     metadata=await self._identity.metadata(),
                 )
+                if len(rows) < BATCH:  # products holds every item marked when the round began
+                    self.release_waiters()
                 async with self._db.write_connection() as conn:
                     await conn.execute(_PUBLISHED, [{"pid": r.product_id, "sent": r.version} for r in rows])
             reported += len(rows)
@@ -109,5 +165,9 @@ class StockFeed(BackgroundLoop):
         )
 
     async def _measured(self) -> None:
+        now = time.monotonic()
+        if self.waited_on and now - self._measured_at < MEASURE_EVERY:
+            return  # writers wait for the next round: the gauges can wait a little
+        self._measured_at = now
         with contextlib.suppress(Exception):  # a gauge left as it was: the next round retries
             await self.measure()

@@ -2,6 +2,11 @@
 commit can wake early, retrying failures with backoff (the outbox relays, inventory's stock
 feed). Subclasses write `_run`, which loops while `_stopping` is false.
 
+A caller can also wait for the work its commit made (`round_after_now`), as a group commit
+does: it asks for a round that begins after the call, the loop runs that round at once, with no
+batch window, and back to back with the one in progress, and every caller that asked meanwhile
+shares it.
+
 Traces: a round that does work is a span of its own trace (`mesh.tracing.background_span`),
 linked to the requests whose commits woke the loop (`_causes`); the polls that find nothing
 make no spans."""
@@ -33,6 +38,14 @@ class BackgroundLoop:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._causes = tracing.Causes()
+        # Rounds of `_rounds`, one at a time: how many began, the last that succeeded (so every
+        # round up to it has ended), the highest a caller waits for, and the event set when the
+        # round in progress releases its waiters (`release_waiters`).
+        self._began = 0
+        self._succeeded = 0
+        self._wanted = 0
+        self._round_ended = asyncio.Event()
+        self._hurry = asyncio.Event()  # set by a caller that waits, cleared as a round begins
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=self._task_name)
@@ -51,6 +64,30 @@ class BackgroundLoop:
         """Work was committed: do it now rather than at the next poll."""
         self._causes.add()
         self._wake.set()
+
+    async def round_after_now(self) -> None:
+        """Returns once a round of `_rounds` that began after this call has succeeded: the work
+        committed before the call is done. A round that fails is followed by the next after its
+        backoff; a caller bounds its wait with a timeout of its own."""
+        wanted = self._began + 1
+        self._wanted = max(self._wanted, wanted)
+        self._hurry.set()
+        self.wake()
+        while self._succeeded < wanted:
+            await self._round_ended.wait()
+
+    def release_waiters(self) -> None:
+        """The round in progress has done what callers wait for: `round_after_now` returns to
+        them now, before the rest of the round (which `_rounds` calls after `work` succeeds)."""
+        if self._succeeded < self._began:
+            self._succeeded = self._began
+            ended, self._round_ended = self._round_ended, asyncio.Event()
+            ended.set()
+
+    @property
+    def waited_on(self) -> bool:
+        """A caller waits for a round that has not begun yet."""
+        return self._wanted > self._began
 
     def backoff(self, failures: int) -> float:
         return backoff(failures, initial=self._retry_initial, maximum=self._retry_max)
@@ -78,13 +115,18 @@ class BackgroundLoop:
     ) -> None:
         """Runs `work` until the loop stops: `batch_window` after a wake (so one round takes the
         commits of many requests), else every `idle_poll` seconds, and after a failure once its
-        backoff has passed, which wakes do not cut short. `after` follows every round."""
+        backoff has passed, which wakes do not cut short. A caller waiting for a round
+        (`round_after_now`) gets it at once: no batch window, and none between rounds while
+        callers wait. `after` follows every round, once its waiters are released."""
         failures = 0
         while not self._stopping:
             self._wake.clear()
+            self._hurry.clear()
+            self._began += 1
             try:
                 await work()
                 failures, delay = 0, idle_poll
+                self.release_waiters()
             except Exception as exc:
                 delay = self.failed(failures, could_not, exc)
                 failures += 1
@@ -93,7 +135,12 @@ class BackgroundLoop:
             if failures:
                 await asyncio.sleep(delay)
                 continue
+            if self.waited_on:
+                continue
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self._wake.wait()
-                    await asyncio.sleep(batch_window)
+                    if not self.waited_on:
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(batch_window):
+                                await self._hurry.wait()  # a caller came to wait: no more window

@@ -303,6 +303,17 @@ class Settings(BaseSettings):
         "of asking on every movement and stock read (0: ask every time). A deleted product is still "
         "refused at once; see docs/architecture.md.",
     )
+    stock_report_wait_seconds: float = Field(
+        1.0,
+        ge=0,
+        description="The longest a write that changes a product's stock (a movement, a count, a "
+        "reservation's confirmation) waits, before answering, for inventory's stock feed to report "
+        "it to products, so that the caller's next product read shows it (read-your-writes); at "
+        "most half the call's time left. Past it the write answers all the same (it is committed), "
+        "products shows the change once the feed reaches it, and "
+        "`invmesh_stock_report_waits_timed_out_total` counts it. 0: writes do not wait, and products "
+        "shows a change within about 50 ms.",
+    )
     reservation_sweep_seconds: float = Field(
         30.0,
         gt=0,

@@ -182,6 +182,11 @@ STOCK_FEED_LAG = Gauge(
     "invmesh_stock_feed_lag_seconds",
     "Age of the oldest stock change products has not yet been told (0 when caught up).",
 )
+STOCK_REPORT_WAITS_TIMED_OUT = Counter(
+    "invmesh_stock_report_waits_timed_out_total",
+    "Stock writes that answered before the stock feed had reported them to products "
+    "(STOCK_REPORT_WAIT_SECONDS passed): products showed them later.",
+)
 WATCH_STREAMS = Gauge("invmesh_watch_streams", "WatchMovements streams this process follows now.")
 
 CHANGE_LOG_LAG = Gauge(
