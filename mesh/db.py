@@ -27,6 +27,7 @@ The differences between those databases are handled here, once:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import datetime as dt
 import importlib
@@ -44,13 +45,14 @@ from prometheus_client.registry import Collector
 from sqlalchemy import JSON, BigInteger, DateTime, Executable, Integer, Row, Select, TypeDecorator, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql
-from sqlalchemy.engine import URL, Connection, Dialect, make_url
+from sqlalchemy.engine import URL, Connection, Dialect, Engine, create_engine, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, QueuePool
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.types import TypeEngine
+from sqlalchemy.util import greenlet_spawn
 
 from mesh import revisions, tracing
 from mesh.errors import DatabaseUnavailable, InvalidArgument, TransactionConflict
@@ -71,6 +73,9 @@ _WRITE = "invmesh_write"
 _ONE_STATEMENT = "invmesh_one_statement"
 PING_IDLE_AFTER_SECONDS = 1.0
 _RETURNED_AT = "invmesh_returned_at"
+# Threads (and connections) of a SQLite file's reads (`Database.fetch`): SQLite releases the GIL
+# while it steps a statement, so a few let reads overlap; more would only queue in SQLite.
+SQLITE_READ_THREADS = 4
 
 # Every table's options on MariaDB/MySQL (ignored elsewhere): see the module docstring.
 TABLE_OPTIONS: dict[str, str] = {
@@ -194,10 +199,23 @@ class Database:
         self.engine = create_async_engine(parsed, **options)
         if not self.is_sqlite:
             _ping_when_idle(self.engine.sync_engine)
-        tracing.instrument_engine(self.engine)  # a span per statement, when tracing is on
-        event.listen(self.engine.sync_engine, "before_cursor_execute", _refuse_nul)
-        if self.is_sqlite:
-            _sqlite_transactions(self.engine.sync_engine)
+        _configure(self.engine.sync_engine)
+        # A SQLite file's hot reads skip aiosqlite, which hops to its connection's thread and back
+        # for each step (check out, execute, fetch, close, reset): each read runs whole, on
+        # SQLite's own driver, in one hop to a thread of `_reader_threads`. A database in memory
+        # is private to its one aiosqlite connection, so it keeps the async path.
+        self._reader: Engine | None = None
+        self._reader_threads: concurrent.futures.ThreadPoolExecutor | None = None
+        in_memory = parsed.database in (None, "", ":memory:") or parsed.query.get("mode") == "memory"
+        if self.is_sqlite and not in_memory:
+            reader = create_engine(
+                parsed.set(drivername="sqlite+pysqlite"), pool_size=SQLITE_READ_THREADS, max_overflow=0
+            )
+            _configure(reader)
+            self._reader = reader.execution_options(**{_ONE_STATEMENT: True})
+            self._reader_threads = concurrent.futures.ThreadPoolExecutor(
+                SQLITE_READ_THREADS, thread_name_prefix="sqlite-read"
+            )
         self._read = async_sessionmaker(self.engine, expire_on_commit=False)
         self._write_engine = self.engine.execution_options(**{_WRITE: True})
         self._write = async_sessionmaker(self._write_engine, expire_on_commit=False)
@@ -241,9 +259,15 @@ class Database:
         Hot paths build `statement` once, with bind parameters, and pass the values here.
 
         No BEGIN is sent on SQLite and PostgreSQL: one statement reads one consistent snapshot by
-        itself, and BEGIN would cost more round trips (three to aiosqlite's thread on SQLite).
+        itself, and BEGIN would cost more round trips. On a SQLite file the read runs on a thread of
+        its own (see `__init__`).
         """
-        return await self._alone(statement, parameters)
+        if self._reader is None or self._reader_threads is None:
+            return await self._alone(statement, parameters)
+        with self._translated():
+            return await asyncio.get_running_loop().run_in_executor(
+                self._reader_threads, _fetch_on, self._reader, statement, parameters
+            )
 
     async def write_alone(
         self, statement: Executable, parameters: Mapping[str, Any] | None = None
@@ -258,10 +282,10 @@ class Database:
     async def _alone(
         self, statement: Executable, parameters: Mapping[str, Any] | None
     ) -> Sequence[Row[*tuple[Any, ...]]]:
-        """The rows of one statement on a connection that sends no BEGIN (`_one_statement`)."""
+        """The rows of one statement on a connection that sends no BEGIN (`_one_statement`), in
+        one greenlet: an `AsyncConnection` would start one each to check out, execute and close."""
         with self._translated():
-            async with self._one_statement.connect() as conn:
-                return (await conn.execute(statement, parameters)).all()
+            return await greenlet_spawn(_fetch_on, self._one_statement.sync_engine, statement, parameters)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
@@ -297,6 +321,9 @@ class Database:
             raise
 
     async def dispose(self) -> None:
+        if self._reader is not None and self._reader_threads is not None:
+            await asyncio.to_thread(self._reader_threads.shutdown)  # reads in flight finish first
+            self._reader.dispose()
         await self.engine.dispose()
 
     def describe(self) -> str:
@@ -471,6 +498,21 @@ async def ensure_schema(db: Database, service: str, *, auto_migrate: bool) -> No
         log.info("migrated the %s database from %s to %s", service, current or "empty", head)
     except (DatabaseUnavailable, sa_exc.DBAPIError, OSError) as error:
         raise StartupError(f"cannot use the {service} database: {describe_error(error)}") from error
+
+
+def _configure(engine: Engine) -> None:
+    """What every engine of a `Database` does on its connections and statements."""
+    tracing.instrument_engine(engine)  # a span per statement, when tracing is on
+    event.listen(engine, "before_cursor_execute", _refuse_nul)
+    if engine.dialect.name == "sqlite":
+        _sqlite_transactions(engine)
+
+
+def _fetch_on(
+    engine: Engine, statement: Executable, parameters: Mapping[str, Any] | None
+) -> Sequence[Row[*tuple[Any, ...]]]:
+    with engine.connect() as conn:
+        return conn.execute(statement, parameters).all()
 
 
 def _refuse_nul(
