@@ -27,17 +27,18 @@ The differences between those databases are handled here, once:
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import datetime as dt
 import importlib
 import logging
+import queue
+import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from prometheus_client import REGISTRY
 from prometheus_client.core import GaugeMetricFamily
@@ -64,6 +65,7 @@ if TYPE_CHECKING:
     from mesh.config import Settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 # aiosqlite logs every statement with its parameters (password hashes, queued mail with its
 # verification link) at DEBUG. Never let a DEBUG root logger turn that on; SQLAlchemy's own
 # loggers already default to WARNING until someone asks for them.
@@ -202,10 +204,10 @@ class Database:
         _configure(self.engine.sync_engine)
         # A SQLite file's hot reads skip aiosqlite, which hops to its connection's thread and back
         # for each step (check out, execute, fetch, close, reset): each read runs whole, on
-        # SQLite's own driver, in one hop to a thread of `_reader_threads`. A database in memory
+        # SQLite's own driver, in one hop to a thread of `_readers`. A database in memory
         # is private to its one aiosqlite connection, so it keeps the async path.
         self._reader: Engine | None = None
-        self._reader_threads: concurrent.futures.ThreadPoolExecutor | None = None
+        self._readers: _Threads | None = None
         in_memory = parsed.database in (None, "", ":memory:") or parsed.query.get("mode") == "memory"
         if self.is_sqlite and not in_memory:
             reader = create_engine(
@@ -213,9 +215,7 @@ class Database:
             )
             _configure(reader)
             self._reader = reader.execution_options(**{_ONE_STATEMENT: True})
-            self._reader_threads = concurrent.futures.ThreadPoolExecutor(
-                SQLITE_READ_THREADS, thread_name_prefix="sqlite-read"
-            )
+            self._readers = _Threads(SQLITE_READ_THREADS, "sqlite-read")
         self._read = async_sessionmaker(self.engine, expire_on_commit=False)
         self._write_engine = self.engine.execution_options(**{_WRITE: True})
         self._write = async_sessionmaker(self._write_engine, expire_on_commit=False)
@@ -262,12 +262,10 @@ class Database:
         itself, and BEGIN would cost more round trips. On a SQLite file the read runs on a thread of
         its own (see `__init__`).
         """
-        if self._reader is None or self._reader_threads is None:
+        if self._reader is None or self._readers is None:
             return await self._alone(statement, parameters)
         with self._translated():
-            return await asyncio.get_running_loop().run_in_executor(
-                self._reader_threads, _fetch_on, self._reader, statement, parameters
-            )
+            return await self._readers.run(_fetch_on, self._reader, statement, parameters)
 
     async def write_alone(
         self, statement: Executable, parameters: Mapping[str, Any] | None = None
@@ -321,14 +319,60 @@ class Database:
             raise
 
     async def dispose(self) -> None:
-        if self._reader is not None and self._reader_threads is not None:
-            await asyncio.to_thread(self._reader_threads.shutdown)  # reads in flight finish first
+        if self._reader is not None and self._readers is not None:
+            await asyncio.to_thread(self._readers.stop)  # reads in flight finish first
             self._reader.dispose()
         await self.engine.dispose()
 
     def describe(self) -> str:
         """The URL with any password hidden, for logs."""
         return self.engine.url.render_as_string(hide_password=True)
+
+
+class _Threads:
+    """Threads that run calls for the event loop, with less overhead per call than a
+    `ThreadPoolExecutor` (no concurrent future, no lock or condition made per call): a call is
+    one put on a queue, and its result one `call_soon_threadsafe` back."""
+
+    def __init__(self, count: int, name: str) -> None:
+        self._calls: queue.SimpleQueue[tuple[asyncio.Future[Any], Callable[..., Any], tuple[Any, ...]] | None]
+        self._calls = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._work, name=f"{name}-{n}", daemon=True) for n in range(count)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    async def run(self, call: Callable[..., T], *args: Any) -> T:
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._calls.put((future, call, args))
+        return await future
+
+    def _work(self) -> None:
+        while (item := self._calls.get()) is not None:
+            future, call, args = item
+            try:
+                result = call(*args)
+            except BaseException as error:
+                future.get_loop().call_soon_threadsafe(_settle, future, None, error)
+            else:
+                future.get_loop().call_soon_threadsafe(_settle, future, result, None)
+
+    def stop(self) -> None:
+        """Ends the threads once the calls queued before have run."""
+        for _ in self._threads:
+            self._calls.put(None)
+        for thread in self._threads:
+            thread.join()
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.cancelled():  # its caller has gone; the connection is back in the pool all the same
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
 
 
 class _CountedPool(AsyncAdaptedQueuePool):
