@@ -319,9 +319,11 @@ class Database:
             raise
 
     async def dispose(self) -> None:
-        if self._reader is not None and self._readers is not None:
-            await asyncio.to_thread(self._readers.stop)  # reads in flight finish first
-            self._reader.dispose()
+        # Reads after this one take the async path, which opens connections again, as before.
+        reader, readers, self._reader, self._readers = self._reader, self._readers, None, None
+        if reader is not None and readers is not None:
+            await asyncio.to_thread(readers.stop)  # reads in flight finish first
+            reader.dispose()
         await self.engine.dispose()
 
     def describe(self) -> str:

@@ -375,7 +375,8 @@ async def test_a_hot_read_sees_what_was_just_committed_with_the_same_values_as_a
 ) -> None:
     """`Database.fetch` (on a SQLite file, SQLite's own driver on a thread: see mesh/db.py) sees a
     write committed just before it, and gives what a session reads: aware UTC datetimes, decoded
-    JSON, the Unicode lower(); it refuses NUL as writes do; and dispose closes its connections."""
+    JSON, the Unicode lower(); it refuses NUL as writes do; dispose closes its connections, and a
+    read after it opens one again, as an engine does."""
     table = Table(
         "hot", MetaData(), Column("id", Integer, primary_key=True), Column("name", String(20)),
         Column("at", UtcDateTime), Column("doc", JSON),
@@ -402,6 +403,8 @@ async def test_a_hot_read_sees_what_was_just_committed_with_the_same_values_as_a
             path = str(make_url(url).database)
             opened = [fd for fd in Path("/proc/self/fd").iterdir() if os.path.realpath(fd) == path]
             assert not opened
+        assert (await db.fetch(read, {"name": "été3"}))[0].doc == {"n": 3}  # as an engine reconnects
+        await db.dispose()
 
 
 @on_a_server
