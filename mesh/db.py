@@ -31,12 +31,14 @@ import contextlib
 import datetime as dt
 import importlib
 import logging
+import queue
+import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from prometheus_client import REGISTRY
 from prometheus_client.core import GaugeMetricFamily
@@ -44,13 +46,14 @@ from prometheus_client.registry import Collector
 from sqlalchemy import JSON, BigInteger, DateTime, Executable, Integer, Row, Select, TypeDecorator, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql
-from sqlalchemy.engine import URL, Connection, Dialect, make_url
+from sqlalchemy.engine import URL, Connection, Dialect, Engine, create_engine, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, QueuePool
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.types import TypeEngine
+from sqlalchemy.util import greenlet_spawn
 
 from mesh import revisions, tracing
 from mesh.errors import DatabaseUnavailable, InvalidArgument, TransactionConflict
@@ -62,6 +65,7 @@ if TYPE_CHECKING:
     from mesh.config import Settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 # aiosqlite logs every statement with its parameters (password hashes, queued mail with its
 # verification link) at DEBUG. Never let a DEBUG root logger turn that on; SQLAlchemy's own
 # loggers already default to WARNING until someone asks for them.
@@ -71,6 +75,9 @@ _WRITE = "invmesh_write"
 _ONE_STATEMENT = "invmesh_one_statement"
 PING_IDLE_AFTER_SECONDS = 1.0
 _RETURNED_AT = "invmesh_returned_at"
+# Threads (and connections) of a SQLite file's reads (`Database.fetch`): SQLite releases the GIL
+# while it steps a statement, so a few let reads overlap; more would only queue in SQLite.
+SQLITE_READ_THREADS = 4
 
 # Every table's options on MariaDB/MySQL (ignored elsewhere): see the module docstring.
 TABLE_OPTIONS: dict[str, str] = {
@@ -194,10 +201,21 @@ class Database:
         self.engine = create_async_engine(parsed, **options)
         if not self.is_sqlite:
             _ping_when_idle(self.engine.sync_engine)
-        tracing.instrument_engine(self.engine)  # a span per statement, when tracing is on
-        event.listen(self.engine.sync_engine, "before_cursor_execute", _refuse_nul)
-        if self.is_sqlite:
-            _sqlite_transactions(self.engine.sync_engine)
+        _configure(self.engine.sync_engine)
+        # A SQLite file's hot reads skip aiosqlite, which hops to its connection's thread and back
+        # for each step (check out, execute, fetch, close, reset): each read runs whole, on
+        # SQLite's own driver, in one hop to a thread of `_readers`. A database in memory
+        # is private to its one aiosqlite connection, so it keeps the async path.
+        self._reader: Engine | None = None
+        self._readers: _Threads | None = None
+        in_memory = parsed.database in (None, "", ":memory:") or parsed.query.get("mode") == "memory"
+        if self.is_sqlite and not in_memory:
+            reader = create_engine(
+                parsed.set(drivername="sqlite+pysqlite"), pool_size=SQLITE_READ_THREADS, max_overflow=0
+            )
+            _configure(reader)
+            self._reader = reader.execution_options(**{_ONE_STATEMENT: True})
+            self._readers = _Threads(SQLITE_READ_THREADS, "sqlite-read")
         self._read = async_sessionmaker(self.engine, expire_on_commit=False)
         self._write_engine = self.engine.execution_options(**{_WRITE: True})
         self._write = async_sessionmaker(self._write_engine, expire_on_commit=False)
@@ -241,9 +259,13 @@ class Database:
         Hot paths build `statement` once, with bind parameters, and pass the values here.
 
         No BEGIN is sent on SQLite and PostgreSQL: one statement reads one consistent snapshot by
-        itself, and BEGIN would cost more round trips (three to aiosqlite's thread on SQLite).
+        itself, and BEGIN would cost more round trips. On a SQLite file the read runs on a thread of
+        its own (see `__init__`).
         """
-        return await self._alone(statement, parameters)
+        if self._reader is None or self._readers is None:
+            return await self._alone(statement, parameters)
+        with self._translated():
+            return await self._readers.run(_fetch_on, self._reader, statement, parameters)
 
     async def write_alone(
         self, statement: Executable, parameters: Mapping[str, Any] | None = None
@@ -258,10 +280,10 @@ class Database:
     async def _alone(
         self, statement: Executable, parameters: Mapping[str, Any] | None
     ) -> Sequence[Row[*tuple[Any, ...]]]:
-        """The rows of one statement on a connection that sends no BEGIN (`_one_statement`)."""
+        """The rows of one statement on a connection that sends no BEGIN (`_one_statement`), in
+        one greenlet: an `AsyncConnection` would start one each to check out, execute and close."""
         with self._translated():
-            async with self._one_statement.connect() as conn:
-                return (await conn.execute(statement, parameters)).all()
+            return await greenlet_spawn(_fetch_on, self._one_statement.sync_engine, statement, parameters)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
@@ -297,11 +319,62 @@ class Database:
             raise
 
     async def dispose(self) -> None:
+        # Reads after this one take the async path, which opens connections again, as before.
+        reader, readers, self._reader, self._readers = self._reader, self._readers, None, None
+        if reader is not None and readers is not None:
+            await asyncio.to_thread(readers.stop)  # reads in flight finish first
+            reader.dispose()
         await self.engine.dispose()
 
     def describe(self) -> str:
         """The URL with any password hidden, for logs."""
         return self.engine.url.render_as_string(hide_password=True)
+
+
+class _Threads:
+    """Threads that run calls for the event loop, with less overhead per call than a
+    `ThreadPoolExecutor` (no concurrent future, no lock or condition made per call): a call is
+    one put on a queue, and its result one `call_soon_threadsafe` back."""
+
+    def __init__(self, count: int, name: str) -> None:
+        self._calls: queue.SimpleQueue[tuple[asyncio.Future[Any], Callable[..., Any], tuple[Any, ...]] | None]
+        self._calls = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._work, name=f"{name}-{n}", daemon=True) for n in range(count)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    async def run(self, call: Callable[..., T], *args: Any) -> T:
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._calls.put((future, call, args))
+        return await future
+
+    def _work(self) -> None:
+        while (item := self._calls.get()) is not None:
+            future, call, args = item
+            try:
+                result = call(*args)
+            except BaseException as error:
+                future.get_loop().call_soon_threadsafe(_settle, future, None, error)
+            else:
+                future.get_loop().call_soon_threadsafe(_settle, future, result, None)
+
+    def stop(self) -> None:
+        """Ends the threads once the calls queued before have run."""
+        for _ in self._threads:
+            self._calls.put(None)
+        for thread in self._threads:
+            thread.join()
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.cancelled():  # its caller has gone; the connection is back in the pool all the same
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
 
 
 class _CountedPool(AsyncAdaptedQueuePool):
@@ -471,6 +544,21 @@ async def ensure_schema(db: Database, service: str, *, auto_migrate: bool) -> No
         log.info("migrated the %s database from %s to %s", service, current or "empty", head)
     except (DatabaseUnavailable, sa_exc.DBAPIError, OSError) as error:
         raise StartupError(f"cannot use the {service} database: {describe_error(error)}") from error
+
+
+def _configure(engine: Engine) -> None:
+    """What every engine of a `Database` does on its connections and statements."""
+    tracing.instrument_engine(engine)  # a span per statement, when tracing is on
+    event.listen(engine, "before_cursor_execute", _refuse_nul)
+    if engine.dialect.name == "sqlite":
+        _sqlite_transactions(engine)
+
+
+def _fetch_on(
+    engine: Engine, statement: Executable, parameters: Mapping[str, Any] | None
+) -> Sequence[Row[*tuple[Any, ...]]]:
+    with engine.connect() as conn:
+        return conn.execute(statement, parameters).all()
 
 
 def _refuse_nul(

@@ -30,7 +30,7 @@ from opentelemetry import trace
 if TYPE_CHECKING:
     import grpc
     from opentelemetry.sdk.trace import TracerProvider
-    from sqlalchemy.ext.asyncio import AsyncEngine
+    from sqlalchemy.engine import Engine
     from starlette.applications import Starlette
     from starlette.types import Scope
 
@@ -131,7 +131,7 @@ def client_interceptors() -> list[grpc.aio.ClientInterceptor]:
     return interceptors
 
 
-def instrument_engine(engine: AsyncEngine) -> None:
+def instrument_engine(engine: Engine) -> None:
     """A span per statement of `engine`: its SQL with placeholders, never the bound values.
 
     The engine is instrumented directly: the contrib instrumentor would also patch every
@@ -144,7 +144,7 @@ def instrument_engine(engine: AsyncEngine) -> None:
 
     tracer = trace.get_tracer("opentelemetry.instrumentation.sqlalchemy", __version__, _provider)
     unused = NoOpMeterProvider().get_meter(__name__).create_up_down_counter("db.client.connections.usage")
-    EngineTracer(tracer, engine.sync_engine, unused)
+    EngineTracer(tracer, engine, unused)
 
 
 def instrument_app(app: Starlette, route: Callable[[Scope], str | None]) -> None:

@@ -21,7 +21,20 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from pydantic import SecretStr
-from sqlalchemy import Column, Integer, MetaData, inspect, text
+from sqlalchemy import (
+    JSON,
+    Column,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    bindparam,
+    func,
+    insert,
+    inspect,
+    select,
+    text,
+)
 from sqlalchemy.engine import Connection, make_url
 
 from auth.service import running as running_auth
@@ -31,8 +44,8 @@ from invmesh.products.v1 import products_service_pb2 as pb
 from invmesh.products.v1 import products_service_pb2_grpc
 from mesh import migrations, revisions
 from mesh.config import Settings
-from mesh.db import PING_IDLE_AFTER_SECONDS, Database, StartupError
-from mesh.errors import DatabaseUnavailable
+from mesh.db import PING_IDLE_AFTER_SECONDS, Database, StartupError, UtcDateTime
+from mesh.errors import DatabaseUnavailable, InvalidArgument
 from products.service import running as running_products
 from tests import databases
 from tests.conftest import METRICS_OFF, SmtpServer, free_port, mesh_settings, user_token
@@ -355,6 +368,43 @@ async def test_an_unreachable_database_stops_startup_without_showing_the_url(
 
     status, output = await _invmesh("migrate", "auth", env=env)
     assert status == 1 and "auth: migration failed" in output and "pw-s3cret" not in output
+
+
+async def test_a_hot_read_sees_what_was_just_committed_with_the_same_values_as_a_session(
+    tmp_path: Path,
+) -> None:
+    """`Database.fetch` (on a SQLite file, SQLite's own driver on a thread: see mesh/db.py) sees a
+    write committed just before it, and gives what a session reads: aware UTC datetimes, decoded
+    JSON, the Unicode lower(); it refuses NUL as writes do; dispose closes its connections, and a
+    read after it opens one again, as an engine does."""
+    table = Table(
+        "hot", MetaData(), Column("id", Integer, primary_key=True), Column("name", String(20)),
+        Column("at", UtcDateTime), Column("doc", JSON),
+    )  # fmt: skip
+    at = dt.datetime(2026, 12, 7, 1, 2, 3, 456789, tzinfo=dt.UTC)
+    read = select(table.c.name, table.c.at, table.c.doc).where(func.lower(table.c.name) == bindparam("name"))
+    async with databases.fresh_database(tmp_path, "hot") as url:
+        db = Database(url)
+        try:
+            async with db.write_connection() as conn:
+                await conn.run_sync(table.metadata.create_all)
+            for n in range(1, 4):
+                async with db.write_connection() as conn:
+                    await conn.execute(insert(table), {"id": n, "name": f"ÉTÉ{n}", "at": at, "doc": {"n": n}})
+                (row,) = await db.fetch(read, {"name": f"été{n}"})
+                assert (row.name, row.at, row.doc) == (f"ÉTÉ{n}", at, {"n": n})
+                async with db.session() as session:
+                    assert (await session.execute(read, {"name": f"été{n}"})).one() == row
+            with pytest.raises(InvalidArgument):
+                await db.fetch(read, {"name": "a\x00b"})
+        finally:
+            await db.dispose()
+        if url.startswith("sqlite"):
+            path = str(make_url(url).database)
+            opened = [fd for fd in Path("/proc/self/fd").iterdir() if os.path.realpath(fd) == path]
+            assert not opened
+        assert (await db.fetch(read, {"name": "été3"}))[0].doc == {"n": 3}  # as an engine reconnects
+        await db.dispose()
 
 
 @on_a_server
