@@ -14,8 +14,8 @@ replica, by a process that died, or by a failed call (retried with backoff).
 
 Read-your-writes: a write that changes what products shows (an item's total) answers once the
 feed has reported it (`reported`), like a group commit. It asks for a round that begins after
-its commit; the feed runs it at once, back to back with the round in progress, and one call
-carries every item marked by then, so concurrent writers share rounds. A round reads every
+its commit; the feed runs it within `WAITER_WINDOW`, back to back with the round in progress,
+and one call carries every item marked by then, so concurrent writers share rounds. A round reads every
 marked item and a mark is cleared only once products holds its version, so when a round that
 began after the commit has sent its items, products holds the change, whichever replica's
 feed sent it: its writers are released then, before the round clears the marks. The
@@ -45,6 +45,9 @@ from mesh.service_token import ServiceToken
 
 BATCH = 500  # UpdateStockLevels' limit
 BATCH_WINDOW = 0.05  # seconds from the first commit to the call that reports it
+# The same for a commit whose writer waits for the report: at 64 movements in flight on
+# PostgreSQL, 10 ms made products' CPU per movement 0.24 ms where none made it 0.30-0.37.
+WAITER_WINDOW = 0.01
 IDLE_POLL = 1.0
 MEASURE_EVERY = 1.0  # seconds between measures of the backlog while rounds run back to back
 WARN_EVERY = 10.0  # seconds between warnings of writes that answered unreported
@@ -161,6 +164,7 @@ class StockFeed(BackgroundLoop):
             could_not="report to products",
             idle_poll=IDLE_POLL,
             batch_window=BATCH_WINDOW,
+            waiter_window=WAITER_WINDOW,
             after=self._measured,
         )
 

@@ -111,13 +111,16 @@ class BackgroundLoop:
         could_not: str,
         idle_poll: float,
         batch_window: float,
+        waiter_window: float = 0.0,
         after: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         """Runs `work` until the loop stops: `batch_window` after a wake (so one round takes the
         commits of many requests), else every `idle_poll` seconds, and after a failure once its
         backoff has passed, which wakes do not cut short. A caller waiting for a round
-        (`round_after_now`) gets it at once: no batch window, and none between rounds while
-        callers wait. `after` follows every round, once its waiters are released."""
+        (`round_after_now`) gets it after `waiter_window`, where a wake would wait `batch_window`,
+        and so do the rounds that follow while callers wait: under load, that window gathers
+        the callers of several commits into one round. `after` follows every round, once its
+        waiters are released."""
         failures = 0
         while not self._stopping:
             self._wake.clear()
@@ -135,12 +138,13 @@ class BackgroundLoop:
             if failures:
                 await asyncio.sleep(delay)
                 continue
+            if not self.waited_on:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._wake.wait()
+                        if not self.waited_on:
+                            with contextlib.suppress(TimeoutError):
+                                async with asyncio.timeout(batch_window):
+                                    await self._hurry.wait()  # a caller came to wait: its window
             if self.waited_on:
-                continue
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await self._wake.wait()
-                    if not self.waited_on:
-                        with contextlib.suppress(TimeoutError):
-                            async with asyncio.timeout(batch_window):
-                                await self._hurry.wait()  # a caller came to wait: no more window
+                await asyncio.sleep(waiter_window)
