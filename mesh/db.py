@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import datetime as dt
 import importlib
 import logging
@@ -346,8 +347,9 @@ class _Threads:
             thread.start()
 
     async def run(self, call: Callable[..., T], *args: Any) -> T:
+        """`call(*args)` on a thread, in the caller's context (its trace's span, say)."""
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._calls.put((future, call, args))
+        self._calls.put((future, contextvars.copy_context().run, (call, *args)))
         return await future
 
     def _work(self) -> None:

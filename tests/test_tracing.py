@@ -205,6 +205,10 @@ async def test_a_rest_request_is_one_trace_through_facade_services_and_database(
     statements = [s for s in spans if s.is_sql and s.service == "inventory"]
     assert any("INSERT" in str(s.attributes.get("db.statement", "")) for s in statements), statements
     assert all(by_id[s.parent_span_id].service == "inventory" for s in statements)
+    # Products' read of the product, which runs on a reader thread on SQLite, is in the trace too.
+    reads = [s for s in spans if s.is_sql and s.service == "products"]
+    assert any("SELECT" in str(s.attributes.get("db.statement", "")) for s in reads), reads
+    assert all(by_id[s.parent_span_id].service == "products" for s in reads)
     assert root.attributes.get("http.status_code", root.attributes.get("http.response.status_code")) == 201
 
     # No password, token or secret in any span of any trace, the login and the verification
