@@ -159,6 +159,7 @@ ENFORCED: dict[str, Mapping[str, object]] = {
     "invmesh.auth.v1.RegisterRequest.name": {"max_length": accounts.MAX_NAME_CHARS},
     "invmesh.auth.v1.VerifyEmailRequest.email": {"min_length": 1, **_EMAIL},
     "invmesh.auth.v1.VerifyEmailRequest.token": {"min_length": 1},
+    "invmesh.auth.v1.LogoutRequest.refresh_token": {"min_length": 1},
     "invmesh.auth.v1.SetUserRoleRequest.email": _EMAIL,
     "invmesh.auth.v1.SetUserRoleRequest.role": {"pattern": f"^({'|'.join(access.RANKS)})$"},
     "invmesh.auth.v1.ListUsersRequest.page_size": _PAGE_SIZE,

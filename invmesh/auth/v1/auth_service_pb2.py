@@ -30,7 +30,7 @@ from invmesh.api.v1 import limits_pb2 as invmesh_dot_api_dot_v1_dot_limits__pb2
 from invmesh.api.v1 import rest_pb2 as invmesh_dot_api_dot_v1_dot_rest__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"invmesh/auth/v1/auth_service.proto\x12\x0finvmesh.auth.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1binvmesh/api/v1/access.proto\x1a\x1binvmesh/api/v1/limits.proto\x1a\x19invmesh/api/v1/rest.proto\"\x9e\x01\n\x04User\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x1c\n\x0e\x65mail_verified\x18\x04 \x01(\x08\x42\x04\xe2\x41\x01\x03\x12\x13\n\x05roles\x18\x05 \x03(\tB\x04\xe2\x41\x01\x03\x12\x34\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"k\n\x0fRegisterRequest\x12!\n\x05\x65mail\x18\x01 \x01(\tB\x12\xe2\x41\x01\x02\xd2\xf3\x18\n\x10\xc0\x02\x32\x05\x65mail\x12\x1e\n\x08password\x18\x02 \x01(\tB\x0c\xe2\x41\x01\x02\xd2\xf3\x18\x04\x08\x08\x10H\x12\x15\n\x04name\x18\x03 \x01(\tB\x07\xd2\xf3\x18\x03\x10\xc8\x01\"7\n\x10RegisterResponse\x12#\n\x04user\x18\x01 \x01(\x0b\x32\x15.invmesh.auth.v1.User\";\n\x0cLoginRequest\x12\x13\n\x05\x65mail\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08password\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"d\n\rLoginResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x05\x12\x15\n\rrefresh_token\x18\x04 \x01(\t\"b\n\x12VerifyEmailRequest\x12%\n\x05\x65mail\x18\x01 \x01(\tB\x14\xe2\x41\x01\x02\xd2\xf3\x18\x0c\x08\x01\x10\xc0\x02\x32\x05\x65mailH\x00\x12\x1b\n\x05token\x18\x02 \x01(\tB\n\xe2\x41\x01\x02\xd2\xf3\x18\x02\x08\x01H\x00\x42\x08\n\x06\x61\x63tion\":\n\x13VerifyEmailResponse\x12#\n\x04user\x18\x01 \x01(\x0b\x32\x15.invmesh.auth.v1.User\"2\n\x13RefreshTokenRequest\x12\x1b\n\rrefresh_token\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"k\n\x14RefreshTokenResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x05\x12\x15\n\rrefresh_token\x18\x04 \x01(\t\",\n\rLogoutRequest\x12\x1b\n\rrefresh_token\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x10\n\x0eLogoutResponse\"\x0e\n\x0cGetMeRequest\"4\n\rGetMeResponse\x12#\n\x04user\x18\x01 \x01(\x0b\x32\x15.invmesh.auth.v1.User\"g\n\x12SetUserRoleRequest\x12!\n\x05\x65mail\x18\x01 \x01(\tB\x12\xe2\x41\x01\x02\xd2\xf3\x18\n\x10\xc0\x02\x32\x05\x65mail\x12.\n\x04role\x18\x02 \x01(\tB \xe2\x41\x01\x02\xd2\xf3\x18\x18*\x16^(viewer|staff|admin)$\":\n\x13SetUserRoleResponse\x12#\n\x04user\x18\x01 \x01(\x0b\x32\x15.invmesh.auth.v1.User\"U\n\x10ListUsersRequest\x12\x19\n\tpage_size\x18\x01 \x01(\x05\x42\x06\xd2\xf3\x18\x02\x18\x00\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x12\n\x01q\x18\x03 \x01(\tB\x07\xd2\xf3\x18\x03\x10\xc0\x02\"R\n\x11ListUsersResponse\x12$\n\x05users\x18\x01 \x03(\x0b\x32\x15.invmesh.auth.v1.User\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"[\n\x15\x43hangePasswordRequest\x12\x1e\n\x10\x63urrent_password\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\"\n\x0cnew_password\x18\x02 \x01(\tB\x0c\xe2\x41\x01\x02\xd2\xf3\x18\x04\x08\x08\x10H\"m\n\x16\x43hangePasswordResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x05\x12\x15\n\rrefresh_token\x18\x04 \x01(\t\"P\n\x18IssueServiceTokenRequest\x12\x17\n\tclient_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\rclient_secret\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"Y\n\x19IssueServiceTokenResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x05\"\x10\n\x0eGetJwksRequest\"5\n\x0fGetJwksResponse\x12\"\n\x04keys\x18\x01 \x03(\x0b\x32\x14.invmesh.auth.v1.Jwk\"\\\n\x03Jwk\x12\x0b\n\x03kty\x18\x01 \x01(\t\x12\x0b\n\x03\x63rv\x18\x02 \x01(\t\x12\t\n\x01x\x18\x03 \x01(\t\x12\t\n\x01y\x18\x04 \x01(\t\x12\x0b\n\x03kid\x18\x05 \x01(\t\x12\x0b\n\x03\x61lg\x18\x06 \x01(\t\x12\x0b\n\x03use\x18\x07 \x01(\t2\xa6\n\n\x0b\x41uthService\x12~\n\x08Register\x12 .invmesh.auth.v1.RegisterRequest\x1a!.invmesh.auth.v1.RegisterResponse\"-\xc2\xf3\x18\x03\x08\xca\x01\xca\xf3\x18\x02\x10\x01\x82\xd3\xe4\x93\x02\x1a\"\x0f/users/register:\x01*b\x04user\x12\x65\n\x05Login\x12\x1d.invmesh.auth.v1.LoginRequest\x1a\x1e.invmesh.auth.v1.LoginResponse\"\x1d\xca\xf3\x18\x02\x10\x01\x82\xd3\xe4\x93\x02\x11\"\x0c/users/login:\x01*\x12\x89\x01\n\x0bVerifyEmail\x12#.invmesh.auth.v1.VerifyEmailRequest\x1a$.invmesh.auth.v1.VerifyEmailResponse\"/\xca\xf3\x18\x02\x10\x01\x82\xd3\xe4\x93\x02#\"\r/users/verify:\x01*Z\x0f\x12\r/users/verify\x12|\n\x0cRefreshToken\x12$.invmesh.auth.v1.RefreshTokenRequest\x1a%.invmesh.auth.v1.RefreshTokenResponse\"\x1f\xca\xf3\x18\x02\x10\x01\x82\xd3\xe4\x93\x02\x13\"\x0e/users/refresh:\x01*\x12i\n\x06Logout\x12\x1e.invmesh.auth.v1.LogoutRequest\x1a\x1f.invmesh.auth.v1.LogoutResponse\"\x1e\xca\xf3\x18\x02\x10\x01\x82\xd3\xe4\x93\x02\x12\"\r/users/logout:\x01*\x12_\n\x05GetMe\x12\x1d.invmesh.auth.v1.GetMeRequest\x1a\x1e.invmesh.auth.v1.GetMeResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\t/users/meb\x04user\x12\x7f\n\x0bSetUserRole\x12#.invmesh.auth.v1.SetUserRoleRequest\x1a$.invmesh.auth.v1.SetUserRoleResponse\"%\xca\xf3\x18\x02\x08\x03\x82\xd3\xe4\x93\x02\x19\"\x0e/users:setRole:\x01*b\x04user\x12h\n\tListUsers\x12!.invmesh.auth.v1.ListUsersRequest\x1a\".invmesh.auth.v1.ListUsersResponse\"\x14\xca\xf3\x18\x02\x08\x03\x82\xd3\xe4\x93\x02\x08\x12\x06/users\x12\x86\x01\n\x0e\x43hangePassword\x12&.invmesh.auth.v1.ChangePasswordRequest\x1a\'.invmesh.auth.v1.ChangePasswordResponse\"#\x82\xd3\xe4\x93\x02\x1d\"\x18/users/me:changePassword:\x01*\x12r\n\x11IssueServiceToken\x12).invmesh.auth.v1.IssueServiceTokenRequest\x1a*.invmesh.auth.v1.IssueServiceTokenResponse\"\x06\xca\xf3\x18\x02\x10\x01\x12r\n\x07GetJwks\x12\x1f.invmesh.auth.v1.GetJwksRequest\x1a .invmesh.auth.v1.GetJwksResponse\"$\xca\xf3\x18\x02\x10\x01\x82\xd3\xe4\x93\x02\x18\x12\x16/.well-known/jwks.jsonb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"invmesh/auth/v1/auth_service.proto\x12\x0finvmesh.auth.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1binvmesh/api/v1/access.proto\x1a\x1binvmesh/api/v1/limits.proto\x1a\x19invmesh/api/v1/rest.proto\"\x9e\x01\n\x04User\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x1c\n\x0e\x65mail_verified\x18\x04 \x01(\x08\x42\x04\xe2\x41\x01\x03\x12\x13\n\x05roles\x18\x05 \x03(\tB\x04\xe2\x41\x01\x03\x12\x34\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"k\n\x0fRegisterRequest\x12!\n\x05\x65mail\x18\x01 \x01(\tB\x12\xe2\x41\x01\x02\xd2\xf3\x18\n\x10\xc0\x02\x32\x05\x65mail\x12\x1e\n\x08password\x18\x02 \x01(\tB\x0c\xe2\x41\x01\x02\xd2\xf3\x18\x04\x08\x08\x10H\x12\x15\n\x04name\x18\x03 \x01(\tB\x07\xd2\xf3\x18\x03\x10\xc8\x01\"7\n\x10RegisterResponse\x12#\n\x04user\x18\x01 \x01(\x0b\x32\x15.invmesh.auth.v1.User\";\n\x0cLoginRequest\x12\x13\n\x05\x65mail\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08password\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"d\n\rLoginResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x05\x12\x15\n\rrefresh_token\x18\x04 \x01(\t\"b\n\x12VerifyEmailRequest\x12%\n\x05\x65mail\x18\x01 \x01(\tB\x14\xe2\x41\x01\x02\xd2\xf3\x18\x0c\x08\x01\x10\xc0\x02\x32\x05\x65mailH\x00\x12\x1b\n\x05token\x18\x02 \x01(\tB\n\xe2\x41\x01\x02\xd2\xf3\x18\x02\x08\x01H\x00\x42\x08\n\x06\x61\x63tion\":\n\x13VerifyEmailResponse\x12#\n\x04user\x18\x01 \x01(\x0b\x32\x15.invmesh.auth.v1.User\"2\n\x13RefreshTokenRequest\x12\x1b\n\rrefresh_token\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"k\n\x14RefreshTokenResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x05\x12\x15\n\rrefresh_token\x18\x04 \x01(\t\"2\n\rLogoutRequest\x12!\n\rrefresh_token\x18\x01 \x01(\tB\n\xe2\x41\x01\x02\xd2\xf3\x18\x02\x08\x01\"\x10\n\x0eLogoutResponse\"\x0e\n\x0cGetMeRequest\"4\n\rGetMeResponse\x12#\n\x04user\x18\x01 \x01(\x0b\x32\x15.invmesh.auth.v1.User\"g\n\x12SetUserRoleRequest\x12!\n\x05\x65mail\x18\x01 \x01(\tB\x12\xe2\x41\x01\x02\xd2\xf3\x18\n\x10\xc0\x02\x32\x05\x65mail\x12.\n\x04role\x18\x02 \x01(\tB \xe2\x41\x01\x02\xd2\xf3\x18\x18*\x16^(viewer|staff|admin)$\":\n\x13SetUserRoleResponse\x12#\n\x04user\x18\x01 \x01(\x0b\x32\x15.invmesh.auth.v1.User\"U\n\x10ListUsersRequest\x12\x19\n\tpage_size\x18\x01 \x01(\x05\x42\x06\xd2\xf3\x18\x02\x18\x00\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x12\n\x01q\x18\x03 \x01(\tB\x07\xd2\xf3\x18\x03\x10\xc0\x02\"R\n\x11ListUsersResponse\x12$\n\x05users\x18\x01 \x03(\x0b\x32\x15.invmesh.auth.v1.User\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"[\n\x15\x43hangePasswordRequest\x12\x1e\n\x10\x63urrent_password\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\"\n\x0cnew_password\x18\x02 \x01(\tB\x0c\xe2\x41\x01\x02\xd2\xf3\x18\x04\x08\x08\x10H\"m\n\x16\x43hangePasswordResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x05\x12\x15\n\rrefresh_token\x18\x04 \x01(\t\"P\n\x18IssueServiceTokenRequest\x12\x17\n\tclient_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\rclient_secret\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"Y\n\x19IssueServiceTokenResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x05\"\x10\n\x0eGetJwksRequest\"5\n\x0fGetJwksResponse\x12\"\n\x04keys\x18\x01 \x03(\x0b\x32\x14.invmesh.auth.v1.Jwk\"\\\n\x03Jwk\x12\x0b\n\x03kty\x18\x01 \x01(\t\x12\x0b\n\x03\x63rv\x18\x02 \x01(\t\x12\t\n\x01x\x18\x03 \x01(\t\x12\t\n\x01y\x18\x04 \x01(\t\x12\x0b\n\x03kid\x18\x05 \x01(\t\x12\x0b\n\x03\x61lg\x18\x06 \x01(\t\x12\x0b\n\x03use\x18\x07 \x01(\t2\xa6\n\n\x0b\x41uthService\x12~\n\x08Register\x12 .invmesh.auth.v1.RegisterRequest\x1a!.invmesh.auth.v1.RegisterResponse\"-\xc2\xf3\x18\x03\x08\xca\x01\xca\xf3\x18\x02\x10\x01\x82\xd3\xe4\x93\x02\x1a\"\x0f/users/register:\x01*b\x04user\x12\x65\n\x05Login\x12\x1d.invmesh.auth.v1.LoginRequest\x1a\x1e.invmesh.auth.v1.LoginResponse\"\x1d\xca\xf3\x18\x02\x10\x01\x82\xd3\xe4\x93\x02\x11\"\x0c/users/login:\x01*\x12\x89\x01\n\x0bVerifyEmail\x12#.invmesh.auth.v1.VerifyEmailRequest\x1a$.invmesh.auth.v1.VerifyEmailResponse\"/\xca\xf3\x18\x02\x10\x01\x82\xd3\xe4\x93\x02#\"\r/users/verify:\x01*Z\x0f\x12\r/users/verify\x12|\n\x0cRefreshToken\x12$.invmesh.auth.v1.RefreshTokenRequest\x1a%.invmesh.auth.v1.RefreshTokenResponse\"\x1f\xca\xf3\x18\x02\x10\x01\x82\xd3\xe4\x93\x02\x13\"\x0e/users/refresh:\x01*\x12i\n\x06Logout\x12\x1e.invmesh.auth.v1.LogoutRequest\x1a\x1f.invmesh.auth.v1.LogoutResponse\"\x1e\xca\xf3\x18\x02\x10\x01\x82\xd3\xe4\x93\x02\x12\"\r/users/logout:\x01*\x12_\n\x05GetMe\x12\x1d.invmesh.auth.v1.GetMeRequest\x1a\x1e.invmesh.auth.v1.GetMeResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\t/users/meb\x04user\x12\x7f\n\x0bSetUserRole\x12#.invmesh.auth.v1.SetUserRoleRequest\x1a$.invmesh.auth.v1.SetUserRoleResponse\"%\xca\xf3\x18\x02\x08\x03\x82\xd3\xe4\x93\x02\x19\"\x0e/users:setRole:\x01*b\x04user\x12h\n\tListUsers\x12!.invmesh.auth.v1.ListUsersRequest\x1a\".invmesh.auth.v1.ListUsersResponse\"\x14\xca\xf3\x18\x02\x08\x03\x82\xd3\xe4\x93\x02\x08\x12\x06/users\x12\x86\x01\n\x0e\x43hangePassword\x12&.invmesh.auth.v1.ChangePasswordRequest\x1a\'.invmesh.auth.v1.ChangePasswordResponse\"#\x82\xd3\xe4\x93\x02\x1d\"\x18/users/me:changePassword:\x01*\x12r\n\x11IssueServiceToken\x12).invmesh.auth.v1.IssueServiceTokenRequest\x1a*.invmesh.auth.v1.IssueServiceTokenResponse\"\x06\xca\xf3\x18\x02\x10\x01\x12r\n\x07GetJwks\x12\x1f.invmesh.auth.v1.GetJwksRequest\x1a .invmesh.auth.v1.GetJwksResponse\"$\xca\xf3\x18\x02\x10\x01\x82\xd3\xe4\x93\x02\x18\x12\x16/.well-known/jwks.jsonb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -62,7 +62,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REFRESHTOKENREQUEST'].fields_by_name['refresh_token']._loaded_options = None
   _globals['_REFRESHTOKENREQUEST'].fields_by_name['refresh_token']._serialized_options = b'\342A\001\002'
   _globals['_LOGOUTREQUEST'].fields_by_name['refresh_token']._loaded_options = None
-  _globals['_LOGOUTREQUEST'].fields_by_name['refresh_token']._serialized_options = b'\342A\001\002'
+  _globals['_LOGOUTREQUEST'].fields_by_name['refresh_token']._serialized_options = b'\342A\001\002\322\363\030\002\010\001'
   _globals['_SETUSERROLEREQUEST'].fields_by_name['email']._loaded_options = None
   _globals['_SETUSERROLEREQUEST'].fields_by_name['email']._serialized_options = b'\342A\001\002\322\363\030\n\020\300\0022\005email'
   _globals['_SETUSERROLEREQUEST'].fields_by_name['role']._loaded_options = None
@@ -120,35 +120,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REFRESHTOKENRESPONSE']._serialized_start=938
   _globals['_REFRESHTOKENRESPONSE']._serialized_end=1045
   _globals['_LOGOUTREQUEST']._serialized_start=1047
-  _globals['_LOGOUTREQUEST']._serialized_end=1091
-  _globals['_LOGOUTRESPONSE']._serialized_start=1093
-  _globals['_LOGOUTRESPONSE']._serialized_end=1109
-  _globals['_GETMEREQUEST']._serialized_start=1111
-  _globals['_GETMEREQUEST']._serialized_end=1125
-  _globals['_GETMERESPONSE']._serialized_start=1127
-  _globals['_GETMERESPONSE']._serialized_end=1179
-  _globals['_SETUSERROLEREQUEST']._serialized_start=1181
-  _globals['_SETUSERROLEREQUEST']._serialized_end=1284
-  _globals['_SETUSERROLERESPONSE']._serialized_start=1286
-  _globals['_SETUSERROLERESPONSE']._serialized_end=1344
-  _globals['_LISTUSERSREQUEST']._serialized_start=1346
-  _globals['_LISTUSERSREQUEST']._serialized_end=1431
-  _globals['_LISTUSERSRESPONSE']._serialized_start=1433
-  _globals['_LISTUSERSRESPONSE']._serialized_end=1515
-  _globals['_CHANGEPASSWORDREQUEST']._serialized_start=1517
-  _globals['_CHANGEPASSWORDREQUEST']._serialized_end=1608
-  _globals['_CHANGEPASSWORDRESPONSE']._serialized_start=1610
-  _globals['_CHANGEPASSWORDRESPONSE']._serialized_end=1719
-  _globals['_ISSUESERVICETOKENREQUEST']._serialized_start=1721
-  _globals['_ISSUESERVICETOKENREQUEST']._serialized_end=1801
-  _globals['_ISSUESERVICETOKENRESPONSE']._serialized_start=1803
-  _globals['_ISSUESERVICETOKENRESPONSE']._serialized_end=1892
-  _globals['_GETJWKSREQUEST']._serialized_start=1894
-  _globals['_GETJWKSREQUEST']._serialized_end=1910
-  _globals['_GETJWKSRESPONSE']._serialized_start=1912
-  _globals['_GETJWKSRESPONSE']._serialized_end=1965
-  _globals['_JWK']._serialized_start=1967
-  _globals['_JWK']._serialized_end=2059
-  _globals['_AUTHSERVICE']._serialized_start=2062
-  _globals['_AUTHSERVICE']._serialized_end=3380
+  _globals['_LOGOUTREQUEST']._serialized_end=1097
+  _globals['_LOGOUTRESPONSE']._serialized_start=1099
+  _globals['_LOGOUTRESPONSE']._serialized_end=1115
+  _globals['_GETMEREQUEST']._serialized_start=1117
+  _globals['_GETMEREQUEST']._serialized_end=1131
+  _globals['_GETMERESPONSE']._serialized_start=1133
+  _globals['_GETMERESPONSE']._serialized_end=1185
+  _globals['_SETUSERROLEREQUEST']._serialized_start=1187
+  _globals['_SETUSERROLEREQUEST']._serialized_end=1290
+  _globals['_SETUSERROLERESPONSE']._serialized_start=1292
+  _globals['_SETUSERROLERESPONSE']._serialized_end=1350
+  _globals['_LISTUSERSREQUEST']._serialized_start=1352
+  _globals['_LISTUSERSREQUEST']._serialized_end=1437
+  _globals['_LISTUSERSRESPONSE']._serialized_start=1439
+  _globals['_LISTUSERSRESPONSE']._serialized_end=1521
+  _globals['_CHANGEPASSWORDREQUEST']._serialized_start=1523
+  _globals['_CHANGEPASSWORDREQUEST']._serialized_end=1614
+  _globals['_CHANGEPASSWORDRESPONSE']._serialized_start=1616
+  _globals['_CHANGEPASSWORDRESPONSE']._serialized_end=1725
+  _globals['_ISSUESERVICETOKENREQUEST']._serialized_start=1727
+  _globals['_ISSUESERVICETOKENREQUEST']._serialized_end=1807
+  _globals['_ISSUESERVICETOKENRESPONSE']._serialized_start=1809
+  _globals['_ISSUESERVICETOKENRESPONSE']._serialized_end=1898
+  _globals['_GETJWKSREQUEST']._serialized_start=1900
+  _globals['_GETJWKSREQUEST']._serialized_end=1916
+  _globals['_GETJWKSRESPONSE']._serialized_start=1918
+  _globals['_GETJWKSRESPONSE']._serialized_end=1971
+  _globals['_JWK']._serialized_start=1973
+  _globals['_JWK']._serialized_end=2065
+  _globals['_AUTHSERVICE']._serialized_start=2068
+  _globals['_AUTHSERVICE']._serialized_end=3386
 # @@protoc_insertion_point(module_scope)
