@@ -6,19 +6,23 @@ it for each version in turn, alternating, and compare the processes' figures.
     .venv/bin/python -m bench.cpu movement --database postgresql --runs 3
     .venv/bin/python -m bench.cpu get-product --repo ../old   # the code of another checkout
     .venv/bin/python -m bench.cpu get-product --metrics-off   # what counting metrics costs
+    .venv/bin/python -m bench.cpu movement --watchers 10      # with 10 WatchMovements streams
 
 After a 2 s warm-up, each run is `wrk` at 64 calls in flight for `--duration` seconds; the CPU of
-every process `invmesh up` started is read from /proc before and after it.
+every process `invmesh up` started is read from /proc before and after it. With `--watchers`, the
+streams (bench.feed's client process) are open through the warm-up and every run.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import tempfile
 from pathlib import Path
 
 from bench.databases import DATABASES, databases
+from bench.feed import watching
 from bench.harness import Load, parse_wrk, process_tree, require_wrk, wrk
 from bench.scenarios import BY_KEY
 from bench.systems import REPO, invmesh, invmesh_label
@@ -46,17 +50,26 @@ def main() -> None:
     parser.add_argument(
         "--metrics-off", action="store_true", help="blank every *_METRICS_ADDR: nothing counted or served"
     )
+    parser.add_argument(
+        "--watchers", type=int, default=0, help="WatchMovements streams reading every movement (default 0)"
+    )
     args = parser.parse_args()
     require_wrk()
     scenario = BY_KEY[args.scenario]
     load = Load(connections=64, duration=args.duration, warmup=2)
     with tempfile.TemporaryDirectory() as tmp, databases(args.database, Path(tmp), args.postgres) as dbs:
         with invmesh(Path(tmp), dbs.invmesh_env, products=args.products, rounds=4, repo=args.repo,
-                     metrics=not args.metrics_off) as system:  # fmt: skip
+                     metrics=not args.metrics_off) as system, contextlib.ExitStack() as stack:  # fmt: skip
             ids = Path(tmp) / "ids"
             ids.write_text("\n".join(system.product_ids))
             env = {**scenario.env, "IDS_FILE": str(ids), "TOKEN": system.token}
             names = {pid: invmesh_label(pid, pid == system.pid) for pid in process_tree(system.pid)}
+            print("processes:", ", ".join(f"{name} {pid}" for pid, name in names.items()), flush=True)
+            streams = (
+                stack.enter_context(watching(system.addresses["inventory"], system.token, args.watchers))
+                if args.watchers
+                else None
+            )
             wrk(system.url, scenario.script, env, load, load.warmup)
             for run in range(1, args.runs + 1):
                 before = {pid: cpu_seconds(pid) for pid in names}
@@ -66,6 +79,11 @@ def main() -> None:
                 calls = figures.answered
                 per_call = ", ".join(f"{names[pid]} {1000 * s / calls:.2f}" for pid, s in used.items() if s)
                 print(f"run {run}: {figures.rate:,.0f} req/s; CPU ms per request: {per_call}", flush=True)
+                if streams is not None:
+                    got = streams.received()
+                    print(
+                        f"  the streams so far: {sum(got.movements):,} movements, {sum(got.messages):,} messages"
+                    )
 
 
 if __name__ == "__main__":

@@ -51,12 +51,14 @@ async def running(settings: Settings, *, address: str | None = None) -> AsyncIte
             max_streams=settings.watch_max_streams,
             buffer_events=settings.watch_buffer_events,
             heartbeat_seconds=settings.watch_heartbeat_seconds,
+            linger_seconds=settings.watch_linger_seconds,
         )
         await watch.start()
         stack.push_async_callback(watch.stop)
         sequencer = Sequencer(
             db,
-            numbered=watch.wake,
+            numbered=watch.numbered,
+            rows_wanted=lambda: watch.followed,
             retry_initial=settings.outbox_retry_initial_seconds,
             retry_max=settings.outbox_retry_max_seconds,
         )

@@ -7,16 +7,19 @@ one sends exactly the events after it, whichever replica sent it.
 
 A stream first reads the events after its cursor from the database, a page at a time (a slow
 client holds back the reads, not memory). Once it has read them all, it joins the process's
-one reader of the feed (`MovementWatch`), which reads each new batch of places once (woken by
-this process's sequencer, or polling for another replica's) and hands the rows to every
-stream they concern, in a bounded queue each. Joining takes the reader's position; the stream
-reads from the database what lies between its own and that one, then takes rows from its queue,
-skipping any it already sent. A stream whose queue fills ends with RESOURCE_EXHAUSTED
-(SLOW_CONSUMER), and its client resumes from its cursor.
+one reader of the feed (`MovementWatch`), which hands each new row to every stream it
+concerns, holding a bounded number for each. The rows this process's sequencer numbered come
+with their places from it, unread; the reader reads the others (another replica's, found by
+polling, or any its sequencer did not hand over) once, in place order. Joining takes the
+reader's position; the stream reads from the database what lies between its own and that one,
+then sends the rows held for it, skipping any it already sent. A stream whose rows fill its
+limit ends with RESOURCE_EXHAUSTED (SLOW_CONSUMER), and its client resumes from its cursor.
 
-A stream sends what is ready at once together (one gRPC message): a page it read, or every row
-in its queue (the reader's batch, and what came while the last message was written), up to a
-page; each event keeps its own position. Most of a stream's cost is per message, not per event.
+A stream sends what is ready at once together (one gRPC message): a page it read, or the rows
+held for it, up to a page; each event keeps its own position. Most of a stream's cost is per
+message, not per event, so a stream that sent less than the linger ago waits out the rest
+before its next message: an idle stream's event goes at once, a busy one's messages go at most
+once per linger, each with everything that came meanwhile.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Row, Select, bindparam, select
@@ -47,6 +51,7 @@ HEARTBEAT = "heartbeat"
 LOW_STOCK = "low_stock"
 RESTOCKED = "restocked"
 MAX_CURSOR_CHARS = 40  # a position is below 2**64: 20 digits, with room to change the encoding
+HANDED_OVER_ROUNDS = 64  # the sequencer's rounds kept for the reader; past that, it reads them back
 
 _MOVEMENTS = table_of(Movement)
 _FEED = table_of(MovementFeed)
@@ -99,12 +104,12 @@ def crossing(change: int, balance_after: int, reorder_point: int | None) -> str 
     return None
 
 
-def events_of(row: Row[Any]) -> Iterator[FeedEvent]:
-    """A movement's events: itself, and the signal it caused, judged on the reorder point its
-    location had when it was recorded (which the movement keeps)."""
-    yield FeedEvent(2 * row.seq, MOVEMENT, row)
+def events_of(row: Row[Any], place: int) -> Iterator[FeedEvent]:
+    """The events of the movement at `place`: itself, and the signal it caused, judged on the
+    reorder point its location had when it was recorded (which the movement keeps)."""
+    yield FeedEvent(2 * place, MOVEMENT, row)
     if signal := crossing(row.quantity, row.balance_after, row.reorder_point):
-        yield FeedEvent(2 * row.seq + 1, signal, row)
+        yield FeedEvent(2 * place + 1, signal, row)
 
 
 def parse_cursor(cursor: str) -> int | None:
@@ -137,13 +142,29 @@ def _unsent(rows: Iterable[Iterable[Sent[M]]], after: int) -> tuple[list[M], int
 class _Follower(Generic[M]):
     product_id: str
     location_id: str
-    rows: asyncio.Queue[tuple[Sent[M], ...]]  # a row's events, each rendered once for every stream
+    limit: int  # the most rows held for the stream
+    rows: list[tuple[Sent[M], ...]] = field(default_factory=list)  # each row's events, rendered once
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)  # rows came since `rows` emptied
     overflowed: bool = False
 
     def wants(self, row: Row[Any]) -> bool:
         return (not self.product_id or row.product_id == self.product_id) and (
             not self.location_id or row.location_id == self.location_id
         )
+
+    def hold(self, rows: list[tuple[Sent[M], ...]]) -> bool:
+        """Holds a batch of rows for the stream; False if they overflow its limit (it keeps
+        what fits, so its client resumes right after)."""
+        room = self.limit - len(self.rows)
+        self.rows += rows[:room]
+        self.arrived.set()
+        self.overflowed = len(rows) > room
+        return not self.overflowed
+
+    def take(self) -> list[tuple[Sent[M], ...]]:
+        """The rows held, a page at most."""
+        taken, self.rows = self.rows[:PAGE], self.rows[PAGE:]
+        return taken
 
 
 class MovementWatch(Generic[M]):
@@ -155,6 +176,7 @@ class MovementWatch(Generic[M]):
         max_streams: int,
         buffer_events: int,
         heartbeat_seconds: float,
+        linger_seconds: float,
     ) -> None:
         """`render` makes an event what a stream sends (the servicer's message)."""
         self._db = db
@@ -162,9 +184,12 @@ class MovementWatch(Generic[M]):
         self._max_streams = max_streams
         self._buffer = buffer_events
         self._heartbeat = heartbeat_seconds
+        self._linger = linger_seconds
         self._followers: set[_Follower[M]] = set()
         self._position = 0  # every place up to this one was handed to the followers of its time
         self._wake = asyncio.Event()
+        self._handed_over: deque[tuple[int, Sequence[Row[Any]]]] = deque()  # the sequencer's rounds
+        self._read_by = 0.0  # the loop's time by which to read the database for another replica's rows
         self._task: asyncio.Task[None] | None = None
         self._streams = 0
 
@@ -178,8 +203,22 @@ class MovementWatch(Generic[M]):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    def wake(self) -> None:
-        """This process's sequencer gave places: read them now."""
+    @property
+    def followed(self) -> bool:
+        return bool(self._followers)
+
+    def numbered(self, places: range, rows: Sequence[Row[Any]] | None) -> None:
+        """This process's sequencer gave `places`, to `rows` if it read them: hand them out now.
+        With no follower, no one is owed them: the position moves past them, unread."""
+        if not self._followers:
+            self._position = max(self._position, places[-1])
+            return
+        if rows is None:  # read before the first follower came: read them back now
+            self._read_by = 0.0
+        else:
+            if len(self._handed_over) >= HANDED_OVER_ROUNDS:  # the reader lags: it reads them back
+                self._handed_over.clear()
+            self._handed_over.append((places.start, rows))
         self._wake.set()
 
     async def follow(
@@ -216,32 +255,37 @@ class MovementWatch(Generic[M]):
         read = _Reader(self._db, self._render, product_id, location_id, after)
         async for page in read.upto(None):  # the history, however long
             yield page
-        follower: _Follower[M] = _Follower(product_id, location_id, asyncio.Queue(self._buffer))
+        follower: _Follower[M] = _Follower(product_id, location_id, self._buffer)
         self._followers.add(follower)
-        joined_at = self._position  # rows above it come through the queue
+        joined_at = self._position  # rows above it are held for it
+        loop = asyncio.get_running_loop()
         try:
             async for page in read.upto(joined_at):
                 yield page
             # Caught up: says so at once, with the cursor, to a client that started at the end too.
             read.position = max(read.position, 2 * joined_at + 1)
             yield [self._render(FeedEvent(read.position, HEARTBEAT))]
+            sent_at = -self._linger
             while True:
-                rows = []
-                if follower.rows.empty():  # the heartbeat's timer only when there is time to wait
+                if not follower.rows:  # the heartbeat's timer only when there is time to wait
+                    follower.arrived.clear()
                     try:
                         async with asyncio.timeout(self._heartbeat):
-                            rows.append(await follower.rows.get())
+                            await follower.arrived.wait()
                     except TimeoutError:
-                        # Every row up to the reader's position reached the queue, which is empty.
+                        # Every row up to the reader's position was held for it, and sent.
                         read.position = max(read.position, 2 * self._position + 1)
                         yield [self._render(FeedEvent(read.position, HEARTBEAT))]
                         continue
-                while len(rows) < PAGE and not follower.rows.empty():
-                    rows.append(follower.rows.get_nowait())
-                events, read.position = _unsent(rows, read.position)
+                # A stream that sent a moment ago waits out the linger: under load one message
+                # carries what comes meanwhile, and most of a stream's cost is per message.
+                if (linger := sent_at + self._linger - loop.time()) > 0 and not follower.overflowed:
+                    await asyncio.sleep(linger)
+                events, read.position = _unsent(follower.take(), read.position)
                 if events:
                     yield events
-                if follower.overflowed:
+                    sent_at = loop.time()
+                if follower.overflowed and not follower.rows:
                     raise ResourceExhausted(
                         f"the client read too slowly and its {self._buffer} buffered events filled; "
                         f"resume after {read.position}",
@@ -266,6 +310,7 @@ class MovementWatch(Generic[M]):
                 if self._followers:
                     await self._hand_out()
                 else:
+                    self._handed_over.clear()
                     last = await self._last()
                     # A stream that joined meanwhile took the old position: the rows after it are its.
                     if not self._followers:
@@ -275,25 +320,60 @@ class MovementWatch(Generic[M]):
                 await asyncio.sleep(1.0)
 
     async def _hand_out(self) -> None:
-        while True:
+        """Every row after the position to the followers, in place order: the sequencer's
+        rounds that follow on as they are; the database read for a round that does not
+        (another replica's places lie between), and POLL seconds after the last round or read
+        (another replica's rows, while this one's sequencer has none)."""
+        loop = asyncio.get_running_loop()
+        if self._give_handed_over():
+            self._read_by = loop.time() + POLL
+        while self._handed_over or loop.time() >= self._read_by:
+            self._read_by = loop.time() + POLL
             with tracing.untraced():
                 rows = await self._db.fetch(_NEWER, {"after": self._position})
-            for row in rows:
-                rendered: tuple[Sent[M], ...] | None = None
-                for follower in list(self._followers):
-                    if not follower.wants(row):
-                        continue
-                    if rendered is None:
-                        rendered = tuple((e.position, self._render(e)) for e in events_of(row))
-                    try:
-                        follower.rows.put_nowait(rendered)
-                    except asyncio.QueueFull:
-                        follower.overflowed = True
-                        self._followers.discard(follower)
-            if rows:
-                self._position = rows[-1].seq
-            if len(rows) < PAGE:
+            if not rows:  # nothing between after all: the rounds are read back at the next look
+                self._handed_over.clear()
                 return
+            self._give([(row.seq, row) for row in rows])
+            self._give_handed_over()
+            if len(rows) == PAGE:
+                self._read_by = 0.0  # more to read now
+
+    def _give_handed_over(self) -> bool:
+        """Gives the sequencer's rounds that follow on; says whether there were any."""
+        given = False
+        while (places := self._next_handed_over()) is not None:
+            self._give(places)
+            given = True
+        return given
+
+    def _next_handed_over(self) -> list[tuple[int, Row[Any]]] | None:
+        """The rows of the sequencer's next round that are not handed out yet, with their
+        places, if they come right after the position; None if some lie between (another
+        replica's places) or no round is waiting."""
+        while self._handed_over:
+            first, rows = self._handed_over[0]
+            if first > self._position + 1:
+                return None
+            self._handed_over.popleft()
+            if (fresh := self._position + 1 - first) < len(rows):  # else: read back already
+                return [(first + n, row) for n, row in enumerate(rows) if n >= fresh]
+        return None
+
+    def _give(self, places: Sequence[tuple[int, Row[Any]]]) -> None:
+        batches: dict[_Follower[M], list[tuple[Sent[M], ...]]] = {f: [] for f in self._followers}
+        for place, row in places:
+            rendered: tuple[Sent[M], ...] | None = None
+            for follower, batch in batches.items():
+                if follower.wants(row):
+                    if rendered is None:
+                        rendered = tuple((e.position, self._render(e)) for e in events_of(row, place))
+                    batch.append(rendered)
+        for follower, batch in batches.items():
+            if batch and not follower.hold(batch):
+                self._followers.discard(follower)
+        if places:
+            self._position = places[-1][0]
 
 
 class _Reader(Generic[M]):
@@ -317,7 +397,7 @@ class _Reader(Generic[M]):
             if first > last:
                 return
             rows = await self._db.fetch(self._query, {"first": first, "last": last, **self._filters})
-            page = [e for row in rows for e in events_of(row) if e.position > self.position]
+            page = [e for row in rows for e in events_of(row, row.seq) if e.position > self.position]
             if page:
                 self.position = page[-1].position
                 yield [self._render(e) for e in page]

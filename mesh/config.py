@@ -340,6 +340,15 @@ class Settings(BaseSettings):
         description="Seconds without an event after which a WatchMovements stream sends a heartbeat (with "
         "its cursor), so proxies and load balancers keep an idle stream open.",
     )
+    watch_linger_seconds: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="The least time between two messages of a WatchMovements stream while movements "
+        "keep coming: a stream that sent less than this ago waits out the rest, and its next message "
+        "carries every event that came meanwhile. An idle stream's first event goes at once; 0 sends "
+        "each batch as soon as it is ready, at more CPU per event under load.",
+    )
     product_cache_seconds: float = Field(
         30.0,
         ge=0,

@@ -215,6 +215,28 @@ async def test_a_stream_says_when_it_is_live_then_beats_while_idle_with_its_curs
         assert after_beat.movement.quantity == 2
 
 
+async def test_a_busy_stream_waits_out_its_linger_and_an_idle_one_sends_at_once(
+    mesh_users: MeshUsers,
+) -> None:
+    linger = 3.0
+    async with running_mesh(mesh_users, watch_linger_seconds=linger, watch_heartbeat_seconds=30) as mesh:
+        pid = await new_product(mesh)
+        stream = watch(mesh)
+        await events(stream, 1, heartbeats=True)  # live
+        await mesh.inventory.RecordMovement(move(pid, pb.IN, 1), metadata=mesh.as_user())
+        await events(stream, 1, timeout=linger - 0.5)  # the first since the stream went live: at once
+        sent = asyncio.get_running_loop().time()
+        for quantity in (2, 3):
+            await mesh.inventory.RecordMovement(move(pid, pb.IN, quantity), metadata=mesh.as_user())
+        second = asyncio.create_task(events(stream, 2, timeout=2 * linger))
+        await asyncio.sleep(1.0)
+        assert not second.done()  # held back: the stream sent a message less than the linger ago
+        held = await second
+        assert asyncio.get_running_loop().time() - sent >= linger - 0.1
+        assert [m.quantity for m in movements_of(held)] == [2, 3]
+        assert len(stream.messages[-1].events) == 2  # both in the one message
+
+
 async def test_one_stream_more_than_the_limit_is_refused(mesh_users: MeshUsers) -> None:
     async with running_mesh(mesh_users, watch_max_streams=2, watch_heartbeat_seconds=0.1) as mesh:
         open_streams = [watch(mesh) for _ in range(2)]
