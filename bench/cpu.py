@@ -81,9 +81,8 @@ def main() -> None:
                 print(f"run {run}: {figures.rate:,.0f} req/s; CPU ms per request: {per_call}", flush=True)
                 if streams is not None:
                     got = streams.received()
-                    print(
-                        f"  the streams so far: {sum(got.movements):,} movements, {sum(got.messages):,} messages"
-                    )
+                    movements, messages = sum(got.movements), sum(got.messages)
+                    print(f"  streams so far: {movements:,} movements in {messages:,} messages", flush=True)
 
 
 if __name__ == "__main__":
