@@ -230,16 +230,18 @@ class Settings(BaseSettings):
         "127.0.0.1:9103", description="Where inventory serves its metrics (`/metrics`); empty: none."
     )
     db_pool_size: int = Field(
-        10,
+        20,
         ge=1,
-        description="Connections each service keeps open to a PostgreSQL or MariaDB database. "
-        "SQLite uses no pool setting.",
+        description="Connections each service keeps open to a PostgreSQL or MariaDB database, opened "
+        "as calls first need them. SQLite uses no pool setting.",
     )
     db_max_overflow: int = Field(
-        10,
+        0,
         ge=0,
-        description="Extra connections a service may open beyond `DB_POOL_SIZE` under load, "
-        "closed when returned.",
+        description="Extra connections a service may open beyond `DB_POOL_SIZE` under load, each "
+        "closed when returned: under steady load above the pool's size, every call past it opens and "
+        "closes one (a connection's handshake costs more CPU than most calls), so the default is none "
+        "and calls wait for a pooled connection instead.",
     )
     db_pool_timeout_seconds: float = Field(
         5.0,

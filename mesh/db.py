@@ -178,8 +178,8 @@ class Database:
         self,
         url: str,
         *,
-        pool_size: int = 10,
-        max_overflow: int = 10,
+        pool_size: int = 20,
+        max_overflow: int = 0,
         pool_timeout: float = 5.0,
         connect_timeout: float = 5.0,
     ) -> None:
