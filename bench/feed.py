@@ -1,5 +1,8 @@
 """What the movement feed costs inventory, within one `bench.run`: the memory of idle
 WatchMovements streams, and POST /inventory while streams read every movement as it is recorded.
+The second alone, as `make bench` measures it, for comparing versions:
+
+    .venv/bin/python -m bench.feed --database postgresql [--rounds 4] [--duration 5] [--streams 10]
 
 The watchers are real grpc.aio clients in a spawned process of their own, so that their CPU is not
 counted as the server's. Each stream has a connection of its own, as separate clients would, starts
@@ -10,11 +13,13 @@ one as soon as the stream is live).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import dataclasses
 import os
 import statistics
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -25,9 +30,20 @@ from pathlib import Path
 
 import grpc
 
-from bench.harness import Figures, Load, cpu_seconds, parse_wrk, process_tree, rss_mib, wait_idle, wrk
-from bench.scenarios import Scenario
-from bench.systems import Invmesh, invmesh_label
+from bench.databases import DATABASES, databases
+from bench.harness import (
+    Figures,
+    Load,
+    cpu_seconds,
+    parse_wrk,
+    process_tree,
+    require_wrk,
+    rss_mib,
+    wait_idle,
+    wrk,
+)
+from bench.scenarios import BY_KEY, Scenario
+from bench.systems import Invmesh, invmesh, invmesh_label
 from invmesh.inventory.v1 import inventory_service_pb2 as pb
 from invmesh.inventory.v1 import inventory_service_pb2_grpc as pb_grpc
 
@@ -324,3 +340,30 @@ def _cpu_ms(runs: list[WatchedRun]) -> tuple[float, float]:
         1000 * sum(r.figures.server_cpu for r in runs) / answered,
         1000 * sum(r.inventory_cpu for r in runs) / answered,
     )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.feed", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--database", choices=DATABASES, default="sqlite")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds without and with streams (default 4)")
+    parser.add_argument(
+        "--duration", type=float, default=5, help="seconds per run (default 5, as make bench)"
+    )
+    parser.add_argument("--streams", type=int, default=10, help="streams in the runs with them (default 10)")
+    parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432")
+    args = parser.parse_args()
+    require_wrk()
+    load = Load(connections=64, duration=args.duration, warmup=2)
+    with tempfile.TemporaryDirectory() as tmp, databases(args.database, Path(tmp), args.postgres) as dbs:
+        with invmesh(Path(tmp), dbs.invmesh_env, products=200, rounds=4) as mesh:
+            ids = Path(tmp) / "ids"
+            ids.write_text("\n".join(mesh.product_ids))
+            watched = with_watchers(
+                mesh, args.database, ids, BY_KEY["movement"], load, args.rounds, args.streams
+            )
+    print(load_table([watched]))
+    print(watched.check()[0])
+
+
+if __name__ == "__main__":
+    main()
