@@ -332,9 +332,10 @@ class Settings(BaseSettings):
     watch_buffer_events: int = Field(
         1000,
         ge=1,
-        description="Events a WatchMovements stream holds for a client that reads slower than movements "
-        "are recorded; when they fill, the stream ends with RESOURCE_EXHAUSTED (SLOW_CONSUMER) and the "
-        "client resumes from its last cursor. Memory per stream stays bounded by it.",
+        description="Movements (each with the low-stock signal it caused, if any) a WatchMovements stream "
+        "holds for a client that reads slower than movements are recorded; when they fill, the stream "
+        "sends them and ends with RESOURCE_EXHAUSTED (SLOW_CONSUMER), and the client resumes from its "
+        "last cursor. Memory per stream stays bounded by it.",
     )
     watch_heartbeat_seconds: float = Field(
         15.0,
