@@ -396,8 +396,9 @@ class _CountedPool(AsyncAdaptedQueuePool):
 class _PoolCollector(Collector):
     """`invmesh_db_pool_*`, read from the pools of this process's databases at scrape time:
     no work per request. Only a queue pool (PostgreSQL, MariaDB, and SQLite files, which
-    SQLAlchemy 2 pools the same way) has these figures; a database without one (SQLite in
-    memory, a static pool) adds nothing rather than zeros that would not be true."""
+    SQLAlchemy 2 pools the same way, their reader threads' pool included) has these figures;
+    a database without one (SQLite in memory, a static pool) adds nothing rather than zeros
+    that would not be true."""
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         in_use = GaugeMetricFamily("invmesh_db_pool_in_use", "Database connections checked out of the pool.")
@@ -405,7 +406,9 @@ class _PoolCollector(Collector):
         overflow = GaugeMetricFamily(
             "invmesh_db_pool_overflow", "Database connections open beyond the pool's size (max_overflow)."
         )
-        pools = [db.engine.pool for db in list(_POOLS)]
+        databases = list(_POOLS)
+        # A SQLite file's reader threads have a pool of their own (`Database.fetch`).
+        pools = [db.engine.pool for db in databases] + [db._reader.pool for db in databases if db._reader]
         queued = [pool for pool in pools if isinstance(pool, QueuePool)]
         if queued:
             in_use.add_metric([], sum(pool.checkedout() for pool in queued))

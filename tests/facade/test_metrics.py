@@ -339,6 +339,23 @@ async def test_the_pool_gauges_show_a_connection_held_by_an_open_transaction(
     assert value(samples, "invmesh_db_pool_overflow") == 0
 
 
+async def test_the_pool_gauges_count_a_sqlite_files_reader_connections(
+    settings: Settings, scrape: httpx.AsyncClient
+) -> None:
+    """A SQLite file's reads run on reader threads with a pool of their own: a read leaves its
+    connection idle in that pool, counted with the others."""
+    if not settings.database_url("auth").startswith("sqlite"):
+        pytest.skip("only a SQLite file has reader threads")
+    db = Database.for_service(settings, "auth")
+    try:
+        before = await pool_figures(scrape)
+        await db.fetch(sql("SELECT 1"))
+        after = await pool_figures(scrape)
+    finally:
+        await db.dispose()
+    assert (after[0] - before[0], after[1] - before[1]) == (0, 1)
+
+
 async def test_the_change_log_lag_grows_while_the_log_cannot_be_read(
     settings: Settings, scrape: httpx.AsyncClient
 ) -> None:
