@@ -76,6 +76,18 @@ class PathTemplate:
         """Sort key: templates with a verb first, then literal segments before variables, left to right."""
         return (0 if self.verb else 1, tuple(s.kind for s in self.segments))
 
+    @property
+    def fixed_key(self) -> tuple[int, str] | None:
+        """(segments, first literal) of a template that matches only paths of that many
+        segments whose first is that literal; None for one with a verb, a `**` or a variable
+        first, which may match paths of other shapes."""
+        segments = self.segments
+        if self.verb or not segments or segments[0].kind is not Kind.LITERAL:
+            return None
+        if any(segment.kind is Kind.DOUBLE_STAR for segment in segments):
+            return None
+        return len(segments), segments[0].literal
+
     def match(self, raw_path: str) -> dict[str, str] | None:
         """The decoded variables if `raw_path` (percent-encoded, no query) matches, else None.
 
@@ -102,7 +114,9 @@ class PathTemplate:
             if segment.kind is Kind.LITERAL:
                 # Not _decode: a segment that is not UTF-8 is not the (ASCII) literal, and may
                 # still match a later template's `*` (replace puts U+FFFD for what does not decode).
-                if part != segment.literal and unquote(part, errors="replace") != segment.literal:
+                if part != segment.literal and (
+                    "%" not in part or unquote(part, errors="replace") != segment.literal
+                ):
                     return None
             elif not part:
                 return None

@@ -15,6 +15,7 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
 import grpc
 from google.protobuf.message import Message
@@ -97,6 +98,11 @@ class TranscodedRoutes(BaseRoute):
             (_Template(templates[shape], methods) for shape, methods in grouped.items()),
             key=lambda t: t.template.precedence,
         )
+        # A path is tried only against the templates that could match its shape (how many
+        # segments, the first one), in precedence order, and those that may match any shape.
+        self._open = [t for t in self._table if t.template.fixed_key is None]
+        keys = {t.template.fixed_key for t in self._table} - {None}
+        self._by_key = {key: [t for t in self._table if t.template.fixed_key in (key, None)] for key in keys}
         self._backend_names = backend_names
         self._default_timeout = default_timeout
         self._max_timeout = max_timeout
@@ -120,7 +126,7 @@ class TranscodedRoutes(BaseRoute):
             httprule.check_escapes(path)
             allowed: list[str] = []
             first = ""  # the first template that matched, by another method
-            for entry in self._table:
+            for entry in self._candidates(path):
                 values = entry.template.match(path)
                 if values is None:
                     continue
@@ -137,6 +143,13 @@ class TranscodedRoutes(BaseRoute):
         if allowed:
             return Match.PARTIAL, {_ALLOW: allowed, TEMPLATE: first}
         return Match.NONE, {}
+
+    def _candidates(self, path: str) -> list[_Template]:
+        parts = path.split("/", 2)
+        if len(parts) < 2:
+            return self._open
+        first = parts[1] if "%" not in parts[1] else unquote(parts[1], errors="replace")
+        return self._by_key.get((path.count("/"), first), self._open)
 
     @staticmethod
     def template_of(child_scope: Scope) -> str | None:
