@@ -79,6 +79,7 @@ def movement_message(movement: Movement | Row[Any]) -> pb.Movement:
         reason=movement.reason,
         reference=movement.reference,
         actor=movement.actor,
+        actor_email=movement.actor_email,
         request_id=movement.request_id or "",
         created_at=timestamp(movement.created_at),
         location_id=movement.location_id,

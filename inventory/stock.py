@@ -70,6 +70,7 @@ from mesh.errors import (
     TransactionConflict,
     Violations,
 )
+from mesh.tokens import Identity
 
 MAX_BATCH = 500
 MAX_STOCK = 2**31 - 1  # a balance is a signed 32-bit column on every database
@@ -212,6 +213,7 @@ _IN_APPENDED = (
             "reason",
             "reference",
             "actor",
+            "actor_email",
             "request_id",
             "request_fingerprint",
             "created_at",
@@ -226,6 +228,7 @@ _IN_APPENDED = (
             bindparam("why", type_=String()),
             bindparam("ref", type_=String()),
             bindparam("actor_id", type_=String()),
+            bindparam("actor_email", type_=String()),
             bindparam("key", type_=String()),
             bindparam("fingerprint", type_=String()),
             _IN_NOW,
@@ -629,7 +632,7 @@ async def store_reorder_point(
 
 async def append_movement(
     conn: AsyncConnection,
-    actor: str,
+    actor: Identity,
     change: Change,
     delta: int,
     balance: int,
@@ -758,7 +761,7 @@ class Inventory:
         body = fingerprint("TRANSFER", product_id, from_location_id, to_location_id, quantity, reason)
         outgoing = Change(product_id, OUT, quantity, reason, "", request_id or None, body, from_location_id)
         incoming = Change(product_id, IN, quantity, reason, "", None, body, to_location_id)
-        actor = current_identity().subject
+        actor = current_identity()
         for attempt in range(ATTEMPTS):
             if outgoing.request_id and (replay := await self._replay_transfer(actor, outgoing)) is not None:
                 return replay
@@ -913,7 +916,7 @@ class Inventory:
         locks (`lock_product`), run again if it loses a race on a key. On PostgreSQL an IN first
         tries one statement of its own (`_move_in_alone`), and on SQLite two conditional updates
         (`_move_in_held`); each leaves the locked path to decide when it changed nothing."""
-        actor = current_identity().subject
+        actor = current_identity()
         for attempt in range(ATTEMPTS):
             if change.request_id and (replay := await self._replay(actor, change)) is not None:
                 if replay.movement is not None:  # committed, perhaps by a call that ended unreported
@@ -943,7 +946,7 @@ class Inventory:
                 await back_off(attempt)
         raise AssertionError("unreachable")
 
-    async def _write(self, conn: AsyncConnection, actor: str, change: Change) -> Recorded:
+    async def _write(self, conn: AsyncConnection, actor: Identity, change: Change) -> Recorded:
         """Writes the reorder point, the balances and the movement in `conn`'s transaction, under the
         product's locks."""
         locked = await lock_product(conn, change.product_id)
@@ -966,7 +969,7 @@ class Inventory:
         movement = await append_movement(conn, actor, change, delta, moved_to, locked.now, point)
         return Recorded(movement, locked.stock())
 
-    async def _move_in_alone(self, actor: str, change: Change) -> Recorded | None:
+    async def _move_in_alone(self, actor: Identity, change: Change) -> Recorded | None:
         """An IN as one statement without BEGIN (`_MOVE_IN_ALONE`), answered as the locked path
         would; None if it changed nothing (a missing or retired item, a balance it would take
         above MAX_STOCK, an item another writer changed while this waited for its lock, no stock
@@ -984,7 +987,8 @@ class Inventory:
                     "kind": change.kind,
                     "why": change.reason,
                     "ref": change.reference,
-                    "actor_id": actor,
+                    "actor_id": actor.subject,
+                    "actor_email": actor.email,
                     "key": change.request_id,
                     "fingerprint": change.fingerprint if change.request_id else None,
                 },
@@ -1005,7 +1009,7 @@ class Inventory:
         return Recorded(movement, Stock(change.product_id, row.quantity, now, sum(reserved.values()), levels))
 
     async def _write_transfer(
-        self, conn: AsyncConnection, actor: str, outgoing: Change, incoming: Change
+        self, conn: AsyncConnection, actor: Identity, outgoing: Change, incoming: Change
     ) -> Transferred:
         locked = await lock_product(conn, outgoing.product_id)
         source, target = outgoing.location_id, incoming.location_id
@@ -1027,7 +1031,7 @@ class Inventory:
         )
         return Transferred(transfer_id, out, into, locked.stock())
 
-    async def _replay(self, actor: str, change: Change) -> Recorded | None:
+    async def _replay(self, actor: Identity, change: Change) -> Recorded | None:
         """The first result of a request_id already used by this actor, or None if it is new:
         the movement, and the balance it left at its location (reservations not recalled, nor a
         reorder point the request did not set)."""
@@ -1037,7 +1041,7 @@ class Inventory:
         level = Level(first.location_id, first.balance_after, 0, change.reorder_point or 0)
         return Recorded(first, Stock(first.product_id, first.balance_after, first.created_at, 0, (level,)))
 
-    async def _replay_transfer(self, actor: str, outgoing: Change) -> Transferred | None:
+    async def _replay_transfer(self, actor: Identity, outgoing: Change) -> Transferred | None:
         """The first result of a transfer's request_id, with the product's stock as it is now."""
         first = await self._first_of(actor, outgoing)
         if first is None:
@@ -1050,12 +1054,14 @@ class Inventory:
             )
         return Transferred(str(first.transfer_id), both[0], both[1], await self._current(first.product_id))
 
-    async def _first_of(self, actor: str, change: Change) -> Movement | None:
+    async def _first_of(self, actor: Identity, change: Change) -> Movement | None:
         """The movement that first used this actor's request_id; ALREADY_EXISTS if it asked for
         something else."""
         async with self._db.session() as session:
             first = await session.scalar(
-                select(Movement).where(Movement.actor == actor, Movement.request_id == change.request_id)
+                select(Movement).where(
+                    Movement.actor == actor.subject, Movement.request_id == change.request_id
+                )
             )
         if first is not None and first.request_fingerprint != change.fingerprint:
             raise AlreadyExists(
@@ -1079,7 +1085,7 @@ class Inventory:
         return Stock(product_id, item.quantity, item.updated_at, sum(reserved.values()), levels)
 
 
-async def _move_in_held(conn: AsyncConnection, actor: str, change: Change) -> Recorded | None:
+async def _move_in_held(conn: AsyncConnection, actor: Identity, change: Change) -> Recorded | None:
     """An IN in a write transaction that holds SQLite's write lock (`_HELD_IN_LEVEL`,
     `_HELD_IN_ITEM`); None, having changed nothing, where the locked path must decide."""
     now, delta = utcnow(), change.units
@@ -1097,7 +1103,7 @@ async def _move_in_held(conn: AsyncConnection, actor: str, change: Change) -> Re
 
 
 def _movement_values(
-    actor: str, change: Change, delta: int, balance: int, now: dt.datetime, reorder_point: int
+    actor: Identity, change: Change, delta: int, balance: int, now: dt.datetime, reorder_point: int
 ) -> dict[str, Any]:
     return {
         "product_id": change.product_id,
@@ -1107,7 +1113,8 @@ def _movement_values(
         "balance_after": balance,
         "reason": change.reason,
         "reference": change.reference,
-        "actor": actor,
+        "actor": actor.subject,
+        "actor_email": actor.email,
         "request_id": change.request_id,
         "request_fingerprint": change.fingerprint if change.request_id else None,
         "created_at": now,

@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY
 from sqlalchemy import func, select, update
 
 from auth.service import running as running_auth
-from inventory.models import Item, Movement
+from inventory.models import DEFAULT_LOCATION_ID, Item, Movement
 from inventory.service import running as running_inventory
 from inventory.stock import MAX_STOCK, next_balance
 from invmesh.auth.v1 import auth_service_pb2 as auth_pb
@@ -107,6 +107,42 @@ async def test_movements_move_the_balance_and_fill_the_ledger(mesh: Mesh) -> Non
         lambda got: got.product.stock == 2,
     )
     assert product.product.stock == 2  # products shows inventory's stock once the feed reports it
+
+
+async def test_each_movement_keeps_the_email_its_authors_token_gave(mesh: Mesh) -> None:
+    """Whichever path writes it (a first entry, an entry on the hot path, an exit, a count,
+    both halves of a transfer, a confirmed reservation), a movement records the email of the
+    caller's token with its user id, and the ledger reads it back."""
+    pid = await new_product(mesh)
+    me = (await mesh.auth.GetMe(auth_pb.GetMeRequest(), metadata=mesh.as_user())).user
+    second = await mesh.inventory.CreateLocation(
+        pb.CreateLocationRequest(location=pb.Location(code="WH-2", name="Second")), metadata=mesh.as_user()
+    )
+    written = [
+        (await mesh.inventory.RecordMovement(move(pid, kind, 5), metadata=mesh.as_user())).movement
+        for kind in (pb.IN, pb.IN, pb.OUT)
+    ]
+    counted = await mesh.inventory.SetStock(
+        pb.SetStockRequest(product_id=pid, quantity=8), metadata=mesh.as_user()
+    )
+    moved = await mesh.inventory.CreateTransfer(
+        pb.CreateTransferRequest(
+            product_id=pid,
+            from_location_id=DEFAULT_LOCATION_ID,
+            to_location_id=second.location.id,
+            quantity=2,
+        ),
+        metadata=mesh.as_user(),
+    )
+    held = await mesh.inventory.CreateReservation(
+        pb.CreateReservationRequest(product_id=pid, quantity=1), metadata=mesh.as_user()
+    )
+    confirmed = await mesh.inventory.ConfirmReservation(
+        pb.ConfirmReservationRequest(id=held.reservation.id), metadata=mesh.as_user()
+    )
+    written += [counted.movement, moved.outgoing, moved.incoming, confirmed.movement]
+    assert [(m.actor, m.actor_email) for m in written] == [(me.id, me.email)] * 7
+    assert {m.id: m.actor_email for m in await ledger(mesh, pid)} == {m.id: me.email for m in written}
 
 
 async def test_an_exit_beyond_the_stock_changes_nothing(mesh: Mesh, inventory_db: Database) -> None:

@@ -107,7 +107,7 @@ class Reservation(_message.Message):
     def __init__(self, id: _Optional[str] = ..., product_id: _Optional[str] = ..., location_id: _Optional[str] = ..., quantity: _Optional[int] = ..., state: _Optional[_Union[ReservationState, str]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reference: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Movement(_message.Message):
-    __slots__ = ("id", "product_id", "type", "quantity", "balance_after", "reason", "reference", "actor", "request_id", "created_at", "location_id", "transfer_id", "reservation_id")
+    __slots__ = ("id", "product_id", "type", "quantity", "balance_after", "reason", "reference", "actor", "request_id", "created_at", "location_id", "transfer_id", "reservation_id", "actor_email")
     ID_FIELD_NUMBER: _ClassVar[int]
     PRODUCT_ID_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -121,6 +121,7 @@ class Movement(_message.Message):
     LOCATION_ID_FIELD_NUMBER: _ClassVar[int]
     TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
     RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_EMAIL_FIELD_NUMBER: _ClassVar[int]
     id: str
     product_id: str
     type: MovementType
@@ -134,7 +135,8 @@ class Movement(_message.Message):
     location_id: str
     transfer_id: str
     reservation_id: str
-    def __init__(self, id: _Optional[str] = ..., product_id: _Optional[str] = ..., type: _Optional[_Union[MovementType, str]] = ..., quantity: _Optional[int] = ..., balance_after: _Optional[int] = ..., reason: _Optional[str] = ..., reference: _Optional[str] = ..., actor: _Optional[str] = ..., request_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., location_id: _Optional[str] = ..., transfer_id: _Optional[str] = ..., reservation_id: _Optional[str] = ...) -> None: ...
+    actor_email: str
+    def __init__(self, id: _Optional[str] = ..., product_id: _Optional[str] = ..., type: _Optional[_Union[MovementType, str]] = ..., quantity: _Optional[int] = ..., balance_after: _Optional[int] = ..., reason: _Optional[str] = ..., reference: _Optional[str] = ..., actor: _Optional[str] = ..., request_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., location_id: _Optional[str] = ..., transfer_id: _Optional[str] = ..., reservation_id: _Optional[str] = ..., actor_email: _Optional[str] = ...) -> None: ...
 
 class ListInventoryItemsRequest(_message.Message):
     __slots__ = ("page_size", "page_token", "location_id", "low_stock")
