@@ -368,6 +368,45 @@ class Stock:
 
 
 @dataclass(frozen=True, slots=True)
+class LedgerFilter:
+    """The movements of a ledger to list: each condition set keeps only those that meet it."""
+
+    kind: str = ""  # IN, OUT or ADJUSTMENT; "" for every type
+    location_id: str = ""
+    start: dt.datetime | None = None  # recorded at or after
+    end: dt.datetime | None = None  # recorded before
+
+    def check(self, problems: Violations) -> None:
+        if self.kind not in ("", IN, OUT, ADJUSTMENT):
+            problems.add(
+                "type",
+                f"type must be IN, OUT or ADJUSTMENT, or unset for every type, not {self.kind}",
+                "INVALID_MOVEMENT_TYPE",
+            )
+        if self.start is not None and self.end is not None and self.end <= self.start:
+            problems.add("end_time", "end_time must be after start_time", "INVALID_TIME_RANGE")
+
+    def query_key(self, product_id: str) -> str:
+        """What a page token is good for: the product, and the filters unless there are none, so
+        a token of before the filters stays good."""
+        times = [time.isoformat() if time else "" for time in (self.start, self.end)]
+        filters = [self.kind, self.location_id, *times]
+        return json.dumps([product_id, *filters]) if any(filters) else product_id
+
+    def conditions(self) -> list[ColumnElement[bool]]:
+        kept = []
+        if self.kind:
+            kept.append(Movement.type == self.kind)
+        if self.location_id:
+            kept.append(Movement.location_id == self.location_id)
+        if self.start is not None:
+            kept.append(Movement.created_at >= self.start)
+        if self.end is not None:
+            kept.append(Movement.created_at < self.end)
+        return kept
+
+
+@dataclass(frozen=True, slots=True)
 class Ledger:
     """A page of a product's movements."""
 
@@ -515,8 +554,8 @@ def require_product_id(product_id: str) -> None:
         raise InvalidArgument("product_id is required", field="product_id", reason="MISSING_PRODUCT_ID")
 
 
-def location_not_found(location_id: str) -> NotFound:
-    return NotFound(f"location {location_id} does not exist", reason="LOCATION_NOT_FOUND")
+def location_not_found(location_id: str, *, field: str | None = None) -> NotFound:
+    return NotFound(f"location {location_id} does not exist", reason="LOCATION_NOT_FOUND", field=field)
 
 
 # The locked write path, shared with `inventory.reservations`.
@@ -849,15 +888,19 @@ class Inventory:
             stocks.append(Stock(pid, item.quantity, item.updated_at, sum(held[pid].values()), listed))
         return stocks
 
-    async def movements(self, *, product_id: str, page_size: int, page_token: str) -> Ledger:
-        """A page of the product's ledger, newest first. A deleted product's ledger stays
-        readable to staff and admins, for audit, marked retired; viewers are told it does not
-        exist, as they are by every other read."""
+    async def movements(
+        self, *, product_id: str, page_size: int, page_token: str, only: LedgerFilter
+    ) -> Ledger:
+        """A page of the product's ledger, newest first, of the movements `only` keeps. A deleted
+        product's ledger stays readable to staff and admins, for audit, marked retired; viewers
+        are told it does not exist, as they are by every other read."""
         problems = Violations()
         with problems.collect():
             require_product_id(product_id)
+        only.check(problems)
+        listed = only.query_key(product_id)
         with problems.collect():
-            size, after = paging.page_request(page_size, page_token, query=product_id)
+            size, after = paging.page_request(page_size, page_token, query=listed)
         problems.check()
         auditor = holds_role(current_identity(), access_pb2.ROLE_STAFF)
         deleted = False
@@ -869,7 +912,7 @@ class Inventory:
             deleted = True
         query = (
             select(Movement)
-            .where(Movement.product_id == product_id)
+            .where(Movement.product_id == product_id, *only.conditions())
             .order_by(Movement.id.desc())
             .limit(size + 1)
         )
@@ -883,8 +926,13 @@ class Inventory:
             # A viewer is refused a product retired since this replica last confirmed it.
             if (retired and not auditor) or (deleted and item is None):
                 raise not_found(product_id)
+            if (
+                only.location_id
+                and (await session.execute(_LOCATION_EXISTS, {"loc": only.location_id})).first() is None
+            ):
+                raise location_not_found(only.location_id, field="location_id")
             rows = list(await session.scalars(query))
-        token = paging.encode_token([rows[size - 1].id], query=product_id) if len(rows) > size else ""
+        token = paging.encode_token([rows[size - 1].id], query=listed) if len(rows) > size else ""
         return Ledger(rows[:size], token, retired)
 
     async def retire(self, product_id: str) -> None:

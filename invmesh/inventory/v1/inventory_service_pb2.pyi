@@ -241,14 +241,22 @@ class SetStockResponse(_message.Message):
     def __init__(self, movement: _Optional[_Union[Movement, _Mapping]] = ..., item: _Optional[_Union[InventoryItem, _Mapping]] = ...) -> None: ...
 
 class ListMovementsRequest(_message.Message):
-    __slots__ = ("product_id", "page_size", "page_token")
+    __slots__ = ("product_id", "page_size", "page_token", "type", "location_id", "start_time", "end_time")
     PRODUCT_ID_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    LOCATION_ID_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
     product_id: str
     page_size: int
     page_token: str
-    def __init__(self, product_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    type: MovementType
+    location_id: str
+    start_time: _timestamp_pb2.Timestamp
+    end_time: _timestamp_pb2.Timestamp
+    def __init__(self, product_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., type: _Optional[_Union[MovementType, str]] = ..., location_id: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ListMovementsResponse(_message.Message):
     __slots__ = ("movements", "next_page_token", "retired")
