@@ -202,6 +202,7 @@ class InventoryServicer(inventory_service_pb2_grpc.InventoryServiceServicer):
             movements=[movement_message(m) for m in ledger.movements],
             next_page_token=ledger.next_page_token,
             retired=ledger.retired,
+            feed_cursor=str(ledger.feed_cursor),
         )
 
     async def WatchMovements(  # type: ignore[override]  # bytes, which add_to_server sends as they are

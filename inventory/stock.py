@@ -57,6 +57,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from inventory.models import DEFAULT_LOCATION_ID, Item, Location, LocationStock, Movement, Reservation
 from inventory.product_check import ProductCheck, not_found
+from inventory.sequencer import LAST_PLACE
 from invmesh.api.v1 import access_pb2
 from mesh import paging
 from mesh.access import holds_role
@@ -413,6 +414,7 @@ class Ledger:
     movements: list[Movement]
     next_page_token: str
     retired: bool  # the product was deleted: the ledger is kept for audit
+    feed_cursor: int  # the feed's position before the page was read (`inventory.watch`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -931,9 +933,12 @@ class Inventory:
                 and (await session.execute(_LOCATION_EXISTS, {"loc": only.location_id})).first() is None
             ):
                 raise location_not_found(only.location_id, field="location_id")
+            # Read first, so the page holds every movement placed up to it: the position after
+            # that place's events is where a feed that completes the page starts.
+            last_place = (await session.execute(LAST_PLACE)).scalar_one()
             rows = list(await session.scalars(query))
         token = paging.encode_token([rows[size - 1].id], query=listed) if len(rows) > size else ""
-        return Ledger(rows[:size], token, retired)
+        return Ledger(rows[:size], token, retired, 2 * last_place + 1)
 
     async def retire(self, product_id: str) -> None:
         """The product was deleted: take its item out of reads at every location, release its

@@ -90,6 +90,7 @@ def routes(console: Console) -> list[Route]:
             "page_token": page_token,
             "refused_filter": refused_filter,
             "retired": ledger.retired,
+            "feed_cursor": ledger.feed_cursor,
             "filter": shown,
             "types": TYPES,
             "type_name": type_name,

@@ -412,8 +412,9 @@ async def test_the_product_page_shows_a_movement_made_elsewhere_without_a_reload
     product_id = await new_product(web)
     await receive(web, product_id, 10)
     await sign_in(page)
-    # The feed answers once it follows the ledger: a movement after that reaches the page.
-    async with page.expect_response(f"**/console/products/{product_id}/feed"):
+    # The feed answers once it follows the ledger, from the page's cursor: a movement after that
+    # reaches the page.
+    async with page.expect_response(re.compile(rf"/console/products/{product_id}/feed\?after=\d+$")):
         await page.goto(f"/console/products/{product_id}")
     await expect(ledger(page)).to_have_count(1)
     await page.evaluate("window.sameDocument = true")

@@ -567,6 +567,31 @@ async def test_the_product_page_s_feed_relays_movements_made_elsewhere(web: Web)
         assert refused.status_code == 303
 
 
+async def test_the_product_page_s_feed_starts_right_after_what_the_page_shows(web: Web) -> None:
+    """A movement committed between the page's rendering and the start of its feed comes
+    through the feed: the page names its ledger's cursor."""
+    product_id = await new_product(web)
+    async with signed_in(web) as admin:
+        page = await admin.get(f"/console/products/{product_id}")
+        found = re.search(r'<div id="live" data-feed="([^"]+)">', page.text)
+        assert found is not None and "?after=" in found.group(1), page.text
+        await web.mesh.inventory.RecordMovement(
+            inventory_pb.RecordMovementRequest(
+                product_id=product_id, type=inventory_pb.RecordMovementRequest.IN, quantity=3
+            ),
+            metadata=web.mesh.as_user(),
+        )
+        async with admin.stream("GET", html.unescape(found.group(1))) as feed:
+            assert feed.status_code == 200
+            lines = feed.aiter_lines()
+            async with asyncio.timeout(10):
+                async for line in lines:
+                    if line == "event: movement":
+                        break
+                data = await anext(lines)
+            assert '"balance_after":3' in data.replace(" ", ""), data
+
+
 async def test_unknown_pages_and_products_are_the_api_s_404(web: Web) -> None:
     async with signed_in(web) as admin:
         unknown = await admin.get("/console/products/no-such-product")

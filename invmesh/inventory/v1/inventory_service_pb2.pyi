@@ -259,14 +259,16 @@ class ListMovementsRequest(_message.Message):
     def __init__(self, product_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., type: _Optional[_Union[MovementType, str]] = ..., location_id: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ListMovementsResponse(_message.Message):
-    __slots__ = ("movements", "next_page_token", "retired")
+    __slots__ = ("movements", "next_page_token", "retired", "feed_cursor")
     MOVEMENTS_FIELD_NUMBER: _ClassVar[int]
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     RETIRED_FIELD_NUMBER: _ClassVar[int]
+    FEED_CURSOR_FIELD_NUMBER: _ClassVar[int]
     movements: _containers.RepeatedCompositeFieldContainer[Movement]
     next_page_token: str
     retired: bool
-    def __init__(self, movements: _Optional[_Iterable[_Union[Movement, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., retired: _Optional[bool] = ...) -> None: ...
+    feed_cursor: str
+    def __init__(self, movements: _Optional[_Iterable[_Union[Movement, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., retired: _Optional[bool] = ..., feed_cursor: _Optional[str] = ...) -> None: ...
 
 class WatchMovementsRequest(_message.Message):
     __slots__ = ("after", "product_id", "location_id")
