@@ -384,8 +384,8 @@ class LedgerFilter:
                 f"type must be IN, OUT or ADJUSTMENT, or unset for every type, not {self.kind}",
                 "INVALID_MOVEMENT_TYPE",
             )
-        if self.start is not None and self.end is not None and self.end <= self.start:
-            problems.add("end_time", "end_time must be after start_time", "INVALID_TIME_RANGE")
+        if self.start is not None and self.end is not None and self.end < self.start:
+            problems.add("end_time", "end_time must not be before start_time", "INVALID_TIME_RANGE")
 
     def query_key(self, product_id: str) -> str:
         """What a page token is good for: the product, and the filters unless there are none, so

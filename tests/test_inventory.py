@@ -328,11 +328,9 @@ async def test_bad_ledger_filters_are_refused_naming_each_field(mesh: Mesh) -> N
         "end_time": "INVALID_TIME_RANGE",
         "page_size": "INVALID_PAGE_SIZE",
     }
+    # [t, t) is empty, not wrong.
     empty = pb.ListMovementsRequest(product_id=pid, start_time=later, end_time=later)
-    error = await expect_error(
-        mesh.inventory.ListMovements(empty, metadata=mesh.as_user()), grpc.StatusCode.INVALID_ARGUMENT
-    )
-    assert field_violations(error) == {"end_time": "INVALID_TIME_RANGE"}
+    assert not (await mesh.inventory.ListMovements(empty, metadata=mesh.as_user())).movements
     beyond = pb.ListMovementsRequest(product_id=pid, start_time=Timestamp(seconds=2**40))
     error = await expect_error(
         mesh.inventory.ListMovements(beyond, metadata=mesh.as_user()), grpc.StatusCode.INVALID_ARGUMENT

@@ -349,10 +349,12 @@ async def test_the_ledger_is_filtered_by_the_service_and_pages_to_older_movement
             == []
         )
 
-        backwards = await admin.get(path, params={"since": next_day, "until": day.isoformat()})
+        # From the day after next to the day before: [day + 2, day + 1), which ends before it starts.
+        after_next = (day + dt.timedelta(days=2)).isoformat()
+        backwards = await admin.get(path, params={"since": after_next, "until": day.isoformat()})
         assert backwards.status_code == 400, backwards.text
         results = backwards.text.split('id="ledger-results"')[1]
-        assert '<p role="alert" class="error-summary">end_time must be after start_time</p>' in results
+        assert '<p role="alert" class="error-summary">end_time must not be before start_time</p>' in results
         assert "<h1>Console widget</h1>" in backwards.text  # the rest of the page as ever
 
 

@@ -220,7 +220,7 @@ class InventoryServiceServicer:
         product, and to viewers for a deleted one, and for an unknown
         location_id, and INVALID_ARGUMENT naming every bad field (a negative
         page_size, a malformed page_token or one made for other filters, an
-        unknown type, an end_time not after start_time).
+        unknown type, an end_time before start_time).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

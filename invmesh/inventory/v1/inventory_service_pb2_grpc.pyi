@@ -72,7 +72,7 @@ class InventoryServiceStub:
     product, and to viewers for a deleted one, and for an unknown
     location_id, and INVALID_ARGUMENT naming every bad field (a negative
     page_size, a malformed page_token or one made for other filters, an
-    unknown type, an end_time not after start_time).
+    unknown type, an end_time before start_time).
     """
     WatchMovements: _aio.UnaryStreamMultiCallable[_inventory_service_pb2.WatchMovementsRequest, _inventory_service_pb2.WatchMovementsResponse]
     """Follows the ledger: every movement after the cursor `after`, optionally of
@@ -262,7 +262,7 @@ class InventoryServiceServicer:
         product, and to viewers for a deleted one, and for an unknown
         location_id, and INVALID_ARGUMENT naming every bad field (a negative
         page_size, a malformed page_token or one made for other filters, an
-        unknown type, an end_time not after start_time).
+        unknown type, an end_time before start_time).
         """
 
     def WatchMovements(
