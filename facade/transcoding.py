@@ -50,8 +50,9 @@ _WELL_KNOWN = {
     "google.protobuf.Duration": 'a duration string such as "1.5s"',
     "google.protobuf.FieldMask": 'a comma-separated list of field paths such as "name,price"',
 }
-# A FieldMask is a string in JSON, so it may come from the query; and a PATCH that sends none
-# in its `update_mask` field gets one naming the fields its body holds (as grpc-gateway does).
+# These are strings in JSON, so they may come from the query (as in grpc-gateway); and a PATCH
+# that sends no FieldMask in its `update_mask` field gets one naming the fields its body holds.
+_STRINGS_IN_JSON = frozenset(_WELL_KNOWN)
 _FIELD_MASK = "google.protobuf.FieldMask"
 _UPDATE_MASK = "update_mask"
 _SNAKE_SEGMENT = re.compile(r"_([a-z0-9])")
@@ -264,7 +265,7 @@ class Binding:
                     reason=errors.INVALID_QUERY,
                     field=canonical,
                 )
-            if leaf.message_type is not None and leaf.message_type.full_name != _FIELD_MASK:
+            if leaf.message_type is not None and leaf.message_type.full_name not in _STRINGS_IN_JSON:
                 raise BadRequest(
                     f"query parameter {name!r} names a message; set its fields instead",
                     reason=errors.INVALID_QUERY,
@@ -450,7 +451,7 @@ def _leaves(
         dotted = ".".join(path)
         if dotted in binding.path_fields or path[0] == binding.body:
             continue
-        if leaf.message_type is None or leaf.message_type.full_name == _FIELD_MASK:
+        if leaf.message_type is None or leaf.message_type.full_name in _STRINGS_IN_JSON:
             yield dotted, leaf
         elif (
             not _is_repeated(leaf)
@@ -563,7 +564,10 @@ def _mask_paths(message: Descriptor, body: Any, prefix: str = "") -> Iterator[st
 
 def _query_scalar(leaf: FieldDescriptor, value: str, name: str, canonical: str) -> Any:
     """A query string value in the form json_format reads for the field's type."""
-    if leaf.message_type is not None:  # a FieldMask: paths in either name form, to JSON's lowerCamelCase
+    if leaf.message_type is not None:
+        if leaf.message_type.full_name != _FIELD_MASK:
+            return value  # a Timestamp or a Duration, the string json_format reads
+        # A FieldMask's paths, in either name form, to JSON's lowerCamelCase.
         paths = (_SNAKE_SEGMENT.sub(lambda m: m.group(1).upper(), path) for path in value.split(","))
         return ",".join(path for path in paths if path)
     if leaf.type == FieldDescriptor.TYPE_BOOL:

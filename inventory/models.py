@@ -144,6 +144,9 @@ class Movement(Base):
     reason: Mapped[str] = mapped_column(String(500), default="")
     reference: Mapped[str] = mapped_column(String(200), default="")
     actor: Mapped[str] = mapped_column(String(64))
+    # The actor's email as its token gave it then, as the ledger is an audit record: "" for a
+    # service, and for movements recorded before it was kept.
+    actor_email: Mapped[str] = mapped_column(String(320), default="", server_default="")
     request_id: Mapped[str | None] = mapped_column(String(64))
     # SHA-256 of what the request asked for, to tell a retry from a reused key.
     request_fingerprint: Mapped[str | None] = mapped_column(String(64))

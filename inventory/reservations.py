@@ -33,6 +33,7 @@ from mesh.background import BackgroundLoop
 from mesh.context import current_identity, require_verified_email
 from mesh.db import Database, rowcount, table_of, utcnow
 from mesh.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Violations
+from mesh.tokens import Identity
 
 ACTIVE, CONFIRMED, RELEASED, EXPIRED = "ACTIVE", "CONFIRMED", "RELEASED", "EXPIRED"
 STATES = (ACTIVE, CONFIRMED, RELEASED, EXPIRED)
@@ -236,7 +237,7 @@ class Reservations:
         CONFIRMED one answers again with its movement."""
         _require_writer()
         product_id = (await self._row(reservation_id)).product_id
-        actor = current_identity().subject
+        actor = current_identity()
         for attempt in range(stock.ATTEMPTS):
             try:
                 async with self._db.write_connection() as conn:
@@ -253,7 +254,7 @@ class Reservations:
         raise AssertionError("unreachable")
 
     async def _confirm(
-        self, conn: AsyncConnection, actor: str, product_id: str, reservation_id: str
+        self, conn: AsyncConnection, actor: Identity, product_id: str, reservation_id: str
     ) -> tuple[Confirmed, bool]:
         locked = await lock_product(conn, product_id)
         row = (await conn.execute(_LOCK_RESERVATION, {"rid": reservation_id})).first()

@@ -37,7 +37,10 @@ IDLE_POLL = 1.0
 
 _MOVEMENTS = table_of(Movement)
 _FEED = table_of(MovementFeed)
-_LOCK_FEED = select(_FEED.c.last_seq).where(_FEED.c.id == 1).with_for_update()
+# The last place given: whoever reads n sees every movement placed up to n, and every movement
+# it does not see gets a later place.
+LAST_PLACE = select(_FEED.c.last_seq).where(_FEED.c.id == 1)
+_LOCK_FEED = LAST_PLACE.with_for_update()
 _UNNUMBERED = select(_MOVEMENTS.c.id).where(_MOVEMENTS.c.seq.is_(None)).order_by(_MOVEMENTS.c.id).limit(BATCH)
 _UNNUMBERED_ROWS = select(_MOVEMENTS).where(_MOVEMENTS.c.seq.is_(None)).order_by(_MOVEMENTS.c.id).limit(BATCH)
 _ANY_UNNUMBERED = select(_MOVEMENTS.c.id).where(_MOVEMENTS.c.seq.is_(None)).limit(1)

@@ -12,16 +12,19 @@ from inventory import stock
 from inventory.locations import Fields, Locations
 from inventory.models import Location, Movement
 from inventory.reservations import Held, Reservations
-from inventory.stock import Inventory, Level, Recorded, Stock
+from inventory.stock import Inventory, LedgerFilter, Level, Recorded, Stock
 from inventory.watch import HEARTBEAT, LOW_STOCK, MOVEMENT, FeedEvent, MovementWatch
 from invmesh.inventory.v1 import inventory_service_pb2 as pb
 from invmesh.inventory.v1 import inventory_service_pb2_grpc
 from mesh.db import utcnow
 from mesh.interceptors import ServicerContext
-from mesh.messages import timestamp
+from mesh.messages import time_of, timestamp
 
 _SERVICE = pb.DESCRIPTOR.services_by_name["InventoryService"].full_name
 _TYPES = {stock.IN: pb.IN, stock.OUT: pb.OUT, stock.ADJUSTMENT: pb.ADJUSTMENT}
+# A filter's type: UNSPECIFIED is every type; a number the contract does not know is passed on as
+# it is, for the ledger to refuse by name.
+_KINDS = {pb.MOVEMENT_TYPE_UNSPECIFIED: "", **{number: kind for kind, number in _TYPES.items()}}
 _DIRECTIONS = {pb.RecordMovementRequest.IN: stock.IN, pb.RecordMovementRequest.OUT: stock.OUT}
 _STATES = {"ACTIVE": pb.ACTIVE, "CONFIRMED": pb.CONFIRMED, "RELEASED": pb.RELEASED, "EXPIRED": pb.EXPIRED}
 _STATE_NAMES = {number: name for name, number in _STATES.items()}
@@ -79,6 +82,7 @@ def movement_message(movement: Movement | Row[Any]) -> pb.Movement:
         reason=movement.reason,
         reference=movement.reference,
         actor=movement.actor,
+        actor_email=movement.actor_email,
         request_id=movement.request_id or "",
         created_at=timestamp(movement.created_at),
         location_id=movement.location_id,
@@ -184,12 +188,21 @@ class InventoryServicer(inventory_service_pb2_grpc.InventoryServiceServicer):
         self, request: pb.ListMovementsRequest, context: ServicerContext
     ) -> pb.ListMovementsResponse:
         ledger = await self._inventory.movements(
-            product_id=request.product_id, page_size=request.page_size, page_token=request.page_token
+            product_id=request.product_id,
+            page_size=request.page_size,
+            page_token=request.page_token,
+            only=LedgerFilter(
+                kind=_KINDS.get(request.type, str(request.type)),
+                location_id=request.location_id,
+                start=time_of(request, "start_time"),
+                end=time_of(request, "end_time"),
+            ),
         )
         return pb.ListMovementsResponse(
             movements=[movement_message(m) for m in ledger.movements],
             next_page_token=ledger.next_page_token,
             retired=ledger.retired,
+            feed_cursor=str(ledger.feed_cursor),
         )
 
     async def WatchMovements(  # type: ignore[override]  # bytes, which add_to_server sends as they are

@@ -57,6 +57,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from inventory.models import DEFAULT_LOCATION_ID, Item, Location, LocationStock, Movement, Reservation
 from inventory.product_check import ProductCheck, not_found
+from inventory.sequencer import LAST_PLACE
 from invmesh.api.v1 import access_pb2
 from mesh import paging
 from mesh.access import holds_role
@@ -70,6 +71,7 @@ from mesh.errors import (
     TransactionConflict,
     Violations,
 )
+from mesh.tokens import Identity
 
 MAX_BATCH = 500
 MAX_STOCK = 2**31 - 1  # a balance is a signed 32-bit column on every database
@@ -212,6 +214,7 @@ _IN_APPENDED = (
             "reason",
             "reference",
             "actor",
+            "actor_email",
             "request_id",
             "request_fingerprint",
             "created_at",
@@ -226,6 +229,7 @@ _IN_APPENDED = (
             bindparam("why", type_=String()),
             bindparam("ref", type_=String()),
             bindparam("actor_id", type_=String()),
+            bindparam("actor_email", type_=String()),
             bindparam("key", type_=String()),
             bindparam("fingerprint", type_=String()),
             _IN_NOW,
@@ -365,12 +369,52 @@ class Stock:
 
 
 @dataclass(frozen=True, slots=True)
+class LedgerFilter:
+    """The movements of a ledger to list: each condition set keeps only those that meet it."""
+
+    kind: str = ""  # IN, OUT or ADJUSTMENT; "" for every type
+    location_id: str = ""
+    start: dt.datetime | None = None  # recorded at or after
+    end: dt.datetime | None = None  # recorded before
+
+    def check(self, problems: Violations) -> None:
+        if self.kind not in ("", IN, OUT, ADJUSTMENT):
+            problems.add(
+                "type",
+                f"type must be IN, OUT or ADJUSTMENT, or unset for every type, not {self.kind}",
+                "INVALID_MOVEMENT_TYPE",
+            )
+        if self.start is not None and self.end is not None and self.end < self.start:
+            problems.add("end_time", "end_time must not be before start_time", "INVALID_TIME_RANGE")
+
+    def query_key(self, product_id: str) -> str:
+        """What a page token is good for: the product, and the filters unless there are none, so
+        a token of before the filters stays good."""
+        times = [time.isoformat() if time else "" for time in (self.start, self.end)]
+        filters = [self.kind, self.location_id, *times]
+        return json.dumps([product_id, *filters]) if any(filters) else product_id
+
+    def conditions(self) -> list[ColumnElement[bool]]:
+        kept = []
+        if self.kind:
+            kept.append(Movement.type == self.kind)
+        if self.location_id:
+            kept.append(Movement.location_id == self.location_id)
+        if self.start is not None:
+            kept.append(Movement.created_at >= self.start)
+        if self.end is not None:
+            kept.append(Movement.created_at < self.end)
+        return kept
+
+
+@dataclass(frozen=True, slots=True)
 class Ledger:
     """A page of a product's movements."""
 
     movements: list[Movement]
     next_page_token: str
     retired: bool  # the product was deleted: the ledger is kept for audit
+    feed_cursor: int  # the feed's position before the page was read (`inventory.watch`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -512,8 +556,8 @@ def require_product_id(product_id: str) -> None:
         raise InvalidArgument("product_id is required", field="product_id", reason="MISSING_PRODUCT_ID")
 
 
-def location_not_found(location_id: str) -> NotFound:
-    return NotFound(f"location {location_id} does not exist", reason="LOCATION_NOT_FOUND")
+def location_not_found(location_id: str, *, field: str | None = None) -> NotFound:
+    return NotFound(f"location {location_id} does not exist", reason="LOCATION_NOT_FOUND", field=field)
 
 
 # The locked write path, shared with `inventory.reservations`.
@@ -629,7 +673,7 @@ async def store_reorder_point(
 
 async def append_movement(
     conn: AsyncConnection,
-    actor: str,
+    actor: Identity,
     change: Change,
     delta: int,
     balance: int,
@@ -758,7 +802,7 @@ class Inventory:
         body = fingerprint("TRANSFER", product_id, from_location_id, to_location_id, quantity, reason)
         outgoing = Change(product_id, OUT, quantity, reason, "", request_id or None, body, from_location_id)
         incoming = Change(product_id, IN, quantity, reason, "", None, body, to_location_id)
-        actor = current_identity().subject
+        actor = current_identity()
         for attempt in range(ATTEMPTS):
             if outgoing.request_id and (replay := await self._replay_transfer(actor, outgoing)) is not None:
                 return replay
@@ -846,15 +890,19 @@ class Inventory:
             stocks.append(Stock(pid, item.quantity, item.updated_at, sum(held[pid].values()), listed))
         return stocks
 
-    async def movements(self, *, product_id: str, page_size: int, page_token: str) -> Ledger:
-        """A page of the product's ledger, newest first. A deleted product's ledger stays
-        readable to staff and admins, for audit, marked retired; viewers are told it does not
-        exist, as they are by every other read."""
+    async def movements(
+        self, *, product_id: str, page_size: int, page_token: str, only: LedgerFilter
+    ) -> Ledger:
+        """A page of the product's ledger, newest first, of the movements `only` keeps. A deleted
+        product's ledger stays readable to staff and admins, for audit, marked retired; viewers
+        are told it does not exist, as they are by every other read."""
         problems = Violations()
         with problems.collect():
             require_product_id(product_id)
+        only.check(problems)
+        listed = only.query_key(product_id)
         with problems.collect():
-            size, after = paging.page_request(page_size, page_token, query=product_id)
+            size, after = paging.page_request(page_size, page_token, query=listed)
         problems.check()
         auditor = holds_role(current_identity(), access_pb2.ROLE_STAFF)
         deleted = False
@@ -866,7 +914,7 @@ class Inventory:
             deleted = True
         query = (
             select(Movement)
-            .where(Movement.product_id == product_id)
+            .where(Movement.product_id == product_id, *only.conditions())
             .order_by(Movement.id.desc())
             .limit(size + 1)
         )
@@ -880,9 +928,17 @@ class Inventory:
             # A viewer is refused a product retired since this replica last confirmed it.
             if (retired and not auditor) or (deleted and item is None):
                 raise not_found(product_id)
+            if (
+                only.location_id
+                and (await session.execute(_LOCATION_EXISTS, {"loc": only.location_id})).first() is None
+            ):
+                raise location_not_found(only.location_id, field="location_id")
+            # Read first, so the page holds every movement placed up to it: the position after
+            # that place's events is where a feed that completes the page starts.
+            last_place = (await session.execute(LAST_PLACE)).scalar_one()
             rows = list(await session.scalars(query))
-        token = paging.encode_token([rows[size - 1].id], query=product_id) if len(rows) > size else ""
-        return Ledger(rows[:size], token, retired)
+        token = paging.encode_token([rows[size - 1].id], query=listed) if len(rows) > size else ""
+        return Ledger(rows[:size], token, retired, 2 * last_place + 1)
 
     async def retire(self, product_id: str) -> None:
         """The product was deleted: take its item out of reads at every location, release its
@@ -913,7 +969,7 @@ class Inventory:
         locks (`lock_product`), run again if it loses a race on a key. On PostgreSQL an IN first
         tries one statement of its own (`_move_in_alone`), and on SQLite two conditional updates
         (`_move_in_held`); each leaves the locked path to decide when it changed nothing."""
-        actor = current_identity().subject
+        actor = current_identity()
         for attempt in range(ATTEMPTS):
             if change.request_id and (replay := await self._replay(actor, change)) is not None:
                 if replay.movement is not None:  # committed, perhaps by a call that ended unreported
@@ -943,7 +999,7 @@ class Inventory:
                 await back_off(attempt)
         raise AssertionError("unreachable")
 
-    async def _write(self, conn: AsyncConnection, actor: str, change: Change) -> Recorded:
+    async def _write(self, conn: AsyncConnection, actor: Identity, change: Change) -> Recorded:
         """Writes the reorder point, the balances and the movement in `conn`'s transaction, under the
         product's locks."""
         locked = await lock_product(conn, change.product_id)
@@ -966,7 +1022,7 @@ class Inventory:
         movement = await append_movement(conn, actor, change, delta, moved_to, locked.now, point)
         return Recorded(movement, locked.stock())
 
-    async def _move_in_alone(self, actor: str, change: Change) -> Recorded | None:
+    async def _move_in_alone(self, actor: Identity, change: Change) -> Recorded | None:
         """An IN as one statement without BEGIN (`_MOVE_IN_ALONE`), answered as the locked path
         would; None if it changed nothing (a missing or retired item, a balance it would take
         above MAX_STOCK, an item another writer changed while this waited for its lock, no stock
@@ -984,7 +1040,8 @@ class Inventory:
                     "kind": change.kind,
                     "why": change.reason,
                     "ref": change.reference,
-                    "actor_id": actor,
+                    "actor_id": actor.subject,
+                    "actor_email": actor.email,
                     "key": change.request_id,
                     "fingerprint": change.fingerprint if change.request_id else None,
                 },
@@ -1005,7 +1062,7 @@ class Inventory:
         return Recorded(movement, Stock(change.product_id, row.quantity, now, sum(reserved.values()), levels))
 
     async def _write_transfer(
-        self, conn: AsyncConnection, actor: str, outgoing: Change, incoming: Change
+        self, conn: AsyncConnection, actor: Identity, outgoing: Change, incoming: Change
     ) -> Transferred:
         locked = await lock_product(conn, outgoing.product_id)
         source, target = outgoing.location_id, incoming.location_id
@@ -1027,7 +1084,7 @@ class Inventory:
         )
         return Transferred(transfer_id, out, into, locked.stock())
 
-    async def _replay(self, actor: str, change: Change) -> Recorded | None:
+    async def _replay(self, actor: Identity, change: Change) -> Recorded | None:
         """The first result of a request_id already used by this actor, or None if it is new:
         the movement, and the balance it left at its location (reservations not recalled, nor a
         reorder point the request did not set)."""
@@ -1037,7 +1094,7 @@ class Inventory:
         level = Level(first.location_id, first.balance_after, 0, change.reorder_point or 0)
         return Recorded(first, Stock(first.product_id, first.balance_after, first.created_at, 0, (level,)))
 
-    async def _replay_transfer(self, actor: str, outgoing: Change) -> Transferred | None:
+    async def _replay_transfer(self, actor: Identity, outgoing: Change) -> Transferred | None:
         """The first result of a transfer's request_id, with the product's stock as it is now."""
         first = await self._first_of(actor, outgoing)
         if first is None:
@@ -1050,12 +1107,14 @@ class Inventory:
             )
         return Transferred(str(first.transfer_id), both[0], both[1], await self._current(first.product_id))
 
-    async def _first_of(self, actor: str, change: Change) -> Movement | None:
+    async def _first_of(self, actor: Identity, change: Change) -> Movement | None:
         """The movement that first used this actor's request_id; ALREADY_EXISTS if it asked for
         something else."""
         async with self._db.session() as session:
             first = await session.scalar(
-                select(Movement).where(Movement.actor == actor, Movement.request_id == change.request_id)
+                select(Movement).where(
+                    Movement.actor == actor.subject, Movement.request_id == change.request_id
+                )
             )
         if first is not None and first.request_fingerprint != change.fingerprint:
             raise AlreadyExists(
@@ -1079,7 +1138,7 @@ class Inventory:
         return Stock(product_id, item.quantity, item.updated_at, sum(reserved.values()), levels)
 
 
-async def _move_in_held(conn: AsyncConnection, actor: str, change: Change) -> Recorded | None:
+async def _move_in_held(conn: AsyncConnection, actor: Identity, change: Change) -> Recorded | None:
     """An IN in a write transaction that holds SQLite's write lock (`_HELD_IN_LEVEL`,
     `_HELD_IN_ITEM`); None, having changed nothing, where the locked path must decide."""
     now, delta = utcnow(), change.units
@@ -1097,7 +1156,7 @@ async def _move_in_held(conn: AsyncConnection, actor: str, change: Change) -> Re
 
 
 def _movement_values(
-    actor: str, change: Change, delta: int, balance: int, now: dt.datetime, reorder_point: int
+    actor: Identity, change: Change, delta: int, balance: int, now: dt.datetime, reorder_point: int
 ) -> dict[str, Any]:
     return {
         "product_id": change.product_id,
@@ -1107,7 +1166,8 @@ def _movement_values(
         "balance_after": balance,
         "reason": change.reason,
         "reference": change.reference,
-        "actor": actor,
+        "actor": actor.subject,
+        "actor_email": actor.email,
         "request_id": change.request_id,
         "request_fingerprint": change.fingerprint if change.request_id else None,
         "created_at": now,

@@ -34,7 +34,8 @@ from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Row, Select, bindparam, select
 
-from inventory.models import Location, Movement, MovementFeed
+from inventory.models import Location, Movement
+from inventory.sequencer import LAST_PLACE
 from inventory.stock import location_not_found
 from mesh import tracing
 from mesh.db import Database, table_of
@@ -54,9 +55,7 @@ MAX_CURSOR_CHARS = 40  # a position is below 2**64: 20 digits, with room to chan
 HANDED_OVER_ROUNDS = 64  # the sequencer's rounds kept for the reader; past that, it reads them back
 
 _MOVEMENTS = table_of(Movement)
-_FEED = table_of(MovementFeed)
 _LOCATIONS = table_of(Location)
-_LAST = select(_FEED.c.last_seq).where(_FEED.c.id == 1)
 _LOCATION_EXISTS = select(_LOCATIONS.c.id).where(_LOCATIONS.c.id == bindparam("loc"))
 _NEWER = (
     select(_MOVEMENTS).where(_MOVEMENTS.c.seq > bindparam("after")).order_by(_MOVEMENTS.c.seq).limit(PAGE)
@@ -297,7 +296,7 @@ class MovementWatch(Generic[M]):
 
     async def _last(self) -> int:
         with tracing.untraced():
-            (last,), *_ = await self._db.fetch(_LAST)
+            (last,), *_ = await self._db.fetch(LAST_PLACE)
         return int(last)
 
     async def _run(self) -> None:

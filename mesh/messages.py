@@ -10,7 +10,7 @@ from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from mesh.errors import Violations
+from mesh.errors import InvalidArgument, Violations
 
 
 def timestamp(moment: dt.datetime | None) -> Timestamp | None:
@@ -20,6 +20,20 @@ def timestamp(moment: dt.datetime | None) -> Timestamp | None:
     stamp = Timestamp()
     stamp.FromDatetime(moment)
     return stamp
+
+
+def time_of(message: Message, field: str) -> dt.datetime | None:
+    """The aware UTC datetime of a Timestamp field of `message`; None when it is unset, and
+    INVALID_ARGUMENT outside the years 1 to 9999, which JSON refuses too but gRPC carries."""
+    if not message.HasField(field):
+        return None
+    stamp: Timestamp = getattr(message, field)
+    try:
+        return stamp.ToDatetime(dt.UTC)
+    except ValueError:
+        raise InvalidArgument(
+            f"{field} must be a time in the years 1 to 9999", field=field, reason="INVALID_TIMESTAMP"
+        ) from None
 
 
 def descriptor(message: type[Message] | Message) -> Descriptor:

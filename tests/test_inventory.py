@@ -6,16 +6,18 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import example, given
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 from sqlalchemy import func, select, update
 
 from auth.service import running as running_auth
-from inventory.models import Item, Movement
+from inventory.models import DEFAULT_LOCATION_ID, Item, Movement
 from inventory.service import running as running_inventory
 from inventory.stock import MAX_STOCK, next_balance
 from invmesh.auth.v1 import auth_service_pb2 as auth_pb
@@ -45,12 +47,12 @@ def move(product_id: str, kind: int, quantity: int, **fields: str) -> pb.RecordM
     return pb.RecordMovementRequest(product_id=product_id, type=kind, quantity=quantity, **fields)  # type: ignore[arg-type]
 
 
-async def ledger(mesh: Mesh, product_id: str) -> list[pb.Movement]:
+async def ledger(mesh: Mesh, product_id: str, page_size: int = 7, **filters: Any) -> list[pb.Movement]:
     movements: list[pb.Movement] = []
     token = ""
     while True:
         page = await mesh.inventory.ListMovements(
-            pb.ListMovementsRequest(product_id=product_id, page_size=7, page_token=token),
+            pb.ListMovementsRequest(product_id=product_id, page_size=page_size, page_token=token, **filters),
             metadata=mesh.as_user(),
         )
         movements.extend(page.movements)
@@ -107,6 +109,42 @@ async def test_movements_move_the_balance_and_fill_the_ledger(mesh: Mesh) -> Non
         lambda got: got.product.stock == 2,
     )
     assert product.product.stock == 2  # products shows inventory's stock once the feed reports it
+
+
+async def test_each_movement_keeps_the_email_its_authors_token_gave(mesh: Mesh) -> None:
+    """Whichever path writes it (a first entry, an entry on the hot path, an exit, a count,
+    both halves of a transfer, a confirmed reservation), a movement records the email of the
+    caller's token with its user id, and the ledger reads it back."""
+    pid = await new_product(mesh)
+    me = (await mesh.auth.GetMe(auth_pb.GetMeRequest(), metadata=mesh.as_user())).user
+    second = await mesh.inventory.CreateLocation(
+        pb.CreateLocationRequest(location=pb.Location(code="WH-2", name="Second")), metadata=mesh.as_user()
+    )
+    written = [
+        (await mesh.inventory.RecordMovement(move(pid, kind, 5), metadata=mesh.as_user())).movement
+        for kind in (pb.IN, pb.IN, pb.OUT)
+    ]
+    counted = await mesh.inventory.SetStock(
+        pb.SetStockRequest(product_id=pid, quantity=8), metadata=mesh.as_user()
+    )
+    moved = await mesh.inventory.CreateTransfer(
+        pb.CreateTransferRequest(
+            product_id=pid,
+            from_location_id=DEFAULT_LOCATION_ID,
+            to_location_id=second.location.id,
+            quantity=2,
+        ),
+        metadata=mesh.as_user(),
+    )
+    held = await mesh.inventory.CreateReservation(
+        pb.CreateReservationRequest(product_id=pid, quantity=1), metadata=mesh.as_user()
+    )
+    confirmed = await mesh.inventory.ConfirmReservation(
+        pb.ConfirmReservationRequest(id=held.reservation.id), metadata=mesh.as_user()
+    )
+    written += [counted.movement, moved.outgoing, moved.incoming, confirmed.movement]
+    assert [(m.actor, m.actor_email) for m in written] == [(me.id, me.email)] * 7
+    assert {m.id: m.actor_email for m in await ledger(mesh, pid)} == {m.id: me.email for m in written}
 
 
 async def test_an_exit_beyond_the_stock_changes_nothing(mesh: Mesh, inventory_db: Database) -> None:
@@ -211,6 +249,98 @@ async def test_page_requests_name_both_bad_fields_and_the_limits(mesh: Mesh) -> 
     )
     assert field_violations(error) == {"page_size": "INVALID_PAGE_SIZE", "page_token": "INVALID_PAGE_TOKEN"}
     assert "0 asks for 50, and at most 500 are returned" in str(error.details())
+
+
+async def test_the_ledger_lists_by_type_location_and_time_across_pages(mesh: Mesh) -> None:
+    pid = await new_product(mesh)
+    second = (
+        await mesh.inventory.CreateLocation(
+            pb.CreateLocationRequest(location=pb.Location(code="WH-2", name="Second")),
+            metadata=mesh.as_user(),
+        )
+    ).location.id
+    moves = [(pb.IN, 5, ""), (pb.IN, 3, second), (pb.OUT, 1, ""), (pb.IN, 2, ""), (pb.OUT, 1, second)]
+    written = [
+        (
+            await mesh.inventory.RecordMovement(
+                move(pid, kind, units, location_id=where), metadata=mesh.as_user()
+            )
+        ).movement
+        for kind, units, where in moves
+    ]
+    counted = await mesh.inventory.SetStock(
+        pb.SetStockRequest(product_id=pid, quantity=10), metadata=mesh.as_user()
+    )
+    last = await mesh.inventory.RecordMovement(
+        move(pid, pb.IN, 1, location_id=second), metadata=mesh.as_user()
+    )
+    m1, m2, m3, m4, m5, m6, m7 = [*written, counted.movement, last.movement]
+
+    async def listed(**filters: Any) -> list[str]:
+        return [m.id for m in await ledger(mesh, pid, page_size=2, **filters)]
+
+    assert await listed(type=pb.IN) == [m7.id, m4.id, m2.id, m1.id]
+    assert await listed(type=pb.ADJUSTMENT) == [m6.id]
+    assert await listed(location_id=second) == [m7.id, m5.id, m2.id]
+    # Half-open: m3's own time is in, m6's is out.
+    assert await listed(start_time=m3.created_at, end_time=m6.created_at) == [m5.id, m4.id, m3.id]
+    assert await listed(start_time=m5.created_at) == [m7.id, m6.id, m5.id]
+    assert await listed(end_time=m2.created_at) == [m1.id]
+    year_one, year_9999 = Timestamp(seconds=-62135596800), Timestamp(seconds=253402300799)
+    assert len(await listed(start_time=year_one, end_time=year_9999)) == 7
+    assert await listed(type=pb.IN, location_id=second, end_time=m7.created_at) == [m2.id]
+    assert await listed(type=pb.MOVEMENT_TYPE_UNSPECIFIED) == [
+        m.id for m in reversed([m1, m2, m3, m4, m5, m6, m7])
+    ]
+
+
+async def test_a_ledger_page_token_is_good_only_for_its_filters(mesh: Mesh) -> None:
+    pid = await new_product(mesh)
+    for _ in range(3):
+        await mesh.inventory.RecordMovement(move(pid, pb.IN, 1), metadata=mesh.as_user())
+    first = await mesh.inventory.ListMovements(
+        pb.ListMovementsRequest(product_id=pid, page_size=1, type=pb.IN), metadata=mesh.as_user()
+    )
+    assert first.next_page_token
+    for other in ({"type": pb.OUT}, {}, {"type": pb.IN, "location_id": DEFAULT_LOCATION_ID}):
+        error = await expect_error(
+            mesh.inventory.ListMovements(
+                pb.ListMovementsRequest(
+                    product_id=pid, page_size=1, page_token=first.next_page_token, **other
+                ),
+                metadata=mesh.as_user(),
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        )
+        assert field_violations(error) == {"page_token": "INVALID_PAGE_TOKEN"}
+
+
+async def test_bad_ledger_filters_are_refused_naming_each_field(mesh: Mesh) -> None:
+    pid = await new_product(mesh)
+    await mesh.inventory.RecordMovement(move(pid, pb.IN, 1), metadata=mesh.as_user())
+    later, earlier = Timestamp(seconds=1_800_000_000), Timestamp(seconds=1_700_000_000)
+    bad = pb.ListMovementsRequest(product_id=pid, type=7, start_time=later, end_time=earlier, page_size=-1)  # type: ignore[arg-type]
+    error = await expect_error(
+        mesh.inventory.ListMovements(bad, metadata=mesh.as_user()), grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert field_violations(error) == {
+        "type": "INVALID_MOVEMENT_TYPE",
+        "end_time": "INVALID_TIME_RANGE",
+        "page_size": "INVALID_PAGE_SIZE",
+    }
+    # [t, t) is empty, not wrong.
+    empty = pb.ListMovementsRequest(product_id=pid, start_time=later, end_time=later)
+    assert not (await mesh.inventory.ListMovements(empty, metadata=mesh.as_user())).movements
+    beyond = pb.ListMovementsRequest(product_id=pid, start_time=Timestamp(seconds=2**40))
+    error = await expect_error(
+        mesh.inventory.ListMovements(beyond, metadata=mesh.as_user()), grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert field_violations(error) == {"start_time": "INVALID_TIMESTAMP"}
+    nowhere = pb.ListMovementsRequest(product_id=pid, location_id="no-such-location")
+    error = await expect_error(
+        mesh.inventory.ListMovements(nowhere, metadata=mesh.as_user()), grpc.StatusCode.NOT_FOUND
+    )
+    assert field_violations(error) == {"location_id": "LOCATION_NOT_FOUND"}
 
 
 @given(

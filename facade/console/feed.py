@@ -7,7 +7,8 @@ are not made to authenticate REST routes, which would then need CSRF defences of
 This route is a GET that changes nothing, under /console where the cookies go, and relays the
 same call with the same framing (facade.streaming): the request is built by the REST route's
 binding (so `Last-Event-ID` resumes it, checked against the cursor's limits), and the events
-are the REST route's."""
+are the REST route's. The product page names its ledger's cursor (`?after=`), so its feed
+starts right after what the page shows."""
 
 from __future__ import annotations
 
@@ -73,7 +74,9 @@ class _Relayed(Response):
 
 def routes(console: Console, watch: Binding) -> list[Route]:
     async def feed(request: Request, session: Session, call: Caller) -> Response:
-        query = urlencode({"product_id": request.path_params["product_id"]}).encode()
+        # `after`, the cursor of the page's ledger, starts the feed right after what the page shows.
+        after = request.query_params.get("after", "")
+        query = urlencode({"product_id": request.path_params["product_id"], "after": after}).encode()
         try:
             message = watch.request({}, query, b"", request.headers.get("last-event-id"))
         except BadRequest as exc:

@@ -1,8 +1,6 @@
-"""A product's ledger as its page shows it: the movements a filter keeps, and the balance over
-time at each location and in all, as the chart draws it and its table lists it.
-
-ListMovements pages newest first and filters nothing, so the page reads the newest
-LEDGER_DEPTH movements and filters them here."""
+"""A product's ledger as its page shows it: the ListMovements request of its filter (the
+service filters and pages), and the balance after each movement listed, at each location and
+in all, as the chart draws it and its table lists it."""
 
 from __future__ import annotations
 
@@ -12,8 +10,8 @@ from dataclasses import dataclass
 
 from invmesh.inventory.v1 import inventory_service_pb2 as inventory_pb
 
-LEDGER_DEPTH = 500  # ListMovements' largest page
 TYPES = {"IN": "Entry", "OUT": "Exit", "ADJUSTMENT": "Set"}
+_NUMBERS = {"IN": inventory_pb.IN, "OUT": inventory_pb.OUT, "ADJUSTMENT": inventory_pb.ADJUSTMENT}
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,16 +26,27 @@ class LedgerFilter:
         return cls(_date(since), _date(until), type_ if type_ in TYPES else "")
 
     @property
-    def dated(self) -> bool:
-        return self.since is not None or self.until is not None
+    def filters(self) -> bool:
+        return self.since is not None or self.until is not None or bool(self.type)
 
-    def in_range(self, movement: inventory_pb.Movement) -> bool:
-        day = movement.created_at.ToDatetime(dt.UTC).date()
-        return (self.since is None or day >= self.since) and (self.until is None or day <= self.until)
+    def query(self) -> dict[str, str]:
+        """The filter as the page's query, for the links that page through it."""
+        values = {"since": self.since or "", "until": self.until or "", "type": self.type}
+        return {name: str(value) for name, value in values.items() if value}
 
-    def keeps(self, movement: inventory_pb.Movement) -> bool:
-        kind = inventory_pb.MovementType.Name(movement.type)
-        return self.in_range(movement) and (not self.type or kind == self.type)
+    def request(self, product_id: str, page_size: int, page_token: str) -> inventory_pb.ListMovementsRequest:
+        """The page of movements of the type, from the start of `since` to the end of `until`
+        (whole days, UTC)."""
+        listed = inventory_pb.ListMovementsRequest(
+            product_id=product_id, page_size=page_size, page_token=page_token
+        )
+        if self.type:
+            listed.type = _NUMBERS[self.type]
+        if self.since is not None:
+            listed.start_time.FromDatetime(_midnight(self.since))
+        if self.until is not None and self.until < dt.date.max:  # the last day has no day after
+            listed.end_time.FromDatetime(_midnight(self.until + dt.timedelta(days=1)))
+        return listed
 
 
 def type_name(movement: inventory_pb.Movement) -> str:
@@ -70,7 +79,8 @@ class Balances:
 def balances(movements: Sequence[inventory_pb.Movement]) -> Balances:
     """The balances after each of `movements` (given newest first, as ListMovements sends them).
     Each location starts at its balance before its first movement among them, so that the total
-    holds even when older movements were not read."""
+    holds even when older movements were not read (a filter by type or location leaves out
+    movements between them, whose balances show only in the next one listed)."""
     oldest_first = list(reversed(movements))
     current: dict[str, int] = {}
     for movement in oldest_first:
@@ -86,6 +96,10 @@ def balances(movements: Sequence[inventory_pb.Movement]) -> Balances:
             values.append(current[location])
         total.append(sum(current.values()))
     return Balances(times, locations, series, total)
+
+
+def _midnight(day: dt.date) -> dt.datetime:
+    return dt.datetime.combine(day, dt.time(), dt.UTC)
 
 
 def _date(text: str) -> dt.date | None:

@@ -20,7 +20,7 @@ from starlette.routing import Route
 
 from facade.console.calls import ApiError, Caller, Refused, stubs
 from facade.console.forms import Form
-from facade.console.ledger import LEDGER_DEPTH, TYPES, LedgerFilter, balances, type_name
+from facade.console.ledger import TYPES, LedgerFilter, balances, type_name
 from facade.console.session import Session
 from facade.console.web import Console
 from invmesh.inventory.v1 import inventory_service_pb2 as inventory_pb
@@ -69,36 +69,34 @@ def routes(console: Console) -> list[Route]:
             request.query_params.get("until", ""),
             request.query_params.get("type", ""),
         )
+        page_token = request.query_params.get("page_token", "")
         may_reserve = session.may(INVENTORY["ListReservations"])
-        got, stock, ledger, places, held = await asyncio.gather(
+        got, stock, (ledger, refused_filter), places, held = await asyncio.gather(
             call(products.GetProduct, products_pb.GetProductRequest(id=product_id)),
             call(inventory.GetInventoryItem, inventory_pb.GetInventoryItemRequest(product_id=product_id)),
-            call(
-                inventory.ListMovements,
-                inventory_pb.ListMovementsRequest(product_id=product_id, page_size=LEDGER_DEPTH),
-            ),
+            _movements(call, inventory, shown.request(product_id, LEDGER_ROWS, page_token)),
             call(inventory.ListLocations, inventory_pb.ListLocationsRequest(page_size=500)),
             _reservations(call, inventory, product_id) if may_reserve else _none(),
         )
         names = {place.id: place.code for place in places.locations}
-        dated = [m for m in ledger.movements if shown.in_range(m)]
-        kept = [m for m in dated if shown.keeps(m)]
-        chart = balances(dated)
+        chart = balances(ledger.movements)
         context = {
             "product": got.product,
             "item": stock.item,
             "locations": places.locations,
             "names": names,
-            "movements": kept[:LEDGER_ROWS],
-            "matching": len(kept),
-            "read_all": not ledger.next_page_token,
+            "movements": ledger.movements,
+            "older": ledger.next_page_token,
+            "page_token": page_token,
+            "refused_filter": refused_filter,
             "retired": ledger.retired,
+            "feed_cursor": ledger.feed_cursor,
             "filter": shown,
             "types": TYPES,
             "type_name": type_name,
             "state_name": inventory_pb.ReservationState.Name,
             "chart": chart.as_chart(names),
-            "chart_rows": list(chart.rows())[:LEDGER_ROWS],
+            "chart_rows": list(chart.rows()),
             "chart_labels": [names.get(location, location) for location in chart.locations],
             "reservations": held,
             "path": product_path(product_id),
@@ -118,7 +116,10 @@ def routes(console: Console) -> list[Route]:
                 "reservations": may_reserve,
             },
         }
-        return console.render(request, session, "product.html", context, error.status if error else 200)
+        shown_error = error or refused_filter
+        return console.render(
+            request, session, "product.html", context, shown_error.status if shown_error else 200
+        )
 
     async def page(request: Request, session: Session, call: Caller) -> Response:
         return await show(request, session, call)
@@ -340,6 +341,21 @@ async def _reservations(
         inventory_pb.ListReservationsRequest(product_id=product_id, page_size=LEDGER_ROWS),
     )
     return list(listed.reservations)
+
+
+async def _movements(
+    call: Caller,
+    inventory: inventory_service_pb2_grpc.InventoryServiceStub,
+    listed: inventory_pb.ListMovementsRequest,
+) -> tuple[inventory_pb.ListMovementsResponse, ApiError | None]:
+    """A page of the ledger; or none, and the refusal of its filter or page token (a range that
+    ends before it starts, a token edited), for the ledger to show where its rows would be."""
+    try:
+        return await call(inventory.ListMovements, listed), None
+    except Refused as refusal:
+        if refusal.error.status != 400:  # the product's own refusal (404) is the page's
+            raise
+        return inventory_pb.ListMovementsResponse(), refusal.error
 
 
 async def _none() -> list[inventory_pb.Reservation]:

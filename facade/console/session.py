@@ -84,10 +84,6 @@ class Session:
         return str(self.claims.get("email", ""))
 
     @property
-    def user_id(self) -> str:
-        return str(self.claims.get("sub", ""))
-
-    @property
     def rank(self) -> int:
         roles = self.claims.get("roles", [])
         return max((access.RANKS.get(role, 0) for role in roles if isinstance(role, str)), default=0)

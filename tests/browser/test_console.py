@@ -61,14 +61,14 @@ def ledger(page: Page) -> Locator:
 
 async def expect_newest_movement(page: Page, kind: str, change: str, balance: str, reason: str = "") -> None:
     await expect(ledger(page).first.locator("td")).to_have_text(
-        [WHEN, kind, "DEFAULT", change, balance, reason, "you"]
+        [WHEN, kind, "DEFAULT", change, balance, reason, ADMIN]
     )
 
 
 async def chart_table(page: Page) -> Locator:
     """The rows of the chart's data table, unfolded as a person would."""
     await page.get_by_text("The chart as a table").click()
-    return body_rows(page, "Balance after each movement, newest first")
+    return body_rows(page, "Balance after each movement listed, newest first")
 
 
 def chart_series(page: Page) -> Locator:
@@ -206,6 +206,17 @@ async def test_entries_exits_and_a_count_update_the_stock_the_ledger_and_the_cha
     await expect_stock(page, ["DEFAULT", "12", "0", "12"])
     await expect_newest_movement(page, "Set", "+5", "12", "stocktake")
     assert (await stock(web, product_id)).quantity == 12
+
+    # The filters, in place: the service lists what they keep, or says why it will not.
+    await page.get_by_label("Type").select_option(label="Exit")
+    await expect(ledger(page).locator("td:nth-child(2)")).to_have_text(["Exit"])
+    await expect(await chart_table(page)).to_have_count(1)  # the chart is of the movements listed
+    await page.get_by_label("From (date)").fill("2999-01-03")
+    await page.get_by_label("To (date)").fill("2999-01-01")
+    await expect(page.locator("#ledger-results").get_by_role("alert")).to_have_text(
+        "end_time must not be before start_time"
+    )
+    await expect(ledger(page)).to_have_text(["No movement matches the filter."])
 
 
 async def test_a_transfer_to_a_new_location_a_reservation_and_the_low_stock_list(
@@ -401,8 +412,9 @@ async def test_the_product_page_shows_a_movement_made_elsewhere_without_a_reload
     product_id = await new_product(web)
     await receive(web, product_id, 10)
     await sign_in(page)
-    # The feed answers once it follows the ledger: a movement after that reaches the page.
-    async with page.expect_response(f"**/console/products/{product_id}/feed"):
+    # The feed answers once it follows the ledger, from the page's cursor: a movement after that
+    # reaches the page.
+    async with page.expect_response(re.compile(rf"/console/products/{product_id}/feed\?after=\d+$")):
         await page.goto(f"/console/products/{product_id}")
     await expect(ledger(page)).to_have_count(1)
     await page.evaluate("window.sameDocument = true")

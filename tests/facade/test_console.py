@@ -4,6 +4,8 @@ without JavaScript drives it: plain form posts, cookies kept by the client."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import html
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,6 +14,7 @@ from http.cookies import SimpleCookie
 import httpx
 import pytest
 
+from facade.console import product
 from facade.console.session import ACCESS_COOKIE, REFRESH_COOKIE, SESSION_COOKIE
 from invmesh.auth.v1 import auth_service_pb2 as auth_pb
 from invmesh.inventory.v1 import inventory_service_pb2 as inventory_pb
@@ -280,10 +283,79 @@ async def test_entries_and_exits_recorded_by_form_change_the_stock_and_fill_the_
         # Newest first: the exit, then the entry, each with its balance after and its author.
         rows = re.findall(r"<tr>\s*<td>[^<]+</td>\s*<td>(Entry|Exit)[^<]*</td>.*?</tr>", ledger, re.DOTALL)
         assert rows == ["Exit", "Entry"], ledger
-        assert "\u22123" in ledger and "+10" in ledger and ">you<" in ledger
+        assert "\u22123" in ledger and "+10" in ledger and f">{ADMIN}<" in ledger
         filtered = await admin.get(path, params={"type": "IN"})
         rows = re.findall(r"<td>(Entry|Exit)", filtered.text.split('id="ledger-results"')[1])
         assert rows == ["Entry"]
+
+
+def ledger_rows(page: httpx.Response) -> list[str]:
+    """The ledger's rows as type and change, such as "Entry +10", newest first."""
+    ledger = page.text.split('id="ledger-results"')[1].split("</table>")[0]
+    return [
+        f"{kind} {change}"
+        for kind, change in re.findall(
+            r"<tr>\s*<td>[^<]+</td>\s*<td>(\w+)[^<]*</td>\s*<td>[^<]*</td>\s*<td[^>]*>([^<]+)</td>", ledger
+        )
+    ]
+
+
+def older_link(page: httpx.Response) -> str | None:
+    found = re.search(r'<a href="([^"]+)">Older movements</a>', page.text)
+    return html.unescape(found.group(1)) if found else None
+
+
+async def test_the_ledger_is_filtered_by_the_service_and_pages_to_older_movements(
+    web: Web, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two rows a page here: the entry, older than a page of exits, is still found by its type
+    and by paging, and a day's filter is the service's, whole days in UTC."""
+    monkeypatch.setattr(product, "LEDGER_ROWS", 2)
+    product_id = await new_product(web)
+    path = f"/console/products/{product_id}"
+    moves = [(inventory_pb.RecordMovementRequest.IN, 10)] + [
+        (inventory_pb.RecordMovementRequest.OUT, n) for n in (1, 2, 3)
+    ]
+    for kind, quantity in moves:
+        recorded = await web.mesh.inventory.RecordMovement(
+            inventory_pb.RecordMovementRequest(product_id=product_id, type=kind, quantity=quantity),
+            metadata=web.mesh.as_user(),
+        )
+    day = recorded.movement.created_at.ToDatetime(dt.UTC).date()
+    async with signed_in(web) as admin:
+        newest = await admin.get(path)
+        assert ledger_rows(newest) == ["Exit \u22123", "Exit \u22122"]
+        assert f">{ADMIN}<" in newest.text  # by whom: the author's email
+        link = older_link(newest)
+        assert link is not None
+        older = await admin.get(link)
+        assert ledger_rows(older) == ["Exit \u22121", "Entry +10"]
+        assert older_link(older) is None and ">Newest movements</a>" in older.text
+
+        entries = await admin.get(path, params={"type": "IN"})
+        assert ledger_rows(entries) == ["Entry +10"] and older_link(entries) is None
+
+        that_day = {"since": day.isoformat(), "until": day.isoformat(), "type": "OUT"}
+        dated = await admin.get(path, params=that_day)
+        assert ledger_rows(dated) == ["Exit \u22123", "Exit \u22122"]
+        link = older_link(dated)
+        assert link is not None and "since=" in link and "until=" in link and "type=OUT" in link
+        assert ledger_rows(await admin.get(link)) == ["Exit \u22121"]
+        next_day = (day + dt.timedelta(days=1)).isoformat()
+        later = await admin.get(path, params={"since": next_day})
+        assert ledger_rows(later) == [] and "No movement matches the filter." in later.text
+        assert (
+            ledger_rows(await admin.get(path, params={"until": (day - dt.timedelta(days=1)).isoformat()}))
+            == []
+        )
+
+        # From the day after next to the day before: [day + 2, day + 1), which ends before it starts.
+        after_next = (day + dt.timedelta(days=2)).isoformat()
+        backwards = await admin.get(path, params={"since": after_next, "until": day.isoformat()})
+        assert backwards.status_code == 400, backwards.text
+        results = backwards.text.split('id="ledger-results"')[1]
+        assert '<p role="alert" class="error-summary">end_time must not be before start_time</p>' in results
+        assert "<h1>Console widget</h1>" in backwards.text  # the rest of the page as ever
 
 
 async def test_a_count_shows_the_change_before_it_is_confirmed(web: Web) -> None:
@@ -495,6 +567,31 @@ async def test_the_product_page_s_feed_relays_movements_made_elsewhere(web: Web)
     async with browser(web) as stranger:
         refused = await stranger.get(f"/console/products/{product_id}/feed")
         assert refused.status_code == 303
+
+
+async def test_the_product_page_s_feed_starts_right_after_what_the_page_shows(web: Web) -> None:
+    """A movement committed between the page's rendering and the start of its feed comes
+    through the feed: the page names its ledger's cursor."""
+    product_id = await new_product(web)
+    async with signed_in(web) as admin:
+        page = await admin.get(f"/console/products/{product_id}")
+        found = re.search(r'<div id="live" data-feed="([^"]+)">', page.text)
+        assert found is not None and "?after=" in found.group(1), page.text
+        await web.mesh.inventory.RecordMovement(
+            inventory_pb.RecordMovementRequest(
+                product_id=product_id, type=inventory_pb.RecordMovementRequest.IN, quantity=3
+            ),
+            metadata=web.mesh.as_user(),
+        )
+        async with admin.stream("GET", html.unescape(found.group(1))) as feed:
+            assert feed.status_code == 200
+            lines = feed.aiter_lines()
+            async with asyncio.timeout(10):
+                async for line in lines:
+                    if line == "event: movement":
+                        break
+                data = await anext(lines)
+            assert '"balance_after":3' in data.replace(" ", ""), data
 
 
 async def test_unknown_pages_and_products_are_the_api_s_404(web: Web) -> None:

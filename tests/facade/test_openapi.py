@@ -311,7 +311,17 @@ async def test_request_bodies_and_responses_follow_the_http_rules(document: dict
         assert "The fields of `product` to update" in update_mask["description"]  # the proto's comment
     # Query parameters: the request's fields that neither the path nor the body binds.
     listing = {p["name"]: p for p in ops[("GET", "/inventory/{product_id}/movements")]["parameters"]}
-    assert set(listing) == {"product_id", "page_size", "page_token"}
+    assert set(listing) == {
+        "product_id",
+        "page_size",
+        "page_token",
+        "type",
+        "location_id",
+        "start_time",
+        "end_time",
+    }
+    # A Timestamp is a string in JSON, so the query carries it.
+    assert listing["start_time"]["schema"] == {"type": "string", "format": "date-time"}
     assert undescribed(listing["page_size"]) == {
         "name": "page_size",
         "in": "query",

@@ -5,6 +5,7 @@ unknown ids 400 or 404, never a 5xx."""
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -104,6 +105,30 @@ async def test_a_reservations_life_in_rest(web: Web) -> None:
 
     viewer = await http.post("/reservations", headers=web.visitor, json={"product_id": pid, "quantity": 1})
     assert viewer.status_code == 403
+
+
+async def test_the_ledger_takes_its_filters_from_the_query(web: Web) -> None:
+    http, staff = web.http, web.staff
+    pid = await product_with_stock(web, "LEDGER-1", 10)
+    sold = await http.post(
+        "/inventory", headers=staff, json={"product_id": pid, "type": "OUT", "quantity": 2}
+    )
+    assert sold.status_code == 201, sold.text
+    exit_ = sold.json()["movement"]
+    assert exit_["actor_email"] == "staff@example.com"
+    path = f"/inventory/{pid}/movements"
+    since = quote(exit_["created_at"])
+    for query in ("type=OUT", f"startTime={since}", f"start_time={since}&location_id={DEFAULT_LOCATION_ID}"):
+        listed = await http.get(f"{path}?{query}", headers=staff)
+        assert listed.status_code == 200, listed.text
+        assert [m["id"] for m in listed.json()["movements"]] == [exit_["id"]], query
+    assert (await http.get(f"{path}?endTime={since}", headers=staff)).json()["movements"][0]["type"] == "IN"
+    backwards = await http.get(f"{path}?startTime={since}&endTime=2000-01-01T00:00:00Z", headers=staff)
+    assert (backwards.status_code, violated(backwards)) == (400, {"end_time"})
+    garbled = await http.get(f"{path}?startTime=yesterday", headers=staff)
+    assert (garbled.status_code, violated(garbled)) == (400, {"start_time"})
+    nowhere = await http.get(f"{path}?location_id=no-such-location", headers=staff)
+    assert (nowhere.status_code, reason(nowhere)) == (404, "LOCATION_NOT_FOUND")
 
 
 ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [

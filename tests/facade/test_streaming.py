@@ -48,6 +48,7 @@ MOVEMENT_JSON = {
     "reason": "",
     "reference": "",
     "actor": "",
+    "actor_email": "",
     "request_id": "",
     "location_id": "l1",
     "transfer_id": "",

@@ -93,5 +93,12 @@ document.addEventListener("DOMContentLoaded", () => {
   drawChart();
   follow();
 });
+// A filter the service refused answers 400, its refusal where the ledger's rows would be: show it.
+document.addEventListener("htmx:beforeSwap", (event) => {
+  if (event.detail.xhr.status === 400 && event.detail.target.id === "ledger-results") {
+    event.detail.shouldSwap = true;
+    event.detail.isError = false;
+  }
+});
 // After htmx swaps the ledger (its filters), the chart's data is new.
 document.addEventListener("htmx:afterSettle", drawChart);

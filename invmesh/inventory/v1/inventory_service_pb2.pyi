@@ -107,7 +107,7 @@ class Reservation(_message.Message):
     def __init__(self, id: _Optional[str] = ..., product_id: _Optional[str] = ..., location_id: _Optional[str] = ..., quantity: _Optional[int] = ..., state: _Optional[_Union[ReservationState, str]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reference: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Movement(_message.Message):
-    __slots__ = ("id", "product_id", "type", "quantity", "balance_after", "reason", "reference", "actor", "request_id", "created_at", "location_id", "transfer_id", "reservation_id")
+    __slots__ = ("id", "product_id", "type", "quantity", "balance_after", "reason", "reference", "actor", "request_id", "created_at", "location_id", "transfer_id", "reservation_id", "actor_email")
     ID_FIELD_NUMBER: _ClassVar[int]
     PRODUCT_ID_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -121,6 +121,7 @@ class Movement(_message.Message):
     LOCATION_ID_FIELD_NUMBER: _ClassVar[int]
     TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
     RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_EMAIL_FIELD_NUMBER: _ClassVar[int]
     id: str
     product_id: str
     type: MovementType
@@ -134,7 +135,8 @@ class Movement(_message.Message):
     location_id: str
     transfer_id: str
     reservation_id: str
-    def __init__(self, id: _Optional[str] = ..., product_id: _Optional[str] = ..., type: _Optional[_Union[MovementType, str]] = ..., quantity: _Optional[int] = ..., balance_after: _Optional[int] = ..., reason: _Optional[str] = ..., reference: _Optional[str] = ..., actor: _Optional[str] = ..., request_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., location_id: _Optional[str] = ..., transfer_id: _Optional[str] = ..., reservation_id: _Optional[str] = ...) -> None: ...
+    actor_email: str
+    def __init__(self, id: _Optional[str] = ..., product_id: _Optional[str] = ..., type: _Optional[_Union[MovementType, str]] = ..., quantity: _Optional[int] = ..., balance_after: _Optional[int] = ..., reason: _Optional[str] = ..., reference: _Optional[str] = ..., actor: _Optional[str] = ..., request_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., location_id: _Optional[str] = ..., transfer_id: _Optional[str] = ..., reservation_id: _Optional[str] = ..., actor_email: _Optional[str] = ...) -> None: ...
 
 class ListInventoryItemsRequest(_message.Message):
     __slots__ = ("page_size", "page_token", "location_id", "low_stock")
@@ -239,24 +241,34 @@ class SetStockResponse(_message.Message):
     def __init__(self, movement: _Optional[_Union[Movement, _Mapping]] = ..., item: _Optional[_Union[InventoryItem, _Mapping]] = ...) -> None: ...
 
 class ListMovementsRequest(_message.Message):
-    __slots__ = ("product_id", "page_size", "page_token")
+    __slots__ = ("product_id", "page_size", "page_token", "type", "location_id", "start_time", "end_time")
     PRODUCT_ID_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    LOCATION_ID_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
     product_id: str
     page_size: int
     page_token: str
-    def __init__(self, product_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    type: MovementType
+    location_id: str
+    start_time: _timestamp_pb2.Timestamp
+    end_time: _timestamp_pb2.Timestamp
+    def __init__(self, product_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., type: _Optional[_Union[MovementType, str]] = ..., location_id: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ListMovementsResponse(_message.Message):
-    __slots__ = ("movements", "next_page_token", "retired")
+    __slots__ = ("movements", "next_page_token", "retired", "feed_cursor")
     MOVEMENTS_FIELD_NUMBER: _ClassVar[int]
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     RETIRED_FIELD_NUMBER: _ClassVar[int]
+    FEED_CURSOR_FIELD_NUMBER: _ClassVar[int]
     movements: _containers.RepeatedCompositeFieldContainer[Movement]
     next_page_token: str
     retired: bool
-    def __init__(self, movements: _Optional[_Iterable[_Union[Movement, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., retired: _Optional[bool] = ...) -> None: ...
+    feed_cursor: str
+    def __init__(self, movements: _Optional[_Iterable[_Union[Movement, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., retired: _Optional[bool] = ..., feed_cursor: _Optional[str] = ...) -> None: ...
 
 class WatchMovementsRequest(_message.Message):
     __slots__ = ("after", "product_id", "location_id")

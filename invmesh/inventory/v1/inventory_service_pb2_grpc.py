@@ -213,10 +213,14 @@ class InventoryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListMovements(self, request, context):
-        """Lists a product's movements, newest first. A deleted product's ledger
-        stays readable to staff and admins, for audit, marked `retired`. Returns
-        NOT_FOUND for an unknown product, and to viewers for a deleted one, and
-        INVALID_ARGUMENT for a negative page_size or a malformed page_token.
+        """Lists a product's movements, newest first: all of them, or those of one
+        type, at one location, recorded in [start_time, end_time), or any of
+        these together. A deleted product's ledger stays readable to staff and
+        admins, for audit, marked `retired`. Returns NOT_FOUND for an unknown
+        product, and to viewers for a deleted one, and for an unknown
+        location_id, and INVALID_ARGUMENT naming every bad field (a negative
+        page_size, a malformed page_token or one made for other filters, an
+        unknown type, an end_time before start_time).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -65,10 +65,14 @@ class InventoryServiceStub:
     below staff; request_id behaves as in RecordMovement.
     """
     ListMovements: _aio.UnaryUnaryMultiCallable[_inventory_service_pb2.ListMovementsRequest, _inventory_service_pb2.ListMovementsResponse]
-    """Lists a product's movements, newest first. A deleted product's ledger
-    stays readable to staff and admins, for audit, marked `retired`. Returns
-    NOT_FOUND for an unknown product, and to viewers for a deleted one, and
-    INVALID_ARGUMENT for a negative page_size or a malformed page_token.
+    """Lists a product's movements, newest first: all of them, or those of one
+    type, at one location, recorded in [start_time, end_time), or any of
+    these together. A deleted product's ledger stays readable to staff and
+    admins, for audit, marked `retired`. Returns NOT_FOUND for an unknown
+    product, and to viewers for a deleted one, and for an unknown
+    location_id, and INVALID_ARGUMENT naming every bad field (a negative
+    page_size, a malformed page_token or one made for other filters, an
+    unknown type, an end_time before start_time).
     """
     WatchMovements: _aio.UnaryStreamMultiCallable[_inventory_service_pb2.WatchMovementsRequest, _inventory_service_pb2.WatchMovementsResponse]
     """Follows the ledger: every movement after the cursor `after`, optionally of
@@ -251,10 +255,14 @@ class InventoryServiceServicer:
         request: _inventory_service_pb2.ListMovementsRequest,
         context: _aio.ServicerContext[_inventory_service_pb2.ListMovementsRequest, _abc.Awaitable[_inventory_service_pb2.ListMovementsResponse]],
     ) -> _abc.Awaitable[_inventory_service_pb2.ListMovementsResponse]:
-        """Lists a product's movements, newest first. A deleted product's ledger
-        stays readable to staff and admins, for audit, marked `retired`. Returns
-        NOT_FOUND for an unknown product, and to viewers for a deleted one, and
-        INVALID_ARGUMENT for a negative page_size or a malformed page_token.
+        """Lists a product's movements, newest first: all of them, or those of one
+        type, at one location, recorded in [start_time, end_time), or any of
+        these together. A deleted product's ledger stays readable to staff and
+        admins, for audit, marked `retired`. Returns NOT_FOUND for an unknown
+        product, and to viewers for a deleted one, and for an unknown
+        location_id, and INVALID_ARGUMENT naming every bad field (a negative
+        page_size, a malformed page_token or one made for other filters, an
+        unknown type, an end_time before start_time).
         """
 
     def WatchMovements(
