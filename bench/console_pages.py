@@ -1,6 +1,6 @@
 """How long the console's pages take with 50 rows: `invmesh up` on SQLite with 50 products in
 stock, all low (a reorder point above their stock), one of them with 50 movements and 5
-reservations, each page asked for `--repeat` times
+reservations, and 50 users, each page asked for `--repeat` times
 in turn, one at a time, over loopback. The time is the client's, from request to the page's
 last byte, so it bounds the server's time from above.
 
@@ -21,6 +21,7 @@ import httpx
 from bench.systems import USER, invmesh
 
 PRODUCTS = 50
+USERS = 50  # with the bench's admin
 SERVICES = ("auth", "products", "inventory")
 
 
@@ -34,8 +35,12 @@ def sign_in(http: httpx.Client) -> None:
 
 
 def fill(http: httpx.Client, token: str, product_ids: list[str]) -> None:
-    """Every product low on stock, and 50 movements and 5 reservations of the first, over REST."""
+    """Every product low on stock, 50 movements and 5 reservations of the first, and users up to
+    50, over REST."""
     headers = {"authorization": f"Bearer {token}"}
+    for number in range(1, USERS):
+        user = {"email": f"user-{number}@example.com", "password": USER["password"], "name": f"User {number}"}
+        http.post("/users/register", json=user).raise_for_status()
     for low in product_ids:
         http.put(f"/inventory/{low}", json={"reorder_point": 2_000_000}, headers=headers).raise_for_status()
     product_id = product_ids[0]
@@ -68,7 +73,14 @@ def main() -> None:
     blank = {f"{service.upper()}_DATABASE_URL": "" for service in SERVICES}
     with (
         tempfile.TemporaryDirectory() as work,
-        invmesh(Path(work), blank, products=PRODUCTS, rounds=4) as mesh,
+        # Registrations are limited per client address like verification mails: all come from here.
+        invmesh(
+            Path(work),
+            blank,
+            products=PRODUCTS,
+            rounds=4,
+            extra_env={"VERIFICATION_RESENDS_PER_ADDRESS": str(2 * USERS)},
+        ) as mesh,  # fmt: skip
     ):
         with httpx.Client(base_url=mesh.url, timeout=30) as http:
             product_id = mesh.product_ids[0]
@@ -78,7 +90,7 @@ def main() -> None:
                 "products (50 rows)": "/console/products",
                 "product (50 ledger rows, 5 reservations)": f"/console/products/{product_id}",
                 "low stock (50 rows)": "/console/low-stock",
-                "administration": "/console/admin",
+                "administration (50 users)": "/console/admin",
             }
             print(f"| page | median ms | p95 ms | max ms |  ({args.repeat} requests each, SQLite)")
             print("|---|---:|---:|---:|")
