@@ -330,8 +330,7 @@ class MovementWatch(Generic[M]):
             self._read_by = loop.time() + POLL
             with tracing.untraced():
                 rows = await self._db.fetch(_NEWER, {"after": self._position})
-            if not rows:  # nothing between after all: the rounds are read back at the next look
-                self._handed_over.clear()
+            if not rows:  # the places between are not visible yet: the next wake tries again
                 return
             self._give([(row.seq, row) for row in rows])
             self._give_handed_over()
