@@ -13,9 +13,22 @@ from typing import Any
 
 from cachetools import TTLCache
 from iso4217 import Currency
-from sqlalchemy import Executable, Row, bindparam, case, delete, insert, or_, select
+from sqlalchemy import (
+    BindParameter,
+    Executable,
+    Row,
+    bindparam,
+    case,
+    delete,
+    insert,
+    literal_column,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.sql.dml import ReturningInsert
 
 from mesh import paging
 from mesh.context import require_verified_email
@@ -37,6 +50,43 @@ _PRODUCT_BY_ID = _WITH_STOCK.where(_PRODUCTS.c.id == bindparam("id"))
 _PRODUCTS_BY_ID = select(_PRODUCTS).where(_PRODUCTS.c.id.in_(bindparam("ids", expanding=True)))
 _STOCK_OF = select(_LEVELS.c.quantity).where(_LEVELS.c.product_id == bindparam("id"))
 _LOG_CHANGES = insert(table_of(ProductChange))  # in every write to what GetProduct answers
+
+# The writes that need nothing read first. A new product is three rows: PostgreSQL inserts
+# them in one statement, without BEGIN; the others in one transaction. A full replacement
+# (PUT without a mask) is an UPDATE … RETURNING with the product's stock: on PostgreSQL with
+# its change logged in the same statement, on SQLite followed by the log's INSERT in its write
+# transaction. MariaDB has no UPDATE … RETURNING: it reads and replaces through the ORM.
+_FIELDS: dict[str, BindParameter[Any]] = {
+    "sku": bindparam("new_sku"),
+    "name": bindparam("new_name"),
+    "description": bindparam("new_description"),
+    "price_minor": bindparam("new_price_minor"),
+    "currency": bindparam("new_currency"),
+    "updated_at": bindparam("now"),
+}
+_NEW_PRODUCT = insert(_PRODUCTS).values(id=bindparam("pid"), created_at=bindparam("now"), **_FIELDS)
+# Never moved: 0, at a version below any inventory reports.
+_NEW_LEVEL = insert(_LEVELS).values(product_id=bindparam("pid"), quantity=0, version=0)
+_LOG_CHANGE = _LOG_CHANGES.values(product_id=bindparam("pid"), writer=bindparam("writer"))
+_CREATE_ALONE: ReturningInsert[tuple[Any]] = (
+    _LOG_CHANGE.add_cte(_NEW_PRODUCT.cte("created"), _NEW_LEVEL.cte("stocked"))
+    # A row to fetch: Database.write_alone answers rows.
+    .returning(literal_column("1"))
+)
+_REPLACE = update(_PRODUCTS).where(_PRODUCTS.c.id == bindparam("pid")).values(_FIELDS)
+_REPLACE_HELD = _REPLACE.returning(
+    *_PRODUCTS.c,
+    select(_LEVELS.c.quantity).where(_LEVELS.c.product_id == _PRODUCTS.c.id).scalar_subquery().label("stock"),
+)
+_REPLACED = _REPLACE.returning(*_PRODUCTS.c).cte("replaced")
+_REPLACE_ALONE = select(
+    _REPLACED,
+    select(_LEVELS.c.quantity).where(_LEVELS.c.product_id == _REPLACED.c.id).scalar_subquery().label("stock"),
+).add_cte(
+    _LOG_CHANGES.from_select(["product_id", "writer"], select(_REPLACED.c.id, bindparam("writer"))).cte(
+        "logged"
+    )
+)
 ProductRow = Product | Row[Any]
 
 MAX_BATCH = 500
@@ -177,27 +227,27 @@ class Catalog:
     async def create(self, draft: Draft) -> Product:
         require_verified_email()
         fields = validate(draft)
-        now = utcnow()
-        product = Product(
-            id=str(uuid.uuid4()),
+        values = {"pid": str(uuid.uuid4()), "now": utcnow(), **self._field_values(fields)}
+        try:
+            if self._db.autocommits:
+                await self._db.write_alone(_CREATE_ALONE, values)
+            else:
+                async with self._db.write_connection() as conn:
+                    for statement in (_NEW_PRODUCT, _NEW_LEVEL, _LOG_CHANGE):
+                        await conn.execute(statement, values)
+        except IntegrityError:
+            raise _sku_taken(fields.sku) from None
+        self.forget([values["pid"]])  # a new row on every page after it
+        return Product(
+            id=values["pid"],
             sku=fields.sku,
             name=fields.name,
             description=fields.description,
             price_minor=fields.price_minor,
             currency=fields.currency,
-            created_at=now,
-            updated_at=now,
+            created_at=values["now"],
+            updated_at=values["now"],
         )
-        try:
-            async with self._db.transaction() as session:
-                session.add(product)
-                # Never moved: 0, at a version below any inventory reports.
-                session.add(StockLevel(product_id=product.id, quantity=0, version=0))
-                session.add(self._logged(product.id))  # a new row on other replicas' pages
-        except IntegrityError:
-            raise _sku_taken(fields.sku) from None
-        self.forget([product.id])
-        return product
 
     async def get(self, product_id: str) -> Row[Any]:
         """The product with its stock, from memory if this process read it lately. Its own
@@ -263,13 +313,15 @@ class Catalog:
 
     async def update(
         self, product_id: str, draft: Draft, *, mask: Sequence[str] | None = None
-    ) -> tuple[Product, int | None]:
+    ) -> tuple[ProductRow, int | None]:
         """The product as updated, and its stock: the fields `mask` names take the draft's
         values, the others keep theirs (AIP-134); without a mask, all take the draft's."""
         require_verified_email()
         updating = fields_in_mask(
             mask, editable=EDITABLE_FIELDS, ignored=_IGNORED_IN_MASK, resource="product"
         )
+        if len(updating) == len(EDITABLE_FIELDS) and self._db.backend in ("postgresql", "sqlite"):
+            return await self._replace(product_id, validate(draft))
         try:
             async with self._db.transaction() as session:
                 product = await session.get(Product, product_id, with_for_update=True)
@@ -288,6 +340,25 @@ class Catalog:
             raise _sku_taken(fields.sku) from None
         self.forget([product_id])
         return product, stock
+
+    async def _replace(self, product_id: str, fields: Fields) -> tuple[Row[Any], int | None]:
+        """Every editable field replaced, which needs nothing read first (`_REPLACE_ALONE`,
+        `_REPLACE_HELD`)."""
+        values = {"pid": product_id, "now": utcnow(), **self._field_values(fields)}
+        try:
+            if self._db.autocommits:
+                rows = await self._db.write_alone(_REPLACE_ALONE, values)
+            else:
+                async with self._db.write_connection() as conn:
+                    rows = (await conn.execute(_REPLACE_HELD, values)).all()
+                    if rows:
+                        await conn.execute(_LOG_CHANGE, values)
+        except IntegrityError:
+            raise _sku_taken(fields.sku) from None
+        if not rows:
+            raise _not_found(product_id)
+        self.forget([product_id])
+        return rows[0], rows[0].stock
 
     async def delete(self, product_id: str) -> None:
         """Removes the product and, in the same transaction, queues the retirement of its
@@ -338,6 +409,17 @@ class Catalog:
 
     def _logged(self, product_id: str) -> ProductChange:
         return ProductChange(product_id=product_id, writer=self.writer)
+
+    def _field_values(self, fields: Fields) -> dict[str, Any]:
+        """The parameters of `_FIELDS`, and the change log's writer."""
+        return {
+            "new_sku": fields.sku,
+            "new_name": fields.name,
+            "new_description": fields.description,
+            "new_price_minor": fields.price_minor,
+            "new_currency": fields.currency,
+            "writer": self.writer,
+        }
 
     def forget(self, product_ids: Iterable[str]) -> None:
         """Products changed by a commit, this process's or another replica's: GetProduct reads
