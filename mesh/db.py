@@ -205,17 +205,21 @@ class Database:
         _configure(self.engine.sync_engine)
         # A SQLite file's hot reads skip aiosqlite, which hops to its connection's thread and back
         # for each step (check out, execute, fetch, close, reset): each read runs whole, on
-        # SQLite's own driver, in one hop to a thread of `_readers`. A database in memory
-        # is private to its one aiosqlite connection, so it keeps the async path.
+        # SQLite's own driver, in one hop to a thread of `_readers`; so do the writes of
+        # `write_steps`, on a connection of their own. A database in memory is private to its
+        # one aiosqlite connection, so it keeps the async path.
         self._reader: Engine | None = None
+        self._step_writer: Engine | None = None
         self._readers: _Threads | None = None
         in_memory = parsed.database in (None, "", ":memory:") or parsed.query.get("mode") == "memory"
         if self.is_sqlite and not in_memory:
-            reader = create_engine(
-                parsed.set(drivername="sqlite+pysqlite"), pool_size=SQLITE_READ_THREADS, max_overflow=0
-            )
+            on_thread = parsed.set(drivername="sqlite+pysqlite")
+            reader = create_engine(on_thread, pool_size=SQLITE_READ_THREADS, max_overflow=0)
             _configure(reader)
             self._reader = reader.execution_options(**{_ONE_STATEMENT: True})
+            step_writer = create_engine(on_thread, pool_size=1, max_overflow=0)  # one writer at a time
+            _configure(step_writer)
+            self._step_writer = step_writer.execution_options(**{_WRITE: True})
             self._readers = _Threads(SQLITE_READ_THREADS, "sqlite-read")
         self._read = async_sessionmaker(self.engine, expire_on_commit=False)
         self._write_engine = self.engine.execution_options(**{_WRITE: True})
@@ -286,6 +290,17 @@ class Database:
         with self._translated():
             return await greenlet_spawn(_fetch_on, self._one_statement.sync_engine, statement, parameters)
 
+    async def write_steps(self, steps: Callable[[Connection], T]) -> T:
+        """`steps(conn)` in a write transaction, committed when they return, rolled back if they
+        raise, run whole in one step: on a SQLite file in one hop to a thread (aiosqlite hops
+        to its thread and back for every statement, BEGIN and COMMIT too), elsewhere in one
+        greenlet. For hot writes whose statements need nothing awaited between them."""
+        async with self._writer:
+            with self._translated():
+                if self._step_writer is not None and self._readers is not None:
+                    return await self._readers.run(_in_transaction, self._step_writer, steps)
+                return await greenlet_spawn(_in_transaction, self._write_engine.sync_engine, steps)
+
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """A write transaction: committed when the block ends, rolled back if it raises."""
@@ -321,10 +336,13 @@ class Database:
 
     async def dispose(self) -> None:
         # Reads after this one take the async path, which opens connections again, as before.
-        reader, readers, self._reader, self._readers = self._reader, self._readers, None, None
-        if reader is not None and readers is not None:
-            await asyncio.to_thread(readers.stop)  # reads in flight finish first
-            reader.dispose()
+        reader, step_writer, readers = self._reader, self._step_writer, self._readers
+        self._reader = self._step_writer = self._readers = None
+        if readers is not None:
+            await asyncio.to_thread(readers.stop)  # reads and writes in flight finish first
+        for engine in (reader, step_writer):
+            if engine is not None:
+                engine.dispose()
         await self.engine.dispose()
 
     def describe(self) -> str:
@@ -407,8 +425,10 @@ class _PoolCollector(Collector):
             "invmesh_db_pool_overflow", "Database connections open beyond the pool's size (max_overflow)."
         )
         databases = list(_POOLS)
-        # A SQLite file's reader threads have a pool of their own (`Database.fetch`).
-        pools = [db.engine.pool for db in databases] + [db._reader.pool for db in databases if db._reader]
+        # A SQLite file's reader threads have pools of their own (`Database.fetch`, `write_steps`).
+        pools = [db.engine.pool for db in databases] + [
+            engine.pool for db in databases for engine in (db._reader, db._step_writer) if engine
+        ]
         queued = [pool for pool in pools if isinstance(pool, QueuePool)]
         if queued:
             in_use.add_metric([], sum(pool.checkedout() for pool in queued))
@@ -564,6 +584,11 @@ def _fetch_on(
 ) -> Sequence[Row[*tuple[Any, ...]]]:
     with engine.connect() as conn:
         return conn.execute(statement, parameters).all()
+
+
+def _in_transaction(engine: Engine, steps: Callable[[Connection], T]) -> T:
+    with engine.begin() as conn:
+        return steps(conn)
 
 
 def _refuse_nul(

@@ -27,6 +27,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.dml import ReturningInsert
 
@@ -52,10 +53,11 @@ _STOCK_OF = select(_LEVELS.c.quantity).where(_LEVELS.c.product_id == bindparam("
 _LOG_CHANGES = insert(table_of(ProductChange))  # in every write to what GetProduct answers
 
 # The writes that need nothing read first. A new product is three rows: PostgreSQL inserts
-# them in one statement, without BEGIN; the others in one transaction. A full replacement
-# (PUT without a mask) is an UPDATE … RETURNING with the product's stock: on PostgreSQL with
-# its change logged in the same statement, on SQLite followed by the log's INSERT in its write
-# transaction. MariaDB has no UPDATE … RETURNING: it reads and replaces through the ORM.
+# them in one statement, without BEGIN; the others in one transaction run in one step
+# (`Database.write_steps`). A full replacement (PUT without a mask) is an UPDATE … RETURNING
+# with the product's stock: on PostgreSQL with its change logged in the same statement, on
+# SQLite followed by the log's INSERT, in one step. MariaDB has no UPDATE … RETURNING: it
+# reads and replaces through the ORM.
 _FIELDS: dict[str, BindParameter[Any]] = {
     "sku": bindparam("new_sku"),
     "name": bindparam("new_name"),
@@ -232,9 +234,7 @@ class Catalog:
             if self._db.autocommits:
                 await self._db.write_alone(_CREATE_ALONE, values)
             else:
-                async with self._db.write_connection() as conn:
-                    for statement in (_NEW_PRODUCT, _NEW_LEVEL, _LOG_CHANGE):
-                        await conn.execute(statement, values)
+                await self._db.write_steps(lambda conn: _insert_new(conn, values))
         except IntegrityError:
             raise _sku_taken(fields.sku) from None
         self.forget([values["pid"]])  # a new row on every page after it
@@ -349,10 +349,7 @@ class Catalog:
             if self._db.autocommits:
                 rows = await self._db.write_alone(_REPLACE_ALONE, values)
             else:
-                async with self._db.write_connection() as conn:
-                    rows = (await conn.execute(_REPLACE_HELD, values)).all()
-                    if rows:
-                        await conn.execute(_LOG_CHANGE, values)
+                rows = await self._db.write_steps(lambda conn: _replace_logged(conn, values))
         except IntegrityError:
             raise _sku_taken(fields.sku) from None
         if not rows:
@@ -439,6 +436,18 @@ class Level:
     product_id: str
     quantity: int
     version: int
+
+
+def _insert_new(conn: Connection, values: dict[str, Any]) -> None:
+    for statement in (_NEW_PRODUCT, _NEW_LEVEL, _LOG_CHANGE):
+        conn.execute(statement, values)
+
+
+def _replace_logged(conn: Connection, values: dict[str, Any]) -> Sequence[Row[Any]]:
+    rows = conn.execute(_REPLACE_HELD, values).all()
+    if rows:
+        conn.execute(_LOG_CHANGE, values)
+    return rows
 
 
 def _upsert_levels(backend: str) -> Executable:

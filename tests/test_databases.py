@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import os
 import subprocess
 import sys
@@ -405,6 +406,43 @@ async def test_a_hot_read_sees_what_was_just_committed_with_the_same_values_as_a
             assert not opened
         assert (await db.fetch(read, {"name": "été3"}))[0].doc == {"n": 3}  # as an engine reconnects
         await db.dispose()
+
+
+async def test_steps_written_in_one_step_commit_together_or_not_at_all(tmp_path: Path) -> None:
+    """`Database.write_steps` (on a SQLite file, SQLite's own driver on a thread): its statements
+    commit together, a raise rolls back all of them, and it takes turns with the other writers."""
+    table = Table("steps", MetaData(), Column("id", Integer, primary_key=True), Column("at", UtcDateTime))
+    at = dt.datetime(2026, 12, 7, 8, 9, 10, 111213, tzinfo=dt.UTC)
+
+    def two_rows(conn: Connection, first: int) -> int:
+        conn.execute(insert(table), [{"id": first, "at": at}, {"id": first + 1, "at": at}])
+        return first
+
+    def then_refuse(conn: Connection) -> None:
+        two_rows(conn, 10)
+        raise InvalidArgument("refused after writing")
+
+    async def by_connection(row_id: int) -> None:
+        async with db.write_connection() as conn:
+            await conn.execute(insert(table), {"id": row_id, "at": at})
+
+    async with databases.fresh_database(tmp_path, "steps") as url:
+        db = Database(url)
+        try:
+            async with db.write_connection() as conn:
+                await conn.run_sync(table.metadata.create_all)
+            assert await db.write_steps(lambda conn: two_rows(conn, 1)) == 1
+            with pytest.raises(InvalidArgument):
+                await db.write_steps(then_refuse)
+            await asyncio.gather(
+                *(db.write_steps(functools.partial(two_rows, first=200 + 2 * n)) for n in range(20)),
+                *(by_connection(100 + n) for n in range(20)),
+            )
+            rows = await db.fetch(select(table.c.id, table.c.at).order_by(table.c.id))
+            assert [row.id for row in rows] == [1, 2, *range(100, 120), *range(200, 240)]
+            assert {row.at for row in rows} == {at}
+        finally:
+            await db.dispose()
 
 
 @on_a_server
