@@ -52,6 +52,7 @@ from sqlalchemy import (
     true,
     update,
 )
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -286,13 +287,13 @@ _MOVE_IN_ALONE = select(
     *_by_location(besides=_IN_LOCATION),
 ).select_from(_IN_APPENDED.join(_IN_MOVED, true()).join(_IN_LEVEL, true()))
 
-# An IN on SQLite, inside the write transaction, which holds the database's one write lock (BEGIN
-# IMMEDIATE): nobody else writes until it commits, so the rule is checked by the statements' own
-# conditions, in two UPDATE … RETURNING, and no row needs reading first (`_move_in_held`). The
-# location's row moves first, and only where the item can take the units too; where it cannot
-# (no row at the location yet, a retired item, a total above MAX_STOCK), nothing has changed
-# and the locked path decides in the same transaction. The item's RETURNING reads the answer's
-# other figures, as `_MOVE_IN_ALONE` does.
+# An IN on SQLite, in a write transaction of its own run in one step, which holds the
+# database's one write lock (BEGIN IMMEDIATE): nobody else writes until it commits, so the rule
+# is checked by the statements' own conditions, in two UPDATE … RETURNING, and no row needs
+# reading first (`_move_in_held`). The location's row moves first, and only where the item can
+# take the units too; where it cannot (no row at the location yet, a retired item, a total
+# above MAX_STOCK), nothing has changed, and the locked path decides in a transaction of its
+# own. The item's RETURNING reads the answer's other figures, as `_MOVE_IN_ALONE` does.
 _HELD_IN_LEVEL = (
     update(_LEVELS)
     .where(
@@ -981,12 +982,11 @@ class Inventory:
                 recorded = None
                 if change.kind == IN and self._db.autocommits:
                     recorded = await self._move_in_alone(actor, change)
+                elif change.kind == IN and self._db.is_sqlite:
+                    recorded = await self._db.write_steps(lambda conn: _move_in_held(conn, actor, change))
                 if recorded is None:
                     async with self._db.write_connection() as conn:
-                        if change.kind == IN and self._db.is_sqlite:
-                            recorded = await _move_in_held(conn, actor, change)
-                        if recorded is None:
-                            recorded = await self._write(conn, actor, change)
+                        recorded = await self._write(conn, actor, change)
                 if recorded.movement is not None:  # a reorder point alone changes no balance
                     self._changed()
                     MOVEMENTS_WRITTEN[change.kind].inc()
@@ -1138,16 +1138,19 @@ class Inventory:
         return Stock(product_id, item.quantity, item.updated_at, sum(reserved.values()), levels)
 
 
-async def _move_in_held(conn: AsyncConnection, actor: Identity, change: Change) -> Recorded | None:
+def _move_in_held(conn: Connection, actor: Identity, change: Change) -> Recorded | None:
     """An IN in a write transaction that holds SQLite's write lock (`_HELD_IN_LEVEL`,
-    `_HELD_IN_ITEM`); None, having changed nothing, where the locked path must decide."""
+    `_HELD_IN_ITEM`), run in one step (`Database.write_steps`); None, having changed nothing,
+    where the locked path must decide."""
     now, delta = utcnow(), change.units
     moved = {"pid": change.product_id, "loc": change.location_id, "delta": delta, "now": now}
-    level = (await conn.execute(_HELD_IN_LEVEL, {**moved, "highest": MAX_STOCK - delta})).first()
+    level = conn.execute(_HELD_IN_LEVEL, {**moved, "highest": MAX_STOCK - delta}).first()
     if level is None:
         return None
-    item = (await conn.execute(_HELD_IN_ITEM, moved)).one()
-    movement = await append_movement(conn, actor, change, delta, level.on_hand, now, level.reorder_point)
+    item = conn.execute(_HELD_IN_ITEM, moved).one()
+    values = _movement_values(actor, change, delta, level.on_hand, now, level.reorder_point)
+    inserted = conn.execute(_NEW_MOVEMENT, values)
+    movement = Movement(id=cast("Row[Any]", inserted.inserted_primary_key)[0], **values)
     on_hand = {**_figures(item.levels), change.location_id: level.on_hand}
     reorder_points = {**_figures(item.reorder_points), change.location_id: level.reorder_point}
     reserved = _figures(item.held)
