@@ -23,6 +23,7 @@ from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
 from facade import errors, httprule
+from facade.message_json import message_to_json
 from invmesh.api.v1 import rest_pb2
 from mesh.messages import descriptor
 from mesh.options import FIELD_BEHAVIOR, HTTP, LIMITS, REST_RESPONSE, REST_STREAM
@@ -194,11 +195,11 @@ class Binding:
     def response(self, message: Message) -> dict[str, Any] | list[Any] | Any:
         """The JSON value of the response (or of its `response_body` field)."""
         if not self.response_body:
-            return _to_json(message)
+            return message_to_json(message)
         part = getattr(message, self.response_body)
         if isinstance(part, Message):
-            return _to_json(part)
-        return _to_json(message).get(self.response_body)
+            return message_to_json(part)
+        return message_to_json(message).get(self.response_body)
 
     def location_of(self, payload: Any) -> str | None:
         if not self.location or not isinstance(payload, dict):
@@ -465,12 +466,6 @@ def dumps(payload: Any) -> str:
     """JSON as the facade writes it: no spaces, non-ASCII as is; one line, as strings escape
     line breaks."""
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
-
-
-def _to_json(message: Message) -> dict[str, Any]:
-    return json_format.MessageToDict(
-        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-    )
 
 
 def is_required(leaf: FieldDescriptor) -> bool:
