@@ -11,9 +11,10 @@ Every change of a product's stock or reservations takes the same locks in the sa
 SQLite the write transaction is BEGIN IMMEDIATE); then it reads the active reservations,
 checks the stock rule (`next_balance`), and writes the balances and the movement or
 reservation in that one transaction. The item row serialises every writer of the product, so
-the reservations it sums cannot change under it. (On PostgreSQL an IN is first tried as one
-statement that takes the same locks in the same order, `_MOVE_IN_ALONE`, and changes nothing
-unless it can decide alone.) The product's existence is confirmed with the products service
+the reservations it sums cannot change under it. (On PostgreSQL an IN, and a count that does
+not lower the stock, is first tried as one statement that takes the same locks in the same
+order, `_MOVE_IN_ALONE` and `_COUNT_ALONE`, and changes nothing unless it can decide alone.)
+The product's existence is confirmed with the products service
 (`inventory.product_check`, which remembers confirmations for a while) before that
 transaction opens, so no lock is ever held across a remote call.
 
@@ -43,6 +44,7 @@ from sqlalchemy import (
     FromClause,
     Integer,
     Row,
+    Select,
     String,
     and_,
     bindparam,
@@ -203,43 +205,52 @@ _IN_LEVEL = (
     .cte("level")
 )
 _MOVEMENTS = table_of(Movement)
-_IN_APPENDED = (
-    insert(_MOVEMENTS)
-    .from_select(
-        [
-            "product_id",
-            "location_id",
-            "type",
-            "quantity",
-            "balance_after",
-            "reason",
-            "reference",
-            "actor",
-            "actor_email",
-            "request_id",
-            "request_fingerprint",
-            "created_at",
-            "reorder_point",
-        ],
-        select(
-            _IN_MOVED.c.product_id,
-            _IN_LOCATION,
-            bindparam("kind", type_=String()),
-            _IN_DELTA,
-            _IN_LEVEL.c.on_hand,  # NULL without a level row: the statement fails
-            bindparam("why", type_=String()),
-            bindparam("ref", type_=String()),
-            bindparam("actor_id", type_=String()),
-            bindparam("actor_email", type_=String()),
-            bindparam("key", type_=String()),
-            bindparam("fingerprint", type_=String()),
-            _IN_NOW,
-            _IN_LEVEL.c.reorder_point,
-        ).select_from(_IN_MOVED.outerjoin(_IN_LEVEL, true())),
+
+
+def _appended(moved: Any, level: Any, delta: Any) -> Any:
+    """The movement's INSERT, as a CTE on the item's (`moved`) and the location's (`level`)
+    RETURNING, by `delta`: `balance_after` is the level's on_hand, NULL by the LEFT JOIN where the
+    location's row did not change, and the NOT NULL violation then fails the whole statement."""
+    return (
+        insert(_MOVEMENTS)
+        .from_select(
+            [
+                "product_id",
+                "location_id",
+                "type",
+                "quantity",
+                "balance_after",
+                "reason",
+                "reference",
+                "actor",
+                "actor_email",
+                "request_id",
+                "request_fingerprint",
+                "created_at",
+                "reorder_point",
+            ],
+            select(
+                moved.c.product_id,
+                _IN_LOCATION,
+                bindparam("kind", type_=String()),
+                delta,
+                level.c.on_hand,  # NULL without a level row: the statement fails
+                bindparam("why", type_=String()),
+                bindparam("ref", type_=String()),
+                bindparam("actor_id", type_=String()),
+                bindparam("actor_email", type_=String()),
+                bindparam("key", type_=String()),
+                bindparam("fingerprint", type_=String()),
+                _IN_NOW,
+                level.c.reorder_point,
+            ).select_from(moved.outerjoin(level, true())),
+        )
+        .returning(_MOVEMENTS.c.id, _MOVEMENTS.c.balance_after)
+        .cte("appended")
     )
-    .returning(_MOVEMENTS.c.id, _MOVEMENTS.c.balance_after)
-    .cte("appended")
-)
+
+
+_IN_APPENDED = _appended(_IN_MOVED, _IN_LEVEL, _IN_DELTA)
 
 
 # The answer's other figures, read in the same statement from its snapshot, as the locked path
@@ -312,6 +323,95 @@ _HELD_IN_ITEM = (
     .where(_ITEM_IS)
     .values(quantity=_ITEMS.c.quantity + _IN_DELTA, updated_at=_IN_NOW, **_CHANGED)
     .returning(_ITEMS.c.quantity, *_by_location(besides=_IN_LOCATION))
+)
+
+# A count (an ADJUSTMENT that sets no reorder point), as the IN's statements are: one statement
+# on PostgreSQL (`_COUNT_ALONE`, `Inventory._count_alone`), two conditional updates in SQLite's
+# held write transaction (`_HELD_COUNT_ITEM`, `_HELD_COUNT_LEVEL`, `_count_held`). Where the
+# location's stock was `_STOCK_THERE`, the count moves it, and the item's total, by `counted`
+# less that: the total is written as `quantity - _STOCK_THERE + counted`, in that order, and
+# `highest` is the highest that `quantity - _STOCK_THERE` may be, so neither the check nor the
+# sum overflows a 32-bit integer. Without a row at the location `_STOCK_THERE` is NULL, every
+# condition on it fails, and the locked path decides (it writes the row).
+_COUNTED = bindparam("counted", type_=Integer())
+_COUNTED_AT = _LEVELS.alias("counted_at")  # the location's row before the count
+_STOCK_THERE = (
+    select(_COUNTED_AT.c.on_hand)
+    .where(_COUNTED_AT.c.product_id == bindparam("pid"), _COUNTED_AT.c.location_id == _IN_LOCATION)
+    .scalar_subquery()
+)
+_HELD_THERE = (
+    select(func.coalesce(func.sum(_RESERVATIONS.c.quantity), 0))
+    .where(
+        _RESERVATIONS.c.product_id == bindparam("pid"), _RESERVATIONS.c.location_id == _IN_LOCATION, _HOLDING
+    )
+    .scalar_subquery()
+)
+_COUNT_TOTAL = _ITEMS.c.quantity - _STOCK_THERE + _COUNTED
+_COUNT_DELTA = (_COUNTED - _STOCK_THERE).label("delta")
+# On PostgreSQL the item's WHERE is the IN's (`_IN_MOVED`): not retired, and the `version` its
+# snapshot saw, so the snapshot's `_STOCK_THERE` is the location's stock when the item moves.
+# Its reservations are not: one committed while this statement waited for the item's lock is
+# missing from the snapshot. A count at least the location's stock is safe all the same, since
+# whoever reserved meanwhile did so under the lock, against that same stock; a count below it
+# could go below such a reservation, so it is left to the locked path, which reads them after
+# its lock (`lock_product`). A count below what the snapshot's reservations hold (above the
+# stock, where they hold more than it) is left to the locked path too, which refuses it
+# (BELOW_RESERVED).
+_COUNT_MOVED = (
+    update(_ITEMS)
+    .where(
+        _ITEM_IS,
+        _ITEMS.c.retired_at.is_(None),
+        _ITEMS.c.version == _SEEN_VERSION,
+        _STOCK_THERE <= _COUNTED,
+        _HELD_THERE <= _COUNTED,
+        _ITEMS.c.quantity - _STOCK_THERE <= _IN_HIGHEST,
+    )
+    .values(quantity=_COUNT_TOTAL, updated_at=_IN_NOW, **_CHANGED)
+    .returning(_ITEMS.c.product_id, _ITEMS.c.quantity, _COUNT_DELTA)
+    .cte("moved")
+)
+_COUNT_LEVEL = (
+    update(_LEVELS)
+    .where(
+        _LEVELS.c.product_id == _COUNT_MOVED.c.product_id,
+        _LEVELS.c.product_id == bindparam("pid"),  # found by its primary key, as `_IN_LEVEL`
+        _LEVELS.c.location_id == _IN_LOCATION,
+    )
+    .values(on_hand=_COUNTED, updated_at=_IN_NOW)
+    .returning(_LEVELS.c.on_hand, _LEVELS.c.reorder_point)
+    .cte("level")
+)
+_COUNT_APPENDED = _appended(_COUNT_MOVED, _COUNT_LEVEL, _COUNT_MOVED.c.delta)
+_COUNT_ALONE = select(
+    _COUNT_APPENDED.c.id,
+    _COUNT_APPENDED.c.balance_after,
+    _COUNT_LEVEL.c.reorder_point,
+    _COUNT_MOVED.c.quantity,
+    _COUNT_MOVED.c.delta,
+    *_by_location(besides=_IN_LOCATION),
+).select_from(_COUNT_APPENDED.join(_COUNT_MOVED, true()).join(_COUNT_LEVEL, true()))
+# On SQLite the write lock is held, so what the reservations hold is read as it is, and a count
+# below the location's stock is decided here too. The item moves first, only where the count
+# is within the rule: its RETURNING reads the location's stock before the count (its row is
+# written next) and the answer's other figures, as `_HELD_IN_ITEM` does.
+_HELD_COUNT_ITEM = (
+    update(_ITEMS)
+    .where(
+        _ITEM_IS,
+        _ITEMS.c.retired_at.is_(None),
+        _HELD_THERE <= _COUNTED,
+        _ITEMS.c.quantity - _STOCK_THERE <= _IN_HIGHEST,
+    )
+    .values(quantity=_COUNT_TOTAL, updated_at=_IN_NOW, **_CHANGED)
+    .returning(_ITEMS.c.quantity, _COUNT_DELTA, *_by_location(besides=_IN_LOCATION))
+)
+_HELD_COUNT_LEVEL = (
+    update(_LEVELS)
+    .where(_LEVELS.c.product_id == bindparam("pid"), _LEVELS.c.location_id == _IN_LOCATION)
+    .values(on_hand=_COUNTED, updated_at=_IN_NOW)
+    .returning(_LEVELS.c.on_hand, _LEVELS.c.reorder_point)
 )
 _NOT_NULL_VIOLATION = "23502"
 
@@ -445,6 +545,11 @@ class Change:
     fingerprint: str
     location_id: str = DEFAULT_LOCATION_ID
     reorder_point: int | None = None  # SetStock's new reorder point at the location, if any
+
+    @property
+    def counts_only(self) -> bool:
+        """A count that sets no reorder point: what `_COUNT_ALONE` and `_count_held` can write."""
+        return self.kind == ADJUSTMENT and self.reorder_point is None
 
     def delta_from(self, balance: int) -> int:
         """What this change adds to `balance`: a count sets it to `units`."""
@@ -967,9 +1072,11 @@ class Inventory:
 
     async def _apply(self, change: Change) -> Recorded:
         """Applies `change` under the stock rule, in one transaction that holds the product's
-        locks (`lock_product`), run again if it loses a race on a key. On PostgreSQL an IN first
-        tries one statement of its own (`_move_in_alone`), and on SQLite two conditional updates
-        (`_move_in_held`); each leaves the locked path to decide when it changed nothing."""
+        locks (`lock_product`), run again if it loses a race on a key. On PostgreSQL an IN and a
+        count first try one statement of their own (`_move_in_alone`, `_count_alone`), and on
+        SQLite two conditional updates in a transaction run in one step (`_move_in_held`,
+        `_count_held`); each leaves the locked path to decide, in a transaction of its own,
+        when it changed nothing."""
         actor = current_identity()
         for attempt in range(ATTEMPTS):
             if change.request_id and (replay := await self._replay(actor, change)) is not None:
@@ -980,10 +1087,16 @@ class Inventory:
                 await self._products.confirm(change.product_id)
             try:
                 recorded = None
-                if change.kind == IN and self._db.autocommits:
-                    recorded = await self._move_in_alone(actor, change)
-                elif change.kind == IN and self._db.is_sqlite:
-                    recorded = await self._db.write_steps(lambda conn: _move_in_held(conn, actor, change))
+                if self._db.autocommits:
+                    if change.kind == IN:
+                        recorded = await self._move_in_alone(actor, change)
+                    elif change.counts_only:
+                        recorded = await self._count_alone(actor, change)
+                elif self._db.is_sqlite:
+                    if change.kind == IN:
+                        recorded = await self._db.write_steps(lambda conn: _move_in_held(conn, actor, change))
+                    elif change.counts_only:
+                        recorded = await self._db.write_steps(lambda conn: _count_held(conn, actor, change))
                 if recorded is None:
                     async with self._db.write_connection() as conn:
                         recorded = await self._write(conn, actor, change)
@@ -1028,14 +1141,39 @@ class Inventory:
         above MAX_STOCK, an item another writer changed while this waited for its lock, no stock
         row at the location yet), for the locked path to decide."""
         now, delta = utcnow(), change.units
+        moved = {"delta": delta, "highest": MAX_STOCK - delta}
+        row = await self._write_alone(_MOVE_IN_ALONE, actor, change, now, moved)
+        if row is None:
+            return None
+        values = _movement_values(actor, change, delta, row.balance_after, now, row.reorder_point)
+        return _recorded(Movement(id=row.id, **values), row.reorder_point, row.quantity, row)
+
+    async def _count_alone(self, actor: Identity, change: Change) -> Recorded | None:
+        """A count as one statement without BEGIN (`_COUNT_ALONE`), answered as the locked path
+        would; None if it changed nothing (a missing or retired item, no stock row at the
+        location yet, a count below the stock there or below what reservations hold there, a
+        total above MAX_STOCK, an item another writer changed while this waited for its lock),
+        for the locked path to decide."""
+        now, counted = utcnow(), change.units
+        row = await self._write_alone(
+            _COUNT_ALONE, actor, change, now, {"counted": counted, "highest": MAX_STOCK - counted}
+        )
+        if row is None:
+            return None
+        values = _movement_values(actor, change, row.delta, row.balance_after, now, row.reorder_point)
+        return _recorded(Movement(id=row.id, **values), row.reorder_point, row.quantity, row)
+
+    async def _write_alone(
+        self, statement: Select[Any], actor: Identity, change: Change, now: dt.datetime, moved: dict[str, int]
+    ) -> Row[Any] | None:
+        """The one row of `_MOVE_IN_ALONE` or `_COUNT_ALONE`, run alone for `change` with the
+        figures it moves by (`moved`); None if it wrote nothing."""
         try:
             rows = await self._db.write_alone(
-                _MOVE_IN_ALONE,
+                statement,
                 {
                     "pid": change.product_id,
                     "loc": change.location_id,
-                    "delta": delta,
-                    "highest": MAX_STOCK - delta,
                     "now": now,
                     "kind": change.kind,
                     "why": change.reason,
@@ -1044,22 +1182,14 @@ class Inventory:
                     "actor_email": actor.email,
                     "key": change.request_id,
                     "fingerprint": change.fingerprint if change.request_id else None,
+                    **moved,
                 },
             )
         except IntegrityError as error:
             if sqlstate(error) == _NOT_NULL_VIOLATION:  # no stock row there: nothing was written
                 return None
             raise  # a duplicate request_id: retried, and replayed
-        if not rows:
-            return None
-        row = rows[0]
-        values = _movement_values(actor, change, delta, row.balance_after, now, row.reorder_point)
-        movement = Movement(id=row.id, **values)
-        on_hand = {**_figures(row.levels), change.location_id: row.balance_after}
-        reorder_points = {**_figures(row.reorder_points), change.location_id: row.reorder_point}
-        reserved = _figures(row.held)
-        levels = _levels(on_hand, reserved, reorder_points)
-        return Recorded(movement, Stock(change.product_id, row.quantity, now, sum(reserved.values()), levels))
+        return rows[0] if rows else None
 
     async def _write_transfer(
         self, conn: AsyncConnection, actor: Identity, outgoing: Change, incoming: Change
@@ -1148,14 +1278,50 @@ def _move_in_held(conn: Connection, actor: Identity, change: Change) -> Recorded
     if level is None:
         return None
     item = conn.execute(_HELD_IN_ITEM, moved).one()
-    values = _movement_values(actor, change, delta, level.on_hand, now, level.reorder_point)
+    movement = _append_held(conn, actor, change, delta, level.on_hand, now, level.reorder_point)
+    return _recorded(movement, level.reorder_point, item.quantity, item)
+
+
+def _count_held(conn: Connection, actor: Identity, change: Change) -> Recorded | None:
+    """A count in a write transaction that holds SQLite's write lock (`_HELD_COUNT_ITEM`,
+    `_HELD_COUNT_LEVEL`), run in one step (`Database.write_steps`); None, having changed
+    nothing, where the locked path must decide."""
+    now, counted = utcnow(), change.units
+    count = {"pid": change.product_id, "loc": change.location_id, "counted": counted, "now": now}
+    item = conn.execute(_HELD_COUNT_ITEM, {**count, "highest": MAX_STOCK - counted}).first()
+    if item is None:
+        return None
+    level = conn.execute(_HELD_COUNT_LEVEL, count).one()
+    movement = _append_held(conn, actor, change, item.delta, level.on_hand, now, level.reorder_point)
+    return _recorded(movement, level.reorder_point, item.quantity, item)
+
+
+def _append_held(
+    conn: Connection,
+    actor: Identity,
+    change: Change,
+    delta: int,
+    balance: int,
+    now: dt.datetime,
+    reorder_point: int,
+) -> Movement:
+    """`append_movement` in a transaction run in one step."""
+    values = _movement_values(actor, change, delta, balance, now, reorder_point)
     inserted = conn.execute(_NEW_MOVEMENT, values)
-    movement = Movement(id=cast("Row[Any]", inserted.inserted_primary_key)[0], **values)
-    on_hand = {**_figures(item.levels), change.location_id: level.on_hand}
-    reorder_points = {**_figures(item.reorder_points), change.location_id: level.reorder_point}
-    reserved = _figures(item.held)
+    return Movement(id=cast("Row[Any]", inserted.inserted_primary_key)[0], **values)
+
+
+def _recorded(movement: Movement, reorder_point: int, quantity: int, others: Row[Any]) -> Recorded:
+    """What a fast path answers: its movement, the reorder point at its location, the item's new
+    total, and the product's stock at its other locations, their reorder points and its
+    reservations, as `others` carries them (`_by_location`)."""
+    location = movement.location_id
+    on_hand = {**_figures(others.levels), location: movement.balance_after}
+    reorder_points = {**_figures(others.reorder_points), location: reorder_point}
+    reserved = _figures(others.held)
     levels = _levels(on_hand, reserved, reorder_points)
-    return Recorded(movement, Stock(change.product_id, item.quantity, now, sum(reserved.values()), levels))
+    stock = Stock(movement.product_id, quantity, movement.created_at, sum(reserved.values()), levels)
+    return Recorded(movement, stock)
 
 
 def _movement_values(

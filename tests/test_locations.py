@@ -6,19 +6,24 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
 from sqlalchemy import func, select, update
 
+from inventory import stock
 from inventory.models import DEFAULT_LOCATION_ID, Item, LocationStock, Movement, Reservation
 from inventory.reservations import ReservationSweeper
 from invmesh.auth.v1 import auth_service_pb2 as auth_pb
 from invmesh.inventory.v1 import inventory_service_pb2 as pb
 from invmesh.products.v1 import products_service_pb2 as products_pb
 from mesh.db import Database, utcnow
+from mesh.errors import status_of
+from mesh.messages import descriptor
 from tests.conftest import SERVICE_SECRET, Mesh, SmtpServer, user_token
 from tests.rpc import error_reason, eventually, expect_error, field_violations
 from tests.test_inventory import ledger, move, new_product
@@ -322,6 +327,205 @@ async def test_an_entry_of_a_retired_item_is_refused_and_writes_nothing(
         )
         assert error_reason(refused) == "PRODUCT_NOT_FOUND"
     assert await stored(inventory_db, pid) == before == (5, 1, 5, 1)
+
+
+def count(pid: str, quantity: int, location_id: str = "", **fields: object) -> pb.SetStockRequest:
+    return pb.SetStockRequest(product_id=pid, quantity=quantity, location_id=location_id, **fields)  # type: ignore[arg-type]
+
+
+def error_metadata(error: grpc.aio.AioRpcError) -> dict[str, str]:
+    """The ErrorInfo metadata carried in the status details."""
+    status = status_of(error)
+    for detail in status.details if status is not None else ():
+        if detail.Is(descriptor(error_details_pb2.ErrorInfo)):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return dict(info.metadata)
+    return {}
+
+
+def as_read(answer: pb.InventoryItem) -> pb.InventoryItem:
+    """An item as reported, but when it last moved (a read gives the stored time, to its precision)."""
+    found = pb.InventoryItem()
+    found.CopyFrom(answer)
+    found.ClearField("updated_at")
+    return found
+
+
+async def test_a_count_answers_what_a_read_then_reports_at_a_location_with_a_row_or_without(
+    mesh: Mesh, inventory_db: Database
+) -> None:
+    """On PostgreSQL a count is first tried as one statement, on SQLite as two conditional
+    updates, each needing the location's stock row: without it they change nothing and the
+    locked path writes the row. Either way the answer's figures (each location's stock, its
+    reservations and reorder points) are the ones a read gives next, and a count equal to the
+    stock records a movement of 0, as the locked path always has."""
+    site = await new_location(mesh, "CNT-1")
+    pid = await stocked(mesh, "COUNT-1", 10)
+    user = mesh.as_user()
+    await mesh.inventory.SetStock(pb.SetStockRequest(product_id=pid, reorder_point=4), metadata=user)
+    await reserve(mesh, pid, 3)
+    first = await mesh.inventory.SetStock(count(pid, 6, site.id), metadata=user)
+    assert (first.movement.quantity, first.movement.balance_after, first.movement.type) == (
+        6,
+        6,
+        pb.ADJUSTMENT,
+    )
+    assert as_read(first.item) == as_read(await item(mesh, pid))
+    assert (first.item.quantity, first.item.reserved, at(first.item, site.id).on_hand) == (16, 3, 6)
+    await mesh.inventory.SetStock(
+        pb.SetStockRequest(product_id=pid, reorder_point=7, location_id=site.id), metadata=user
+    )
+    steps = [(site.id, 9, 3), ("", 12, 2), (site.id, 9, 0), (site.id, 5, -4), ("", 3, -9), ("", 3, 0)]
+    for where, counted, delta in steps:
+        answer = await mesh.inventory.SetStock(
+            count(pid, counted, where, request_id=f"c-{where}-{counted}-{delta}"), metadata=user
+        )
+        assert (answer.movement.quantity, answer.movement.balance_after) == (delta, counted)
+        assert as_read(answer.item) == as_read(await item(mesh, pid))
+    final = await item(mesh, pid)
+    assert (at(final, DEFAULT_LOCATION_ID).low_stock, at(final, site.id).low_stock) == (True, True)
+    assert (final.quantity, final.reserved, final.available) == (8, 3, 5)
+    assert await stored(inventory_db, pid) == (8, 8, 8, 8)  # the reorder points moved no version
+    balances: dict[str, int] = defaultdict(int)
+    for movement in reversed(await ledger(mesh, pid)):
+        balances[movement.location_id] += movement.quantity
+        assert movement.balance_after == balances[movement.location_id]
+    assert dict(balances) == {DEFAULT_LOCATION_ID: 3, site.id: 5}
+
+
+async def test_a_count_below_what_reservations_hold_is_refused_and_writes_nothing(
+    mesh: Mesh, inventory_db: Database
+) -> None:
+    """BELOW_RESERVED, with what is reserved and what was counted, whether the count lowers
+    the stock or (where reservations hold more than the stock, as only a repair of the
+    database leaves it) raises it."""
+    pid = await stocked(mesh, "COUNT-RES", 10)
+    await reserve(mesh, pid, 6)
+    for counted in (5, 0):
+        refused = await expect_error(
+            mesh.inventory.SetStock(count(pid, counted), metadata=mesh.as_user()),
+            grpc.StatusCode.FAILED_PRECONDITION,
+        )
+        assert error_reason(refused) == "BELOW_RESERVED"
+        assert error_metadata(refused) == {"reserved": "6", "requested": str(counted)}
+    assert await stored(inventory_db, pid) == (10, 1, 10, 1)
+    async with inventory_db.transaction() as session:
+        await session.execute(update(Item).where(Item.product_id == pid).values(quantity=4))
+        await session.execute(update(LocationStock).where(LocationStock.product_id == pid).values(on_hand=4))
+    refused = await expect_error(
+        mesh.inventory.SetStock(count(pid, 5), metadata=mesh.as_user()), grpc.StatusCode.FAILED_PRECONDITION
+    )
+    assert error_reason(refused) == "BELOW_RESERVED"
+    assert error_metadata(refused) == {"reserved": "6", "requested": "5"}
+    assert await stored(inventory_db, pid) == (4, 1, 4, 1)
+    assert [m.balance_after for m in await ledger(mesh, pid)] == [10]
+
+
+async def test_a_count_below_the_stock_sees_a_reservation_made_while_it_waited_for_the_lock(
+    mesh: Mesh, inventory_db: Database
+) -> None:
+    """A reservation is made under the item's lock, against the stock as it is then; a count
+    that waits for that lock must then see it, though it was not committed when the count
+    began (on PostgreSQL, after one statement's snapshot was taken)."""
+    pid = await stocked(mesh, "COUNT-WAIT", 10)
+    async with inventory_db.transaction() as session:
+        await session.execute(select(Item).where(Item.product_id == pid).with_for_update())
+        now = utcnow()
+        session.add(
+            Reservation(
+                id=str(uuid.uuid4()),
+                product_id=pid,
+                location_id=DEFAULT_LOCATION_ID,
+                quantity=8,
+                state="ACTIVE",
+                expires_at=now + dt.timedelta(hours=1),
+                actor="checkout",
+            )
+        )
+        await session.flush()
+        counting = asyncio.ensure_future(mesh.inventory.SetStock(count(pid, 5), metadata=mesh.as_user()))
+        await asyncio.sleep(0.5)
+        assert not counting.done()  # it waits for the item's lock
+    refused = await expect_error(counting, grpc.StatusCode.FAILED_PRECONDITION)
+    assert error_reason(refused) == "BELOW_RESERVED"
+    assert error_metadata(refused) == {"reserved": "8", "requested": "5"}
+    assert await stored(inventory_db, pid) == (10, 1, 10, 1)
+
+
+async def test_a_count_of_a_retired_item_or_above_the_maximum_is_refused_and_writes_nothing(
+    mesh: Mesh, inventory_db: Database
+) -> None:
+    """A count that would take the product's total above 2^31-1 is INVALID_ARGUMENT; a count of
+    an item retired while the products service still answers for it is NOT_FOUND, up or down,
+    at a location with a stock row or without."""
+    site = await new_location(mesh, "CNT-MAX")
+    pid = await stocked(mesh, "COUNT-MAX", stock.MAX_STOCK - 5)
+    await mesh.inventory.RecordMovement(move(pid, pb.IN, 1, location_id=site.id), metadata=mesh.as_user())
+    before = await stored(inventory_db, pid)
+    for where, counted in ((site.id, 7), (DEFAULT_LOCATION_ID, stock.MAX_STOCK)):
+        refused = await expect_error(
+            mesh.inventory.SetStock(count(pid, counted, where), metadata=mesh.as_user()),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        )
+        assert field_violations(refused) == {"quantity": "INVALID_QUANTITY"}
+    assert await stored(inventory_db, pid) == before == (stock.MAX_STOCK - 4, 2, stock.MAX_STOCK - 4, 2)
+    fitting = await mesh.inventory.SetStock(count(pid, 5, site.id), metadata=mesh.as_user())
+    assert (fitting.item.quantity, fitting.movement.quantity) == (stock.MAX_STOCK, 4)
+
+    other = await new_location(mesh, "CNT-RET")
+    pid = await stocked(mesh, "COUNT-RET", 5)
+    async with inventory_db.transaction() as session:
+        await session.execute(update(Item).where(Item.product_id == pid).values(retired_at=utcnow()))
+    before = await stored(inventory_db, pid)
+    for where, counted in (("", 9), ("", 5), ("", 1), (other.id, 3)):
+        refused = await expect_error(
+            mesh.inventory.SetStock(count(pid, counted, where), metadata=mesh.as_user()),
+            grpc.StatusCode.NOT_FOUND,
+        )
+        assert error_reason(refused) == "PRODUCT_NOT_FOUND"
+    assert await stored(inventory_db, pid) == before == (5, 1, 5, 1)
+
+
+async def test_concurrent_counts_entries_and_reservations_keep_the_total_the_levels_and_the_ledger_together(
+    mesh: Mesh, inventory_db: Database
+) -> None:
+    """Counts up and down, entries and reservations on one product at once, at a location
+    with a row and one without yet, in three rounds: whatever each waited for, the item's total
+    is the sum of its levels, each level is its ledger's last balance, and no level is below
+    what its reservations hold."""
+    site = await new_location(mesh, "CNT-RACE")
+    pid = await stocked(mesh, "COUNT-RACE", 50)
+    user = mesh.as_user()
+    for round_ in range(3):
+        calls: list[Awaitable[object]] = []
+        for i in range(20):
+            where = site.id if i % 2 else ""
+            if i % 5 == 4:
+                calls.append(reserve(mesh, pid, 2, location_id=where))
+            elif i % 3 == 0:
+                entry = move(pid, pb.IN, i + 1, location_id=where)
+                calls.append(mesh.inventory.RecordMovement(entry, metadata=user))
+            else:
+                counted = count(pid, 10 + 3 * ((i + round_) % 7), where)
+                calls.append(mesh.inventory.SetStock(counted, metadata=user))
+        for result in await asyncio.gather(*calls, return_exceptions=True):
+            if isinstance(result, grpc.aio.AioRpcError):  # below a reservation made first, or none there yet
+                assert error_reason(result) in ("BELOW_RESERVED", "INSUFFICIENT_STOCK"), result
+            else:
+                assert not isinstance(result, BaseException), result
+        total, _, levels, movements = await stored(inventory_db, pid)
+        assert total == levels
+        balances: dict[str, int] = defaultdict(int)
+        written = await ledger(mesh, pid, page_size=100)
+        assert len(written) == movements
+        for movement in reversed(written):
+            balances[movement.location_id] += movement.quantity
+            assert movement.balance_after == balances[movement.location_id]
+        found = await item(mesh, pid)
+        assert {level.location_id: level.on_hand for level in found.locations} == dict(balances)
+        assert found.quantity == total == sum(balances.values())
+        assert all(level.available >= 0 for level in found.locations)
 
 
 async def test_a_transfer_moves_stock_in_one_transaction_once_per_request_id(mesh: Mesh) -> None:
