@@ -21,10 +21,12 @@ reading them back, which was most of what a follower cost per movement.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import Row, bindparam, select, update
+from sqlalchemy.engine import Connection
 
 from inventory.models import Movement, MovementFeed
 from mesh import tracing
@@ -78,19 +80,8 @@ class Sequencer(BackgroundLoop):
                 # A look without the lock first: the idle polls then take no write lock.
                 if not await self._db.fetch(_ANY_UNNUMBERED):
                     return numbered
-                rows: Sequence[Row[Any]] | None = None
-                ids: Sequence[int]
-                async with self._db.write_connection() as conn:
-                    last = (await conn.execute(_LOCK_FEED)).scalar_one()
-                    if self._rows_wanted():
-                        rows = (await conn.execute(_UNNUMBERED_ROWS)).all()
-                        ids = [row.id for row in rows]
-                    else:
-                        ids = (await conn.execute(_UNNUMBERED)).scalars().all()
-                    if ids:
-                        places = [{"movement": m, "place": last + n} for n, m in enumerate(ids, 1)]
-                        await conn.execute(_NUMBER, places)
-                        await conn.execute(_ADVANCE, {"last": last + len(ids)})
+                round_ = functools.partial(_round, rows=self._rows_wanted())
+                last, ids, rows = await self._db.write_steps(round_)
             if ids:
                 numbered += len(ids)
                 self._numbered(range(last + 1, last + len(ids) + 1), rows)
@@ -101,3 +92,19 @@ class Sequencer(BackgroundLoop):
         await self._rounds(
             self.number, could_not="number movements", idle_poll=IDLE_POLL, batch_window=BATCH_WINDOW
         )
+
+
+def _round(conn: Connection, *, rows: bool) -> tuple[int, Sequence[int], Sequence[Row[Any]] | None]:
+    """One round, in one step (`Database.write_steps`): the last place given before it, the ids
+    it numbered, and their rows if `rows`."""
+    last: int = conn.execute(_LOCK_FEED).scalar_one()
+    numbered: Sequence[Row[Any]] | None = None
+    if rows:
+        numbered = conn.execute(_UNNUMBERED_ROWS).all()
+        ids: Sequence[int] = [row.id for row in numbered]
+    else:
+        ids = conn.execute(_UNNUMBERED).scalars().all()
+    if ids:
+        conn.execute(_NUMBER, [{"movement": m, "place": last + n} for n, m in enumerate(ids, 1)])
+        conn.execute(_ADVANCE, {"last": last + len(ids)})
+    return last, ids, numbered

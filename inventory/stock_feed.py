@@ -28,11 +28,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import logging
 import time
 from typing import Any, cast
 
 from sqlalchemy import Select, bindparam, func, select, update
+from sqlalchemy.engine import Connection
 
 from inventory.models import Item
 from invmesh.products.v1 import products_service_pb2, products_service_pb2_grpc
@@ -152,8 +154,8 @@ class StockFeed(BackgroundLoop):
                 )
                 if len(rows) < BATCH:  # products holds every item marked when the round began
                     self.release_waiters()
-                async with self._db.write_connection() as conn:
-                    await conn.execute(_PUBLISHED, [{"pid": r.product_id, "sent": r.version} for r in rows])
+                sent = [{"pid": r.product_id, "sent": r.version} for r in rows]
+                await self._db.write_steps(functools.partial(_clear_marks, sent=sent))
             reported += len(rows)
             if len(rows) < BATCH:
                 return reported
@@ -175,3 +177,9 @@ class StockFeed(BackgroundLoop):
         self._measured_at = now
         with contextlib.suppress(Exception):  # a gauge left as it was: the next round retries
             await self.measure()
+
+
+def _clear_marks(conn: Connection, *, sent: list[dict[str, Any]]) -> None:
+    """Clears the mark of each item sent whose version is still the one sent, in one step
+    (`Database.write_steps`)."""
+    conn.execute(_PUBLISHED, sent)

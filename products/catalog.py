@@ -399,9 +399,13 @@ class Catalog:
         if not newest:
             return
         rows = [{"product_id": p, "quantity": v.quantity, "version": v.version} for p, v in newest.items()]
-        async with self._db.write_connection() as conn:
-            await conn.execute(self._upsert_levels, rows)
-            await conn.execute(_LOG_CHANGES, [{"product_id": p, "writer": self.writer} for p in newest])
+        logged = [{"product_id": p, "writer": self.writer} for p in newest]
+
+        def upsert_logged(conn: Connection) -> None:
+            conn.execute(self._upsert_levels, rows)
+            conn.execute(_LOG_CHANGES, logged)
+
+        await self._db.write_steps(upsert_logged)
         self.forget(newest)
 
     def _logged(self, product_id: str) -> ProductChange:
