@@ -40,6 +40,7 @@ from typing import Any, TypeVar, cast
 
 from prometheus_client import Counter
 from sqlalchemy import (
+    CTE,
     ColumnElement,
     FromClause,
     Integer,
@@ -290,13 +291,22 @@ def _by_location(*, besides: Any = None) -> tuple[Any, Any, Any]:
 
 # A product's stock for GET /inventory/{product_id}, in one statement.
 _STOCK_OF = select(*_BALANCE, _ITEMS.c.retired_at, *_by_location()).where(_ITEM_IS)
-_MOVE_IN_ALONE = select(
-    _IN_APPENDED.c.id,
-    _IN_APPENDED.c.balance_after,
-    _IN_LEVEL.c.reorder_point,
-    _IN_MOVED.c.quantity,
-    *_by_location(besides=_IN_LOCATION),
-).select_from(_IN_APPENDED.join(_IN_MOVED, true()).join(_IN_LEVEL, true()))
+
+
+def _alone(appended: CTE, moved: CTE, level: CTE, *also: ColumnElement[Any]) -> Select[Any]:
+    """What a one-statement write answers: the movement `appended`, the location's reorder point
+    (`level`), the item's new total (`moved`), `also`, and the product's other figures."""
+    return select(
+        appended.c.id,
+        appended.c.balance_after,
+        level.c.reorder_point,
+        moved.c.quantity,
+        *also,
+        *_by_location(besides=_IN_LOCATION),
+    ).select_from(appended.join(moved, true()).join(level, true()))
+
+
+_MOVE_IN_ALONE = _alone(_IN_APPENDED, _IN_MOVED, _IN_LEVEL)
 
 # An IN on SQLite, in a write transaction of its own run in one step, which holds the
 # database's one write lock (BEGIN IMMEDIATE): nobody else writes until it commits, so the rule
@@ -384,14 +394,7 @@ _COUNT_LEVEL = (
     .cte("level")
 )
 _COUNT_APPENDED = _appended(_COUNT_MOVED, _COUNT_LEVEL, _COUNT_MOVED.c.delta)
-_COUNT_ALONE = select(
-    _COUNT_APPENDED.c.id,
-    _COUNT_APPENDED.c.balance_after,
-    _COUNT_LEVEL.c.reorder_point,
-    _COUNT_MOVED.c.quantity,
-    _COUNT_MOVED.c.delta,
-    *_by_location(besides=_IN_LOCATION),
-).select_from(_COUNT_APPENDED.join(_COUNT_MOVED, true()).join(_COUNT_LEVEL, true()))
+_COUNT_ALONE = _alone(_COUNT_APPENDED, _COUNT_MOVED, _COUNT_LEVEL, _COUNT_MOVED.c.delta)
 # On SQLite the write lock is held, so what the reservations hold is read as it is, and a count
 # below the location's stock is decided here too. The item moves first, only where the count
 # is within the rule: its RETURNING reads the location's stock before the count (its row is
@@ -790,9 +793,7 @@ async def append_movement(
     """Appends the movement that took the balance at the change's location to `balance`, with
     the reorder point there (the feed's low-stock signals are judged on it); `links` are its
     transfer_id or reservation_id."""
-    values = _movement_values(actor, change, delta, balance, now, reorder_point) | links
-    inserted = await conn.execute(_NEW_MOVEMENT, values)
-    return Movement(id=cast("Row[Any]", inserted.inserted_primary_key)[0], **values)
+    return await conn.run_sync(_append_held, actor, change, delta, balance, now, reorder_point, **links)
 
 
 # Awaited before a write that changed a product's total answers (`StockFeed.reported`).
@@ -1298,15 +1299,17 @@ def _count_held(conn: Connection, actor: Identity, change: Change) -> Recorded |
 
 def _append_held(
     conn: Connection,
+    /,
     actor: Identity,
     change: Change,
     delta: int,
     balance: int,
     now: dt.datetime,
     reorder_point: int,
+    **links: str | None,
 ) -> Movement:
-    """`append_movement` in a transaction run in one step."""
-    values = _movement_values(actor, change, delta, balance, now, reorder_point)
+    """`append_movement` on a synchronous connection (a transaction run in one step)."""
+    values = _movement_values(actor, change, delta, balance, now, reorder_point) | links
     inserted = conn.execute(_NEW_MOVEMENT, values)
     return Movement(id=cast("Row[Any]", inserted.inserted_primary_key)[0], **values)
 

@@ -282,6 +282,9 @@ def settings_for(
         # Every service runs in this process with these settings, so all share one secret.
         service_secrets=f"products:{SERVICE_SECRET},inventory:{SERVICE_SECRET},facade:{SERVICE_SECRET}",
         service_secret=SERVICE_SECRET,
+        # Two workers' meshes, with their replicas, share one PostgreSQL of 100 connections: the
+        # default 20 a service let two concurrent-writer tests at once run out of them.
+        db_pool_size=8,
         **database_urls,
     )
 

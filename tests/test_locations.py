@@ -230,6 +230,16 @@ def figures(found: pb.InventoryItem) -> tuple[object, ...]:
     return found.product_id, found.quantity, found.reserved, found.available, levels
 
 
+def replayed(movements: list[pb.Movement]) -> dict[str, int]:
+    """The stock by location that a product's ledger (newest first, as listed) adds up to,
+    each movement's balance_after checked against the sum before it."""
+    balances: dict[str, int] = defaultdict(int)
+    for movement in reversed(movements):
+        balances[movement.location_id] += movement.quantity
+        assert movement.balance_after == balances[movement.location_id] >= 0
+    return dict(balances)
+
+
 async def stored(db: Database, pid: str) -> tuple[int, int, int, int]:
     """The item's total and version, the sum of its stock rows, and its movements, as stored."""
     async with db.session() as session:
@@ -272,11 +282,7 @@ async def test_an_entry_where_the_product_has_no_stock_row_yet_moves_the_total_a
     home = await mesh.inventory.RecordMovement(move(pid, pb.IN, 1), metadata=mesh.as_user())
     assert home.movement.balance_after == 6 and figures(home.item) == figures(await item(mesh, pid))
     assert await stored(inventory_db, pid) == (13, 4, 13, 4)
-    balances: dict[str, int] = defaultdict(int)
-    for movement in reversed(await ledger(mesh, pid)):
-        balances[movement.location_id] += movement.quantity
-        assert movement.balance_after == balances[movement.location_id]
-    assert dict(balances) == {DEFAULT_LOCATION_ID: 6, site.id: 7}
+    assert replayed(await ledger(mesh, pid)) == {DEFAULT_LOCATION_ID: 6, site.id: 7}
 
 
 async def test_an_entry_that_waits_for_another_writer_answers_the_stock_that_writer_left(
@@ -387,11 +393,7 @@ async def test_a_count_answers_what_a_read_then_reports_at_a_location_with_a_row
     assert (at(final, DEFAULT_LOCATION_ID).low_stock, at(final, site.id).low_stock) == (True, True)
     assert (final.quantity, final.reserved, final.available) == (8, 3, 5)
     assert await stored(inventory_db, pid) == (8, 8, 8, 8)  # the reorder points moved no version
-    balances: dict[str, int] = defaultdict(int)
-    for movement in reversed(await ledger(mesh, pid)):
-        balances[movement.location_id] += movement.quantity
-        assert movement.balance_after == balances[movement.location_id]
-    assert dict(balances) == {DEFAULT_LOCATION_ID: 3, site.id: 5}
+    assert replayed(await ledger(mesh, pid)) == {DEFAULT_LOCATION_ID: 3, site.id: 5}
 
 
 async def test_a_count_below_what_reservations_hold_is_refused_and_writes_nothing(
@@ -516,14 +518,11 @@ async def test_concurrent_counts_entries_and_reservations_keep_the_total_the_lev
                 assert not isinstance(result, BaseException), result
         total, _, levels, movements = await stored(inventory_db, pid)
         assert total == levels
-        balances: dict[str, int] = defaultdict(int)
         written = await ledger(mesh, pid, page_size=100)
         assert len(written) == movements
-        for movement in reversed(written):
-            balances[movement.location_id] += movement.quantity
-            assert movement.balance_after == balances[movement.location_id]
+        balances = replayed(written)
         found = await item(mesh, pid)
-        assert {level.location_id: level.on_hand for level in found.locations} == dict(balances)
+        assert {level.location_id: level.on_hand for level in found.locations} == balances
         assert found.quantity == total == sum(balances.values())
         assert all(level.available >= 0 for level in found.locations)
 
@@ -817,12 +816,9 @@ async def test_replaying_the_ledger_per_product_and_location_gives_every_balance
         await reserve(mesh, pid, 2, location_id=sites[0])  # held, not taken: the ledger knows nothing of it
 
     for pid in pids:
-        balances: dict[str, int] = defaultdict(int)
-        for movement in reversed(await ledger(mesh, pid)):  # oldest first
-            balances[movement.location_id] += movement.quantity
-            assert movement.balance_after == balances[movement.location_id] >= 0
+        balances = replayed(await ledger(mesh, pid))
         found = await item(mesh, pid)
-        assert {lv.location_id: lv.on_hand for lv in found.locations} == dict(balances)
+        assert {lv.location_id: lv.on_hand for lv in found.locations} == balances
         assert found.quantity == sum(balances.values())
         assert (found.reserved, at(found, sites[0]).available) == (2, 7)
 

@@ -76,6 +76,7 @@ async def replicas(
         "LOG_LEVEL": "INFO",
         "LOG_FORMAT": "text",
         "SHUTDOWN_GRACE_SECONDS": str(grace_seconds),
+        "DB_POOL_SIZE": str(settings.db_pool_size),  # the tests' pools (tests/conftest.py)
         **{f"{name.upper()}_DATABASE_URL": settings.database_url(name) for name in addresses},
     }
     if settings.service_secret is not None:  # the relay and the stock feed call as their service
