@@ -165,7 +165,7 @@ class Reservations:
                 await self._products.confirm(product_id)
             try:
                 async with self._db.write_connection() as conn:
-                    locked = await lock_product(conn, product_id)
+                    locked = await lock_product(conn, product_id, new_version=True)
                     await stock.require_location(conn, locked, location)
                     next_balance(locked.available(location), -quantity)  # INSUFFICIENT_STOCK
                     values = {

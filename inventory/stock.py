@@ -143,6 +143,10 @@ _RESERVED_OF = (
 _LOCATION_EXISTS = select(_LOCATIONS.c.id).where(_LOCATIONS.c.id == bindparam("loc"))
 # Every change of a balance counts one more `version` and leaves the item for the stock feed.
 _CHANGED = {"version": _ITEMS.c.version + 1, "unpublished": True}
+# So does a new reservation, with no balance to publish (see `_COUNT_MOVED`): its lock is then
+# this UPDATE, where the database can answer one (`lock_product`).
+_NEW_VERSION = update(_ITEMS).where(_ITEM_IS).values(version=_ITEMS.c.version + 1)
+_LOCK_AS_NEW_VERSION = _NEW_VERSION.returning(_ITEMS.c.quantity, _ITEMS.c.updated_at, _ITEMS.c.retired_at)
 _NEW_BALANCE = insert(_ITEMS)  # version 1, unpublished: the columns' defaults, unless given
 _SET_BALANCE = update(_ITEMS).where(_ITEM_IS).values(_CHANGED)  # and the columns the parameters name
 _NEW_LEVEL = insert(_LEVELS)
@@ -360,21 +364,19 @@ _HELD_THERE = (
 _COUNT_TOTAL = _ITEMS.c.quantity - _STOCK_THERE + _COUNTED
 _COUNT_DELTA = (_COUNTED - _STOCK_THERE).label("delta")
 # On PostgreSQL the item's WHERE is the IN's (`_IN_MOVED`): not retired, and the `version` its
-# snapshot saw, so the snapshot's `_STOCK_THERE` is the location's stock when the item moves.
-# Its reservations are not: one committed while this statement waited for the item's lock is
-# missing from the snapshot. A count at least the location's stock is safe all the same, since
-# whoever reserved meanwhile did so under the lock, against that same stock; a count below it
-# could go below such a reservation, so it is left to the locked path, which reads them after
-# its lock (`lock_product`). A count below what the snapshot's reservations hold (above the
-# stock, where they hold more than it) is left to the locked path too, which refuses it
-# (BELOW_RESERVED).
+# snapshot saw. Every writer of its stock and every new reservation counts one more version
+# under the item's lock (`lock_product`), so when the item moves, the snapshot's
+# `_STOCK_THERE` is the location's stock and its `_HELD_THERE` holds every reservation there:
+# one committed while this statement waited for the lock changed the version, and the statement
+# changes nothing. (A reservation released or expired meanwhile only frees units: the snapshot
+# then holds more than is held, which can only send a count to the locked path.) A count below
+# what reservations hold is left to the locked path, which refuses it (BELOW_RESERVED).
 _COUNT_MOVED = (
     update(_ITEMS)
     .where(
         _ITEM_IS,
         _ITEMS.c.retired_at.is_(None),
         _ITEMS.c.version == _SEEN_VERSION,
-        _STOCK_THERE <= _COUNTED,
         _HELD_THERE <= _COUNTED,
         _ITEMS.c.quantity - _STOCK_THERE <= _IN_HIGHEST,
     )
@@ -395,10 +397,10 @@ _COUNT_LEVEL = (
 )
 _COUNT_APPENDED = _appended(_COUNT_MOVED, _COUNT_LEVEL, _COUNT_MOVED.c.delta)
 _COUNT_ALONE = _alone(_COUNT_APPENDED, _COUNT_MOVED, _COUNT_LEVEL, _COUNT_MOVED.c.delta)
-# On SQLite the write lock is held, so what the reservations hold is read as it is, and a count
-# below the location's stock is decided here too. The item moves first, only where the count
-# is within the rule: its RETURNING reads the location's stock before the count (its row is
-# written next) and the answer's other figures, as `_HELD_IN_ITEM` does.
+# On SQLite the write lock is held, so what the reservations hold is read as it is. The item
+# moves first, only where the count is within the rule: its RETURNING reads the location's stock
+# before the count (its row is written next) and the answer's other figures, as `_HELD_IN_ITEM`
+# does.
 _HELD_COUNT_ITEM = (
     update(_ITEMS)
     .where(
@@ -699,11 +701,18 @@ class Locked:
         )
 
 
-async def lock_product(conn: AsyncConnection, product_id: str) -> Locked:
+async def lock_product(conn: AsyncConnection, product_id: str, *, new_version: bool = False) -> Locked:
     """Locks the product's item row, then its stock rows in location order, and reads what its
     active reservations hold: the lock every writer of the product's stock takes first.
-    NOT_FOUND if the product was retired."""
-    item = (await conn.execute(_LOCK_BALANCE, {"pid": product_id})).first()
+    NOT_FOUND if the product was retired. With `new_version` (a new reservation) the item
+    counts one more version, as a change of its balance does (`_COUNT_MOVED` says why)."""
+    ids = {"pid": product_id}
+    if new_version and conn.dialect.update_returning:
+        item = (await conn.execute(_LOCK_AS_NEW_VERSION, ids)).first()
+    else:
+        item = (await conn.execute(_LOCK_BALANCE, ids)).first()
+        if new_version and item is not None:
+            await conn.execute(_NEW_VERSION, ids)
     if item is not None and item.retired_at is not None:
         raise not_found(product_id)
     levels = (await conn.execute(_LOCK_LEVELS, {"pid": product_id})).all() if item is not None else []
@@ -1152,9 +1161,9 @@ class Inventory:
     async def _count_alone(self, actor: Identity, change: Change) -> Recorded | None:
         """A count as one statement without BEGIN (`_COUNT_ALONE`), answered as the locked path
         would; None if it changed nothing (a missing or retired item, no stock row at the
-        location yet, a count below the stock there or below what reservations hold there, a
-        total above MAX_STOCK, an item another writer changed while this waited for its lock),
-        for the locked path to decide."""
+        location yet, a count below what reservations hold there, a total above MAX_STOCK, an
+        item another writer changed while this waited for its lock), for the locked path to
+        decide."""
         now, counted = utcnow(), change.units
         row = await self._write_alone(
             _COUNT_ALONE, actor, change, now, {"counted": counted, "highest": MAX_STOCK - counted}

@@ -270,7 +270,8 @@ async def test_an_entry_where_the_product_has_no_stock_row_yet_moves_the_total_a
     expected = (pid, 9, 2, 7, sorted([(DEFAULT_LOCATION_ID, 5, 2, 3), (site.id, 4, 0, 4)]))
     assert figures(first.item) == expected
     assert figures(await item(mesh, pid)) == expected
-    assert await stored(inventory_db, pid) == (9, 2, 9, 2)  # one movement more, its total and level agree
+    # one movement more (and the reservation, a version), its total and level agree
+    assert await stored(inventory_db, pid) == (9, 3, 9, 2)
 
     again = await mesh.inventory.RecordMovement(
         move(pid, pb.IN, 3, location_id=site.id), metadata=mesh.as_user()
@@ -281,7 +282,7 @@ async def test_an_entry_where_the_product_has_no_stock_row_yet_moves_the_total_a
     assert figures(await item(mesh, pid)) == expected
     home = await mesh.inventory.RecordMovement(move(pid, pb.IN, 1), metadata=mesh.as_user())
     assert home.movement.balance_after == 6 and figures(home.item) == figures(await item(mesh, pid))
-    assert await stored(inventory_db, pid) == (13, 4, 13, 4)
+    assert await stored(inventory_db, pid) == (13, 5, 13, 4)
     assert replayed(await ledger(mesh, pid)) == {DEFAULT_LOCATION_ID: 6, site.id: 7}
 
 
@@ -392,7 +393,8 @@ async def test_a_count_answers_what_a_read_then_reports_at_a_location_with_a_row
     final = await item(mesh, pid)
     assert (at(final, DEFAULT_LOCATION_ID).low_stock, at(final, site.id).low_stock) == (True, True)
     assert (final.quantity, final.reserved, final.available) == (8, 3, 5)
-    assert await stored(inventory_db, pid) == (8, 8, 8, 8)  # the reorder points moved no version
+    # 8 movements and the reservation count a version each; the reorder points none
+    assert await stored(inventory_db, pid) == (8, 9, 8, 8)
     assert replayed(await ledger(mesh, pid)) == {DEFAULT_LOCATION_ID: 3, site.id: 5}
 
 
@@ -411,7 +413,7 @@ async def test_a_count_below_what_reservations_hold_is_refused_and_writes_nothin
         )
         assert error_reason(refused) == "BELOW_RESERVED"
         assert error_metadata(refused) == {"reserved": "6", "requested": str(counted)}
-    assert await stored(inventory_db, pid) == (10, 1, 10, 1)
+    assert await stored(inventory_db, pid) == (10, 2, 10, 1)  # the reservation, a version
     async with inventory_db.transaction() as session:
         await session.execute(update(Item).where(Item.product_id == pid).values(quantity=4))
         await session.execute(update(LocationStock).where(LocationStock.product_id == pid).values(on_hand=4))
@@ -420,19 +422,21 @@ async def test_a_count_below_what_reservations_hold_is_refused_and_writes_nothin
     )
     assert error_reason(refused) == "BELOW_RESERVED"
     assert error_metadata(refused) == {"reserved": "6", "requested": "5"}
-    assert await stored(inventory_db, pid) == (4, 1, 4, 1)
+    assert await stored(inventory_db, pid) == (4, 2, 4, 1)
     assert [m.balance_after for m in await ledger(mesh, pid)] == [10]
 
 
 async def test_a_count_below_the_stock_sees_a_reservation_made_while_it_waited_for_the_lock(
     mesh: Mesh, inventory_db: Database
 ) -> None:
-    """A reservation is made under the item's lock, against the stock as it is then; a count
-    that waits for that lock must then see it, though it was not committed when the count
-    began (on PostgreSQL, after one statement's snapshot was taken)."""
+    """A reservation is made under the item's lock, against the stock as it is then, and
+    counts one more version of the item (as `Reservations.create` does); a count that waits for
+    that lock must then see it, though it was not committed when the count began (on
+    PostgreSQL, after one statement's snapshot was taken)."""
     pid = await stocked(mesh, "COUNT-WAIT", 10)
     async with inventory_db.transaction() as session:
         await session.execute(select(Item).where(Item.product_id == pid).with_for_update())
+        await session.execute(update(Item).where(Item.product_id == pid).values(version=Item.version + 1))
         now = utcnow()
         session.add(
             Reservation(
@@ -452,7 +456,37 @@ async def test_a_count_below_the_stock_sees_a_reservation_made_while_it_waited_f
     refused = await expect_error(counting, grpc.StatusCode.FAILED_PRECONDITION)
     assert error_reason(refused) == "BELOW_RESERVED"
     assert error_metadata(refused) == {"reserved": "8", "requested": "5"}
-    assert await stored(inventory_db, pid) == (10, 1, 10, 1)
+    assert await stored(inventory_db, pid) == (10, 2, 10, 1)
+
+
+async def test_a_count_lowering_the_stock_while_a_reservation_waits_for_the_lock_never_goes_below_it(
+    mesh: Mesh, inventory_db: Database
+) -> None:
+    """A reservation and a count that lowers the stock below it, both waiting for the item's
+    lock, the reservation first: whichever gets it first, the other sees what it did, and the
+    stock never ends below what is reserved. (On PostgreSQL the count's one statement took its
+    snapshot before the reservation committed: the version the reservation counts sends the
+    count to the locked path, which refuses it.)"""
+    pid = await stocked(mesh, "COUNT-RACE-RES", 10)
+    async with inventory_db.transaction() as session:  # the item's lock (and SQLite's write lock)
+        await session.execute(select(Item).where(Item.product_id == pid).with_for_update())
+        await session.execute(update(Item).where(Item.product_id == pid).values(quantity=Item.quantity))
+        reserving = asyncio.ensure_future(reserve(mesh, pid, 8))
+        await asyncio.sleep(0.5)
+        counting = asyncio.ensure_future(mesh.inventory.SetStock(count(pid, 5), metadata=mesh.as_user()))
+        await asyncio.sleep(0.5)
+        assert not reserving.done() and not counting.done()  # both wait for the lock
+    reserved, counted = await asyncio.gather(reserving, counting, return_exceptions=True)
+    found = await item(mesh, pid)
+    if isinstance(counted, grpc.aio.AioRpcError):
+        assert error_reason(counted) == "BELOW_RESERVED", counted
+        assert isinstance(reserved, pb.Reservation), reserved
+        assert (found.quantity, found.reserved, found.available) == (10, 8, 2)
+    else:
+        assert isinstance(reserved, grpc.aio.AioRpcError), reserved
+        assert error_reason(reserved) == "INSUFFICIENT_STOCK"
+        assert (found.quantity, found.reserved, found.available) == (5, 0, 5)
+    assert found.available >= 0
 
 
 async def test_a_count_of_a_retired_item_or_above_the_maximum_is_refused_and_writes_nothing(
