@@ -77,8 +77,9 @@ _ONE_STATEMENT = "invmesh_one_statement"
 PING_IDLE_AFTER_SECONDS = 1.0
 _RETURNED_AT = "invmesh_returned_at"
 # Threads (and connections) of a SQLite file's reads (`Database.fetch`): SQLite releases the GIL
-# while it steps a statement, so a few let reads overlap; more would only queue in SQLite.
-SQLITE_READ_THREADS = 4
+# while it steps a statement, so two let reads overlap. Most of a read holds the GIL (SQLAlchemy's
+# part), so four were no faster, and held two more connections' page caches.
+SQLITE_READ_THREADS = 2
 
 # Every table's options on MariaDB/MySQL (ignored elsewhere): see the module docstring.
 TABLE_OPTIONS: dict[str, str] = {

@@ -38,7 +38,8 @@ def up_env(data_dir: Path) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if k not in ("SMTP_URL", "JWT_PRIVATE_KEY") and not k.endswith(("_DATABASE_URL", "_ADDR"))
+        if k not in ("SMTP_URL", "JWT_PRIVATE_KEY", "MALLOC_ARENA_MAX")
+        and not k.endswith(("_DATABASE_URL", "_ADDR"))
     }
     return env | {
         "INVMESH_DATA_DIR": str(data_dir),
@@ -174,12 +175,15 @@ def test_a_minute_healthy_restarts_the_backoff() -> None:
 
 async def test_the_children_stop_when_up_is_killed(tmp_path: Path) -> None:
     """SIGKILL leaves up no time to stop its children: they stop by themselves, freeing their
-    ports, rather than live on as orphans that the next `invmesh up` finds in the way."""
+    ports, rather than live on as orphans that the next `invmesh up` finds in the way. (Each
+    runs with glibc's arenas capped, as up starts them unless told otherwise.)"""
     async with invmesh_up(up_env(tmp_path)) as up:
         await up.line("all healthy")
         children = [
             child_pid(up.process.pid, "serve", name) for name in ("auth", "products", "inventory", "facade")
         ]
+        for pid in children:
+            assert b"MALLOC_ARENA_MAX=2" in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         up.process.kill()
         try:
             async with asyncio.timeout(30):
