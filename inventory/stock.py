@@ -141,6 +141,39 @@ _RESERVED_OF = (
     .group_by(_RESERVATIONS.c.product_id, _RESERVATIONS.c.location_id)
 )
 _LOCATION_EXISTS = select(_LOCATIONS.c.id).where(_LOCATIONS.c.id == bindparam("loc"))
+
+
+def _listing(at_location: bool, low_stock: bool, after: bool) -> Select[Any]:
+    """ListInventoryItems' page of `size` items by product id (after `after`, if given), at
+    location `loc` (with that location's stock only) if `at_location`, only those low there
+    (or anywhere) if `low_stock`."""
+    id_ = _ITEMS.c.product_id
+    query = (
+        select(*_BALANCE, _LEVELS_BY_LOCATION, _REORDER_POINTS_BY_LOCATION)
+        .where(_ITEMS.c.retired_at.is_(None))
+        .order_by(id_)
+        .limit(bindparam("size", type_=Integer()))
+    )
+    if at_location:
+        query = query.join(_LEVELS, _LEVELS.c.product_id == id_).where(
+            _LEVELS.c.location_id == bindparam("loc")
+        )
+        if low_stock:
+            query = query.where(_low(_LEVELS))
+    elif low_stock:
+        query = query.where(_LOW_SOMEWHERE)
+    if after:
+        query = query.where(id_ > bindparam("after", type_=String()))
+    return query
+
+
+# Built once, as every hot statement is: a statement built per call pays for its cache key too.
+_LISTINGS = {
+    (at_location, low_stock, after): _listing(at_location, low_stock, after)
+    for at_location in (False, True)
+    for low_stock in (False, True)
+    for after in (False, True)
+}
 # Every change of a balance counts one more `version` and leaves the item for the stock feed.
 _CHANGED = {"version": _ITEMS.c.version + 1, "unpublished": True}
 # So does a new reservation, with no balance to publish (see `_COUNT_MOVED`): its lock is then
@@ -963,26 +996,15 @@ class Inventory:
         # of before low_stock stay good.
         listed = ("low-items" if low_stock else "items") + (f":{location_id}" if location_id else "")
         size, after = paging.page_request(page_size, page_token, query=listed)
-        id_ = _ITEMS.c.product_id
-        query = (
-            select(*_BALANCE, _LEVELS_BY_LOCATION, _REORDER_POINTS_BY_LOCATION)
-            .where(_ITEMS.c.retired_at.is_(None))
-            .order_by(id_)
-            .limit(size + 1)
-        )
-        if location_id:
-            if not await self._db.fetch(_LOCATION_EXISTS, {"loc": location_id}):
-                raise location_not_found(location_id)
-            query = query.join(_LEVELS, _LEVELS.c.product_id == id_).where(
-                _LEVELS.c.location_id == location_id
-            )
-            if low_stock:
-                query = query.where(_low(_LEVELS))
-        elif low_stock:
-            query = query.where(_LOW_SOMEWHERE)
-        if after is not None:
-            query = query.where(id_ > _position(after, str))
-        items = await self._db.fetch(query)
+        if location_id and not await self._db.fetch(_LOCATION_EXISTS, {"loc": location_id}):
+            raise location_not_found(location_id)
+        query = _LISTINGS[bool(location_id), low_stock, after is not None]
+        values = {
+            "loc": location_id,
+            "size": size + 1,
+            "after": None if after is None else _position(after, str),
+        }
+        items = await self._db.fetch(query, values)
         token = paging.encode_token([items[size - 1].product_id], query=listed) if len(items) > size else ""
         return await self._with_levels(items[:size], only=location_id), token
 
