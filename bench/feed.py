@@ -362,12 +362,15 @@ def main() -> None:
         "--duration", type=float, default=5, help="seconds per run (default 5, as make bench)"
     )
     parser.add_argument("--streams", type=int, default=10, help="streams in the runs with them (default 10)")
+    parser.add_argument(
+        "--products", type=int, default=1000, help="products seeded (default 1000, as make bench)"
+    )
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432")
     args = parser.parse_args()
     require_wrk()
     load = Load(connections=64, duration=args.duration, warmup=2)
     with tempfile.TemporaryDirectory() as tmp, databases(args.database, Path(tmp), args.postgres) as dbs:
-        with invmesh(Path(tmp), dbs.invmesh_env, products=200, rounds=4) as mesh:
+        with invmesh(Path(tmp), dbs.invmesh_env, products=args.products, rounds=4) as mesh:
             ids = Path(tmp) / "ids"
             ids.write_text("\n".join(mesh.product_ids))
             watched = with_watchers(
