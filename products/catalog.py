@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -93,7 +93,7 @@ ProductRow = Product | Row[Any]
 
 MAX_BATCH = 500
 CACHED = 10_000  # products kept in memory for GetProduct; the least recently read go first
-CACHED_PAGE_ROWS = 10_000  # rows of ListProducts pages kept in memory, in all
+CACHED_PAGE_BYTES = 2_000_000  # of ListProducts answers kept in memory, in all (a page of 20: about 3 kB)
 MAX_SKU_CHARS = 64
 MAX_NAME_CHARS = 200
 MAX_DESCRIPTION_CHARS = 5000
@@ -208,20 +208,27 @@ class Catalog:
         db: Database,
         retirements: OutboxRelay[RetiredProduct],
         cache_seconds: float,
+        answer_product: Callable[[Row[Any]], bytes],
+        answer_page: Callable[[Sequence[Row[Any]], str], bytes],
         cache_size: int = CACHED,
+        page_cache_bytes: int = CACHED_PAGE_BYTES,
     ) -> None:
-        """GetProduct answers from memory for `cache_seconds` after a read (see `get`)."""
+        """GetProduct and ListProducts answer from memory for `cache_seconds` after a read (see
+        `get`). What `get` and `list` return, and keep, is the answer itself: `answer_product`
+        of a product's row, `answer_page` of a page's rows and next token (the servicer's
+        response, serialized), made once per read of the database, so a read from memory
+        costs no conversion, and a product kept costs its bytes, not a row of objects."""
         self._db = db
         self._retirements = retirements
+        self._answer_product = answer_product
+        self._answer_page = answer_page
         self._upsert_levels = _upsert_levels(db.backend)
-        self._cache: TTLCache[str, Row[Any]] | None = (
+        self._cache: TTLCache[str, bytes] | None = (
             TTLCache(cache_size, cache_seconds) if cache_seconds > 0 else None
         )
         # ListProducts pages by (page size, page token, query); any change drops them all.
-        self._pages: TTLCache[tuple[int, str, str], tuple[list[Row[Any]], str]] | None = (
-            TTLCache(CACHED_PAGE_ROWS, cache_seconds, getsizeof=lambda page: len(page[0]) + 1)
-            if cache_seconds > 0
-            else None
+        self._pages: TTLCache[tuple[int, str, str], bytes] | None = (
+            TTLCache(page_cache_bytes, cache_seconds, getsizeof=len) if cache_seconds > 0 else None
         )
         self._writes = 0  # changes committed or learnt of, so a read that overlapped one is not kept
         self.writer = uuid.uuid4().hex  # this process, in the change log
@@ -249,21 +256,22 @@ class Catalog:
             updated_at=values["now"],
         )
 
-    async def get(self, product_id: str) -> Row[Any]:
-        """The product with its stock, from memory if this process read it lately. Its own
+    async def get(self, product_id: str) -> bytes:
+        """The answer for the product with its stock, from memory if this process read it lately. Its own
         writes and stock reports drop what they change once committed, another replica's once
         the change watch reads them from the log (`products.change_watch`), and a read that
         either overlapped is not kept, so this process never answers with what it replaced."""
         cache = self._cache
-        if cache is not None and (row := cache.get(product_id)) is not None:
-            return row
+        if cache is not None and (answer := cache.get(product_id)) is not None:
+            return answer
         writes = self._writes
         found = await self._db.fetch(_PRODUCT_BY_ID, {"id": product_id})
         if not found:
             raise _not_found(product_id)
+        answer = self._answer_product(found[0])
         if cache is not None and writes == self._writes:
-            cache[product_id] = found[0]
-        return found[0]
+            cache[product_id] = answer
+        return answer
 
     async def batch_get(self, ids: Sequence[str]) -> Sequence[ProductRow]:
         if len(ids) > MAX_BATCH:
@@ -271,13 +279,13 @@ class Catalog:
         wanted = {i for i in ids if "\x00" not in i}  # no id holds NUL, and no database may be sent one
         return await self._db.fetch(_PRODUCTS_BY_ID, {"ids": list(wanted)})
 
-    async def list(self, *, page_size: int, page_token: str, q: str) -> tuple[list[Row[Any]], str]:
-        """A page of products with their stock, from memory if this process read it lately:
-        kept as GetProduct's rows are, and all dropped at any change to any product."""
+    async def list(self, *, page_size: int, page_token: str, q: str) -> bytes:
+        """The answer for a page of products with their stock, from memory if this process read
+        it lately: kept as GetProduct's answers are, and all dropped at any change to any product."""
         size, after = paging.page_request(page_size, page_token, query=q)
         key = (size, page_token, q)
-        if self._pages is not None and (page := self._pages.get(key)) is not None:
-            return page
+        if self._pages is not None and (answer := self._pages.get(key)) is not None:
+            return answer
         writes = self._writes
         columns = _PRODUCTS.c
         query = _WITH_STOCK.order_by(columns.created_at, columns.id).limit(size + 1)
@@ -306,10 +314,10 @@ class Catalog:
         if len(rows) > size:
             last = rows[size - 1]
             token = paging.encode_token([last.created_at.isoformat(), last.id], query=q)
-        page = rows[:size], token
-        if self._pages is not None and writes == self._writes:
-            self._pages[key] = page
-        return page
+        answer = self._answer_page(rows[:size], token)
+        if self._pages is not None and writes == self._writes and len(answer) <= self._pages.maxsize:
+            self._pages[key] = answer
+        return answer
 
     async def update(
         self, product_id: str, draft: Draft, *, mask: Sequence[str] | None = None

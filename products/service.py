@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from invmesh import client
-from invmesh.products.v1 import products_service_pb2, products_service_pb2_grpc
+from invmesh.products.v1 import products_service_pb2
 from mesh.config import Settings
 from mesh.db import open_database
 from mesh.server import MeshServer, Servicer
@@ -17,7 +17,7 @@ from mesh.tokens import verifier_via_auth
 from products.catalog import Catalog
 from products.change_watch import ChangeWatch
 from products.retirements import retirement_relay
-from products.servicer import ProductsServicer
+from products.servicer import ProductsServicer, add_to_server, page_answer, product_answer
 
 SERVICE_NAME = products_service_pb2.DESCRIPTOR.services_by_name["ProductsService"].full_name
 
@@ -33,7 +33,13 @@ async def running(settings: Settings, *, address: str | None = None) -> AsyncIte
         retirements = retirement_relay(db, peers.inventory, identity, settings)
         retirements.start()
         stack.push_async_callback(retirements.stop)
-        catalog = Catalog(db=db, retirements=retirements, cache_seconds=settings.product_cache_seconds)
+        catalog = Catalog(
+            db=db,
+            retirements=retirements,
+            cache_seconds=settings.product_cache_seconds,
+            answer_product=product_answer,
+            answer_page=page_answer,
+        )
         # Runs with the cache off too: another replica may cache, and the watch prunes the log.
         watch = ChangeWatch(
             db,
@@ -45,11 +51,7 @@ async def running(settings: Settings, *, address: str | None = None) -> AsyncIte
         )
         await watch.start_at_end()
         stack.push_async_callback(watch.stop)
-        servicer = Servicer(
-            SERVICE_NAME,
-            products_service_pb2_grpc.add_ProductsServiceServicer_to_server,
-            ProductsServicer(catalog),
-        )
+        servicer = Servicer(SERVICE_NAME, add_to_server, ProductsServicer(catalog))
         yield await MeshServer.of_service(
             "products",
             servicer,

@@ -1,12 +1,24 @@
-"""ProductsService over gRPC: translates protos to `Catalog` calls and back, nothing more."""
+"""ProductsService over gRPC: translates protos to `Catalog` calls and back, nothing more.
+
+GetProduct and ListProducts send their answers as `Catalog` made and keeps them: serialized
+once per read of the database (`product_answer`, `page_answer`), sent as they are
+(`add_to_server`)."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+from sqlalchemy import Row
 
 from invmesh.products.v1 import products_service_pb2 as pb
 from invmesh.products.v1 import products_service_pb2_grpc
 from mesh.interceptors import ServicerContext
 from mesh.messages import timestamp
 from products.catalog import Catalog, Draft, Level, ProductRow, format_price
+
+_SERVICE = pb.DESCRIPTOR.services_by_name["ProductsService"].full_name
 
 
 def product_message(product: ProductRow, stock: int | None) -> pb.Product:
@@ -23,6 +35,17 @@ def product_message(product: ProductRow, stock: int | None) -> pb.Product:
     )
 
 
+def product_answer(row: Row[Any]) -> bytes:
+    """GetProduct's answer for a row with its stock, serialized."""
+    return pb.GetProductResponse(product=product_message(row, row.stock)).SerializeToString()
+
+
+def page_answer(rows: Sequence[Row[Any]], next_page_token: str) -> bytes:
+    """ListProducts' answer for a page of rows with their stock, serialized."""
+    products = [product_message(row, row.stock) for row in rows]
+    return pb.ListProductsResponse(products=products, next_page_token=next_page_token).SerializeToString()
+
+
 def _draft(product: pb.Product) -> Draft:
     return Draft(
         sku=product.sku,
@@ -37,21 +60,17 @@ class ProductsServicer(products_service_pb2_grpc.ProductsServiceServicer):
     def __init__(self, catalog: Catalog) -> None:
         self._catalog = catalog
 
-    async def ListProducts(
+    async def ListProducts(  # type: ignore[override]  # bytes, which add_to_server sends as they are
         self, request: pb.ListProductsRequest, context: ServicerContext
-    ) -> pb.ListProductsResponse:
-        rows, token = await self._catalog.list(
+    ) -> bytes:
+        return await self._catalog.list(
             page_size=request.page_size, page_token=request.page_token, q=request.q
         )
-        return pb.ListProductsResponse(
-            products=[product_message(r, r.stock) for r in rows], next_page_token=token
-        )
 
-    async def GetProduct(
+    async def GetProduct(  # type: ignore[override]  # bytes, which add_to_server sends as they are
         self, request: pb.GetProductRequest, context: ServicerContext
-    ) -> pb.GetProductResponse:
-        row = await self._catalog.get(request.id)
-        return pb.GetProductResponse(product=product_message(row, row.stock))
+    ) -> bytes:
+        return await self._catalog.get(request.id)
 
     async def BatchGetProducts(
         self, request: pb.BatchGetProductsRequest, context: ServicerContext
@@ -85,3 +104,19 @@ class ProductsServicer(products_service_pb2_grpc.ProductsServiceServicer):
             [Level(level.product_id, level.quantity, level.version) for level in request.levels]
         )
         return pb.UpdateStockLevelsResponse()
+
+
+def add_to_server(servicer: ProductsServicer, server: grpc.aio.Server) -> None:
+    """Adds the servicer as add_ProductsServiceServicer_to_server does, but GetProduct and
+    ListProducts send the bytes their methods return as they are (no response serializer).
+    Registered again, a method's new handler replaces the first."""
+    products_service_pb2_grpc.add_ProductsServiceServicer_to_server(servicer, server)
+    answered_as_bytes: dict[str, grpc.RpcMethodHandler[Any, bytes]] = {
+        "GetProduct": grpc.unary_unary_rpc_method_handler(
+            servicer.GetProduct, request_deserializer=pb.GetProductRequest.FromString
+        ),
+        "ListProducts": grpc.unary_unary_rpc_method_handler(
+            servicer.ListProducts, request_deserializer=pb.ListProductsRequest.FromString
+        ),
+    }
+    server.add_registered_method_handlers(_SERVICE, answered_as_bytes)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -24,8 +24,10 @@ from invmesh.products.v1 import products_service_pb2_grpc
 from mesh.config import Settings
 from mesh.db import Database
 from products import change_watch
+from products.catalog import Catalog
 from products.models import Product, ProductChange
 from products.service import running as running_products
+from products.servicer import page_answer, product_answer
 from tests.conftest import SERVICE_SECRET, Mesh, SmtpServer, free_port, mesh_settings, user_token
 from tests.rpc import error_reason, eventually, expect_error, field_violations
 
@@ -600,3 +602,27 @@ async def test_with_inventory_down_reads_answer_at_once_with_the_stock_last_repo
             assert got.product.id == created.id and got.product.stock == 0  # never moved
             listed = await stub.ListProducts(pb.ListProductsRequest(), metadata=metadata, timeout=1)
             assert [p.id for p in listed.products] == [created.id] and listed.products[0].stock == 0
+
+
+async def test_a_page_larger_than_the_page_cache_is_answered_and_read_again(
+    mesh: Mesh, products_db: Database
+) -> None:
+    for n in range(3):
+        await create(mesh, sku=f"BIG-{n}", name=f"Big {n}", description="d" * 2000)
+    catalog = Catalog(
+        db=products_db,
+        retirements=cast(Any, None),  # only deletes use it
+        cache_seconds=30,
+        answer_product=product_answer,
+        answer_page=page_answer,
+        page_cache_bytes=5000,
+    )
+    small = await catalog.list(page_size=1, page_token="", q="BIG-")
+    big = await catalog.list(page_size=3, page_token="", q="BIG-")
+    assert len(small) < 5000 < len(big)
+    async with products_db.transaction() as session:  # behind its back, unlogged
+        await session.execute(update(Product).where(Product.sku.like("BIG-%")).values(name="Renamed"))
+    kept = pb.ListProductsResponse.FromString(await catalog.list(page_size=1, page_token="", q="BIG-"))
+    assert [p.name for p in kept.products] == ["Big 0"]
+    read_again = pb.ListProductsResponse.FromString(await catalog.list(page_size=3, page_token="", q="BIG-"))
+    assert [p.name for p in read_again.products] == ["Renamed"] * 3
