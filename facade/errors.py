@@ -14,12 +14,12 @@ INTERNAL) gets a fixed message, so no internal detail ever reaches a client.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from typing import Any
 
 import grpc
+import orjson
 from google.protobuf import any_pb2, json_format
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
@@ -172,7 +172,7 @@ def _response(
     if code is grpc.StatusCode.UNAUTHENTICATED:
         all_headers.setdefault("www-authenticate", _www_authenticate(message, reason))
     return Response(
-        json.dumps(body, ensure_ascii=False, separators=(",", ":")),
+        orjson.dumps(body),  # as `transcoding.dumps` writes JSON
         status_code=HTTP_STATUS.get(code, 500),
         headers=all_headers,
         media_type="application/json",

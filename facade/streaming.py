@@ -56,18 +56,17 @@ _STREAM_HEADERS = ((b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no"
 
 def _sse_event(binding: Binding, event: Message) -> bytes:
     assert binding.stream is not None
-    lines = []
+    head = []
     event_id = binding.stream.id_of(event)
     if event_id is not None and not _LINE_BREAK.search(event_id):
-        lines.append(f"id: {event_id}\n")
+        head.append(f"id: {event_id}\n")
     if event_type := binding.stream.type_of(event):
-        lines.append(f"event: {event_type}\n")
-    lines.append(f"data: {dumps(binding.response(event))}\n\n")
-    return "".join(lines).encode()
+        head.append(f"event: {event_type}\n")
+    return "".join(head).encode() + b"data: " + dumps(binding.response(event)) + b"\n\n"
 
 
 def _ndjson_line(binding: Binding, event: Message) -> bytes:
-    return f'{{"result":{dumps(binding.response(event))}}}\n'.encode()
+    return b'{"result":' + dumps(binding.response(event)) + b"}\n"
 
 
 SERVER_SENT_EVENTS = Framing(SSE, _sse_event, lambda body: b"event: error\ndata: " + body + b"\n\n")

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, quote
 
+import orjson
 from google.api import field_behavior_pb2, http_pb2
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor, ServiceDescriptor
@@ -462,10 +463,10 @@ def _leaves(
             yield from _leaves(leaf.message_type, path, binding, depth + 1)
 
 
-def dumps(payload: Any) -> str:
-    """JSON as the facade writes it: no spaces, non-ASCII as is; one line, as strings escape
-    line breaks."""
-    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+def dumps(payload: Any) -> bytes:
+    """JSON as the facade writes it, in UTF-8: no spaces, non-ASCII as is; one line, as strings
+    escape line breaks."""
+    return orjson.dumps(payload)
 
 
 def is_required(leaf: FieldDescriptor) -> bool:

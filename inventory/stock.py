@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import hashlib
 import json
 import random
 import re
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
@@ -996,37 +997,17 @@ class Inventory:
         # of before low_stock stay good.
         listed = ("low-items" if low_stock else "items") + (f":{location_id}" if location_id else "")
         size, after = paging.page_request(page_size, page_token, query=listed)
-        if location_id and not await self._db.fetch(_LOCATION_EXISTS, {"loc": location_id}):
-            raise location_not_found(location_id)
         query = _LISTINGS[bool(location_id), low_stock, after is not None]
         values = {
             "loc": location_id,
             "size": size + 1,
             "after": None if after is None else _position(after, str),
         }
-        items = await self._db.fetch(query, values)
+        items, reserved = await self._db.read_steps(
+            functools.partial(_page_read, query, values, size=size, location_id=location_id, now=utcnow())
+        )
         token = paging.encode_token([items[size - 1].product_id], query=listed) if len(items) > size else ""
-        return await self._with_levels(items[:size], only=location_id), token
-
-    async def _with_levels(self, items: Sequence[Row[Any]], *, only: str = "") -> list[Stock]:
-        """The items' stock with each location's (`_LEVELS_BY_LOCATION`, read with them), and
-        what active reservations hold (all locations' in the totals; the locations listed only
-        `only`'s, if given)."""
-        if not items:
-            return []
-        pids = [item.product_id for item in items]
-        reserved = await self._db.fetch(_RESERVED_OF, {"pids": pids, "now": utcnow()})
-        held: dict[str, dict[str, int]] = {pid: {} for pid in pids}
-        for row in reserved:
-            held[row.product_id][row.location_id] = int(row[2])
-        stocks = []
-        for item in items:
-            pid = item.product_id
-            listed = _levels(_figures(item.levels), held[pid], _figures(item.reorder_points))
-            if only:
-                listed = tuple(level for level in listed if level.location_id == only)
-            stocks.append(Stock(pid, item.quantity, item.updated_at, sum(held[pid].values()), listed))
-        return stocks
+        return _with_levels(items[:size], reserved, only=location_id), token
 
     async def movements(
         self, *, product_id: str, page_size: int, page_token: str, only: LedgerFilter
@@ -1376,6 +1357,45 @@ def _movement_values(
         "created_at": now,
         "reorder_point": reorder_point,
     }
+
+
+def _page_read(
+    query: Select[Any],
+    values: dict[str, Any],
+    conn: Connection,
+    *,
+    size: int,
+    location_id: str,
+    now: dt.datetime,
+) -> tuple[Sequence[Row[*tuple[Any, ...]]], Sequence[Row[*tuple[Any, ...]]]]:
+    """ListInventoryItems' reads, in one step (`Database.read_steps`): the page's items (one more
+    than `size`, to tell whether a page follows), and what active reservations hold of them."""
+    if location_id and not conn.execute(_LOCATION_EXISTS, {"loc": location_id}).first():
+        raise location_not_found(location_id)
+    items = conn.execute(query, values).all()
+    if not items:
+        return items, ()
+    pids = [item.product_id for item in items[:size]]
+    return items, conn.execute(_RESERVED_OF, {"pids": pids, "now": now}).all()
+
+
+def _with_levels(
+    items: Sequence[Row[Any]], reserved: Iterable[Row[*tuple[Any, ...]]], *, only: str = ""
+) -> list[Stock]:
+    """The items' stock with each location's (`_LEVELS_BY_LOCATION`, read with them), and what
+    active reservations hold (`reserved`: all locations' in the totals; the locations listed
+    only `only`'s, if given)."""
+    held: dict[str, dict[str, int]] = {item.product_id: {} for item in items}
+    for row in reserved:
+        held[row.product_id][row.location_id] = int(row[2])
+    stocks = []
+    for item in items:
+        pid = item.product_id
+        listed = _levels(_figures(item.levels), held[pid], _figures(item.reorder_points))
+        if only:
+            listed = tuple(level for level in listed if level.location_id == only)
+        stocks.append(Stock(pid, item.quantity, item.updated_at, sum(held[pid].values()), listed))
+    return stocks
 
 
 def _figures(by_location: dict[str, Any] | None) -> dict[str, int]:

@@ -358,10 +358,10 @@ class Settings(BaseSettings):
         description="The longest a products process answers `GetProduct` or a `ListProducts` page from "
         "memory after reading it (0: read the database every time); at most 10,000 products and "
         "2 MB of pages, kept as their serialized answers, the least recently read out first. Its "
-        "own writes and stock reports replace its copy at once, and another replica's within about 0.1 s through the "
-        "`product_changes` log. This time only bounds a change the log could not carry in time: one "
-        "whose transaction was open when the process started, or committed more than 2 s after it "
-        "was logged.",
+        "own writes and stock reports replace its copy at once, and another replica's within "
+        "about 0.1 s through the `product_changes` log. This time only bounds a change the log "
+        "could not carry in time: one whose transaction was open when the process started, or "
+        "committed more than 2 s after it was logged.",
     )
 
     grpc_tls_cert_file: Path | None = Field(
