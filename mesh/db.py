@@ -77,10 +77,12 @@ _WRITE = "invmesh_write"
 _ONE_STATEMENT = "invmesh_one_statement"
 PING_IDLE_AFTER_SECONDS = 1.0
 _RETURNED_AT = "invmesh_returned_at"
-# Threads (and connections) of a SQLite file's reads (`Database.fetch`): SQLite releases the GIL
-# while it steps a statement, so two let reads overlap. Most of a read holds the GIL (SQLAlchemy's
-# part), so four were no faster, and held two more connections' page caches.
-SQLITE_READ_THREADS = 2
+# Threads (and connections) of a SQLite file's reads (`Database.fetch`). Most of a read holds the
+# GIL (SQLAlchemy's part, not SQLite's step), so reads on two threads mostly took turns with each
+# other and the event loop: one thread answered GET /inventory/{id} with a quarter less CPU
+# (bench.cpu). Writes (`write_steps`) have a thread of their own, so a write waiting for another
+# process's lock holds up no read.
+SQLITE_READ_THREADS = 1
 
 # Every table's options on MariaDB/MySQL (ignored elsewhere): see the module docstring.
 TABLE_OPTIONS: dict[str, str] = {
@@ -211,11 +213,12 @@ class Database:
         # A SQLite file's hot reads skip aiosqlite, which hops to its connection's thread and back
         # for each step (check out, execute, fetch, close, reset): each read runs whole, on
         # SQLite's own driver, in one hop to a thread of `_readers`; so do the writes of
-        # `write_steps`, on a connection of their own. A database in memory is private to its
-        # one aiosqlite connection, so it keeps the async path.
+        # `write_steps`, on a connection and a thread of their own (`_writers`). A database in
+        # memory is private to its one aiosqlite connection, so it keeps the async path.
         self._reader: Engine | None = None
         self._step_writer: Engine | None = None
         self._readers: _Threads | None = None
+        self._writers: _Threads | None = None
         in_memory = parsed.database in (None, "", ":memory:") or parsed.query.get("mode") == "memory"
         if self.is_sqlite and not in_memory:
             on_thread = parsed.set(drivername="sqlite+pysqlite")
@@ -226,6 +229,7 @@ class Database:
             _configure(step_writer)
             self._step_writer = step_writer.execution_options(**{_WRITE: True})
             self._readers = _Threads(SQLITE_READ_THREADS, "sqlite-read")
+            self._writers = _Threads(1, "sqlite-write")
         self._read = async_sessionmaker(self.engine, expire_on_commit=False)
         self._write_engine = self.engine.execution_options(**{_WRITE: True})
         self._write = async_sessionmaker(self._write_engine, expire_on_commit=False)
@@ -311,8 +315,8 @@ class Database:
         greenlet. For hot writes whose statements need nothing awaited between them."""
         async with self._writer:
             with self._translated():
-                if self._step_writer is not None and self._readers is not None:
-                    return await self._readers.run(_in_transaction, self._step_writer, steps)
+                if self._step_writer is not None and self._writers is not None:
+                    return await self._writers.run(_in_transaction, self._step_writer, steps)
                 return await greenlet_spawn(_in_transaction, self._write_engine.sync_engine, steps)
 
     @asynccontextmanager
@@ -350,10 +354,11 @@ class Database:
 
     async def dispose(self) -> None:
         # Reads after this one take the async path, which opens connections again, as before.
-        reader, step_writer, readers = self._reader, self._step_writer, self._readers
-        self._reader = self._step_writer = self._readers = None
-        if readers is not None:
-            await asyncio.to_thread(readers.stop)  # reads and writes in flight finish first
+        reader, step_writer, threads = self._reader, self._step_writer, (self._readers, self._writers)
+        self._reader = self._step_writer = self._readers = self._writers = None
+        for pool in threads:
+            if pool is not None:
+                await asyncio.to_thread(pool.stop)  # reads and writes in flight finish first
         for engine in (reader, step_writer):
             if engine is not None:
                 engine.dispose()
