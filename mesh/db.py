@@ -79,8 +79,8 @@ PING_IDLE_AFTER_SECONDS = 1.0
 _RETURNED_AT = "invmesh_returned_at"
 # Threads (and connections) of a SQLite file's reads (`Database.fetch`). Most of a read holds the
 # GIL (SQLAlchemy's part, not SQLite's step), so reads on two threads mostly took turns with each
-# other and the event loop: one thread answered GET /inventory/{id} with a quarter less CPU
-# (bench.cpu). Writes (`write_steps`) have a thread of their own, so a write waiting for another
+# other and the event loop: one thread answered GET /inventory/{id} with about a sixth less
+# CPU (bench.cpu). Writes (`write_steps`) have a thread of their own, so a write waiting for another
 # process's lock holds up no read.
 SQLITE_READ_THREADS = 1
 
