@@ -272,6 +272,10 @@ class MovementWatch(Generic[M]):
                         async with asyncio.timeout(self._heartbeat):
                             await follower.arrived.wait()
                     except TimeoutError:
+                        # Rows held in the loop's turn that timed out the wait come first:
+                        # the heartbeat below would claim their positions.
+                        if follower.rows:
+                            continue
                         # Every row up to the reader's position was held for it, and sent.
                         read.position = max(read.position, 2 * self._position + 1)
                         yield [self._render(FeedEvent(read.position, HEARTBEAT))]

@@ -8,17 +8,20 @@ import asyncio
 import collections
 import contextlib
 import random
+import time
 from pathlib import Path
 
 import grpc
 import pytest
+from sqlalchemy import select
 
-from inventory.models import DEFAULT_LOCATION_ID
+from inventory.models import DEFAULT_LOCATION_ID, Movement
 from inventory.service import running as running_inventory
-from inventory.watch import LOW_STOCK, RESTOCKED, crossing
+from inventory.watch import HEARTBEAT, LOW_STOCK, MOVEMENT, RESTOCKED, FeedEvent, MovementWatch, crossing
 from invmesh.inventory.v1 import inventory_service_pb2 as pb
 from invmesh.inventory.v1 import inventory_service_pb2_grpc
 from mesh.config import Settings
+from mesh.db import table_of
 from mesh.metrics import WATCH_STREAMS
 from products.service import running as running_products
 from tests.conftest import Mesh, MeshUsers, SmtpServer, running_mesh
@@ -26,7 +29,9 @@ from tests.rpc import error_reason, expect_error
 from tests.test_inventory import move, new_product
 from tests.test_locations import new_location
 from tests.test_replicas import ReplicatedMesh, replicated_mesh
+from tests.test_retirements import databases
 
+MOVEMENTS = table_of(Movement)
 Call = grpc.aio.UnaryStreamCall[pb.WatchMovementsRequest, pb.WatchMovementsResponse]
 
 
@@ -311,6 +316,45 @@ async def test_a_cancelled_stream_leaves_the_server(mesh: Mesh) -> None:
     async with asyncio.timeout(5):
         while WATCH_STREAMS._value.get() != before:
             await asyncio.sleep(0.02)
+
+
+async def test_a_row_that_arrives_as_the_heartbeat_falls_due_is_sent_not_skipped(mesh: Mesh) -> None:
+    """The event loop can run a held row's arrival and the heartbeat's timeout in one turn:
+    the wait then ends in TimeoutError although the row is there. The heartbeat must not
+    claim the row's position, or the stream skips it (a gap its client never resumes from).
+    Blocking the loop past the heartbeat, then handing a row over, makes that turn happen."""
+    pid = await new_product(mesh)
+    await mesh.inventory.RecordMovement(move(pid, pb.IN, 1), metadata=mesh.as_user())
+    async with databases(mesh.settings, "inventory") as (db,):
+        async with asyncio.timeout(5):  # the sequencer gives it its place
+            while not (rows := await db.fetch(select(MOVEMENTS).where(MOVEMENTS.c.product_id == pid))) or (
+                rows[0].seq is None
+            ):
+                await asyncio.sleep(0.02)
+        feed: MovementWatch[FeedEvent] = MovementWatch(
+            db, render=lambda e: e, max_streams=1, buffer_events=10, heartbeat_seconds=0.2, linger_seconds=0
+        )
+        stream = feed.follow("", product_id=pid)  # from the end: live rows only
+        caught_up = await anext(stream)
+        assert [e.kind for e in caught_up] == [HEARTBEAT]
+        place = rows[0].seq + 1  # a place after the end, as the sequencer would hand over
+        waiting = asyncio.create_task(anext(stream))
+        await asyncio.sleep(0)  # the stream now waits for rows, its heartbeat's timer armed
+        loop = asyncio.get_running_loop()
+
+        def stall_then_hand_over() -> None:
+            time.sleep(0.4)  # the heartbeat falls due meanwhile; it runs in the next turn...
+            loop.call_soon(feed._give, [(place, rows[0])])  # ...after the row's arrival
+
+        loop.call_soon(stall_then_hand_over)
+        sent: list[FeedEvent] = []
+        async with asyncio.timeout(3):
+            sent += await waiting
+            while not any(e.kind == MOVEMENT for e in sent):
+                sent += await anext(stream)
+        await stream.aclose()
+    assert [e.position for e in sent if e.kind != HEARTBEAT] == [2 * place]
+    assert all(e.position < 2 * place for e in sent if e.kind == HEARTBEAT)
 
 
 @pytest.mark.slow
