@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -222,7 +222,7 @@ class MovementWatch(Generic[M]):
 
     async def follow(
         self, cursor: str, *, product_id: str = "", location_id: str = ""
-    ) -> AsyncIterator[list[M]]:
+    ) -> AsyncGenerator[list[M], None]:
         """The events after `cursor` (see `parse_cursor`) of the product and location, if named,
         then heartbeats and live events until the caller stops reading; in lists of those
         ready at once (the events of at most PAGE movements), a heartbeat alone."""

@@ -338,7 +338,7 @@ async def test_a_row_that_arrives_as_the_heartbeat_falls_due_is_sent_not_skipped
         caught_up = await anext(stream)
         assert [e.kind for e in caught_up] == [HEARTBEAT]
         place = rows[0].seq + 1  # a place after the end, as the sequencer would hand over
-        waiting = asyncio.create_task(anext(stream))
+        waiting = asyncio.ensure_future(anext(stream))
         await asyncio.sleep(0)  # the stream now waits for rows, its heartbeat's timer armed
         loop = asyncio.get_running_loop()
 
