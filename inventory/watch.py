@@ -137,6 +137,11 @@ def _unsent(rows: Iterable[Iterable[Sent[M]]], after: int) -> tuple[list[M], int
     return events, after
 
 
+def _end(waiting: asyncio.Future[None] | None) -> None:
+    if waiting is not None and not waiting.done():
+        waiting.set_result(None)
+
+
 @dataclass(eq=False)
 class _Follower(Generic[M]):
     product_id: str
@@ -145,6 +150,7 @@ class _Follower(Generic[M]):
     rows: list[tuple[Sent[M], ...]] = field(default_factory=list)  # each row's events, rendered once
     arrived: asyncio.Event = field(default_factory=asyncio.Event)  # rows came since `rows` emptied
     overflowed: bool = False
+    lingering: asyncio.Future[None] | None = None  # while the stream lingers: done ends it
 
     def wants(self, row: Row[Any]) -> bool:
         return (not self.product_id or row.product_id == self.product_id) and (
@@ -158,7 +164,21 @@ class _Follower(Generic[M]):
         self.rows += rows[:room]
         self.arrived.set()
         self.overflowed = len(rows) > room
+        if 2 * len(self.rows) >= self.limit:  # half full: a lingering stream sends now
+            _end(self.lingering)
         return not self.overflowed
+
+    async def linger(self, seconds: float) -> None:
+        """Waits `seconds`, or until the rows held fill half the limit: a stream that lingers
+        while a burst comes sends it rather than overflow."""
+        loop = asyncio.get_running_loop()
+        self.lingering = loop.create_future()
+        timer = loop.call_later(seconds, _end, self.lingering)
+        try:
+            await self.lingering
+        finally:
+            timer.cancel()
+            self.lingering = None
 
     def take(self) -> list[tuple[Sent[M], ...]]:
         """The rows held, a page at most."""
@@ -257,14 +277,12 @@ class MovementWatch(Generic[M]):
         follower: _Follower[M] = _Follower(product_id, location_id, self._buffer)
         self._followers.add(follower)
         joined_at = self._position  # rows above it are held for it
-        loop = asyncio.get_running_loop()
         try:
             async for page in read.upto(joined_at):
                 yield page
             # Caught up: says so at once, with the cursor, to a client that started at the end too.
             read.position = max(read.position, 2 * joined_at + 1)
             yield [self._render(FeedEvent(read.position, HEARTBEAT))]
-            sent_at = -self._linger
             while True:
                 if not follower.rows:  # the heartbeat's timer only when there is time to wait
                     follower.arrived.clear()
@@ -280,14 +298,9 @@ class MovementWatch(Generic[M]):
                         read.position = max(read.position, 2 * self._position + 1)
                         yield [self._render(FeedEvent(read.position, HEARTBEAT))]
                         continue
-                # A stream that sent a moment ago waits out the linger: under load one message
-                # carries what comes meanwhile, and most of a stream's cost is per message.
-                if (linger := sent_at + self._linger - loop.time()) > 0 and not follower.overflowed:
-                    await asyncio.sleep(linger)
                 events, read.position = _unsent(follower.take(), read.position)
                 if events:
                     yield events
-                    sent_at = loop.time()
                 if follower.overflowed and not follower.rows:
                     raise ResourceExhausted(
                         f"the client read too slowly and its {self._buffer} buffered events filled; "
@@ -295,6 +308,11 @@ class MovementWatch(Generic[M]):
                         reason="SLOW_CONSUMER",
                         metadata={"cursor": str(read.position)},
                     )
+                # A stream that sent waits out the linger, so that under load one message carries
+                # what comes meanwhile: most of a stream's cost is per message. Sleeping first
+                # makes a busy stream's message cost one timer, not a wait for rows as well.
+                if events and self._linger and not follower.overflowed:
+                    await follower.linger(self._linger)
         finally:
             self._followers.discard(follower)
 

@@ -262,6 +262,25 @@ async def test_a_busy_stream_waits_out_its_linger_and_an_idle_one_sends_at_once(
         assert len(stream.messages[-1].events) == 2  # both in the one message
 
 
+async def test_a_lingering_stream_sends_a_burst_once_it_half_fills_the_buffer_rather_than_overflow(
+    mesh_users: MeshUsers,
+) -> None:
+    """A burst that would fill a stream's buffer before its linger ends goes once the buffer is
+    half full: a client that reads promptly is never cut off as a slow consumer."""
+    changes = {"watch_linger_seconds": 30.0, "watch_buffer_events": 4, "watch_heartbeat_seconds": 30}
+    async with running_mesh(mesh_users, **changes) as mesh:
+        pid = await new_product(mesh)
+        stream = watch(mesh)
+        await events(stream, 1, heartbeats=True)  # live
+        await mesh.inventory.RecordMovement(move(pid, pb.IN, 1), metadata=mesh.as_user())
+        await events(stream, 1)  # at once; the stream now lingers
+        for _ in range(12):  # one at a time: each in a round of the sequencer of its own
+            await mesh.inventory.RecordMovement(move(pid, pb.IN, 1), metadata=mesh.as_user())
+        burst = await events(stream, 12)  # held back for the whole linger, or cut off: fails here
+        assert [m.balance_after for m in movements_of(burst)] == list(range(2, 14))
+        assert len(stream.messages) > 2  # in several messages, each sent before the linger ended
+
+
 async def test_one_stream_more_than_the_limit_is_refused(mesh_users: MeshUsers) -> None:
     async with running_mesh(mesh_users, watch_max_streams=2, watch_heartbeat_seconds=0.1) as mesh:
         open_streams = [watch(mesh) for _ in range(2)]
