@@ -19,7 +19,8 @@ A stream sends what is ready at once together (one gRPC message): a page it read
 held for it, up to a page; each event keeps its own position. Most of a stream's cost is per
 message, not per event, so a stream that sent less than the linger ago waits out the rest
 before its next message: an idle stream's event goes at once, a busy one's messages go at most
-once per linger, each with everything that came meanwhile.
+once per linger (sooner when its rows half fill its buffer), each with everything that came
+meanwhile.
 """
 
 from __future__ import annotations
