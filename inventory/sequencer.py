@@ -32,6 +32,7 @@ from inventory.models import Movement, MovementFeed
 from mesh import tracing
 from mesh.background import BackgroundLoop
 from mesh.db import Database, table_of
+from mesh.direct import prepared
 
 BATCH = 500
 BATCH_WINDOW = 0.01  # seconds from the first commit to the round that numbers it
@@ -45,7 +46,7 @@ LAST_PLACE = select(_FEED.c.last_seq).where(_FEED.c.id == 1)
 _LOCK_FEED = LAST_PLACE.with_for_update()
 _UNNUMBERED = select(_MOVEMENTS.c.id).where(_MOVEMENTS.c.seq.is_(None)).order_by(_MOVEMENTS.c.id).limit(BATCH)
 _UNNUMBERED_ROWS = select(_MOVEMENTS).where(_MOVEMENTS.c.seq.is_(None)).order_by(_MOVEMENTS.c.id).limit(BATCH)
-_ANY_UNNUMBERED = select(_MOVEMENTS.c.id).where(_MOVEMENTS.c.seq.is_(None)).limit(1)
+_ANY_UNNUMBERED = prepared(select(_MOVEMENTS.c.id).where(_MOVEMENTS.c.seq.is_(None)).limit(1))
 _NUMBER = update(_MOVEMENTS).where(_MOVEMENTS.c.id == bindparam("movement")).values(seq=bindparam("place"))
 _ADVANCE = update(_FEED).where(_FEED.c.id == 1).values(last_seq=bindparam("last"))
 

@@ -68,6 +68,7 @@ from mesh import paging
 from mesh.access import holds_role
 from mesh.context import current_identity, require_verified_email
 from mesh.db import Database, UtcDateTime, json_object_agg, sqlstate, table_of, utcnow
+from mesh.direct import prepared
 from mesh.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -328,7 +329,7 @@ def _by_location(*, besides: Any = None) -> tuple[Any, Any, Any]:
 
 
 # A product's stock for GET /inventory/{product_id}, in one statement.
-_STOCK_OF = select(*_BALANCE, _ITEMS.c.retired_at, *_by_location()).where(_ITEM_IS)
+_STOCK_OF = prepared(select(*_BALANCE, _ITEMS.c.retired_at, *_by_location()).where(_ITEM_IS))
 
 
 def _alone(appended: CTE, moved: CTE, level: CTE, *also: ColumnElement[Any]) -> Select[Any]:
@@ -344,7 +345,7 @@ def _alone(appended: CTE, moved: CTE, level: CTE, *also: ColumnElement[Any]) -> 
     ).select_from(appended.join(moved, true()).join(level, true()))
 
 
-_MOVE_IN_ALONE = _alone(_IN_APPENDED, _IN_MOVED, _IN_LEVEL)
+_MOVE_IN_ALONE = prepared(_alone(_IN_APPENDED, _IN_MOVED, _IN_LEVEL))
 
 # An IN on SQLite, in a write transaction of its own run in one step, which holds the
 # database's one write lock (BEGIN IMMEDIATE): nobody else writes until it commits, so the rule
@@ -430,7 +431,7 @@ _COUNT_LEVEL = (
     .cte("level")
 )
 _COUNT_APPENDED = _appended(_COUNT_MOVED, _COUNT_LEVEL, _COUNT_MOVED.c.delta)
-_COUNT_ALONE = _alone(_COUNT_APPENDED, _COUNT_MOVED, _COUNT_LEVEL, _COUNT_MOVED.c.delta)
+_COUNT_ALONE = prepared(_alone(_COUNT_APPENDED, _COUNT_MOVED, _COUNT_LEVEL, _COUNT_MOVED.c.delta))
 # On SQLite the write lock is held, so what the reservations hold is read as it is. The item
 # moves first, only where the count is within the rule: its RETURNING reads the location's stock
 # before the count (its row is written next) and the answer's other figures, as `_HELD_IN_ITEM`

@@ -42,6 +42,7 @@ from mesh import tracing
 from mesh.background import BackgroundLoop
 from mesh.context import deadline
 from mesh.db import Database, table_of, utcnow
+from mesh.direct import prepared
 from mesh.metrics import STOCK_FEED_BACKLOG, STOCK_FEED_LAG, STOCK_REPORT_WAITS_TIMED_OUT
 from mesh.service_token import ServiceToken
 
@@ -57,11 +58,13 @@ WARN_EVERY = 10.0  # seconds between warnings of writes that answered unreported
 log = logging.getLogger(__name__)
 
 _ITEMS = table_of(Item)
-_UNPUBLISHED = (
+_UNPUBLISHED = prepared(
     select(_ITEMS.c.product_id, _ITEMS.c.quantity, _ITEMS.c.version).where(_ITEMS.c.unpublished).limit(BATCH)
 )
 # What is left to report, on the partial index of marked items: measured after each round.
-_LEFT = cast("Select[Any]", select(func.count(), func.min(_ITEMS.c.updated_at)).where(_ITEMS.c.unpublished))
+_LEFT = prepared(
+    cast("Select[Any]", select(func.count(), func.min(_ITEMS.c.updated_at)).where(_ITEMS.c.unpublished))
+)
 _PUBLISHED = (
     update(_ITEMS)
     .where(_ITEMS.c.product_id == bindparam("pid"), _ITEMS.c.version == bindparam("sent"))

@@ -40,6 +40,7 @@ from inventory.sequencer import LAST_PLACE
 from inventory.stock import location_not_found
 from mesh import tracing
 from mesh.db import Database, table_of
+from mesh.direct import prepared
 from mesh.errors import InvalidArgument, ResourceExhausted
 from mesh.metrics import WATCH_STREAMS
 
@@ -58,7 +59,7 @@ HANDED_OVER_ROUNDS = 64  # the sequencer's rounds kept for the reader; past that
 _MOVEMENTS = table_of(Movement)
 _LOCATIONS = table_of(Location)
 _LOCATION_EXISTS = select(_LOCATIONS.c.id).where(_LOCATIONS.c.id == bindparam("loc"))
-_NEWER = (
+_NEWER = prepared(
     select(_MOVEMENTS).where(_MOVEMENTS.c.seq > bindparam("after")).order_by(_MOVEMENTS.c.seq).limit(PAGE)
 )
 

@@ -36,7 +36,7 @@ import queue
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -58,11 +58,13 @@ from sqlalchemy.types import TypeEngine
 from sqlalchemy.util import greenlet_spawn
 
 from mesh import revisions, tracing
+from mesh.direct import Direct, is_prepared
 from mesh.errors import DatabaseUnavailable, InvalidArgument, TransactionConflict
 
 if TYPE_CHECKING:
     from sqlalchemy import CursorResult, Result, Table, TextClause
     from sqlalchemy.orm import DeclarativeBase
+    from sqlalchemy.sql.elements import ClauseElement
 
     from mesh.config import Settings
 
@@ -240,6 +242,12 @@ class Database:
         self._one_statement = self.engine.execution_options(
             **{_ONE_STATEMENT: True}, **({"isolation_level": "AUTOCOMMIT"} if self.autocommits else {})
         )
+        # Prepared statements (mesh.direct) run on asyncpg directly, unless tracing wants a span
+        # per statement from SQLAlchemy's events.
+        self._direct: dict[int, tuple[Executable, Direct]] | None = None
+        if self.backend == "postgresql" and not tracing.active():
+            self._direct = {}
+            self._refused: type[Exception] = importlib.import_module("asyncpg").PostgresError
         # SQLite has one writer at a time. Its writers wait in line here, on the event loop, rather
         # than each in its own connection's thread, polling the lock in busy_timeout's sleeps.
         self._writer: asyncio.Lock | contextlib.nullcontext[None] = (
@@ -277,7 +285,7 @@ class Database:
         its own (see `__init__`).
         """
         if self._reader is None or self._readers is None:
-            return await self._alone(statement, parameters)
+            return await self._alone(statement, parameters, read=True)
         with self._translated():
             return await self._readers.run(_fetch_on, self._reader, statement, parameters)
 
@@ -298,15 +306,58 @@ class Database:
         if not self.autocommits:
             async with self.write_connection() as conn:
                 return (await conn.execute(statement, parameters)).all()
-        return await self._alone(statement, parameters)
+        return await self._alone(statement, parameters, read=False)
 
     async def _alone(
-        self, statement: Executable, parameters: Mapping[str, Any] | None
+        self, statement: Executable, parameters: Mapping[str, Any] | None, *, read: bool
     ) -> Sequence[Row[*tuple[Any, ...]]]:
         """The rows of one statement on a connection that sends no BEGIN (`_one_statement`), in
-        one greenlet: an `AsyncConnection` would start one each to check out, execute and close."""
+        one greenlet: an `AsyncConnection` would start one each to check out, execute and close;
+        a prepared one on PostgreSQL on asyncpg directly (mesh.direct)."""
+        if self._direct is not None and is_prepared(statement):
+            rows = await self._run_direct(statement, parameters, read=read)
+            if rows is not None:
+                return rows
         with self._translated():
             return await greenlet_spawn(_fetch_on, self._one_statement.sync_engine, statement, parameters)
+
+    async def _run_direct(
+        self, statement: Executable, parameters: Mapping[str, Any] | None, *, read: bool
+    ) -> list[Any] | None:
+        """The rows of a prepared statement, run on its pooled connection's asyncpg connection; None
+        where the statement must run again through SQLAlchemy, which then raises its error as for
+        any statement: PostgreSQL refused it (it ran alone, so it changed nothing), or, for a
+        read, the connection failed. A write whose connection failed may have been applied:
+        DatabaseUnavailable, as SQLAlchemy would say, and it is never sent twice."""
+        assert self._direct is not None
+        known = self._direct.get(id(statement))
+        if known is None:  # kept with its statement, so that the id stays its own
+            known = self._direct[id(statement)] = (
+                statement,
+                Direct(cast("ClauseElement", statement), self.engine.dialect),
+            )
+        compiled = known[1]
+        arguments = compiled.arguments(parameters)
+        _refuse_nul_in(arguments)
+        with self._translated():
+            # A Connection (not the pool's raw one) so that a failed checkout is SQLAlchemy's error.
+            conn = await greenlet_spawn(self.engine.sync_engine.connect)
+            try:
+                driver: Any = conn.connection.driver_connection
+                records = await driver.fetch(compiled.sql, *arguments)
+            except Exception as error:
+                if isinstance(error, self._refused) and not _unavailable_sqlstate(_sqlstate(error)):
+                    return None  # it ran alone, so it changed nothing
+                await greenlet_spawn(conn.invalidate, error)  # the connection failed
+                if read:
+                    return None
+                raise DatabaseUnavailable() from error  # a write may have been applied
+            except BaseException:  # cancelled in the middle of a call: its connection's state is unknown
+                await greenlet_spawn(conn.invalidate)
+                raise
+            finally:
+                await greenlet_spawn(conn.close)
+        return compiled.rows(records)
 
     async def write_steps(self, steps: Callable[[Connection], T]) -> T:
         """`steps(conn)` in a write transaction, committed when they return, rolled back if they
@@ -497,8 +548,7 @@ def is_unavailable(error: BaseException) -> bool:
         return False
     if error.connection_invalidated or isinstance(error.orig, OSError):
         return True
-    sqlstate = _sqlstate(error.orig)
-    if sqlstate is not None and (sqlstate.startswith("08") or sqlstate in _UNAVAILABLE_SQLSTATES):
+    if _unavailable_sqlstate(_sqlstate(error.orig)):
         return True
     return _mysql_errno(error.orig) in _UNAVAILABLE_MYSQL_ERRNOS
 
@@ -513,6 +563,10 @@ def _is_conflict(orig: BaseException | None) -> bool:
 def sqlstate(error: BaseException) -> str | None:
     """The SQLSTATE of a database error (a SQLAlchemy error's driver error), if it has one."""
     return _sqlstate(getattr(error, "orig", None))
+
+
+def _unavailable_sqlstate(code: str | None) -> bool:
+    return code is not None and (code.startswith("08") or code in _UNAVAILABLE_SQLSTATES)
 
 
 def _sqlstate(orig: BaseException | None) -> str | None:
@@ -622,9 +676,14 @@ def _refuse_nul(
     for row in rows or ():
         # A row is a mapping or a sequence of values; a batched INSERT's driver parameters can
         # also come as one flat sequence of scalars.
-        values = row.values() if isinstance(row, dict) else row if isinstance(row, list | tuple) else [row]
-        if any(isinstance(value, str) and "\x00" in value for value in values):
-            raise InvalidArgument("text must not contain NUL characters", reason="INVALID_CHARACTER")
+        _refuse_nul_in(
+            row.values() if isinstance(row, dict) else row if isinstance(row, list | tuple) else [row]
+        )
+
+
+def _refuse_nul_in(values: Iterable[Any]) -> None:
+    if any(isinstance(value, str) and "\x00" in value for value in values):
+        raise InvalidArgument("text must not contain NUL characters", reason="INVALID_CHARACTER")
 
 
 def _ping_when_idle(engine: Any) -> None:

@@ -34,6 +34,7 @@ from sqlalchemy.sql.dml import ReturningInsert
 from mesh import paging
 from mesh.context import require_verified_email
 from mesh.db import Database, rowcount, table_of, utcnow
+from mesh.direct import prepared
 from mesh.errors import AlreadyExists, InvalidArgument, NotFound, Violations
 from mesh.messages import fields_in_mask
 from mesh.outbox import OutboxRelay
@@ -47,7 +48,7 @@ _LEVELS = table_of(StockLevel)
 _WITH_STOCK = select(_PRODUCTS, _LEVELS.c.quantity.label("stock")).outerjoin(
     _LEVELS, _LEVELS.c.product_id == _PRODUCTS.c.id
 )
-_PRODUCT_BY_ID = _WITH_STOCK.where(_PRODUCTS.c.id == bindparam("id"))
+_PRODUCT_BY_ID = prepared(_WITH_STOCK.where(_PRODUCTS.c.id == bindparam("id")))
 _PRODUCTS_BY_ID = select(_PRODUCTS).where(_PRODUCTS.c.id.in_(bindparam("ids", expanding=True)))
 _STOCK_OF = select(_LEVELS.c.quantity).where(_LEVELS.c.product_id == bindparam("id"))
 _LOG_CHANGES = insert(table_of(ProductChange))  # in every write to what GetProduct answers
@@ -70,7 +71,7 @@ _NEW_PRODUCT = insert(_PRODUCTS).values(id=bindparam("pid"), created_at=bindpara
 # Never moved: 0, at a version below any inventory reports.
 _NEW_LEVEL = insert(_LEVELS).values(product_id=bindparam("pid"), quantity=0, version=0)
 _LOG_CHANGE = _LOG_CHANGES.values(product_id=bindparam("pid"), writer=bindparam("writer"))
-_CREATE_ALONE: ReturningInsert[tuple[Any]] = (
+_CREATE_ALONE: ReturningInsert[tuple[Any]] = prepared(
     _LOG_CHANGE.add_cte(_NEW_PRODUCT.cte("created"), _NEW_LEVEL.cte("stocked"))
     # A row to fetch: Database.write_alone answers rows.
     .returning(literal_column("1"))
@@ -81,12 +82,17 @@ _REPLACE_HELD = _REPLACE.returning(
     select(_LEVELS.c.quantity).where(_LEVELS.c.product_id == _PRODUCTS.c.id).scalar_subquery().label("stock"),
 )
 _REPLACED = _REPLACE.returning(*_PRODUCTS.c).cte("replaced")
-_REPLACE_ALONE = select(
-    _REPLACED,
-    select(_LEVELS.c.quantity).where(_LEVELS.c.product_id == _REPLACED.c.id).scalar_subquery().label("stock"),
-).add_cte(
-    _LOG_CHANGES.from_select(["product_id", "writer"], select(_REPLACED.c.id, bindparam("writer"))).cte(
-        "logged"
+_REPLACE_ALONE = prepared(
+    select(
+        _REPLACED,
+        select(_LEVELS.c.quantity)
+        .where(_LEVELS.c.product_id == _REPLACED.c.id)
+        .scalar_subquery()
+        .label("stock"),
+    ).add_cte(
+        _LOG_CHANGES.from_select(["product_id", "writer"], select(_REPLACED.c.id, bindparam("writer"))).cte(
+            "logged"
+        )
     )
 )
 ProductRow = Product | Row[Any]

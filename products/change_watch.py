@@ -26,6 +26,7 @@ from sqlalchemy import bindparam, delete, func, select
 from mesh import tracing
 from mesh.background import BackgroundLoop
 from mesh.db import Database, table_of
+from mesh.direct import prepared
 from mesh.metrics import CHANGE_LOG_LAG
 from products.models import ProductChange
 
@@ -36,7 +37,7 @@ MIN_RETENTION = 60.0  # seconds from reading rows to pruning them
 
 _CHANGES = table_of(ProductChange)
 _LAST = select(func.coalesce(func.max(_CHANGES.c.id), 0))
-_AFTER = (
+_AFTER = prepared(
     select(_CHANGES.c.id, _CHANGES.c.product_id, _CHANGES.c.writer)
     .where(_CHANGES.c.id > bindparam("after"))
     .order_by(_CHANGES.c.id)
