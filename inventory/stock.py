@@ -29,13 +29,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import functools
 import hashlib
 import json
 import random
 import re
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
@@ -142,7 +141,23 @@ _RESERVED_OF = (
     .where(_RESERVATIONS.c.product_id.in_(bindparam("pids", expanding=True)), _HOLDING)
     .group_by(_RESERVATIONS.c.product_id, _RESERVATIONS.c.location_id)
 )
-_LOCATION_EXISTS = select(_LOCATIONS.c.id).where(_LOCATIONS.c.id == bindparam("loc"))
+_LOCATION_EXISTS = prepared(select(_LOCATIONS.c.id).where(_LOCATIONS.c.id == bindparam("loc")))
+# What the item's active reservations hold, read with its row in the listing: each reservation's
+# location and units, as two JSON objects by reservation id (summed by location in Python: a
+# sum by location per item needs a derived table correlated with the item, which MariaDB lacks).
+_HOLDS_OF_ITEM = and_(_RESERVATIONS.c.product_id == _ITEMS.c.product_id, _HOLDING)
+_HELD_WHERE = (
+    select(json_object_agg(_RESERVATIONS.c.id, _RESERVATIONS.c.location_id))
+    .where(_HOLDS_OF_ITEM)
+    .scalar_subquery()
+    .label("held_where")
+)
+_HELD_UNITS = (
+    select(json_object_agg(_RESERVATIONS.c.id, _RESERVATIONS.c.quantity))
+    .where(_HOLDS_OF_ITEM)
+    .scalar_subquery()
+    .label("held_units")
+)
 
 
 def _listing(at_location: bool, low_stock: bool, after: bool) -> Select[Any]:
@@ -151,7 +166,7 @@ def _listing(at_location: bool, low_stock: bool, after: bool) -> Select[Any]:
     (or anywhere) if `low_stock`."""
     id_ = _ITEMS.c.product_id
     query = (
-        select(*_BALANCE, _LEVELS_BY_LOCATION, _REORDER_POINTS_BY_LOCATION)
+        select(*_BALANCE, _LEVELS_BY_LOCATION, _REORDER_POINTS_BY_LOCATION, _HELD_WHERE, _HELD_UNITS)
         .where(_ITEMS.c.retired_at.is_(None))
         .order_by(id_)
         .limit(bindparam("size", type_=Integer()))
@@ -166,7 +181,7 @@ def _listing(at_location: bool, low_stock: bool, after: bool) -> Select[Any]:
         query = query.where(_LOW_SOMEWHERE)
     if after:
         query = query.where(id_ > bindparam("after", type_=String()))
-    return query
+    return prepared(query)
 
 
 # Built once, as every hot statement is: a statement built per call pays for its cache key too.
@@ -1003,12 +1018,13 @@ class Inventory:
             "loc": location_id,
             "size": size + 1,
             "after": None if after is None else _position(after, str),
+            "now": utcnow(),
         }
-        items, reserved = await self._db.read_steps(
-            functools.partial(_page_read, query, values, size=size, location_id=location_id, now=utcnow())
-        )
+        if location_id and not await self._db.fetch(_LOCATION_EXISTS, {"loc": location_id}):
+            raise location_not_found(location_id)
+        items = await self._db.fetch(query, values)
         token = paging.encode_token([items[size - 1].product_id], query=listed) if len(items) > size else ""
-        return _with_levels(items[:size], reserved, only=location_id), token
+        return _with_levels(items[:size], only=location_id), token
 
     async def movements(
         self, *, product_id: str, page_size: int, page_token: str, only: LedgerFilter
@@ -1360,42 +1376,21 @@ def _movement_values(
     }
 
 
-def _page_read(
-    query: Select[Any],
-    values: dict[str, Any],
-    conn: Connection,
-    *,
-    size: int,
-    location_id: str,
-    now: dt.datetime,
-) -> tuple[Sequence[Row[*tuple[Any, ...]]], Sequence[Row[*tuple[Any, ...]]]]:
-    """ListInventoryItems' reads, in one step (`Database.read_steps`): the page's items (one more
-    than `size`, to tell whether a page follows), and what active reservations hold of them."""
-    if location_id and not conn.execute(_LOCATION_EXISTS, {"loc": location_id}).first():
-        raise location_not_found(location_id)
-    items = conn.execute(query, values).all()
-    if not items:
-        return items, ()
-    pids = [item.product_id for item in items[:size]]
-    return items, conn.execute(_RESERVED_OF, {"pids": pids, "now": now}).all()
-
-
-def _with_levels(
-    items: Sequence[Row[Any]], reserved: Iterable[Row[*tuple[Any, ...]]], *, only: str = ""
-) -> list[Stock]:
+def _with_levels(items: Sequence[Row[Any]], *, only: str = "") -> list[Stock]:
     """The items' stock with each location's (`_LEVELS_BY_LOCATION`, read with them), and what
-    active reservations hold (`reserved`: all locations' in the totals; the locations listed
-    only `only`'s, if given)."""
-    held: dict[str, dict[str, int]] = {item.product_id: {} for item in items}
-    for row in reserved:
-        held[row.product_id][row.location_id] = int(row[2])
+    active reservations hold (`_HELD_WHERE`, `_HELD_UNITS`: all locations' in the totals; the
+    locations listed only `only`'s, if given)."""
     stocks = []
     for item in items:
-        pid = item.product_id
-        listed = _levels(_figures(item.levels), held[pid], _figures(item.reorder_points))
+        held: dict[str, int] = {}
+        if item.held_where:
+            units = item.held_units
+            for reservation, location in item.held_where.items():
+                held[location] = held.get(location, 0) + int(units[reservation])
+        listed = _levels(_figures(item.levels), held, _figures(item.reorder_points))
         if only:
             listed = tuple(level for level in listed if level.location_id == only)
-        stocks.append(Stock(pid, item.quantity, item.updated_at, sum(held[pid].values()), listed))
+        stocks.append(Stock(item.product_id, item.quantity, item.updated_at, sum(held.values()), listed))
     return stocks
 
 

@@ -33,6 +33,7 @@ import datetime as dt
 import importlib
 import logging
 import queue
+import sqlite3
 import threading
 import time
 import weakref
@@ -242,11 +243,14 @@ class Database:
         self._one_statement = self.engine.execution_options(
             **{_ONE_STATEMENT: True}, **({"isolation_level": "AUTOCOMMIT"} if self.autocommits else {})
         )
-        # Prepared statements (mesh.direct) run on asyncpg directly, unless tracing wants a span
-        # per statement from SQLAlchemy's events.
+        # Prepared statements (mesh.direct) run on the driver directly, asyncpg's or a SQLite file's
+        # reader's, unless tracing wants a span per statement from SQLAlchemy's events.
         self._direct: dict[int, tuple[Executable, Direct]] | None = None
-        if self.backend == "postgresql" and not tracing.active():
+        self._on_asyncpg = False
+        if not tracing.active() and (self.backend == "postgresql" or self._reader is not None):
             self._direct = {}
+            self._on_asyncpg = self.backend == "postgresql"
+        if self._on_asyncpg:
             self._refused: type[Exception] = importlib.import_module("asyncpg").PostgresError
         # SQLite has one writer at a time. Its writers wait in line here, on the event loop, rather
         # than each in its own connection's thread, polling the lock in busy_timeout's sleeps.
@@ -287,16 +291,10 @@ class Database:
         if self._reader is None or self._readers is None:
             return await self._alone(statement, parameters, read=True)
         with self._translated():
+            if self._direct is not None and is_prepared(statement):
+                compiled = self._compiled(statement, self._reader.dialect)
+                return await self._readers.run(_fetch_direct, self._reader, compiled, statement, parameters)
             return await self._readers.run(_fetch_on, self._reader, statement, parameters)
-
-    async def read_steps(self, steps: Callable[[Connection], T]) -> T:
-        """`steps(conn)` on one connection, run whole in one step, as `fetch` runs one SELECT
-        (no BEGIN where it sends none): for a read of several statements, each on the rows the
-        one before it read, in one hop to a thread, or one greenlet, instead of one each."""
-        with self._translated():
-            if self._reader is None or self._readers is None:
-                return await greenlet_spawn(_read_on, self._one_statement.sync_engine, steps)
-            return await self._readers.run(_read_on, self._reader, steps)
 
     async def write_alone(
         self, statement: Executable, parameters: Mapping[str, Any] | None = None
@@ -314,7 +312,7 @@ class Database:
         """The rows of one statement on a connection that sends no BEGIN (`_one_statement`), in
         one greenlet: an `AsyncConnection` would start one each to check out, execute and close;
         a prepared one on PostgreSQL on asyncpg directly (mesh.direct)."""
-        if self._direct is not None and is_prepared(statement):
+        if self._on_asyncpg and is_prepared(statement):
             rows = await self._run_direct(statement, parameters, read=read)
             if rows is not None:
                 return rows
@@ -329,14 +327,7 @@ class Database:
         any statement: PostgreSQL refused it (it ran alone, so it changed nothing), or, for a
         read, the connection failed. A write whose connection failed may have been applied:
         DatabaseUnavailable, as SQLAlchemy would say, and it is never sent twice."""
-        assert self._direct is not None
-        known = self._direct.get(id(statement))
-        if known is None:  # kept with its statement, so that the id stays its own
-            known = self._direct[id(statement)] = (
-                statement,
-                Direct(cast("ClauseElement", statement), self.engine.dialect),
-            )
-        compiled = known[1]
+        compiled = self._compiled(statement, self.engine.dialect)
         arguments = compiled.arguments(parameters)
         _refuse_nul_in(arguments)
         with self._translated():
@@ -357,7 +348,18 @@ class Database:
                 raise
             finally:
                 await greenlet_spawn(conn.close)
-        return compiled.rows(records)
+        return compiled.rows(records, records[0].keys() if records else ())
+
+    def _compiled(self, statement: Executable, dialect: Dialect) -> Direct:
+        """A prepared statement, compiled on its first run."""
+        assert self._direct is not None
+        known = self._direct.get(id(statement))
+        if known is None:  # kept with its statement, so that the id stays its own
+            known = self._direct[id(statement)] = (
+                statement,
+                Direct(cast("ClauseElement", statement), dialect),
+            )
+        return known[1]
 
     async def write_steps(self, steps: Callable[[Connection], T]) -> T:
         """`steps(conn)` in a write transaction, committed when they return, rolled back if they
@@ -659,9 +661,24 @@ def _fetch_on(
         return conn.execute(statement, parameters).all()
 
 
-def _read_on(engine: Engine, steps: Callable[[Connection], T]) -> T:
-    with engine.connect() as conn:
-        return steps(conn)
+def _fetch_direct(
+    engine: Engine, compiled: Direct, statement: Executable, parameters: Mapping[str, Any] | None
+) -> list[Any]:
+    """A prepared read on a SQLite file, on SQLite's own driver (mesh.direct); one SQLite refused
+    runs again through SQLAlchemy, which raises its error as for any statement."""
+    arguments = compiled.arguments(parameters)
+    _refuse_nul_in(arguments)
+    with contextlib.closing(engine.raw_connection()) as connection:
+        try:
+            cursor = connection.driver_connection.execute(compiled.sql, arguments)  # type: ignore[union-attr]
+            records = cursor.fetchall()
+        except sqlite3.Error:
+            refused = True
+        else:
+            refused = False
+    if refused:  # with its connection back in the pool: a file's reader has one
+        return list(_fetch_on(engine, statement, parameters))
+    return compiled.rows(records, [column[0] for column in cursor.description])
 
 
 def _in_transaction(engine: Engine, steps: Callable[[Connection], T]) -> T:

@@ -1,46 +1,45 @@
-"""Hot statements run on asyncpg directly: SQLAlchemy builds and compiles them, once; its pool
-lends the connection; asyncpg runs them.
+"""Hot statements run on the driver directly: SQLAlchemy builds and compiles them, once; its
+pool lends the connection; asyncpg, or SQLite's own `sqlite3` on a file's reader thread, runs
+them.
 
-On PostgreSQL, SQLAlchemy's execution around asyncpg cost more CPU than the statement's own
-round trip: a greenlet for the call, the DBAPI cursor adapter (a `prepare()` and a fetch, each
-a greenlet switch), the compiled cache's lookup, the result's rows. A statement `prepared()`
-marks is compiled once per database (`Direct`) and runs on the pooled connection's asyncpg
-connection: one greenlet to check the connection out, one to return it. Inventory's stock
-read took 224-306 µs of the process's CPU through SQLAlchemy and 84-137 µs so (16 reads in
-flight, in process, alternating); `GET /inventory/{id}` cost inventory 0.75-0.81 ms of CPU
-per request before, 0.62-0.64 after (`bench.cpu get-stock --database postgresql`).
+SQLAlchemy's execution costs more CPU than a hot statement itself: the compiled cache's lookup,
+the execution context, the result's rows, and on PostgreSQL a greenlet for the call and the
+DBAPI adapter around asyncpg (a `prepare()` and a fetch, each a greenlet switch). A statement
+`prepared()` marks is compiled once per database (`Direct`) and runs on the pooled
+connection's driver connection. Inventory's stock read took 224-306 µs of the process's CPU
+through SQLAlchemy on PostgreSQL and 84-137 µs so (16 reads in flight, in process,
+alternating); on a SQLite file 80-85 µs and 22-29 µs on the reader thread.
 
 What SQLAlchemy does for these statements is done: bound values through their types' bind
-processors (an aware datetime to naive UTC), result values through their result processors,
-JSON decoded by the codec SQLAlchemy's dialect set on the connection, NUL refused before it
-is sent, a failed checkout raised as SQLAlchemy raises it, and a connection that failed or
-whose call was cancelled dropped rather than returned to the pool (`Database._run_direct`).
-A statement PostgreSQL refused changed nothing (it ran alone, in autocommit): it runs again
-through SQLAlchemy, which raises the error as for any other statement. With tracing on,
-statements go through SQLAlchemy, whose events make their spans.
+processors (an aware datetime to naive UTC), result values through their result processors
+(JSON decoded, text to datetime on SQLite; asyncpg's JSON codec is the one SQLAlchemy's
+dialect set on the connection), NUL refused before it is sent, a failed checkout raised as
+SQLAlchemy raises it. A statement the database refused changed nothing (it ran alone): it
+runs again through SQLAlchemy, which raises the error as for any other statement. On
+PostgreSQL a connection that failed or whose call was cancelled is dropped rather than
+returned to the pool, and a write whose connection failed is not sent again
+(`Database._run_direct`). With tracing on, statements go through SQLAlchemy, whose events make
+their spans.
 """
 
 from __future__ import annotations
 
 from collections import namedtuple
-from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from sqlalchemy import Executable
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ClauseElement
 
-if TYPE_CHECKING:
-    from asyncpg import Record
-
 S = TypeVar("S", bound=Executable)
 _PREPARED = "invmesh_prepared"
 
 
 def prepared(statement: S) -> S:
-    """`statement`, marked to run on asyncpg directly where the database is PostgreSQL. For
-    statements built once, at import, and run often: each is compiled once per database."""
+    """`statement`, marked to run on the driver directly (see the module). For statements built
+    once, at import, and run often: each is compiled once per database."""
     return statement.execution_options(**{_PREPARED: True})
 
 
@@ -49,8 +48,8 @@ def is_prepared(statement: Executable) -> bool:
 
 
 class Direct:
-    """A statement compiled for one dialect: its SQL with `$n` placeholders, the values to bind,
-    in order, with their processors, and its rows' names and result processors."""
+    """A statement compiled for one dialect: its SQL with positional placeholders, the values to
+    bind, in order, with their processors, and its columns' result processors."""
 
     __slots__ = ("_binds", "_compiled", "_results", "_row", "sql")
 
@@ -76,13 +75,13 @@ class Direct:
         values = self._compiled.construct_params(parameters)
         return [values[name] if process is None else process(values[name]) for name, process in self._binds]
 
-    def rows(self, records: Sequence[Record]) -> list[Any]:
-        """The records as SQLAlchemy's rows: by name and by position, values as their types give
-        them. The names are those the compiled SQL gives its columns, as SQLAlchemy's rows'."""
+    def rows(self, records: Sequence[Sequence[Any]], names: Iterable[str]) -> list[Any]:
+        """The driver's records as SQLAlchemy's rows: by name and by position, values as their
+        types give them. `names` are those the compiled SQL gives the columns, as SQLAlchemy's."""
         if not records:
             return []
         if self._row is None:
-            self._row = namedtuple("Row", records[0].keys(), rename=True)  # type: ignore[misc]
+            self._row = namedtuple("Row", names, rename=True)  # type: ignore[misc]
         make, results = self._row, self._results
         if not any(results):
             return [make(*record) for record in records]

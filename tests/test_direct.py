@@ -1,8 +1,9 @@
-"""Prepared statements on asyncpg directly (mesh.direct): the same rows as through SQLAlchemy,
-PostgreSQL's refusals raised as SQLAlchemy's errors, and a connection that fails or is
-cancelled in the middle of a call dropped, never reused, and a write never sent twice.
+"""Prepared statements on the driver directly (mesh.direct): the same rows as through
+SQLAlchemy, the database's refusals raised as SQLAlchemy's errors, and on PostgreSQL a
+connection that fails or is cancelled in the middle of a call dropped, never reused, and a
+write never sent twice.
 
-It runs in the INVMESH_TEST_DATABASE=postgresql pass only: elsewhere nothing runs directly.
+Not on MariaDB, where nothing runs directly.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.sql.elements import ClauseElement
 
@@ -39,9 +40,8 @@ from mesh.direct import Direct, is_prepared, prepared
 from mesh.errors import DatabaseUnavailable, InvalidArgument
 from tests import databases
 
-pytestmark = pytest.mark.skipif(
-    databases.KIND != "postgresql", reason="runs in the INVMESH_TEST_DATABASE=postgresql pass"
-)
+pytestmark = pytest.mark.skipif(databases.KIND == "mariadb", reason="nothing runs directly on MariaDB")
+on_postgresql = pytest.mark.skipif(databases.KIND != "postgresql", reason="asyncpg's connections")
 
 # Every module that prepares statements: each of them must compile for asyncpg.
 PREPARING = (
@@ -63,6 +63,7 @@ _SLEEPY_WRITE = prepared(
     )
     .returning(_PROBES.c.n)
 )
+_MISSING = prepared(select(Table("no_such_table", MetaData(), Column("n", Integer)).c.n))
 _ECHO = prepared(select(bindparam("word", type_=String)))
 _DUPLICATE = prepared(insert(_PROBES).values(n=bindparam("n")).returning(_PROBES.c.n))
 
@@ -83,6 +84,7 @@ async def inventory_db(tmp_path: Path) -> AsyncIterator[Database]:
 def through_sqlalchemy(db: Database) -> Database:
     """`db` with its direct path off: every statement through SQLAlchemy, as before."""
     db._direct = None
+    db._on_asyncpg = False
     return db
 
 
@@ -151,10 +153,13 @@ async def test_a_statement_postgresql_refuses_raises_sqlalchemys_error_and_chang
     with pytest.raises(InvalidArgument):  # refused before it is sent, as through SQLAlchemy
         await inventory_db.fetch(_ECHO, {"word": "a\x00b"})
     assert [tuple(row) for row in await inventory_db.fetch(_ECHO, {"word": "ab"})] == [("ab",)]
+    with pytest.raises(DBAPIError):  # SQLAlchemy's error, not the driver's
+        await inventory_db.fetch(_MISSING, {})
     assert await probes(inventory_db) == [1]
     assert inventory_db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
 
 
+@on_postgresql
 async def test_a_read_cancelled_mid_call_drops_its_connection_and_the_next_read_is_served(
     inventory_db: Database,
 ) -> None:
@@ -174,6 +179,7 @@ async def test_a_read_cancelled_mid_call_drops_its_connection_and_the_next_read_
     assert [tuple(row) for row in rows] == [(None, 2)]
 
 
+@on_postgresql
 async def test_a_lost_connection_fails_a_write_once_and_a_read_is_answered_on_another(
     inventory_db: Database,
 ) -> None:

@@ -187,6 +187,15 @@ async def test_stock_reads_carry_each_location_and_what_is_reserved(mesh: Mesh) 
 
     listed = await mesh.inventory.ListInventoryItems(pb.ListInventoryItemsRequest(), metadata=mesh.as_user())
     assert {i.product_id: i.available for i in listed.items} == {pid: 12, other: 7}
+
+    # Several holds at one location and one at another: a page's item sums them as a read does.
+    await reserve(mesh, pid, 2)
+    await reserve(mesh, pid, 4, location_id=site.id)
+    found = await item(mesh, pid)
+    assert found.reserved == 9
+    assert {lv.location_id: lv.reserved for lv in found.locations} == {DEFAULT_LOCATION_ID: 5, site.id: 4}
+    listed = await mesh.inventory.ListInventoryItems(pb.ListInventoryItemsRequest(), metadata=mesh.as_user())
+    assert [i for i in listed.items if i.product_id == pid] == [found]
     there = await mesh.inventory.ListInventoryItems(
         pb.ListInventoryItemsRequest(location_id=site.id), metadata=mesh.as_user()
     )
