@@ -141,7 +141,7 @@ _RESERVED_OF = (
     .where(_RESERVATIONS.c.product_id.in_(bindparam("pids", expanding=True)), _HOLDING)
     .group_by(_RESERVATIONS.c.product_id, _RESERVATIONS.c.location_id)
 )
-_LOCATION_EXISTS = prepared(select(_LOCATIONS.c.id).where(_LOCATIONS.c.id == bindparam("loc")))
+LOCATION_EXISTS = prepared(select(_LOCATIONS.c.id).where(_LOCATIONS.c.id == bindparam("loc")))
 # What the item's active reservations hold, read with its row in the listing: each reservation's
 # location and units, as two JSON objects by reservation id (summed by location in Python: a
 # sum by location per item needs a derived table correlated with the item, which MariaDB lacks).
@@ -786,7 +786,7 @@ async def require_location(conn: AsyncConnection, locked: Locked, location_id: s
     inserts is held to it by its foreign key, should a delete commit in between."""
     if location_id in locked.on_hand:
         return
-    if (await conn.execute(_LOCATION_EXISTS, {"loc": location_id})).first() is None:
+    if (await conn.execute(LOCATION_EXISTS, {"loc": location_id})).first() is None:
         raise location_not_found(location_id)
 
 
@@ -1020,7 +1020,7 @@ class Inventory:
             "after": None if after is None else _position(after, str),
             "now": utcnow(),
         }
-        if location_id and not await self._db.fetch(_LOCATION_EXISTS, {"loc": location_id}):
+        if location_id and not await self._db.fetch(LOCATION_EXISTS, {"loc": location_id}):
             raise location_not_found(location_id)
         items = await self._db.fetch(query, values)
         token = paging.encode_token([items[size - 1].product_id], query=listed) if len(items) > size else ""
@@ -1066,7 +1066,7 @@ class Inventory:
                 raise not_found(product_id)
             if (
                 only.location_id
-                and (await session.execute(_LOCATION_EXISTS, {"loc": only.location_id})).first() is None
+                and (await session.execute(LOCATION_EXISTS, {"loc": only.location_id})).first() is None
             ):
                 raise location_not_found(only.location_id, field="location_id")
             # Read first, so the page holds every movement placed up to it: the position after

@@ -35,9 +35,9 @@ from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Row, Select, bindparam, select
 
-from inventory.models import Location, Movement
+from inventory.models import Movement
 from inventory.sequencer import LAST_PLACE
-from inventory.stock import location_not_found
+from inventory.stock import LOCATION_EXISTS, location_not_found
 from mesh import tracing
 from mesh.db import Database, table_of
 from mesh.direct import prepared
@@ -57,8 +57,6 @@ MAX_CURSOR_CHARS = 40  # a position is below 2**64: 20 digits, with room to chan
 HANDED_OVER_ROUNDS = 64  # the sequencer's rounds kept for the reader; past that, it reads them back
 
 _MOVEMENTS = table_of(Movement)
-_LOCATIONS = table_of(Location)
-_LOCATION_EXISTS = select(_LOCATIONS.c.id).where(_LOCATIONS.c.id == bindparam("loc"))
 _NEWER = prepared(
     select(_MOVEMENTS).where(_MOVEMENTS.c.seq > bindparam("after")).order_by(_MOVEMENTS.c.seq).limit(PAGE)
 )
@@ -264,7 +262,7 @@ class MovementWatch(Generic[M]):
 
     async def _follow(self, cursor: str, product_id: str, location_id: str) -> AsyncIterator[list[M]]:
         after = parse_cursor(cursor)
-        if location_id and not await self._db.fetch(_LOCATION_EXISTS, {"loc": location_id}):
+        if location_id and not await self._db.fetch(LOCATION_EXISTS, {"loc": location_id}):
             raise location_not_found(location_id)
         end = 2 * await self._last() + 1  # the position after every event there is
         if after is None:

@@ -51,7 +51,7 @@ class Direct:
     """A statement compiled for one dialect: its SQL with positional placeholders, the values to
     bind, in order, with their processors, and its columns' result processors."""
 
-    __slots__ = ("_binds", "_compiled", "_results", "_row", "sql")
+    __slots__ = ("_binds", "_compiled", "_processed", "_results", "_row", "sql")
 
     def __init__(self, statement: ClauseElement, dialect: Dialect) -> None:
         compiled = statement.compile(dialect=dialect)
@@ -69,6 +69,7 @@ class Direct:
         self._results = tuple(
             column.type.dialect_impl(dialect).result_processor(dialect, None) for column in columns
         )
+        self._processed = any(self._results)  # else the driver's values are the rows' as they are
 
     def arguments(self, parameters: Mapping[str, Any] | None) -> list[Any]:
         """The values to send, in placeholder order (the statement's own bound literals too)."""
@@ -83,7 +84,7 @@ class Direct:
         if self._row is None:
             self._row = namedtuple("Row", names, rename=True)  # type: ignore[misc]
         make, results = self._row, self._results
-        if not any(results):
+        if not self._processed:
             return [make(*record) for record in records]
         return [
             make(
