@@ -115,9 +115,11 @@ class RequestInterceptor(_Wrapper):
         super().__init__()
         self._metrics = metrics
         self._running: set[asyncio.Task[Any]] = set()  # the handlers, to cancel the late ones
-        # One future per call until gRPC has sent its status: a handler that has returned has
-        # not necessarily answered yet, and a server stopped in between cuts it with CANCELLED.
-        self._open: set[asyncio.Future[None]] = set()
+        # The calls whose handlers started and for which gRPC has not sent the status yet: a
+        # handler that has returned has not necessarily answered, and a server stopped in between
+        # cuts it with CANCELLED. `_all_answered` is set when that count falls to 0 in a drain.
+        self._unanswered = 0
+        self._all_answered: asyncio.Event | None = None
         self._streams: set[asyncio.Task[Any]] = set()  # the server-streaming handlers among them
         self._cut: set[asyncio.Task[Any]] = set()  # the handlers the server cancelled as it stopped
 
@@ -128,29 +130,43 @@ class RequestInterceptor(_Wrapper):
         request_id), and waits (a second at most) for those answers."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
+        self._all_answered = asyncio.Event()
         # A stream never ends by itself: its client resumes elsewhere, from its last cursor.
         for task in self._streams:
             self._cut.add(task)
             task.cancel()
         while (left := deadline - loop.time()) > 0:
-            if self._open:
-                await asyncio.wait(set(self._open), timeout=left)
+            if self._unanswered:
+                await self._answers(left)
                 continue
             # A call accepted a moment before the stop may not have reached its handler yet.
             await asyncio.sleep(min(_SETTLE_SECONDS, left))
-            if not self._open:
+            if not self._unanswered:
                 break
         for task in self._running:
             self._cut.add(task)
             task.cancel()
-        if self._open:
-            await asyncio.wait(set(self._open), timeout=1)
+        if self._unanswered:
+            await self._answers(1)
+
+    async def _answers(self, seconds: float) -> None:
+        """Waits until every call open has answered, `seconds` at most."""
+        assert self._all_answered is not None
+        self._all_answered.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._all_answered.wait()
+
+    def _answered(self, _: ServicerContext) -> None:
+        self._unanswered -= 1
+        if not self._unanswered and self._all_answered is not None:
+            self._all_answered.set()
 
     def _wrap(self, method: str, behavior: Behavior) -> Behavior:
         counted = MethodMetrics(SERVER, method) if self._metrics else None
 
         async def call(request: Any, ctx: ServicerContext) -> Any:
-            async with self._handling(method, ctx, counted, streaming=False):
+            async with _Handling(self, method, ctx, counted, streaming=False):
                 return await behavior(request, ctx)
 
         return call
@@ -159,7 +175,7 @@ class RequestInterceptor(_Wrapper):
         counted = MethodMetrics(SERVER, method) if self._metrics else None
 
         async def call(request: Any, ctx: ServicerContext) -> None:
-            async with self._handling(method, ctx, counted, streaming=True):
+            async with _Handling(self, method, ctx, counted, streaming=True):
                 await behavior(request, ctx)
 
         return call
@@ -168,59 +184,73 @@ class RequestInterceptor(_Wrapper):
         counted = MethodMetrics(SERVER, method) if self._metrics else None
 
         async def call(request: Any, ctx: ServicerContext) -> AsyncIterator[Any]:
-            async with self._handling(method, ctx, counted, streaming=True):
+            async with _Handling(self, method, ctx, counted, streaming=True):
                 async for response in behavior(request, ctx):
                     yield response
 
         return call
 
-    @contextlib.asynccontextmanager
-    async def _handling(
-        self, method: str, ctx: ServicerContext, counted: MethodMetrics | None, *, streaming: bool
-    ) -> AsyncIterator[None]:
-        """One call, from its handler's start to its answer: see the class."""
-        if counted is not None:
-            counted.started()
+
+class _Handling:
+    """One call of a `RequestInterceptor`, from its handler's start to its answer: see the class.
+    A class rather than a generator-based context manager: every call pays for it."""
+
+    __slots__ = ("_counted", "_ctx", "_method", "_owner", "_started", "_streaming", "_task")
+
+    def __init__(
+        self,
+        owner: RequestInterceptor,
+        method: str,
+        ctx: ServicerContext,
+        counted: MethodMetrics | None,
+        *,
+        streaming: bool,
+    ) -> None:
+        self._owner = owner
+        self._method = method
+        self._ctx = ctx
+        self._counted = counted
+        self._streaming = streaming
+
+    async def __aenter__(self) -> None:
+        owner, ctx = self._owner, self._ctx
+        if self._counted is not None:
+            self._counted.started()
         task = asyncio.current_task()
         assert task is not None
-        self._running.add(task)
-        if streaming:
-            self._streams.add(task)
-        answered = task.get_loop().create_future()
-        self._open.add(answered)
-        answered.add_done_callback(self._open.discard)
-
-        def settle(_: ServicerContext) -> None:
-            if not answered.done():
-                answered.set_result(None)
-
+        self._task = task
+        owner._running.add(task)
+        if self._streaming:
+            owner._streams.add(task)
+        owner._unanswered += 1
         # types-grpcio declares the callback type as a class rather than a Protocol
-        ctx.add_done_callback(settle)  # type: ignore[arg-type]
-        incoming = metadata_value(ctx, "x-request-id")
-        context.request_id.set(context.request_id_or_new(incoming))
+        ctx.add_done_callback(owner._answered)  # type: ignore[arg-type]
+        context.request_id.set(context.request_id_or_new(metadata_value(ctx, "x-request-id")))
         remaining = ctx.time_remaining()
         context.deadline.set(time.monotonic() + remaining if remaining is not None else None)
-        started = time.perf_counter()
+        self._started = time.perf_counter()
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: object
+    ) -> None:
+        owner, ctx, task = self._owner, self._ctx, self._task
         code = grpc.StatusCode.OK
         try:
-            yield
-        except asyncio.CancelledError:
-            if task not in self._cut:  # the client cancelled, or its deadline passed
-                remaining = ctx.time_remaining()
-                expired = remaining is not None and remaining <= DEADLINE_SLACK_SECONDS
-                code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
-                raise
-            code = grpc.StatusCode.UNAVAILABLE
-            await ctx.abort(code, "the server is shutting down; try again")
-        except DomainError as error:
-            code = error.code
-            REFUSALS.labels(error.reason).inc()
-            status = error.to_status()
-            await ctx.abort(status.code, status.details, status.trailing_metadata)
-        except (grpc.aio.AbortError, grpc.aio.UsageError):  # from ctx.abort() in a handler
-            code = ctx.code() or grpc.StatusCode.UNKNOWN
-            raise
-        except Exception as error:
+            if error is None:
+                return
+            if isinstance(error, asyncio.CancelledError):
+                if task not in owner._cut:  # the client cancelled, or its deadline passed
+                    remaining = ctx.time_remaining()
+                    expired = remaining is not None and remaining <= DEADLINE_SLACK_SECONDS
+                    code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+                    return
+                code = grpc.StatusCode.UNAVAILABLE
+                await ctx.abort(code, "the server is shutting down; try again")
+            if isinstance(error, (grpc.aio.AbortError, grpc.aio.UsageError)):  # ctx.abort() in a handler
+                code = ctx.code() or grpc.StatusCode.UNKNOWN
+                return
+            if not isinstance(error, Exception):  # KeyboardInterrupt, GeneratorExit: not a call's
+                return
             # Database calls translate their own errors; this catches any that ran outside them.
             translated = translate(error) if isinstance(error, SQLAlchemyError) else error
             if isinstance(translated, DomainError):
@@ -229,17 +259,17 @@ class RequestInterceptor(_Wrapper):
                 status = translated.to_status()
             else:
                 code = grpc.StatusCode.INTERNAL
-                log.exception("unhandled error in %s", method)
+                log.error("unhandled error in %s", self._method, exc_info=error)
                 status = internal_status()
             await ctx.abort(status.code, status.details, status.trailing_metadata)
         finally:
-            self._running.discard(task)
-            self._streams.discard(task)
-            self._cut.discard(task)
-            seconds = time.perf_counter() - started
-            if counted is not None:
-                counted.handled(code, seconds)
-            log.info("rpc %s %s", method, code.name, extra={"ms": round(seconds * 1000, 2)})
+            owner._running.discard(task)
+            owner._streams.discard(task)
+            owner._cut.discard(task)
+            seconds = time.perf_counter() - self._started
+            if self._counted is not None:
+                self._counted.handled(code, seconds)
+            log.info("rpc %s %s", self._method, code.name, extra={"ms": round(seconds * 1000, 2)})
 
 
 class AuthInterceptor(_Wrapper):
