@@ -1,6 +1,6 @@
 """Hot statements run on the driver directly: SQLAlchemy builds and compiles them, once; its
-pool lends the connection; asyncpg, or SQLite's own `sqlite3` on a file's reader thread, runs
-them.
+pool lends the connection; asyncpg, or SQLite's own `sqlite3` for a file (on the event loop, or
+its reader thread: `mesh.db._LoopReader`), runs them.
 
 SQLAlchemy's execution costs more CPU than a hot statement itself: the compiled cache's lookup,
 the execution context, the result's rows, and on PostgreSQL a greenlet for the call and the

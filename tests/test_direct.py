@@ -1,7 +1,8 @@
 """Prepared statements on the driver directly (mesh.direct): the same rows as through
 SQLAlchemy, the database's refusals raised as SQLAlchemy's errors, and on PostgreSQL a
 connection that fails or is cancelled in the middle of a call dropped, never reused, and a
-write never sent twice.
+write never sent twice. On a SQLite file a prepared read is answered on the event loop, unless
+SQLite would make it wait or it runs long: then the reader thread answers it.
 
 Not on MariaDB, where nothing runs directly.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import importlib
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.sql.elements import ClauseElement
 
 from inventory.models import DEFAULT_LOCATION_ID, Item, LocationStock, Movement, Reservation
+from mesh import db as db_module
 from mesh.db import Database, ensure_schema, utcnow
 from mesh.direct import Direct, is_prepared, prepared
 from mesh.errors import DatabaseUnavailable, InvalidArgument
@@ -42,6 +45,7 @@ from tests import databases
 
 pytestmark = pytest.mark.skipif(databases.KIND == "mariadb", reason="nothing runs directly on MariaDB")
 on_postgresql = pytest.mark.skipif(databases.KIND != "postgresql", reason="asyncpg's connections")
+on_a_sqlite_file = pytest.mark.skipif(databases.KIND != "sqlite", reason="a SQLite file's reads")
 
 # Every module that prepares statements: each of them must compile for asyncpg.
 PREPARING = (
@@ -192,6 +196,109 @@ async def test_a_lost_connection_fails_a_write_once_and_a_read_is_answered_on_an
     read = asyncio.ensure_future(inventory_db.fetch(_SLEEPY_READ, {"seconds": 1, "n": 6}))
     await terminate_the_backend_sleeping(inventory_db)
     assert [tuple(row) for row in await read] == [(None, 6)]  # again, through SQLAlchemy
+
+
+@on_a_sqlite_file
+async def test_a_prepared_read_of_a_sqlite_file_is_answered_on_the_loop(
+    inventory_db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from inventory import stock
+
+    await stocked(inventory_db, 30)
+    on_thread = threads_used(inventory_db, monkeypatch)
+    page = stock._LISTINGS[False, False, False]
+    values = {"loc": "", "size": 21, "after": None, "now": utcnow()}
+    rows = await inventory_db.fetch(page, values)
+    assert len(rows) == 21 and db_module._fetch_direct not in on_thread
+    assert rows == await through_sqlalchemy(inventory_db).fetch(page, values)
+
+
+@on_a_sqlite_file
+async def test_a_sqlite_read_that_runs_long_on_the_loop_is_answered_by_the_reader_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from inventory import stock
+
+    monkeypatch.setattr(db_module, "LOOP_READ_STEPS", 1)  # read as each connection opens
+    monkeypatch.setattr(db_module, "LOOP_READ_SLICE", 1)
+    async with databases.fresh_database(tmp_path, "long") as url:
+        db = Database(url)
+        try:
+            await ensure_schema(db, "inventory", auto_migrate=True)
+            await stocked(db, 30)
+            on_thread = threads_used(db, monkeypatch)
+            page = stock._LISTINGS[False, False, False]
+            values = {"loc": "", "size": 21, "after": None, "now": utcnow()}
+            rows = await db.fetch(page, values)
+            assert on_thread.count(db_module._fetch_direct) == 1  # interrupted on the loop, read there
+            assert rows == await through_sqlalchemy(db).fetch(page, values)
+        finally:
+            await db.dispose()
+
+
+@on_a_sqlite_file
+async def test_a_sqlite_read_that_would_wait_for_a_lock_waits_off_the_loop(tmp_path: Path) -> None:
+    from inventory import stock
+
+    async with databases.fresh_database(tmp_path, "locked") as url:
+        db = Database(url)
+        await ensure_schema(db, "inventory", auto_migrate=True)
+        await stocked(db, 1)
+        await db.dispose()
+        # Another process in exclusive locking mode keeps every connection out of a WAL file.
+        holder = sqlite3.connect(db.engine.url.database or "", isolation_level=None)
+        holder.execute("PRAGMA locking_mode = EXCLUSIVE")
+        holder.execute("BEGIN EXCLUSIVE")
+        db = Database(url)
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        async def release_soon() -> None:
+            await asyncio.sleep(0.3)
+            holder.execute("COMMIT")
+            holder.close()
+
+        ticker = asyncio.create_task(tick())
+        releaser = asyncio.create_task(release_soon())
+        try:
+            rows = await db.fetch(stock._STOCK_OF, {"pid": "p0", "now": utcnow()})
+            assert [(row.product_id, row.quantity) for row in rows] == [("p0", 1)]
+            assert ticks >= 10  # the loop ran on while the read waited for the lock
+        finally:
+            ticker.cancel()
+            await releaser
+            await db.dispose()
+
+
+async def stocked(db: Database, items: int) -> None:
+    """`items` products p0, p1, ... with i + 1 units each at the default location."""
+    async with db.transaction() as session:
+        session.add_all(Item(product_id=f"p{i}", quantity=i + 1, updated_at=utcnow()) for i in range(items))
+        await session.flush()
+        session.add_all(
+            LocationStock(product_id=f"p{i}", location_id=DEFAULT_LOCATION_ID, on_hand=i + 1)
+            for i in range(items)
+        )
+
+
+def threads_used(db: Database, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The calls `db` hands to its reader thread from now on (opening its loop's connection, the
+    first time, is one)."""
+    assert db._readers is not None
+    calls: list[Any] = []
+    run = db._readers.run
+
+    async def counted(call: Any, *args: Any) -> Any:
+        calls.append(call)
+        return await run(call, *args)
+
+    monkeypatch.setattr(db._readers, "run", counted)
+    return calls
 
 
 async def terminate_the_backend_sleeping(db: Database) -> None:
