@@ -481,12 +481,7 @@ class _LoopReader:
         """The read's rows, or None if SQLite would have waited, or took too long, or refused it."""
         connection = self._connection or await self._open()
         self._left = LOOP_READ_STEPS // LOOP_READ_SLICE
-        try:
-            cursor = connection.driver_connection.execute(compiled.sql, arguments)  # type: ignore[union-attr]
-            records = cursor.fetchall()
-        except sqlite3.Error:
-            return None
-        return compiled.rows(records, [column[0] for column in cursor.description])
+        return _sqlite_read(connection, compiled, arguments)
 
     async def _open(self) -> PoolProxiedConnection:
         async with self._opening:
@@ -750,15 +745,22 @@ def _fetch_direct(
     those of `parameters`; one SQLite refused runs again through SQLAlchemy, which raises its
     error as for any statement."""
     with contextlib.closing(engine.raw_connection()) as connection:
-        try:
-            cursor = connection.driver_connection.execute(compiled.sql, arguments)  # type: ignore[union-attr]
-            records = cursor.fetchall()
-        except sqlite3.Error:
-            refused = True
-        else:
-            refused = False
-    if refused:  # with its connection back in the pool: a file's reader has one
+        rows = _sqlite_read(connection, compiled, arguments)
+    if rows is None:  # with its connection back in the pool: a file's reader has one
         return list(_fetch_on(engine, statement, parameters))
+    return rows
+
+
+def _sqlite_read(
+    connection: PoolProxiedConnection, compiled: Direct, arguments: list[Any]
+) -> list[Any] | None:
+    """A prepared read on a SQLite file's `sqlite3` connection: its rows, or None if SQLite
+    refused it (or, on the loop's connection, would have waited or ran too long)."""
+    try:
+        cursor = connection.driver_connection.execute(compiled.sql, arguments)  # type: ignore[union-attr]
+        records = cursor.fetchall()
+    except sqlite3.Error:
+        return None
     return compiled.rows(records, [column[0] for column in cursor.description])
 
 
