@@ -66,7 +66,7 @@ from invmesh.api.v1 import access_pb2
 from mesh import paging
 from mesh.access import holds_role
 from mesh.context import current_identity, require_verified_email
-from mesh.db import Database, UtcDateTime, json_object_agg, sqlstate, table_of, utcnow
+from mesh.db import Database, UtcDateTime, json_array, json_object_agg, sqlstate, table_of, utcnow
 from mesh.direct import prepared
 from mesh.errors import (
     AlreadyExists,
@@ -110,21 +110,21 @@ def _low(levels: FromClause) -> ColumnElement[bool]:
     return and_(levels.c.reorder_point > 0, levels.c.on_hand <= levels.c.reorder_point)
 
 
-# An item's stock at each location, and its reorder points where set, as two JSON objects by
-# location id, read with the item's row (on their own alias, so that they never correlate with a
-# join of the levels in the listing). Few rows have a reorder point, so the second is small.
+def _figures_of(levels: FromClause) -> Any:
+    """Each location's [on_hand, reorder_point] as one JSON object by location id: one
+    aggregate where two (stock, reorder points) cost the database a second pass over the rows
+    and the service a second JSON value to decode (`_levels`)."""
+    return json_object_agg(levels.c.location_id, json_array(levels.c.on_hand, levels.c.reorder_point))
+
+
+# An item's figures at each location, read with the item's row (on their own alias, so that they
+# never correlate with a join of the levels in the listing).
 _LEVEL_OF = _LEVELS.alias("level_of")
 _LEVELS_BY_LOCATION = (
-    select(json_object_agg(_LEVEL_OF.c.location_id, _LEVEL_OF.c.on_hand))
+    select(_figures_of(_LEVEL_OF))
     .where(_LEVEL_OF.c.product_id == _ITEMS.c.product_id)
     .scalar_subquery()
     .label("levels")
-)
-_REORDER_POINTS_BY_LOCATION = (
-    select(json_object_agg(_LEVEL_OF.c.location_id, _LEVEL_OF.c.reorder_point))
-    .where(_LEVEL_OF.c.product_id == _ITEMS.c.product_id, _LEVEL_OF.c.reorder_point > 0)
-    .scalar_subquery()
-    .label("reorder_points")
 )
 # The item is low at some location (`low_stock` of ListInventoryItems and of a batch).
 _LOW_AT = _LEVELS.alias("low_at")
@@ -143,20 +143,15 @@ _RESERVED_OF = (
 )
 LOCATION_EXISTS = prepared(select(_LOCATIONS.c.id).where(_LOCATIONS.c.id == bindparam("loc")))
 # What the item's active reservations hold, read with its row in the listing: each reservation's
-# location and units, as two JSON objects by reservation id (summed by location in Python: a
-# sum by location per item needs a derived table correlated with the item, which MariaDB lacks).
-_HOLDS_OF_ITEM = and_(_RESERVATIONS.c.product_id == _ITEMS.c.product_id, _HOLDING)
-_HELD_WHERE = (
-    select(json_object_agg(_RESERVATIONS.c.id, _RESERVATIONS.c.location_id))
-    .where(_HOLDS_OF_ITEM)
+# [location, units], as one JSON object by reservation id (summed by location in Python: a sum
+# by location per item needs a derived table correlated with the item, which MariaDB lacks).
+_HOLDS_OF_ITEM = (
+    select(
+        json_object_agg(_RESERVATIONS.c.id, json_array(_RESERVATIONS.c.location_id, _RESERVATIONS.c.quantity))
+    )
+    .where(_RESERVATIONS.c.product_id == _ITEMS.c.product_id, _HOLDING)
     .scalar_subquery()
-    .label("held_where")
-)
-_HELD_UNITS = (
-    select(json_object_agg(_RESERVATIONS.c.id, _RESERVATIONS.c.quantity))
-    .where(_HOLDS_OF_ITEM)
-    .scalar_subquery()
-    .label("held_units")
+    .label("holds")
 )
 
 
@@ -166,7 +161,7 @@ def _listing(at_location: bool, low_stock: bool, after: bool) -> Select[Any]:
     (or anywhere) if `low_stock`."""
     id_ = _ITEMS.c.product_id
     query = (
-        select(*_BALANCE, _LEVELS_BY_LOCATION, _REORDER_POINTS_BY_LOCATION, _HELD_WHERE, _HELD_UNITS)
+        select(*_BALANCE, _LEVELS_BY_LOCATION, _HOLDS_OF_ITEM)
         .where(_ITEMS.c.retired_at.is_(None))
         .order_by(id_)
         .limit(bindparam("size", type_=Integer()))
@@ -317,18 +312,13 @@ _IN_APPENDED = _appended(_IN_MOVED, _IN_LEVEL, _IN_DELTA)
 # Each is a JSON object by location id: asyncpg decodes JSON with the codec SQLAlchemy sets on
 # every connection, where an array of varchar or integers would make each new connection first
 # ask PostgreSQL about those types (its costly type introspection, tens of ms of server CPU).
-def _by_location(*, besides: Any = None) -> tuple[Any, Any, Any]:
-    """The product's (`pid`) stock at each location, but `besides`, its reorder points there
-    (where set), and what its active reservations hold at each location, as three JSON objects
-    by location id, for one row to carry."""
-    product = _LEVELS.c.product_id == bindparam("pid")
-    levels = select(json_object_agg(_LEVELS.c.location_id, _LEVELS.c.on_hand)).where(product)
-    reorder_points = select(json_object_agg(_LEVELS.c.location_id, _LEVELS.c.reorder_point)).where(
-        product, _LEVELS.c.reorder_point > 0
-    )
+def _by_location(*, besides: Any = None) -> tuple[Any, Any]:
+    """The product's (`pid`) [on_hand, reorder_point] at each location but `besides`, and what
+    its active reservations hold at each location, as two JSON objects by location id, for one
+    row to carry."""
+    levels = select(_figures_of(_LEVELS)).where(_LEVELS.c.product_id == bindparam("pid"))
     if besides is not None:
         levels = levels.where(_LEVELS.c.location_id != besides)
-        reorder_points = reorder_points.where(_LEVELS.c.location_id != besides)
     holds = (
         select(_RESERVATIONS.c.location_id, func.sum(_RESERVATIONS.c.quantity).label("held"))
         .where(_RESERVATIONS.c.product_id == bindparam("pid"), _HOLDING)
@@ -336,11 +326,7 @@ def _by_location(*, besides: Any = None) -> tuple[Any, Any, Any]:
         .subquery()
     )
     held = select(json_object_agg(holds.c.location_id, holds.c.held)).scalar_subquery()
-    return (
-        levels.scalar_subquery().label("levels"),
-        reorder_points.scalar_subquery().label("reorder_points"),
-        held.label("held"),
-    )
+    return levels.scalar_subquery().label("levels"), held.label("held")
 
 
 # A product's stock for GET /inventory/{product_id}, in one statement.
@@ -1294,8 +1280,9 @@ class Inventory:
         if refuse_retired and item.retired_at is not None:
             raise not_found(product_id)
         reserved = _figures(item.held)
-        levels = _levels(_figures(item.levels), reserved, _figures(item.reorder_points))
-        return Stock(product_id, item.quantity, item.updated_at, sum(reserved.values()), levels)
+        return Stock(
+            product_id, item.quantity, item.updated_at, sum(reserved.values()), _listed(item.levels, reserved)
+        )
 
 
 def _move_in_held(conn: Connection, actor: Identity, change: Change) -> Recorded | None:
@@ -1347,11 +1334,9 @@ def _recorded(movement: Movement, reorder_point: int, quantity: int, others: Row
     """What a fast path answers: its movement, the reorder point at its location, the item's new
     total, and the product's stock at its other locations, their reorder points and its
     reservations, as `others` carries them (`_by_location`)."""
-    location = movement.location_id
-    on_hand = {**_figures(others.levels), location: movement.balance_after}
-    reorder_points = {**_figures(others.reorder_points), location: reorder_point}
+    figures = {**(others.levels or {}), movement.location_id: (movement.balance_after, reorder_point)}
     reserved = _figures(others.held)
-    levels = _levels(on_hand, reserved, reorder_points)
+    levels = _listed(figures, reserved)
     stock = Stock(movement.product_id, quantity, movement.created_at, sum(reserved.values()), levels)
     return Recorded(movement, stock)
 
@@ -1378,16 +1363,15 @@ def _movement_values(
 
 def _with_levels(items: Sequence[Row[Any]], *, only: str = "") -> list[Stock]:
     """The items' stock with each location's (`_LEVELS_BY_LOCATION`, read with them), and what
-    active reservations hold (`_HELD_WHERE`, `_HELD_UNITS`: all locations' in the totals; the
-    locations listed only `only`'s, if given)."""
+    active reservations hold (`_HOLDS_OF_ITEM`: all locations' in the totals; the locations
+    listed only `only`'s, if given)."""
     stocks = []
     for item in items:
         held: dict[str, int] = {}
-        if item.held_where:
-            units = item.held_units
-            for reservation, location in item.held_where.items():
-                held[location] = held.get(location, 0) + int(units[reservation])
-        listed = _levels(_figures(item.levels), held, _figures(item.reorder_points))
+        if item.holds:
+            for location, units in item.holds.values():
+                held[location] = held.get(location, 0) + int(units)
+        listed = _listed(item.levels, held)
         if only:
             listed = tuple(level for level in listed if level.location_id == only)
         stocks.append(Stock(item.product_id, item.quantity, item.updated_at, sum(held.values()), listed))
@@ -1397,6 +1381,20 @@ def _with_levels(items: Sequence[Row[Any]], *, only: str = "") -> list[Stock]:
 def _figures(by_location: dict[str, Any] | None) -> dict[str, int]:
     """A JSON object of figures by location (`_by_location`), NULL where there are none."""
     return {location: int(units) for location, units in (by_location or {}).items()}
+
+
+def _listed(figures: dict[str, Sequence[Any]] | None, reserved: dict[str, int]) -> tuple[Level, ...]:
+    """Each location's level from its [on_hand, reorder_point] (`_figures_of`, NULL where there
+    are none) and what reservations hold there."""
+    figures = figures or {}
+    levels = []
+    for location in sorted(figures.keys() | reserved.keys()):
+        on_hand, reorder_point = figures.get(location, _NONE_THERE)
+        levels.append(Level(location, int(on_hand), reserved.get(location, 0), int(reorder_point)))
+    return tuple(levels)
+
+
+_NONE_THERE = (0, 0)  # [on_hand, reorder_point] where the product has no stock row
 
 
 def _levels(

@@ -167,6 +167,32 @@ def _json_objectagg(element: json_object_agg, compiler: SQLCompiler, **kw: Any) 
     return f"JSON_OBJECTAGG({compiler.process(element.clauses, **kw)})"
 
 
+class json_array(FunctionElement[Any]):
+    """`json_array(value, ...)`: a JSON array of the values (PostgreSQL's json_build_array,
+    SQLite's json_array, MariaDB's JSON_ARRAY), so that `json_object_agg` can carry several
+    figures under one key, as a JSON value rather than text."""
+
+    type = JSON()
+    inherit_cache = True
+    name = "json_array"
+
+
+@compiles(json_array)
+def _json_build_array(element: json_array, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"json_build_array({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(json_array, "sqlite")
+def _json_array(element: json_array, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"json_array({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(json_array, "mysql")
+@compiles(json_array, "mariadb")
+def _json_array_mysql(element: json_array, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"JSON_ARRAY({compiler.process(element.clauses, **kw)})"
+
+
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 

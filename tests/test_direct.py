@@ -142,7 +142,7 @@ async def test_a_prepared_read_answers_the_rows_sqlalchemy_answers(inventory_db:
         for row, same in zip(ran_directly, through, strict=True):
             assert row._fields == same._fields
     (item,) = direct[0]
-    assert item.levels == {DEFAULT_LOCATION_ID: 7} and item.held == {DEFAULT_LOCATION_ID: 2}
+    assert item.levels == {DEFAULT_LOCATION_ID: [7, 3]} and item.held == {DEFAULT_LOCATION_ID: 2}
     assert item.updated_at == now and item.updated_at.tzinfo is dt.UTC  # aware, as SQLAlchemy gives it
     (movement,) = direct[2]
     assert (movement.type, movement.quantity, movement.actor_email) == ("IN", 7, "a@b.c")
