@@ -151,22 +151,6 @@ class json_object_agg(FunctionElement[Any]):
     name = "json_object_agg"
 
 
-@compiles(json_object_agg)
-def _json_object_agg(element: json_object_agg, compiler: SQLCompiler, **kw: Any) -> str:
-    return f"json_object_agg({compiler.process(element.clauses, **kw)})"
-
-
-@compiles(json_object_agg, "sqlite")
-def _json_group_object(element: json_object_agg, compiler: SQLCompiler, **kw: Any) -> str:
-    return f"json_group_object({compiler.process(element.clauses, **kw)})"
-
-
-@compiles(json_object_agg, "mysql")
-@compiles(json_object_agg, "mariadb")
-def _json_objectagg(element: json_object_agg, compiler: SQLCompiler, **kw: Any) -> str:
-    return f"JSON_OBJECTAGG({compiler.process(element.clauses, **kw)})"
-
-
 class json_array(FunctionElement[Any]):
     """`json_array(value, ...)`: a JSON array of the values (PostgreSQL's json_build_array,
     SQLite's json_array, MariaDB's JSON_ARRAY), so that `json_object_agg` can carry several
@@ -177,20 +161,29 @@ class json_array(FunctionElement[Any]):
     name = "json_array"
 
 
-@compiles(json_array)
-def _json_build_array(element: json_array, compiler: SQLCompiler, **kw: Any) -> str:
-    return f"json_build_array({compiler.process(element.clauses, **kw)})"
+def _spelled(function: type[FunctionElement[Any]], default: str, **by_dialect: str) -> None:
+    """Compiles `function` as the function `default` names, or, on a dialect `by_dialect` names,
+    as the one it gives, with the same arguments."""
+
+    def spelling(name: str) -> Callable[..., str]:
+        def compile_as(element: FunctionElement[Any], compiler: SQLCompiler, **kw: Any) -> str:
+            return f"{name}({compiler.process(element.clauses, **kw)})"
+
+        return compile_as
+
+    compiles(function)(spelling(default))
+    for dialect, name in by_dialect.items():
+        compiles(function, dialect)(spelling(name))
 
 
-@compiles(json_array, "sqlite")
-def _json_array(element: json_array, compiler: SQLCompiler, **kw: Any) -> str:
-    return f"json_array({compiler.process(element.clauses, **kw)})"
-
-
-@compiles(json_array, "mysql")
-@compiles(json_array, "mariadb")
-def _json_array_mysql(element: json_array, compiler: SQLCompiler, **kw: Any) -> str:
-    return f"JSON_ARRAY({compiler.process(element.clauses, **kw)})"
+_spelled(
+    json_object_agg,
+    "json_object_agg",
+    sqlite="json_group_object",
+    mysql="JSON_OBJECTAGG",
+    mariadb="JSON_OBJECTAGG",
+)
+_spelled(json_array, "json_build_array", sqlite="json_array", mysql="JSON_ARRAY", mariadb="JSON_ARRAY")
 
 
 def utcnow() -> dt.datetime:
