@@ -113,7 +113,7 @@ def _low(levels: FromClause) -> ColumnElement[bool]:
 def _figures_of(levels: FromClause) -> Any:
     """Each location's [on_hand, reorder_point] as one JSON object by location id: one
     aggregate where two (stock, reorder points) cost the database a second pass over the rows
-    and the service a second JSON value to decode (`_levels`)."""
+    and the service a second JSON value to decode (`_listed`)."""
     return json_object_agg(levels.c.location_id, json_array(levels.c.on_hand, levels.c.reorder_point))
 
 
